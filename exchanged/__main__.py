@@ -1,0 +1,5 @@
+import sys
+
+from exchanged.cli import main
+
+sys.exit(main())

@@ -1,0 +1,256 @@
+"""The data model every layer shares: what a PSA row and an Exchange item *are* to the sync.
+
+Plain frozen dataclasses and enums, no I/O and no third-party imports, so that the engine, the
+adapters, the state store and the tests all speak the same language.
+
+Theory of identity
+------------------
+* A PSA-owned item is known by its ``psa_key``: ``"<kind>:<psa id>"`` (``appointment:42``,
+  ``service_call:7``, ``todo:9``, ``contact:12``, ``public_contact:12``). The daemon writes that key
+  into an extended property of every Exchange item it creates, so an item can be found again
+  ("adopted") after a lost reply or a crash, and never duplicated.
+* An Exchange-owned appointment (imported into the PSA) is known by its ``exchange_key``: the
+  iCalendar UID for a single item, ``"<UID>@<original start, ISO UTC>"`` for one occurrence of a
+  recurring series. The PSA row that mirrors it carries that key in ``appointments.exchange_uid``.
+* All datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    """What is synced, and therefore which rules apply (SPEC section 4)."""
+
+    APPOINTMENT = "appointment"  # PSA appointment -> Exchange calendar; PSA owns
+    SERVICE_CALL = "service_call"  # PSA service call -> Exchange calendar; PSA owns
+    TODO = "todo"  # PSA to-do -> Exchange task; PSA owns
+    CONTACT = "contact"  # owned PSA contact -> the user's Exchange contacts; PSA owns
+    PUBLIC_CONTACT = "public_contact"  # every PSA contact -> one public folder; PSA owns
+    IMPORTED = "imported"  # Exchange appointment -> PSA appointment; Exchange owns
+
+
+class FolderKind(StrEnum):
+    CALENDAR = "calendar"
+    TASKS = "tasks"
+    CONTACTS = "contacts"
+    PUBLIC_CONTACTS = "public_contacts"
+
+
+FOLDER_OF_KIND: dict[Kind, FolderKind] = {
+    Kind.APPOINTMENT: FolderKind.CALENDAR,
+    Kind.SERVICE_CALL: FolderKind.CALENDAR,
+    Kind.IMPORTED: FolderKind.CALENDAR,
+    Kind.TODO: FolderKind.TASKS,
+    Kind.CONTACT: FolderKind.CONTACTS,
+    Kind.PUBLIC_CONTACT: FolderKind.PUBLIC_CONTACTS,
+}
+
+PSA_OWNED: frozenset[Kind] = frozenset(k for k in Kind if k is not Kind.IMPORTED)
+
+
+class ShowAs(StrEnum):
+    """Exchange's LegacyFreeBusyStatus, lower-cased; the PSA's ``show_as`` column uses the same."""
+
+    FREE = "free"
+    TENTATIVE = "tentative"
+    BUSY = "busy"
+    OOF = "oof"
+    WORKING_ELSEWHERE = "working_elsewhere"
+    NO_DATA = "no_data"
+
+
+class ImportMode(StrEnum):
+    ALL_DETAILS = "all_details"
+    NO_DETAILS = "no_details"
+    NONE = "none"
+
+
+def make_psa_key(kind: Kind, psa_id: str | int) -> str:
+    return f"{kind.value}:{psa_id}"
+
+
+def split_psa_key(psa_key: str) -> tuple[Kind, str]:
+    kind, _, psa_id = psa_key.partition(":")
+    return Kind(kind), psa_id
+
+
+# --- payloads: the fields both sides share, per Exchange item type ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Appointment:
+    subject: str
+    start: datetime
+    end: datetime
+    body: str = ""
+    location: str = ""
+    is_all_day: bool = False
+    show_as: ShowAs = ShowAs.BUSY
+    is_private: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    subject: str
+    body: str = ""
+    start: datetime | None = None
+    due: datetime | None = None
+    completed: datetime | None = None  # None: not complete
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    given_name: str
+    surname: str
+    company: str = ""
+    job_title: str = ""
+    email: str = ""
+    business_phone: str = ""
+    mobile_phone: str = ""
+
+
+Payload = Appointment | Task | Contact
+
+
+def payload_dict(payload: Payload) -> dict[str, Any]:
+    """JSON-ready dict of a payload (datetimes as ISO strings, enums as values)."""
+    out: dict[str, Any] = {}
+    for f in fields(payload):
+        value = getattr(payload, f.name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, StrEnum):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
+def payload_hash(payload: Payload) -> str:
+    """Stable content hash: equal payloads hash equal across processes and versions of Python."""
+    doc = {"type": type(payload).__name__, **payload_dict(payload)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def changed_fields(old: Payload, new: Payload) -> tuple[str, ...]:
+    """Names of the fields whose values differ (same payload type expected)."""
+    if type(old) is not type(new):
+        return tuple(f.name for f in fields(new))
+    a, b = asdict(old), asdict(new)
+    return tuple(name for name in b if a[name] != b[name])
+
+
+# --- the two views the engine compares ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The sync window of one cycle (SPEC section 4 "Window")."""
+
+    now: datetime
+    past_start: datetime  # now - past_days: items ending before this are out of scope
+    recurring_end: datetime  # now + recurring_future_days: occurrences starting after are out
+
+    def in_scope(self, start: datetime | None, end: datetime | None) -> bool:
+        """Single items: everything not ended before ``past_start`` (all future ones included)."""
+        reference = end or start
+        return reference is None or reference >= self.past_start
+
+
+@dataclass(frozen=True, slots=True)
+class PsaRecord:
+    """One in-scope row of the PSA, as the connector reads it."""
+
+    kind: Kind
+    psa_key: str
+    payload: Payload
+    last_modified: datetime | None = None
+    exchange_key: str | None = None  # IMPORTED rows: the Exchange item they mirror
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeItem:
+    """One item of an Exchange folder, as the adapter reads it."""
+
+    folder: FolderKind
+    item_id: str
+    change_key: str
+    payload: Payload
+    psa_key: str | None = None  # our extended property; None on items the daemon did not create
+    categories: tuple[str, ...] = ()
+    uid: str | None = None  # calendar items: the iCalendar UID
+    exchange_key: str | None = None  # calendar items: UID, or UID@original-start for occurrences
+    is_recurring_master: bool = False
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """What the state store remembers of one synced pair, as of the last successful write."""
+
+    kind: Kind
+    psa_key: str
+    folder: FolderKind
+    item_id: str
+    change_key: str
+    psa_hash: str  # payload_hash of the PSA side when last synced
+    exchange_hash: str  # payload_hash of the Exchange side when last synced
+    exchange_key: str | None = None  # IMPORTED: the Exchange identity
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """One item that failed while the rest of its batch went on."""
+
+    key: str  # psa_key, exchange_key or item_id: whatever names the item to an operator
+    code: str  # stable reason, e.g. "ErrorInvalidPropertyValue", "invalid_row"
+    message: str
+    retryable: bool = False
+
+
+@dataclass(slots=True)
+class Counts:
+    exported: int = 0
+    imported: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"exported": self.exported, "imported": self.imported, "updated": self.updated,
+                "deleted": self.deleted}
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One change the daemon made, for ``exchangectl history``."""
+
+    at: datetime
+    mailbox: str
+    side: str  # "exchange" | "psa"
+    action: str  # "create" | "update" | "delete" | "adopt"
+    kind: Kind
+    key: str  # psa_key or exchange_key
+    item_id: str | None
+    fields: tuple[str, ...]
+    reason: str
+    cycle_id: str = ""
+
+
+@dataclass(slots=True)
+class CycleOutcome:
+    """What one sync cycle of one user did; the scheduler records it in status."""
+
+    result: str  # "ok" | "partial" | "held_back" | "error"
+    counts: Counts = field(default_factory=Counts)
+    error: str | None = None  # one line for status and mail when result is "error"
+    item_errors: list[ItemError] = field(default_factory=list)
+    held_back_deletes: int = 0

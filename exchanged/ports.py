@@ -1,0 +1,286 @@
+"""The ports: what the sync runner needs from the outside world, as small Protocols.
+
+Each port has an in-memory implementation for fast tests and one contract suite that every real
+implementation passes too (tests/contract/). The engine never imports an adapter; the daemon
+(composition root) picks the adapters from the config and hands them to the runner.
+
+Errors: adapters raise the typed errors of ``exchanged.errors`` (``ExchangeUnavailable``,
+``PsaUnavailable``, ``Throttled``, ``AuthFailed``, ...) for whole-call failures, and return
+``ItemError`` objects in place of results for single items that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from exchanged.model import (
+    CycleOutcome,
+    ExchangeItem,
+    FolderKind,
+    ItemError,
+    JournalEntry,
+    Kind,
+    Mapping,
+    Payload,
+    PsaRecord,
+    Window,
+)
+
+# --- Exchange -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """One SyncFolderItems page (at most 512 changes) and the sync state after it."""
+
+    upserted: Sequence[ExchangeItem]  # created or updated since the previous state
+    deleted: Sequence[str]  # item ids
+    sync_state: str
+    last_page: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    kind: Kind
+    psa_key: str  # written into the extended property
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUpdate:
+    item_id: str
+    change_key: str
+    payload: Payload  # the full new payload
+    changed: tuple[str, ...]  # only these fields are sent (SetItemField per field)
+
+
+class ExchangeMailbox(Protocol):
+    """One mailbox (or the public contacts folder) as the sync runner sees it.
+
+    Every method runs its blocking EWS calls in worker threads under the adapter's limiter and
+    backs off in trio on throttling (cancellable). Writes never send invitations.
+    """
+
+    @property
+    def mailbox(self) -> str: ...
+
+    def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+        """SyncFolderItems from ``sync_state`` (None: from the beginning), page by page.
+
+        Raises ``SyncStateInvalid`` when the server refuses the state (the runner then starts from
+        None and treats the result as a full resync, never as deletions of the unseen).
+        """
+        ...
+
+    async def calendar_view(self, start: datetime, end: datetime) -> Sequence[ExchangeItem]:
+        """The calendar between ``start`` and ``end`` with recurring series expanded."""
+        ...
+
+    async def find_by_psa_keys(
+        self, folder: FolderKind, psa_keys: Sequence[str]
+    ) -> dict[str, ExchangeItem]:
+        """Items in ``folder`` carrying one of these keys in our extended property (adoption)."""
+        ...
+
+    async def create(
+        self, folder: FolderKind, items: Sequence[NewItem]
+    ) -> Sequence[ExchangeItem | ItemError]:
+        """Bulk create (batches of 100), results in input order."""
+        ...
+
+    async def update(
+        self, folder: FolderKind, updates: Sequence[ItemUpdate]
+    ) -> Sequence[ExchangeItem | ItemError]:
+        """Bulk update in place, only the changed fields; results in input order."""
+        ...
+
+    async def delete(self, folder: FolderKind, item_ids: Sequence[str]) -> Sequence[ItemError | None]:
+        """Bulk delete (MoveToDeletedItems); None for each success, in input order."""
+        ...
+
+
+class ExchangeAccount(Protocol):
+    """The EWS connection of the configured sync account; hands out mailboxes."""
+
+    def mailbox(self, address: str) -> ExchangeMailbox: ...
+
+    def public_contacts(self) -> ExchangeMailbox:
+        """The public folder of all PSA contacts (only the PUBLIC_CONTACTS folder is used)."""
+        ...
+
+    async def check(self, mailboxes: Sequence[str]) -> list[CheckResult]:
+        """Log in, check EWS access and impersonation for each mailbox (check-config --connect)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    subject: str  # "login", "ews", or a mailbox address
+    ok: bool
+    message: str
+    warning: bool = False  # ok but worth a look
+
+
+# --- PSA ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PsaResource:
+    psa_resource: str  # the PSA's id of the resource (SPEC users[].psa_resource)
+    email: str
+    name: str
+    is_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PsaWrite:
+    """One change the runner asks the PSA to make.
+
+    ``op`` is "create" (an imported appointment: ``psa_key`` None, ``exchange_key`` set),
+    "update" (``fields`` names what to write: imported rows get everything, PSA-owned rows only
+    what flows back: start/end of appointments, start/due/completed of to-dos), or "delete"
+    (imported rows only).
+    """
+
+    op: str
+    kind: Kind
+    psa_key: str | None
+    payload: Payload | None
+    fields: tuple[str, ...] = ()
+    exchange_key: str | None = None
+    resource: str | None = None  # psa_resource of the user, for creates
+
+
+class PsaConnector(Protocol):
+    async def resource(self, psa_resource: str) -> PsaResource | None: ...
+
+    async def load(
+        self, psa_resource: str, kinds: frozenset[Kind], window: Window
+    ) -> Sequence[PsaRecord]:
+        """Every in-scope record of these kinds for this resource.
+
+        Raises ``PsaUnavailable`` when the PSA cannot be read; never returns an empty list for a
+        failure (an empty answer must mean "nothing there").
+        """
+        ...
+
+    async def all_contacts(self) -> Sequence[PsaRecord]:
+        """Every active PSA contact as ``Kind.PUBLIC_CONTACT`` records."""
+        ...
+
+    async def apply(self, writes: Sequence[PsaWrite]) -> Sequence[PsaRecord | ItemError | None]:
+        """Carry out the writes in order; a created/updated record, None for a delete, or an error."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- state --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FolderState:
+    sync_state: str | None = None
+    # the mirror of the folder as of ``sync_state``: item id -> item (kept by the runner so that a
+    # cycle with no changes needs one SyncFolderItems call and no listing)
+    items: dict[str, ExchangeItem] = field(default_factory=dict)
+    server_identity: str | None = None  # server/vdir/domain/version the state belongs to
+
+
+@dataclass(slots=True)
+class UserState:
+    mailbox: str
+    mappings: dict[str, Mapping] = field(default_factory=dict)  # by psa_key
+    folders: dict[FolderKind, FolderState] = field(default_factory=dict)
+    held_back_deletes: list[str] = field(default_factory=list)  # psa_keys / item ids
+
+
+@dataclass(slots=True)
+class StateBatch:
+    """What one applied batch changes; committed in one transaction."""
+
+    upsert_mappings: list[Mapping] = field(default_factory=list)
+    delete_mappings: list[str] = field(default_factory=list)  # psa_keys
+    mirror_upserts: dict[FolderKind, list[ExchangeItem]] = field(default_factory=dict)
+    mirror_deletes: dict[FolderKind, list[str]] = field(default_factory=dict)
+    sync_states: dict[FolderKind, str | None] = field(default_factory=dict)
+    journal: list[JournalEntry] = field(default_factory=list)
+    held_back_deletes: list[str] | None = None  # None: unchanged
+    server_identity: str | None = None  # set on every folder touched when not None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """Per-user outcome kept across restarts (status, users table)."""
+
+    mailbox: str
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    last_result: str | None = None
+    last_error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    known: bool = False  # a confirmation mail has been sent for this user
+
+
+class StateStore(Protocol):
+    async def load_user(self, mailbox: str) -> UserState: ...
+
+    async def commit(self, mailbox: str, batch: StateBatch) -> None:
+        """Apply ``batch`` atomically: all of it or none of it."""
+        ...
+
+    async def reset_user(self, mailbox: str, *, keep_mappings: bool) -> None:
+        """Forget sync states and mirrors (full resync); mappings stay unless told otherwise."""
+        ...
+
+    async def record_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None: ...
+
+    async def mark_known(self, mailbox: str) -> None: ...
+
+    async def user_records(self) -> dict[str, UserRecord]: ...
+
+    async def history(
+        self, mailbox: str | None, since: datetime | None, limit: int = 1000
+    ) -> list[JournalEntry]: ...
+
+    async def try_lease(self, mailbox: str, node: str, ttl_s: float) -> bool:
+        """Take or renew this mailbox's lease; SQLite (one node) always grants it."""
+        ...
+
+    async def release_lease(self, mailbox: str, node: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- mail ---------------------------------------------------------------------------------------
+
+
+class Mailer(Protocol):
+    async def send(self, to: Sequence[str], subject: str, body: str) -> None:
+        """Send one mail; raises ``MailError`` on failure (callers log it, never die of it)."""
+        ...
+
+
+__all__ = [
+    "ChangePage",
+    "CheckResult",
+    "ExchangeAccount",
+    "ExchangeMailbox",
+    "FolderState",
+    "ItemError",
+    "ItemUpdate",
+    "Mailer",
+    "NewItem",
+    "PsaConnector",
+    "PsaResource",
+    "PsaWrite",
+    "StateBatch",
+    "StateStore",
+    "UserRecord",
+    "UserState",
+]

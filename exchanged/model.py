@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -79,6 +79,15 @@ def make_psa_key(kind: Kind, psa_id: str | int) -> str:
 def split_psa_key(psa_key: str) -> tuple[Kind, str]:
     kind, _, psa_id = psa_key.partition(":")
     return Kind(kind), psa_id
+
+
+def occurrence_key(uid: str, original_start: datetime) -> str:
+    """The ``exchange_key`` of one occurrence of a recurring series: ``<UID>@<original start>``.
+
+    The original start is written in UTC as ``YYYY-MM-DDTHH:MM:SSZ`` so that every adapter (and the
+    in-memory fake) produces the same key for the same occurrence.
+    """
+    return f"{uid}@{original_start.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 # --- payloads: the fields both sides share, per Exchange item type ------------------------------

@@ -47,6 +47,7 @@ class NewItem:
     kind: Kind
     psa_key: str  # written into the extended property
     payload: Payload
+    categories: tuple[str, ...] = ()  # the configured sync.category (empty: none)
 
 
 @dataclass(frozen=True, slots=True)

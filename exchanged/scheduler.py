@@ -15,7 +15,8 @@ rule                   how
 =====================  ======================================================================
 interval               after a scheduled cycle, the next is due at ``max(slot + interval, end)``
                        (``slot`` = when it was due): no stacking (never two at once for one
-                       user), no burst (an overrun never queues several catch-up cycles).
+                       user), no burst (an overrun never queues several catch-up cycles;
+                       a start a whole interval late re-bases ``slot`` on the real start).
 spread                 users added in one ``set_users`` call get first runs at
                        ``now + interval * i / n``: at start-up all users spread evenly, a user
                        added later by a reload runs at once.
@@ -434,6 +435,10 @@ class Scheduler:
         else:
             request = CycleRequest(full=user.force_full, reason="scheduled")
             slot = user.next_due
+        if slot is not None and now >= slot + self._interval:
+            # started a whole interval late (held, paused, at the concurrency limit): re-base the
+            # grid on the real start so that the next cycle does not follow back-to-back
+            slot = now
         user.force_full = False
         user.running = True
         user.running_request = request

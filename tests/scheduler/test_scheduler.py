@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,10 +57,6 @@ async def running(sched: Scheduler) -> AsyncIterator[Scheduler]:
         nursery.cancel_scope.cancel()
 
 
-def approx(values: list[float]) -> Callable[[list[float]], bool]:
-    return lambda got: len(got) == len(values) and all(abs(a - b) < 1e-6 for a, b in zip(got, values))
-
-
 async def test_interval_and_spread(autojump_clock: trio.testing.MockClock) -> None:
     rec = Recorder()
     sched = Scheduler(rec, interval_s=90, max_concurrent=8)
@@ -69,9 +65,9 @@ async def test_interval_and_spread(autojump_clock: trio.testing.MockClock) -> No
     async with running(sched):
         await trio.sleep(250)
     rel = {m: [t - t0 for t in rec.starts(m)] for m in "abc"}
-    assert approx([0, 90, 180])(rel["a"]), rel
-    assert approx([30, 120, 210])(rel["b"]), rel
-    assert approx([60, 150, 240])(rel["c"]), rel
+    assert rel["a"] == pytest.approx([0, 90, 180]), rel
+    assert rel["b"] == pytest.approx([30, 120, 210]), rel
+    assert rel["c"] == pytest.approx([60, 150, 240]), rel
 
 
 async def test_overrun_delays_next_without_stacking(autojump_clock: trio.testing.MockClock) -> None:
@@ -82,7 +78,7 @@ async def test_overrun_delays_next_without_stacking(autojump_clock: trio.testing
     async with running(sched):
         await trio.sleep(600)
     # 0..250 overran two slots: the next starts at its end, once, not three times in a burst
-    assert approx([0, 250, 500])([t - t0 for t in rec.starts("a")])
+    assert [t - t0 for t in rec.starts("a")] == pytest.approx([0, 250, 500])
     assert rec.max_active_per_user == 1
 
 
@@ -93,7 +89,7 @@ async def test_short_cycle_keeps_the_slot_grid(autojump_clock: trio.testing.Mock
     sched.set_users(["a"])
     async with running(sched):
         await trio.sleep(350)
-    assert approx([0, 100, 200, 300])([t - t0 for t in rec.starts("a")])
+    assert [t - t0 for t in rec.starts("a")] == pytest.approx([0, 100, 200, 300])
 
 
 async def test_concurrency_limit(autojump_clock: trio.testing.MockClock) -> None:

@@ -1,0 +1,1242 @@
+"""The configuration: YAML -> frozen, validated objects; every problem with its key path and line.
+
+Theory of operation
+-------------------
+1. ``_parse_yaml`` composes the YAML node tree once and constructs the document from it, so that
+   every key path can be mapped back to the line it was written on (``_LineMap``). Duplicate keys
+   (which PyYAML would silently collapse) are problems too.
+2. pydantic validates the structure and the rules that concern one section (types, ranges, a DNS
+   name for the server, secrets read from files). Its errors are translated into
+   ``errors.ConfigProblem`` with our path syntax (``users[2].mailbox``) and a "did you mean" for
+   unknown keys.
+3. Rules that cross sections (Graph vs. local basic auth, per-user narrowing, duplicate mailboxes,
+   ...) run on the raw document, defensively, so that they are reported even when step 2 failed
+   somewhere else: the operator sees *all* problems at once.
+4. ``load_config`` raises ``errors.ConfigInvalid`` with every problem, or returns a ``Config``.
+
+Secrets (Exchange password, Autotask secret and integration code) are ``pydantic.SecretStr``: their
+repr is ``**********`` and no error message ever quotes a secret's value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import email.utils
+import grp
+import ipaddress
+import json
+import os
+import re
+import stat
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from exchanged.errors import ConfigInvalid, ConfigProblem
+
+CREDENTIAL_PASSWORD = "sync-password"
+CREDENTIAL_AUTOTASK_SECRET = "autotask-secret"
+CREDENTIAL_AUTOTASK_CODE = "autotask-integration-code"
+MAX_PASSWORD_CHARS = 128  # the vendor's limit ("maximal 128 Ziffern")
+
+ExchangeVersion = Literal[
+    "Exchange2007",
+    "Exchange2007_SP1",
+    "Exchange2010",
+    "Exchange2010_SP1",
+    "Exchange2010_SP2",
+    "Exchange2013",
+    "Exchange2013_SP1",
+    "Exchange2015",
+    "Exchange2015_SP1",
+    "Exchange2016",
+    "Exchange2019",
+]
+ImportMode = Literal["all_details", "no_details", "none"]
+# how much of an Exchange appointment is imported; a user may only move down this ladder
+IMPORT_LADDER: dict[str, int] = {"none": 0, "no_details": 1, "all_details": 2}
+ShowAs = Literal["free", "tentative", "oof", "working_elsewhere"]
+DB_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+# --- rule helpers -------------------------------------------------------------------------------
+
+
+def _rule(message: str, key: str | None = None) -> PydanticCustomError:
+    """A rule violation; ``key`` names the sub-key (of the validated model) it is about."""
+    return PydanticCustomError("exchanged_rule", "{msg}", {"msg": message, "key": key or ""})
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def dns_name_problem(value: str) -> str | None:
+    """Why ``value`` is not a DNS host name, or None. IP literals are refused (vendor rule)."""
+    text = value.strip()
+    if not text:
+        return "must not be empty"
+    if "://" in text:
+        return "give the host name only, without a scheme (https is implied; see server.allow_plaintext)"
+    bare = text.strip("[]")
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    else:
+        return f"{text!r} is an IP address; use the server's DNS name (the vendor forbids IP addresses here)"
+    if "/" in text:
+        return "give the host name only, without a path (see server.virtual_directory)"
+    if ":" in text:
+        return "give the host name only, without a port (see server.port)"
+    name = text[:-1] if text.endswith(".") else text
+    if len(name) > 253:
+        return "is longer than 253 characters, not a DNS name"
+    labels = name.split(".")
+    if labels[-1].isdigit():
+        return f"{text!r} looks like an IP address; use the server's DNS name"
+    try:
+        ascii_labels = [lbl.encode("idna").decode("ascii") if not lbl.isascii() else lbl for lbl in labels]
+    except UnicodeError:
+        return f"{text!r} is not a valid DNS name"
+    if not all(_LABEL.match(lbl) for lbl in ascii_labels):
+        return f"{text!r} is not a valid DNS name (letters, digits, '-' and '.' only)"
+    return None
+
+
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+$")
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` is not a usable mail address, or None."""
+    if address.count("@") != 1:
+        return f"{address!r} is not a mail address (expected name@domain)"
+    local, domain = address.rsplit("@", 1)
+    if not domain:
+        return f"{address!r} has no domain after '@'"
+    if not local or len(local) > 64 or not _LOCAL_PART.match(local) or ".." in local \
+            or local.startswith(".") or local.endswith("."):
+        return f"{address!r}: the part before '@' is not valid"
+    if domain != "localhost" and "." not in domain:
+        return f"{address!r}: the domain {domain!r} has no dot"
+    problem = dns_name_problem(domain)
+    if problem is not None:
+        return f"{address!r}: the domain is not valid: {problem}"
+    return None
+
+
+def parse_recipients(text: str) -> tuple[list[str], list[str]]:
+    """Split a ';'-separated list (as the vendor's form has it) into (addresses, problems)."""
+    addresses: list[str] = []
+    problems: list[str] = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        _name, addr = email.utils.parseaddr(part)
+        addr = addr or part
+        problem = address_problem(addr)
+        if problem is None:
+            addresses.append(addr)
+        else:
+            problems.append(problem)
+    return addresses, problems
+
+
+def _read_secret_file(path: Path, label: str, check_mode: bool) -> str:
+    """Read one secret from ``path``; refuse group/other-readable files (``check_mode``)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{label} file {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{label} file {path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{label} file {path} is not a regular file")
+    if check_mode and st.st_mode & 0o077:
+        raise ValueError(
+            f"{label} file {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{label} file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"{label} file {path} cannot be read: {exc.strerror}") from None
+    # only the line end an editor adds is dropped: spaces may be part of a password
+    value = text.rstrip("\r\n")
+    if not value:
+        raise ValueError(f"{label} file {path} is empty")
+    return value
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir", "."))
+
+
+def _credentials_dir(info: ValidationInfo) -> str | None:
+    ctx = info.context or {}
+    if "credentials_dir" in ctx:
+        value: str | None = ctx["credentials_dir"]
+        return value
+    return os.environ.get("CREDENTIALS_DIRECTORY") or None
+
+
+def _resolve_secret(
+    info: ValidationInfo,
+    *,
+    label: str,
+    inline: SecretStr | None,
+    file: str | None,
+    inline_key: str,
+    file_key: str,
+    credential: str | None,
+    max_chars: int | None = None,
+) -> SecretStr:
+    """Exactly one source: ``file``, ``inline``, or the systemd credential (when neither is set)."""
+    if inline is not None and file is not None:
+        raise _rule(f"give either {inline_key} or {file_key}, not both", inline_key)
+    if file is not None:
+        path = Path(file)
+        if not path.is_absolute():
+            path = _base_dir(info) / path
+        try:
+            value = _read_secret_file(path, label, check_mode=True)
+        except ValueError as exc:
+            raise _rule(str(exc), file_key) from None
+        key = file_key
+    elif inline is not None:
+        value = inline.get_secret_value()
+        key = inline_key
+        if not value:
+            raise _rule(f"{label} is empty", key)
+    else:
+        cred_dir = _credentials_dir(info) if credential else None
+        if credential is None or cred_dir is None:
+            hint = f", or run under systemd with LoadCredential={credential}:FILE" if credential else ""
+            raise _rule(f"no {label}: set {file_key} or {inline_key}{hint}", file_key)
+        try:
+            # systemd creates credential files 0400 for the service user in a private directory
+            value = _read_secret_file(Path(cred_dir) / credential, f"{label} (systemd credential)", False)
+        except ValueError as exc:
+            raise _rule(f"{exc}; set {file_key} or {inline_key}, or fix LoadCredential", file_key) from None
+        key = file_key
+    if max_chars is not None and len(value) > max_chars:
+        raise _rule(f"{label} is longer than {max_chars} characters (the vendor's limit)", key)
+    return SecretStr(value)
+
+
+def _secret_not_number(value: Any) -> Any:
+    # YAML turns unquoted digits into numbers (0123 even into octal 83): never guess a password
+    if value is not None and not isinstance(value, str | SecretStr):
+        raise _rule("must be a quoted string in the YAML file")
+    return value
+
+
+def _none_is_empty(value: Any) -> Any:
+    # `sync:` with every child commented out is YAML null: treat it as "all defaults"
+    return {} if value is None else value
+
+
+def _db_url(value: str, what: str) -> str:
+    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+    if scheme not in DB_SCHEMES:
+        raise _rule(f"must be a database URL ({what}) starting with sqlite:/// or postgresql:// "
+                    f"(as SQLAlchemy writes them)")
+    if scheme == "sqlite" and not value.lower().startswith("sqlite:///"):
+        raise _rule("a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
+    return value
+
+
+# --- the models ---------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class ServerConfig(_Model):
+    address: str
+    hosted_by_third_party: bool = False
+    virtual_directory: str = ""
+    version: ExchangeVersion | None = None
+    port: int = Field(default=443, ge=1, le=65535)
+    use_ms_graph: bool = False
+    ca_bundle: str | None = None
+    allow_plaintext: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        problem = dns_name_problem(value)
+        if problem is not None:
+            raise _rule(problem)
+        return value.strip().rstrip(".").lower()
+
+    @field_validator("virtual_directory")
+    @classmethod
+    def _vdir(cls, value: str) -> str:
+        if "://" in value:
+            raise _rule("give a path such as EWS/Exchange.asmx, not a URL "
+                        "(leave empty as the vendor advises)")
+        if any(c.isspace() for c in value) or "?" in value or "#" in value or ".." in value.split("/"):
+            raise _rule("must be a plain path such as EWS/Exchange.asmx (leave empty as the vendor advises)")
+        return value.strip("/")
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _existing_file(value, info, "CA bundle")
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> ServerConfig:
+        if not self.allow_plaintext and self.port == 80:
+            raise _rule("port 80 is plain HTTP: set server.allow_plaintext: true to allow it "
+                        "(passwords then cross the network unencrypted)", "port")
+        return self
+
+
+def _existing_file(value: str | None, info: ValidationInfo, what: str) -> str | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = _base_dir(info) / path
+    if not path.is_file():
+        raise _rule(f"{what} {path} does not exist or is not a file")
+    return str(path)
+
+
+class CredentialsConfig(_Model):
+    local_setup_basic_auth: bool = True
+    auth_type: Literal["basic", "ntlm"] = "basic"
+    username: str = Field(min_length=1)
+    password_file: str | None = None
+    # the YAML key `password` is one source; after validation it holds the resolved secret
+    password: SecretStr = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    domain: str | None = None
+    use_for_all_users: bool = True
+
+    _check_password = field_validator("password", mode="before")(_secret_not_number)
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> CredentialsConfig:
+        secret = _resolve_secret(
+            info, label="password", inline=self.password, file=self.password_file,
+            inline_key="password", file_key="password_file", credential=CREDENTIAL_PASSWORD,
+            max_chars=MAX_PASSWORD_CHARS,
+        )
+        object.__setattr__(self, "password", secret)  # frozen from here on; resolved once
+        return self
+
+    def account_name(self) -> str:
+        """The login name: DOMAIN\\user unless the user name already carries a domain."""
+        if self.domain and "\\" not in self.username and "@" not in self.username:
+            return f"{self.domain}\\{self.username}"
+        return self.username
+
+
+class SmtpConfig(_Model):
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    from_: str = Field(default="exchanged@localhost", alias="from")
+    ca_file: str | None = None  # extra CA for starttls/tls (internal PKI); TLS is always verified
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        _name, addr = email.utils.parseaddr(value)
+        problem = address_problem(addr or value)
+        if problem is not None:
+            raise _rule(problem)
+        return addr
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _existing_file(value, info, "CA file")
+
+    @property
+    def sender(self) -> str:
+        return self.from_
+
+
+class NotificationsConfig(_Model):
+    email: str = ""
+    smtp: SmtpConfig = SmtpConfig()
+    repeat_after_minutes: int = Field(default=240, ge=1)
+
+    _smtp_none = field_validator("smtp", mode="before")(_none_is_empty)
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _email(cls, value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, list):  # a YAML list is an obvious intent: accept it
+            if not all(isinstance(v, str) for v in value):
+                raise _rule("must be addresses separated by ';'")
+            value = "; ".join(value)
+        if isinstance(value, str):
+            _addresses, problems = parse_recipients(value)
+            if problems:
+                raise _rule("; ".join(problems))
+        return value
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return tuple(parse_recipients(self.email)[0])
+
+
+_NARROWABLE_BOOLS = (
+    "appointments_export", "contacts_owned", "service_calls_export", "todos", "import_free_time",
+)
+
+
+class SyncConfig(_Model):
+    appointments_export: bool = True
+    contacts_owned: bool = True
+    service_calls_export: bool = True
+    todos: bool = True
+    public_folder_all_contacts: bool = False
+    import_appointments: ImportMode = "all_details"
+    import_free_time: bool = True
+    past_days: int = Field(default=7, ge=1, le=30)
+    recurring_future_days: int = Field(default=30, ge=1, le=30)
+    category: str = Field(default="PSA", min_length=1)
+    max_concurrent_users: int = Field(default=8, ge=1)
+    max_deletes_per_cycle: int = Field(default=25, ge=0)
+    skip_show_as: tuple[ShowAs, ...] = ()
+    skip_private: bool = False
+    skip_all_day: bool = False
+    skip_categories: tuple[str, ...] = ()
+
+
+class UserSettings(_Model):
+    """Per-user narrowing of the global ``sync`` section (None: as globally)."""
+
+    appointments_export: bool | None = None
+    contacts_owned: bool | None = None
+    service_calls_export: bool | None = None
+    todos: bool | None = None
+    import_appointments: ImportMode | None = None
+    import_free_time: bool | None = None
+
+
+class UserConfig(_Model):
+    mailbox: str
+    psa_resource: str = Field(min_length=1)
+    enabled: bool = True
+    settings: UserSettings = UserSettings()
+    # only with credentials.use_for_all_users: false (each user logs in as itself)
+    username: str | None = None
+    password_file: str | None = None
+    password: SecretStr | None = None
+
+    _settings_none = field_validator("settings", mode="before")(_none_is_empty)
+    _check_password = field_validator("password", mode="before")(_secret_not_number)
+
+    @field_validator("mailbox")
+    @classmethod
+    def _mailbox(cls, value: str) -> str:
+        problem = address_problem(value.strip())
+        if problem is not None:
+            raise _rule(problem)
+        return value.strip().lower()  # Exchange addresses are case-insensitive: one spelling
+
+    @field_validator("psa_resource", mode="before")
+    @classmethod
+    def _resource(cls, value: Any) -> Any:
+        # "29682885" and 29682885 mean the same resource id
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> UserConfig:
+        if self.password is None and self.password_file is None:
+            return self
+        secret = _resolve_secret(
+            info, label=f"password of {self.mailbox}", inline=self.password, file=self.password_file,
+            inline_key="password", file_key="password_file", credential=None,
+            max_chars=MAX_PASSWORD_CHARS,
+        )
+        object.__setattr__(self, "password", secret)
+        return self
+
+    @property
+    def login(self) -> str:
+        return self.username or self.mailbox
+
+
+class SqlPsaConfig(_Model):
+    connector: Literal["sql"] = "sql"
+    url: str = "sqlite:////var/lib/exchanged/psa.db"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _db_url(value, "psa.url")
+
+
+class AutotaskPsaConfig(_Model):
+    connector: Literal["autotask"]
+    username: str = Field(min_length=1)
+    secret_file: str | None = None
+    secret: SecretStr = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    integration_code_file: str | None = None
+    integration_code: SecretStr = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    zone_lookup_url: str = "https://webservices.autotask.net/ATServicesRest/"
+    requests_per_hour: int = Field(default=3000, ge=1, le=10000)
+    ca_bundle: str | None = None
+
+    _check_secret = field_validator("secret", "integration_code", mode="before")(_secret_not_number)
+
+    @field_validator("zone_lookup_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.lower().startswith("https://") or len(value) <= len("https://"):
+            raise _rule("must be an https:// URL (the API key and secret travel with every request)")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _existing_file(value, info, "CA bundle")
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> AutotaskPsaConfig:
+        secret = _resolve_secret(
+            info, label="Autotask secret", inline=self.secret, file=self.secret_file,
+            inline_key="secret", file_key="secret_file", credential=CREDENTIAL_AUTOTASK_SECRET,
+        )
+        code = _resolve_secret(
+            info, label="Autotask integration code", inline=self.integration_code,
+            file=self.integration_code_file, inline_key="integration_code",
+            file_key="integration_code_file", credential=CREDENTIAL_AUTOTASK_CODE,
+        )
+        object.__setattr__(self, "secret", secret)
+        object.__setattr__(self, "integration_code", code)
+        return self
+
+
+PsaConfig = Annotated[Union[SqlPsaConfig, AutotaskPsaConfig], Field(discriminator="connector")]  # noqa: UP007
+
+
+class StateConfig(_Model):
+    url: str = "sqlite:////var/lib/exchanged/state.db"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _db_url(value, "state.url")
+
+
+class ControlConfig(_Model):
+    socket: str = "/run/exchanged/control.sock"
+    group: str | None = "exchanged"
+
+    @field_validator("socket")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise _rule("must be an absolute path such as /run/exchanged/control.sock")
+        if len(value.encode()) > 107:
+            raise _rule("is longer than a Unix socket path may be (107 bytes)")
+        return value
+
+
+class LoggingConfig(_Model):
+    format: Literal["journal", "json", "console"] = "journal"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Model):
+    enabled: bool = True
+    profile_name: str = Field(min_length=1)
+    server: ServerConfig
+    sync_interval_minutes: int = Field(ge=10)
+    credentials: CredentialsConfig
+    notifications: NotificationsConfig = NotificationsConfig()
+    sync: SyncConfig = SyncConfig()
+    users: tuple[UserConfig, ...] = ()
+    psa: PsaConfig = SqlPsaConfig()
+    state: StateConfig = StateConfig()
+    control: ControlConfig = ControlConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+    _source_path: str = PrivateAttr(default="")
+
+    _sections_none = field_validator(
+        "notifications", "sync", "state", "control", "logging", mode="before"
+    )(_none_is_empty)
+
+    @field_validator("psa", mode="before")
+    @classmethod
+    def _psa_default_connector(cls, value: Any) -> Any:
+        # the embedded SQL connector is the default, as in the SPEC
+        value = _none_is_empty(value)
+        if isinstance(value, dict) and "connector" not in value:
+            return {"connector": "sql", **value}
+        return value
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _users_none(cls, value: Any) -> Any:
+        return () if value is None else value
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self._warnings
+
+    @property
+    def source_path(self) -> str:
+        return self._source_path
+
+    def effective_sync(self, user: UserConfig) -> SyncConfig:
+        """The global ``sync`` section narrowed by ``user.settings``."""
+        overrides = {k: v for k, v in user.settings.model_dump().items() if v is not None}
+        return self.sync.model_copy(update=overrides)
+
+    def enabled_users(self) -> tuple[UserConfig, ...]:
+        """Users to sync; none at all while the integration is switched off (``enabled: false``)."""
+        if not self.enabled:
+            return ()
+        return tuple(u for u in self.users if u.enabled)
+
+    def user(self, mailbox: str) -> UserConfig | None:
+        wanted = mailbox.lower()
+        return next((u for u in self.users if u.mailbox == wanted), None)
+
+
+# --- public helpers -----------------------------------------------------------------------------
+
+
+def server_identity(cfg: Config) -> str:
+    """What the EWS sync states and item ids belong to; a change means every user resyncs fully."""
+    parts = [
+        cfg.server.address.lower(),
+        cfg.server.virtual_directory.strip("/").lower(),
+        cfg.server.version or "",
+        (cfg.credentials.domain or "").lower(),
+    ]
+    return json.dumps(parts, separators=(",", ":"))
+
+
+def ews_url(cfg: Config) -> str:
+    """The EWS endpoint: https unless ``server.allow_plaintext`` (then http) is set."""
+    scheme = "http" if cfg.server.allow_plaintext else "https"
+    default_port = 80 if scheme == "http" else 443
+    port = "" if cfg.server.port == default_port else f":{cfg.server.port}"
+    vdir = cfg.server.virtual_directory.strip("/")
+    if not vdir:
+        path = "EWS/Exchange.asmx"
+    elif vdir.lower().endswith(".asmx"):
+        path = vdir
+    else:  # a directory, as the vendor's field name says
+        path = f"{vdir}/Exchange.asmx"
+    return f"{scheme}://{cfg.server.address}{port}/{path}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDiff:
+    added: frozenset[str]
+    removed: frozenset[str]
+    changed: frozenset[str]  # user entry or its effective sync settings differ
+    newly_enabled: frozenset[str]  # enabled now, not enabled (or absent) before
+    resync_all: bool  # server identity changed: every user resyncs fully
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.newly_enabled or self.resync_all)
+
+
+def diff_configs(old: Config, new: Config) -> ConfigDiff:
+    old_users = {u.mailbox: u for u in old.users}
+    new_users = {u.mailbox: u for u in new.users}
+    changed = {
+        m for m in old_users.keys() & new_users.keys()
+        if old_users[m] != new_users[m]
+        or old.effective_sync(old_users[m]) != new.effective_sync(new_users[m])
+    }
+    old_enabled = {u.mailbox for u in old.enabled_users()}
+    new_enabled = {u.mailbox for u in new.enabled_users()}
+    return ConfigDiff(
+        added=frozenset(new_users.keys() - old_users.keys()),
+        removed=frozenset(old_users.keys() - new_users.keys()),
+        changed=frozenset(changed),
+        newly_enabled=frozenset(new_enabled - old_enabled),
+        resync_all=server_identity(old) != server_identity(new),
+    )
+
+
+# --- YAML with lines ----------------------------------------------------------------------------
+
+PathT = tuple[str | int, ...]
+
+
+def render_path(path: PathT) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _LineMap:
+    """Key path -> 1-based line of the key (mappings) or item (sequences)."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.lines: dict[PathT, int] = {}
+        self.duplicates: list[tuple[PathT, int, int]] = []  # path, line, first line
+        if root is not None:
+            self.lines[()] = root.start_mark.line + 1
+            self._walk(root, (), set())
+
+    def _walk(self, node: yaml.Node, path: PathT, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias to an enclosing node: recursive documents end here
+            return
+        seen = seen | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            firsts: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = str(key_node.value)
+                line = key_node.start_mark.line + 1
+                child = (*path, key)
+                if key in firsts:
+                    self.duplicates.append((child, line, firsts[key]))
+                else:
+                    firsts[key] = line
+                    self.lines[child] = line
+                self._walk(value_node, child, seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                self.lines[child] = item.start_mark.line + 1
+                self._walk(item, child, seen)
+
+    def line(self, path: PathT) -> int | None:
+        """The line of ``path``, or of its nearest ancestor that is written in the file."""
+        for cut in range(len(path), -1, -1):
+            found = self.lines.get(path[:cut])
+            if found is not None:
+                return found
+        return None
+
+
+def _parse_yaml(text: str) -> tuple[Any, _LineMap]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+    return data, _LineMap(node)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> ConfigProblem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    message = f"not valid YAML: {what}" + (f" ({context})" if context else "")
+    return ConfigProblem("", line, message)
+
+
+# --- pydantic errors -> problems ----------------------------------------------------------------
+
+_SECRET_KEYS = frozenset({"password", "secret", "integration_code"})
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional/Annotated to the interesting type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) == 1:
+                annotation = args[0]
+            else:
+                return annotation
+        else:
+            return annotation
+
+
+def _model_at(loc: tuple[Any, ...]) -> tuple[PathT, type[BaseModel] | None]:
+    """Our path for a pydantic ``loc`` (union tags dropped) and the model class found there."""
+    current: Any = Config
+    path: list[str | int] = []
+    for part in loc:
+        current = _unwrap(current)
+        origin = typing.get_origin(current)
+        if origin in (Union, types.UnionType):
+            members = {
+                typing.get_args(m.model_fields["connector"].annotation)[0]: m
+                for m in typing.get_args(current)
+                if isinstance(m, type) and issubclass(m, BaseModel) and "connector" in m.model_fields
+            }
+            if part in members:  # the discriminator's tag, not a key of the file
+                current = members[part]
+                continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            part = str(part)  # a mapping key, even when YAML made it a number
+            path.append(part)
+            field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+            current = field.annotation if field is not None else None
+        elif origin in (tuple, list) and isinstance(part, int):
+            path.append(part)
+            current = typing.get_args(current)[0]
+        else:
+            path.append(part)
+            current = None
+    current = _unwrap(current)
+    model = current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return tuple(path), model
+
+
+def _keys_of(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def _section_of(word: str, here: PathT) -> str | None:
+    """The section a misplaced key belongs to (``use_ms_graph`` under credentials -> server)."""
+    if not _SECTIONS:
+        _SECTIONS.update({
+            "(top level)": Config, "server": ServerConfig, "credentials": CredentialsConfig,
+            "notifications": NotificationsConfig, "notifications.smtp": SmtpConfig, "sync": SyncConfig,
+            "users[]": UserConfig, "users[].settings": UserSettings, "psa": AutotaskPsaConfig,
+            "state": StateConfig, "control": ControlConfig, "logging": LoggingConfig,
+        })
+    for name, model in _SECTIONS.items():
+        if word in _keys_of(model) and name.replace("[]", "") != render_path(here):
+            return name
+    return None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(choices)}"
+
+
+def _message(err: Any, path: PathT) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    secret = any(isinstance(p, str) and p in _SECRET_KEYS for p in path)
+    got = "" if secret else _shown(err.get("input"))
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+        bound = next(iter(ctx.values()))
+        return f"must be {sign[kind]} {bound}{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}{got}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = ctx.get("tag")
+        return "must be 'sql' or 'autotask'" + (_shown(tag) if tag is not None else "")
+    if kind == "invalid_key":
+        return "keys must be text"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of keys{got}"
+    if kind in ("tuple_type", "list_type"):
+        return f"must be a list{got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false{got}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number{got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number{got}"
+    if kind == "string_type":
+        return f"must be text{got}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "recursion_loop":
+        return "refers to itself (a recursive YAML alias)"
+    return str(err.get("msg", kind))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value)
+        return f" (got {text[:60]})"
+    return f" (got a {type(value).__name__})"
+
+
+def _problems_from(exc: ValidationError, lines: _LineMap) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        ctx = err.get("ctx") or {}
+        if err["type"] == "extra_forbidden":
+            path, _ = _model_at(loc)
+            _, parent = _model_at(loc[:-1])
+            word = str(loc[-1])
+            home = _section_of(word, path[:-1])
+            if home:
+                message = f"unknown key {word!r} here; it belongs under {home}"
+            else:
+                message = f"unknown key {word!r}{_did_you_mean(word, _keys_of(parent))}"
+        else:
+            if err["type"] == "exchanged_rule" and ctx.get("key"):
+                loc = (*loc, ctx["key"])
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "connector")
+            path, _ = _model_at(loc)
+            message = str(ctx["msg"]) if err["type"] == "exchanged_rule" else _message(err, path)
+        problems.append(ConfigProblem(render_path(path), lines.line(path), message))
+    return problems
+
+
+# --- rules across sections ----------------------------------------------------------------------
+
+
+class _Raw:
+    """Defensive access to the raw document: a value only when it has the expected type."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, path: PathT, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        node: Any = self.data
+        for part in path:
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    return default
+            elif not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        if kind is int and isinstance(node, bool):
+            return default
+        return node if isinstance(node, kind) else default
+
+    def has(self, path: PathT) -> bool:
+        return self.get(path, object, _MISSING) is not _MISSING
+
+
+_MISSING = object()
+
+
+def _default(model: type[BaseModel], key: str) -> Any:
+    return model.model_fields[key].default
+
+
+def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[str]]:
+    problems: list[ConfigProblem] = []
+    warnings: list[str] = []
+
+    def problem(path: PathT, message: str) -> None:
+        problems.append(ConfigProblem(render_path(path), lines.line(path), message))
+
+    def warn(path: PathT, message: str) -> None:
+        line = lines.line(path)
+        where = f"line {line}: " if line else ""
+        warnings.append(f"{where}{render_path(path)}: {message}")
+
+    graph = raw.get(("server", "use_ms_graph"), bool, False)
+    basic = raw.get(("credentials", "local_setup_basic_auth"), bool,
+                    _default(CredentialsConfig, "local_setup_basic_auth"))
+    if graph and basic:
+        problem(("server", "use_ms_graph"),
+                "cannot be used together with credentials.local_setup_basic_auth: true "
+                "(the vendor hides MS Graph when local basic auth is chosen); switch one off")
+    if graph and raw.get(("sync", "public_folder_all_contacts"), bool, False):
+        problem(("sync", "public_folder_all_contacts"),
+                "needs EWS: it cannot be used with server.use_ms_graph: true")
+    if raw.get(("sync", "public_folder_all_contacts"), bool, False):
+        warn(("sync", "public_folder_all_contacts"),
+             "every Exchange user can read (and download) all PSA contacts in that public folder")
+    if raw.get(("server", "allow_plaintext"), bool, False):
+        warn(("server", "allow_plaintext"),
+             "EWS over plain http: the password crosses the network unencrypted")
+    if raw.get(("enabled",), bool, True) is False:
+        warn(("enabled",), "the integration is switched off: no user is synced")
+    if raw.has(("credentials", "password")) and raw.get(("credentials", "password"), str) is not None:
+        warn(("credentials", "password"),
+             "the password is in the config file; prefer password_file (chmod 600) or LoadCredential")
+    group = raw.get(("control", "group"), str, _default(ControlConfig, "group"))
+    if isinstance(group, str) and group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            warn(("control", "group"), f"group {group!r} does not exist on this host; "
+                 "only root and the daemon's user can use exchangectl until it does")
+
+    import_mode = raw.get(("sync", "import_appointments"), str, _default(SyncConfig, "import_appointments"))
+    if import_mode == "none" and raw.get(("sync", "import_free_time"), bool) is True:
+        warn(("sync", "import_free_time"), "ignored because sync.import_appointments is none")
+
+    per_user_creds = raw.get(("credentials", "use_for_all_users"), bool, True) is False
+    users = raw.get(("users",), list, [])
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(users):
+        if not isinstance(entry, dict):
+            continue
+        mailbox = entry.get("mailbox")
+        if isinstance(mailbox, str):
+            key = mailbox.strip().lower()
+            if key in seen:
+                problem(("users", index, "mailbox"),
+                        f"{key} is listed twice (first as users[{seen[key]}]); list each mailbox once")
+            else:
+                seen[key] = index
+        has_own_password = "password" in entry or "password_file" in entry
+        if per_user_creds and not has_own_password and entry.get("enabled", True) is not False:
+            problem(("users", index),
+                    "credentials.use_for_all_users is false: give this user a password_file or password")
+        if not per_user_creds and has_own_password:
+            warn(("users", index), "own password ignored: credentials.use_for_all_users is true "
+                 "(the sync account impersonates every user)")
+        settings = entry.get("settings")
+        if isinstance(settings, dict):
+            _narrowing(raw, index, settings, problem, warn, import_mode)
+    return problems, warnings
+
+
+def _narrowing(
+    raw: _Raw,
+    index: int,
+    settings: dict[str, Any],
+    problem: Callable[[PathT, str], None],
+    warn: Callable[[PathT, str], None],
+    global_import: Any,
+) -> None:
+    """Per-user settings may switch things off, never on (the vendor greys those boxes out)."""
+    base = ("users", index, "settings")
+    for key in _NARROWABLE_BOOLS:
+        wanted = settings.get(key)
+        globally = raw.get(("sync", key), bool, _default(SyncConfig, key))
+        if wanted is True and globally is False:
+            problem((*base, key), f"cannot enable what sync.{key} switches off globally "
+                    f"(sync.{key} is false); a user's settings may only narrow")
+    wanted_mode = settings.get("import_appointments")
+    if isinstance(wanted_mode, str) and wanted_mode in IMPORT_LADDER and global_import in IMPORT_LADDER \
+            and IMPORT_LADDER[wanted_mode] > IMPORT_LADDER[global_import]:
+        problem((*base, "import_appointments"),
+                f"{wanted_mode} imports more than sync.import_appointments ({global_import}); "
+                "a user's settings may only narrow (all_details > no_details > none)")
+    effective_mode = wanted_mode if isinstance(wanted_mode, str) else global_import
+    if effective_mode == "none" and settings.get("import_free_time") is True:
+        warn((*base, "import_free_time"), "ignored because import_appointments is none for this user")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _invalid(path: str, message: str, line: int | None = None) -> ConfigInvalid:
+    return ConfigInvalid([ConfigProblem("", line, message)], path)
+
+
+def load_config(path: str | os.PathLike[str], *, credentials_dir: str | None = None) -> Config:
+    """Read and validate the file; raises ``ConfigInvalid`` listing every problem.
+
+    ``credentials_dir`` overrides ``$CREDENTIALS_DIRECTORY`` (tests).
+    """
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _invalid(name, "file not found (give another with --config or EXCHANGED_CONFIG)") from None
+    except IsADirectoryError:
+        raise _invalid(name, "is a directory, not a config file") from None
+    except PermissionError:
+        raise _invalid(name, "permission denied: the daemon's user cannot read it") from None
+    except UnicodeDecodeError:
+        raise _invalid(name, "is not UTF-8 text") from None
+    except OSError as exc:
+        raise _invalid(name, f"cannot be read: {exc.strerror}") from None
+    return parse_config(text, name, credentials_dir=credentials_dir)
+
+
+def parse_config(text: str, name: str = "<config>", *, credentials_dir: str | None = None) -> Config:
+    """Validate YAML ``text`` (named ``name`` in messages; relative files are relative to it)."""
+    try:
+        data, lines = _parse_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigInvalid([_yaml_problem(exc)], name) from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructor can fail on odd scalars (e.g. 2001-02-30) outside YAMLError
+        raise _invalid(name, f"not valid YAML: a value cannot be read ({exc})") from None
+    if data is None:
+        raise _invalid(name, "is empty; expected a mapping of keys (see etc/exchanged.example.yaml)")
+    if not isinstance(data, dict):
+        raise _invalid(name, f"must be a mapping of keys at the top, not a {type(data).__name__}", 1)
+    problems = [
+        ConfigProblem(render_path(p), line, f"key written twice (first on line {first}); keep one")
+        for p, line, first in lines.duplicates
+    ]
+    context: dict[str, Any] = {"base_dir": str(Path(name).resolve().parent)}
+    if credentials_dir is not None:
+        context["credentials_dir"] = credentials_dir
+    cfg: Config | None = None
+    try:
+        cfg = Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, lines))
+    except RecursionError:
+        problems.append(ConfigProblem("", None, "nesting too deep (a recursive YAML alias?)"))
+    cross, warnings = _cross_rules(_Raw(data), lines)
+    problems.extend(cross)
+    if problems or cfg is None:
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ConfigInvalid(problems, name)
+    cfg._warnings = tuple(warnings)
+    cfg._source_path = name
+    return cfg
+
+
+# --- check-config -------------------------------------------------------------------------------
+
+
+def _render_problem(source: str, problem: ConfigProblem) -> str:
+    where = f"{source}:{problem.line}" if problem.line else source
+    key = problem.path or "<top>"
+    return f"{where}: {key}: {problem.message}"
+
+
+def cli_check_config(args: Any) -> int:
+    """``exchanged check-config``: exit 0 valid, 1 invalid (every problem with path and line)."""
+    source = str(args.config)
+    as_json = bool(getattr(args, "json", False))
+    try:
+        cfg = load_config(source)
+    except ConfigInvalid as exc:
+        if as_json:
+            _print_json(source, False, exc.problems, [], None)
+        else:
+            for problem in exc.problems:
+                print(_render_problem(source, problem), file=sys.stderr)
+            print(f"INVALID: {source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    checks: list[dict[str, Any]] | None = None
+    status = 0
+    if getattr(args, "connect", False):
+        checks, status = _connect(cfg)
+    if as_json:
+        _print_json(source, status == 0, [], list(cfg.warnings), checks, cfg)
+    else:
+        for warning in cfg.warnings:
+            print(f"warning: {source}: {warning}")
+        users = len(cfg.users)
+        enabled = len(cfg.enabled_users())
+        tail = f", {len(cfg.warnings)} warning(s)" if cfg.warnings else ""
+        print(f"OK: {source}: {users} users ({enabled} enabled){tail}")
+        for check in checks or []:
+            print(f"{check['result']:<8} {check['subject']}: {check['message']}")
+    return status
+
+
+def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
+    try:
+        from exchanged import exchange
+
+        check_connect = exchange.check_connect  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        message = "--connect: not available yet (the EWS adapter does not provide check_connect)"
+        return [{"subject": "connect", "result": "failed", "message": message}], 1
+    try:
+        outcome = check_connect(cfg)
+        if hasattr(outcome, "__await__"):
+            import trio
+
+            async def _await() -> Any:
+                return await outcome
+
+            outcome = trio.run(_await)
+    except Exception as exc:  # the adapter's own failure must not become a traceback here
+        from exchanged.errors import present
+
+        shown = present(exc)
+        return [{"subject": "connect", "result": "failed", "message": shown.line()}], 1
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for result in outcome:
+        label = "failed" if not result.ok else ("warning" if result.warning else "ok")
+        failed = failed or not result.ok
+        rows.append({"subject": result.subject, "result": label, "message": result.message})
+    return rows, 1 if failed else 0
+
+
+def _print_json(
+    source: str,
+    valid: bool,
+    problems: list[ConfigProblem],
+    warnings: list[str],
+    checks: list[dict[str, Any]] | None,
+    cfg: Config | None = None,
+) -> None:
+    doc: dict[str, Any] = {
+        "valid": valid,
+        "path": source,
+        "errors": [{"path": p.path, "line": p.line, "message": p.message} for p in problems],
+        "warnings": warnings,
+    }
+    if cfg is not None:
+        doc["users"] = len(cfg.users)
+        doc["enabled_users"] = len(cfg.enabled_users())
+    if checks is not None:
+        doc["connect"] = checks
+    print(json.dumps(doc, indent=2))
+
+
+def iter_problems(exc: ConfigInvalid) -> Iterator[str]:
+    """Each problem as one ``path:line: key: message`` line (for the daemon's reload log/status)."""
+    for problem in exc.problems:
+        yield _render_problem(exc.path, problem)
+
+
+__all__ = [
+    "AutotaskPsaConfig",
+    "Config",
+    "ConfigDiff",
+    "ControlConfig",
+    "CredentialsConfig",
+    "LoggingConfig",
+    "NotificationsConfig",
+    "ServerConfig",
+    "SmtpConfig",
+    "SqlPsaConfig",
+    "StateConfig",
+    "SyncConfig",
+    "UserConfig",
+    "UserSettings",
+    "cli_check_config",
+    "diff_configs",
+    "ews_url",
+    "iter_problems",
+    "load_config",
+    "parse_config",
+    "server_identity",
+]

@@ -1,0 +1,388 @@
+"""Control protocol: limits, error codes, the method table, framing and JSON encoding.
+
+Standard library only: ``exchangectl`` imports this module and must start fast, and the server
+and the client must agree byte for byte. docs/PROTOCOL.md is the prose version of this file.
+
+Theory of operation
+-------------------
+One JSON-RPC 2.0 object per line, UTF-8, ``\\n``-terminated. A request line may hold at most
+``MAX_LINE_BYTES`` bytes (the newline excluded); the server answers a longer one with a
+``line_too_long`` error and closes the connection, because it cannot know where the next request
+would start. Everything else that is wrong with a line (bad UTF-8, bad JSON, too deep, not a
+request) is answered with an error and the connection stays usable. Requests on one connection are
+answered in order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import Enum
+from pathlib import PurePath
+from typing import Any
+
+from exchanged import PROTOCOL_VERSION as PROTOCOL_VERSION  # re-exported for the client
+
+MAX_LINE_BYTES = 1024 * 1024  # one request line, newline excluded (SPEC section 5)
+MAX_DEPTH = 32  # nesting of arrays/objects in a request; real requests need 3
+CLIENT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # what exchangectl accepts for one answer line
+MAX_MAILBOX_CHARS = 320  # longest e-mail address RFC 3696 allows
+MAX_MAILBOXES = 10_000
+
+# --- JSON-RPC error codes (https://www.jsonrpc.org/specification#error_object) -----------------
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_REFUSED = -32000  # transport refusals: permission_denied, too_many_connections, idle_timeout
+HANDLER_ERROR = -32001  # the daemon refused or failed: data.reason is the ExchangedError's reason
+
+# --- stable data.reason strings of the protocol itself -----------------------------------------
+R_PARSE_ERROR = "parse_error"
+R_INVALID_REQUEST = "invalid_request"
+R_METHOD_NOT_FOUND = "method_not_found"
+R_INVALID_PARAMS = "invalid_params"
+R_LINE_TOO_LONG = "line_too_long"
+R_NESTING_TOO_DEEP = "nesting_too_deep"
+R_PERMISSION_DENIED = "permission_denied"
+R_TOO_MANY_CONNECTIONS = "too_many_connections"
+R_IDLE_TIMEOUT = "idle_timeout"
+R_INTERNAL_ERROR = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A request the protocol layer refuses; becomes one JSON-RPC error object."""
+
+    def __init__(self, code: int, reason: str, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.data = data
+
+    def response(self, request_id: RequestId = None) -> dict[str, Any]:
+        return error_response(request_id, self.code, self.message, self.reason, **self.data)
+
+
+class LineTooLong(ProtocolError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            INVALID_REQUEST,
+            R_LINE_TOO_LONG,
+            f"request line longer than {limit} bytes; the connection is closed",
+            limit=limit,
+        )
+
+
+RequestId = str | int | None
+
+
+# --- the method table --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One by-name parameter: its JSON type and what omitting it means."""
+
+    type: str  # "bool" | "str" | "mailboxes" (non-empty list of mailbox strings) | "since"
+    required: bool = False
+    default: Any = None
+    help: str = ""
+
+
+METHODS: dict[str, dict[str, Param]] = {
+    "version": {},
+    "status": {},
+    "users": {},
+    "sync": {
+        "mailboxes": Param("mailboxes", help="mailboxes to sync; omitted: every enabled user"),
+        "full": Param("bool", default=False, help="resync everything, not only the changes"),
+        "wait": Param("bool", default=False, help="answer when the cycles have finished"),
+        "allow_deletes": Param("bool", default=False, help="release deletions held back by the guard"),
+    },
+    "plan": {"mailbox": Param("str", required=True, help="the mailbox to plan (dry run)")},
+    "history": {
+        "mailbox": Param("str", help="only this mailbox; omitted: all"),
+        "since": Param("since", help="ISO 8601 datetime; naive means UTC"),
+    },
+    "reload": {"wait": Param("bool", default=False, help="answer when a deferred reload is applied")},
+    "pause": {"mailboxes": Param("mailboxes", help="omitted: pause all scheduling")},
+    "resume": {"mailboxes": Param("mailboxes", help="omitted: resume all scheduling")},
+}
+
+
+def validate_params(method: str, params: object) -> dict[str, Any]:
+    """Check ``params`` against ``METHODS[method]``; return the keyword arguments for the handler.
+
+    Raises ProtocolError(invalid_params) naming the offending parameter.
+    """
+    spec = METHODS[method]
+    if params is None:
+        params = {}
+    if isinstance(params, list) and not params:
+        params = {}  # some JSON-RPC clients send [] for "no params"
+    if not isinstance(params, dict):
+        raise _bad_param(method, None, f"params of {method!r} must be an object (by-name parameters)")
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        known = ", ".join(sorted(spec)) or "none"
+        raise _bad_param(
+            method, unknown[0], f"unknown parameter {unknown[0]!r} for {method!r} (known: {known})"
+        )
+    out: dict[str, Any] = {}
+    for name, param in spec.items():
+        if name not in params:
+            if param.required:
+                raise _bad_param(method, name, f"{method!r} needs the parameter {name!r}")
+            out[name] = param.default
+            continue
+        out[name] = _check_value(method, name, param, params[name])
+    return out
+
+
+def _check_value(method: str, name: str, param: Param, value: object) -> Any:
+    where = f"{method}.{name}"
+    if param.type == "bool":
+        if not isinstance(value, bool):
+            raise _bad_param(method, name, f"{where} must be true or false, not {_json_type(value)}")
+        return value
+    if value is None and not param.required:
+        return None
+    if param.type == "str":
+        return _check_mailbox(method, name, where, value)
+    if param.type == "mailboxes":
+        if not isinstance(value, list):
+            raise _bad_param(method, name, f"{where} must be a list of mailboxes, not {_json_type(value)}")
+        if not value:
+            raise _bad_param(method, name, f"{where} is empty; omit it to mean every mailbox")
+        if len(value) > MAX_MAILBOXES:
+            raise _bad_param(method, name, f"{where} lists more than {MAX_MAILBOXES} mailboxes")
+        checked = [_check_mailbox(method, name, f"{where}[{i}]", v) for i, v in enumerate(value)]
+        return list(dict.fromkeys(checked))  # duplicates would queue a user twice
+    if param.type == "since":
+        if not isinstance(value, str):
+            raise _bad_param(
+                method, name, f"{where} must be an ISO 8601 datetime string, not {_json_type(value)}"
+            )
+        try:
+            return normalize_since(value)
+        except ValueError as exc:
+            raise _bad_param(method, name, f"{where}: {exc}") from None
+    raise AssertionError(f"unknown parameter type {param.type!r}")  # a bug in METHODS
+
+
+def _check_mailbox(method: str, name: str, where: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _bad_param(method, name, f"{where} must be a string, not {_json_type(value)}")
+    text = value.strip()
+    if not text:
+        raise _bad_param(method, name, f"{where} is empty")
+    if len(text) > MAX_MAILBOX_CHARS or any(ord(c) < 32 for c in text):
+        raise _bad_param(method, name, f"{where} is not a mailbox address")
+    return text
+
+
+def _bad_param(method: str, name: str | None, message: str) -> ProtocolError:
+    data: dict[str, Any] = {"method": method}
+    if name is not None:
+        data["param"] = name
+    return ProtocolError(INVALID_PARAMS, R_INVALID_PARAMS, message, **data)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# --- times -------------------------------------------------------------------------------------
+_RELATIVE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def normalize_since(text: str) -> str:
+    """An ISO 8601 datetime as canonical UTC text (``2026-11-29T04:00:00+00:00``); naive = UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 datetime (e.g. 2026-11-29T04:00:00+00:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat()
+
+
+def parse_since(text: str, now: datetime) -> str:
+    """The client's ``--since``: ``30m``, ``2h``, ``3d``, ``1w`` before ``now``, or an ISO datetime.
+
+    A naive ISO datetime typed by a person means local time (unlike the wire, where naive is UTC).
+    Returns canonical UTC text for the ``since`` parameter; raises ValueError with a usable message.
+    """
+    match = _RELATIVE.match(text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2).lower()
+        return (now - timedelta(seconds=amount * _UNIT_SECONDS[unit])).astimezone(UTC).isoformat()
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: use an ISO datetime (2026-11-29 or 2026-11-29T04:00) "
+            "or a relative time such as 30m, 2h, 3d, 1w"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time of this machine
+    return when.astimezone(UTC).isoformat()
+
+
+# --- framing -----------------------------------------------------------------------------------
+class LineFramer:
+    """Splits a byte stream into lines, refusing to buffer more than ``limit`` bytes of one line.
+
+    ``feed()`` returns the complete lines (without ``\\n``); the partial rest stays buffered. The
+    newline search covers only newly arrived bytes, so a slow 1 MiB line costs O(n), not O(n^2).
+    """
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
+        lines: list[bytes] = []
+        start = len(self._buffer)
+        self._buffer += data
+        while True:
+            newline = self._buffer.find(b"\n", start)
+            if newline < 0:
+                break
+            if newline > self.limit:
+                raise LineTooLong(self.limit)
+            lines.append(bytes(self._buffer[:newline]))
+            del self._buffer[: newline + 1]
+            start = 0
+        if len(self._buffer) > self.limit:
+            raise LineTooLong(self.limit)
+        return lines
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete line buffered so far."""
+        return len(self._buffer)
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """One protocol message as a line: compact UTF-8 JSON and ``\\n``.
+
+    Raises TypeError/ValueError when the message holds something JSON cannot carry (the server
+    turns that into an ``internal_error`` answer).
+    """
+    text = json.dumps(
+        message, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
+    )
+    return text.encode("utf-8") + b"\n"
+
+
+def _json_default(value: object) -> Any:
+    # The daemon may hand over datetimes and enums; the wire carries ISO text and plain values.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def decode_line(line: bytes) -> object:
+    """Bytes of one line -> a JSON value, or ProtocolError (parse_error / nesting_too_deep)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            PARSE_ERROR, R_PARSE_ERROR, f"request is not valid UTF-8 (byte {exc.start})"
+        ) from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:  # JSONDecodeError and the NaN refusal
+        raise ProtocolError(PARSE_ERROR, R_PARSE_ERROR, f"request is not valid JSON: {exc}") from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise _too_deep()
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep() -> ProtocolError:
+    return ProtocolError(
+        INVALID_REQUEST, R_NESTING_TOO_DEEP, f"request nested deeper than {MAX_DEPTH} levels", limit=MAX_DEPTH
+    )
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    # Iterative on purpose: this runs on hostile input.
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+# --- message constructors ----------------------------------------------------------------------
+def make_request(
+    request_id: RequestId, method: str, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params:
+        message["params"] = dict(params)
+    return message
+
+
+def success_response(request_id: RequestId, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(
+    request_id: RequestId, code: int, message: str, reason: str, **data: Any
+) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {"code": code, "message": message, "data": {"reason": reason, **data}},
+    }
+
+
+def protocol_major(value: object) -> int | None:
+    """The major version of a ``protocol`` field (an int, or text such as ``"1.2"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        head = value.split(".", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return None

@@ -1,0 +1,693 @@
+"""exchangectl: inspect and steer a running exchanged through its control socket.
+
+Synchronous and standard-library only (plus ``exchanged.control.protocol``), so that it starts
+fast. Every call does the ``version`` handshake first and refuses a daemon that speaks another
+protocol major version.
+
+Exit codes: 0 ok; 1 refused or failed (the daemon's error is printed as
+``exchangectl: <message> (<reason>)``); 2 usage; 3 daemon not running or not answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TextIO
+
+from exchanged import __version__
+from exchanged.control.protocol import (
+    CLIENT_MAX_RESPONSE_BYTES,
+    PROTOCOL_VERSION,
+    LineFramer,
+    ProtocolError,
+    decode_line,
+    encode_message,
+    make_request,
+    parse_since,
+    protocol_major,
+)
+
+DEFAULT_SOCKET = "/run/exchanged/control.sock"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+CONNECT_TIMEOUT = 10.0
+# Seconds to wait for an answer unless --timeout says otherwise; None: as long as it takes.
+DEFAULT_TIMEOUTS: dict[str, float | None] = {
+    "status": 30,
+    "users": 30,
+    "version": 30,
+    "pause": 30,
+    "resume": 30,
+    "sync": 60,
+    "reload": 60,
+    "plan": 600,
+    "history": 120,
+}
+
+
+# --- failures, each with its exit code -----------------------------------------------------------
+class CtlFailure(Exception):
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, reason: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.hint = hint
+
+
+class Unreachable(CtlFailure):
+    exit_code = EXIT_UNREACHABLE
+
+
+class RemoteError(CtlFailure):
+    """The daemon answered with a JSON-RPC error."""
+
+
+def default_socket() -> str:
+    return os.environ.get("EXCHANGED_SOCKET") or DEFAULT_SOCKET
+
+
+# --- the connection ------------------------------------------------------------------------------
+class Connection:
+    """One control connection: blocking socket, one request line out, one answer line in."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._framer = LineFramer(CLIENT_MAX_RESPONSE_BYTES)
+        self._lines: list[bytes] = []
+        self._next_id = 1
+
+    def __enter__(self) -> Connection:
+        self._sock = self._connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        hint = "is the daemon running? check `systemctl status exchanged`"
+        try:
+            sock.connect(self.path)
+        except FileNotFoundError:
+            sock.close()
+            raise Unreachable(
+                f"exchanged is not running: no control socket at {self.path}", "daemon_unreachable", hint
+            ) from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise Unreachable(
+                f"exchanged is not running: nothing answers on {self.path}", "daemon_unreachable", hint
+            ) from None
+        except PermissionError:
+            sock.close()
+            raise CtlFailure(
+                f"permission denied on {self.path}",
+                "permission_denied",
+                "run as root or as a member of the socket's group (control.group)",
+            ) from None
+        except TimeoutError:
+            sock.close()
+            raise Unreachable(
+                f"exchanged did not accept a connection on {self.path} within {CONNECT_TIMEOUT:g} s",
+                "daemon_unreachable",
+                hint,
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(
+                f"cannot connect to {self.path}: {exc.strerror or exc}", "daemon_unreachable", hint
+            ) from None
+        sock.settimeout(self.timeout)
+        return sock
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        assert self._sock is not None, "use Connection as a context manager"
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            self._sock.sendall(encode_message(make_request(request_id, method, params)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon may have refused us with a line we can still read below
+        except TimeoutError:
+            raise self._no_answer() from None
+        response = self._read_response()
+        if not isinstance(response, dict):
+            raise CtlFailure("the daemon sent an answer that is not a JSON-RPC object", "bad_answer")
+        error = response.get("error")
+        if error is not None:
+            raise _remote_error(error)
+        if response.get("id") != request_id or "result" not in response:
+            raise CtlFailure("the daemon sent an answer that does not match the request", "bad_answer")
+        return response["result"]
+
+    def _no_answer(self) -> Unreachable:
+        return Unreachable(
+            f"exchanged did not answer on {self.path} within {self.timeout:g} s",
+            "daemon_not_answering",
+            "check `systemctl status exchanged`; use --timeout to wait longer",
+        )
+
+    def _read_response(self) -> object:
+        assert self._sock is not None
+        while not self._lines:
+            try:
+                data = self._sock.recv(256 * 1024)
+            except TimeoutError:
+                raise self._no_answer() from None
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise Unreachable(
+                    f"exchanged closed the connection on {self.path} without answering",
+                    "daemon_unreachable",
+                    "check `systemctl status exchanged` and its log",
+                )
+            try:
+                self._lines.extend(line for line in self._framer.feed(data) if line.strip())
+            except ProtocolError:
+                raise CtlFailure(
+                    "the daemon's answer is larger than exchangectl accepts", "bad_answer"
+                ) from None
+        try:
+            return decode_line(self._lines.pop(0))
+        except ProtocolError as exc:
+            raise CtlFailure(f"the daemon sent an unreadable answer: {exc.message}", "bad_answer") from None
+
+    def handshake(self, method: str) -> dict[str, Any]:
+        """Ask the daemon's version; refuse another protocol major or a method it lacks."""
+        info = self.call("version")
+        if not isinstance(info, dict):
+            raise CtlFailure(
+                "the daemon answered `version` with something that is not an object", "bad_answer"
+            )
+        major = protocol_major(info.get("protocol"))
+        if major != PROTOCOL_VERSION:
+            raise CtlFailure(
+                f"exchangectl {__version__} speaks control protocol {PROTOCOL_VERSION}, but the daemon on "
+                f"{self.path} (exchanged {info.get('version', '?')}) "
+                f"speaks protocol {info.get('protocol')!r}",
+                "protocol_mismatch",
+                "use the exchangectl installed with that daemon",
+            )
+        methods = info.get("methods")
+        if isinstance(methods, list) and method not in methods:
+            raise CtlFailure(
+                f"the daemon on {self.path} (exchanged {info.get('version', '?')}) does not offer {method!r}",
+                "method_not_found",
+                "upgrade the daemon",
+            )
+        return info
+
+
+def _remote_error(error: object) -> RemoteError:
+    if not isinstance(error, dict):
+        return RemoteError("the daemon refused the request", "unknown")
+    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    return RemoteError(
+        str(error.get("message") or "the daemon refused the request"),
+        str(data.get("reason") or error.get("code") or "unknown"),
+        str(data.get("hint") or ""),
+    )
+
+
+# --- command line --------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"exchangectl: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    # default=SUPPRESS so that the option works before and after the command
+    common.add_argument(
+        "--socket",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help=f"control socket (default: $EXCHANGED_SOCKET or {DEFAULT_SOCKET})",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="how long to wait for the answer (0: no limit)",
+    )
+    common.add_argument(
+        "--utc",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show times in UTC instead of local time",
+    )
+    json_opt = _Parser(add_help=False)
+    json_opt.add_argument(
+        "--json", action="store_true", help="print the daemon's answer as one JSON document"
+    )
+
+    parser = _Parser(
+        prog="exchangectl", description="Inspect and steer a running exchanged.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"exchangectl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    both = [common, json_opt]
+    sub.add_parser("status", parents=both, help="daemon, config and per-user state")
+    sync = sub.add_parser("sync", parents=both, help="start a cycle now (respects locks)")
+    sync.add_argument("mailboxes", nargs="*", metavar="MAILBOX", help="default: every enabled user")
+    sync.add_argument("--full", action="store_true", help="resync everything, not only changes")
+    sync.add_argument("--wait", action="store_true", help="return when the cycles have finished")
+    sync.add_argument("--allow-deletes", action="store_true", help="release deletions held back by the guard")
+    reload = sub.add_parser("reload", parents=both, help="re-read the config (same as SIGHUP)")
+    reload.add_argument("--wait", action="store_true", help="return when a deferred reload is applied")
+    for name, what in (("pause", "stop"), ("resume", "restart")):
+        cmd = sub.add_parser(name, parents=both, help=f"{what} scheduling (all, or the given mailboxes)")
+        cmd.add_argument("mailboxes", nargs="*", metavar="MAILBOX")
+    sub.add_parser("users", parents=both, help='the "resources" table')
+    plan = sub.add_parser("plan", parents=both, help="dry run: what the next cycle would change, and why")
+    plan.add_argument("mailbox", metavar="MAILBOX")
+    history = sub.add_parser("history", parents=both, help="every change the daemon made")
+    history.add_argument("mailbox", nargs="?", metavar="MAILBOX")
+    history.add_argument("--since", metavar="WHEN", help="ISO datetime (local time) or 30m, 2h, 3d, 1w")
+    sub.add_parser("version", parents=both, help="versions of exchangectl, the daemon and the protocol")
+    return parser
+
+
+def request_params(args: argparse.Namespace, now: datetime) -> dict[str, Any]:
+    """The protocol parameters of a parsed command line (only what the user set)."""
+    cmd = args.command
+    params: dict[str, Any] = {}
+    if cmd in ("sync", "pause", "resume") and args.mailboxes:
+        params["mailboxes"] = list(args.mailboxes)
+    if cmd == "sync":
+        params.update({k: True for k in ("full", "wait", "allow_deletes") if getattr(args, k)})
+    if cmd == "reload" and args.wait:
+        params["wait"] = True
+    if cmd == "plan":
+        params["mailbox"] = args.mailbox
+    if cmd == "history":
+        if args.mailbox:
+            params["mailbox"] = args.mailbox
+        if args.since:
+            params["since"] = parse_since(args.since, now)
+    return params
+
+
+def _timeout(args: argparse.Namespace) -> float | None:
+    given = getattr(args, "timeout", None)
+    if given is not None:
+        return None if given <= 0 else given
+    if getattr(args, "wait", False):
+        return None
+    return DEFAULT_TIMEOUTS.get(args.command, 30)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `exchangectl history | head`: the reader went away; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    now = datetime.now(UTC)
+    try:
+        params = request_params(args, now)
+    except ValueError as exc:
+        parser.error(str(exc))
+    path = getattr(args, "socket", None) or default_socket()
+    clock = Clock(utc=getattr(args, "utc", False))
+    try:
+        with Connection(path, _timeout(args)) as conn:
+            info = conn.handshake(args.command)
+            result = info if args.command == "version" else conn.call(args.command, params)
+    except CtlFailure as failure:
+        return report_failure(failure, as_json=args.json)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, ensure_ascii=False, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        RENDERERS[args.command](result, sys.stdout, clock)
+    return exit_code_of(args.command, result)
+
+
+def report_failure(failure: CtlFailure, *, as_json: bool) -> int:
+    print(f"exchangectl: {failure.message} ({failure.reason})", file=sys.stderr)
+    if failure.hint:
+        print(f"exchangectl: hint: {failure.hint}", file=sys.stderr)
+    if as_json:  # scripts always get exactly one document on stdout
+        doc = {"error": {"reason": failure.reason, "message": failure.message, "hint": failure.hint}}
+        json.dump(doc, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return failure.exit_code
+
+
+def exit_code_of(command: str, result: Any) -> int:
+    """Exit 1 when the daemon answered but the outcome is a refusal (SPEC section 2)."""
+    if not isinstance(result, dict):
+        return EXIT_OK
+    if command == "reload" and result.get("result") == "rejected":
+        return EXIT_FAILED
+    if command == "sync":
+        outcomes = [m.get("outcome") for m in _list(result.get("mailboxes")) if isinstance(m, dict)]
+        if any(o in ("failed", "refused", "error") for o in outcomes):
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+# --- rendering -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Shows the daemon's ISO timestamps consistently in local time or UTC."""
+
+    utc: bool = False
+
+    def describe(self) -> str:
+        if self.utc:
+            return "times in UTC"
+        local = datetime.now().astimezone()
+        offset = local.strftime("%z")
+        if offset == "+0000":
+            return "times in local time (UTC)"
+        return f"times in local time ({local.tzname()}, UTC{offset[:3]}:{offset[3:]})"
+
+    def show(self, value: object) -> str:
+        when = _parse_time(value)
+        if when is None:
+            return "-" if value in (None, "") else str(value)
+        when = when.astimezone(UTC) if self.utc else when.astimezone()
+        return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return when if when.tzinfo else when.replace(tzinfo=UTC)  # the wire's naive times are UTC
+    return None
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "-"
+    return " ".join(str(value).split())  # one line per cell, always
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """An aligned table; the last column is not padded."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    for row in [list(headers), *rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def _block(pairs: Sequence[tuple[str, str]], out: TextIO) -> None:
+    width = max(len(k) for k, _ in pairs) + 1
+    for key, value in pairs:
+        out.write(f"{(key + ':').ljust(width)}  {value}\n")
+
+
+def render_status(result: Any, out: TextIO, clock: Clock) -> None:
+    status = _dict(result)
+    config, exchange = _dict(status.get("config")), _dict(status.get("exchange"))
+    reload = _dict(config.get("last_reload"))
+    pairs = [
+        (
+            "daemon",
+            f"exchanged {_text(status.get('version'))} (protocol {_text(status.get('protocol'))}), "
+            f"{clock.describe()}",
+        ),
+        ("state", _text(status.get("state"))),
+        ("pid", f"{_text(status.get('pid'))}, started {clock.show(status.get('started_at'))}"),
+        ("profile", _text(config.get("profile_name"))),
+        (
+            "config",
+            f"{_text(config.get('path'))}, generation {_text(config.get('generation'))}, "
+            f"loaded {clock.show(config.get('loaded_at'))}",
+        ),
+    ]
+    if reload:
+        pairs.append(("last reload", f"{_text(reload.get('result'))} at {clock.show(reload.get('at'))}"))
+        pairs.extend(("", f"  {_text(e)}") for e in _list(reload.get("errors")))
+    reachable = exchange.get("reachable")
+    reach = "reachable" if reachable is True else "NOT reachable" if reachable is False else "not checked yet"
+    server = _text(exchange.get("server"))
+    version = f" ({exchange['version']})" if exchange.get("version") else ""
+    pairs.append(("exchange", f"{server}{version}, {reach}"))
+    if exchange.get("last_error"):
+        pairs.append(("last error", _text(exchange.get("last_error"))))
+    if "running" in status:
+        running = status.get("running")
+        pairs.append(("running", _text(len(running) if isinstance(running, list) else running)))
+    _block(pairs, out)
+    users = [_dict(u) for u in _list(status.get("users"))]
+    out.write("\n")
+    if not users:
+        out.write("no users configured\n")
+        return
+    rows = [
+        [
+            _text(u.get("mailbox")),
+            _text(u.get("psa_resource")),
+            _user_state(u),
+            clock.show(u.get("last_attempt")),
+            _text(u.get("last_result")),
+            clock.show(u.get("next_run")),
+        ]
+        for u in users
+    ]
+    table(["MAILBOX", "RESOURCE", "STATE", "LAST ATTEMPT", "RESULT", "NEXT RUN"], rows, out)
+    _error_lines(users, out)
+
+
+def _user_state(user: dict[str, Any]) -> str:
+    state = _text(user.get("state"))
+    progress = _dict(user.get("progress"))
+    if progress.get("total"):
+        state += f" {progress.get('done', 0)}/{progress['total']}"
+    if user.get("enabled") is False and state != "disabled":
+        state += " (disabled)"
+    return state
+
+
+def _error_lines(users: Sequence[dict[str, Any]], out: TextIO) -> None:
+    failing = [u for u in users if u.get("last_error")]
+    if failing:
+        out.write("\n")
+    for user in failing:
+        out.write(f"{_text(user.get('mailbox'))}: last error: {_text(user.get('last_error'))}\n")
+
+
+def render_users(result: Any, out: TextIO, clock: Clock) -> None:
+    users = [_dict(u) for u in _list(result)]
+    if not users:
+        out.write("no users configured\n")
+        return
+    out.write(f"({clock.describe()})\n")
+    rows = [
+        [
+            _text(u.get("mailbox")),
+            _text(u.get("psa_resource")),
+            _text(u.get("enabled")),
+            clock.show(u.get("last_attempt")),
+            _text(u.get("last_result")),
+            clock.show(u.get("next_run")),
+        ]
+        for u in users
+    ]
+    table(["MAILBOX", "PSA RESOURCE", "ENABLED", "LAST ATTEMPT", "RESULT", "NEXT RUN"], rows, out)
+    _error_lines(users, out)
+
+
+_ACTION_ORDER = {"create": 0, "update": 1, "delete": 2}
+
+
+def plan_entries(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's actions as flat entries with ``side`` and ``action`` (both result forms)."""
+    entries: list[dict[str, Any]] = []
+    for side in ("exchange", "psa"):
+        for action, items in _dict(plan.get(side)).items():
+            entries.extend({"side": side, "action": action, **_dict(item)} for item in _list(items))
+    entries.extend(_dict(e) for e in _list(plan.get("actions")))
+    entries.sort(key=lambda e: (str(e.get("side")), _ACTION_ORDER.get(str(e.get("action")), 9)))
+    return entries
+
+
+def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
+    plan = _dict(result)
+    entries = plan_entries(plan)
+    mailbox = _text(plan.get("mailbox"))
+    summary = []
+    for side in ("exchange", "psa"):
+        counts = {
+            a: sum(1 for e in entries if e.get("side") == side and e.get("action") == a)
+            for a in ("create", "update", "delete")
+        }
+        summary.append(f"{side}: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+    out.write(f"plan for {mailbox} (dry run, nothing changed): {'; '.join(summary)}\n")
+    for note in _list(plan.get("notes")):
+        out.write(f"note: {_text(note)}\n")
+    held = plan.get("held_back")
+    if held:
+        out.write(f"held back: {_text(held)}\n")
+    if not entries:
+        out.write("nothing to do\n")
+        return
+    rows = [
+        [
+            _text(e.get("side")),
+            _text(e.get("action")),
+            _text(e.get("kind")),
+            _text(e.get("key")),
+            _subject_or_fields(e),
+            _text(e.get("reason")),
+        ]
+        for e in entries
+    ]
+    out.write("\n")
+    table(["SIDE", "ACTION", "KIND", "KEY", "SUBJECT / FIELDS", "REASON"], rows, out)
+
+
+def _subject_or_fields(entry: dict[str, Any]) -> str:
+    subject, fields = entry.get("subject"), entry.get("fields")
+    parts = [f'"{_text(subject)}"'] if subject else []
+    if fields:
+        parts.append(_text(fields))
+    return " ".join(parts) or "-"
+
+
+def render_history(result: Any, out: TextIO, clock: Clock) -> None:
+    entries = [_dict(e) for e in _list(result if isinstance(result, list) else _dict(result).get("entries"))]
+    if not entries:
+        out.write("no changes recorded\n")
+        return
+    out.write(f"({clock.describe()})\n")
+    rows = [
+        [
+            clock.show(e.get("at")),
+            _text(e.get("mailbox")),
+            _text(e.get("side")),
+            _text(e.get("action")),
+            _text(e.get("kind")),
+            _text(e.get("key")),
+            _text(e.get("fields")),
+            _text(e.get("reason")),
+        ]
+        for e in entries
+    ]
+    table(["TIME", "MAILBOX", "SIDE", "ACTION", "KIND", "KEY", "FIELDS", "REASON"], rows, out)
+
+
+def render_sync(result: Any, out: TextIO, clock: Clock) -> None:
+    mailboxes = [_dict(m) for m in _list(_dict(result).get("mailboxes"))]
+    if not mailboxes:
+        _render_generic(result, out, clock)
+        return
+    rows = [
+        [
+            _text(m.get("mailbox")),
+            _text(m.get("outcome")),
+            _text(m.get("result")),
+            _text(m.get("error") or m.get("message")),
+        ]
+        for m in mailboxes
+    ]
+    table(["MAILBOX", "OUTCOME", "RESULT", "DETAIL"], rows, out)
+
+
+def render_reload(result: Any, out: TextIO, clock: Clock) -> None:
+    reload = _dict(result)
+    outcome = _text(reload.get("result"))
+    line = f"reload {outcome}"
+    if reload.get("generation") is not None:
+        line += f": config generation {reload['generation']}"
+    out.write(line + "\n")
+    for key in ("added", "removed", "changed"):
+        if _list(reload.get(key)):
+            out.write(f"  {key}: {', '.join(_text(m) for m in reload[key])}\n")
+    if reload.get("full_resync"):
+        out.write("  every user will be fully resynced (server or domain changed)\n")
+    for error in _list(reload.get("errors")):
+        (sys.stderr if outcome == "rejected" else out).write(f"  {_text(error)}\n")
+    if outcome == "deferred":
+        out.write("  applied as soon as the running cycles end (`exchangectl status` shows it)\n")
+
+
+def render_pause(result: Any, out: TextIO, clock: Clock) -> None:
+    state = _dict(result)
+    if "global_paused" not in state and "paused" not in state:
+        _render_generic(result, out, clock)
+        return
+    scheduling = "paused for every user" if state.get("global_paused") else "running"
+    out.write(f"scheduling: {scheduling}\n")
+    paused = _list(state.get("paused"))
+    out.write(f"paused users: {', '.join(_text(m) for m in paused) if paused else 'none'}\n")
+
+
+def render_version(result: Any, out: TextIO, clock: Clock) -> None:
+    info = _dict(result)
+    out.write(f"exchangectl {__version__}, protocol {PROTOCOL_VERSION}\n")
+    out.write(f"exchanged   {_text(info.get('version'))}, protocol {_text(info.get('protocol'))}\n")
+
+
+def _render_generic(result: Any, out: TextIO, clock: Clock) -> None:
+    if isinstance(result, dict) and result:
+        _block([(str(k), _text(v)) for k, v in result.items()], out)
+    elif result not in (None, {}, []):
+        out.write(_text(result) + "\n")
+    else:
+        out.write("ok\n")
+
+
+RENDERERS: dict[str, Callable[[Any, TextIO, Clock], None]] = {
+    "status": render_status,
+    "users": render_users,
+    "plan": render_plan,
+    "history": render_history,
+    "sync": render_sync,
+    "reload": render_reload,
+    "pause": render_pause,
+    "resume": render_pause,
+    "version": render_version,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

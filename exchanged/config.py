@@ -231,7 +231,7 @@ def _resolve_secret(
             raise _rule(f"{label} is empty", key)
     else:
         cred_dir = _credentials_dir(info) if credential else None
-        if credential is None or cred_dir is None:
+        if credential is None or not cred_dir:
             hint = f", or run under systemd with LoadCredential={credential}:FILE" if credential else ""
             raise _rule(f"no {label}: set {file_key} or {inline_key}{hint}", file_key)
         try:
@@ -260,8 +260,8 @@ def _none_is_empty(value: Any) -> Any:
 def _db_url(value: str, what: str) -> str:
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme not in DB_SCHEMES:
-        raise _rule(f"must be a database URL ({what}) starting with sqlite:/// or postgresql:// "
-                    f"(as SQLAlchemy writes them)")
+        raise _rule("must be a database URL starting with sqlite:/// or postgresql:// "
+                    "(as SQLAlchemy writes them)")
     if scheme == "sqlite" and not value.lower().startswith("sqlite:///"):
         raise _rule("a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
     return value
@@ -986,7 +986,8 @@ def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[
     if raw.has(("credentials", "password")) and raw.get(("credentials", "password"), str) is not None:
         warn(("credentials", "password"),
              "the password is in the config file; prefer password_file (chmod 600) or LoadCredential")
-    group = raw.get(("control", "group"), str, _default(ControlConfig, "group"))
+    group = raw.get(("control", "group"), str) if raw.has(("control", "group")) \
+        else _default(ControlConfig, "group")
     if isinstance(group, str) and group:
         try:
             grp.getgrnam(group)

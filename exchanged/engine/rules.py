@@ -1,0 +1,126 @@
+"""The per-kind rules of SPEC section 4 as small pure functions.
+
+* ``FLOW_BACK``: the fields of a PSA-owned kind whose Exchange-side edits are written back to the
+  PSA (every other Exchange edit of a PSA-owned item is overwritten from the PSA).
+* ``import_skip_reason`` / ``render_import``: which Exchange appointments are imported and what
+  the PSA row looks like per import mode.
+* ``payload_span`` / ``in_scope``: the window test, the same for both sides.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import datetime
+
+from exchanged.model import (
+    Appointment,
+    ExchangeItem,
+    ImportMode,
+    Kind,
+    Payload,
+    ShowAs,
+    Task,
+    Window,
+)
+
+from .settings import UserSettings
+
+# Exchange edits of these fields flow back to the PSA (SPEC 4: "start/end changes flow back",
+# "start/due date and completion flow back"); every other field of a PSA-owned item is the PSA's.
+FLOW_BACK: dict[Kind, tuple[str, ...]] = {
+    Kind.APPOINTMENT: ("start", "end"),
+    Kind.TODO: ("start", "due", "completed"),
+}
+
+PRIVATE_SUBJECT = "Private appointment"
+BUSY_SUBJECT = "Busy"
+
+_OCCURRENCE_KEY = re.compile(r"@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def is_occurrence_key(exchange_key: str) -> bool:
+    """True for ``UID@original-start`` keys (see ``model.occurrence_key``)."""
+    return bool(_OCCURRENCE_KEY.search(exchange_key))
+
+
+def payload_span(payload: Payload) -> tuple[datetime | None, datetime | None]:
+    """(start, end) the window test uses: appointments their times, to-dos start and due (or
+    start when there is no due date), contacts none (always in scope)."""
+    if isinstance(payload, Appointment):
+        return payload.start, payload.end
+    if isinstance(payload, Task):
+        return payload.start, payload.due or payload.start
+    return None, None
+
+
+def in_scope(window: Window, payload: Payload, *, occurrence: bool = False) -> bool:
+    """Items ending before ``past_start`` are out; single future items are all in; occurrences of
+    a recurring series only up to ``recurring_end``."""
+    start, end = payload_span(payload)
+    if not window.in_scope(start, end):
+        return False
+    return not (occurrence and start is not None and start > window.recurring_end)
+
+
+def item_is_occurrence(item: ExchangeItem) -> bool:
+    key = item.exchange_key
+    return key is not None and key != item.uid and is_occurrence_key(key)
+
+
+def import_skip_reason(item: ExchangeItem, settings: UserSettings) -> str | None:
+    """Why this foreign Exchange appointment is not imported, or None when it is."""
+    p = item.payload
+    if not isinstance(p, Appointment):
+        return "not an appointment"
+    if settings.import_appointments is ImportMode.NONE:
+        return "import_appointments is none"
+    if p.show_as is ShowAs.FREE and not settings.import_free_time:
+        return "shown as free and import_free_time is off"
+    if p.show_as in settings.skip_show_as:
+        return f"shown as {p.show_as.value} (skip_show_as)"
+    if p.is_private and settings.skip_private:
+        return "private (skip_private)"
+    if p.is_all_day and settings.skip_all_day:
+        return "all-day (skip_all_day)"
+    hit = sorted(set(item.categories) & settings.skip_categories)
+    if hit:
+        return f"category {hit[0]!r} (skip_categories)"
+    return None
+
+
+def render_import(item: ExchangeItem, settings: UserSettings) -> Appointment:
+    """The PSA row of an imported Exchange appointment, per import mode."""
+    p = item.payload
+    assert isinstance(p, Appointment)
+    if p.is_private:  # SPEC 4: "imported as 'Private appointment' with no details"
+        return Appointment(PRIVATE_SUBJECT, p.start, p.end, is_all_day=p.is_all_day, show_as=p.show_as,
+                           is_private=True)
+    if settings.import_appointments is ImportMode.NO_DETAILS:  # a busy block: start and end only
+        return Appointment(BUSY_SUBJECT, p.start, p.end, is_all_day=p.is_all_day, show_as=p.show_as)
+    return p
+
+
+def merge_flow_back(kind: Kind, psa: Payload, exchange: Payload) -> Payload:
+    """The PSA payload with the flow-back fields as Exchange has them (when that stays valid)."""
+    names = FLOW_BACK.get(kind, ())
+    if not names or type(psa) is not type(exchange):
+        return psa
+    merged = replace(psa, **{n: getattr(exchange, n) for n in names})  # type: ignore[arg-type]
+    if isinstance(merged, Appointment) and merged.end < merged.start:
+        return psa  # never write an impossible appointment back; the PSA's times win
+    return merged
+
+
+__all__ = [
+    "BUSY_SUBJECT",
+    "FLOW_BACK",
+    "PRIVATE_SUBJECT",
+    "import_skip_reason",
+    "in_scope",
+    "is_occurrence_key",
+    "item_is_occurrence",
+    "merge_flow_back",
+    "payload_span",
+    "render_import",
+]

@@ -213,8 +213,8 @@ class _Planner:
                                replace(base, exchange_hash=stale)))
         if ex_fields:
             why = self.owned_update_reason(kind, adopted, psa_changed, ex_changed, ex_fields)
-            self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, merged, ex_fields, why,
-                                    replace(base, exchange_hash=payload_hash(merged))))
+            self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, merged, ex_fields,
+                                    why, replace(base, exchange_hash=payload_hash(merged))))
         if not psa_fields and not ex_fields and (
                 mapping is None or (mapping.item_id, mapping.psa_hash, mapping.exchange_hash)
                 != (item.item_id, psa_h, ex_h)):

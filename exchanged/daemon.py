@@ -1,0 +1,1026 @@
+"""The composition root: config, adapters, one root nursery, signals, reload, systemd.
+
+Theory of operation
+-------------------
+``cli_run`` loads and validates the config (invalid: one block on stderr, exit 1), sets up logging,
+and runs ``Daemon.run`` under trio. ``run`` opens the adapters (state store, PSA connector,
+Exchange account; failure: one line on stderr, exit 1), then starts each long-lived part with
+``nursery.start()`` in one root nursery: the signal handler, the notifier, the control server, the
+scheduler and the watchdog. Only when all of them are up does it send ``READY=1``.
+
+Reload (SIGHUP or ``exchangectl reload``) is all-or-nothing:
+
+=============  =================================================================================
+outcome        when, and what happens
+=============  =================================================================================
+rejected       the file does not validate (or a new adapter cannot be opened): the old config
+               keeps running; the problems go to the log, ``status.config.last_reload`` and a mail
+deferred       valid, but cycles are running: the scheduler is held (no new cycle starts) and the
+               new config is applied the moment the last running cycle ends
+applied        ``config.generation`` += 1; users added/removed/changed handed to the scheduler;
+               a server identity change marks every user for a full resync; newly enabled users
+               get a confirmation mail; ``RELOADING=1`` ... ``READY=1`` around it
+=============  =================================================================================
+
+SIGTERM/SIGINT: ``STOPPING=1``, no new cycles, running ones get ``GRACE_S`` seconds and are then
+cancelled, the adapters are closed (state flushed), exit 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+import trio
+
+from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
+from exchanged.errors import ControlError, ExchangedError, present
+from exchanged.model import Counts, CycleOutcome
+from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
+
+if TYPE_CHECKING:
+    from exchanged.config import Config, UserConfig
+    from exchanged.ports import CheckResult, ExchangeAccount, PsaConnector, StateStore
+
+log = structlog.get_logger("exchanged.daemon")
+
+GRACE_S = 8.0  # SIGTERM: running cycles get this long, so that the whole stop stays within 10 s
+CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most this long
+STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
+CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
+
+# Test hooks (honoured only with the in-memory adapters, never in production):
+TEST_ADAPTERS_ENV = "EXCHANGED_TEST_ADAPTERS"  # "memory": in-memory fakes instead of real adapters
+TEST_HOOKS_ENV = "EXCHANGED_TEST_HOOKS"  # path of a JSON file re-read at every cycle:
+#   {"cycle_delay_s": 2.5, "fail_mailboxes": ["bob@example.test"]}
+
+
+# --- errors of the composition root ---------------------------------------------------------------
+
+
+class StartupError(ExchangedError):
+    reason = "startup_failed"
+
+
+class ReloadRejected(ControlError):
+    reason = "reload_rejected"
+    hint = "fix the file (`exchanged check-config`) and reload again; the old config keeps running"
+
+
+class UserDisabled(ControlError):
+    reason = "user_disabled"
+    hint = "set enabled: true for this user (and for the integration) in the config and reload"
+
+
+class NotAvailable(ControlError):
+    reason = "not_available"
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _close_quietly(thing: Any, what: str) -> None:
+    if thing is None:
+        return
+    try:
+        await _maybe_await(thing.aclose())
+    except Exception as exc:  # closing must never stop the others from closing
+        log.warning("closing failed", what=what, error=present(exc).line())
+
+
+def _factory(module: str, name: str, what: str) -> Callable[..., Any]:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        raise StartupError(f"{what} is not available in this build ({module}.{name} is missing)",
+                           hint="install a complete exchanged release") from None
+
+
+@dataclass
+class Adapters:
+    account: ExchangeAccount
+    psa: PsaConnector
+    state: StateStore
+    memory: bool = False
+
+    async def aclose(self) -> None:
+        await _close_quietly(self.account, "exchange")
+        await _close_quietly(self.psa, "psa")
+        await _close_quietly(self.state, "state")
+
+
+def _memory_mode() -> bool:
+    return os.environ.get(TEST_ADAPTERS_ENV, "") == "memory"
+
+
+def _seed_memory_psa(psa: Any, cfg: Config) -> None:
+    for user in cfg.users:
+        if user.psa_resource not in psa.resources:
+            psa.add_resource(user.psa_resource, user.mailbox)
+
+
+async def open_state(cfg: Config) -> StateStore:
+    opener = _factory("exchanged.state", "open_state_store", "the state store")
+    try:
+        return await _maybe_await(opener(cfg.state.url))  # type: ignore[no-any-return]
+    except ExchangedError:
+        raise
+    except Exception as exc:
+        raise errors.StateError(f"cannot open the state database {cfg.state.url}: {exc}") from None
+
+
+async def open_psa(cfg: Config) -> PsaConnector:
+    opener = _factory("exchanged.psa", "open_connector", "the PSA connector")
+    return await _maybe_await(opener(cfg.psa))  # type: ignore[no-any-return]
+
+
+async def open_account(cfg: Config) -> ExchangeAccount:
+    opener = _factory("exchanged.exchange", "open_account", "the Exchange adapter")
+    return await _maybe_await(opener(cfg))  # type: ignore[no-any-return]
+
+
+async def open_adapters(cfg: Config) -> Adapters:
+    """The adapters the config names (the in-memory fakes under ``EXCHANGED_TEST_ADAPTERS=memory``)."""
+    if _memory_mode():
+        from exchanged.testing.memory import MemoryExchange, MemoryPsa, MemoryState
+
+        psa = MemoryPsa()
+        _seed_memory_psa(psa, cfg)
+        return Adapters(MemoryExchange(), psa, MemoryState(), memory=True)
+    state = await open_state(cfg)
+    psa_conn = None
+    try:
+        psa_conn = await open_psa(cfg)
+        account = await open_account(cfg)
+    except BaseException:
+        await _close_quietly(psa_conn, "psa")
+        await _close_quietly(state, "state")
+        raise
+    return Adapters(account, psa_conn, state)
+
+
+# --- the cycle runner ----------------------------------------------------------------------------
+
+
+class CycleRunner(Protocol):
+    async def run_cycle(self, cfg: Config, user: UserConfig, *, full: bool, allow_deletes: bool,
+                        progress: ProgressFn, cycle_id: str) -> CycleOutcome: ...
+
+    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]: ...
+
+
+class _SyncRunnerAdapter:
+    """Bridges ``exchanged.sync.runner.SyncRunner`` to the daemon (one per config generation)."""
+
+    def __init__(self, cfg: Config, adapters: Adapters, runner_cls: Any) -> None:
+        self._runner = runner_cls(adapters.account, adapters.psa, adapters.state)
+
+    async def run_cycle(self, cfg: Config, user: UserConfig, *, full: bool, allow_deletes: bool,
+                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+        spec = _user_spec(cfg, user)
+        outcome = await self._runner.run_cycle(spec, full=full, allow_deletes=allow_deletes,
+                                               progress=progress)
+        return outcome  # type: ignore[no-any-return]
+
+    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
+        return await self._runner.plan(_user_spec(cfg, user))  # type: ignore[no-any-return]
+
+
+def _user_spec(cfg: Config, user: UserConfig) -> Any:
+    from exchanged.config import server_identity
+
+    try:
+        from exchanged.sync.runner import UserSpec  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - the runner module defines it once it exists
+        return user
+    return UserSpec(mailbox=user.mailbox, psa_resource=user.psa_resource,  # pragma: no cover
+                    settings=cfg.effective_sync(user), server_identity=server_identity(cfg))
+
+
+class _ReachabilityRunner:
+    """Stand-in until ``exchanged.sync.runner`` exists: checks that both sides know the user.
+
+    It writes nothing anywhere. It keeps the daemon, its status and its mails working end to end.
+    """
+
+    def __init__(self, adapters: Adapters) -> None:
+        self._adapters = adapters
+
+    async def run_cycle(self, cfg: Config, user: UserConfig, *, full: bool, allow_deletes: bool,
+                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+        progress(0, 2)
+        resource = await self._adapters.psa.resource(user.psa_resource)
+        if resource is None:
+            raise errors.PsaError(f"PSA resource {user.psa_resource} not found", mailbox=user.mailbox,
+                                  hint="check users[].psa_resource against the PSA's resources")
+        progress(1, 2)
+        results = await self._adapters.account.check([user.mailbox])
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise errors.ExchangeError(failed[0].message, mailbox=user.mailbox)
+        progress(2, 2)
+        return CycleOutcome(result="ok", counts=Counts())
+
+    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
+        raise NotAvailable("plan needs the sync engine, which this build does not have yet")
+
+
+def make_runner(cfg: Config, adapters: Adapters) -> CycleRunner:
+    try:
+        from exchanged.sync.runner import SyncRunner  # type: ignore[attr-defined]
+    except ImportError:
+        log.warning("sync runner not available: cycles only check that both sides know each user")
+        return _ReachabilityRunner(adapters)
+    return _SyncRunnerAdapter(cfg, adapters, SyncRunner)
+
+
+# --- the notifier --------------------------------------------------------------------------------
+
+
+class NotifierLike(Protocol):
+    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None: ...
+
+    def resolved(self, key: str) -> None: ...
+
+    def confirm_user(self, mailbox: str, summary: str) -> None: ...
+
+    def reconfigure(self, cfg: Config) -> None: ...
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+class _LogNotifier:
+    """Used when ``exchanged.notify`` is missing: the policy's events go to the log only."""
+
+    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None:
+        log.warning("would mail error", key=key, mailbox=mailbox, error=presented.line())
+
+    def resolved(self, key: str) -> None:
+        log.info("would mail resolved", key=key)
+
+    def confirm_user(self, mailbox: str, summary: str) -> None:
+        log.info("would mail confirmation", mailbox=mailbox)
+
+    def reconfigure(self, cfg: Config) -> None:
+        pass
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+def make_notifier(cfg: Config) -> NotifierLike:
+    try:
+        from exchanged.notify import Notifier  # type: ignore[attr-defined]
+    except ImportError:
+        log.warning("mail notifier not available in this build: error mails are only logged")
+        return _LogNotifier()
+    return _NotifierAdapter(Notifier, cfg)
+
+
+class _NotifierAdapter:
+    """Keeps the daemon independent of the exact constructor/serve names of ``exchanged.notify``."""
+
+    def __init__(self, cls: Any, cfg: Config) -> None:
+        self._n = cls.from_config(cfg) if hasattr(cls, "from_config") else cls(cfg)
+
+    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None:
+        self._n.error(key, presented, mailbox)
+
+    def resolved(self, key: str) -> None:
+        self._n.resolved(key)
+
+    def confirm_user(self, mailbox: str, summary: str) -> None:
+        self._n.confirm_user(mailbox, summary)
+
+    def reconfigure(self, cfg: Config) -> None:
+        self._n.reconfigure(cfg)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from exchanged import notify
+
+        serve = getattr(notify, "serve_notifier", None)
+        if serve is not None:
+            await serve(self._n, task_status=task_status)
+        else:
+            await self._n.serve(task_status=task_status)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.astimezone(UTC).isoformat(timespec="seconds") if at is not None else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sync_summary(cfg: Config, user: UserConfig) -> str:
+    """What is synced for this user, in words (confirmation mail)."""
+    s = cfg.effective_sync(user)
+    lines = []
+    if s.appointments_export:
+        lines.append("PSA appointments are copied to your Exchange calendar")
+    if s.service_calls_export:
+        lines.append("PSA service calls are copied to your Exchange calendar")
+    if s.todos:
+        lines.append("PSA to-dos are copied to your Exchange tasks")
+    if s.contacts_owned:
+        lines.append("contacts of the companies and opportunities you own are copied to your"
+                     " Exchange contacts")
+    mode = str(getattr(s.import_appointments, "value", s.import_appointments))
+    if mode == "all_details":
+        lines.append("your Exchange appointments are copied to the PSA with all details"
+                     " (private ones as \"Private appointment\")")
+    elif mode == "no_details":
+        lines.append("your Exchange appointments are copied to the PSA as busy times without details")
+    if mode != "none" and not s.import_free_time:
+        lines.append("Exchange appointments shown as Free are not copied to the PSA")
+    lines.append(f"items the sync manages carry the Exchange category \"{s.category}\"; "
+                 f"the window reaches {s.past_days} days back")
+    return "\n".join(f"- {line}" for line in lines)
+
+
+@dataclass
+class _UserStatus:
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    last_result: str | None = None
+    last_error: str | None = None
+    counts: dict[str, int] = field(default_factory=lambda: Counts().as_dict())
+    error_keys: set[str] = field(default_factory=set)  # notifier keys currently open for this user
+
+
+def _read_test_hooks() -> dict[str, Any]:
+    path = os.environ.get(TEST_HOOKS_ENV)
+    if not path or not _memory_mode():
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _leaves(exc: BaseException) -> Iterable[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield exc
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+
+
+class Daemon:
+    """Owns the running config generation and implements ``control.ControlHandler``."""
+
+    def __init__(self, cfg: Config, config_path: str, *,
+                 adapters_factory: Callable[[Config], Awaitable[Adapters]] = open_adapters) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.generation = 1
+        self.loaded_at = _now()
+        self.started_at = _now()
+        self.last_reload: dict[str, Any] | None = None
+        self._open_adapters = adapters_factory
+        self.adapters: Adapters | None = None
+        self.runner: CycleRunner | None = None
+        self.notifier: NotifierLike = _LogNotifier()
+        self.records: dict[str, _UserStatus] = {}
+        self.exchange: dict[str, Any] = {"server": cfg.server.address, "version": cfg.server.version,
+                                         "reachable": None, "last_error": None, "checked_at": None,
+                                         "warnings": []}
+        self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
+                                   max_concurrent=cfg.sync.max_concurrent_users)
+        self._stop = trio.Event()
+        self._stopping = False
+        self._ready = False
+        self._nursery: trio.Nursery | None = None
+        self._reload_lock = trio.Lock()
+        self._pending: Config | None = None  # valid config waiting for running cycles to end
+        self._applied: trio.Event | None = None  # set when the deferred reload is done
+        self._status_changed = trio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.adapters = await self._open_adapters(self.cfg)
+        try:
+            self.runner = make_runner(self.cfg, self.adapters)
+            self.notifier = make_notifier(self.cfg)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._serve_signals)
+                await nursery.start(self.notifier.serve)
+                await nursery.start(self._serve_control)
+                await nursery.start(self.scheduler.serve)
+                await nursery.start(sdnotify.serve_watchdog)
+                self._apply_users(self.cfg)
+                nursery.start_soon(self._startup_tasks)
+                nursery.start_soon(self._serve_status_line)
+                self._ready = True
+                sdnotify.ready(self.status_line())
+                log.info("ready", config=self.config_path, users=len(self.cfg.enabled_users()),
+                         enabled=self.cfg.enabled, socket=self.cfg.control.socket)
+                await self._stop.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.adapters.aclose()
+        log.info("stopped")
+        return 0
+
+    async def _serve_control(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        from exchanged.control import serve_control
+
+        await serve_control(self.cfg.control.socket, self.cfg.control.group, self, task_status=task_status)
+
+    async def _serve_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._reload_from_signal)
+                else:
+                    log.info("stop requested", signal=signal.Signals(signum).name)
+                    self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        running = self.scheduler.running
+        sdnotify.stopping(f"stopping: waiting up to {GRACE_S:g} s for {running} running cycle(s)")
+        log.info("stopping", running=running, grace_s=GRACE_S)
+        await self.scheduler.stop(GRACE_S)
+        if self.scheduler.running:
+            log.warning("running cycles cancelled at the end of the grace period",
+                        count=self.scheduler.running)
+
+    async def _reload_from_signal(self) -> None:
+        try:
+            result = await self._reload(source="SIGHUP")
+        except Exception as exc:  # a reload must never take the daemon down
+            log.error("reload failed", error=present(exc).line(), exc_info=exc)
+            return
+        log.info("reload by signal", result=result["result"])
+
+    async def _startup_tasks(self) -> None:
+        await self._confirm_new_users(self.cfg, on_start=True)
+        await self._check_credentials(self.cfg)
+
+    async def _serve_status_line(self) -> None:
+        while True:
+            with trio.move_on_after(STATUS_EVERY_S):
+                await self._status_changed.wait()
+            self._status_changed = trio.Event()
+            if not self._stopping:
+                sdnotify.status(self.status_line())
+
+    def _status_poke(self) -> None:
+        self._status_changed.set()
+
+    # --- users and the scheduler ---------------------------------------------------------------------
+
+    def _apply_users(self, cfg: Config) -> None:
+        mailboxes = [u.mailbox for u in cfg.enabled_users()]
+        self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
+
+    async def _confirm_new_users(self, cfg: Config, *, on_start: bool,
+                                 newly_enabled: Iterable[str] = ()) -> None:
+        """Confirmation mails: on start for users never seen before, on reload for newly enabled ones."""
+        assert self.adapters is not None
+        state = self.adapters.state
+        targets: list[str]
+        if on_start:
+            try:
+                stored = await state.user_records()
+            except Exception as exc:
+                log.warning("cannot read user records from the state store", error=present(exc).line())
+                return
+            for mailbox, record in stored.items():
+                self.records.setdefault(mailbox, _UserStatus(
+                    last_attempt=record.last_attempt, last_success=record.last_success,
+                    last_result=record.last_result, last_error=record.last_error,
+                    counts={**Counts().as_dict(), **record.counts}))
+            targets = [u.mailbox for u in cfg.enabled_users()
+                       if not (stored.get(u.mailbox) and stored[u.mailbox].known)]
+        else:
+            targets = list(newly_enabled)
+        for mailbox in targets:
+            user = cfg.user(mailbox)
+            if user is None:
+                continue
+            self.notifier.confirm_user(mailbox, sync_summary(cfg, user))
+            log.info("confirmation mail queued", mailbox=mailbox)
+            try:
+                await state.mark_known(mailbox)
+            except Exception as exc:
+                log.warning("cannot mark user as known", mailbox=mailbox, error=present(exc).line())
+
+    async def _check_credentials(self, cfg: Config) -> None:
+        """Try the sync credentials against Exchange; failures are warnings, never a refusal."""
+        if not cfg.enabled:
+            return
+        assert self.adapters is not None
+        mailboxes = [u.mailbox for u in cfg.enabled_users()]
+        results: Sequence[CheckResult] = []
+        with trio.move_on_after(CHECK_TIMEOUT_S) as scope:
+            try:
+                results = await self.adapters.account.check(mailboxes)
+            except Exception as exc:
+                p = present(exc)
+                self.exchange.update(reachable=False, last_error=p.line(), checked_at=_iso(_now()),
+                                     warnings=[p.line()])
+                log.warning("credential check failed", error=p.line())
+                self._status_poke()
+                return
+        if scope.cancelled_caught:
+            self.exchange.update(reachable=False, last_error="credential check timed out",
+                                 checked_at=_iso(_now()))
+            log.warning("credential check timed out", timeout_s=CHECK_TIMEOUT_S)
+            return
+        warnings = [f"{r.subject}: {r.message}" for r in results if not r.ok or r.warning]
+        login_ok = all(r.ok for r in results if r.subject in ("login", "ews"))
+        self.exchange.update(reachable=login_ok, checked_at=_iso(_now()), warnings=warnings,
+                             last_error=None if login_ok else warnings[0] if warnings else None)
+        for warning in warnings:
+            log.warning("credential check", result=warning)
+        if not warnings:
+            log.info("credential check passed", mailboxes=len(mailboxes))
+        self._status_poke()
+
+    # --- cycles ----------------------------------------------------------------------------------------
+
+    async def _cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
+        cfg = self.cfg
+        user = cfg.user(mailbox)
+        cycle_id = uuid.uuid4().hex[:12]
+        bound = log.bind(mailbox=mailbox, cycle_id=cycle_id, reason=request.reason)
+        status = self.records.setdefault(mailbox, _UserStatus())
+        started = _now()
+        status.last_attempt = started
+        bound.info("cycle started", full=request.full, allow_deletes=request.allow_deletes)
+        self._status_poke()
+        error_key: str | None = None
+        presented: errors.Presented | None = None
+        try:
+            if user is None:
+                raise UnknownMailbox([mailbox])
+            hooks = _read_test_hooks()
+            if hooks.get("cycle_delay_s"):
+                await trio.sleep(float(hooks["cycle_delay_s"]))
+            if mailbox in hooks.get("fail_mailboxes", []):
+                raise errors.MailboxNotFound(f"mailbox {mailbox} not found on the Exchange server",
+                                             mailbox=mailbox)
+            assert self.runner is not None
+            outcome = await self.runner.run_cycle(cfg, user, full=request.full,
+                                                  allow_deletes=request.allow_deletes,
+                                                  progress=progress, cycle_id=cycle_id)
+            if outcome.result == "error":
+                error_key = f"user:{mailbox}:cycle_failed"
+                presented = errors.Presented("cycle_failed", f"{mailbox}: {outcome.error}",
+                                             "the log has the details of this cycle")
+        except Exception as exc:
+            presented = present(exc)
+            if not isinstance(exc, ExchangedError):
+                bound.error("cycle crashed", exc_info=exc)
+            outcome = CycleOutcome(result="error", error=presented.line())
+            error_key = f"user:{mailbox}:{presented.reason}"
+            self._note_exchange(exc)
+        self._record(mailbox, status, outcome, error_key, presented)
+        if outcome.result == "error":
+            bound.warning("cycle failed", error=outcome.error)
+        else:
+            self.exchange.update(reachable=True, last_error=None)
+            bound.info("cycle done", result=outcome.result, counts=outcome.counts.as_dict(),
+                       item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
+        await self._persist_outcome(mailbox, started, outcome)
+        self._status_poke()
+        return outcome
+
+    def _note_exchange(self, exc: BaseException) -> None:
+        if isinstance(exc, errors.ExchangeUnavailable | errors.TlsError | errors.AuthFailed):
+            self.exchange.update(reachable=False, last_error=present(exc).line())
+
+    def _record(self, mailbox: str, status: _UserStatus, outcome: CycleOutcome,
+                error_key: str | None, presented: errors.Presented | None) -> None:
+        status.last_result = outcome.result
+        status.last_error = outcome.error
+        status.counts = outcome.counts.as_dict()
+        if outcome.result != "error":
+            status.last_success = _now()
+        # mails: one per distinct error (the notifier de-duplicates); resolved when it clears
+        for key in sorted(status.error_keys - ({error_key} if error_key else set())):
+            self.notifier.resolved(key)
+        status.error_keys = {error_key} if error_key else set()
+        if error_key and presented is not None:
+            self.notifier.error(error_key, presented, mailbox)
+
+    async def _persist_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None:
+        assert self.adapters is not None
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.adapters.state.record_outcome(mailbox, at, outcome)
+        except Exception as exc:
+            log.warning("cannot record the cycle outcome", mailbox=mailbox, error=present(exc).line())
+
+    # --- reload --------------------------------------------------------------------------------------
+
+    async def _reload(self, *, source: str) -> dict[str, Any]:
+        from exchanged.config import ConfigInvalid, iter_problems, load_config
+
+        async with self._reload_lock:
+            log.info("reload requested", source=source, config=self.config_path)
+            try:
+                new = await trio.to_thread.run_sync(load_config, self.config_path)
+            except ConfigInvalid as exc:
+                return self._rejected(list(iter_problems(exc)) or [exc.message], present(exc))
+            for warning in new.warnings:
+                log.warning("config warning", warning=warning)
+            self._warn_restart_only(new)
+            if self.scheduler.running > 0:
+                return self._defer(new)
+            return await self._apply(new)
+
+    def _rejected(self, problems: list[str], presented: errors.Presented) -> dict[str, Any]:
+        self.last_reload = {"at": _iso(_now()), "result": "rejected", "errors": problems}
+        log.error("reload rejected: the old config keeps running", errors=problems)
+        self.notifier.error("config", errors.Presented(
+            presented.reason, f"reload of {self.config_path} rejected, the previous config keeps running:\n"
+            + "\n".join(problems), presented.hint), None)
+        sdnotify.status(f"reload rejected ({len(problems)} problem(s)); {self.status_line()}")
+        return {**self.last_reload, "generation": self.generation}
+
+    def _defer(self, new: Config) -> dict[str, Any]:
+        self._pending = new
+        if self._applied is None:  # the first deferral holds the scheduler and starts the waiter
+            self._applied = trio.Event()
+            self.scheduler.hold()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._apply_when_idle)
+        self.last_reload = {"at": _iso(_now()), "result": "deferred", "errors": []}
+        log.info("reload deferred until running cycles end", running=self.scheduler.running)
+        sdnotify.status(f"reload deferred: waiting for {self.scheduler.running} running cycle(s)")
+        return {**self.last_reload, "generation": self.generation}
+
+    async def _apply_when_idle(self) -> None:
+        try:
+            await self.scheduler.wait_idle()
+            async with self._reload_lock:
+                new, self._pending = self._pending, None
+                if new is not None and not self._stopping:
+                    await self._apply(new)
+        finally:
+            self.scheduler.release()
+            applied, self._applied = self._applied, None
+            if applied is not None:
+                applied.set()
+
+    def _warn_restart_only(self, new: Config) -> None:
+        if new.control != self.cfg.control:
+            log.warning("control.socket/control.group changes take effect at the next restart")
+        if new.logging != self.cfg.logging:
+            _configure_logging(new)
+
+    async def _apply(self, new: Config) -> dict[str, Any]:
+        from exchanged.config import diff_configs
+
+        old = self.cfg
+        sdnotify.reloading("reloading configuration")
+        self.scheduler.hold()  # nothing starts while the adapters and users change hands
+        try:
+            try:
+                await self._swap_adapters(old, new)
+            except Exception as exc:
+                p = present(exc)
+                result = self._rejected([p.line()], p)
+                sdnotify.ready(self.status_line())
+                return result
+            diff = diff_configs(old, new)
+            self.cfg = new
+            self.generation += 1
+            self.loaded_at = _now()
+            self.notifier.reconfigure(new)
+            self.notifier.resolved("config")
+            self._apply_users(new)
+            self.exchange.update(server=new.server.address, version=new.server.version)
+            if diff.resync_all:
+                self.scheduler.mark_full()
+                log.warning("server identity changed: every user resyncs fully")
+            # a user whose settings changed resyncs fully: what is in scope may have changed
+            changed = [m for m in diff.changed if m in self.scheduler.mailboxes()]
+            if changed:
+                self.scheduler.mark_full(changed)
+            self.last_reload = {"at": _iso(_now()), "result": "applied", "errors": [],
+                                "added": sorted(diff.added), "removed": sorted(diff.removed),
+                                "changed": sorted(diff.changed), "resync_all": diff.resync_all}
+            log.info("config applied", generation=self.generation, added=sorted(diff.added),
+                     removed=sorted(diff.removed), changed=sorted(diff.changed), resync_all=diff.resync_all)
+        finally:
+            self.scheduler.release()
+        await self._confirm_new_users(new, on_start=False, newly_enabled=sorted(diff.newly_enabled))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._check_credentials, new)
+        sdnotify.ready(self.status_line())
+        self._status_poke()
+        return {**self.last_reload, "generation": self.generation}
+
+    async def _swap_adapters(self, old: Config, new: Config) -> None:
+        """Open what the new config connects to differently; close the old ones once swapped."""
+        assert self.adapters is not None
+        current = self.adapters
+        if current.memory:
+            _seed_memory_psa(current.psa, new)
+            self.runner = make_runner(new, current)
+            return
+        account, psa, state = current.account, current.psa, current.state
+        opened: list[Any] = []
+        try:
+            if new.state != old.state:
+                state = await open_state(new)
+                opened.append(state)
+            if new.psa != old.psa:
+                psa = await open_psa(new)
+                opened.append(psa)
+            if new.server != old.server or new.credentials != old.credentials:
+                account = await open_account(new)
+                opened.append(account)
+        except BaseException:
+            for thing in opened:
+                await _close_quietly(thing, "new adapter")
+            raise
+        self.adapters = Adapters(account, psa, state)
+        self.runner = make_runner(new, self.adapters)
+        if account is not current.account:
+            await _close_quietly(current.account, "exchange")
+        if psa is not current.psa:
+            await _close_quietly(current.psa, "psa")
+        if state is not current.state:
+            await _close_quietly(current.state, "state")
+
+    # --- status ----------------------------------------------------------------------------------------
+
+    def state(self) -> str:
+        if not self.cfg.enabled:
+            return "disabled"
+        if self.scheduler.paused:
+            return "paused"
+        snap = self.scheduler.snapshot()
+        if self.exchange.get("reachable") is False or any(r.state == "error" for r in snap.values()):
+            return "degraded"
+        return "running"
+
+    def status_line(self) -> str:
+        if not self.cfg.enabled:
+            return "disabled (enabled: false in the config); control socket up, no cycles"
+        snap = self.scheduler.snapshot()
+        syncing = sum(1 for r in snap.values() if r.state == "syncing")
+        errors_ = sum(1 for r in snap.values() if r.state == "error")
+        parts = [f"{len(snap)} users", f"{syncing} syncing"]
+        if errors_:
+            parts.append(f"{errors_} failing")
+        if self.scheduler.paused:
+            parts.append("paused")
+        elif self._applied is not None:
+            parts.append("reload deferred")
+        else:
+            upcoming = self.scheduler.next_run()
+            if upcoming is not None:
+                parts.append(f"next cycle {upcoming.astimezone().strftime('%H:%M')}")
+        return ", ".join(parts)
+
+    def _user_rows(self) -> list[dict[str, Any]]:
+        snap = self.scheduler.snapshot()
+        rows = []
+        for user in self.cfg.users:
+            rt = snap.get(user.mailbox)
+            rec = self.records.get(user.mailbox) or _UserStatus()
+            state = rt.state if rt is not None else "disabled"
+            rows.append({
+                "mailbox": user.mailbox,
+                "psa_resource": user.psa_resource,
+                "enabled": user.enabled and self.cfg.enabled,
+                "state": state,
+                "last_attempt": _iso(rec.last_attempt),
+                "last_success": _iso(rec.last_success),
+                "last_result": rec.last_result,
+                "last_error": rec.last_error,
+                "next_run": _iso(rt.next_run) if rt is not None else None,
+                "progress": rt.progress if rt is not None else None,
+                "counts": dict(rec.counts),
+            })
+        return rows
+
+    # --- ControlHandler --------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "started_at": _iso(self.started_at),
+            "state": self.state(),
+            "ready": self._ready,
+            "config": {
+                "path": self.config_path,
+                "generation": self.generation,
+                "profile_name": self.cfg.profile_name,
+                "loaded_at": _iso(self.loaded_at),
+                "last_reload": self.last_reload,
+                "warnings": list(self.cfg.warnings),
+            },
+            "exchange": dict(self.exchange),
+            "running": self.scheduler.running,
+            "paused": self.scheduler.paused,
+            "interval_minutes": self.cfg.sync_interval_minutes,
+            "max_concurrent_users": self.cfg.sync.max_concurrent_users,
+            "users": self._user_rows(),
+        }
+
+    async def users(self) -> list[dict[str, Any]]:
+        return self._user_rows()
+
+    def _check_mailboxes(self, mailboxes: list[str] | None) -> list[str] | None:
+        if mailboxes is None:
+            return None
+        wanted = [m.strip().lower() for m in mailboxes]
+        if not self.cfg.enabled:
+            raise UserDisabled("the integration is switched off (enabled: false in the config)")
+        for m in wanted:
+            user = self.cfg.user(m)
+            if user is not None and not user.enabled:
+                raise UserDisabled(f"user {m} is disabled in the config", mailbox=m)
+        return wanted
+
+    async def sync(self, mailboxes: list[str] | None, full: bool, wait: bool,
+                   allow_deletes: bool) -> dict[str, Any]:
+        if not self.cfg.enabled:
+            raise UserDisabled("the integration is switched off (enabled: false in the config)")
+        if self._stopping:
+            raise ControlError("the daemon is stopping", hint="start it again and retry")
+        selected = self._check_mailboxes(mailboxes)
+        handle = self.scheduler.request_sync(selected, full=full, allow_deletes=allow_deletes)
+        log.info("manual sync requested", mailboxes=handle.mailboxes, full=full, allow_deletes=allow_deletes)
+        queued = [m for m in handle.mailboxes if self.scheduler.snapshot()[m].state == "syncing"]
+        result: dict[str, Any] = {"started": handle.mailboxes, "queued_behind_running": queued,
+                                  "full": full, "allow_deletes": allow_deletes}
+        if wait:
+            outcomes = await handle.wait()
+            result["results"] = {m: _outcome_dict(o) for m, o in outcomes.items()}
+            result["ok"] = all(o.result != "error" for o in outcomes.values())
+        return result
+
+    async def plan(self, mailbox: str) -> dict[str, Any]:
+        user = self.cfg.user(mailbox.strip().lower())
+        if user is None:
+            raise UnknownMailbox([mailbox])
+        assert self.runner is not None
+        return await self.runner.plan(self.cfg, user)
+
+    async def history(self, mailbox: str | None, since: str | None) -> list[dict[str, Any]]:
+        assert self.adapters is not None
+        since_dt = _parse_since(since)
+        mailbox = mailbox.strip().lower() if mailbox else None
+        entries = await self.adapters.state.history(mailbox, since_dt)
+        return [{
+            "at": _iso(e.at), "mailbox": e.mailbox, "side": e.side, "action": e.action,
+            "kind": str(e.kind), "key": e.key, "item_id": e.item_id, "fields": list(e.fields),
+            "reason": e.reason, "cycle_id": e.cycle_id,
+        } for e in entries]
+
+    async def reload(self, wait: bool) -> dict[str, Any]:
+        result = await self._reload(source="control")
+        if result["result"] == "deferred" and wait and self._applied is not None:
+            await self._applied.wait()
+            assert self.last_reload is not None
+            result = {**self.last_reload, "generation": self.generation}
+        if result["result"] == "rejected":
+            problems = result.get("errors") or []
+            raise ReloadRejected("reload rejected, the old config keeps running: " + "; ".join(problems))
+        return result
+
+    async def pause(self, mailboxes: list[str] | None) -> dict[str, Any]:
+        selected = self.scheduler.pause(self._select_for_pause(mailboxes))
+        log.info("paused", mailboxes=mailboxes or "all")
+        self._status_poke()
+        return {"paused": selected, "global": mailboxes is None}
+
+    async def resume(self, mailboxes: list[str] | None) -> dict[str, Any]:
+        selected = self.scheduler.resume(self._select_for_pause(mailboxes))
+        log.info("resumed", mailboxes=mailboxes or "all")
+        self._status_poke()
+        return {"resumed": selected, "global": mailboxes is None}
+
+    def _select_for_pause(self, mailboxes: list[str] | None) -> list[str] | None:
+        if mailboxes is None:
+            return None
+        return self._check_mailboxes(mailboxes)
+
+
+def _outcome_dict(o: CycleOutcome) -> dict[str, Any]:
+    return {"result": o.result, "error": o.error, "counts": o.counts.as_dict(),
+            "item_errors": [{"key": e.key, "code": e.code, "message": e.message} for e in o.item_errors],
+            "held_back_deletes": o.held_back_deletes}
+
+
+def _parse_since(since: str | None) -> datetime | None:
+    if not since:
+        return None
+    try:
+        at = datetime.fromisoformat(since)
+    except ValueError:
+        raise ControlError(f"since {since!r} is not an ISO 8601 date/time",
+                           hint="e.g. 2026-11-29 or 2026-11-29T08:00") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _register_secrets(cfg: Config) -> None:
+    from exchanged.logs import register_secret
+
+    def reveal(secret: Any) -> str | None:
+        if secret is None:
+            return None
+        return secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
+
+    register_secret(reveal(cfg.credentials.password))
+    for user in cfg.users:
+        register_secret(reveal(user.password))
+    for name in ("secret", "integration_code"):
+        register_secret(reveal(getattr(cfg.psa, name, None)))
+
+
+def _configure_logging(cfg: Config) -> None:
+    from exchanged.logs import configure_logging
+
+    fmt = cfg.logging.format
+    if fmt == "journal" and not os.path.exists("/run/systemd/journal/socket"):
+        fmt = "json"  # no journald here (a container, a test): keep the structure on stderr
+    configure_logging(fmt, cfg.logging.level)
+
+
+def _say(line: str) -> None:
+    print(f"exchanged: {line}", file=sys.stderr, flush=True)
+
+
+def cli_run(args: Any) -> int:
+    """``exchanged run --config PATH``: 0 after a clean stop, 1 on a fatal start-up error."""
+    from exchanged.config import ConfigInvalid, iter_problems, load_config
+
+    path = str(args.config)
+    try:
+        cfg = load_config(path)
+    except ConfigInvalid as exc:
+        _say(f"cannot start: the config {path} is invalid ({len(exc.problems)} problem(s)):")
+        for line in iter_problems(exc):
+            print(f"  {line}", file=sys.stderr)
+        print("  fix them and check with `exchanged check-config`", file=sys.stderr, flush=True)
+        return 1
+    _register_secrets(cfg)
+    _configure_logging(cfg)
+    for warning in cfg.warnings:
+        log.warning("config warning", warning=warning)
+    daemon = Daemon(cfg, path)
+    try:
+        return trio.run(daemon.run)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:
+        known = [e for e in _leaves(exc) if isinstance(e, ExchangedError)]
+        if known:
+            shown = present(known[0])
+            log.error("fatal", reason=shown.reason, error=shown.line())
+            _say(f"cannot start: {shown.line()}" if not daemon._ready else f"stopped: {shown.line()}")
+            return 1
+        leaf = next(iter(_leaves(exc)))
+        log.error("fatal internal error", exc_info=leaf)
+        _say(f"stopped by an internal error: {type(leaf).__name__}: {leaf} "
+             "(this is a bug; the log has the traceback)")
+        return 1
+

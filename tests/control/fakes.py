@@ -23,7 +23,12 @@ STATUS: dict[str, Any] = {
         "loaded_at": "2026-11-29T04:10:00+00:00",
         "last_reload": {"at": "2026-11-29T04:10:00+00:00", "result": "applied", "errors": []},
     },
-    "exchange": {"server": "mail.contoso.com", "version": "Exchange2016", "reachable": True, "last_error": None},
+    "exchange": {
+        "server": "mail.contoso.com",
+        "version": "Exchange2016",
+        "reachable": True,
+        "last_error": None,
+    },
     "running": 1,
     "users": [
         {
@@ -56,13 +61,19 @@ STATUS: dict[str, Any] = {
 PLAN: dict[str, Any] = {
     "mailbox": "jdoe@contoso.com",
     "exchange": {
-        "create": [{"kind": "appointment", "key": "appointment:42", "subject": "Kickoff", "reason": "new in PSA"}],
+        "create": [
+            {"kind": "appointment", "key": "appointment:42", "subject": "Kickoff", "reason": "new in PSA"}
+        ],
         "update": [
             {"kind": "todo", "key": "todo:9", "fields": ["due"], "reason": "changed in PSA"},
         ],
         "delete": [],
     },
-    "psa": {"create": [], "update": [], "delete": [{"kind": "imported", "key": "UID-7", "reason": "deleted in Exchange"}]},
+    "psa": {
+        "create": [],
+        "update": [],
+        "delete": [{"kind": "imported", "key": "UID-7", "reason": "deleted in Exchange"}],
+    },
 }
 
 HISTORY: list[dict[str, Any]] = [
@@ -118,10 +129,26 @@ class FakeHandler:
 
     async def users(self) -> list[dict[str, Any]]:
         self._record("users")
-        return [{k: u.get(k) for k in ("mailbox", "psa_resource", "enabled", "state", "last_attempt",
-                                       "last_result", "last_error", "next_run")} for u in STATUS["users"]]
+        return [
+            {
+                k: u.get(k)
+                for k in (
+                    "mailbox",
+                    "psa_resource",
+                    "enabled",
+                    "state",
+                    "last_attempt",
+                    "last_result",
+                    "last_error",
+                    "next_run",
+                )
+            }
+            for u in STATUS["users"]
+        ]
 
-    async def sync(self, mailboxes: list[str] | None, full: bool, wait: bool, allow_deletes: bool) -> dict[str, Any]:
+    async def sync(
+        self, mailboxes: list[str] | None, full: bool, wait: bool, allow_deletes: bool
+    ) -> dict[str, Any]:
         self._record("sync", mailboxes=mailboxes, full=full, wait=wait, allow_deletes=allow_deletes)
         for mailbox in mailboxes or []:
             if mailbox not in {u["mailbox"] for u in STATUS["users"]}:

@@ -372,6 +372,7 @@ class _Server:
             await _send_final(stream, error_response(None, SERVER_REFUSED, message, R_TOO_MANY_CONNECTIONS))
         finally:
             self.refusing -= 1
+            await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream, conn_id: int) -> None:
         try:

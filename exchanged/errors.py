@@ -112,6 +112,12 @@ class PsaBudgetExhausted(PsaError):
     retryable = True
 
 
+class PsaAuthFailed(PsaError):
+    reason = "psa_auth_failed"
+    hint = ("check psa.username, the secret and the integration code (an API-only user with the "
+            "'API User' security level)")
+
+
 # --- state, mail, sync guards --------------------------------------------------------------------
 class StateError(ExchangedError):
     reason = "state_error"

@@ -263,3 +263,6 @@ class CycleOutcome:
     error: str | None = None  # one line for status and mail when result is "error"
     item_errors: list[ItemError] = field(default_factory=list)
     held_back_deletes: int = 0
+    # the stable ``errors.ExchangedError.reason`` of an "error" outcome (None: unknown); the daemon
+    # keys error mails on it, so one failure mailed once, a different one mailed again
+    reason: str | None = None

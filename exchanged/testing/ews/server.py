@@ -1,0 +1,418 @@
+"""HTTPS transport of the EWS test server: TLS, authentication, test switches, dispatch.
+
+One thread per connection (stdlib ThreadingHTTPServer) with HTTP/1.1 keep-alive, because NTLM
+authenticates a connection rather than a request, exactly as IIS in front of Exchange does. The
+store is guarded by one lock for a whole operation, so concurrent clients see serialised writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from . import ntlm
+from .ops import Dispatcher
+from .soap import SoapFault, fault_envelope
+from .store import Store
+
+log = logging.getLogger("exchanged.testing.ews")
+
+EWS_PATH = "/EWS/Exchange.asmx"
+DEFAULT_PASSWORD = "SECRET"
+
+
+@dataclass
+class Faults:
+    """Test switches set through POST /__emulator/faults; each *_next counts down per EWS request."""
+
+    throttle_next: int = 0
+    back_off_ms: int = 1000
+    fail_next: int = 0
+    fail_status: int = 503
+    drop_next: int = 0
+    latency_ms: int = 0
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key not in self.__dataclass_fields__:
+                raise ValueError(f"unknown fault switch {key!r}; known: {sorted(self.__dataclass_fields__)}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"fault switch {key!r} must be a non-negative integer, got {value!r}")
+            setattr(self, key, value)
+
+
+@dataclass
+class Stats:
+    requests: Counter[str] = field(default_factory=Counter)
+    auth_failures: int = 0
+    throttled: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+def _load_or_create_tls(state_dir: Path) -> tuple[Path, Path]:
+    """CA file and server cert+key file under state_dir, created once and kept across restarts."""
+    ca_cert, ca_key, server_pem = state_dir / "ca.pem", state_dir / "ca.key", state_dir / "server.pem"
+    if ca_cert.exists() and ca_key.exists() and server_pem.exists():
+        return ca_cert, server_pem
+    ca = trustme.CA(organization_name="exchanged EWS test server")
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    ca.cert_pem.write_to_path(str(ca_cert))
+    ca.private_key_pem.write_to_path(str(ca_key))
+    os.chmod(ca_key, 0o600)
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    os.chmod(server_pem, 0o600)
+    return ca_cert, server_pem
+
+
+class _Http(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    app: EwsTestServer
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs in the connection's own thread so a slow or failing client
+        # (e.g. one that does not trust our CA) never blocks accept().
+        try:
+            tls = self.app.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        self.app.track(tls, True)
+        try:
+            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
+        finally:
+            self.app.track(tls, False)
+            with contextlib.suppress(OSError):
+                tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("connection from %s failed", client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-IIS/10.0"
+    sys_version = ""
+    timeout = 120  # idle keep-alive connections are closed, as IIS does
+    server: _Http
+
+    ntlm_ctx: Any = None
+    connection_user: str | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_json(self, status: int, payload: object) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    # -- routes -----------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._read_body()
+        if self.path == "/__emulator/stats":
+            self._send_json(200, self.server.app.stats())
+        else:
+            self._send(404, b"Not found", "text/plain")
+
+    def do_POST(self) -> None:
+        body = self._read_body()
+        app = self.server.app
+        if self.path == "/__emulator/faults":
+            try:
+                values = json.loads(body or b"{}")
+                if not isinstance(values, dict):
+                    raise ValueError("expected a JSON object")
+                app.set_faults(**values)
+            except (ValueError, TypeError) as exc:
+                self._send_json(400, {"error": str(exc)})
+                return
+            self._send_json(200, {"faults": app.faults_snapshot()})
+            return
+        if self.path.split("?", 1)[0].lower() != EWS_PATH.lower():
+            self._send(404, b"Not found", "text/plain")
+            return
+        user = self._authenticate()
+        if user is None:
+            return
+        self._serve_ews(user, body)
+
+    # -- authentication ---------------------------------------------------------------------------
+    def _challenge(self, extra: str | None = None) -> None:
+        headers = [("WWW-Authenticate", extra)] if extra else [("WWW-Authenticate", "NTLM")]
+        headers.append(("WWW-Authenticate", 'Basic realm="localhost"'))
+        self._send(
+            401, b"401 - Unauthorized: Access is denied due to invalid credentials.", "text/html", headers
+        )
+
+    def _authenticate(self) -> str | None:
+        """The authenticated user, or None after a 401 has been sent."""
+        app = self.server.app
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            try:
+                user, _, password = base64.b64decode(token.strip(), validate=True).decode().partition(":")
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                user, password = "", ""
+            if app.check_password(user, password):
+                return user.lower()
+            app.count_auth_failure()
+            self._challenge()
+            return None
+        if scheme in ("ntlm", "negotiate"):
+            return self._ntlm_step(token.strip())
+        if self.connection_user:
+            return self.connection_user  # NTLM authenticates the connection, not the request
+        self._challenge()
+        return None
+
+    def _ntlm_step(self, token: str) -> str | None:
+        app = self.server.app
+        try:
+            raw = base64.b64decode(token, validate=True)
+        except (ValueError, binascii.Error):
+            raw = b""
+        if raw[8:12] == b"\x01\x00\x00\x00" or self.ntlm_ctx is None:
+            self.ntlm_ctx = ntlm.ServerContext(app.ntlm_user_file)
+            self.connection_user = None
+        try:
+            reply, user = self.ntlm_ctx.step(raw)
+        except ntlm.NtlmError as exc:
+            log.info("NTLM authentication failed: %s", exc)
+            self.ntlm_ctx = None
+            app.count_auth_failure()
+            self._challenge()
+            return None
+        if user is None:
+            self._challenge("NTLM " + base64.b64encode(reply).decode())
+            return None
+        self.ntlm_ctx = None
+        self.connection_user = user.lower()
+        return self.connection_user
+
+    # -- EWS --------------------------------------------------------------------------------------
+    def _serve_ews(self, user: str, body: bytes) -> None:
+        app = self.server.app
+        action = app.take_fault()
+        if action.latency_ms:
+            time.sleep(action.latency_ms / 1000)
+        if action.kind == "throttle":
+            app.count_request(Dispatcher.operation_name(body))
+            fault = SoapFault(
+                "ErrorServerBusy",
+                "The server cannot service this request right now. Try again later.",
+                faultcode="a:ErrorServerBusy",
+                values={"BackOffMilliseconds": str(action.back_off_ms)},
+            )
+            self._send(500, fault_envelope(fault), "text/xml; charset=utf-8")
+            return
+        if action.kind == "fail":
+            app.count_request(Dispatcher.operation_name(body))
+            self._send(action.status, b"Service Unavailable", "text/html")
+            return
+        status, payload = app.dispatcher.handle(user, body, dict(self.headers.items()))
+        if action.kind == "drop":
+            # The request was carried out; the client never hears about it.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._send(status, payload, "text/xml; charset=utf-8")
+
+
+@dataclass
+class _FaultAction:
+    kind: str = "none"
+    status: int = 200
+    back_off_ms: int = 0
+    latency_ms: int = 0
+
+
+class EwsTestServer:
+    """An Exchange 2016 look-alike for exchangelib, in-process (start/stop) or via `python -m`."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        mailboxes: list[str],
+        service_accounts: dict[str, str] | None = None,
+        port: int = 0,
+        password: str = DEFAULT_PASSWORD,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._mailboxes = [m.lower() for m in mailboxes]
+        self._service_accounts = {k.lower(): v for k, v in (service_accounts or {}).items()}
+        self._password = password
+        self._host = host
+        self._port = port
+        ca_file, server_pem = _load_or_create_tls(self.state_dir)
+        self._ca_file = ca_file
+        self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ssl_context.load_cert_chain(str(server_pem))
+        self.store = Store(str(self.state_dir / "ews.sqlite3"), self._mailboxes)
+        self.ntlm_user_file = str(
+            ntlm.write_user_file(self.state_dir / "ntlm-users", self._ntlm_user_table())
+        )
+        self.dispatcher = Dispatcher(self)
+        self._faults = Faults()
+        self._stats = Stats()
+        self._lock = threading.Lock()
+        self._httpd: _Http | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[Any] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> EwsTestServer:
+        httpd = _Http((self._host, self._port), _Handler)
+        httpd.app = self
+        self._httpd = httpd
+        self._port = httpd.server_address[1]
+        self._thread = threading.Thread(target=httpd.serve_forever, name="ews-test-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join()
+        self._httpd = None
+        self.store.close()
+
+    def __enter__(self) -> EwsTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def track(self, conn: Any, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    # -- public properties ------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self._port}{EWS_PATH}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self._ca_file)
+
+    @property
+    def mailboxes(self) -> list[str]:
+        return list(self._mailboxes)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": dict(self._stats.requests),
+                "auth_failures": self._stats.auth_failures,
+                "throttled": self._stats.throttled,
+                "failed": self._stats.failed,
+                "dropped": self._stats.dropped,
+            }
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self._stats = Stats()
+
+    def invitations(self) -> list[dict[str, str]]:
+        """Meeting invitations/cancellations clients asked to send (recorded, never sent)."""
+        with self.store.lock:
+            return self.store.invitations()
+
+    def set_faults(self, **values: Any) -> None:
+        with self._lock:
+            self._faults.update(values)
+
+    def faults_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(vars(self._faults))
+
+    # -- used by the handler ----------------------------------------------------------------------
+    def check_password(self, user: str, password: str) -> bool:
+        user = user.lower()
+        if user in self._service_accounts:
+            return self._service_accounts[user] == password
+        return user in self._mailboxes and password == self._password
+
+    def is_service_account(self, user: str) -> bool:
+        return user.lower() in self._service_accounts
+
+    def count_auth_failure(self) -> None:
+        with self._lock:
+            self._stats.auth_failures += 1
+
+    def count_request(self, operation: str) -> None:
+        with self._lock:
+            self._stats.requests[operation] += 1
+
+    def take_fault(self) -> _FaultAction:
+        with self._lock:
+            f = self._faults
+            action = _FaultAction(latency_ms=f.latency_ms)
+            if f.throttle_next > 0:
+                f.throttle_next -= 1
+                self._stats.throttled += 1
+                action.kind, action.back_off_ms = "throttle", f.back_off_ms
+            elif f.fail_next > 0:
+                f.fail_next -= 1
+                self._stats.failed += 1
+                action.kind, action.status = "fail", f.fail_status
+            elif f.drop_next > 0:
+                f.drop_next -= 1
+                self._stats.dropped += 1
+                action.kind = "drop"
+            return action
+
+    def _ntlm_user_table(self) -> dict[str, str]:
+        users = {m: self._password for m in self._mailboxes}
+        users.update(self._service_accounts)
+        return users

@@ -1,0 +1,363 @@
+"""The server's mailbox contents in SQLite under --state-dir, so a restarted server keeps them.
+
+Every write bumps a per-mailbox change counter (`seq`); items and folders remember the seq at which
+they arrived in their folder and at which they last changed, and deletions and moves leave
+tombstones. Sync states are then just "folder + seq", which makes SyncFolderItems exact and lets a
+sync state survive a restart. Callers hold `Store.lock` for a whole EWS operation.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+PUBLIC = ""  # the "mailbox" that owns the public folder hierarchy
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mailboxes (address TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS folders (
+    id TEXT PRIMARY KEY, mailbox TEXT NOT NULL, parent_id TEXT, distinguished TEXT,
+    element TEXT NOT NULL, folder_class TEXT, display_name TEXT NOT NULL, change_key TEXT NOT NULL,
+    created_seq INTEGER NOT NULL, changed_seq INTEGER NOT NULL, deleted_seq INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY, mailbox TEXT NOT NULL, folder_id TEXT NOT NULL, item_type TEXT NOT NULL,
+    xml TEXT NOT NULL, change_key TEXT NOT NULL, created TEXT NOT NULL, modified TEXT NOT NULL,
+    created_seq INTEGER NOT NULL, changed_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_folder ON items (folder_id, changed_seq);
+CREATE TABLE IF NOT EXISTS tombstones (
+    item_id TEXT NOT NULL, folder_id TEXT NOT NULL, created_seq INTEGER NOT NULL, deleted_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_folder ON tombstones (folder_id, deleted_seq);
+CREATE TABLE IF NOT EXISTS invitations (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, mailbox TEXT NOT NULL, item_id TEXT NOT NULL,
+    operation TEXT NOT NULL, mode TEXT NOT NULL, at TEXT NOT NULL
+);
+"""
+
+# (distinguished id, element, folder class, display name, parent distinguished id)
+_MAILBOX_FOLDERS = (
+    ("root", "Folder", None, "Root", None),
+    ("msgfolderroot", "Folder", None, "Top of Information Store", "root"),
+    ("inbox", "Folder", "IPF.Note", "Inbox", "msgfolderroot"),
+    ("calendar", "CalendarFolder", "IPF.Appointment", "Calendar", "msgfolderroot"),
+    ("tasks", "TasksFolder", "IPF.Task", "Tasks", "msgfolderroot"),
+    ("contacts", "ContactsFolder", "IPF.Contact", "Contacts", "msgfolderroot"),
+    ("deleteditems", "Folder", "IPF.Note", "Deleted Items", "msgfolderroot"),
+    ("drafts", "Folder", "IPF.Note", "Drafts", "msgfolderroot"),
+    ("sentitems", "Folder", "IPF.Note", "Sent Items", "msgfolderroot"),
+    ("outbox", "Folder", "IPF.Note", "Outbox", "msgfolderroot"),
+    ("junkemail", "Folder", "IPF.Note", "Junk Email", "msgfolderroot"),
+    ("notes", "Folder", "IPF.StickyNote", "Notes", "msgfolderroot"),
+    ("journal", "Folder", "IPF.Journal", "Journal", "msgfolderroot"),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def new_id(kind: bytes) -> str:
+    """An opaque id shaped like Exchange's (base64 with a fixed prefix we can recognise)."""
+    return base64.b64encode(b"EXD" + kind + uuid.uuid4().bytes).decode()
+
+
+def new_change_key() -> str:
+    return base64.b64encode(b"CK" + uuid.uuid4().bytes[:10]).decode()
+
+
+def id_kind(value: str) -> bytes | None:
+    """b'F', b'I' or b'O' (occurrence) for our ids, None for anything malformed."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        return None
+    if len(raw) == 20 and raw.startswith(b"EXD") and raw[3:4] in (b"F", b"I"):
+        return raw[3:4]
+    if len(raw) == 28 and raw.startswith(b"EXDO"):
+        return b"O"
+    return None
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    id: str
+    mailbox: str
+    parent_id: str | None
+    distinguished: str | None
+    element: str
+    folder_class: str | None
+    display_name: str
+    change_key: str
+    created_seq: int
+    changed_seq: int
+    deleted_seq: int | None
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    id: str
+    mailbox: str
+    folder_id: str
+    item_type: str
+    xml: str
+    change_key: str
+    created: str
+    modified: str
+    created_seq: int
+    changed_seq: int
+
+
+class Store:
+    def __init__(self, path: str, mailboxes: list[str]) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        with self.lock:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            for address in [PUBLIC, *mailboxes]:
+                self._ensure_mailbox(address.lower())
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()
+
+    # -- transactions ---------------------------------------------------------------------------
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    # -- mailboxes ------------------------------------------------------------------------------
+    def _ensure_mailbox(self, address: str) -> None:
+        row = self._db.execute("SELECT 1 FROM mailboxes WHERE address = ?", (address,)).fetchone()
+        if row:
+            return
+        self._db.execute("INSERT INTO mailboxes VALUES (?, 0)", (address,))
+        if address == PUBLIC:
+            self.add_folder(PUBLIC, None, "publicfoldersroot", "Folder", None, "IPM_SUBTREE")
+            return
+        ids: dict[str, str] = {}
+        for dist, element, cls, name, parent in _MAILBOX_FOLDERS:
+            ids[dist] = self.add_folder(address, ids.get(parent or ""), dist, element, cls, name).id
+
+    def mailboxes(self) -> list[str]:
+        rows = self._db.execute("SELECT address FROM mailboxes WHERE address != ''").fetchall()
+        return [r[0] for r in rows]
+
+    def has_mailbox(self, address: str) -> bool:
+        return bool(
+            self._db.execute("SELECT 1 FROM mailboxes WHERE address = ?", (address.lower(),)).fetchone()
+        )
+
+    def next_seq(self, mailbox: str) -> int:
+        self._db.execute("UPDATE mailboxes SET seq = seq + 1 WHERE address = ?", (mailbox,))
+        return self.current_seq(mailbox)
+
+    def current_seq(self, mailbox: str) -> int:
+        row = self._db.execute("SELECT seq FROM mailboxes WHERE address = ?", (mailbox,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- folders --------------------------------------------------------------------------------
+    def add_folder(
+        self,
+        mailbox: str,
+        parent_id: str | None,
+        distinguished: str | None,
+        element: str,
+        folder_class: str | None,
+        display_name: str,
+    ) -> FolderRow:
+        seq = self.next_seq(mailbox)
+        fid = new_id(b"F")
+        self._db.execute(
+            "INSERT INTO folders VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
+            (
+                fid,
+                mailbox,
+                parent_id,
+                distinguished,
+                element,
+                folder_class,
+                display_name,
+                new_change_key(),
+                seq,
+                seq,
+            ),
+        )
+        folder = self.folder(fid)
+        assert folder is not None
+        return folder
+
+    def folder(self, folder_id: str) -> FolderRow | None:
+        row = self._db.execute(
+            "SELECT * FROM folders WHERE id = ? AND deleted_seq IS NULL", (folder_id,)
+        ).fetchone()
+        return FolderRow(*row) if row else None
+
+    def distinguished(self, mailbox: str, name: str) -> FolderRow | None:
+        owner = PUBLIC if name == "publicfoldersroot" else mailbox
+        row = self._db.execute(
+            "SELECT * FROM folders WHERE mailbox = ? AND distinguished = ? AND deleted_seq IS NULL",
+            (owner, name),
+        ).fetchone()
+        return FolderRow(*row) if row else None
+
+    def children(self, folder_id: str) -> list[FolderRow]:
+        rows = self._db.execute(
+            "SELECT * FROM folders WHERE parent_id = ? AND deleted_seq IS NULL ORDER BY created_seq",
+            (folder_id,),
+        ).fetchall()
+        return [FolderRow(*r) for r in rows]
+
+    def descendants(self, folder_id: str) -> list[FolderRow]:
+        out: list[FolderRow] = []
+        for child in self.children(folder_id):
+            out.append(child)
+            out.extend(self.descendants(child.id))
+        return out
+
+    def folder_changes(self, mailbox: str, root_id: str, since: int) -> list[tuple[str, int, FolderRow]]:
+        """(kind, seq, folder) for folders under root changed after `since`, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM folders WHERE mailbox = ? AND (changed_seq > ? OR deleted_seq > ?)",
+            (mailbox, since, since),
+        ).fetchall()
+        under = {f.id for f in self._all_descendant_ids(root_id)}
+        out: list[tuple[str, int, FolderRow]] = []
+        for r in rows:
+            f = FolderRow(*r)
+            if f.id not in under:
+                continue
+            if f.deleted_seq is not None:
+                if f.created_seq <= since:
+                    out.append(("Delete", f.deleted_seq, f))
+            else:
+                out.append(("Create" if f.created_seq > since else "Update", f.changed_seq, f))
+        out.sort(key=lambda c: c[1])
+        return out
+
+    def _all_descendant_ids(self, root_id: str) -> list[FolderRow]:
+        rows = self._db.execute("SELECT * FROM folders WHERE parent_id = ?", (root_id,)).fetchall()
+        out: list[FolderRow] = []
+        for r in rows:
+            f = FolderRow(*r)
+            out.append(f)
+            out.extend(self._all_descendant_ids(f.id))
+        return out
+
+    def delete_folder(self, folder: FolderRow) -> None:
+        for child in self.children(folder.id):
+            self.delete_folder(child)
+        for item in self.items_in(folder.id):
+            self.delete_item(item)
+        seq = self.next_seq(folder.mailbox)
+        self._db.execute("UPDATE folders SET deleted_seq = ? WHERE id = ?", (seq, folder.id))
+
+    def item_count(self, folder_id: str) -> int:
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM items WHERE folder_id = ?", (folder_id,)).fetchone()[0]
+        )
+
+    # -- items ----------------------------------------------------------------------------------
+    def add_item(self, mailbox: str, folder_id: str, item_type: str, xml: str) -> ItemRow:
+        seq = self.next_seq(mailbox)
+        iid = new_id(b"I")
+        now = utcnow().isoformat()
+        self._db.execute(
+            "INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (iid, mailbox, folder_id, item_type, xml, new_change_key(), now, now, seq, seq),
+        )
+        item = self.item(iid)
+        assert item is not None
+        return item
+
+    def item(self, item_id: str) -> ItemRow | None:
+        row = self._db.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+        return ItemRow(*row) if row else None
+
+    def items_in(self, folder_id: str) -> list[ItemRow]:
+        rows = self._db.execute(
+            "SELECT * FROM items WHERE folder_id = ? ORDER BY created_seq", (folder_id,)
+        ).fetchall()
+        return [ItemRow(*r) for r in rows]
+
+    def update_item(self, item: ItemRow, xml: str) -> ItemRow:
+        seq = self.next_seq(item.mailbox)
+        self._db.execute(
+            "UPDATE items SET xml = ?, change_key = ?, modified = ?, changed_seq = ? WHERE id = ?",
+            (xml, new_change_key(), utcnow().isoformat(), seq, item.id),
+        )
+        updated = self.item(item.id)
+        assert updated is not None
+        return updated
+
+    def move_item(self, item: ItemRow, folder_id: str) -> ItemRow:
+        seq = self.next_seq(item.mailbox)
+        self._db.execute(
+            "INSERT INTO tombstones VALUES (?,?,?,?)", (item.id, item.folder_id, item.created_seq, seq)
+        )
+        seq = self.next_seq(item.mailbox)
+        self._db.execute(
+            "UPDATE items SET folder_id = ?, change_key = ?, created_seq = ?, changed_seq = ? WHERE id = ?",
+            (folder_id, new_change_key(), seq, seq, item.id),
+        )
+        moved = self.item(item.id)
+        assert moved is not None
+        return moved
+
+    def delete_item(self, item: ItemRow) -> None:
+        seq = self.next_seq(item.mailbox)
+        self._db.execute(
+            "INSERT INTO tombstones VALUES (?,?,?,?)", (item.id, item.folder_id, item.created_seq, seq)
+        )
+        self._db.execute("DELETE FROM items WHERE id = ?", (item.id,))
+
+    def item_changes(self, folder_id: str, since: int) -> list[tuple[str, int, str, ItemRow | None]]:
+        """(kind, seq, item id, live row or None) for changes in a folder after `since`, oldest first."""
+        out: list[tuple[str, int, str, ItemRow | None]] = []
+        for r in self._db.execute(
+            "SELECT * FROM items WHERE folder_id = ? AND changed_seq > ?", (folder_id, since)
+        ).fetchall():
+            item = ItemRow(*r)
+            out.append(("Create" if item.created_seq > since else "Update", item.changed_seq, item.id, item))
+        for item_id, created_seq, deleted_seq in self._db.execute(
+            "SELECT item_id, created_seq, deleted_seq FROM tombstones"
+            " WHERE folder_id = ? AND deleted_seq > ?",
+            (folder_id, since),
+        ).fetchall():
+            if created_seq <= since:
+                out.append(("Delete", deleted_seq, item_id, None))
+        out.sort(key=lambda c: c[1])
+        # An item created and deleted since `since` leaves nothing; one deleted and then moved back
+        # in shows as a Create after its Delete, as Exchange reports it.
+        return out
+
+    def record_invitation(self, mailbox: str, item_id: str, operation: str, mode: str) -> None:
+        self._db.execute(
+            "INSERT INTO invitations (mailbox, item_id, operation, mode, at) VALUES (?,?,?,?,?)",
+            (mailbox, item_id, operation, mode, utcnow().isoformat()),
+        )
+
+    def invitations(self) -> list[dict[str, str]]:
+        rows = self._db.execute(
+            "SELECT mailbox, item_id, operation, mode, at FROM invitations ORDER BY n"
+        ).fetchall()
+        return [dict(zip(("mailbox", "item_id", "operation", "mode", "at"), r, strict=True)) for r in rows]

@@ -1,0 +1,317 @@
+"""The EWS connection of the configured sync account (``ports.ExchangeAccount``).
+
+One exchangelib ``Configuration`` per set of credentials: the sync account (impersonating every
+mailbox when ``credentials.use_for_all_users``), or one per user (per-user credentials). Each has
+``retry_policy=FailFast()`` (exchangelib never sleeps; back-off is ours, in trio), the pinned
+``Version`` when ``server.version`` is set, the configured auth type, and ``max_connections``
+equal to the size of the ``trio.CapacityLimiter`` that every blocking call runs under.
+
+``call()`` is the one door to exchangelib: it waits for the credentials' back-off gate, runs the
+blocking function in a worker thread under the limiter, maps exceptions to typed errors naming the
+mailbox, and retries what is safe to retry (see ``docs/EWS_ADAPTER.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FailFast, Version
+from exchangelib import version as ews_version
+from exchangelib.errors import EWSError, ResponseMessageError
+from exchangelib.folders import Calendar, Contacts, Tasks
+from exchangelib.properties import DistinguishedFolderId, Mailbox
+from exchangelib.protocol import BaseProtocol, CachingProtocol, Protocol
+
+from exchanged import errors
+from exchanged.exchange import tls
+from exchanged.exchange.backoff import BackOffGate
+from exchanged.exchange.convert import default_timezone
+from exchanged.exchange.errmap import is_ambiguous, map_error
+from exchanged.exchange.services import GetFolderHinted, ResolveNamesHinted
+from exchanged.exchange.settings import ExchangeSettings, UserCredentials
+from exchanged.ports import CheckResult
+
+log = logging.getLogger("exchanged.exchange")
+T = TypeVar("T")
+
+VERSIONS: dict[str, Any] = {
+    "exchange2007": ews_version.EXCHANGE_2007, "exchange2007_sp1": ews_version.EXCHANGE_2007_SP1,
+    "exchange2010": ews_version.EXCHANGE_2010, "exchange2010_sp1": ews_version.EXCHANGE_2010_SP1,
+    "exchange2010_sp2": ews_version.EXCHANGE_2010_SP2, "exchange2013": ews_version.EXCHANGE_2013,
+    "exchange2013_sp1": ews_version.EXCHANGE_2013_SP1, "exchange2016": ews_version.EXCHANGE_2016,
+    "exchange2019": ews_version.EXCHANGE_2019,
+}
+
+# how often one call is tried when Exchange throttles / when the connection fails (reads only)
+MAX_THROTTLED_ATTEMPTS = 6
+MAX_UNAVAILABLE_ATTEMPTS = 3
+
+
+class AmbiguousWrite(Exception):
+    """A write whose answer was lost: it may or may not have been carried out."""
+
+    def __init__(self, error: errors.ExchangedError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def pinned_version(name: str | None) -> Version | None:
+    if not name:
+        return None
+    key = name.strip().lower().replace(" ", "").replace("-", "_")
+    build = VERSIONS.get(key)
+    if build is None:
+        raise errors.ExchangeError(
+            f"server.version {name!r} is not a known Exchange version",
+            hint=f"use one of {', '.join(sorted(VERSIONS))} (case-insensitive), or leave it out")
+    return Version(build=build)
+
+
+@dataclass(slots=True)
+class Session:
+    """One set of credentials: its exchangelib configuration and its back-off gate."""
+
+    config: Configuration
+    access_type: str
+    gate: BackOffGate
+    login: str
+
+
+class EwsAccount:
+    """``ports.ExchangeAccount`` over exchangelib."""
+
+    def __init__(self, settings: ExchangeSettings) -> None:
+        self.settings = settings
+        if settings.scheme == "https":
+            tls.register_endpoint(settings.service_endpoint, settings.ca_bundle)
+        tls.install()
+        self.limiter = trio.CapacityLimiter(settings.max_connections)
+        self.tz = default_timezone()
+        self.version = pinned_version(settings.version)
+        self.host = settings.service_endpoint.split("/")[2]
+        self._sessions: dict[str, Session] = {}
+        self._accounts: dict[str, Account] = {}
+        self._mailboxes: dict[str, Any] = {}
+        self._public: Any = None
+        self.closed = False
+
+    # -- sessions and exchangelib accounts ----------------------------------------------------------
+
+    def _make_session(self, login: str, password: str, access_type: str) -> Session:
+        credentials = Credentials(login, password)
+        config = Configuration(
+            credentials=credentials, service_endpoint=self.settings.service_endpoint,
+            auth_type=self.settings.auth_type.upper() if self.settings.auth_type == "ntlm" else "basic",
+            version=self.version, retry_policy=FailFast(),
+            max_connections=self.settings.max_connections)
+        # a Protocol cached by an earlier generation of the config (same endpoint + credentials)
+        # would carry the old version/pool size: start from a fresh one
+        with CachingProtocol._protocol_cache_lock:
+            CachingProtocol._protocol_cache.pop(CachingProtocol._cache_key(config), None)
+        return Session(config=config, access_type=access_type, gate=BackOffGate(), login=login)
+
+    def session_for(self, mailbox: str) -> Session:
+        s = self.settings
+        if s.use_for_all_users:
+            key = "__sync__"
+            if key not in self._sessions:
+                self._sessions[key] = self._make_session(s.login_name, s.password, IMPERSONATION)
+            return self._sessions[key]
+        key = mailbox.lower()
+        if key not in self._sessions:
+            creds: UserCredentials | None = s.user_credentials.get(key)
+            if creds is None:
+                raise errors.AuthFailed(
+                    f"{mailbox}: no credentials for this mailbox (credentials.use_for_all_users is false)",
+                    hint=f"give the users[] entry of {mailbox} a password_file, or set "
+                         "credentials.use_for_all_users: true and grant the sync account impersonation",
+                    mailbox=mailbox)
+            self._sessions[key] = self._make_session(creds.username, creds.password, DELEGATE)
+        return self._sessions[key]
+
+    def ews_account(self, mailbox: str) -> Account:
+        key = mailbox.lower()
+        acc = self._accounts.get(key)
+        if acc is None:
+            session = self.session_for(mailbox)
+            try:
+                acc = Account(primary_smtp_address=mailbox, config=session.config, autodiscover=False,
+                              access_type=session.access_type, default_timezone=self.tz)
+            except ValueError as exc:
+                raise errors.MailboxNotFound(f"{mailbox}: not a mailbox address ({exc})",
+                                             mailbox=mailbox) from None
+            self._accounts[key] = acc
+        return acc
+
+    def distinguished_folder(self, mailbox: str, cls: Any) -> Any:
+        """A well-known folder addressed by DistinguishedFolderId: no request needed."""
+        acc = self.ews_account(mailbox)
+        from exchangelib.folders import Root
+
+        root = Root(account=acc, _distinguished_id=DistinguishedFolderId(
+            id=Root.DISTINGUISHED_FOLDER_ID, mailbox=Mailbox(email_address=mailbox)))
+        return cls(root=root, _distinguished_id=DistinguishedFolderId(
+            id=cls.DISTINGUISHED_FOLDER_ID, mailbox=Mailbox(email_address=mailbox)))
+
+    # -- the one door to exchangelib -----------------------------------------------------------------
+
+    async def call(self, mailbox: str, op: str, fn: Callable[[], T], *, write: bool = False) -> T:
+        """Run ``fn`` (blocking, consumes its generators) in a worker thread, with back-off.
+
+        Reads are retried on throttling and on connection failures. Writes are retried on
+        throttling answers (the server refused the request: nothing was done); a write whose
+        answer was lost raises ``AmbiguousWrite`` so that the caller adopts before trying again.
+        """
+        if self.closed:
+            raise errors.ExchangeError(f"{mailbox}: {op}: the Exchange connection is closed",
+                                       mailbox=mailbox)
+        session = self.session_for(mailbox)
+        gate = session.gate
+        throttled = unavailable = 0
+        while True:
+            await gate.wait_turn()
+            try:
+                result = await trio.to_thread.run_sync(fn, limiter=self.limiter, abandon_on_cancel=True)
+            except Exception as exc:
+                err = map_error(exc, mailbox=mailbox, op=op, host=self.host, login=session.login,
+                                auth_type=self.settings.auth_type)
+                if write and is_ambiguous(err):
+                    gate.throttled(None)
+                    log.warning("%s: %s: answer lost (%s); adopting before any retry", mailbox, op, err)
+                    raise AmbiguousWrite(err) from exc
+                if isinstance(err, errors.Throttled):
+                    throttled += 1
+                    delay = gate.throttled(err.back_off_s)
+                    log.warning("%s: %s throttled, backing off %.1f s (attempt %d)", mailbox, op, delay,
+                                throttled)
+                    if throttled < MAX_THROTTLED_ATTEMPTS:
+                        continue
+                    err.back_off_s = delay
+                    raise err from exc
+                if isinstance(err, errors.ExchangeUnavailable) and not write:
+                    unavailable += 1
+                    if unavailable < MAX_UNAVAILABLE_ATTEMPTS:
+                        delay = gate.throttled(None)
+                        log.warning("%s: %s failed (%s), retrying in %.1f s", mailbox, op, err, delay)
+                        continue
+                raise err from exc
+            gate.succeeded()
+            return result
+
+    # -- ports.ExchangeAccount ----------------------------------------------------------------------
+
+    def mailbox(self, address: str) -> Any:
+        from exchanged.exchange.mailbox import EwsMailbox
+
+        key = address.lower()
+        if key not in self._mailboxes:
+            self._mailboxes[key] = EwsMailbox(self, address)
+        return self._mailboxes[key]
+
+    def public_contacts(self) -> Any:
+        from exchanged.exchange.mailbox import EwsPublicContacts
+
+        if self._public is None:
+            anchor = self.settings.public_folder_mailbox
+            if not anchor:
+                raise errors.ExchangeError(
+                    "public contacts folder: no mailbox to reach the public folders through",
+                    hint="enable at least one user in users[]; its mailbox opens the public folders")
+            self._public = EwsPublicContacts(self, anchor, self.settings.public_folder_name)
+        return self._public
+
+    async def check(self, mailboxes: Sequence[str]) -> list[CheckResult]:
+        s = self.settings
+        results: list[CheckResult] = []
+        if s.scheme == "http":
+            results.append(CheckResult("ews", True, f"{s.service_endpoint}: plaintext HTTP "
+                                       "(server.allow_plaintext): credentials travel unencrypted",
+                                       warning=True))
+        login_ok = True
+        if s.use_for_all_users:
+            login = await self._check_login()
+            results.extend(login)
+            login_ok = all(r.ok for r in login)
+        if not mailboxes:
+            results.append(CheckResult("users", True, "no enabled users to check", warning=True))
+        for address in mailboxes:
+            if not login_ok:
+                results.append(CheckResult(address, False, f"{address}: not checked, the login failed"))
+                continue
+            results.append(await self._check_mailbox(address))
+        return results
+
+    async def _check_login(self) -> list[CheckResult]:
+        s = self.settings
+        session = self.session_for(s.enabled_mailboxes[0] if s.enabled_mailboxes else "sync@account")
+        probe = s.login_name.split("\\")[-1].split("@")[0] or "exchanged"
+
+        def resolve() -> str:
+            protocol = Protocol(config=session.config)
+            v = protocol.version  # detects the version when server.version is not pinned
+            try:
+                list(ResolveNamesHinted(protocol=protocol).call(
+                    unresolved_entries=[probe], parent_folders=None, return_full_contact_data=False,
+                    search_scope=None, contact_data_shape=None))
+            except ResponseMessageError as exc:
+                # an EWS answer (no match, operation refused) proves login and EWS access; busy,
+                # auth and connection failures do not
+                mapped = map_error(exc, mailbox="sync account", op="login", host=self.host)
+                if type(mapped) is not errors.ExchangeError:
+                    raise
+            v = protocol.config.version or v
+            return f"{v.fullname} (build {v.build})" if v is not None and v.build else "version unknown"
+
+        try:
+            version = await self.call("sync account", "login", resolve)
+        except errors.AuthFailed as exc:
+            return [CheckResult("login", False, errors.present(exc).line())]
+        except errors.ExchangedError as exc:
+            return [CheckResult("login", False, f"not checked: {errors.present(exc).message}"),
+                    CheckResult("ews", False, errors.present(exc).line())]
+        return [CheckResult("login", True, f"logged in as {session.login} ({s.auth_type})"),
+                CheckResult("ews", True, f"EWS answers at {s.service_endpoint}: {version}")]
+
+    async def _check_mailbox(self, address: str) -> CheckResult:
+        how = "impersonation" if self.settings.use_for_all_users else "own credentials"
+        try:
+            def get_calendar() -> None:
+                folder = self.distinguished_folder(address, Calendar)
+                for res in GetFolderHinted(account=folder.account).call(
+                        folders=[folder], additional_fields=[], shape="IdOnly"):
+                    if isinstance(res, Exception):
+                        raise res
+
+            await self.call(address, "GetFolder calendar", get_calendar)
+        except errors.ExchangedError as exc:
+            return CheckResult(address, False, errors.present(exc).line())
+        return CheckResult(address, True, f"{address}: calendar reachable ({how})")
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        self._accounts.clear()
+
+        def close_all() -> None:
+            for session in sessions:
+                with CachingProtocol._protocol_cache_lock:
+                    entry = CachingProtocol._protocol_cache.pop(CachingProtocol._cache_key(session.config),
+                                                                None)
+                if entry is not None and isinstance(entry[0], BaseProtocol):
+                    try:
+                        entry[0].close()
+                    except EWSError:
+                        pass
+
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(close_all)
+
+
+__all__ = ["AmbiguousWrite", "Contacts", "EwsAccount", "Session", "Tasks", "pinned_version"]

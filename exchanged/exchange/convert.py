@@ -1,0 +1,406 @@
+"""EWS items (exchangelib objects) <-> the model's payloads, and our identity property.
+
+Mapping (model field -> exchangelib field):
+
+* Appointment <-> CalendarItem: subject, body, start, end, is_all_day, location,
+  show_as <-> legacy_free_busy_status, is_private <-> sensitivity (Private; Confidential reads
+  as private too, never written).
+* Task <-> Task: subject, body, start <-> start_date, due <-> due_date (EWS task dates are days:
+  written as the UTC date, read back as midnight UTC), completed <-> status Completed +
+  percent_complete 100 (EWS's CompleteDate is set by the server; read back as ``completed``).
+* Contact <-> Contact: given_name, surname, company <-> company_name, job_title,
+  email <-> email_addresses[EmailAddress1], business_phone/mobile_phone <->
+  phone_numbers[BusinessPhone/MobilePhone]; display_name is derived (EWS requires it).
+
+All datetimes leave this module timezone-aware UTC. All-day appointments are whole days in the
+adapter's default time zone (the host's, as exchangelib assumes).
+
+Odd items are never fatal: ``item_from_ews`` raises ``Unmappable`` with a reason and the caller
+skips the item with a log line (exchangelib #877).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import fields as dc_fields
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from exchangelib import CalendarItem
+from exchangelib import Contact as EwsContact
+from exchangelib import Task as EwsTask
+from exchangelib.ewsdatetime import EWSDate, EWSDateTime, EWSTimeZone
+from exchangelib.extended_properties import ExtendedProperty
+from exchangelib.fields import FieldPath
+from exchangelib.indexed_properties import EmailAddress, PhoneNumber
+from exchangelib.properties import Body, HTMLBody
+
+from exchanged.model import (
+    Appointment,
+    Contact,
+    ExchangeItem,
+    FolderKind,
+    Payload,
+    ShowAs,
+    Task,
+    occurrence_key,
+)
+
+# --- identity -------------------------------------------------------------------------------------
+
+PSA_KEY_ATTR = "exchanged_psa_key"
+PSA_KEY_PROPERTY_SET = "8f4b6d2e-3c1a-4e7b-9a5d-2f6c8b1e7d34"  # fixed: ours, never change it
+PSA_KEY_PROPERTY_NAME = "exchanged-psa-key"
+
+
+class PsaKeyProperty(ExtendedProperty):
+    """The PSA key of an item the daemon created (String, in our own property set)."""
+
+    property_set_id = PSA_KEY_PROPERTY_SET
+    property_name = PSA_KEY_PROPERTY_NAME
+    property_type = "String"
+
+
+ITEM_CLASSES: dict[FolderKind, Any] = {
+    FolderKind.CALENDAR: CalendarItem,
+    FolderKind.TASKS: EwsTask,
+    FolderKind.CONTACTS: EwsContact,
+    FolderKind.PUBLIC_CONTACTS: EwsContact,
+}
+
+
+def register_psa_key_property() -> None:
+    """Register ``exchanged_psa_key`` on CalendarItem, Task and Contact (idempotent)."""
+    for cls in (CalendarItem, EwsTask, EwsContact):
+        if not any(f.name == PSA_KEY_ATTR for f in cls.FIELDS):
+            cls.register(PSA_KEY_ATTR, PsaKeyProperty)
+
+
+register_psa_key_property()
+
+
+class Unmappable(Exception):
+    """An Exchange item this adapter cannot represent; skipped with a log line."""
+
+
+# --- the fields we read (GetItem/FindItem additional properties) -------------------------------------
+
+_CAL_READ = ("subject", "body", "start", "end", "is_all_day", "location", "legacy_free_busy_status",
+             "sensitivity", "categories", "uid", "type", "original_start", "last_modified_time")
+_TASK_READ = ("subject", "body", "start_date", "due_date", "status", "complete_date",
+              "percent_complete", "categories", "last_modified_time")
+_CONTACT_READ = ("given_name", "surname", "display_name", "company_name", "job_title",
+                 "categories", "last_modified_time")
+
+EMAIL_LABEL = "EmailAddress1"
+BUSINESS_PHONE = "BusinessPhone"
+MOBILE_PHONE = "MobilePhone"
+
+
+def read_fields(folder: FolderKind) -> list[FieldPath]:
+    """The properties we fetch: only what we map, plus our extended property."""
+    cls = ITEM_CLASSES[folder]
+    names = {FolderKind.CALENDAR: _CAL_READ, FolderKind.TASKS: _TASK_READ}.get(folder, _CONTACT_READ)
+    paths = [FieldPath(field=cls.get_field_by_fieldname(n)) for n in (*names, PSA_KEY_ATTR)]
+    if cls is EwsContact:
+        email = cls.get_field_by_fieldname("email_addresses")
+        phones = cls.get_field_by_fieldname("phone_numbers")
+        paths.append(FieldPath(field=email, label=EMAIL_LABEL,
+                               subfield=EmailAddress.get_field_by_fieldname("email")))
+        for label in (BUSINESS_PHONE, MOBILE_PHONE):
+            paths.append(FieldPath(field=phones, label=label,
+                                   subfield=PhoneNumber.get_field_by_fieldname("phone_number")))
+    return paths
+
+
+def key_field(folder: FolderKind) -> FieldPath:
+    return FieldPath(field=ITEM_CLASSES[folder].get_field_by_fieldname(PSA_KEY_ATTR))
+
+
+# --- datetimes ------------------------------------------------------------------------------------
+
+UTC_EWS = EWSTimeZone("UTC")
+
+
+def default_timezone() -> EWSTimeZone:
+    """The host's zone, as exchangelib assumes for dates; UTC when it cannot be told."""
+    try:
+        return EWSTimeZone.localzone()
+    except Exception:  # exchangelib raises several kinds here; UTC is always a fine answer
+        return UTC_EWS
+
+
+def to_utc(value: datetime) -> datetime:
+    """Any aware datetime (EWSDateTime included) as a plain stdlib datetime in UTC."""
+    if value.tzinfo is None:
+        raise Unmappable(f"naive datetime {value!r}")
+    off = value.utcoffset() or timedelta(0)
+    naive = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                     value.microsecond) - off
+    return naive.replace(tzinfo=UTC)
+
+
+def to_ews(value: datetime) -> EWSDateTime:
+    v = to_utc(value)
+    return EWSDateTime(v.year, v.month, v.day, v.hour, v.minute, v.second, tzinfo=UTC_EWS)
+
+
+def _midnight(day: date, tz: tzinfo) -> datetime:
+    return to_utc(datetime.combine(day, time(0, 0)).replace(tzinfo=tz))
+
+
+def _ews_date(day: date) -> EWSDate:
+    return EWSDate(day.year, day.month, day.day)
+
+
+# --- text -----------------------------------------------------------------------------------------
+
+_TAG = re.compile(r"<[^>]+>")
+_BREAK = re.compile(r"<\s*(br|/p|/div|/li|/tr)\b[^>]*>", re.IGNORECASE)
+
+
+def body_text(value: Any) -> str:
+    """Plain text of an item body; HTML bodies (Outlook edits) lose their markup."""
+    if value is None:
+        return ""
+    text = str(value)
+    if isinstance(value, HTMLBody) or text.lstrip().lower().startswith(("<html", "<!doctype")):
+        text = re.sub(r"(?is)<(head|style|script)\b.*?</\1\s*>", "", text)
+        text = _BREAK.sub("\n", text)
+        text = html.unescape(_TAG.sub("", text))
+        text = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).strip()
+    return text.replace("\r\n", "\n")
+
+
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _none_if_empty(value: str) -> str | None:
+    return value if value else None
+
+
+# --- Exchange -> model ----------------------------------------------------------------------------
+
+_SHOW_AS_FROM_EWS = {"Free": ShowAs.FREE, "Tentative": ShowAs.TENTATIVE, "Busy": ShowAs.BUSY,
+                     "OOF": ShowAs.OOF, "WorkingElsewhere": ShowAs.WORKING_ELSEWHERE,
+                     "NoData": ShowAs.NO_DATA}
+_SHOW_AS_TO_EWS = {v: k for k, v in _SHOW_AS_FROM_EWS.items()}
+
+
+def _cal_bounds(item: Any) -> tuple[datetime, datetime]:
+    start, end = item.start, item.end
+    if start is None or end is None:
+        raise Unmappable("calendar item without start or end")
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return to_utc(start), to_utc(end)
+    # all-day: exchangelib hands out dates in the item's zone (end inclusive)
+    tz = getattr(item, "_start_timezone", None) or default_timezone()
+    s_day = start if not isinstance(start, datetime) else start.astimezone(tz).date()
+    e_day = end if not isinstance(end, datetime) else end.astimezone(tz).date()
+    return _midnight(s_day, tz), _midnight(e_day + timedelta(days=1), tz)
+
+
+def appointment_from_ews(item: Any) -> Appointment:
+    start, end = _cal_bounds(item)
+    return Appointment(
+        subject=_s(item.subject), start=start, end=end, body=body_text(item.body),
+        location=_s(item.location), is_all_day=bool(item.is_all_day),
+        show_as=_SHOW_AS_FROM_EWS.get(_s(item.legacy_free_busy_status), ShowAs.BUSY),
+        is_private=item.sensitivity in ("Private", "Confidential"))
+
+
+def _day_to_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        value = to_utc(value).date()
+    return datetime.combine(value, time(0, 0), tzinfo=UTC)
+
+
+def task_from_ews(item: Any) -> Task:
+    completed: datetime | None = None
+    if item.status == "Completed" or (item.percent_complete is not None
+                                       and Decimal(item.percent_complete) >= 100):
+        stamp = item.complete_date or item.last_modified_time
+        completed = to_utc(stamp) if isinstance(stamp, datetime) else datetime(1970, 1, 1, tzinfo=UTC)
+    return Task(subject=_s(item.subject), body=body_text(item.body), start=_day_to_utc(item.start_date),
+                due=_day_to_utc(item.due_date), completed=completed)
+
+
+def _indexed(values: Iterable[Any] | None, label: str, attr: str) -> str:
+    for v in values or ():
+        if getattr(v, "label", None) == label:
+            return _s(getattr(v, attr, None))
+    return ""
+
+
+def contact_from_ews(item: Any) -> Contact:
+    return Contact(
+        given_name=_s(item.given_name), surname=_s(item.surname), company=_s(item.company_name),
+        job_title=_s(item.job_title), email=_indexed(item.email_addresses, EMAIL_LABEL, "email"),
+        business_phone=_indexed(item.phone_numbers, BUSINESS_PHONE, "phone_number"),
+        mobile_phone=_indexed(item.phone_numbers, MOBILE_PHONE, "phone_number"))
+
+
+def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
+    """One exchangelib item as an ``ExchangeItem``; ``Unmappable`` for what we cannot represent."""
+    expected = ITEM_CLASSES[folder]
+    if type(item) is not expected:
+        raise Unmappable(f"{type(item).__name__} in the {folder.value} folder")
+    if not item.id:
+        raise Unmappable("item without an id")
+    payload: Payload
+    uid = exchange_key = None
+    is_master = False
+    if folder is FolderKind.CALENDAR:
+        payload = appointment_from_ews(item)
+        uid = _s(item.uid) or None
+        kind = _s(item.type)
+        is_master = kind == "RecurringMaster"
+        if kind in ("Occurrence", "Exception") and item.original_start is not None and uid:
+            exchange_key = occurrence_key(uid, to_utc(item.original_start))
+        else:
+            exchange_key = uid
+    elif folder is FolderKind.TASKS:
+        payload = task_from_ews(item)
+    else:
+        payload = contact_from_ews(item)
+    modified = item.last_modified_time
+    return ExchangeItem(
+        folder=folder, item_id=item.id, change_key=item.changekey or "", payload=payload,
+        psa_key=getattr(item, PSA_KEY_ATTR, None) or None,
+        categories=tuple(item.categories or ()), uid=uid, exchange_key=exchange_key,
+        is_recurring_master=is_master,
+        last_modified=to_utc(modified) if isinstance(modified, datetime) else None)
+
+
+# --- model -> Exchange ----------------------------------------------------------------------------
+
+
+def _display_name(c: Contact) -> str:
+    return " ".join(p for p in (c.given_name, c.surname) if p) or c.company or c.email or "(no name)"
+
+
+def _appointment_values(p: Appointment, tz: tzinfo) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "subject": p.subject, "body": Body(p.body) if p.body else None,
+        "location": _none_if_empty(p.location), "is_all_day": p.is_all_day,
+        "legacy_free_busy_status": _SHOW_AS_TO_EWS.get(p.show_as, "Busy"),
+        "sensitivity": "Private" if p.is_private else "Normal",
+    }
+    if p.is_all_day:
+        s_day = p.start.astimezone(tz).date()
+        e_day = (p.end.astimezone(tz) - timedelta(microseconds=1)).date()
+        values["start"], values["end"] = _ews_date(s_day), _ews_date(max(s_day, e_day))
+    else:
+        values["start"], values["end"] = to_ews(p.start), to_ews(p.end)
+    return values
+
+
+def _task_values(p: Task) -> dict[str, Any]:
+    done = p.completed is not None
+    return {
+        "subject": p.subject, "body": Body(p.body) if p.body else None,
+        "start_date": _ews_date(to_utc(p.start).date()) if p.start else None,
+        "due_date": _ews_date(to_utc(p.due).date()) if p.due else None,
+        "status": "Completed" if done else "NotStarted",
+        "percent_complete": Decimal(100) if done else Decimal(0),
+    }
+
+
+def _contact_values(p: Contact, *, for_update: bool = False) -> dict[str, Any]:
+    emails = [EmailAddress(label=EMAIL_LABEL, email=p.email)] if p.email else []
+    phones = [PhoneNumber(label=lbl, phone_number=num)
+              for lbl, num in ((BUSINESS_PHONE, p.business_phone), (MOBILE_PHONE, p.mobile_phone)) if num]
+    if for_update:
+        # an empty managed entry means "delete this label" (see services.UpdateItemOnly)
+        if not p.email:
+            emails = [EmailAddress(label=EMAIL_LABEL, email=None)]
+        for lbl, num in ((BUSINESS_PHONE, p.business_phone), (MOBILE_PHONE, p.mobile_phone)):
+            if not num:
+                phones.append(PhoneNumber(label=lbl, phone_number=None))
+    return {
+        "given_name": _none_if_empty(p.given_name), "surname": _none_if_empty(p.surname),
+        "display_name": _display_name(p), "company_name": _none_if_empty(p.company),
+        "job_title": _none_if_empty(p.job_title), "email_addresses": emails or None,
+        "phone_numbers": phones or None,
+    }
+
+
+def payload_values(payload: Payload, tz: tzinfo, *, for_update: bool = False) -> dict[str, Any]:
+    if isinstance(payload, Appointment):
+        return _appointment_values(payload, tz)
+    if isinstance(payload, Task):
+        return _task_values(payload)
+    return _contact_values(payload, for_update=for_update)
+
+
+def _payload_folder_ok(folder: FolderKind, payload: Payload) -> bool:
+    want = {FolderKind.CALENDAR: Appointment, FolderKind.TASKS: Task}.get(folder, Contact)
+    return isinstance(payload, want)
+
+
+def new_ews_item(folder: FolderKind, payload: Payload, psa_key: str, categories: Sequence[str],
+                 account: Any, tz: tzinfo) -> Any:
+    """An unsaved exchangelib item for CreateItem, carrying our key and the categories."""
+    if not _payload_folder_ok(folder, payload):
+        raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder")
+    values = {k: v for k, v in payload_values(payload, tz).items() if v is not None}
+    cls = ITEM_CLASSES[folder]
+    cats = list(dict.fromkeys(c for c in categories if c))
+    return cls(account=account, categories=cats or None, **{PSA_KEY_ATTR: psa_key}, **values)
+
+
+# which exchangelib fields carry a model field (updates send only these)
+_UPDATE_FIELDS: dict[type, dict[str, tuple[str, ...]]] = {
+    Appointment: {
+        "subject": ("subject",), "body": ("body",), "start": ("start",), "end": ("end",),
+        "location": ("location",), "is_all_day": ("is_all_day", "start", "end"),
+        "show_as": ("legacy_free_busy_status",), "is_private": ("sensitivity",),
+    },
+    Task: {
+        "subject": ("subject",), "body": ("body",), "start": ("start_date",), "due": ("due_date",),
+        "completed": ("status", "percent_complete"),
+    },
+    Contact: {
+        "given_name": ("given_name", "display_name"), "surname": ("surname", "display_name"),
+        "company": ("company_name",), "job_title": ("job_title",), "email": ("email_addresses",),
+        "business_phone": ("phone_numbers",), "mobile_phone": ("phone_numbers",),
+    },
+}
+
+
+def update_fieldnames(payload: Payload, changed: Iterable[str]) -> list[str]:
+    """exchangelib field names for the changed model fields, in a stable order, no duplicates."""
+    table = _UPDATE_FIELDS[type(payload)]
+    known = {f.name for f in dc_fields(payload)}
+    out: list[str] = []
+    for name in changed:
+        if name not in known:
+            raise Unmappable(f"unknown field {name!r} for {type(payload).__name__}")
+        for ews_name in table.get(name, ()):
+            if ews_name not in out:
+                out.append(ews_name)
+    if isinstance(payload, Appointment) and payload.is_all_day and (
+            "start" in out or "end" in out) and "is_all_day" not in out:
+        out.append("is_all_day")  # all-day bounds are dates: EWS needs the flag with them
+    if isinstance(payload, Appointment) and ("start" in out) != ("end" in out):
+        out.extend(n for n in ("start", "end") if n not in out)  # EWS checks end >= start per change
+    return out
+
+
+def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: Payload,
+                    fieldnames: Sequence[str], account: Any, tz: tzinfo) -> Any:
+    """An exchangelib item with id/changekey and the new values of ``fieldnames``."""
+    if not _payload_folder_ok(folder, payload):
+        raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder")
+    values = payload_values(payload, tz, for_update=True)
+    cls = ITEM_CLASSES[folder]
+    item = cls(account=account, id=item_id, changekey=change_key)
+    for name in fieldnames:
+        setattr(item, name, values[name])
+    return item

@@ -1,0 +1,131 @@
+"""exchangelib / requests exceptions -> the typed errors of ``exchanged.errors``.
+
+Every error names the mailbox and the operation. Texts from exchangelib are shortened and never
+contain credentials (exchangelib puts URLs, not passwords, into its messages).
+"""
+
+from __future__ import annotations
+
+import requests.exceptions
+from exchangelib import errors as ews
+
+from exchanged import errors
+from exchanged.exchange import tls
+
+_MAX_TEXT = 300
+
+# connection failures after which the server may have carried the request out (lost reply)
+_AMBIGUOUS_MARKERS = ("RemoteDisconnected", "Connection aborted", "ConnectionResetError",
+                      "Connection reset", "ChunkedEncodingError", "IncompleteRead", "Read timed out",
+                      "ProtocolError", "BrokenPipe", "closed connection")
+_REFUSED_MARKERS = ("Connection refused", "ConnectionRefusedError", "Errno 111")
+_DNS_MARKERS = ("Name or service not known", "NameResolutionError", "Failed to resolve",
+                "nodename nor servname", "Temporary failure in name resolution", "getaddrinfo")
+_TIMEOUT_MARKERS = ("timed out", "Timeout", "ConnectTimeout")
+
+
+def _short(text: object) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= _MAX_TEXT else s[: _MAX_TEXT - 3] + "..."
+
+
+def is_ambiguous(exc: BaseException) -> bool:
+    """True when a write may have been carried out although no answer came back."""
+    if isinstance(exc, errors.Throttled | errors.ExchangeUnavailable):
+        return bool(getattr(exc, "ambiguous", False))
+    text = f"{type(exc).__name__} {exc}"
+    return any(m in text for m in _AMBIGUOUS_MARKERS)
+
+
+def _unavailable(mailbox: str, op: str, host: str, text: str, *, ambiguous: bool) -> errors.ExchangeError:
+    if any(m in text for m in _REFUSED_MARKERS):
+        what = f"connection to {host} refused"
+    elif any(m in text for m in _DNS_MARKERS):
+        what = f"cannot resolve the host name {host.rsplit(':', 1)[0]}"
+    elif ambiguous:
+        what = f"the connection to {host} was closed before the answer came"
+    elif any(m in text for m in _TIMEOUT_MARKERS):
+        what = f"no answer from {host} in time"
+    else:
+        what = f"cannot reach {host}: {_short(text)}"
+    err = errors.ExchangeUnavailable(f"{mailbox}: {op}: {what}", mailbox=mailbox)
+    err.ambiguous = ambiguous  # type: ignore[attr-defined]
+    return err
+
+
+def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
+              login: str = "", auth_type: str = "") -> errors.ExchangedError:
+    """The typed error for ``exc``, naming ``mailbox`` and ``op``."""
+    if isinstance(exc, errors.ExchangedError):
+        if not exc.mailbox:
+            exc.mailbox = mailbox
+        return exc
+    text = f"{type(exc).__name__}({exc})"
+    where = f"{mailbox}: {op}"
+
+    if isinstance(exc, requests.exceptions.SSLError) or (
+            isinstance(exc, ews.TransportError) and not isinstance(exc, ews.ResponseMessageError)
+            and tls.is_tls_failure(exc)):
+        message, hint = tls.describe_tls_failure(exc, host)
+        return errors.TlsError(f"{where}: {message}", hint=hint, mailbox=mailbox)
+    if isinstance(exc, ews.UnauthorizedError) or (
+            isinstance(exc, ews.CASError) and "401" in str(exc)):
+        locked = "locked out" in str(exc)
+        what = "is locked out" if locked else "was refused (wrong user name or password?)"
+        who = f"the login of {login}" if login else "the login"
+        return errors.AuthFailed(f"{where}: {who} ({auth_type or 'auth'}) {what}", mailbox=mailbox)
+    if isinstance(exc, ews.ErrorImpersonateUserDenied | ews.ErrorImpersonationDenied
+                  | ews.ErrorImpersonationFailed):
+        return errors.ImpersonationDenied(
+            f"{where}: the sync account may not impersonate {mailbox} ({_short(exc)})", mailbox=mailbox)
+    if isinstance(exc, ews.ErrorNonExistentMailbox):
+        return errors.MailboxNotFound(f"{where}: Exchange has no mailbox {mailbox}", mailbox=mailbox)
+    if isinstance(exc, ews.ErrorInvalidSyncStateData):
+        return errors.SyncStateInvalid(f"{where}: the server refused the stored sync state", mailbox=mailbox)
+    if isinstance(exc, ews.ErrorServerBusy):
+        ambiguous = "closed connection" in str(exc)
+        err = errors.Throttled(f"{where}: Exchange is busy (ErrorServerBusy: {_short(exc)})",
+                               back_off_s=exc.back_off if not ambiguous else None, mailbox=mailbox)
+        err.ambiguous = ambiguous  # type: ignore[attr-defined]
+        return err
+    if isinstance(exc, ews.ErrorInternalServerTransientError | ews.ErrorTooManyObjectsOpened
+                  | ews.ErrorExceededConnectionCount | ews.ErrorMailboxStoreUnavailable
+                  | ews.ErrorMailboxMoveInProgress | ews.ErrorConnectionFailed
+                  | ews.ErrorConnectionFailedTransientError):
+        err = errors.Throttled(f"{where}: Exchange is temporarily unable to answer ({_short(exc)})",
+                               back_off_s=None, mailbox=mailbox)
+        err.ambiguous = False  # type: ignore[attr-defined]
+        return err
+    if isinstance(exc, ews.ErrorTimeoutExpired | requests.exceptions.ConnectionError
+                  | requests.exceptions.Timeout | ConnectionError | TimeoutError):
+        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc))
+    if isinstance(exc, ews.RedirectError):
+        return errors.ExchangeError(
+            f"{where}: {host} redirects EWS requests to {_short(exc)}",
+            hint="check server.address and server.virtual_directory (the EWS URL of the server)",
+            mailbox=mailbox)
+    if isinstance(exc, ews.ErrorInvalidServerVersion | ews.ErrorInvalidSchemaVersionForMailboxVersion
+                  | ews.ErrorIncorrectSchemaVersion):
+        return errors.ExchangeError(f"{where}: the server rejects the EWS version ({_short(exc)})",
+                                    hint="remove or correct server.version", mailbox=mailbox)
+    if isinstance(exc, ews.ErrorAccessDenied):
+        return errors.ExchangeError(f"{where}: access denied ({_short(exc)})",
+                                    hint="check the rights of the sync account on this mailbox",
+                                    mailbox=mailbox)
+    if isinstance(exc, ews.ErrorFolderNotFound):
+        return errors.ExchangeError(f"{where}: folder not found ({_short(exc)})", mailbox=mailbox)
+    if isinstance(exc, ews.MalformedResponseError | ews.SOAPError):
+        return errors.ExchangeError(
+            f"{where}: unexpected answer from {host}: {_short(exc)}",
+            hint="check server.address/virtual_directory point at an Exchange EWS endpoint", mailbox=mailbox)
+    if isinstance(exc, ews.TransportError):
+        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc))
+    if isinstance(exc, ews.EWSError):
+        return errors.ExchangeError(f"{where}: {type(exc).__name__}: {_short(exc)}", mailbox=mailbox)
+    return errors.ExchangeError(f"{where}: {text if len(text) < _MAX_TEXT else _short(text)}",
+                                hint="unexpected failure in the EWS client; the log has the details",
+                                mailbox=mailbox)
+
+
+def item_error_code(exc: BaseException) -> str:
+    return type(exc).__name__

@@ -1,0 +1,186 @@
+"""exchangelib services, hardened for a long-running sync.
+
+* ``BackOffMilliseconds``: exchangelib reads it only from SOAP faults; an ``ErrorServerBusy`` in a
+  response message (HTTP 200) loses it. ``_ThrottleHint`` reads it there too.
+* One odd item never aborts a folder (exchangelib #877): GetItem/FindItem return an
+  ``UnreadableItem`` exception object in place of an item they cannot parse, and SyncFolderItems
+  reads nothing but the ItemId and ChangeKey of each change.
+* Contact updates touch only the labels we manage (EmailAddress1, BusinessPhone, MobilePhone):
+  exchangelib would delete every other phone number of the contact.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from typing import Any
+
+from exchangelib.errors import ErrorServerBusy
+from exchangelib.fields import FieldPath, IndexedField
+from exchangelib.folders import BaseFolder
+from exchangelib.services import (
+    CreateFolder,
+    CreateItem,
+    DeleteItem,
+    FindFolder,
+    FindItem,
+    GetFolder,
+    GetItem,
+    ResolveNames,
+    SyncFolderItems,
+    UpdateItem,
+)
+from exchangelib.services.sync_folder_hierarchy import SyncFolder
+from exchangelib.util import MNS, TNS
+
+log = logging.getLogger("exchanged.exchange")
+
+
+class UnreadableItem(Exception):
+    """An item in a response that could not be parsed; carries its id when it had one."""
+
+    def __init__(self, item_id: str | None, change_key: str | None, tag: str, reason: str) -> None:
+        super().__init__(f"{tag.rsplit('}', 1)[-1]} {item_id or '?'}: {reason}")
+        self.item_id = item_id
+        self.change_key = change_key
+        self.tag = tag
+        self.reason = reason
+
+
+def _item_id_of(elem: Any) -> tuple[str | None, str | None]:
+    id_elem = elem.find(f"{{{TNS}}}ItemId")
+    if id_elem is None:
+        return None, None
+    return id_elem.get("Id"), id_elem.get("ChangeKey")
+
+
+def _back_off_ms(message: Any) -> float | None:
+    msg_xml = message.find(f"{{{MNS}}}MessageXml")
+    if msg_xml is None:
+        return None
+    for value in msg_xml.iter(f"{{{TNS}}}Value"):
+        if value.get("Name") == "BackOffMilliseconds" and value.text:
+            with suppress(ValueError):
+                return int(value.text.strip()) / 1000.0
+    return None
+
+
+class _ThrottleHint:
+    def _get_element_container(self, message: Any, name: Any = None) -> Any:
+        try:
+            return super()._get_element_container(message, name)  # type: ignore[misc]
+        except ErrorServerBusy as exc:
+            if exc.back_off is None:
+                exc.back_off = _back_off_ms(message)
+            raise
+
+
+class _RobustItems:
+    account: Any
+
+    def _elem_to_obj(self, elem: Any) -> Any:
+        try:
+            return BaseFolder.item_model_from_tag(elem.tag).from_xml(elem=elem, account=self.account)
+        except Exception as exc:  # any parse failure: skip this item, keep the rest
+            item_id, change_key = _item_id_of(elem)
+            return UnreadableItem(item_id, change_key, str(elem.tag), f"{type(exc).__name__}: {exc}")
+
+
+class GetItemRobust(_ThrottleHint, _RobustItems, GetItem):
+    pass
+
+
+class FindItemRobust(_ThrottleHint, FindItem):
+    def _elem_to_obj(self, elem: Any) -> Any:
+        try:
+            return super()._elem_to_obj(elem)
+        except Exception as exc:
+            item_id, change_key = _item_id_of(elem)
+            return UnreadableItem(item_id, change_key, str(elem.tag), f"{type(exc).__name__}: {exc}")
+
+
+class SyncFolderItemsIds(_ThrottleHint, SyncFolderItems):
+    """SyncFolderItems that yields (change_type, item_id, change_key, tag) and parses nothing else."""
+
+    def _get_element_container(self, message: Any, name: Any = None) -> Any:
+        if message.find(f"{{{MNS}}}SyncState") is None or message.find(self.last_in_range_name) is None:
+            # an error answer may lack SyncState: skip SyncFolder's parsing so the real error surfaces
+            try:
+                return super(SyncFolder, self)._get_element_container(message, name)
+            except ErrorServerBusy as exc:
+                if exc.back_off is None:
+                    exc.back_off = _back_off_ms(message)
+                raise
+        return super()._get_element_container(message, name)
+
+    def _elem_to_obj(self, elem: Any) -> Any:
+        change_type = self.change_types_map.get(elem.tag)
+        if change_type == self.DELETE:
+            item_id, change_key = _item_id_of(elem)
+            return change_type, item_id, change_key, ""
+        if change_type in (self.CREATE, self.UPDATE) and len(elem):
+            inner = elem[0]
+            item_id, change_key = _item_id_of(inner)
+            return change_type, item_id, change_key, str(inner.tag)
+        return self.READ_FLAG_CHANGE, None, None, ""
+
+
+class CreateItemHinted(_ThrottleHint, CreateItem):
+    pass
+
+
+class DeleteItemHinted(_ThrottleHint, DeleteItem):
+    pass
+
+
+class UpdateItemOnly(_ThrottleHint, UpdateItem):
+    """UpdateItem that, for indexed fields, sets or deletes exactly the labels it is given."""
+
+    def _get_value(self, target: Any, field: Any) -> Any:
+        if isinstance(field, IndexedField):
+            return getattr(target, field.name)
+        return super()._get_value(target, field)
+
+    def _set_field_elems(self, target_model: Any, field: Any, value: Any) -> Any:
+        if not isinstance(field, IndexedField):
+            yield from super()._set_field_elems(target_model, field, value)
+            return
+        subfields = field.value_cls.supported_fields(version=self.account.version)
+        for v in value:
+            for subfield in subfields:
+                path = FieldPath(field=field, label=v.label, subfield=subfield)
+                sub_value = getattr(v, subfield.name)
+                if not sub_value:
+                    yield self._delete_field_elem(field_path=path)
+                else:
+                    yield self._set_field_elem(
+                        target_model=target_model, field_path=path,
+                        value=field.value_cls(**{"label": v.label, subfield.name: sub_value}))
+
+    def _update_elems(self, target: Any, fieldnames: Any) -> Any:
+        # indexed fields with only "delete" entries must not be turned into one DeleteItemField for
+        # the whole field (exchangelib's path for None/[]): route them through _set_field_elems
+        indexed = [n for n in fieldnames
+                   if isinstance(target.get_field_by_fieldname(n), IndexedField)]
+        plain = [n for n in fieldnames if n not in indexed]
+        if plain:
+            yield from super()._update_elems(target=target, fieldnames=plain)
+        for name in indexed:
+            field = target.get_field_by_fieldname(name)
+            yield from self._set_field_elems(target.__class__, field, getattr(target, name) or [])
+
+
+class GetFolderHinted(_ThrottleHint, GetFolder):
+    pass
+
+
+class FindFolderHinted(_ThrottleHint, FindFolder):
+    pass
+
+
+class CreateFolderHinted(_ThrottleHint, CreateFolder):
+    pass
+
+
+class ResolveNamesHinted(_ThrottleHint, ResolveNames):
+    pass

@@ -62,7 +62,7 @@ CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after t
 # Test hooks (honoured only with the in-memory adapters, never in production):
 TEST_ADAPTERS_ENV = "EXCHANGED_TEST_ADAPTERS"  # "memory": in-memory fakes instead of real adapters
 TEST_HOOKS_ENV = "EXCHANGED_TEST_HOOKS"  # path of a JSON file re-read at every cycle:
-#   {"cycle_delay_s": 2.5, "fail_mailboxes": ["bob@example.test"]}
+#   {"cycle_delay_s": 2.5, "fail_mailboxes": ["bob@example.test"], "hold_while_exists": "/tmp/f"}
 
 
 # --- errors of the composition root ---------------------------------------------------------------
@@ -178,9 +178,16 @@ async def open_adapters(cfg: Config) -> Adapters:
 # --- the cycle runner ----------------------------------------------------------------------------
 
 
+PUBLIC_FOLDER = "public-folder"  # the scheduler's name for the cycle of the public contacts folder
+
+
 class CycleRunner(Protocol):
-    async def run_cycle(self, cfg: Config, user: UserConfig, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome: ...
+    records_outcomes: bool  # True: the runner writes ``record_outcome`` to the state store itself
+
+    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
+                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+        """One cycle of ``user``; ``None``: the public contacts folder."""
+        ...
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]: ...
 
@@ -188,14 +195,26 @@ class CycleRunner(Protocol):
 class _SyncRunnerAdapter:
     """Bridges ``exchanged.sync.runner.SyncRunner`` to the daemon (one per config generation)."""
 
-    def __init__(self, cfg: Config, adapters: Adapters, runner_cls: Any) -> None:
-        self._runner = runner_cls(adapters.account, adapters.psa, adapters.state)
+    records_outcomes = True
 
-    async def run_cycle(self, cfg: Config, user: UserConfig, *, full: bool, allow_deletes: bool,
+    def __init__(self, cfg: Config, adapters: Adapters, runner_cls: Any) -> None:
+        from exchanged.config import server_identity
+
+        self._runner = runner_cls(adapters.account, adapters.psa, adapters.state,
+                                  server_identity=server_identity(cfg))
+
+    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
                         progress: ProgressFn, cycle_id: str) -> CycleOutcome:
-        spec = _user_spec(cfg, user)
-        outcome = await self._runner.run_cycle(spec, full=full, allow_deletes=allow_deletes,
-                                               progress=progress)
+        from exchanged.engine import UserSettings
+
+        if user is None:
+            outcome = await self._runner.run_public_contacts(
+                UserSettings.from_config(cfg.sync), full=full, allow_deletes=allow_deletes,
+                progress=progress, cycle_id=cycle_id)
+        else:
+            outcome = await self._runner.run_cycle(_user_spec(cfg, user), full=full,
+                                                   allow_deletes=allow_deletes, progress=progress,
+                                                   cycle_id=cycle_id)
         return outcome  # type: ignore[no-any-return]
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
@@ -203,27 +222,27 @@ class _SyncRunnerAdapter:
 
 
 def _user_spec(cfg: Config, user: UserConfig) -> Any:
-    from exchanged.config import server_identity
+    from exchanged.engine import UserSettings, UserSpec
 
-    try:
-        from exchanged.sync.runner import UserSpec  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - the runner module defines it once it exists
-        return user
-    return UserSpec(mailbox=user.mailbox, psa_resource=user.psa_resource,  # pragma: no cover
-                    settings=cfg.effective_sync(user), server_identity=server_identity(cfg))
+    return UserSpec(mailbox=user.mailbox, psa_resource=user.psa_resource,
+                    settings=UserSettings.from_config(cfg.effective_sync(user)))
 
 
 class _ReachabilityRunner:
-    """Stand-in until ``exchanged.sync.runner`` exists: checks that both sides know the user.
+    """Stand-in while ``exchanged.sync.runner`` is missing: checks that both sides know the user.
 
     It writes nothing anywhere. It keeps the daemon, its status and its mails working end to end.
     """
 
+    records_outcomes = False
+
     def __init__(self, adapters: Adapters) -> None:
         self._adapters = adapters
 
-    async def run_cycle(self, cfg: Config, user: UserConfig, *, full: bool, allow_deletes: bool,
+    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
                         progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+        if user is None:
+            return CycleOutcome(result="ok", counts=Counts())
         progress(0, 2)
         resource = await self._adapters.psa.resource(user.psa_resource)
         if resource is None:
@@ -243,7 +262,7 @@ class _ReachabilityRunner:
 
 def make_runner(cfg: Config, adapters: Adapters) -> CycleRunner:
     try:
-        from exchanged.sync.runner import SyncRunner  # type: ignore[attr-defined]
+        from exchanged.sync.runner import SyncRunner
     except ImportError:
         log.warning("sync runner not available: cycles only check that both sides know each user")
         return _ReachabilityRunner(adapters)
@@ -380,6 +399,34 @@ def _read_test_hooks() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _hint_for(reason: str) -> str:
+    """The hint of the error class with this ``reason`` (outcomes carry the reason, not the class)."""
+    stack: list[type[ExchangedError]] = [ExchangedError]
+    while stack:
+        cls = stack.pop()
+        if cls.__dict__.get("reason") == reason and cls.hint:
+            return cls.hint
+        stack.extend(cls.__subclasses__())
+    return ""
+
+
+def _gate_closed(path: str) -> bool:
+    return os.path.exists(path)
+
+
+async def _apply_test_hooks(mailbox: str) -> None:
+    """Delays, a gate and failures for the end-to-end tests (in-memory adapters only)."""
+    hooks = _read_test_hooks()
+    if hooks.get("cycle_delay_s"):
+        await trio.sleep(float(hooks["cycle_delay_s"]))
+    gate = hooks.get("hold_while_exists")
+    # polling a file: the test process has no other way to reach into this one
+    while gate and _gate_closed(gate):  # noqa: ASYNC110
+        await trio.sleep(0.05)
+    if mailbox in hooks.get("fail_mailboxes", []):
+        raise errors.MailboxNotFound(f"mailbox {mailbox} not found on the Exchange server", mailbox=mailbox)
+
+
 def _leaves(exc: BaseException) -> Iterable[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
@@ -507,6 +554,8 @@ class Daemon:
 
     def _apply_users(self, cfg: Config) -> None:
         mailboxes = [u.mailbox for u in cfg.enabled_users()]
+        if cfg.enabled and cfg.sync.public_folder_all_contacts:
+            mailboxes.append(PUBLIC_FOLDER)  # its own cycle, on the same interval and limits
         self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
 
     async def _confirm_new_users(self, cfg: Config, *, on_start: bool,
@@ -587,28 +636,29 @@ class Daemon:
         self._status_poke()
         error_key: str | None = None
         presented: errors.Presented | None = None
+        runner = self.runner
+        assert runner is not None
+        recorded = False
         try:
-            if user is None:
+            if user is None and mailbox != PUBLIC_FOLDER:
                 raise UnknownMailbox([mailbox])
-            hooks = _read_test_hooks()
-            if hooks.get("cycle_delay_s"):
-                await trio.sleep(float(hooks["cycle_delay_s"]))
-            if mailbox in hooks.get("fail_mailboxes", []):
-                raise errors.MailboxNotFound(f"mailbox {mailbox} not found on the Exchange server",
-                                             mailbox=mailbox)
-            assert self.runner is not None
-            outcome = await self.runner.run_cycle(cfg, user, full=request.full,
-                                                  allow_deletes=request.allow_deletes,
-                                                  progress=progress, cycle_id=cycle_id)
+            await _apply_test_hooks(mailbox)
+            outcome = await runner.run_cycle(cfg, user, full=request.full,
+                                             allow_deletes=request.allow_deletes,
+                                             progress=progress, cycle_id=cycle_id)
+            recorded = runner.records_outcomes
             if outcome.result == "error":
-                error_key = f"user:{mailbox}:cycle_failed"
-                presented = errors.Presented("cycle_failed", f"{mailbox}: {outcome.error}",
-                                             "the log has the details of this cycle")
+                reason = outcome.reason or "cycle_failed"
+                error_key = f"user:{mailbox}:{reason}"
+                text = outcome.error or "the cycle failed"
+                presented = errors.Presented(
+                    reason, text if mailbox in text else f"{mailbox}: {text}",
+                    _hint_for(reason) or "the log has the details of this cycle (journalctl MAILBOX=...)")
         except Exception as exc:
             presented = present(exc)
             if not isinstance(exc, ExchangedError):
                 bound.error("cycle crashed", exc_info=exc)
-            outcome = CycleOutcome(result="error", error=presented.line())
+            outcome = CycleOutcome(result="error", error=presented.line(), reason=presented.reason)
             error_key = f"user:{mailbox}:{presented.reason}"
             self._note_exchange(exc)
         self._record(mailbox, status, outcome, error_key, presented)
@@ -618,7 +668,8 @@ class Daemon:
             self.exchange.update(reachable=True, last_error=None)
             bound.info("cycle done", result=outcome.result, counts=outcome.counts.as_dict(),
                        item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
-        await self._persist_outcome(mailbox, started, outcome)
+        if not recorded:
+            await self._persist_outcome(mailbox, started, outcome)
         self._status_poke()
         return outcome
 
@@ -859,7 +910,18 @@ class Daemon:
             "interval_minutes": self.cfg.sync_interval_minutes,
             "max_concurrent_users": self.cfg.sync.max_concurrent_users,
             "users": self._user_rows(),
+            "public_folder": self._public_folder_row(),
         }
+
+    def _public_folder_row(self) -> dict[str, Any] | None:
+        rt = self.scheduler.snapshot().get(PUBLIC_FOLDER)
+        if rt is None:
+            return None
+        rec = self.records.get(PUBLIC_FOLDER) or _UserStatus()
+        return {"state": rt.state, "last_attempt": _iso(rec.last_attempt),
+                "last_success": _iso(rec.last_success), "last_result": rec.last_result,
+                "last_error": rec.last_error, "next_run": _iso(rt.next_run), "progress": rt.progress,
+                "counts": dict(rec.counts)}
 
     async def users(self) -> list[dict[str, Any]]:
         return self._user_rows()

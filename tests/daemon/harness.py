@@ -110,7 +110,8 @@ def body_of(msg: Message) -> str:
     return payload.decode(errors="replace") if isinstance(payload, bytes) else str(payload)
 
 
-def rpc(path: Path | str, method: str, params: dict[str, Any] | None = None, timeout: float = HANG_GUARD_S) -> Any:
+def rpc(path: Path | str, method: str, params: dict[str, Any] | None = None,
+        timeout: float = HANG_GUARD_S) -> Any:
     """One JSON-RPC call; returns the result or raises RpcError."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

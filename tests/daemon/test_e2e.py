@@ -35,7 +35,8 @@ def test_ready_status_socket_and_clean_stop(daemon_env: DaemonEnv) -> None:
     # the first cycle of the only user runs at once (spread offset 0)
     user = wait_until(lambda: (u := daemon_env.user(ALICE))["last_result"] and u, "first cycle")
     status = daemon_env.status()
-    for key in ("version", "protocol", "pid", "started_at", "state", "config", "exchange", "running", "users"):
+    for key in ("version", "protocol", "pid", "started_at", "state", "config", "exchange", "running",
+                "users"):
         assert key in status, key
     assert status["pid"] == daemon_env.proc.pid  # type: ignore[union-attr]
     assert status["state"] == "running"
@@ -77,8 +78,9 @@ def test_reload_rejected_keeps_old_config_then_applied(daemon_env: DaemonEnv) ->
     assert info.value.reason == "reload_rejected"
 
     if HAVE_NOTIFY:
-        mails = wait_until(lambda: [m for m in daemon_env.smtp.snapshot() if "sync_interval_minutes" in body_of(m)],
-                           "rejection mail")
+        mails = wait_until(
+            lambda: [m for m in daemon_env.smtp.snapshot() if "sync_interval_minutes" in body_of(m)],
+            "rejection mail")
         assert "ops@example.test" in mails[0]["X-Rcpt-To"] and "lead@example.test" in mails[0]["X-Rcpt-To"]
         assert "Pw-s3cret-XYZ" not in body_of(mails[0])
 

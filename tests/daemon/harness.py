@@ -105,7 +105,7 @@ class SmtpSink:
 
 def body_of(msg: Message) -> str:
     if msg.is_multipart():
-        return "\n".join(body_of(part) for part in msg.get_payload())  # type: ignore[union-attr]
+        return "\n".join(body_of(part) for part in msg.get_payload())  # type: ignore[union-attr,arg-type]
     payload = msg.get_payload(decode=True)
     return payload.decode(errors="replace") if isinstance(payload, bytes) else str(payload)
 

@@ -560,6 +560,8 @@ class MemoryPsa:
             self.rows[psa_key] = _Row(rec, {w.resource})
             return rec
         row = self.rows.get(w.psa_key or "")
+        if row is None and w.op == "delete":
+            return None  # deleting what is gone is done (SQL DELETE of no row)
         if row is None or not row.active:
             return ItemError(key, "not_found", "the PSA row no longer exists")
         if w.op == "delete":

@@ -1,0 +1,578 @@
+"""The sync runner: one cycle of one user (or of the public contacts folder) through the ports.
+
+A cycle reads the Exchange changes into the folder mirrors (checkpointed per page), loads the PSA
+view, asks the engine for a plan, and carries it out in batches, committing the state of each
+applied batch (mappings, mirror, journal) in one transaction.
+
+Crash safety, step by step (the full argument is in docs/SYNC_RULES.md):
+
+* Exchange creates: ``find_by_psa_keys`` first adopts items that already carry the key; an item
+  created whose reply or state write was lost carries its PSA key, so the next cycle sees it in
+  the mirror (or through ``find_by_psa_keys``) and adopts it: never a duplicate.
+* PSA creates (imports): the row carries the Exchange key and ``load`` returns it, so the next cycle
+  adopts it; should two rows ever exist, the engine removes the extra one.
+* Updates are idempotent; deletes of what is gone count as done.
+* The mirror and the sync state are committed together per page: a crash between pages resumes
+  from the last page; a full resync first empties the mirror, so no stale item survives it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import trio
+
+from exchanged import engine, errors
+from exchanged.engine import (
+    Adopt,
+    ExchangeCreate,
+    ExchangeDelete,
+    ExchangeUpdate,
+    Forget,
+    Plan,
+    PsaCreate,
+    PsaDelete,
+    PsaUpdate,
+    UserSettings,
+    UserSpec,
+)
+from exchanged.engine.actions import action_fields, action_key
+from exchanged.model import (
+    FOLDER_OF_KIND,
+    CycleOutcome,
+    ExchangeItem,
+    FolderKind,
+    ItemError,
+    JournalEntry,
+    Kind,
+    Mapping,
+    PsaRecord,
+    Window,
+    changed_fields,
+    payload_hash,
+)
+from exchanged.ports import (
+    ExchangeAccount,
+    ExchangeMailbox,
+    FolderState,
+    ItemUpdate,
+    NewItem,
+    PsaConnector,
+    PsaWrite,
+    StateBatch,
+    StateStore,
+    UserState,
+)
+
+PUBLIC_FOLDER_USER = "public-folder"  # the state/status name of the public contacts cycle
+BATCH = 100  # items per bulk EWS call and per PSA apply; one state transaction each
+EXPANSION_MAX_AGE = timedelta(hours=6)  # re-expand recurring series at least this often
+MAX_THROTTLE_RETRIES = 6
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 120.0
+GONE_CODES = frozenset({"ErrorItemNotFound", "not_found"})  # a delete of what is gone is done
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _Target:
+    """What one cycle syncs: a mailbox (or the public folder) and where its PSA rows come from."""
+
+    name: str  # state and journal name: the mailbox address, or "public-folder"
+    mailbox: Callable[[], ExchangeMailbox]
+    kinds: frozenset[Kind]
+    load: Callable[[Window], Awaitable[Sequence[PsaRecord]]]
+    settings: UserSettings
+    resource: str | None = None  # psa_resource for imported creates
+
+
+@dataclass(slots=True)
+class _Expansion:
+    sync_state: str | None
+    at: datetime
+    window: tuple[datetime, datetime]
+    items: list[ExchangeItem]
+
+
+@dataclass(slots=True)
+class _View:
+    """Everything a plan is made from, read without writing anything."""
+
+    state: UserState
+    window: Window
+    items: list[ExchangeItem]
+    records: Sequence[PsaRecord]
+    suspect: frozenset[FolderKind]
+
+
+@dataclass(slots=True)
+class _Apply:
+    """The bookkeeping of carrying out one plan."""
+
+    target: _Target
+    mailbox: ExchangeMailbox
+    cycle_id: str
+    mappings: dict[str, Mapping]
+    total: int
+    progress: Callable[[int, int], None] | None
+    outcome: CycleOutcome = field(default_factory=lambda: CycleOutcome("ok"))
+    failed: set[str] = field(default_factory=set)  # keys whose write failed: later steps skip them
+    psa_hashes: dict[str, str] = field(default_factory=dict)  # psa_key -> hash the PSA returned
+    done: int = 0
+
+    def step(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def item_error(self, err: ItemError, key: str) -> None:
+        self.failed.add(key)
+        self.outcome.item_errors.append(err if err.key else replace(err, key=key))
+
+
+class SyncRunner:
+    """Runs cycles; one instance serves every user of one config generation."""
+
+    def __init__(self, account: ExchangeAccount, psa: PsaConnector, state: StateStore, *,
+                 now: Callable[[], datetime] = utcnow, server_identity: str = "",
+                 rng: random.Random | None = None) -> None:
+        self.account = account
+        self.psa = psa
+        self.state = state
+        self.now = now
+        self.server_identity = server_identity
+        self._rng = rng or random.Random()
+        # the last expansion of recurring series per mailbox: kept in memory only, so a noop cycle
+        # costs no CalendarView; after a restart the first cycle expands once
+        self._expansions: dict[str, _Expansion] = {}
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    async def run_cycle(self, user: UserSpec, *, full: bool = False, allow_deletes: bool = False,
+                        progress: Callable[[int, int], None] | None = None,
+                        cycle_id: str = "") -> CycleOutcome:
+        return await self._run(self._user_target(user), full=full, allow_deletes=allow_deletes,
+                               progress=progress, cycle_id=cycle_id)
+
+    async def run_public_contacts(self, settings: UserSettings, *, full: bool = False,
+                                  allow_deletes: bool = False,
+                                  progress: Callable[[int, int], None] | None = None,
+                                  cycle_id: str = "") -> CycleOutcome:
+        """The cycle of the public folder of all PSA contacts (state name ``public-folder``)."""
+        return await self._run(self._public_target(settings), full=full, allow_deletes=allow_deletes,
+                               progress=progress, cycle_id=cycle_id)
+
+    async def plan(self, user: UserSpec) -> dict[str, Any]:
+        """Dry run: what the next cycle would do, and why. Writes nothing anywhere (not even a
+        sync state); raises the typed error when a side cannot be read."""
+        return await self._dry_run(self._user_target(user), psa_resource=user.psa_resource)
+
+    async def plan_public_contacts(self, settings: UserSettings) -> dict[str, Any]:
+        return await self._dry_run(self._public_target(settings), psa_resource=None)
+
+    # -- targets -----------------------------------------------------------------------------------
+
+    def _user_target(self, user: UserSpec) -> _Target:
+        kinds = engine.enabled_kinds(user.settings)
+
+        async def load(win: Window) -> Sequence[PsaRecord]:
+            return await self.psa.load(user.psa_resource, kinds, win)
+
+        return _Target(user.mailbox, lambda: self.account.mailbox(user.mailbox), kinds, load,
+                       user.settings, user.psa_resource)
+
+    def _public_target(self, settings: UserSettings) -> _Target:
+        async def load(win: Window) -> Sequence[PsaRecord]:
+            return await self.psa.all_contacts()
+
+        return _Target(PUBLIC_FOLDER_USER, self.account.public_contacts,
+                       frozenset({Kind.PUBLIC_CONTACT}), load, settings)
+
+    # -- one cycle ---------------------------------------------------------------------------------
+
+    async def _run(self, target: _Target, *, full: bool, allow_deletes: bool,
+                   progress: Callable[[int, int], None] | None, cycle_id: str) -> CycleOutcome:
+        try:
+            outcome = await self._cycle(target, full=full, allow_deletes=allow_deletes,
+                                        progress=progress, cycle_id=cycle_id)
+        except Exception as exc:  # every failure of a cycle is reported, never raised to the daemon
+            outcome = CycleOutcome("error", error=errors.present(_named(exc, target.name)).line())
+        try:
+            await self.state.record_outcome(target.name, self.now(), outcome)
+        except Exception as exc:
+            if outcome.result != "error":
+                outcome = replace(outcome, result="error",
+                                  error=errors.present(_named(exc, target.name)).line())
+        return outcome
+
+    async def _cycle(self, target: _Target, *, full: bool, allow_deletes: bool,
+                     progress: Callable[[int, int], None] | None, cycle_id: str) -> CycleOutcome:
+        mailbox = target.mailbox()
+        view = await self._read(target, mailbox, full=full, commit=True)
+        the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
+                               allow_deletes=allow_deletes, full=full, kinds=target.kinds,
+                               suspect_folders=view.suspect)
+        run = _Apply(target, mailbox, cycle_id, dict(view.state.mappings), len(the_plan.writes), progress)
+        await self._apply(run, the_plan)
+        await self._record_held_back(target, view.state, the_plan, run)
+        outcome = run.outcome
+        if the_plan.held_back:
+            outcome.result = "held_back"
+            outcome.held_back_deletes = len(the_plan.held_back)
+            outcome.error = "; ".join(f.message for f in the_plan.findings) or None
+        elif outcome.item_errors:
+            outcome.result = "partial"
+        return outcome
+
+    async def _dry_run(self, target: _Target, *, psa_resource: str | None) -> dict[str, Any]:
+        view = await self._read(target, target.mailbox(), full=False, commit=False)
+        the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
+                               kinds=target.kinds, suspect_folders=view.suspect)
+        doc = the_plan.as_dict()
+        summary: dict[str, dict[str, int]] = {}
+        for a in the_plan.writes:
+            side = summary.setdefault(a.side, {"create": 0, "update": 0, "delete": 0})
+            side[a.verb] += 1
+        return {
+            "mailbox": target.name,
+            "psa_resource": psa_resource,
+            "window": {"now": view.window.now.isoformat(), "past_start": view.window.past_start.isoformat(),
+                       "recurring_end": view.window.recurring_end.isoformat()},
+            "kinds": sorted(k.value for k in target.kinds),
+            "summary": summary,
+            **doc,
+        }
+
+    # -- reading: Exchange changes, recurring expansion, PSA rows -----------------------------------
+
+    async def _read(self, target: _Target, mailbox: ExchangeMailbox, *, full: bool, commit: bool) -> _View:
+        state = await self.state.load_user(target.name)
+        win = engine.window(self.now(), target.settings)
+        folders = sorted({FOLDER_OF_KIND[k] for k in target.kinds})
+        suspect: set[FolderKind] = set()
+        changed: set[FolderKind] = set()
+        for folder in folders:
+            fs = state.folders.setdefault(folder, FolderState())
+            identity_changed = bool(self.server_identity) and fs.server_identity not in (
+                None, self.server_identity)
+            if identity_changed:
+                suspect.add(folder)
+            if await self._sync_folder(target.name, mailbox, fs, folder, restart=full or identity_changed,
+                                       commit=commit):
+                changed.add(folder)
+        items: list[ExchangeItem] = []
+        for folder in folders:
+            items.extend(state.folders[folder].items.values())
+        if Kind.IMPORTED in target.kinds:
+            items.extend(await self._occurrences(target.name, mailbox, state.folders[FolderKind.CALENDAR],
+                                                 win, FolderKind.CALENDAR in changed))
+        records = await self._retry(lambda: target.load(win))
+        return _View(state, win, items, records, frozenset(suspect))
+
+    async def _sync_folder(self, name: str, mailbox: ExchangeMailbox, fs: FolderState, folder: FolderKind,
+                           *, restart: bool, commit: bool) -> bool:
+        """Bring ``fs`` (mirror + sync state) up to date; True when anything changed."""
+        if restart and (fs.items or fs.sync_state is not None):
+            await self._reset_mirror(name, fs, folder, commit)
+        changed = False
+        attempt = 0
+        invalid_seen = False
+        while True:
+            try:
+                async for page in mailbox.changes(folder, fs.sync_state):
+                    if page.upserted or page.deleted:
+                        changed = True
+                    if not page.upserted and not page.deleted and page.sync_state == fs.sync_state:
+                        continue  # nothing new: a noop cycle writes nothing
+                    for item_id in page.deleted:
+                        fs.items.pop(item_id, None)
+                    for item in page.upserted:
+                        fs.items[item.item_id] = item
+                    fs.sync_state = page.sync_state
+                    if commit:
+                        await self.state.commit(name, StateBatch(
+                            mirror_upserts={folder: list(page.upserted)},
+                            mirror_deletes={folder: list(page.deleted)},
+                            sync_states={folder: page.sync_state},
+                            server_identity=self.server_identity or None))
+                if self.server_identity and fs.server_identity != self.server_identity:
+                    fs.server_identity = self.server_identity
+                    if commit:
+                        await self.state.commit(name, StateBatch(sync_states={folder: fs.sync_state},
+                                                                 server_identity=self.server_identity))
+                return changed
+            except errors.SyncStateInvalid:
+                if invalid_seen or fs.sync_state is None:
+                    raise
+                invalid_seen = True  # the server forgot us: start the folder over (never deletions)
+                await self._reset_mirror(name, fs, folder, commit)
+                changed = True
+            except errors.Throttled as exc:  # resume from the last committed page after the back-off
+                attempt += 1
+                if attempt > MAX_THROTTLE_RETRIES:
+                    raise
+                await trio.sleep(self._delay(exc, attempt))
+
+    async def _reset_mirror(self, name: str, fs: FolderState, folder: FolderKind, commit: bool) -> None:
+        if commit:
+            await self.state.commit(name, StateBatch(mirror_deletes={folder: list(fs.items)},
+                                                     sync_states={folder: None}))
+        fs.items.clear()
+        fs.sync_state = None
+
+    async def _occurrences(self, name: str, mailbox: ExchangeMailbox, fs: FolderState, win: Window,
+                           calendar_changed: bool) -> list[ExchangeItem]:
+        """Occurrences of the recurring series in the mirror, within the window.
+
+        The mirror holds masters only; ``calendar_view`` expands them. It is asked only when the
+        calendar changed, the window moved past what was expanded, or the last expansion is older
+        than ``EXPANSION_MAX_AGE`` (so a noop cycle costs one SyncFolderItems per folder).
+        """
+        masters = {i.uid for i in fs.items.values() if i.is_recurring_master and i.uid}
+        if not masters:
+            self._expansions.pop(name, None)
+            return []
+        cached = self._expansions.get(name)
+        if (cached is not None and not calendar_changed and cached.sync_state == fs.sync_state
+                and win.now - cached.at < EXPANSION_MAX_AGE):
+            return cached.items
+        view = await self._retry(lambda: mailbox.calendar_view(win.past_start, win.recurring_end))
+        occurrences = [i for i in view
+                       if i.uid in masters and i.psa_key is None and i.item_id not in fs.items]
+        self._expansions[name] = _Expansion(fs.sync_state, win.now, (win.past_start, win.recurring_end),
+                                            occurrences)
+        return occurrences
+
+    # -- applying a plan ---------------------------------------------------------------------------
+
+    async def _apply(self, run: _Apply, the_plan: Plan) -> None:
+        state_only = [a for a in the_plan.actions if isinstance(a, Adopt | Forget)]
+        if state_only:
+            batch = StateBatch()
+            for a in state_only:
+                if isinstance(a, Adopt):
+                    self._keep(run, batch, a.mapping)
+                    side = "psa" if a.kind is Kind.IMPORTED else "exchange"
+                    batch.journal.append(self._journal(run, side, "adopt", a.kind, a.psa_key,
+                                                       a.mapping.item_id, (), a.reason))
+                else:
+                    self._drop(run, batch, a.psa_key)
+            await self.state.commit(run.target.name, batch)
+        psa_writes = [a for a in the_plan.actions if isinstance(a, PsaCreate | PsaUpdate | PsaDelete)]
+        for chunk in _chunks(psa_writes, BATCH):
+            await self._apply_psa(run, chunk)
+        folders = sorted({a.folder for a in the_plan.actions
+                          if isinstance(a, ExchangeCreate | ExchangeUpdate | ExchangeDelete)})
+        for folder in folders:
+            mine = [a for a in the_plan.actions
+                    if isinstance(a, ExchangeCreate | ExchangeUpdate | ExchangeDelete) and a.folder is folder]
+            for creates in _chunks([a for a in mine if isinstance(a, ExchangeCreate)], BATCH):
+                await self._apply_creates(run, folder, creates)
+            for updates in _chunks([a for a in mine if isinstance(a, ExchangeUpdate)
+                                    and a.psa_key not in run.failed], BATCH):
+                await self._apply_updates(run, folder, updates)
+            for deletes in _chunks([a for a in mine if isinstance(a, ExchangeDelete)], BATCH):
+                await self._apply_deletes(run, folder, deletes)
+
+    async def _apply_psa(self, run: _Apply, chunk: Sequence[PsaCreate | PsaUpdate | PsaDelete]) -> None:
+        writes = [self._psa_write(run, a) for a in chunk]
+        results = await self._retry(lambda: self.psa.apply(writes))
+        batch = StateBatch()
+        for action, result in zip(chunk, results, strict=True):
+            key = action.exchange_key if isinstance(action, PsaCreate) else action.psa_key
+            gone = (isinstance(action, PsaDelete) and isinstance(result, ItemError)
+                    and result.code in GONE_CODES)
+            if isinstance(result, ItemError) and not gone:
+                run.item_error(result, key or "?")
+                continue
+            if isinstance(action, PsaDelete):
+                mapping = run.mappings.get(action.psa_key)
+                if action.forget:
+                    self._drop(run, batch, action.forget)
+                batch.journal.append(self._journal(run, "psa", "delete", action.kind, action.psa_key,
+                                                   mapping.item_id if mapping else None, (), action.reason))
+                run.outcome.counts.deleted += 1
+                continue
+            if not isinstance(result, PsaRecord):
+                err = ItemError(key or "?", "no_result", "the PSA answered the write without the row")
+                run.item_error(err, key or "?")
+                continue
+            new_hash = payload_hash(result.payload)
+            run.psa_hashes[result.psa_key] = new_hash
+            self._keep(run, batch, replace(action.mapping, psa_key=result.psa_key, psa_hash=new_hash))
+            if isinstance(action, PsaCreate):
+                if action.replaces and action.replaces != result.psa_key:
+                    self._drop(run, batch, action.replaces)
+                run.outcome.counts.imported += 1
+            else:
+                run.outcome.counts.updated += 1
+            batch.journal.append(self._journal(run, "psa", action.verb, action.kind, result.psa_key,
+                                               action.mapping.item_id, action_fields(action), action.reason))
+        await self.state.commit(run.target.name, batch)
+        run.step(len(chunk))
+
+    def _psa_write(self, run: _Apply, a: PsaCreate | PsaUpdate | PsaDelete) -> PsaWrite:
+        if isinstance(a, PsaCreate):
+            return PsaWrite("create", Kind.IMPORTED, None, a.payload, exchange_key=a.exchange_key,
+                            resource=run.target.resource)
+        if isinstance(a, PsaUpdate):
+            return PsaWrite("update", a.kind, a.psa_key, a.payload, a.fields, exchange_key=a.exchange_key)
+        return PsaWrite("delete", a.kind, a.psa_key, None, exchange_key=a.exchange_key)
+
+    async def _apply_creates(self, run: _Apply, folder: FolderKind,
+                             creates: Sequence[ExchangeCreate]) -> None:
+        async def adopt_then_create() -> tuple[dict[str, ExchangeItem], Sequence[ExchangeItem | ItemError]]:
+            # adoption first: an item created by a cycle whose reply or state write was lost
+            existing = await run.mailbox.find_by_psa_keys(folder, [a.psa_key for a in creates])
+            new = [NewItem(a.kind, a.psa_key, a.payload, _categories(run.target.settings))
+                   for a in creates if a.psa_key not in existing]
+            created = await run.mailbox.create(folder, new) if new else []
+            return existing, created
+
+        existing, created = await self._retry(adopt_then_create)
+        batch = StateBatch()
+        results = iter(created)
+        fixes: list[ExchangeUpdate] = []
+        for action in creates:
+            found = existing.get(action.psa_key)
+            if found is not None:
+                mapping = self._exchange_mapping(run, action.mapping, found)
+                if found.payload != action.payload:  # adopted with other values: overwrite below
+                    fixes.append(ExchangeUpdate(
+                        action.kind, action.psa_key, folder, found.item_id, found.change_key, action.payload,
+                        changed_fields(found.payload, action.payload),
+                        "found in Exchange by its PSA key with other values: overwritten from the PSA",
+                        replace(mapping, exchange_hash=payload_hash(action.payload))))
+                self._keep(run, batch, mapping)
+                self._mirror(batch, folder, found)
+                batch.journal.append(self._journal(
+                    run, "exchange", "adopt", action.kind, action.psa_key, found.item_id, (),
+                    "found in Exchange by its PSA key: adopted"))
+                continue
+            result = next(results)
+            if isinstance(result, ItemError):
+                run.item_error(result, action.psa_key)
+                continue
+            self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
+            self._mirror(batch, folder, result)
+            batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
+                                               result.item_id, action_fields(action), action.reason))
+            run.outcome.counts.exported += 1
+        await self.state.commit(run.target.name, batch)
+        run.step(len(creates))
+        if fixes:
+            run.total += len(fixes)
+            await self._apply_updates(run, folder, fixes)
+
+    async def _apply_updates(self, run: _Apply, folder: FolderKind,
+                             updates: Sequence[ExchangeUpdate]) -> None:
+        requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields) for a in updates]
+        results = await self._retry(lambda: run.mailbox.update(folder, requests))
+        batch = StateBatch()
+        for action, result in zip(updates, results, strict=True):
+            if isinstance(result, ItemError):
+                run.item_error(result, action.psa_key)
+                continue
+            self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
+            self._mirror(batch, folder, result)
+            batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
+                                               result.item_id, action.fields, action.reason))
+            run.outcome.counts.updated += 1
+        await self.state.commit(run.target.name, batch)
+        run.step(len(updates))
+
+    async def _apply_deletes(self, run: _Apply, folder: FolderKind,
+                             deletes: Sequence[ExchangeDelete]) -> None:
+        ids = [a.item_id for a in deletes]
+        results = await self._retry(lambda: run.mailbox.delete(folder, ids))
+        batch = StateBatch()
+        for action, result in zip(deletes, results, strict=True):
+            if result is not None and result.code not in GONE_CODES:
+                run.item_error(result, action.key)
+                continue
+            if action.forget:
+                self._drop(run, batch, action.forget)
+            batch.mirror_deletes.setdefault(folder, []).append(action.item_id)
+            batch.journal.append(self._journal(run, "exchange", "delete", action.kind, action.key,
+                                               action.item_id, (), action.reason))
+            run.outcome.counts.deleted += 1
+        await self.state.commit(run.target.name, batch)
+        run.step(len(deletes))
+
+    async def _record_held_back(self, target: _Target, state: UserState, the_plan: Plan, run: _Apply) -> None:
+        held = [action_key(a) for a in the_plan.held_back]
+        if held != list(state.held_back_deletes):
+            await self.state.commit(target.name, StateBatch(held_back_deletes=held))
+
+    # -- small helpers -----------------------------------------------------------------------------
+
+    def _exchange_mapping(self, run: _Apply, planned: Mapping, item: ExchangeItem) -> Mapping:
+        """The mapping after an Exchange write: the item as returned, the PSA hash as last written."""
+        return replace(planned, item_id=item.item_id, change_key=item.change_key,
+                       exchange_hash=payload_hash(item.payload),
+                       psa_hash=run.psa_hashes.get(planned.psa_key, planned.psa_hash))
+
+    @staticmethod
+    def _keep(run: _Apply, batch: StateBatch, mapping: Mapping) -> None:
+        run.mappings[mapping.psa_key] = mapping
+        batch.delete_mappings = [k for k in batch.delete_mappings if k != mapping.psa_key]
+        batch.upsert_mappings = [m for m in batch.upsert_mappings if m.psa_key != mapping.psa_key]
+        batch.upsert_mappings.append(mapping)
+
+    @staticmethod
+    def _drop(run: _Apply, batch: StateBatch, psa_key: str) -> None:
+        run.mappings.pop(psa_key, None)
+        batch.upsert_mappings = [m for m in batch.upsert_mappings if m.psa_key != psa_key]
+        batch.delete_mappings.append(psa_key)
+
+    @staticmethod
+    def _mirror(batch: StateBatch, folder: FolderKind, item: ExchangeItem) -> None:
+        batch.mirror_upserts.setdefault(folder, []).append(item)
+
+    def _journal(self, run: _Apply, side: str, action: str, kind: Kind, key: str, item_id: str | None,
+                 fields: tuple[str, ...], reason: str) -> JournalEntry:
+        return JournalEntry(self.now(), run.target.name, side, action, kind, key, item_id or None,
+                            tuple(fields), reason, run.cycle_id)
+
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``; on ``Throttled`` back off (the server's hint, else exponential with
+        jitter) and try again, at most ``MAX_THROTTLE_RETRIES`` times."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except errors.Throttled as exc:
+                attempt += 1
+                if attempt > MAX_THROTTLE_RETRIES:
+                    raise
+                await trio.sleep(self._delay(exc, attempt))
+
+    def _delay(self, exc: errors.Throttled, attempt: int) -> float:
+        if exc.back_off_s is not None and exc.back_off_s >= 0:
+            return min(exc.back_off_s, BACKOFF_CAP_S)
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter": never zero
+
+
+def _categories(settings: UserSettings) -> tuple[str, ...]:
+    return (settings.category,) if settings.category else ()
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _named(exc: BaseException, name: str) -> BaseException:
+    """Make sure the presented message names the mailbox."""
+    if isinstance(exc, errors.ExchangedError) and exc.mailbox is None:
+        exc.mailbox = name
+    return exc

@@ -162,14 +162,19 @@ def test_failing_user_mailed_once_then_resolved(daemon_env: DaemonEnv) -> None:
 
     def error_mails() -> list[object]:
         return [m for m in daemon_env.smtp.snapshot()
-                if BOB["mailbox"] in body_of(m) and "not found" in body_of(m)]
+                if " ERROR " in (m["Subject"] or "") and BOB["mailbox"] in (m["Subject"] or "")]
 
     wait_until(error_mails, "error mail")
     daemon_env.write_hooks()
     out = daemon_env.rpc("sync", mailboxes=[BOB["mailbox"]], wait=True)
     assert out["results"][BOB["mailbox"]]["result"] == "ok"
-    wait_until(lambda: any("resolved" in (m["Subject"] or "").lower() for m in daemon_env.smtp.snapshot()),
-               "resolved mail")
+    resolved = wait_until(
+        lambda: [m for m in daemon_env.smtp.snapshot() if " RESOLVED " in (m["Subject"] or "")],
+        "resolved mail")
+    assert BOB["mailbox"] in resolved[0]["Subject"]
+    mail = error_mails()[0]
+    assert "not found" in body_of(mail) and "ops@example.test" in mail["X-Rcpt-To"]
+    assert "Pw-s3cret-XYZ" not in body_of(mail)
     assert len(error_mails()) == 1  # three failures, one mail
     assert daemon_env.stop() == 0
 

@@ -364,10 +364,8 @@ def exit_code_of(command: str, result: Any) -> int:
         return EXIT_OK
     if command == "reload" and result.get("result") == "rejected":
         return EXIT_FAILED
-    if command == "sync":
-        outcomes = [m.get("outcome") for m in _list(result.get("mailboxes")) if isinstance(m, dict)]
-        if any(o in ("failed", "refused", "error") for o in outcomes):
-            return EXIT_FAILED
+    if command == "sync" and result.get("ok") is False:  # --wait and a cycle ended in error
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -454,7 +452,10 @@ def render_status(result: Any, out: TextIO, clock: Clock) -> None:
             f"exchanged {_text(status.get('version'))} (protocol {_text(status.get('protocol'))}), "
             f"{clock.describe()}",
         ),
-        ("state", _text(status.get("state"))),
+        (
+            "state",
+            _text(status.get("state")) + (" (scheduling paused)" if status.get("paused") is True else ""),
+        ),
         ("pid", f"{_text(status.get('pid'))}, started {clock.show(status.get('started_at'))}"),
         ("profile", _text(config.get("profile_name"))),
         (
@@ -473,9 +474,15 @@ def render_status(result: Any, out: TextIO, clock: Clock) -> None:
     pairs.append(("exchange", f"{server}{version}, {reach}"))
     if exchange.get("last_error"):
         pairs.append(("last error", _text(exchange.get("last_error"))))
+    for warning in _list(config.get("warnings")):
+        pairs.append(("config warning", _text(warning)))
     if "running" in status:
         running = status.get("running")
-        pairs.append(("running", _text(len(running) if isinstance(running, list) else running)))
+        pairs.append(("running", f"{_text(len(running) if isinstance(running, list) else running)} cycle(s)"))
+    if status.get("interval_minutes") is not None:
+        limit = status.get("max_concurrent_users")
+        at_once = f", at most {limit} users at once" if limit is not None else ""
+        pairs.append(("schedule", f"every {status['interval_minutes']} min{at_once}"))
     _block(pairs, out)
     users = [_dict(u) for u in _list(status.get("users"))]
     out.write("\n")
@@ -536,41 +543,19 @@ def render_users(result: Any, out: TextIO, clock: Clock) -> None:
     _error_lines(users, out)
 
 
-_ACTION_ORDER = {"create": 0, "update": 1, "delete": 2}
+_ACTION_ORDER = {"create": 0, "update": 1, "delete": 2, "adopt": 3, "forget": 4}
+PLAN_COLUMNS = ["SIDE", "ACTION", "KIND", "KEY", "SUBJECT / FIELDS", "REASON"]
 
 
-def plan_entries(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The plan's actions as flat entries with ``side`` and ``action`` (both result forms)."""
-    entries: list[dict[str, Any]] = []
-    for side in ("exchange", "psa"):
-        for action, items in _dict(plan.get(side)).items():
-            entries.extend({"side": side, "action": action, **_dict(item)} for item in _list(items))
-    entries.extend(_dict(e) for e in _list(plan.get("actions")))
+def plan_entries(actions: object) -> list[dict[str, Any]]:
+    """Plan actions (``{side, action, kind, key, fields, reason}``) sorted by side, then verb."""
+    entries = [_dict(e) for e in _list(actions)]
     entries.sort(key=lambda e: (str(e.get("side")), _ACTION_ORDER.get(str(e.get("action")), 9)))
     return entries
 
 
-def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
-    plan = _dict(result)
-    entries = plan_entries(plan)
-    mailbox = _text(plan.get("mailbox"))
-    summary = []
-    for side in ("exchange", "psa"):
-        counts = {
-            a: sum(1 for e in entries if e.get("side") == side and e.get("action") == a)
-            for a in ("create", "update", "delete")
-        }
-        summary.append(f"{side}: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
-    out.write(f"plan for {mailbox} (dry run, nothing changed): {'; '.join(summary)}\n")
-    for note in _list(plan.get("notes")):
-        out.write(f"note: {_text(note)}\n")
-    held = plan.get("held_back")
-    if held:
-        out.write(f"held back: {_text(held)}\n")
-    if not entries:
-        out.write("nothing to do\n")
-        return
-    rows = [
+def _plan_rows(entries: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [
         [
             _text(e.get("side")),
             _text(e.get("action")),
@@ -581,8 +566,42 @@ def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
         ]
         for e in entries
     ]
-    out.write("\n")
-    table(["SIDE", "ACTION", "KIND", "KEY", "SUBJECT / FIELDS", "REASON"], rows, out)
+
+
+def _plan_summary(entries: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for side in ("exchange", "psa"):
+        verbs = {"create": 0, "update": 0, "delete": 0}
+        for e in entries:
+            if e.get("side") == side:
+                verb = str(e.get("action"))
+                verbs[verb] = verbs.get(verb, 0) + 1
+        parts.append(f"{side}: " + ", ".join(f"{n} {verb}" for verb, n in verbs.items()))
+    return "; ".join(parts)
+
+
+def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
+    plan = _dict(result)
+    mailbox = _text(plan.get("mailbox"))
+    entries = plan_entries(plan.get("actions"))
+    held = plan_entries(plan.get("held_back"))
+    out.write(f"plan for {mailbox} (dry run, nothing changed): {_plan_summary(entries)}\n")
+    window = _dict(plan.get("window"))
+    if window:
+        out.write(
+            f"window: {clock.show(window.get('past_start'))} .. {clock.show(window.get('recurring_end'))} "
+            f"(recurring series; {clock.describe()})\n"
+        )
+    for finding in (_dict(f) for f in _list(plan.get("findings"))):
+        out.write(f"finding: {_text(finding.get('message'))} ({_text(finding.get('code'))})\n")
+    if entries:
+        out.write("\n")
+        table(PLAN_COLUMNS, _plan_rows(entries), out)
+    else:
+        out.write("nothing to do\n")
+    if held:
+        out.write(f"\nheld back ({len(held)}; review, then `exchangectl sync {mailbox} --allow-deletes`):\n")
+        table(PLAN_COLUMNS, _plan_rows(held), out)
 
 
 def _subject_or_fields(entry: dict[str, Any]) -> str:
@@ -616,20 +635,31 @@ def render_history(result: Any, out: TextIO, clock: Clock) -> None:
 
 
 def render_sync(result: Any, out: TextIO, clock: Clock) -> None:
-    mailboxes = [_dict(m) for m in _list(_dict(result).get("mailboxes"))]
-    if not mailboxes:
+    sync = _dict(result)
+    started = [_text(m) for m in _list(sync.get("started"))]
+    queued = {_text(m) for m in _list(sync.get("queued_behind_running"))}
+    results = _dict(sync.get("results"))
+    if not started and not results:
         _render_generic(result, out, clock)
         return
-    rows = [
-        [
-            _text(m.get("mailbox")),
-            _text(m.get("outcome")),
-            _text(m.get("result")),
-            _text(m.get("error") or m.get("message")),
-        ]
-        for m in mailboxes
-    ]
-    table(["MAILBOX", "OUTCOME", "RESULT", "DETAIL"], rows, out)
+    flags = [f for f in ("full", "allow_deletes") if sync.get(f)]
+    out.write(
+        f"sync requested for {len(started)} mailbox(es)" + (f" ({', '.join(flags)})" if flags else "") + "\n"
+    )
+    rows = []
+    for mailbox in started or sorted(results):
+        outcome = _dict(results.get(mailbox))
+        if outcome:
+            counts = _dict(outcome.get("counts"))
+            detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no changes"
+            if outcome.get("held_back_deletes"):
+                detail += f"; {outcome['held_back_deletes']} deletion(s) held back"
+            if outcome.get("error"):
+                detail = _text(outcome.get("error"))
+            rows.append([mailbox, _text(outcome.get("result")), detail])
+        else:
+            rows.append([mailbox, "queued behind the running cycle" if mailbox in queued else "started", "-"])
+    table(["MAILBOX", "RESULT", "DETAIL"], rows, out)
 
 
 def render_reload(result: Any, out: TextIO, clock: Clock) -> None:
@@ -652,13 +682,15 @@ def render_reload(result: Any, out: TextIO, clock: Clock) -> None:
 
 def render_pause(result: Any, out: TextIO, clock: Clock) -> None:
     state = _dict(result)
-    if "global_paused" not in state and "paused" not in state:
-        _render_generic(result, out, clock)
-        return
-    scheduling = "paused for every user" if state.get("global_paused") else "running"
-    out.write(f"scheduling: {scheduling}\n")
-    paused = _list(state.get("paused"))
-    out.write(f"paused users: {', '.join(_text(m) for m in paused) if paused else 'none'}\n")
+    for verb in ("paused", "resumed"):
+        if verb in state:
+            names = [_text(m) for m in _list(state.get(verb))]
+            if state.get("global"):
+                out.write(f"scheduling {verb} for every user\n")
+            else:
+                out.write(f"{verb}: {', '.join(names) if names else 'nothing'}\n")
+            return
+    _render_generic(result, out, clock)
 
 
 def render_version(result: Any, out: TextIO, clock: Clock) -> None:

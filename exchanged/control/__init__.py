@@ -4,7 +4,7 @@ Layout (transport separate from dispatch):
 
 * ``protocol`` - stdlib only: limits, error codes and reasons, the method table with its
   parameters, line framing, JSON encoding. ``exchangectl`` imports only this, so it starts fast.
-* ``dispatch`` - ``ControlHandler`` (what the daemon implements) and the pure
+* ``rpc`` - ``ControlHandler`` (what the daemon implements) and the pure
   ``dispatch(handler, request) -> response``; no sockets.
 * ``server`` - ``serve_control()``: the trio Unix socket server with the peer-credential check,
   per-connection limits and timeouts.
@@ -19,7 +19,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exchanged.control.dispatch import ControlHandler, dispatch, handle_line
     from exchanged.control.protocol import (
         MAX_LINE_BYTES,
         METHODS,
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
         encode_message,
         error_response,
     )
+    from exchanged.control.rpc import ControlHandler, dispatch, handle_line
     from exchanged.control.server import (
         PeerCheck,
         PeerCredentials,
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "ControlHandler": "dispatch",
-    "dispatch": "dispatch",
-    "handle_line": "dispatch",
+    "ControlHandler": "rpc",
+    "dispatch": "rpc",
+    "handle_line": "rpc",
     "MAX_LINE_BYTES": "protocol",
     "METHODS": "protocol",
     "ProtocolError": "protocol",

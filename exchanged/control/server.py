@@ -40,7 +40,6 @@ import structlog
 import trio
 
 from exchanged import errors
-from exchanged.control.dispatch import ControlHandler, handle_line
 from exchanged.control.protocol import (
     MAX_LINE_BYTES,
     R_IDLE_TIMEOUT,
@@ -52,6 +51,7 @@ from exchanged.control.protocol import (
     encode_message,
     error_response,
 )
+from exchanged.control.rpc import ControlHandler, handle_line
 
 log = structlog.get_logger("exchanged.control")
 

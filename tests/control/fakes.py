@@ -58,22 +58,62 @@ STATUS: dict[str, Any] = {
     ],
 }
 
-PLAN: dict[str, Any] = {
+PLAN: dict[str, Any] = {  # the shape the daemon's runner produces
     "mailbox": "jdoe@contoso.com",
-    "exchange": {
-        "create": [
-            {"kind": "appointment", "key": "appointment:42", "subject": "Kickoff", "reason": "new in PSA"}
-        ],
-        "update": [
-            {"kind": "todo", "key": "todo:9", "fields": ["due"], "reason": "changed in PSA"},
-        ],
-        "delete": [],
+    "psa_resource": "29682885",
+    "window": {
+        "now": "2026-11-29T04:00:00+00:00",
+        "past_start": "2026-11-22T04:00:00+00:00",
+        "recurring_end": "2026-12-29T04:00:00+00:00",
     },
-    "psa": {
-        "create": [],
-        "update": [],
-        "delete": [{"kind": "imported", "key": "UID-7", "reason": "deleted in Exchange"}],
+    "kinds": ["appointment", "todo"],
+    "summary": {
+        "exchange": {"create": 1, "update": 1, "delete": 0},
+        "psa": {"create": 0, "update": 0, "delete": 1},
     },
+    "actions": [
+        {
+            "side": "psa",
+            "action": "delete",
+            "kind": "imported",
+            "key": "UID-7",
+            "item_id": None,
+            "fields": [],
+            "reason": "deleted in Exchange",
+        },
+        {
+            "side": "exchange",
+            "action": "update",
+            "kind": "todo",
+            "key": "todo:9",
+            "item_id": "AAM=",
+            "fields": ["due"],
+            "reason": "changed in PSA",
+        },
+        {
+            "side": "exchange",
+            "action": "create",
+            "kind": "appointment",
+            "key": "appointment:42",
+            "item_id": None,
+            "fields": ["subject", "start", "end"],
+            "reason": "new in PSA",
+        },
+    ],
+    "held_back": [
+        {
+            "side": "exchange",
+            "action": "delete",
+            "kind": "contact",
+            "key": "contact:5",
+            "item_id": "AAX=",
+            "fields": [],
+            "reason": "gone from PSA",
+        },
+    ],
+    "findings": [
+        {"code": "deletes_held_back", "kind": None, "message": "30 deletions exceed the limit of 25"}
+    ],
 }
 
 HISTORY: list[dict[str, Any]] = [
@@ -115,6 +155,13 @@ class FakeHandler:
         self.reload_result: dict[str, Any] = {"result": "applied", "generation": 4, "errors": []}
         self.release = trio.Event()
         self.block_status = False
+        self.outcome: dict[str, Any] = {
+            "result": "ok",
+            "error": None,
+            "item_errors": [],
+            "held_back_deletes": 0,
+            "counts": {"exported": 2, "imported": 0, "updated": 1, "deleted": 0},
+        }
 
     def _record(self, name: str, **kwargs: Any) -> None:
         self.calls.append((name, kwargs))
@@ -154,7 +201,16 @@ class FakeHandler:
             if mailbox not in {u["mailbox"] for u in STATUS["users"]}:
                 raise UnknownMailbox(f"{mailbox} is not a configured user", mailbox=mailbox)
         names = mailboxes or [u["mailbox"] for u in STATUS["users"]]
-        return {"mailboxes": [{"mailbox": m, "outcome": "done" if wait else "started"} for m in names]}
+        result: dict[str, Any] = {
+            "started": names,
+            "queued_behind_running": names[:1],
+            "full": full,
+            "allow_deletes": allow_deletes,
+        }
+        if wait:
+            result["results"] = {m: dict(self.outcome) for m in names}
+            result["ok"] = self.outcome["result"] != "error"
+        return result
 
     async def plan(self, mailbox: str) -> dict[str, Any]:
         self._record("plan", mailbox=mailbox)
@@ -170,11 +226,11 @@ class FakeHandler:
 
     async def pause(self, mailboxes: list[str] | None) -> dict[str, Any]:
         self._record("pause", mailboxes=mailboxes)
-        return {"global_paused": mailboxes is None, "paused": mailboxes or []}
+        return {"paused": mailboxes or [u["mailbox"] for u in STATUS["users"]], "global": mailboxes is None}
 
     async def resume(self, mailboxes: list[str] | None) -> dict[str, Any]:
         self._record("resume", mailboxes=mailboxes)
-        return {"global_paused": False, "paused": []}
+        return {"resumed": mailboxes or [u["mailbox"] for u in STATUS["users"]], "global": mailboxes is None}
 
 
 def request_line(method: str, params: dict[str, Any] | None = None, request_id: int | str = 1) -> bytes:

@@ -56,7 +56,8 @@ def err(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def header_line(text: str, first_column: str) -> list[str]:
-    [line] = [line for line in text.splitlines() if line.startswith(first_column)]
+    """The first table header of the output that starts with ``first_column``."""
+    line = next(line for line in text.splitlines() if line.startswith(first_column))
     return line.split("  ")
 
 
@@ -131,7 +132,18 @@ async def test_plan_table(path: str, handler: FakeHandler) -> None:
         "REASON",
     ]
     assert "exchange: 1 create, 1 update, 0 delete; psa: 0 create, 0 update, 1 delete" in text
-    assert '"Kickoff"' in text and "deleted in Exchange" in text
+    assert "deleted in Exchange" in text and "subject,start,end" in text
+    assert "finding: 30 deletions exceed the limit of 25 (deletes_held_back)" in text
+    lines = text.splitlines()
+    rows = lines[lines.index(next(line for line in lines if line.startswith("SIDE"))) + 1 :][:3]
+    assert [r.split()[:2] for r in rows] == [
+        ["exchange", "create"],
+        ["exchange", "update"],
+        ["psa", "delete"],
+    ]
+    held = lines.index(next(line for line in lines if line.startswith("held back (1;")))
+    assert "exchangectl sync jdoe@contoso.com --allow-deletes" in lines[held]
+    assert lines[held + 2].split()[:4] == ["exchange", "delete", "contact", "contact:5"]
     assert handler.calls == [("plan", {"mailbox": "jdoe@contoso.com"})]
     as_json = await ctl("--socket", path, "plan", "jdoe@contoso.com", "--json")
     assert json.loads(out(as_json)) == PLAN
@@ -156,7 +168,22 @@ async def test_sync_passes_flags(path: str, handler: FakeHandler) -> None:
     assert handler.calls == [
         ("sync", {"mailboxes": ["jdoe@contoso.com"], "full": True, "wait": True, "allow_deletes": True})
     ]
-    assert "jdoe@contoso.com" in out(result) and "done" in out(result)
+    row = next(line for line in out(result).splitlines() if line.startswith("jdoe@contoso.com"))
+    assert row.split() == ["jdoe@contoso.com", "ok", "2", "exported,", "1", "updated"]
+
+
+async def test_sync_without_wait_says_started_or_queued(path: str) -> None:
+    result = await ctl("--socket", path, "sync")
+    assert result.returncode == 0, err(result)
+    assert "sync requested for 2 mailbox(es)" in out(result)
+    assert "queued behind the running cycle" in out(result) and "started" in out(result)
+
+
+async def test_sync_wait_with_a_failed_cycle_exits_1(path: str, handler: FakeHandler) -> None:
+    handler.outcome = {"result": "error", "error": "jdoe@contoso.com: Exchange unreachable", "counts": {}}
+    result = await ctl("--socket", path, "sync", "jdoe@contoso.com", "--wait")
+    assert result.returncode == 1
+    assert "jdoe@contoso.com: Exchange unreachable" in out(result)
 
 
 async def test_refused_sync_exits_1_with_message_and_reason(path: str) -> None:
@@ -193,9 +220,9 @@ async def test_reload_outcomes(path: str, handler: FakeHandler) -> None:
 
 async def test_pause_and_resume(path: str, handler: FakeHandler) -> None:
     paused = await ctl("--socket", path, "pause")
-    assert paused.returncode == 0 and "paused for every user" in out(paused)
+    assert paused.returncode == 0 and "scheduling paused for every user" in out(paused)
     resumed = await ctl("--socket", path, "resume", "jdoe@contoso.com")
-    assert resumed.returncode == 0
+    assert resumed.returncode == 0 and "resumed: jdoe@contoso.com" in out(resumed)
     assert handler.calls == [("pause", {"mailboxes": None}), ("resume", {"mailboxes": ["jdoe@contoso.com"]})]
 
 

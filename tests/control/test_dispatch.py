@@ -273,3 +273,16 @@ async def test_client_that_does_not_read_is_dropped(
             await client_side.send_all(request_line("status"))
             # never read: the server gives up after send_timeout and serve_stream returns
     assert any("does not read" in e["event"] for e in logs)
+
+
+def test_package_exports_are_the_functions_not_same_named_submodules() -> None:
+    import types
+
+    import exchanged.control as package
+    import exchanged.control.protocol
+    import exchanged.control.rpc
+    import exchanged.control.server  # noqa: F401
+
+    for name in package.__all__:
+        assert not isinstance(getattr(package, name), types.ModuleType), name
+    assert package.dispatch is dispatch

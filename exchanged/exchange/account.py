@@ -216,7 +216,8 @@ class EwsAccount:
         from exchanged.exchange.mailbox import EwsPublicContacts
 
         if self._public is None:
-            anchor = self.settings.public_folder_mailbox
+            s = self.settings
+            anchor = s.public_folder_mailbox or (s.enabled_mailboxes[0] if s.enabled_mailboxes else None)
             if not anchor:
                 raise errors.ExchangeError(
                     "public contacts folder: no mailbox to reach the public folders through",

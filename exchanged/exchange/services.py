@@ -15,6 +15,7 @@ import logging
 from contextlib import suppress
 from typing import Any
 
+from exchangelib import errors as ews_errors
 from exchangelib.errors import ErrorServerBusy
 from exchangelib.fields import FieldPath, IndexedField
 from exchangelib.folders import BaseFolder
@@ -31,7 +32,7 @@ from exchangelib.services import (
     UpdateItem,
 )
 from exchangelib.services.sync_folder_hierarchy import SyncFolder
-from exchangelib.util import MNS, TNS
+from exchangelib.util import ENS, MNS, TNS
 
 log = logging.getLogger("exchanged.exchange")
 
@@ -65,7 +66,34 @@ def _back_off_ms(message: Any) -> float | None:
     return None
 
 
+def _local(tag: object) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
 class _ThrottleHint:
+    @classmethod
+    def _raise_soap_errors(cls, fault: Any) -> None:
+        """Like exchangelib's, but also reads a fault detail written in another namespace than
+        Exchange's errors namespace, and keeps BackOffMilliseconds."""
+        detail = fault.find("detail")
+        if detail is not None and detail.find(f"{{{ENS}}}ResponseCode") is None:
+            code_elem = next((e for e in detail.iter() if _local(e.tag) == "ResponseCode"), None)
+            if code_elem is not None and code_elem.text:
+                code = code_elem.text.strip()
+                msg_elem = next((e for e in detail.iter() if _local(e.tag) == "Message"), None)
+                msg = (msg_elem.text or "").strip() if msg_elem is not None else code
+                if code == "ErrorServerBusy":
+                    back_off = None
+                    for value in detail.iter(f"{{{TNS}}}Value"):
+                        if value.get("Name") == "BackOffMilliseconds" and value.text:
+                            with suppress(ValueError):
+                                back_off = int(value.text.strip()) / 1000.0
+                    raise ErrorServerBusy(msg, back_off=back_off)
+                exc_cls = vars(ews_errors).get(code)
+                if isinstance(exc_cls, type) and issubclass(exc_cls, ews_errors.ResponseMessageError):
+                    raise exc_cls(msg)
+        super()._raise_soap_errors(fault)  # type: ignore[misc]
+
     def _get_element_container(self, message: Any, name: Any = None) -> Any:
         try:
             return super()._get_element_container(message, name)  # type: ignore[misc]

@@ -1,0 +1,527 @@
+"""Error, "resolved" and confirmation mails: the SMTP mailer and the notification policy.
+
+Theory of operation
+-------------------
+The daemon reports every error occurrence with ``Notifier.error(key, presented, mailbox)``; ``key``
+names the *distinct* error (``"auth_failed:alice@contoso.com"``, ``"config"``). The policy:
+
+* the first occurrence of a key is mailed at once; further occurrences are counted and mailed again
+  only when ``repeat_after_minutes`` have passed since the last mail of that key ("still failing");
+* ``resolved(key)`` closes the key; if it had been mailed, a RESOLVED mail says so;
+* ``confirm_user(mailbox, summary)`` mails a newly enabled user what is synced and how to change it.
+
+Time for the de-duplication comes from ``trio.current_time()`` (MockClock in tests); the times shown
+in mails come from the wall clock, in UTC. The calls never block and never raise: they put the mail
+on a bounded channel, and ``serve()`` (started in the daemon's nursery) sends them one by one through
+the ``ports.Mailer``. A cycle never waits on SMTP. A mail that cannot be sent is logged
+(``exchanged.notify``) and the key is re-armed, so that its next occurrence tries again; a full queue
+drops the mail with a log line. Nothing here is ever fatal, and no mail ever carries a secret: the
+texts are built from ``errors.Presented``, which never holds one.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+import trio
+
+from exchanged.errors import MailError, Presented
+from exchanged.ports import Mailer
+
+if TYPE_CHECKING:
+    from exchanged.config import Config
+
+log = structlog.get_logger("exchanged.notify")
+
+Security = Literal["none", "starttls", "tls"]
+MAX_SUBJECT = 180
+
+
+# --- the SMTP mailer ----------------------------------------------------------------------------
+
+
+class SmtpMailer:
+    """``ports.Mailer`` over SMTP; blocking smtplib runs in a worker thread."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        security: Security = "none",
+        sender: str = "exchanged@localhost",
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if security not in ("none", "starttls", "tls"):
+            raise ValueError(f"security must be none, starttls or tls, not {security!r}")
+        self.host = host
+        self.port = port
+        self.security = security
+        self.sender = sender
+        self.ca_file = ca_file
+        self.timeout = timeout
+
+    @classmethod
+    def from_config(cls, smtp: Any) -> SmtpMailer:
+        """From ``config.SmtpConfig`` (``notifications.smtp``)."""
+        return cls(smtp.host, smtp.port, smtp.security, smtp.sender, smtp.ca_file, smtp.timeout_seconds)
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port} ({self.security})"
+
+    def build(self, to: Sequence[str], subject: str, body: str) -> EmailMessage:
+        # long lines instead of folding: Python folds some subjects right after "Subject:", which
+        # clients then show with a leading blank; 998 is RFC 5322's hard limit, subjects stay < 200
+        msg = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
+        msg["From"] = self.sender
+        msg["To"] = ", ".join(to)
+        msg["Subject"] = one_line(subject)
+        msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
+        domain = self.sender.rsplit("@", 1)[-1] or "localhost"
+        msg["Message-ID"] = email.utils.make_msgid("exchanged", domain=domain)  # no DNS lookup
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to a daemon
+        msg.set_content(body)
+        return msg
+
+    async def send(self, to: Sequence[str], subject: str, body: str) -> None:
+        recipients = [r for r in to if r]
+        if not recipients:
+            raise MailError("mail has no recipients (notifications.email is empty)")
+        msg = self.build(recipients, subject, body)
+        # abandon_on_cancel: shutting down never waits for a hanging SMTP server (timeout bounds it)
+        refused = await trio.to_thread.run_sync(self._deliver, msg, recipients, abandon_on_cancel=True)
+        if refused:
+            log.warning("SMTP server refused some recipients; the others got the mail",
+                        refused=sorted(refused), smtp=self.where, subject=msg["Subject"])
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()  # the system CAs, hostname check, TLS >= 1.2
+        if self.ca_file:
+            context.load_verify_locations(self.ca_file)  # plus the internal CA
+        return context
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.security == "tls":
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._tls_context())
+        client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        if self.security == "starttls":
+            try:
+                client.ehlo()
+                client.starttls(context=self._tls_context())
+                client.ehlo()
+            except BaseException:
+                client.close()
+                raise
+        return client
+
+    def _deliver(self, msg: EmailMessage, to: list[str]) -> dict[str, Any]:
+        """Blocking delivery; every failure becomes one ``MailError`` naming server and cause."""
+        where = self.where
+        try:
+            with self._connect() as client:
+                return dict(client.send_message(msg, from_addr=self.sender, to_addrs=to))
+        except ssl.SSLCertVerificationError as exc:
+            raise MailError(
+                f"TLS certificate of SMTP server {where} not trusted: {exc.verify_message}",
+                hint="add the issuing CA as notifications.smtp.ca_file, or fix the server certificate",
+            ) from None
+        except ssl.SSLError as exc:
+            raise MailError(
+                f"TLS with SMTP server {where} failed: {exc.reason or exc}",
+                hint="check notifications.smtp.security: tls is TLS from the first byte (port 465), "
+                "starttls upgrades a plain connection (port 25/587)",
+            ) from None
+        except smtplib.SMTPNotSupportedError:
+            raise MailError(
+                f"SMTP server {where} does not offer STARTTLS",
+                hint="enable STARTTLS on the server, or set notifications.smtp.security to tls or none",
+            ) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = ", ".join(
+                f"{rcpt} ({code} {_text(text)})" for rcpt, (code, text) in exc.recipients.items()
+            )
+            raise MailError(
+                f"SMTP server {where} refused every recipient: {refused}",
+                hint="check notifications.email and that the server relays for this host",
+            ) from None
+        except smtplib.SMTPSenderRefused as exc:
+            raise MailError(
+                f"SMTP server {where} refused the sender {exc.sender}: "
+                f"{exc.smtp_code} {_text(exc.smtp_error)}",
+                hint="check notifications.smtp.from and that the server accepts mail from this host",
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            raise MailError(f"SMTP server {where} answered {exc.smtp_code} {_text(exc.smtp_error)}") from None
+        except smtplib.SMTPServerDisconnected:
+            raise MailError(
+                f"SMTP server {where} closed the connection",
+                hint="check notifications.smtp.port and .security "
+                "(a TLS port spoken to in plain, or the reverse)",
+            ) from None
+        except smtplib.SMTPException as exc:
+            raise MailError(f"SMTP with {where} failed: {exc}") from None
+        except TimeoutError:
+            raise MailError(
+                f"no answer from SMTP server {where} within {self.timeout:g} s",
+                hint="check notifications.smtp.host/port/security, and a firewall between",
+            ) from None
+        except socket.gaierror as exc:
+            raise MailError(f"cannot resolve SMTP server name {self.host!r}: {exc.strerror}",
+                            hint="check notifications.smtp.host and DNS") from None
+        except OSError as exc:
+            raise MailError(f"cannot connect to SMTP server {where}: {exc.strerror or exc}") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def one_line(text: str, limit: int = MAX_SUBJECT) -> str:
+    """A header-safe single line (no CR/LF injection), shortened with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "less than a minute"
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days} d"] * bool(days) + [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes)
+    return " ".join(parts)
+
+
+def error_key(presented: Presented, mailbox: str | None) -> str:
+    """The usual key of a distinct error: its reason, for one mailbox or for the whole daemon."""
+    return f"{presented.reason}:{mailbox or '*'}"
+
+
+@dataclass(slots=True)
+class _OpenError:
+    key: str
+    presented: Presented
+    mailbox: str | None
+    first_seen: datetime  # wall clock, shown in mails
+    last_seen: datetime
+    count: int = 1
+    last_mailed: float | None = None  # trio time of the last mail queued for this key
+    mailed: bool = False  # somebody was (or is being) told: a RESOLVED mail is owed
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    kind: Literal["error", "resolved", "confirmation"]
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierStatistics:
+    open_errors: int
+    queued: int
+    sent: int
+    failed: int
+    dropped: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    pending: int = 0  # queued or being sent
+
+
+@dataclass(slots=True)
+class _Settings:
+    mailer: Mailer | None
+    recipients: tuple[str, ...]
+    profile_name: str
+    repeat_after_minutes: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Notifier:
+    def __init__(
+        self,
+        mailer: Mailer | None,
+        recipients: Sequence[str],
+        profile_name: str,
+        repeat_after_minutes: float = 240,
+        *,
+        queue_size: int = 64,
+        hostname: str | None = None,
+        wall_clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._settings = _Settings(mailer, tuple(recipients), profile_name, repeat_after_minutes)
+        self._open: dict[str, _OpenError] = {}
+        self._outbox, self._inbox = trio.open_memory_channel[_Outgoing](queue_size)
+        self._counters = _Counters()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._hostname = hostname or socket.gethostname()
+        self._wall = wall_clock
+
+    # --- configuration ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: Config, **kwargs: Any) -> Notifier:
+        notifications = cfg.notifications
+        return cls(SmtpMailer.from_config(notifications.smtp), notifications.recipients, cfg.profile_name,
+                   notifications.repeat_after_minutes, **kwargs)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Apply a reloaded config; open errors and their de-duplication survive."""
+        notifications = cfg.notifications
+        self.configure(mailer=SmtpMailer.from_config(notifications.smtp), recipients=notifications.recipients,
+                       profile_name=cfg.profile_name, repeat_after_minutes=notifications.repeat_after_minutes)
+
+    def configure(self, *, mailer: Mailer | None, recipients: Sequence[str], profile_name: str,
+                  repeat_after_minutes: float) -> None:
+        self._settings = _Settings(mailer, tuple(recipients), profile_name, repeat_after_minutes)
+
+    # --- the policy -------------------------------------------------------------------------------
+
+    def error(self, key: str, presented: Presented, mailbox: str | None = None) -> bool:
+        """One occurrence of the distinct error ``key``; True when a mail was queued for it."""
+        now = trio.current_time()
+        wall = self._wall()
+        entry = self._open.get(key)
+        if entry is None:
+            entry = self._open[key] = _OpenError(key, presented, mailbox, first_seen=wall, last_seen=wall)
+        else:
+            entry.count += 1
+            entry.last_seen = wall
+            entry.presented = presented  # the latest wording is the most useful
+            entry.mailbox = mailbox or entry.mailbox
+        repeat_s = self._settings.repeat_after_minutes * 60
+        if entry.last_mailed is not None and now - entry.last_mailed < repeat_s:
+            return False
+        if not self._settings.recipients:
+            log.debug("error not mailed: notifications.email is empty", key=key, mailbox=mailbox)
+            return False
+        subject, body = self._error_text(entry, repeat=entry.mailed)
+        if not self._queue(_Outgoing("error", self._settings.recipients, subject, body, key)):
+            return False
+        entry.last_mailed = now
+        entry.mailed = True
+        return True
+
+    def resolved(self, key: str) -> bool:
+        """The error ``key`` has cleared; True when a RESOLVED mail was queued."""
+        entry = self._open.pop(key, None)
+        if entry is None or not entry.mailed or not self._settings.recipients:
+            return False
+        subject, body = self._resolved_text(entry)
+        return self._queue(_Outgoing("resolved", self._settings.recipients, subject, body, key))
+
+    def resolved_mailbox(self, mailbox: str) -> int:
+        """Close every open error of ``mailbox`` (its cycle succeeded); the number of RESOLVED mails."""
+        keys = [k for k, e in self._open.items() if e.mailbox == mailbox]
+        return sum(self.resolved(k) for k in keys)
+
+    def confirm_user(self, mailbox: str, settings_summary: str) -> bool:
+        """Tell a newly enabled user what is synced and how to change it (the vendor's confirmation)."""
+        subject, body = self._confirmation_text(mailbox, settings_summary)
+        return self._queue(_Outgoing("confirmation", (mailbox,), subject, body))
+
+    def open_errors(self) -> dict[str, int]:
+        """Open error keys and how often each occurred (for status and tests)."""
+        return {k: e.count for k, e in self._open.items()}
+
+    def statistics(self) -> NotifierStatistics:
+        c = self._counters
+        return NotifierStatistics(len(self._open), c.pending, c.sent, c.failed, c.dropped)
+
+    # --- the sender -------------------------------------------------------------------------------
+
+    def _queue(self, item: _Outgoing) -> bool:
+        try:
+            self._outbox.send_nowait(item)
+        except trio.WouldBlock:
+            self._counters.dropped += 1
+            log.warning("mail queue full: mail dropped", kind=item.kind, subject=item.subject)
+            return False
+        self._counters.pending += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        return True
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send queued mails one by one, for ever (until cancelled)."""
+        task_status.started()
+        async for item in self._inbox:
+            try:
+                await self._send_one(item)
+            finally:
+                self._counters.pending -= 1
+                if self._counters.pending == 0:
+                    self._idle.set()
+
+    serve_notifier = serve
+
+    async def _send_one(self, item: _Outgoing) -> None:
+        mailer = self._settings.mailer  # the current one: a reload applies to queued mails too
+        if mailer is None:
+            log.info("mail not sent: no mailer configured", kind=item.kind, subject=item.subject)
+            return
+        try:
+            await mailer.send(item.to, item.subject, item.body)
+        except MailError as exc:
+            self._counters.failed += 1
+            log.warning("mail not sent", kind=item.kind, subject=item.subject, to=list(item.to),
+                        error=exc.message, hint=exc.hint)
+            self._rearm(item)
+        except Exception as exc:  # a bug in a mailer must not end the notifier
+            self._counters.failed += 1
+            log.error("mail not sent: internal error", kind=item.kind, subject=item.subject,
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._rearm(item)
+        else:
+            self._counters.sent += 1
+            log.info("mail sent", kind=item.kind, subject=item.subject, to=list(item.to))
+
+    def _rearm(self, item: _Outgoing) -> None:
+        # nobody was told: the next occurrence of this error tries again, and no RESOLVED is owed
+        if item.kind == "error" and item.key is not None:
+            entry = self._open.get(item.key)
+            if entry is not None:
+                entry.last_mailed = None
+                entry.mailed = False
+
+    async def flush(self) -> None:
+        """Wait until every queued mail has been sent or given up (tests, shutdown)."""
+        while self._counters.pending:
+            await self._idle.wait()
+
+    # --- the texts --------------------------------------------------------------------------------
+
+    def _prefix(self) -> str:
+        return f"[exchanged {self._settings.profile_name}]"
+
+    @staticmethod
+    def _what(entry: _OpenError) -> str:
+        first = entry.presented.message.strip().splitlines()[0] if entry.presented.message.strip() else ""
+        if entry.mailbox and first.startswith(f"{entry.mailbox}: "):
+            first = first[len(entry.mailbox) + 2:]
+        return first or entry.presented.reason
+
+    def _error_text(self, entry: _OpenError, *, repeat: bool) -> tuple[str, str]:
+        who = f" {entry.mailbox}" if entry.mailbox else ""
+        still = " (still failing)" if repeat else ""
+        subject = one_line(f"{self._prefix()} ERROR{who}: {self._what(entry)}{still}")
+        journal = f'journalctl -u exchanged --since "{entry.first_seen.astimezone(UTC):%Y-%m-%d %H:%M:%S}"'
+        if entry.mailbox:
+            journal += f" MAILBOX={entry.mailbox}"
+        times = "once" if entry.count == 1 else f"{entry.count} times"
+        repeat_min = self._settings.repeat_after_minutes
+        body = "\n".join([
+            f"exchanged (profile \"{self._settings.profile_name}\" on host {self._hostname}) "
+            "reports an error.",
+            "",
+            "What failed:",
+            *(f"  {line}" for line in entry.presented.message.strip().splitlines()),
+            "",
+            f"Mailbox:        {entry.mailbox or 'not one mailbox: the daemon as a whole'}",
+            f"Failing since:  {_stamp(entry.first_seen)}",
+            f"Occurred:       {times} (last at {_stamp(entry.last_seen)})",
+            f"Reason code:    {entry.presented.reason}",
+            "",
+            "What to check:",
+            f"  {entry.presented.hint or 'the log has the details (below)'}",
+            "",
+            "How to see more:",
+            "  exchangectl status",
+            f"  {journal}",
+            "",
+            f"While this error lasts it is mailed again at most every {repeat_min:g} minutes;",
+            "a RESOLVED mail follows when it clears.",
+            "",
+        ])
+        return subject, body
+
+    def _resolved_text(self, entry: _OpenError) -> tuple[str, str]:
+        who = f" {entry.mailbox}" if entry.mailbox else ""
+        subject = one_line(f"{self._prefix()} RESOLVED{who}: {self._what(entry)}")
+        now = self._wall()
+        lasted = _duration((now - entry.first_seen).total_seconds())
+        times = "once" if entry.count == 1 else f"{entry.count} times"
+        body = "\n".join([
+            f"exchanged (profile \"{self._settings.profile_name}\" on host {self._hostname}): "
+            "an error reported earlier has cleared.",
+            "",
+            "The error was:",
+            *(f"  {line}" for line in entry.presented.message.strip().splitlines()),
+            "",
+            f"Mailbox:        {entry.mailbox or 'not one mailbox: the daemon as a whole'}",
+            f"Failing from:   {_stamp(entry.first_seen)}",
+            f"Cleared at:     {_stamp(now)} (after {lasted}; it occurred {times})",
+            f"Reason code:    {entry.presented.reason}",
+            "",
+            "Nothing needs to be done; the sync catches up by itself. `exchangectl status` shows the state.",
+            "",
+        ])
+        return subject, body
+
+    def _confirmation_text(self, mailbox: str, summary: str) -> tuple[str, str]:
+        subject = one_line(f"{self._prefix()} Your mailbox {mailbox} is now synced with the PSA")
+        contact = ", ".join(self._settings.recipients) or "your administrator"
+        body = "\n".join([
+            "Hello,",
+            "",
+            f"your mailbox {mailbox} has been enabled for the synchronisation between the PSA and",
+            f"Microsoft Exchange (profile \"{self._settings.profile_name}\"). It runs by itself at regular",
+            "intervals; you need not do anything.",
+            "",
+            "What is synced for you:",
+            summary.rstrip(),
+            "",
+            "Good to know:",
+            "- Items the sync creates never send meeting invitations and carry no attendees.",
+            "- An item it created that you delete in Exchange is created again from the PSA; change or",
+            "  delete it in the PSA instead.",
+            "",
+            "To change what is synced for you (for example to stop copying your Exchange appointments",
+            "into the PSA), ask your administrator to adjust your entry (users[].settings) in the",
+            "exchanged configuration. Your settings can switch parts off, not switch on what is off",
+            "for everyone.",
+            "",
+            f"Questions, or did you not expect this mail? Contact {contact}.",
+            "",
+        ])
+        return subject, body
+
+
+async def serve_notifier(
+    notifier: Notifier, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The notifier's sender as a ``serve_*`` task for the daemon's nursery."""
+    await notifier.serve(task_status=task_status)
+
+
+__all__ = ["Notifier", "NotifierStatistics", "SmtpMailer", "error_key", "one_line", "serve_notifier"]

@@ -1,0 +1,325 @@
+"""The Autotask REST client: zone discovery, credentials, TLS, budget, thread limit, back-off.
+
+Every request goes through ``AutotaskApi.request``:
+
+1. the zone is resolved once through ``ZoneInformation`` (no credentials) and cached; a 401
+   drops the cache, resolves again and retries once (databases move between zones);
+2. one token of the hourly ``RequestBudget`` is taken (waiting if it is used up);
+3. the blocking HTTP call runs in a worker thread under a ``CapacityLimiter(3)``: the API's
+   thread limit is 3 requests in flight per integration code and endpoint, and one limiter for
+   all endpoints keeps us under it without tracking endpoints;
+4. 429s (hourly threshold) and thread-limit refusals (``Itgenatr005`` / "thread threshold", with
+   whatever status) are retried after an exponential back-off with jitter, never at once; reads
+   are also retried on 5xx and on connection failures; writes are not (a write the server may
+   have carried out is not repeated blindly), their failures become per-row errors upstream.
+   When the retries run out, ``PsaUnavailable`` (or ``PsaAuthFailed``) is raised.
+
+Credentials travel only in the headers ``ApiIntegrationCode``, ``UserName``, ``Secret`` and only to
+the origin of the resolved zone; no message built here contains them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from exchanged import errors
+
+from .budget import RequestBudget
+
+log = structlog.get_logger("exchanged.psa.autotask")
+
+PAGE_SIZE = 500
+THREAD_LIMIT = 3
+IN_CHUNK = 200  # values per `in` condition: well under the 500-condition limit and URL sizes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: Any  # parsed JSON, or None
+
+    def error_text(self) -> str:
+        """The API's error messages, joined (``{"errors": [...]}`` or IIS's ``{"Message": ...}``)."""
+        body = self.body
+        if isinstance(body, dict):
+            errs = body.get("errors")
+            if isinstance(errs, list) and errs:
+                return "; ".join(str(e) for e in errs)[:500]
+            if body.get("Message"):
+                return str(body["Message"])[:500]
+        return f"HTTP {self.status}"
+
+    @property
+    def thread_limited(self) -> bool:
+        text = self.error_text().lower()
+        return "itgenatr005" in text or "thread threshold" in text
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    secret: str
+    integration_code: str
+
+
+def _secret_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    text = getter() if callable(getter) else value
+    return str(text).strip() or None
+
+
+def _read_secret(cfg: Any, inline: str, file_key: str, credential: str, label: str) -> str:
+    """A secret from the config object (resolved SecretStr), its file, or a systemd credential."""
+    value = _secret_value(getattr(cfg, inline, None))
+    if value:
+        return value
+    path = getattr(cfg, file_key, None)
+    if not path and os.environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / credential
+        path = str(candidate) if candidate.exists() else None
+    if path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise errors.PsaAuthFailed(f"cannot read the Autotask {label} from {path}: "
+                                       f"{exc.strerror or exc}") from None
+        if value:
+            return value
+    raise errors.PsaAuthFailed(f"no Autotask {label} configured (psa.{inline} or psa.{file_key})")
+
+
+def credentials_from(cfg: Any) -> Credentials:
+    username = str(getattr(cfg, "username", "") or "").strip()
+    if not username:
+        raise errors.PsaAuthFailed("psa.username is empty")
+    return Credentials(
+        username=username,
+        secret=_read_secret(cfg, "secret", "secret_file", "autotask-secret", "secret"),
+        integration_code=_read_secret(cfg, "integration_code", "integration_code_file",
+                                      "autotask-integration-code", "integration code"),
+    )
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """System CAs plus the configured bundle; certificates and host names always verified."""
+    ctx = ssl.create_default_context()
+    if ca_bundle:
+        ctx.load_verify_locations(cafile=ca_bundle)
+    return ctx
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+class AutotaskApi:
+    def __init__(self, creds: Credentials, *, zone_lookup_url: str, ca_bundle: str | None = None,
+                 requests_per_hour: int = 3000, retry_base_s: float = 1.0, retry_cap_s: float = 120.0,
+                 max_attempts: int = 6, timeout_s: float = 60.0) -> None:
+        self.creds = creds
+        self.zone_lookup_url = zone_lookup_url if zone_lookup_url.endswith("/") else zone_lookup_url + "/"
+        self._tls = tls_context(ca_bundle)
+        self.budget = RequestBudget(requests_per_hour)
+        self.limiter = trio.CapacityLimiter(THREAD_LIMIT)
+        self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.zone_url: str | None = None
+        self._zone_lock = trio.Lock()
+        self.backoffs = 0  # 429 / thread-limit / 5xx back-offs so far (status)
+        self.database: dict[str, Any] | None = None  # last ThresholdInformation
+
+    # -- the wire (worker thread) ---------------------------------------------------------------
+
+    def _send_blocking(self, method: str, url: str, body: Any, with_auth: bool) -> Response:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if with_auth:
+            req.add_header("ApiIntegrationCode", self.creds.integration_code)
+            req.add_header("UserName", self.creds.username)
+            req.add_header("Secret", self.creds.secret)
+        try:
+            with urllib.request.urlopen(req, context=self._tls, timeout=self.timeout_s) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw = exc.read() if exc.fp is not None else b""
+            status = exc.code
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        return Response(status, parsed)
+
+    async def _send(self, method: str, url: str, body: Any, *, with_auth: bool) -> Response:
+        await self.budget.acquire()
+        async with self.limiter:
+            return await trio.to_thread.run_sync(
+                self._send_blocking, method, url, body, with_auth, abandon_on_cancel=True)
+
+    # -- zone -----------------------------------------------------------------------------------
+
+    async def zone(self, *, refresh: bool = False) -> str:
+        async with self._zone_lock:
+            if self.zone_url is not None and not refresh:
+                return self.zone_url
+            user = urllib.parse.quote(self.creds.username)
+            url = f"{self.zone_lookup_url}V1.0/ZoneInformation?user={user}"
+            resp = await self._attempts("GET", url, None, with_auth=False, idempotent=True,
+                                        what="the zone lookup (ZoneInformation)")
+            zone = resp.body.get("url") if isinstance(resp.body, dict) else None
+            if resp.status != 200 or not isinstance(zone, str) or not zone.lower().startswith("https://"):
+                if resp.status == 500:
+                    raise errors.PsaAuthFailed(
+                        f"Autotask zone lookup at {self.zone_lookup_url} does not know the API user "
+                        f"{self.creds.username}: {resp.error_text()}")
+                raise errors.PsaUnavailable(
+                    f"Autotask zone lookup at {self.zone_lookup_url} failed: {resp.error_text()}")
+            self.zone_url = zone if zone.endswith("/") else zone + "/"
+            log.info("autotask_zone", zone=self.zone_url, user=self.creds.username)
+            return self.zone_url
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential back-off with jitter: base * 2^attempt, between half and all of it."""
+        full = min(self.retry_cap_s, self.retry_base_s * (2 ** attempt))
+        return full * (0.5 + random.random() / 2)
+
+    async def _attempts(self, method: str, url: str, body: Any, *, with_auth: bool, idempotent: bool,
+                        what: str) -> Response:
+        attempt = 0
+        while True:
+            try:
+                resp = await self._send(method, url, body, with_auth=with_auth)
+            except (TimeoutError, urllib.error.URLError, OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    raise errors.PsaUnavailable(
+                        f"Autotask TLS certificate of {_origin(url)} not trusted: {reason}",
+                        hint="add the issuing CA to psa.ca_bundle") from None
+                if not idempotent or attempt + 1 >= self.max_attempts:
+                    raise errors.PsaUnavailable(f"Autotask unreachable at {_origin(url)} ({what}): "
+                                                f"{reason}") from None
+            else:
+                limited = resp.status == 429 or resp.thread_limited
+                transient = resp.status >= 500 and idempotent
+                if not (limited or transient):
+                    return resp
+                if attempt + 1 >= self.max_attempts:
+                    if limited:
+                        raise errors.PsaUnavailable(
+                            f"Autotask kept refusing requests ({what}): {resp.error_text()}",
+                            hint="the database's hourly request threshold or the thread limit is "
+                                 "reached; lower psa.requests_per_hour or check other integrations")
+                    if not idempotent:
+                        return resp
+                    raise errors.PsaUnavailable(f"Autotask failed {what}: HTTP {resp.status}: "
+                                                f"{resp.error_text()}")
+            delay = self._delay(attempt)
+            attempt += 1
+            self.backoffs += 1
+            log.warning("autotask_backoff", what=what, attempt=attempt, delay_s=round(delay, 2))
+            await trio.sleep(delay)
+
+    async def request(self, method: str, path_or_url: str, body: Any = None, *,
+                      idempotent: bool | None = None, what: str = "") -> Response:
+        """One API call; ``path_or_url`` is relative to the zone (``V1.0/...``) or absolute in it."""
+        if idempotent is None:
+            idempotent = method == "GET" or path_or_url.lower().split("?")[0].endswith(
+                ("/query", "/query/next", "/query/count"))
+        what = what or f"{method} {path_or_url.split('?')[0]}"
+        relogged = False
+        while True:
+            zone = await self.zone()
+            url = path_or_url if "://" in path_or_url else zone + path_or_url
+            if _origin(url) != _origin(zone):  # credentials go to the zone only (a paging URL)
+                raise errors.PsaUnavailable(f"Autotask answered a URL outside its zone: {_origin(url)}")
+            resp = await self._attempts(method, url, body, with_auth=True, idempotent=idempotent, what=what)
+            if resp.status != 401:
+                return resp
+            if relogged:
+                raise errors.PsaAuthFailed(
+                    f"Autotask refused the login of API user {self.creds.username} (HTTP 401)")
+            relogged = True
+            log.warning("autotask_unauthorized_reresolving_zone", user=self.creds.username)
+            old = self.zone_url
+            await self.zone(refresh=True)
+            if path_or_url.startswith("https://") and old and path_or_url.startswith(old):
+                path_or_url = path_or_url[len(old):]
+
+    # -- queries --------------------------------------------------------------------------------
+
+    async def query(self, entity: str, filters: Sequence[dict[str, Any]],
+                    fields: Sequence[str]) -> list[dict[str, Any]]:
+        """Every row matching ``filters`` with only ``fields`` (and id), following nextPageUrl."""
+        body = {"filter": list(filters), "IncludeFields": ["id", *[f for f in fields if f != "id"]],
+                "MaxRecords": PAGE_SIZE}
+        url: str | None = f"V1.0/{entity}/query"
+        rows: list[dict[str, Any]] = []
+        while url:
+            resp = await self.request("POST", url, body, idempotent=True, what=f"query {entity}")
+            if resp.status != 200 or not isinstance(resp.body, dict):
+                raise errors.PsaUnavailable(f"Autotask query of {entity} failed: HTTP {resp.status}: "
+                                            f"{resp.error_text()}")
+            items = resp.body.get("items")
+            if not isinstance(items, list):
+                raise errors.PsaUnavailable(f"Autotask query of {entity} answered without items")
+            rows.extend(i for i in items if isinstance(i, dict))
+            details = resp.body.get("pageDetails") or {}
+            url = details.get("nextPageUrl") if isinstance(details, dict) else None
+        return rows
+
+    async def query_in(self, entity: str, field: str, values: Sequence[int],
+                       fields: Sequence[str], extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        """Rows whose ``field`` is one of ``values``: batched ``in`` filters, never one call per row."""
+        unique = sorted(set(values))
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(unique), IN_CHUNK):
+            chunk = unique[i:i + IN_CHUNK]
+            rows += await self.query(entity, [{"op": "in", "field": field, "value": chunk}, *extra], fields)
+        return rows
+
+    async def get(self, entity: str, record_id: int) -> dict[str, Any] | None:
+        """One record by id; a missing one is None whether the API says 404 or ``{"item": null}``."""
+        resp = await self.request("GET", f"V1.0/{entity}/{record_id}", what=f"get {entity} {record_id}")
+        if resp.status == 404:
+            return None
+        if resp.status != 200 or not isinstance(resp.body, dict):
+            raise errors.PsaUnavailable(f"Autotask read of {entity} {record_id} failed: "
+                                        f"HTTP {resp.status}: {resp.error_text()}")
+        item = resp.body.get("item")
+        return item if isinstance(item, dict) else None
+
+    async def threshold(self) -> dict[str, Any]:
+        """The database's usage (``ThresholdInformation``); it counts against the threshold too."""
+        resp = await self.request("GET", "V1.0/ThresholdInformation", what="ThresholdInformation")
+        if resp.status != 200 or not isinstance(resp.body, dict):
+            raise errors.PsaUnavailable(f"Autotask ThresholdInformation failed: HTTP {resp.status}: "
+                                        f"{resp.error_text()}")
+        b = resp.body
+        self.database = {"limit": b.get("externalRequestThreshold"),
+                         "used": b.get("currentTimeframeRequestCount"),
+                         "timeframe_minutes": b.get("requestThresholdTimeframe"),
+                         "at": trio.current_time()}
+        return self.database

@@ -1,0 +1,579 @@
+"""``AutotaskConnector``: the ``ports.PsaConnector`` over the Autotask REST API.
+
+Reads (``load``) are queries filtered on the resource and the sync window, with only the mapped
+fields, 500 rows a page, every page followed; related rows come in batched ``in`` queries, so a
+cycle costs a number of requests that grows with pages, never with rows. Deletions are found by
+the engine reconciling the window (the API has no deletion feed): a row gone from the answer is
+gone from the PSA, and an answer is only ever given for a complete read (any failure raises
+``PsaUnavailable``, never an empty list).
+
+Writes (``apply``) are carried out one by one in order (the API has no batch write), after one
+batched read of the rows they touch (existence, the company of a to-do for its parent URL, the
+import marker), and followed by one batched read-back so that every returned record is exactly
+what the next ``load`` will see. A refused write is an ``ItemError`` naming the entity and id;
+the others go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from exchanged import errors
+from exchanged.model import Appointment, ItemError, Kind, PsaRecord, Task, Window, split_psa_key
+from exchanged.ports import CheckResult, PsaResource, PsaWrite
+
+from . import mapping as m
+from .api import AutotaskApi, Response, credentials_from
+
+log = structlog.get_logger("exchanged.psa.autotask")
+
+THRESHOLD_REFRESH_S = 900.0  # read ThresholdInformation at most every 15 minutes
+THRESHOLD_WARN = 0.75  # the API adds latency from 50 % and suspends the tenant at 100 %
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    entity: str
+    record_id: int
+
+
+class AutotaskConnector:
+    def __init__(self, api: AutotaskApi) -> None:
+        self.api = api
+        self._threshold_at: float | None = None
+        self.closed = False
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def budget_status(self) -> dict[str, Any]:
+        """For the daemon's status: this daemon's hourly share and the database's own usage."""
+        status = self.api.budget.status()
+        status["backoffs"] = self.api.backoffs
+        db = self.api.database
+        status["database"] = (
+            None
+            if db is None
+            else {
+                "limit": db.get("limit"),
+                "used": db.get("used"),
+                "age_s": round(trio.current_time() - float(db["at"]), 1),
+            }
+        )
+        status["zone"] = self.api.zone_url
+        return status
+
+    async def _maybe_threshold(self) -> None:
+        now = trio.current_time()
+        if self._threshold_at is not None and now - self._threshold_at < THRESHOLD_REFRESH_S:
+            return
+        self._threshold_at = now
+        db = await self.api.threshold()
+        limit, used = db.get("limit"), db.get("used")
+        if isinstance(limit, int) and isinstance(used, int) and limit > 0 and used >= THRESHOLD_WARN * limit:
+            log.warning(
+                "autotask_database_threshold_high",
+                used=used,
+                limit=limit,
+                hint="other integrations share this budget; the API slows down and then "
+                "suspends the tenant when it is used up",
+            )
+
+    # -- the port: reads ------------------------------------------------------------------------
+
+    @staticmethod
+    def _resource_id(psa_resource: str) -> int | None:
+        try:
+            return int(str(psa_resource).strip())
+        except ValueError:
+            return None
+
+    async def resource(self, psa_resource: str) -> PsaResource | None:
+        rid = self._resource_id(psa_resource)
+        if rid is None:
+            return None
+        row = await self.api.get("Resources", rid)
+        if row is None:
+            return None
+        return PsaResource(
+            psa_resource=str(psa_resource),
+            email=str(row.get("email") or ""),
+            name=m.full_name(row),
+            is_active=m.is_active(row.get("isActive")),
+        )
+
+    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> Sequence[PsaRecord]:
+        rid = self._resource_id(psa_resource)
+        if rid is None:
+            raise errors.PsaError(f"psa_resource {psa_resource!r} is not an Autotask resource id (a number)")
+        await self._maybe_threshold()
+        results: dict[str, list[PsaRecord]] = {}
+
+        async def run(name: str, fn: Any) -> None:
+            results[name] = await fn(rid, window)
+
+        async with trio.open_nursery() as nursery:
+            if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
+                nursery.start_soon(run, "appointments", self._appointments)
+            if Kind.SERVICE_CALL in kinds:
+                nursery.start_soon(run, "service_calls", self._service_calls)
+            if Kind.TODO in kinds:
+                nursery.start_soon(run, "todos", self._todos)
+            if Kind.CONTACT in kinds:
+                nursery.start_soon(run, "contacts", self._owned_contacts)
+        out = [
+            r
+            for name in ("appointments", "service_calls", "todos", "contacts")
+            for r in results.get(name, [])
+            if r.kind in kinds
+        ]
+        return [r for r in out if r.kind is Kind.CONTACT or window.in_scope(*_scope(r))]
+
+    async def _appointments(self, rid: int, window: Window) -> list[PsaRecord]:
+        rows = await self.api.query(
+            "Appointments",
+            [
+                {"op": "eq", "field": "resourceID", "value": rid},
+                {"op": "gte", "field": "endDateTime", "value": m.format_time(window.past_start)},
+            ],
+            m.APPOINTMENT_FIELDS,
+        )
+        return [r for r in (m.appointment_record(row) for row in rows) if r is not None]
+
+    async def _company_names(self, ids: set[int]) -> dict[int, str]:
+        ids.discard(0)
+        if not ids:
+            return {}
+        rows = await self.api.query_in("Companies", "id", sorted(ids), ["companyName"])
+        return {int(r["id"]): str(r.get("companyName") or "") for r in rows}
+
+    async def _service_calls(self, rid: int, window: Window) -> list[PsaRecord]:
+        """Calls in the window assigned to the resource through a ticket or a task (both chains)."""
+        calls = await self.api.query(
+            "ServiceCalls",
+            [
+                {"op": "gte", "field": "endDateTime", "value": m.format_time(window.past_start)},
+                {"op": "notExist", "field": "canceledDateTime"},
+            ],
+            m.SERVICE_CALL_FIELDS,
+        )
+        if not calls:
+            return []
+        call_ids = [int(c["id"]) for c in calls]
+        assigned: set[int] = set()
+
+        async def chain(link_entity: str, resource_entity: str, link_field: str, item_field: str) -> None:
+            links = await self.api.query_in(
+                link_entity, "serviceCallID", call_ids, ["serviceCallID", item_field]
+            )
+            call_of = {int(link["id"]): int(link["serviceCallID"]) for link in links}
+            if not call_of:
+                return
+            res = await self.api.query_in(
+                resource_entity,
+                link_field,
+                sorted(call_of),
+                [link_field],
+                extra=[{"op": "eq", "field": "resourceID", "value": rid}],
+            )
+            assigned.update(call_of[int(r[link_field])] for r in res if int(r[link_field]) in call_of)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                chain, "ServiceCallTickets", "ServiceCallTicketResources", "serviceCallTicketID", "ticketID"
+            )
+            nursery.start_soon(
+                chain, "ServiceCallTasks", "ServiceCallTaskResources", "serviceCallTaskID", "taskID"
+            )
+        mine = [c for c in calls if int(c["id"]) in assigned]
+        names = await self._company_names({int(c["companyID"]) for c in mine if c.get("companyID")})
+        out = []
+        for c in mine:
+            company = c.get("companyID")
+            rec = m.service_call_record(c, names.get(int(company)) if company else None)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    async def _todos(self, rid: int, window: Window) -> list[PsaRecord]:
+        rows = await self.api.query(
+            "CompanyToDos",
+            [
+                {"op": "eq", "field": "assignedToResourceID", "value": rid},
+                {"op": "gte", "field": "endDateTime", "value": m.format_time(window.past_start)},
+            ],
+            m.TODO_FIELDS,
+        )
+        names = await self._company_names({int(r["companyID"]) for r in rows if r.get("companyID")})
+        return [
+            m.todo_record(r, names.get(int(r["companyID"])) if r.get("companyID") else None) for r in rows
+        ]
+
+    async def _owned_contacts(self, rid: int, window: Window) -> list[PsaRecord]:
+        """Contacts of companies the resource manages, and contacts of opportunities it owns."""
+        owner = [{"op": "eq", "field": "ownerResourceID", "value": rid}]
+        companies: list[dict[str, Any]] = []
+        opps: list[dict[str, Any]] = []
+
+        async def get_companies() -> None:
+            companies.extend(await self.api.query("Companies", owner, ["companyName"]))
+
+        async def get_opps() -> None:
+            opps.extend(
+                await self.api.query(
+                    "Opportunities", [*owner, {"op": "exist", "field": "contactID"}], ["contactID"]
+                )
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(get_companies)
+            nursery.start_soon(get_opps)
+        names = {int(c["id"]): str(c.get("companyName") or "") for c in companies}
+        active = [{"op": "eq", "field": "isActive", "value": 1}]
+        rows = await self.api.query_in("Contacts", "companyID", sorted(names), m.CONTACT_FIELDS, active)
+        seen = {int(r["id"]) for r in rows}
+        opp_contacts = {int(o["contactID"]) for o in opps if o.get("contactID")} - seen
+        rows += await self.api.query_in("Contacts", "id", sorted(opp_contacts), m.CONTACT_FIELDS, active)
+        names.update(
+            await self._company_names(
+                {int(r["companyID"]) for r in rows if r.get("companyID") and int(r["companyID"]) not in names}
+            )
+        )
+        return [
+            m.contact_record(r, names.get(int(r["companyID"])) if r.get("companyID") else None)
+            for r in rows
+            if m.is_active(r.get("isActive"))
+        ]
+
+    async def all_contacts(self) -> Sequence[PsaRecord]:
+        rows = await self.api.query(
+            "Contacts", [{"op": "eq", "field": "isActive", "value": 1}], m.CONTACT_FIELDS
+        )
+        companies = await self.api.query(
+            "Companies", [{"op": "gte", "field": "id", "value": 0}], ["companyName"]
+        )
+        names = {int(c["id"]): str(c.get("companyName") or "") for c in companies}
+        return [
+            m.contact_record(
+                r, names.get(int(r["companyID"])) if r.get("companyID") else None, Kind.PUBLIC_CONTACT
+            )
+            for r in rows
+            if m.is_active(r.get("isActive"))
+        ]
+
+    # -- the port: writes -----------------------------------------------------------------------
+
+    async def apply(self, writes: Sequence[PsaWrite]) -> Sequence[PsaRecord | ItemError | None]:
+        current = await self._current_rows(writes)
+        results: list[PsaRecord | ItemError | _Target | None] = []
+        for w in writes:
+            results.append(await self._apply_one(w, current))
+        records = await self._read_back([r for r in results if isinstance(r, _Target)])
+        out: list[PsaRecord | ItemError | None] = []
+        for w, r in zip(writes, results, strict=True):
+            if isinstance(r, _Target):
+                rec = records.get(r)
+                out.append(
+                    rec
+                    if rec is not None
+                    else ItemError(
+                        _key(w), "not_found", f"{r.entity} {r.record_id} was written but cannot be read back"
+                    )
+                )
+            else:
+                out.append(r)
+        return out
+
+    async def _current_rows(self, writes: Sequence[PsaWrite]) -> dict[_Target, dict[str, Any]]:
+        """One batched read of every existing row the writes touch."""
+        wanted: dict[str, set[int]] = {"Appointments": set(), "CompanyToDos": set()}
+        for w in writes:
+            target = _target(w)
+            if target is not None and target.entity in wanted:
+                wanted[target.entity].add(target.record_id)
+        out: dict[_Target, dict[str, Any]] = {}
+        fields = {"Appointments": ["resourceID", "description"], "CompanyToDos": ["companyID"]}
+        for entity, ids in wanted.items():
+            if ids:
+                for row in await self.api.query_in(entity, "id", sorted(ids), fields[entity]):
+                    out[_Target(entity, int(row["id"]))] = row
+        return out
+
+    async def _apply_one(
+        self, w: PsaWrite, current: dict[_Target, dict[str, Any]]
+    ) -> PsaRecord | ItemError | _Target | None:
+        key = _key(w)
+        if w.op == "create":
+            if w.kind is not Kind.IMPORTED or not isinstance(w.payload, Appointment) or not w.exchange_key:
+                return ItemError(
+                    key, "invalid_write", "only imported Exchange appointments are created in Autotask"
+                )
+            rid = self._resource_id(w.resource or "")
+            if rid is None:
+                return ItemError(
+                    key, "invalid_write", f"no Autotask resource id for the import ({w.resource!r})"
+                )
+            body = {"resourceID": rid, **m.imported_fields(w.payload, w.exchange_key)}
+            resp = await self.api.request("POST", "V1.0/Appointments", body, what="create Appointments")
+            return self._written(resp, key, "create", "Appointments", None)
+        target = _target(w)
+        if target is None:
+            return ItemError(key, "invalid_write", f"cannot {w.op} {w.psa_key!r} in Autotask")
+        row = current.get(target)
+        if row is None:
+            return ItemError(
+                key, "not_found", f"Autotask {target.entity} {target.record_id} no longer exists"
+            )
+        if w.op == "delete":
+            if w.kind is not Kind.IMPORTED or m.split_marker(str(row.get("description") or ""))[1] is None:
+                return ItemError(
+                    key,
+                    "invalid_write",
+                    f"Autotask {target.entity} {target.record_id} is not "
+                    "an imported appointment; the sync never deletes it",
+                )
+            resp = await self.api.request(
+                "DELETE",
+                f"V1.0/Appointments/{target.record_id}",
+                what=f"delete Appointments {target.record_id}",
+            )
+            result = self._written(resp, key, "delete", "Appointments", target.record_id)
+            return None if isinstance(result, _Target) else result
+        if w.op != "update" or w.payload is None:
+            return ItemError(key, "invalid_write", f"unknown PSA write {w.op!r}")
+        return await self._update(w, key, target, row)
+
+    async def _update(
+        self, w: PsaWrite, key: str, target: _Target, row: dict[str, Any]
+    ) -> PsaRecord | ItemError | _Target | None:
+        p = w.payload
+        if w.kind is Kind.APPOINTMENT and isinstance(p, Appointment):
+            patch = m.appointment_patch(p, w.fields)
+        elif w.kind is Kind.IMPORTED and isinstance(p, Appointment):
+            _, marker = m.split_marker(str(row.get("description") or ""))
+            exchange_key = w.exchange_key or (str(marker["key"]) if marker else None)
+            if not exchange_key:
+                return ItemError(
+                    key,
+                    "invalid_write",
+                    f"Autotask Appointments {target.record_id} has lost its import marker",
+                )
+            patch = m.imported_patch(p, exchange_key, w.fields)
+        elif w.kind is Kind.TODO and isinstance(p, Task):
+            patch = m.todo_patch(p, w.fields)
+        else:
+            return ItemError(key, "invalid_write", f"{w.kind.value} rows are not written back to Autotask")
+        if not patch:
+            return target  # nothing that Autotask stores changed: no request
+        if target.entity == "CompanyToDos":  # no top-level ToDos: PATCH through the company
+            company = row.get("companyID")
+            url = f"V1.0/Companies/{company}/ToDos"
+        else:
+            url = f"V1.0/{target.entity}"
+        resp = await self.api.request(
+            "PATCH", url, {"id": target.record_id, **patch}, what=f"update {target.entity} {target.record_id}"
+        )
+        return self._written(resp, key, "update", target.entity, target.record_id)
+
+    @staticmethod
+    def _written(
+        resp: Response, key: str, op: str, entity: str, record_id: int | None
+    ) -> _Target | ItemError:
+        item_id = resp.body.get("itemId") if isinstance(resp.body, dict) else None
+        if resp.status == 200 and (isinstance(item_id, int) or record_id is not None):
+            return _Target(entity, int(item_id) if isinstance(item_id, int) else int(record_id or 0))
+        what = f"{entity} {record_id}" if record_id is not None else f"new {entity}"
+        missing = "no matching records" in resp.error_text().lower()
+        code = "not_found" if missing else f"autotask_{resp.status}"
+        return ItemError(
+            key,
+            code,
+            f"Autotask refused to {op} {what}: HTTP {resp.status}: {resp.error_text()}",
+            retryable=resp.status >= 500 and not missing and not isinstance(resp.body, dict),
+        )
+
+    async def _read_back(self, targets: list[_Target]) -> dict[_Target, PsaRecord]:
+        out: dict[_Target, PsaRecord] = {}
+        appts = sorted({t.record_id for t in targets if t.entity == "Appointments"})
+        for row in (
+            await self.api.query_in("Appointments", "id", appts, m.APPOINTMENT_FIELDS) if appts else []
+        ):
+            rec = m.appointment_record(row)
+            if rec is not None:
+                out[_Target("Appointments", int(row["id"]))] = rec
+        todos = sorted({t.record_id for t in targets if t.entity == "CompanyToDos"})
+        rows = await self.api.query_in("CompanyToDos", "id", todos, m.TODO_FIELDS) if todos else []
+        names = await self._company_names({int(r["companyID"]) for r in rows if r.get("companyID")})
+        for row in rows:
+            company = names.get(int(row["companyID"])) if row.get("companyID") else None
+            out[_Target("CompanyToDos", int(row["id"]))] = m.todo_record(row, company)
+        return out
+
+    # -- check-config --connect ----------------------------------------------------------------
+
+    async def check(self, psa_resources: Sequence[str]) -> list[CheckResult]:
+        """Zone, login, every configured resource, and the permission to write their appointments."""
+        out: list[CheckResult] = []
+        try:
+            zone = await self.api.zone()
+            out.append(
+                CheckResult("autotask zone", True, f"API user {self.api.creds.username} is in zone {zone}")
+            )
+            db = await self.api.threshold()
+            out.append(
+                CheckResult(
+                    "autotask login",
+                    True,
+                    f"logged in; the database used {db.get('used')} of {db.get('limit')} requests this hour",
+                )
+            )
+        except errors.ExchangedError as exc:
+            out.append(
+                CheckResult("autotask login", False, exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            )
+            return out
+        active: list[int] = []
+        for psa_resource in psa_resources:
+            subject = f"psa_resource {psa_resource}"
+            try:
+                res = await self.resource(psa_resource)
+            except errors.ExchangedError as exc:
+                out.append(CheckResult(subject, False, exc.message))
+                continue
+            if res is None:
+                out.append(
+                    CheckResult(
+                        subject, False, f"Autotask has no resource {psa_resource}; check users[].psa_resource"
+                    )
+                )
+            elif not res.is_active:
+                out.append(
+                    CheckResult(
+                        subject,
+                        False,
+                        f"Autotask resource {psa_resource} ({res.name}) is "
+                        "inactive; nothing is synced for it",
+                    )
+                )
+            else:
+                out.append(CheckResult(subject, True, f"{res.name} <{res.email}> is active"))
+                active.append(int(psa_resource))
+        if active:
+            out.append(await self._probe_appointment_rights(active[0]))
+        return out
+
+    async def _probe_appointment_rights(self, rid: int) -> CheckResult:
+        """A no-op PATCH of an appointment of a configured resource (only its id is sent, nothing
+        changes); if the resource has no appointment, a probe appointment in the past is created
+        and deleted at once."""
+        subject = "autotask appointment rights"
+        hint = (
+            "the API user may not manage other resources' appointments: enable the system setting "
+            "that lets API users edit appointments of other resources"
+        )
+        try:
+            rows = await self.api.query(
+                "Appointments", [{"op": "eq", "field": "resourceID", "value": rid}], ["resourceID"]
+            )
+            if rows:
+                resp = await self.api.request(
+                    "PATCH", "V1.0/Appointments", {"id": int(rows[0]["id"])}, what="permission probe"
+                )
+                if resp.status == 200:
+                    return CheckResult(
+                        subject, True, f"the API user may write appointments of resource {rid}"
+                    )
+                return CheckResult(
+                    subject, False, f"{hint} (HTTP {resp.status}: {resp.error_text()})", warning=True
+                )
+            start = trio.current_time()  # only for a unique title
+            resp = await self.api.request(
+                "POST",
+                "V1.0/Appointments",
+                {
+                    "resourceID": rid,
+                    "title": f"exchanged permission probe {int(start)} (safe to delete)",
+                    "startDateTime": "2000-01-01T00:00:00.000Z",
+                    "endDateTime": "2000-01-01T00:01:00.000Z",
+                },
+                what="permission probe",
+            )
+            if resp.status != 200 or not isinstance(resp.body, dict):
+                return CheckResult(
+                    subject, False, f"{hint} (HTTP {resp.status}: {resp.error_text()})", warning=True
+                )
+            await self.api.request(
+                "DELETE", f"V1.0/Appointments/{resp.body.get('itemId')}", what="permission probe clean-up"
+            )
+            return CheckResult(subject, True, f"the API user may write appointments of resource {rid}")
+        except errors.ExchangedError as exc:
+            return CheckResult(subject, False, f"could not check: {exc.message}", warning=True)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _key(w: PsaWrite) -> str:
+    return w.psa_key or w.exchange_key or "?"
+
+
+def _target(w: PsaWrite) -> _Target | None:
+    if not w.psa_key:
+        return None
+    try:
+        kind, raw = split_psa_key(w.psa_key)
+        record_id = int(raw)
+    except ValueError:
+        return None
+    entity = {
+        Kind.APPOINTMENT: "Appointments",
+        Kind.IMPORTED: "Appointments",
+        Kind.TODO: "CompanyToDos",
+        Kind.SERVICE_CALL: "ServiceCalls",
+        Kind.CONTACT: "Contacts",
+    }.get(kind)
+    return _Target(entity, record_id) if entity else None
+
+
+def _scope(record: PsaRecord) -> tuple[Any, Any]:
+    p = record.payload
+    if isinstance(p, Appointment):
+        return p.start, p.end
+    if isinstance(p, Task):
+        return p.start, p.due or p.start
+    return None, None
+
+
+def open_autotask(psa_cfg: Any, **api_options: Any) -> AutotaskConnector:
+    """The connector for ``psa: {connector: autotask, ...}``; no I/O until the first call.
+
+    ``psa_cfg`` is ``config.AutotaskPsaConfig`` or anything with its attributes (username,
+    secret/secret_file, integration_code/integration_code_file, zone_lookup_url,
+    requests_per_hour, ca_bundle). ``api_options`` tune the client for tests (retry_base_s, ...).
+    """
+    api = AutotaskApi(
+        credentials_from(psa_cfg),
+        zone_lookup_url=str(
+            getattr(psa_cfg, "zone_lookup_url", None) or "https://webservices.autotask.net/ATServicesRest/"
+        ),
+        ca_bundle=getattr(psa_cfg, "ca_bundle", None),
+        requests_per_hour=int(getattr(psa_cfg, "requests_per_hour", None) or 3000),
+        **api_options,
+    )
+    return AutotaskConnector(api)
+
+
+async def check(psa_cfg: Any, psa_resources: Sequence[str]) -> list[CheckResult]:
+    """``exchanged check-config --connect``: the Autotask part, each result ok / failed / warning."""
+    try:
+        connector = open_autotask(psa_cfg)
+    except errors.ExchangedError as exc:
+        return [CheckResult("autotask login", False, exc.message)]
+    try:
+        return await connector.check(psa_resources)
+    finally:
+        await connector.aclose()

@@ -453,7 +453,6 @@ class SyncRunner:
                         "found in Exchange by its PSA key with other values: overwritten from the PSA",
                         replace(mapping, exchange_hash=payload_hash(action.payload))))
                 self._keep(run, batch, mapping)
-                self._mirror(batch, folder, found)
                 batch.journal.append(self._journal(
                     run, "exchange", "adopt", action.kind, action.psa_key, found.item_id, (),
                     "found in Exchange by its PSA key: adopted"))
@@ -463,7 +462,6 @@ class SyncRunner:
                 run.item_error(result, action.psa_key)
                 continue
             self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
-            self._mirror(batch, folder, result)
             batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
                                                result.item_id, action_fields(action), action.reason))
             run.outcome.counts.exported += 1
@@ -483,7 +481,6 @@ class SyncRunner:
                 run.item_error(result, action.psa_key)
                 continue
             self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
-            self._mirror(batch, folder, result)
             batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
                                                result.item_id, action.fields, action.reason))
             run.outcome.counts.updated += 1
@@ -501,6 +498,8 @@ class SyncRunner:
                 continue
             if action.forget:
                 self._drop(run, batch, action.forget)
+            # the mirror follows SyncFolderItems only (an item unknown to the sync state would never
+            # be reported deleted); a delete is the one write safe to mirror at once
             batch.mirror_deletes.setdefault(folder, []).append(action.item_id)
             batch.journal.append(self._journal(run, "exchange", "delete", action.kind, action.key,
                                                action.item_id, (), action.reason))
@@ -533,10 +532,6 @@ class SyncRunner:
         run.mappings.pop(psa_key, None)
         batch.upsert_mappings = [m for m in batch.upsert_mappings if m.psa_key != psa_key]
         batch.delete_mappings.append(psa_key)
-
-    @staticmethod
-    def _mirror(batch: StateBatch, folder: FolderKind, item: ExchangeItem) -> None:
-        batch.mirror_upserts.setdefault(folder, []).append(item)
 
     def _journal(self, run: _Apply, side: str, action: str, kind: Kind, key: str, item_id: str | None,
                  fields: tuple[str, ...], reason: str) -> JournalEntry:

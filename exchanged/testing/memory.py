@@ -102,6 +102,10 @@ class _Faults:
     def clear(self) -> None:
         self._faults.clear()
 
+    def pending(self) -> int:
+        """Hits not yet taken (0: every injected fault has fired)."""
+        return sum(f.times for f in self._faults)
+
     def take(self, op: str) -> _Fault | None:
         """The fault that hits this call, if any (consumes one hit of it)."""
         hit: _Fault | None = None
@@ -639,7 +643,8 @@ class MemoryState:
         return fault
 
     async def load_user(self, mailbox: str) -> UserState:
-        self._check("load_user")
+        if self._check("load_user") is not None:
+            raise errors.StateError("load_user failed (injected)")  # a lost reply of a read is a failure
         return copy.deepcopy(self.users.get(mailbox) or UserState(mailbox))
 
     async def commit(self, mailbox: str, batch: StateBatch) -> None:
@@ -670,21 +675,24 @@ class MemoryState:
             raise fault.exc
 
     async def reset_user(self, mailbox: str, *, keep_mappings: bool) -> None:
-        self._check("reset_user")
+        fault = self._check("reset_user")
         user = self.users.get(mailbox)
-        if user is None:
-            return
-        user.folders.clear()
-        if not keep_mappings:
-            user.mappings.clear()
+        if user is not None:
+            user.folders.clear()
+            if not keep_mappings:
+                user.mappings.clear()
+        if fault is not None:
+            raise fault.exc
 
     async def record_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None:
-        self._check("record_outcome")
+        fault = self._check("record_outcome")
         old = self.records.get(mailbox) or UserRecord(mailbox)
         ok = outcome.result != "error"
         self.records[mailbox] = dataclasses.replace(
             old, last_attempt=at, last_success=at if ok else old.last_success,
             last_result=outcome.result, last_error=outcome.error, counts=outcome.counts.as_dict())
+        if fault is not None:
+            raise fault.exc
 
     async def mark_known(self, mailbox: str) -> None:
         old = self.records.get(mailbox) or UserRecord(mailbox)

@@ -527,7 +527,7 @@ def render_users(result: Any, out: TextIO, clock: Clock) -> None:
     if not users:
         out.write("no users configured\n")
         return
-    out.write(f"({clock.describe()})\n")
+    out.write(f"{clock.describe()}\n")
     rows = [
         [
             _text(u.get("mailbox")),
@@ -589,8 +589,8 @@ def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
     window = _dict(plan.get("window"))
     if window:
         out.write(
-            f"window: {clock.show(window.get('past_start'))} .. {clock.show(window.get('recurring_end'))} "
-            f"(recurring series; {clock.describe()})\n"
+            f"window: items ending after {clock.show(window.get('past_start'))}, recurring series "
+            f"until {clock.show(window.get('recurring_end'))} ({clock.describe()})\n"
         )
     for finding in (_dict(f) for f in _list(plan.get("findings"))):
         out.write(f"finding: {_text(finding.get('message'))} ({_text(finding.get('code'))})\n")
@@ -617,7 +617,7 @@ def render_history(result: Any, out: TextIO, clock: Clock) -> None:
     if not entries:
         out.write("no changes recorded\n")
         return
-    out.write(f"({clock.describe()})\n")
+    out.write(f"{clock.describe()}\n")
     rows = [
         [
             clock.show(e.get("at")),

@@ -36,7 +36,9 @@ async def path(sock_dir: Path, handler: FakeHandler, nursery: trio.Nursery) -> s
     return sock
 
 
-async def ctl(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+async def ctl(
+    *argv: str, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(60):
         return await trio.run_process(
             [sys.executable, "-m", "exchanged.ctl", *argv],

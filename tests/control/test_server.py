@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import grp
+import json
 import os
 import socket
 import stat
@@ -155,6 +157,66 @@ async def test_refused_peer_gets_permission_denied_and_is_logged(sock_dir: Path)
     refused = [e for e in logs if e["event"] == "control connection refused: peer not allowed"]
     assert refused and refused[0]["peer_pid"] == os.getpid() and refused[0]["peer_uid"] == os.getuid()
     assert refused[0]["log_level"] == "warning"
+
+
+NOBODY = 65534
+
+
+def status_as(uid: int, gid: int, groups: list[int], path: str) -> dict[str, Any]:
+    """Ask ``status`` from a forked child running as ``uid`` (no exec: nothing to find on disk)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the other user, connect, report through the pipe, leave
+        result: dict[str, Any] = {}
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(10)
+            try:
+                client.connect(path)
+            except OSError as exc:
+                result = {"connect_errno": exc.errno}
+            else:
+                client.sendall(request_line("status"))
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                result = json.loads(data) if data else {"eof": True}
+        except BaseException as exc:  # report, never fall back into pytest in the child
+            result = {"child_error": repr(exc)}
+        finally:
+            os.write(write_end, json.dumps(result).encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+async def test_default_policy_against_a_real_other_user(sock_dir: Path) -> None:
+    os.chmod(sock_dir, 0o755)  # let the other user reach the socket; mode and peer check decide
+    path = sock_dir / "control.sock"
+    adm = grp.getgrnam(GROUP).gr_gid
+    with trio.fail_after(20), capture_logs() as logs:
+        async with served(path, FakeHandler(), GROUP):
+            member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path))
+            assert member.get("result", {}).get("state") == "running", member  # via a supplementary group
+            outsider = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [], str(path))
+            assert outsider == {"connect_errno": errno.EACCES}  # mode 0660 keeps it out
+            os.chmod(path, 0o666)  # even when the file mode lets it in, the peer check does not
+            refused = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [], str(path))
+    assert refused["error"]["data"]["reason"] == "permission_denied"
+    assert f"uid {NOBODY}" in refused["error"]["message"]
+    [entry] = [e for e in logs if e["event"] == "control connection refused: peer not allowed"]
+    assert entry["peer_uid"] == NOBODY and entry["peer_pid"] > 0
 
 
 def test_peer_credentials_come_from_the_kernel() -> None:

@@ -9,6 +9,7 @@ strict clients do).
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from typing import Any
 
@@ -308,6 +309,7 @@ def normalise(elem: Element, mailbox: str) -> None:
         set_child(elem, "Importance", "Normal")
     set_child(elem, "HasAttachments", "false")
     set_child(elem, "IsAssociated", "false")
+    canonical_values(elem)
     _check_extended_properties(elem)
     if kind == "CalendarItem":
         _normalise_calendar(elem, mailbox)
@@ -316,6 +318,33 @@ def normalise(elem: Element, mailbox: str) -> None:
     elif kind == "Contact":
         _normalise_contact(elem)
     order_children(elem)
+
+
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _is_boolean_field(name: str) -> bool:
+    return name.startswith(("Is", "Has", "Allow")) or name.endswith("IsSet")
+
+
+def canonical_values(elem: Element) -> None:
+    """Write values as Exchange does: booleans as true/false, date-times in UTC without fractions."""
+    for node in elem.iter():
+        if not isinstance(node.tag, str) or len(node) or node.text is None:
+            continue
+        text = node.text.strip()
+        if text in ("0", "1") and _is_boolean_field(local(node.tag)):
+            node.text = "true" if text == "1" else "false"
+        elif _DATETIME.match(text):
+            parsed = parse_dt(text)
+            if parsed is not None:
+                node.text = fmt_dt(parsed)
+    for prop in elem.findall(t("ExtendedProperty")):
+        uri = prop.find(t("ExtendedFieldURI"))
+        if uri is not None and uri.get("PropertyType", "").startswith("Boolean"):
+            for v in prop.iter(t("Value")):
+                if (v.text or "").strip() in ("0", "1"):
+                    v.text = "true" if v.text.strip() == "1" else "false"
 
 
 def _check_extended_properties(elem: Element) -> None:

@@ -15,6 +15,7 @@ from lxml import etree
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 MNS = "http://schemas.microsoft.com/exchange/services/2006/messages"
 TNS = "http://schemas.microsoft.com/exchange/services/2006/types"
+ENS = "http://schemas.microsoft.com/exchange/services/2006/errors"  # fault details live here
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 NSMAP = {"s": SOAP_NS, "m": MNS, "t": TNS}
 
@@ -180,8 +181,8 @@ def fault_envelope(fault: SoapFault) -> bytes:
         f, "faultstring", {"{http://www.w3.org/XML/1998/namespace}lang": "en-US"}
     ).text = fault.text
     detail = etree.SubElement(f, "detail")
-    etree.SubElement(detail, f"{{{MNS}}}ResponseCode", nsmap={"e": MNS}).text = fault.code
-    etree.SubElement(detail, f"{{{MNS}}}Message", nsmap={"e": MNS}).text = fault.text
+    etree.SubElement(detail, f"{{{ENS}}}ResponseCode", nsmap={"e": ENS}).text = fault.code
+    etree.SubElement(detail, f"{{{ENS}}}Message", nsmap={"e": ENS}).text = fault.text
     if fault.values:
         xml = etree.SubElement(detail, t("MessageXml"), nsmap={"t": TNS})
         for name, value in fault.values.items():

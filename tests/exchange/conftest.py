@@ -1,0 +1,165 @@
+"""Fixtures of the Exchange adapter tests: the EWS test server in-process (real TLS, real
+exchangelib), adapter settings pointing at it, and a harness that lets the contract suite run the
+same tests against the real adapter and against ``MemoryExchange``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import pytest
+import trio
+
+from exchanged.exchange import EwsAccount, ExchangeSettings, open_account
+from exchanged.model import Appointment, FolderKind
+from exchanged.testing.ews import EwsTestServer
+from exchanged.testing.ews.fixtures import SERVICE_ACCOUNT, start_server
+from exchanged.testing.memory import MemoryExchange
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+
+
+@pytest.fixture
+def ews_server(tmp_path: Any) -> Iterator[EwsTestServer]:
+    server = start_server(tmp_path / "ews")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings(ews_server: EwsTestServer) -> ExchangeSettings:
+    return ExchangeSettings(
+        address="localhost", port=ews_server.port, ca_bundle=ews_server.ca_file,
+        username=SERVICE_ACCOUNT[0], password=SERVICE_ACCOUNT[1], version="Exchange2016",
+        enabled_mailboxes=(ALICE, BOB), category="PSA", max_connections=3)
+
+
+@pytest.fixture
+async def account(settings: ExchangeSettings) -> AsyncIterator[EwsAccount]:
+    acc = open_account(settings)
+    try:
+        yield acc
+    finally:
+        await acc.aclose()
+
+
+class Harness:
+    """What a contract test needs besides the port: request counts, faults, a user's edits."""
+
+    account: Any
+
+    def requests(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def drop_next(self, op: str) -> None:
+        raise NotImplementedError
+
+    async def user_edit(self, folder: FolderKind, item_id: str, **values: Any) -> None:
+        raise NotImplementedError
+
+    async def user_add_series(self, first: Appointment, starts: Sequence[datetime]) -> str:
+        """A foreign recurring series in alice's calendar; returns its UID."""
+        raise NotImplementedError
+
+
+class MemoryHarness(Harness):
+    def __init__(self) -> None:
+        self.account = MemoryExchange()
+
+    def requests(self) -> dict[str, int]:
+        return dict(self.account.requests)
+
+    def drop_next(self, op: str) -> None:
+        self.account.fault(op, drop=True)
+
+    async def user_edit(self, folder: FolderKind, item_id: str, **values: Any) -> None:
+        self.account.mailbox(ALICE).user_edit(folder, item_id, **values)
+
+    async def user_add_series(self, first: Appointment, starts: Sequence[datetime]) -> str:
+        master = self.account.mailbox(ALICE).user_add_series(first, starts)
+        assert master.uid is not None
+        return master.uid
+
+
+class EwsHarness(Harness):
+    def __init__(self, server: EwsTestServer, account: EwsAccount) -> None:
+        self.server = server
+        self.account = account
+
+    def requests(self) -> dict[str, int]:
+        return dict(self.server.stats()["requests"])
+
+    def drop_next(self, op: str) -> None:
+        self.server.set_faults(drop_next=1)
+
+    async def _in_thread(self, fn: Any) -> Any:
+        return await trio.to_thread.run_sync(fn)
+
+    async def user_edit(self, folder: FolderKind, item_id: str, **values: Any) -> None:
+        """What Outlook does: change fields of the item directly (exchangelib, not the adapter)."""
+        from exchangelib.fields import FieldPath  # noqa: F401  (keeps the import local to tests)
+
+        from exchanged.exchange import convert
+
+        acc = self.account.ews_account(ALICE)
+        names = {"location": "location", "subject": "subject", "business_phone": "phone_numbers"}
+
+        def edit() -> None:
+            cls = convert.ITEM_CLASSES[folder]
+            item = next(iter(acc.fetch(ids=[(item_id, None)], only_fields=list({names[k] for k in values}))))
+            assert isinstance(item, cls), item
+            for k, v in values.items():
+                setattr(item, names[k], v)
+            item.save(update_fields=list({names[k] for k in values}))
+
+        await self._in_thread(edit)
+
+    async def user_add_series(self, first: Appointment, starts: Sequence[datetime]) -> str:
+        from exchangelib import CalendarItem
+        from exchangelib.recurrence import DailyPattern, Recurrence
+
+        from exchanged.exchange import convert
+        from exchanged.exchange.mailbox import FOLDER_CLASSES
+
+        acc = self.account.ews_account(ALICE)
+        folder = self.account.distinguished_folder(ALICE, FOLDER_CLASSES[FolderKind.CALENDAR])
+        days = (starts[1] - starts[0]).days if len(starts) > 1 else 1
+
+        def add() -> str:
+            item = CalendarItem(
+                account=acc, folder=folder, subject=first.subject,
+                start=convert.to_ews(starts[0]), end=convert.to_ews(starts[0] + (first.end - first.start)),
+                recurrence=Recurrence(pattern=DailyPattern(interval=days), start=starts[0].date(),
+                                      number=len(starts)))
+            item.save(send_meeting_invitations="SendToNone")
+            item.refresh()
+            return str(item.uid)
+
+        return str(await self._in_thread(add))
+
+
+@pytest.fixture(params=["ews", "memory"])
+async def harness(request: Any, tmp_path: Any) -> AsyncIterator[Harness]:
+    if request.param == "memory":
+        yield MemoryHarness()
+        return
+    server = start_server(tmp_path / "ews")
+    settings = ExchangeSettings(
+        address="localhost", port=server.port, ca_bundle=server.ca_file, username=SERVICE_ACCOUNT[0],
+        password=SERVICE_ACCOUNT[1], version="Exchange2016", enabled_mailboxes=(ALICE, BOB),
+        category="PSA")
+    acc = open_account(settings)
+    try:
+        yield EwsHarness(server, acc)
+    finally:
+        await acc.aclose()
+        server.stop()
+
+
+def replace_settings(settings: ExchangeSettings, **changes: Any) -> ExchangeSettings:
+    return dataclasses.replace(settings, **changes)

@@ -672,7 +672,7 @@ def render_reload(result: Any, out: TextIO, clock: Clock) -> None:
     for key in ("added", "removed", "changed"):
         if _list(reload.get(key)):
             out.write(f"  {key}: {', '.join(_text(m) for m in reload[key])}\n")
-    if reload.get("full_resync"):
+    if reload.get("resync_all") or reload.get("full_resync"):
         out.write("  every user will be fully resynced (server or domain changed)\n")
     for error in _list(reload.get("errors")):
         (sys.stderr if outcome == "rejected" else out).write(f"  {_text(error)}\n")

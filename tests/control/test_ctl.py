@@ -299,3 +299,22 @@ async def test_other_protocol_major_is_refused(sock_dir: Path, nursery: trio.Nur
     result = await ctl("--socket", sock_path, "status")
     assert result.returncode == 1
     assert "speaks protocol 2" in err(result) and "(protocol_mismatch)" in err(result)
+
+
+async def test_reload_applied_lists_the_changes(path: str, handler: FakeHandler) -> None:
+    handler.reload_result = {
+        "at": "2026-11-29T04:20:00+00:00",
+        "result": "applied",
+        "errors": [],
+        "generation": 5,
+        "added": ["new@contoso.com"],
+        "removed": [],
+        "changed": ["jdoe@contoso.com"],
+        "resync_all": True,
+    }
+    result = await ctl("--socket", path, "reload")
+    assert result.returncode == 0
+    text = out(result)
+    assert "reload applied: config generation 5" in text
+    assert "added: new@contoso.com" in text and "changed: jdoe@contoso.com" in text
+    assert "removed" not in text and "fully resynced" in text

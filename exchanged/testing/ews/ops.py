@@ -481,7 +481,7 @@ class Dispatcher:
         changes = op.find(m("ItemChanges"))
         for change in [] if changes is None else [c for c in changes if isinstance(c.tag, str)]:
             try:
-                row = self._update_one(ctx, change, resolution)
+                row, answer_id = self._update_one(ctx, change, resolution)
             except EwsError as exc:
                 error(container, "UpdateItem", exc)
                 continue
@@ -489,10 +489,11 @@ class Dispatcher:
                 self.store.record_invitation(row.mailbox, row.id, "UpdateItem", mode)
             msg = success(container, "UpdateItem")
             out = sub(sub(msg, m("Items")), t(row.item_type))
-            sub(out, t("ItemId"), Id=row.id, ChangeKey=row.change_key)
+            sub(out, t("ItemId"), Id=answer_id, ChangeKey=row.change_key)
             sub(sub(msg, m("ConflictResults")), t("Count"), "0")
 
-    def _update_one(self, ctx: Ctx, change: Element, resolution: str) -> ItemRow:
+    def _update_one(self, ctx: Ctx, change: Element, resolution: str) -> tuple[ItemRow, str]:
+        """The updated row and the id to answer with (an occurrence answers with its own id)."""
         ref = next(
             (c for c in change if local(c.tag) in ("ItemId", "OccurrenceItemId", "RecurringMasterItemId")),
             None,
@@ -505,7 +506,7 @@ class Dispatcher:
             master = self.item(ctx, etree.Element(t("ItemId"), Id=master_id))
             updates = change.find(t("Updates"))
             xml = recurrence.modify_occurrence(master, original, [] if updates is None else list(updates))
-            return self.store.update_item(master, xml)
+            return self.store.update_item(master, xml), ident
         row = self.item(ctx, ref)
         change_key = ref.get("ChangeKey")
         if local(ref.tag) == "ItemId":
@@ -553,7 +554,7 @@ class Dispatcher:
             next_count = int(count.text or "1") + 1 if count is not None else 2
             it.set_child(elem, "ChangeCount", str(next_count))
         it.normalise(elem, row.mailbox)
-        return self.store.update_item(row, etree.tostring(elem).decode())
+        return self.store.update_item(row, etree.tostring(elem).decode()), row.id
 
     def op_DeleteItem(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "DeleteItem")
@@ -695,7 +696,10 @@ class Dispatcher:
                 {i.get("Id") for i in op.find(m("Ignore"))} if op.find(m("Ignore")) is not None else set()
             )
         except EwsError as exc:
-            error(container, "SyncFolderItems", exc)
+            # Exchange still writes an empty SyncState and the "last" flag into sync errors.
+            msg = error(container, "SyncFolderItems", exc)
+            sub(msg, m("SyncState"), "")
+            sub(msg, m("IncludesLastItemInRange"), "true")
             return
         changes = [c for c in self.store.item_changes(folder.id, since) if c[2] not in ignore]
         page = changes[:max_changes]
@@ -722,7 +726,9 @@ class Dispatcher:
                 root = self.folder(ctx, etree.Element(t("DistinguishedFolderId"), Id="root"))
             since = _decode_state(op.findtext(m("SyncState")), "folders", root, self.store)
         except EwsError as exc:
-            error(container, "SyncFolderHierarchy", exc)
+            msg = error(container, "SyncFolderHierarchy", exc)
+            sub(msg, m("SyncState"), "")
+            sub(msg, m("IncludesLastFolderInRange"), "true")
             return
         changes = self.store.folder_changes(root.mailbox, root.id, since)
         msg = success(container, "SyncFolderHierarchy")

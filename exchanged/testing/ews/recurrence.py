@@ -348,6 +348,7 @@ def modify_occurrence(row: ItemRow, original: dt.datetime, updates: list[Element
         it.drop_child(exc, name)
         if local(upd.tag) == "SetItemField" and source is not None and source.find(t(name)) is not None:
             exc.append(copy.deepcopy(source.find(t(name))))
+    it.canonical_values(exc)
     _refresh_modified(master, row)
     it.order_children(master)
     return str(etree.tostring(master).decode())

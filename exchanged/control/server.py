@@ -324,6 +324,7 @@ async def serve_control(
 
 
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 
 
 class _Server:
@@ -340,6 +341,8 @@ class _Server:
             try:
                 conn, _ = await listen_sock.accept()
             except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP:
+                    continue  # that one client is gone already; the next accept works
                 if exc.errno not in _ACCEPT_RETRY:
                     raise
                 # Out of file descriptors or memory: wait for some to free up, keep serving.

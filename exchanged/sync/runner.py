@@ -331,11 +331,13 @@ class SyncRunner:
 
     async def _occurrences(self, name: str, mailbox: ExchangeMailbox, fs: FolderState, win: Window,
                            calendar_changed: bool) -> list[ExchangeItem]:
-        """Occurrences of the recurring series in the mirror, within the window.
+        """Occurrences of the recurring series in the mirror, for this window.
 
-        The mirror holds masters only; ``calendar_view`` expands them. It is asked only when the
-        calendar changed, the window moved past what was expanded, or the last expansion is older
-        than ``EXPANSION_MAX_AGE`` (so a noop cycle costs one SyncFolderItems per folder).
+        The mirror holds masters only; ``calendar_view`` expands them. The expansion reaches
+        ``EXPANSION_MAX_AGE`` beyond the window's end and is kept that long, so the window may move
+        without missing an occurrence (the engine drops what lies outside the current window); it is
+        asked again only when the calendar changed or the expansion is that old. A noop cycle
+        therefore costs one SyncFolderItems per folder and no CalendarView.
         """
         masters = {i.uid for i in fs.items.values() if i.is_recurring_master and i.uid}
         if not masters:
@@ -343,13 +345,14 @@ class SyncRunner:
             return []
         cached = self._expansions.get(name)
         if (cached is not None and not calendar_changed and cached.sync_state == fs.sync_state
+                and cached.window[0] <= win.past_start and win.recurring_end <= cached.window[1]
                 and win.now - cached.at < EXPANSION_MAX_AGE):
             return cached.items
-        view = await self._retry(lambda: mailbox.calendar_view(win.past_start, win.recurring_end))
+        start, end = win.past_start, win.recurring_end + EXPANSION_MAX_AGE
+        view = await self._retry(lambda: mailbox.calendar_view(start, end))
         occurrences = [i for i in view
                        if i.uid in masters and i.psa_key is None and i.item_id not in fs.items]
-        self._expansions[name] = _Expansion(fs.sync_state, win.now, (win.past_start, win.recurring_end),
-                                            occurrences)
+        self._expansions[name] = _Expansion(fs.sync_state, win.now, (start, end), occurrences)
         return occurrences
 
     # -- applying a plan ---------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def _resolve_secret(
     credential: str | None,
     max_chars: int | None = None,
 ) -> SecretStr:
-    """Exactly one source: ``file``, ``inline``, or the systemd credential (when neither is set)."""
+    """Exactly one source: ``file``, ``inline``, or (neither set) the systemd credential."""
     if inline is not None and file is not None:
         raise _rule(f"give either {inline_key} or {file_key}, not both", inline_key)
     if file is not None:
@@ -229,20 +229,34 @@ def _resolve_secret(
         key = inline_key
         if not value:
             raise _rule(f"{label} is empty", key)
+    elif credential is None:
+        raise _rule(f"no {label}: set {file_key} or {inline_key}", file_key)
     else:
-        cred_dir = _credentials_dir(info) if credential else None
-        if credential is None or not cred_dir:
-            hint = f", or run under systemd with LoadCredential={credential}:FILE" if credential else ""
-            raise _rule(f"no {label}: set {file_key} or {inline_key}{hint}", file_key)
-        try:
-            # systemd creates credential files 0400 for the service user in a private directory
-            value = _read_secret_file(Path(cred_dir) / credential, f"{label} (systemd credential)", False)
-        except ValueError as exc:
-            raise _rule(f"{exc}; set {file_key} or {inline_key}, or fix LoadCredential", file_key) from None
+        value = _credential(info, label, credential, inline_key, file_key)
         key = file_key
     if max_chars is not None and len(value) > max_chars:
         raise _rule(f"{label} is longer than {max_chars} characters (the vendor's limit)", key)
     return SecretStr(value)
+
+
+def _credential(info: ValidationInfo, label: str, credential: str, inline_key: str, file_key: str) -> str:
+    """The secret when no key names it: the systemd credential, else the file of that name next to
+    the config (so that `exchanged check-config` run by root reads what LoadCredential= would pass)."""
+    cred_dir = _credentials_dir(info)
+    if cred_dir:
+        try:
+            # systemd creates credential files 0400 for the service user in a private directory
+            return _read_secret_file(Path(cred_dir) / credential, f"{label} (systemd credential)", False)
+        except ValueError as exc:
+            raise _rule(f"{exc}; set {file_key} or {inline_key}, or fix LoadCredential", file_key) from None
+    beside = _base_dir(info) / credential
+    if beside.exists():
+        try:
+            return _read_secret_file(beside, label, check_mode=True)
+        except ValueError as exc:
+            raise _rule(str(exc), file_key) from None
+    raise _rule(f"no {label}: set {file_key} or {inline_key}, or provide the systemd credential "
+                f"(LoadCredential={credential}:FILE) or the file {beside}", file_key)
 
 
 def _secret_not_number(value: Any) -> Any:
@@ -1168,8 +1182,8 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
         message = "--connect: not available yet (the EWS adapter does not provide check_connect)"
         return [{"subject": "connect", "result": "failed", "message": message}], 1
     try:
-        outcome = check_connect(cfg)
-        if hasattr(outcome, "__await__"):
+        outcome: Any = check_connect(cfg)
+        if hasattr(outcome, "__await__"):  # an async variant is run here
             import trio
 
             async def _await() -> Any:

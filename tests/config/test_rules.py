@@ -49,10 +49,11 @@ def test_config_is_frozen(tmp_path: Path) -> None:
 
 
 def test_example_file_is_valid_and_documents_every_key(tmp_path: Path) -> None:
-    pw = write_password(tmp_path)
-    text = EXAMPLE.read_text().replace("password_file: /etc/exchanged/sync-password", f"password_file: {pw}")
-    assert str(pw) in text
-    cfg = parse_config(text, str(tmp_path / "x.yaml"), credentials_dir="")
+    # as shipped, the password is the systemd credential, or `sync-password` beside the file
+    write_password(tmp_path)
+    text = EXAMPLE.read_text()
+    cfg = parse_config(text, str(tmp_path / "exchanged.yaml"), credentials_dir="")
+    assert cfg.credentials.password.get_secret_value() == "s3cret-Pa55"
     assert cfg.profile_name == "Contoso on-prem"
     assert len(cfg.users) == 2 and len(cfg.enabled_users()) == 1
     assert cfg.notifications.recipients == ("ops@contoso.com", "lead@contoso.com")

@@ -69,6 +69,17 @@ def test_systemd_credential_is_used_when_no_key_is_given(tmp_path: Path) -> None
     assert cfg.credentials.password.get_secret_value() == SECRET
 
 
+def test_secret_beside_the_config_outside_systemd(tmp_path: Path) -> None:
+    """`exchanged check-config` run by root reads the file that LoadCredential= would pass."""
+    text = BASE.replace("  password_file: {pw}\n", "")
+    write_password(tmp_path, SECRET)  # tmp_path/sync-password, 0600
+    cfg = load_config(write_config(tmp_path, text), credentials_dir="")
+    assert cfg.credentials.password.get_secret_value() == SECRET
+    (tmp_path / "sync-password").chmod(0o644)
+    found = one(problems(tmp_path, text), "credentials.password_file")
+    assert "chmod 600" in found.message
+
+
 def test_credentials_directory_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()

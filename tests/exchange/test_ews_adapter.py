@@ -1,0 +1,317 @@
+"""The real adapter against the EWS test server: throttling, lost replies, TLS, logins,
+impersonation, per-user credentials, the public folder, and what is sent on the wire."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import trio
+
+from exchanged import errors
+from exchanged.exchange import EwsAccount, ExchangeSettings, acheck_connect, check_connect, open_account
+from exchanged.exchange import mailbox as mailbox_mod
+from exchanged.exchange.account import MAX_THROTTLED_ATTEMPTS
+from exchanged.exchange.settings import UserCredentials
+from exchanged.model import Appointment, Contact, ExchangeItem, FolderKind, Kind
+from exchanged.ports import ItemUpdate, NewItem
+from exchanged.testing.ews import DEFAULT_PASSWORD, EwsTestServer
+
+from .conftest import ALICE, BOB
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def appt(n: int) -> NewItem:
+    return NewItem(Kind.APPOINTMENT, f"appointment:{n}",
+                   Appointment(subject=f"Visit {n}", start=T0 + timedelta(hours=n),
+                               end=T0 + timedelta(hours=n, minutes=30)))
+
+
+def requests(server: EwsTestServer) -> dict[str, int]:
+    return dict(server.stats()["requests"])
+
+
+# --- throttling and lost replies ---------------------------------------------------------------------
+
+
+async def test_throttling_is_obeyed_and_the_call_succeeds(ews_server: EwsTestServer,
+                                                          account: EwsAccount) -> None:
+    mb = account.mailbox(ALICE)
+    await mb.create(FolderKind.CALENDAR, [appt(1)])
+    ews_server.reset_stats()
+    ews_server.set_faults(throttle_next=2, back_off_ms=50)
+    found = await mb.find_by_psa_keys(FolderKind.CALENDAR, ["appointment:1"])
+    assert list(found) == ["appointment:1"]
+    stats = ews_server.stats()
+    assert stats["throttled"] == 2
+    # two refused FindItem, then the one that worked: no request skipped the back-off, none extra
+    assert stats["requests"]["FindItem"] == 3
+    gate = account.session_for(ALICE).gate
+    assert gate.waits >= 2  # every retry waited for the gate to open
+
+
+async def test_throttling_that_does_not_end_raises_throttled(ews_server: EwsTestServer,
+                                                             account: EwsAccount) -> None:
+    ews_server.set_faults(throttle_next=MAX_THROTTLED_ATTEMPTS + 5, back_off_ms=10)
+    with pytest.raises(errors.Throttled) as info:
+        await account.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    assert info.value.back_off_s is not None
+    assert ALICE in errors.present(info.value).message
+    assert requests(ews_server)["FindItem"] == MAX_THROTTLED_ATTEMPTS
+
+
+async def test_the_back_off_is_shared_by_every_mailbox_of_the_sync_account(
+        ews_server: EwsTestServer, account: EwsAccount) -> None:
+    assert account.session_for(ALICE) is account.session_for(BOB)
+    ews_server.set_faults(throttle_next=1, back_off_ms=30)
+    await account.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    gate = account.session_for(BOB).gate
+    assert gate.not_before > 0  # bob's requests wait for the same gate
+
+
+async def test_lost_create_reply_adopts_instead_of_duplicating(ews_server: EwsTestServer,
+                                                               account: EwsAccount) -> None:
+    mb = account.mailbox(ALICE)
+    ews_server.reset_stats()
+    ews_server.set_faults(drop_next=1)
+    results = await mb.create(FolderKind.CALENDAR, [appt(n) for n in range(3)])
+    assert [r.psa_key for r in results] == [f"appointment:{n}" for n in range(3)]  # type: ignore[union-attr]
+    assert ews_server.stats()["dropped"] == 1
+    reqs = requests(ews_server)
+    assert reqs["CreateItem"] == 1  # the server had created all three: nothing was sent again
+    assert reqs["FindItem"] == 1  # adoption by extended property
+    pages = [p async for p in mb.changes(FolderKind.CALENDAR, None)]
+    keys = sorted(i.psa_key for p in pages for i in p.upserted if i.psa_key)
+    assert keys == [f"appointment:{n}" for n in range(3)]
+
+
+async def test_lost_update_reply_is_sent_again(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    mb = account.mailbox(ALICE)
+    [item] = await mb.create(FolderKind.CALENDAR, [appt(1)])
+    assert isinstance(item, ExchangeItem)
+    ews_server.reset_stats()
+    ews_server.set_faults(drop_next=1)
+    new = dataclasses.replace(item.payload, subject="renamed")  # type: ignore[type-var]
+    [res] = await mb.update(FolderKind.CALENDAR,
+                            [ItemUpdate(item.item_id, item.change_key, new, ("subject",))])
+    assert isinstance(res, ExchangeItem) and res.payload.subject == "renamed"  # type: ignore[union-attr]
+    assert requests(ews_server)["UpdateItem"] == 2
+
+
+async def test_a_refused_connection_is_exchange_unavailable(settings: ExchangeSettings) -> None:
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    acc = open_account(dataclasses.replace(settings, port=port))
+    try:
+        with pytest.raises(errors.ExchangeUnavailable) as info:
+            await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.TASKS, ["x"])
+    finally:
+        await acc.aclose()
+    assert "refused" in str(info.value) and ALICE in str(info.value)
+
+
+# --- TLS, logins, impersonation -------------------------------------------------------------------
+
+
+async def test_tls_without_the_ca_is_refused_with_an_operator_message(settings: ExchangeSettings) -> None:
+    acc = open_account(dataclasses.replace(settings, ca_bundle=None))
+    try:
+        with pytest.raises(errors.TlsError) as info:
+            await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    finally:
+        await acc.aclose()
+    shown = errors.present(info.value)
+    assert "certificate not trusted" in shown.message and ALICE in shown.message
+    assert "server.ca_bundle" in shown.hint
+
+
+def test_an_unreadable_ca_bundle_is_a_clear_config_result(settings: ExchangeSettings) -> None:
+    results = check_connect(dataclasses.replace(settings, ca_bundle="/nonexistent/ca.pem"))
+    assert [(r.subject, r.ok) for r in results] == [("config", False)]
+    assert "server.ca_bundle /nonexistent/ca.pem" in results[0].message
+
+
+async def test_wrong_password_is_auth_failed(settings: ExchangeSettings) -> None:
+    acc = open_account(dataclasses.replace(settings, password="Hunter2-secret"))
+    try:
+        with pytest.raises(errors.AuthFailed) as info:
+            await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    finally:
+        await acc.aclose()
+    assert "svc@example.test" in str(info.value) and "Hunter2" not in str(info.value)
+
+
+async def test_impersonation_denied(ews_server: EwsTestServer, settings: ExchangeSettings) -> None:
+    # alice may log in, but she is not allowed to impersonate bob
+    acc = open_account(dataclasses.replace(settings, username=ALICE, password=DEFAULT_PASSWORD))
+    try:
+        with pytest.raises(errors.ImpersonationDenied) as info:
+            await acc.mailbox(BOB).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    finally:
+        await acc.aclose()
+    assert BOB in errors.present(info.value).message
+
+
+async def test_unknown_mailbox_is_mailbox_not_found(account: EwsAccount) -> None:
+    with pytest.raises(errors.MailboxNotFound) as info:
+        async for _ in account.mailbox("nobody@example.test").changes(FolderKind.CALENDAR, None):
+            pass
+    assert "nobody@example.test" in errors.present(info.value).message
+
+
+async def test_per_user_credentials(ews_server: EwsTestServer, settings: ExchangeSettings) -> None:
+    per_user = dataclasses.replace(
+        settings, use_for_all_users=False, username="", password="",
+        user_credentials={ALICE: UserCredentials(ALICE, DEFAULT_PASSWORD)})
+    acc = open_account(per_user)
+    try:
+        [item] = await acc.mailbox(ALICE).create(FolderKind.CALENDAR, [appt(1)])
+        assert isinstance(item, ExchangeItem)
+        with pytest.raises(errors.AuthFailed) as info:
+            await acc.mailbox(BOB).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+        assert "password_file" in errors.present(info.value).hint
+        results = await acc.check([ALICE, BOB])
+    finally:
+        await acc.aclose()
+    assert [(r.subject, r.ok) for r in results] == [(ALICE, True), (BOB, False)]
+
+
+async def test_ntlm_login(settings: ExchangeSettings) -> None:
+    results = await acheck_connect(dataclasses.replace(settings, auth_type="ntlm"))
+    assert all(r.ok for r in results), results
+
+
+def test_check_connect_reports_each_step(settings: ExchangeSettings) -> None:
+    results = check_connect(settings, [ALICE, "nobody@example.test"])
+    by = {r.subject: r for r in results}
+    assert by["login"].ok and by["ews"].ok and by[ALICE].ok
+    assert "Exchange Server 2016" in by["ews"].message
+    assert not by["nobody@example.test"].ok
+    assert "nobody@example.test" in by["nobody@example.test"].message
+    bad = check_connect(dataclasses.replace(settings, password="nope"), [ALICE])
+    assert [(r.subject, r.ok) for r in bad] == [("login", False), (ALICE, False)]
+
+
+# --- what goes on the wire --------------------------------------------------------------------------
+
+
+async def test_pinned_version_and_pool_size(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    await account.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    session = account.session_for(ALICE)
+    assert session.config.max_connections == account.limiter.total_tokens == 3
+    assert type(session.config.retry_policy).__name__ == "FailFast"
+    assert "ConvertId" not in requests(ews_server)  # no version guessing when server.version is set
+
+
+async def test_quiet_folder_costs_one_request(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    mb = account.mailbox(ALICE)
+    await mb.create(FolderKind.TASKS, [])
+    [first] = [p async for p in mb.changes(FolderKind.TASKS, None)]
+    ews_server.reset_stats()
+    pages = [p async for p in mb.changes(FolderKind.TASKS, first.sync_state)]
+    assert len(pages) == 1 and not pages[0].upserted
+    assert requests(ews_server) == {"SyncFolderItems": 1}
+
+
+async def test_contact_update_keeps_numbers_we_do_not_manage(ews_server: EwsTestServer,
+                                                              account: EwsAccount) -> None:
+    from exchangelib.indexed_properties import PhoneNumber
+
+    mb = account.mailbox(ALICE)
+    contact = Contact(given_name="Ann", surname="Lee", business_phone="111", mobile_phone="222")
+    [c] = await mb.create(FolderKind.CONTACTS, [NewItem(Kind.CONTACT, "contact:1", contact)])
+    assert isinstance(c, ExchangeItem)
+    ews = account.ews_account(ALICE)
+
+    def add_home_phone() -> None:
+        item = next(iter(ews.fetch(ids=[(c.item_id, None)], only_fields=["phone_numbers"])))
+        item.phone_numbers = [*item.phone_numbers, PhoneNumber(label="HomePhone", phone_number="333")]
+        item.save(update_fields=["phone_numbers"])
+
+    await trio.to_thread.run_sync(add_home_phone)
+    new = dataclasses.replace(contact, business_phone="444", mobile_phone="")
+    [res] = await mb.update(FolderKind.CONTACTS, [ItemUpdate(c.item_id, "", new,
+                                                              ("business_phone", "mobile_phone"))])
+    assert isinstance(res, ExchangeItem) and res.payload == new
+
+    def phones() -> dict[str, str]:
+        item = next(iter(ews.fetch(ids=[(c.item_id, None)], only_fields=["phone_numbers"])))
+        return {p.label: p.phone_number for p in item.phone_numbers or []}
+
+    assert await trio.to_thread.run_sync(phones) == {"BusinessPhone": "444", "HomePhone": "333"}
+
+
+async def test_nothing_sends_invitations(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    mb = account.mailbox(ALICE)
+    [item] = await mb.create(FolderKind.CALENDAR, [appt(1)])
+    assert isinstance(item, ExchangeItem)
+    new = dataclasses.replace(item.payload, subject="x")  # type: ignore[type-var]
+    await mb.update(FolderKind.CALENDAR, [ItemUpdate(item.item_id, item.change_key, new, ("subject",))])
+    await mb.delete(FolderKind.CALENDAR, [item.item_id])
+    assert ews_server.invitations() == []  # the server records every mode other than SendToNone
+
+
+async def test_calendar_view_splits_a_truncated_range(ews_server: EwsTestServer, account: EwsAccount,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    mb = account.mailbox(ALICE)
+    await mb.create(FolderKind.CALENDAR, [appt(n) for n in range(5)])
+    monkeypatch.setattr(mailbox_mod, "VIEW_MAX", 2)
+    view = await mb.calendar_view(T0 - timedelta(days=1), T0 + timedelta(days=1), details=False)
+    assert sorted(i.psa_key or "" for i in view) == [f"appointment:{n}" for n in range(5)]
+
+
+async def test_an_odd_item_in_a_folder_is_skipped_not_fatal(ews_server: EwsTestServer,
+                                                           account: EwsAccount) -> None:
+    from exchangelib import Message
+
+    mb = account.mailbox(ALICE)
+    await mb.create(FolderKind.CALENDAR, [appt(1)])
+    folder = account.distinguished_folder(ALICE, mailbox_mod.FOLDER_CLASSES[FolderKind.CALENDAR])
+    ews = account.ews_account(ALICE)
+
+    def add_message() -> None:
+        Message(account=ews, folder=folder, subject="a mail where it does not belong").save()
+
+    await trio.to_thread.run_sync(add_message)
+    items = [i for p in [p async for p in mb.changes(FolderKind.CALENDAR, None)] for i in p.upserted]
+    assert [i.psa_key for i in items] == ["appointment:1"]
+
+
+# --- the public contacts folder ----------------------------------------------------------------------
+
+
+async def test_public_contacts_folder_is_created_once_and_listed(ews_server: EwsTestServer,
+                                                                 settings: ExchangeSettings) -> None:
+    acc = open_account(settings)
+    try:
+        pub = acc.public_contacts()
+        contacts = [NewItem(Kind.PUBLIC_CONTACT, f"public_contact:{n}",
+                            Contact(given_name=f"P{n}", surname="Q")) for n in range(3)]
+        created = await pub.create(FolderKind.PUBLIC_CONTACTS, contacts)
+        assert all(isinstance(c, ExchangeItem) for c in created)
+        [page] = [p async for p in pub.changes(FolderKind.PUBLIC_CONTACTS, None)]
+        assert len(page.upserted) == 3 and page.last_page
+        ews_server.reset_stats()
+        [quiet] = [p async for p in pub.changes(FolderKind.PUBLIC_CONTACTS, page.sync_state)]
+        assert not quiet.upserted and not quiet.deleted
+        assert requests(ews_server) == {"FindItem": 1}
+        gone = created[0]
+        assert isinstance(gone, ExchangeItem)
+        await pub.delete(FolderKind.PUBLIC_CONTACTS, [gone.item_id])
+        [after] = [p async for p in pub.changes(FolderKind.PUBLIC_CONTACTS, quiet.sync_state)]
+        assert after.deleted == [gone.item_id]
+        with pytest.raises(errors.SyncStateInvalid):
+            async for _ in pub.changes(FolderKind.PUBLIC_CONTACTS, "SS-of-something-else"):
+                pass
+    finally:
+        await acc.aclose()
+    again = open_account(settings)  # a restarted daemon finds the folder instead of making another
+    try:
+        [page2] = [p async for p in again.public_contacts().changes(FolderKind.PUBLIC_CONTACTS, None)]
+        assert len(page2.upserted) == 2
+    finally:
+        await again.aclose()
+    assert requests(ews_server).get("CreateFolder", 0) == 0

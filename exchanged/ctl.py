@@ -257,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = _Parser(
-        prog="exchangectl", description="Inspect and steer a running exchanged.", parents=[common]
+        prog="exchangectl",
+        description="Inspect and steer a running exchanged through its control socket.",
+        epilog="exit codes: 0 ok; 1 refused or failed; 2 usage; 3 daemon not running or not answering.\n"
+        "docs/PROTOCOL.md describes the protocol behind every command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"exchangectl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -389,7 +394,10 @@ class Clock:
         when = _parse_time(value)
         if when is None:
             return "-" if value in (None, "") else str(value)
-        when = when.astimezone(UTC) if self.utc else when.astimezone()
+        try:
+            when = when.astimezone(UTC) if self.utc else when.astimezone()
+        except (OverflowError, OSError, ValueError):  # e.g. year 1 shifted out of range
+            return str(value)
         return when.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -397,7 +405,10 @@ def _parse_time(value: object) -> datetime | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     if isinstance(value, str):
         try:
             when = datetime.fromisoformat(value)

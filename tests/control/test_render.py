@@ -1,0 +1,120 @@
+"""exchangectl's renderers, in-process: every answer shape renders, none raises."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exchanged import ctl
+
+from .fakes import HISTORY, PLAN, STATUS
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=15,
+)
+# answers that look like the real ones, with fields missing, null or of the wrong type
+status_like = st.fixed_dictionaries(
+    {},
+    optional={
+        key: json_values
+        for key in (
+            "version",
+            "protocol",
+            "pid",
+            "started_at",
+            "state",
+            "config",
+            "exchange",
+            "running",
+            "paused",
+        )
+    }
+    | {
+        "users": st.lists(st.dictionaries(st.sampled_from(list(STATUS["users"][0])), json_values), max_size=3)
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(command=st.sampled_from(sorted(ctl.RENDERERS)), result=json_values | status_like)
+def test_every_renderer_copes_with_any_answer(command: str, result: Any) -> None:
+    out = io.StringIO()
+    ctl.RENDERERS[command](result, out, ctl.Clock(utc=True))
+    assert out.getvalue().endswith("\n")
+
+
+def render(command: str, result: Any, utc: bool = True) -> str:
+    out = io.StringIO()
+    ctl.RENDERERS[command](result, out, ctl.Clock(utc=utc))
+    return out.getvalue()
+
+
+def test_status_header_block() -> None:
+    text = render("status", STATUS)
+    assert text.splitlines()[0].startswith("daemon:")
+    assert "pid:" in text and "4242" in text
+    assert "last reload:" in text and "applied at 2026-11-29 04:10:00" in text
+    assert "exchange:" in text and "reachable" in text
+
+
+def test_status_shows_reload_errors_and_exchange_error() -> None:
+    status = {
+        **STATUS,
+        "config": {
+            **STATUS["config"],
+            "last_reload": {"at": None, "result": "rejected", "errors": ["line 4: bad"]},
+        },
+        "exchange": {"server": "mail", "reachable": False, "last_error": "connection refused"},
+    }
+    text = render("status", status)
+    assert "rejected" in text and "line 4: bad" in text
+    assert "NOT reachable" in text and "last error:" in text and "connection refused" in text
+
+
+def test_local_time_is_the_default_and_said() -> None:
+    assert "times in local time" in render("status", STATUS, utc=False)
+    assert "times in UTC" in render("status", STATUS, utc=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("2026-11-29T05:00:00+01:00", "2026-11-29 04:00:00"),
+        ("2026-11-29T04:00:00", "2026-11-29 04:00:00"),  # naive on the wire means UTC
+        (None, "-"),
+        (1795924800, "2026-11-29 04:00:00"),  # epoch seconds are understood too
+        (10**20, str(10**20)),  # out of range: shown as it came, never a traceback
+        ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+01:00"),
+        ("soon", "soon"),
+    ],
+)
+def test_times_in_utc(value: object, shown: str) -> None:
+    assert ctl.Clock(utc=True).show(value) == shown
+
+
+def test_table_is_aligned() -> None:
+    out = io.StringIO()
+    ctl.table(["A", "LONGER", "C"], [["xxxx", "y", "z"], ["q", "r", "s"]], out)
+    lines = out.getvalue().splitlines()
+    assert lines == ["A     LONGER  C", "xxxx  y       z", "q     r       s"]
+
+
+def test_cells_never_break_a_row() -> None:
+    out = io.StringIO()
+    ctl.table(["A", "B"], [[ctl._text("two\nlines"), "x"]], out)
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_history_and_plan_render_every_entry() -> None:
+    assert len([line for line in render("history", HISTORY).splitlines() if "jdoe@contoso.com" in line]) == 2
+    plan_text = render("plan", PLAN)
+    for action in PLAN["actions"] + PLAN["held_back"]:
+        assert action["key"] in plan_text

@@ -44,14 +44,38 @@ class PsaCfg:
 def base_seed() -> dict[str, list[dict[str, Any]]]:
     return {
         "Resources": [
-            {"id": 29682885, "email": "jdoe@example.test", "firstName": "Jane", "lastName": "Doe",
-             "isActive": True, "userName": "jdoe"},
-            {"id": 29682886, "email": "bob@example.test", "firstName": "Bob", "lastName": "Roe",
-             "isActive": True, "userName": "bob"},
-            {"id": 29682887, "email": "gone@example.test", "firstName": "Old", "lastName": "Timer",
-             "isActive": False, "userName": "old"},
-            {"id": 29682800, "email": USER, "firstName": "API", "lastName": "User", "isActive": True,
-             "userName": USER},
+            {
+                "id": 29682885,
+                "email": "jdoe@example.test",
+                "firstName": "Jane",
+                "lastName": "Doe",
+                "isActive": True,
+                "userName": "jdoe",
+            },
+            {
+                "id": 29682886,
+                "email": "bob@example.test",
+                "firstName": "Bob",
+                "lastName": "Roe",
+                "isActive": True,
+                "userName": "bob",
+            },
+            {
+                "id": 29682887,
+                "email": "gone@example.test",
+                "firstName": "Old",
+                "lastName": "Timer",
+                "isActive": False,
+                "userName": "old",
+            },
+            {
+                "id": 29682800,
+                "email": USER,
+                "firstName": "API",
+                "lastName": "User",
+                "isActive": True,
+                "userName": USER,
+            },
         ],
         "Companies": [
             {"id": 1, "companyName": "Contoso", "companyType": 1, "ownerResourceID": 29682885, "phone": "1"},
@@ -60,12 +84,17 @@ def base_seed() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def api_call(server: AutotaskServer, method: str, path: str, body: Any = None, *,
-             auth: tuple[str, str, str] | None = (USER, SECRET, CODE)) -> tuple[int, Any]:
+def api_call(
+    server: AutotaskServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    auth: tuple[str, str, str] | None = (USER, SECRET, CODE),
+) -> tuple[int, Any]:
     """A raw HTTPS call to the test server (for the server's own contract tests)."""
     url = path if "://" in path else server.url + path
-    req = urllib.request.Request(url, method=method,
-                                 data=None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
     req.add_header("Content-Type", "application/json")
     if auth is not None:
         req.add_header("UserName", auth[0])
@@ -89,8 +118,14 @@ def server() -> Iterator[AutotaskServer]:
 
 def make_connector(server: AutotaskServer, **kw: Any) -> AutotaskConnector:
     per_hour = kw.pop("requests_per_hour", 3000)
-    cfg = PsaCfg(username=USER, secret=SECRET, integration_code=CODE, zone_lookup_url=server.url,
-                 ca_bundle=str(server.ca_file), requests_per_hour=per_hour)
+    cfg = PsaCfg(
+        username=USER,
+        secret=SECRET,
+        integration_code=CODE,
+        zone_lookup_url=server.url,
+        ca_bundle=str(server.ca_file),
+        requests_per_hour=per_hour,
+    )
     kw.setdefault("retry_base_s", 0.01)
     kw.setdefault("retry_cap_s", 0.05)
     return open_autotask(cfg, **kw)

@@ -48,13 +48,28 @@ def test_authentication_answers_as_observed(server: AutotaskServer) -> None:
 
 
 def test_every_operator_and_nested_groups(server: AutotaskServer) -> None:
-    server.store.add_many("Contacts", [
-        {"id": 10, "companyID": 1, "firstName": "Anna", "lastName": "Smith", "isActive": 1,
-         "emailAddress": "anna@contoso.test"},
-        {"id": 11, "companyID": 1, "firstName": "Ben", "lastName": "Smithers", "isActive": 0},
-        {"id": 12, "companyID": 2, "firstName": "Cleo", "lastName": "Jones", "isActive": 1,
-         "emailAddress": "cleo@fabrikam.test"},
-    ])
+    server.store.add_many(
+        "Contacts",
+        [
+            {
+                "id": 10,
+                "companyID": 1,
+                "firstName": "Anna",
+                "lastName": "Smith",
+                "isActive": 1,
+                "emailAddress": "anna@contoso.test",
+            },
+            {"id": 11, "companyID": 1, "firstName": "Ben", "lastName": "Smithers", "isActive": 0},
+            {
+                "id": 12,
+                "companyID": 2,
+                "firstName": "Cleo",
+                "lastName": "Jones",
+                "isActive": 1,
+                "emailAddress": "cleo@fabrikam.test",
+            },
+        ],
+    )
 
     def run(*filters: Any) -> list[int]:
         status, body = api_call(server, "POST", "V1.0/Contacts/query", q(*filters))
@@ -75,34 +90,55 @@ def test_every_operator_and_nested_groups(server: AutotaskServer) -> None:
     assert run({"op": "in", "field": "id", "value": [10, 12, 99]}) == [10, 12]
     assert run({"op": "notIn", "field": "id", "value": [10, 12]}) == [11]
     # top-level items are ANDed; groups nest; field and operator names in any case
-    assert run({"op": "eq", "field": "ISACTIVE", "value": 1},
-               {"op": "or", "items": [{"op": "EQ", "field": "firstname", "value": "Anna"},
-                                      {"op": "and", "items": [
-                                          {"op": "eq", "field": "companyId", "value": 2},
-                                          {"op": "beginswith", "field": "lastName", "value": "J"}]}]}) == [10, 12]
+    assert run(
+        {"op": "eq", "field": "ISACTIVE", "value": 1},
+        {
+            "op": "or",
+            "items": [
+                {"op": "EQ", "field": "firstname", "value": "Anna"},
+                {
+                    "op": "and",
+                    "items": [
+                        {"op": "eq", "field": "companyId", "value": 2},
+                        {"op": "beginswith", "field": "lastName", "value": "J"},
+                    ],
+                },
+            ],
+        },
+    ) == [10, 12]
 
 
 def test_unknown_field_is_a_500_naming_it_and_include_fields_project(server: AutotaskServer) -> None:
-    status, body = api_call(server, "POST", "V1.0/Appointments/query",
-                            q({"op": "eq", "field": "projectID", "value": 1}))
+    status, body = api_call(
+        server, "POST", "V1.0/Appointments/query", q({"op": "eq", "field": "projectID", "value": 1})
+    )
     assert status == 500 and "projectID" in body["errors"][0] and "Appointments" in body["errors"][0]
-    status, body = api_call(server, "POST", "V1.0/Resources/query",
-                            q({"op": "gte", "field": "id", "value": 0}, fields=["EMAIL"]))
+    status, body = api_call(
+        server, "POST", "V1.0/Resources/query", q({"op": "gte", "field": "id", "value": 0}, fields=["EMAIL"])
+    )
     assert status == 200 and all(set(row) == {"id", "email"} for row in body["items"])
 
 
 def test_keyset_paging_in_500_rows_with_get_and_post(server: AutotaskServer) -> None:
-    server.store.add_many("Appointments", [
-        {"resourceID": 29682885, "title": f"a{n}", "startDateTime": t(1), "endDateTime": t(1, 1)}
-        for n in range(1203)])
+    server.store.add_many(
+        "Appointments",
+        [
+            {"resourceID": 29682885, "title": f"a{n}", "startDateTime": t(1), "endDateTime": t(1, 1)}
+            for n in range(1203)
+        ],
+    )
     body = q({"op": "eq", "field": "resourceID", "value": 29682885})
     status, page = api_call(server, "POST", "V1.0/Appointments/query", body)
     seen = ids(page)
     pages = 1
-    assert status == 200 and page["pageDetails"]["count"] == 500 and page["pageDetails"]["prevPageUrl"] is None
+    assert (
+        status == 200 and page["pageDetails"]["count"] == 500 and page["pageDetails"]["prevPageUrl"] is None
+    )
     while page["pageDetails"]["nextPageUrl"]:
         method = "GET" if pages % 2 else "POST"  # the mock accepts both on a next URL
-        status, page = api_call(server, method, page["pageDetails"]["nextPageUrl"], body if method == "POST" else None)
+        status, page = api_call(
+            server, method, page["pageDetails"]["nextPageUrl"], body if method == "POST" else None
+        )
         assert status == 200
         seen += ids(page)
         pages += 1
@@ -117,8 +153,14 @@ def test_keyset_paging_in_500_rows_with_get_and_post(server: AutotaskServer) -> 
 
 
 def test_create_patch_put_delete_and_their_rules(server: AutotaskServer) -> None:
-    new = {"resourceID": 29682885, "title": "Visit", "description": "d", "startDateTime": t(1),
-           "endDateTime": t(1, 1), "updateDateTime": "1999-01-01T00:00:00Z"}  # read-only: ignored
+    new = {
+        "resourceID": 29682885,
+        "title": "Visit",
+        "description": "d",
+        "startDateTime": t(1),
+        "endDateTime": t(1, 1),
+        "updateDateTime": "1999-01-01T00:00:00Z",
+    }  # read-only: ignored
     status, body = api_call(server, "POST", "V1.0/Appointments", new)
     assert status == 200 and set(body) == {"itemId"}
     item_id = body["itemId"]
@@ -151,20 +193,28 @@ def test_missing_by_id_is_null_or_404(server: AutotaskServer) -> None:
 
 
 def test_todos_are_written_only_through_the_company(server: AutotaskServer) -> None:
-    todo = {"actionType": 1, "assignedToResourceID": 29682885, "activityDescription": "Call back",
-            "startDateTime": t(1), "endDateTime": t(1, 1)}
+    todo = {
+        "actionType": 1,
+        "assignedToResourceID": 29682885,
+        "activityDescription": "Call back",
+        "startDateTime": t(1),
+        "endDateTime": t(1, 1),
+    }
     status, body = api_call(server, "POST", "V1.0/CompanyToDos", {**todo, "companyID": 1})
     assert status == 405 and "does not support http method 'POST'" in body["Message"]
     assert api_call(server, "GET", "V1.0/ToDos/1")[0] == 404  # no top-level ToDos entity
     status, body = api_call(server, "POST", "V1.0/Companies/1/ToDos", todo)
     assert status == 200
     todo_id = body["itemId"]
-    assert api_call(server, "PATCH", "V1.0/Companies/1/ToDos",
-                    {"id": todo_id, "completedDate": t(0)})[0] == 200
+    assert (
+        api_call(server, "PATCH", "V1.0/Companies/1/ToDos", {"id": todo_id, "completedDate": t(0)})[0] == 200
+    )
     row = api_call(server, "GET", f"V1.0/CompanyToDos/{todo_id}")[1]["item"]
     assert row["companyID"] == 1 and row["completedDate"] == t(0)
     # the wrong parent does not find it
-    assert api_call(server, "PATCH", "V1.0/Companies/2/ToDos", {"id": todo_id, "completedDate": None})[0] == 500
+    assert (
+        api_call(server, "PATCH", "V1.0/Companies/2/ToDos", {"id": todo_id, "completedDate": None})[0] == 500
+    )
     assert api_call(server, "DELETE", "V1.0/Companies/99/ToDos/1")[0] == 500
     assert api_call(server, "DELETE", "V1.0/Companies/1")[0] == 405  # companies are never deleted
     assert api_call(server, "POST", "V1.0/Resources", {"email": "x"})[0] == 405
@@ -209,15 +259,20 @@ def test_hourly_threshold_and_threshold_information() -> None:
         for _ in range(3):
             assert api_call(srv, "GET", "V1.0/Resources/29682885")[0] == 200
         status, body = api_call(srv, "GET", "V1.0/ThresholdInformation")
-        assert status == 200 and body == {"externalRequestThreshold": 4, "requestThresholdTimeframe": 60,
-                                          "currentTimeframeRequestCount": 4}
+        assert status == 200 and body == {
+            "externalRequestThreshold": 4,
+            "requestThresholdTimeframe": 60,
+            "currentTimeframeRequestCount": 4,
+        }
         status, body = api_call(srv, "GET", "V1.0/Resources/29682885")
         assert status == 429 and "threshold" in body["errors"][0]
         assert srv.stats()["threshold"] == {"limit": 4, "used": 4}
 
 
 def test_faults_and_stats(server: AutotaskServer) -> None:
-    status, _ = api_call(server, "POST", f"{server.origin}/__emulator/faults", {"fail_next": 2, "fail_status": 503}, auth=None)
+    status, _ = api_call(
+        server, "POST", f"{server.origin}/__emulator/faults", {"fail_next": 2, "fail_status": 503}, auth=None
+    )
     assert status == 200
     assert [api_call(server, "GET", "V1.0/Resources/29682885")[0] for _ in range(3)] == [503, 503, 200]
     assert api_call(server, "POST", f"{server.origin}/__emulator/faults", {"nope": 1}, auth=None)[0] == 400
@@ -228,8 +283,12 @@ def test_faults_and_stats(server: AutotaskServer) -> None:
 
 def test_state_dir_keeps_data_and_ca_across_restarts(tmp_path: Path) -> None:
     with AutotaskServer(api_user=(USER, SECRET, CODE), state_dir=tmp_path, seed=base_seed()) as srv:
-        status, body = api_call(srv, "POST", "V1.0/Appointments", {
-            "resourceID": 29682885, "title": "kept", "startDateTime": t(1), "endDateTime": t(1, 1)})
+        status, body = api_call(
+            srv,
+            "POST",
+            "V1.0/Appointments",
+            {"resourceID": 29682885, "title": "kept", "startDateTime": t(1), "endDateTime": t(1, 1)},
+        )
         item_id = body["itemId"]
         ca = srv.ca_file.read_text()
     with AutotaskServer(api_user=(USER, SECRET, CODE), state_dir=tmp_path, seed={}) as srv:
@@ -241,9 +300,24 @@ def test_command_line_prints_url_and_ca_then_serves(tmp_path: Path) -> None:
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps(base_seed()))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exchanged.testing.autotask", "--port", "0", "--state-dir", str(tmp_path / "s"),
-         "--api-user", f"{USER}:{SECRET}:{CODE}", "--seed", str(seed), "--threshold", "50"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "exchanged.testing.autotask",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--api-user",
+            f"{USER}:{SECRET}:{CODE}",
+            "--seed",
+            str(seed),
+            "--threshold",
+            "50",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
@@ -255,8 +329,9 @@ def test_command_line_prints_url_and_ca_then_serves(tmp_path: Path) -> None:
 
         status, body = api_call(Remote, "GET", "V1.0/Resources/29682885")  # type: ignore[arg-type]
         assert status == 200 and body["item"]["firstName"] == "Jane"
-        status, stats = api_call(Remote, "GET", info["url"].replace("ATServicesRest/", "__emulator/stats"),
-                                 auth=None)  # type: ignore[arg-type]
+        status, stats = api_call(
+            Remote, "GET", info["url"].replace("ATServicesRest/", "__emulator/stats"), auth=None
+        )  # type: ignore[arg-type]
         assert stats["threshold"]["limit"] == 50
     finally:
         proc.terminate()

@@ -1,0 +1,539 @@
+"""The autotask connector against the in-process Autotask test server (real HTTPS on loopback)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+import trio
+
+from exchanged import errors
+from exchanged.model import Appointment, ItemError, Kind, PsaRecord, ShowAs, Task, make_psa_key
+from exchanged.ports import PsaWrite
+from exchanged.psa.autotask import AutotaskConnector, RequestBudget
+from exchanged.psa.autotask.mapping import parse_time
+from exchanged.testing.autotask import AutotaskServer
+
+from .conftest import NOW, SECRET, WINDOW, make_connector, t
+
+pytestmark = pytest.mark.e2e
+
+JANE, BOB, OLD = "29682885", "29682886", "29682887"
+ALL = frozenset(Kind) - {Kind.PUBLIC_CONTACT}
+
+
+def by_key(records: list[PsaRecord] | tuple[PsaRecord, ...] | object) -> dict[str, PsaRecord]:
+    return {r.psa_key: r for r in records}  # type: ignore[attr-defined]
+
+
+def seed_service_calls(server: AutotaskServer) -> dict[str, int]:
+    s = server.store
+    ids = {}
+    ids["via_ticket"] = s.put(
+        "ServiceCalls",
+        {"companyID": 1, "description": "Fix printer", "startDateTime": t(1), "endDateTime": t(1, 2)},
+    )["id"]
+    ids["via_task"] = s.put(
+        "ServiceCalls",
+        {"companyID": 2, "description": "Install", "startDateTime": t(2), "endDateTime": t(2, 1)},
+    )["id"]
+    ids["bob_only"] = s.put("ServiceCalls", {"companyID": 1, "startDateTime": t(3), "endDateTime": t(3, 1)})[
+        "id"
+    ]
+    ids["canceled"] = s.put(
+        "ServiceCalls",
+        {"companyID": 1, "startDateTime": t(1), "endDateTime": t(1, 1), "canceledDateTime": t(0)},
+    )["id"]
+    ids["old"] = s.put("ServiceCalls", {"companyID": 1, "startDateTime": t(-20), "endDateTime": t(-20, 1)})[
+        "id"
+    ]
+    for call in ("via_ticket", "canceled", "old"):
+        link = s.put("ServiceCallTickets", {"serviceCallID": ids[call], "ticketID": 77})["id"]
+        s.put("ServiceCallTicketResources", {"serviceCallTicketID": link, "resourceID": int(JANE)})
+    link = s.put("ServiceCallTasks", {"serviceCallID": ids["via_task"], "taskID": 88})["id"]
+    s.put("ServiceCallTaskResources", {"serviceCallTaskID": link, "resourceID": int(JANE)})
+    s.put("ServiceCallTaskResources", {"serviceCallTaskID": link, "resourceID": int(BOB)})
+    link = s.put("ServiceCallTickets", {"serviceCallID": ids["bob_only"], "ticketID": 78})["id"]
+    s.put("ServiceCallTicketResources", {"serviceCallTicketID": link, "resourceID": int(BOB)})
+    return ids
+
+
+async def test_resource_is_read_by_id_and_missing_is_none_both_ways(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    res = await connector.resource(JANE)
+    assert res is not None and (res.email, res.name, res.is_active) == ("jdoe@example.test", "Jane Doe", True)
+    old = await connector.resource(OLD)
+    assert old is not None and not old.is_active
+    assert await connector.resource("424242") is None
+    server.missing_item = "404"
+    assert await connector.resource("424242") is None
+    assert await connector.resource("not-a-number") is None
+
+
+async def test_appointments_in_the_window_of_the_resource(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    s = server.store
+    mine = s.put(
+        "Appointments",
+        {
+            "resourceID": int(JANE),
+            "title": "Dentist",
+            "description": "bring card",
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    s.put(
+        "Appointments",
+        {"resourceID": int(JANE), "title": "long ago", "startDateTime": t(-9), "endDateTime": t(-8)},
+    )
+    s.put(
+        "Appointments",
+        {"resourceID": int(BOB), "title": "not mine", "startDateTime": t(1), "endDateTime": t(1, 1)},
+    )
+    far = s.put(
+        "Appointments",
+        {"resourceID": int(JANE), "title": "next year", "startDateTime": t(300), "endDateTime": t(300, 1)},
+    )
+    records = by_key(await connector.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW))
+    assert set(records) == {
+        make_psa_key(Kind.APPOINTMENT, mine["id"]),
+        make_psa_key(Kind.APPOINTMENT, far["id"]),
+    }
+    rec = records[make_psa_key(Kind.APPOINTMENT, mine["id"])]
+    assert rec.payload == Appointment(
+        subject="Dentist",
+        start=NOW + timedelta(days=1),
+        end=NOW + timedelta(days=1, hours=1),
+        body="bring card",
+    )
+    assert rec.last_modified == parse_time(mine["updateDateTime"])
+    assert rec.last_modified is not None and rec.last_modified.tzinfo is not None
+
+
+async def test_service_calls_through_both_chains(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    ids = seed_service_calls(server)
+    jane = by_key(await connector.load(JANE, frozenset({Kind.SERVICE_CALL}), WINDOW))
+    assert set(jane) == {
+        make_psa_key(Kind.SERVICE_CALL, ids["via_ticket"]),
+        make_psa_key(Kind.SERVICE_CALL, ids["via_task"]),
+    }
+    call = jane[make_psa_key(Kind.SERVICE_CALL, ids["via_ticket"])].payload
+    assert isinstance(call, Appointment)
+    assert (call.subject, call.body) == ("Service call: Contoso", "Fix printer")
+    bob = by_key(await connector.load(BOB, frozenset({Kind.SERVICE_CALL}), WINDOW))
+    assert set(bob) == {
+        make_psa_key(Kind.SERVICE_CALL, ids["via_task"]),
+        make_psa_key(Kind.SERVICE_CALL, ids["bob_only"]),
+    }
+
+
+async def test_todos_with_company_and_completion(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    s = server.store
+    open_todo = s.put(
+        "CompanyToDos",
+        {
+            "companyID": 1,
+            "assignedToResourceID": int(JANE),
+            "actionType": 1,
+            "activityDescription": "Call Anna\nabout the renewal",
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    done = s.put(
+        "CompanyToDos",
+        {
+            "companyID": 2,
+            "assignedToResourceID": int(JANE),
+            "actionType": 1,
+            "startDateTime": t(-1),
+            "endDateTime": t(-1, 1),
+            "completedDate": t(-1),
+        },
+    )
+    s.put(
+        "CompanyToDos",
+        {
+            "companyID": 2,
+            "assignedToResourceID": int(BOB),
+            "actionType": 1,
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    records = by_key(await connector.load(JANE, frozenset({Kind.TODO}), WINDOW))
+    assert set(records) == {make_psa_key(Kind.TODO, open_todo["id"]), make_psa_key(Kind.TODO, done["id"])}
+    task = records[make_psa_key(Kind.TODO, open_todo["id"])].payload
+    assert task == Task(
+        subject="Call Anna",
+        body="Call Anna\nabout the renewal",
+        start=NOW + timedelta(days=1),
+        due=NOW + timedelta(days=1, hours=1),
+        completed=None,
+    )
+    finished = records[make_psa_key(Kind.TODO, done["id"])].payload
+    assert isinstance(finished, Task) and finished.completed == NOW - timedelta(days=1)
+    assert finished.subject == "To-do: Fabrikam"
+
+
+async def test_owned_contacts_by_account_manager_and_opportunity(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    s = server.store
+    s.put(
+        "Companies",
+        {"id": 3, "companyName": "Northwind", "companyType": 1, "ownerResourceID": int(BOB), "phone": "3"},
+    )
+    anna = s.put(
+        "Contacts",
+        {
+            "companyID": 1,
+            "firstName": "Anna",
+            "lastName": "Smith",
+            "isActive": 1,
+            "emailAddress": "anna@contoso.test",
+            "phone": "+1 555",
+            "title": "CTO",
+        },
+    )
+    s.put("Contacts", {"companyID": 1, "firstName": "Gone", "lastName": "Away", "isActive": 0})
+    cleo = s.put("Contacts", {"companyID": 3, "firstName": "Cleo", "lastName": "Jones", "isActive": 1})
+    s.put("Contacts", {"companyID": 3, "firstName": "Not", "lastName": "Mine", "isActive": 1})
+    s.put(
+        "Opportunities",
+        {"companyID": 3, "contactID": cleo["id"], "ownerResourceID": int(JANE), "title": "Deal", "status": 1},
+    )
+    records = by_key(await connector.load(JANE, frozenset({Kind.CONTACT}), WINDOW))
+    assert set(records) == {make_psa_key(Kind.CONTACT, anna["id"]), make_psa_key(Kind.CONTACT, cleo["id"])}
+    a = records[make_psa_key(Kind.CONTACT, anna["id"])].payload
+    assert (a.company, a.email, a.business_phone, a.job_title) == (  # type: ignore[union-attr]
+        "Contoso",
+        "anna@contoso.test",
+        "+1 555",
+        "CTO",
+    )
+    assert records[make_psa_key(Kind.CONTACT, cleo["id"])].payload.company == "Northwind"  # type: ignore[union-attr]
+    everyone = by_key(await connector.all_contacts())
+    assert len(everyone) == 3 and all(k.startswith("public_contact:") for k in everyone)
+
+
+async def test_paging_over_500_rows_and_no_n_plus_one(server: AutotaskServer) -> None:
+    async def cost(n: int) -> tuple[int, int]:
+        server.store.tables["Appointments"].clear()
+        for table in ("ServiceCalls", "ServiceCallTickets", "ServiceCallTicketResources", "CompanyToDos"):
+            server.store.tables[table].clear()
+        s = server.store
+        for i in range(n):
+            s.put(
+                "Appointments",
+                {"resourceID": int(JANE), "title": f"a{i}", "startDateTime": t(1), "endDateTime": t(1, 1)},
+            )
+            call = s.put(
+                "ServiceCalls", {"companyID": 1 + i % 2, "startDateTime": t(1), "endDateTime": t(1, 1)}
+            )
+            link = s.put("ServiceCallTickets", {"serviceCallID": call["id"], "ticketID": i})
+            s.put("ServiceCallTicketResources", {"serviceCallTicketID": link["id"], "resourceID": int(JANE)})
+            s.put(
+                "CompanyToDos",
+                {
+                    "companyID": 1 + i % 2,
+                    "assignedToResourceID": int(JANE),
+                    "actionType": 1,
+                    "startDateTime": t(1),
+                    "endDateTime": t(1, 1),
+                },
+            )
+        connector = make_connector(server)
+        server.reset_stats()
+        records = await connector.load(JANE, ALL, WINDOW)
+        assert len(records) == 3 * n
+        return sum(server.stats()["requests"].values()), server.stats()["requests"].get(
+            "POST Appointments", 0
+        )
+
+    few, _ = await cost(5)
+    more, _ = await cost(60)
+    assert few == more  # rows grow, requests do not
+    many, appointment_pages = await cost(1100)
+    assert appointment_pages == 3  # 1100 appointments: three 500-row pages, all followed
+
+
+async def test_never_more_than_three_requests_in_flight(server: AutotaskServer) -> None:
+    seed_service_calls(server)
+    server.faults.latency_ms = 50
+    connector = make_connector(server)
+    async with trio.open_nursery() as nursery:
+        for who in (JANE, BOB, OLD, JANE):
+            nursery.start_soon(connector.load, who, ALL, WINDOW)
+    stats = server.stats()
+    assert stats["thread_limit_rejections"] == 0
+    assert 1 <= stats["max_concurrent"] <= 3
+
+
+async def test_budget_waits_for_the_rolling_hour(autojump_clock: trio.testing.MockClock) -> None:
+    budget = RequestBudget(3)
+    for _ in range(3):
+        await budget.acquire()
+    assert budget.status()["used"] == 3 and budget.status()["next_free_in_s"] == 3600.0
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(budget.acquire)
+        await trio.sleep(1)
+        assert budget.status()["waiting"] == 1
+    assert trio.current_time() - start == pytest.approx(3600.0)
+    assert budget.status() | {"next_free_in_s": None} == {
+        "used": 1,
+        "limit": 3,
+        "waiting": 0,
+        "waited_total": 1,
+        "requests_total": 4,
+        "next_free_in_s": None,
+    }
+
+
+async def test_connector_keeps_to_its_hourly_share(
+    server: AutotaskServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    connector = make_connector(server, requests_per_hour=4)
+    start = trio.current_time()
+    for _ in range(3):
+        await connector.resource(JANE)  # zone + 3 GETs + ThresholdInformation never over 4 an hour
+    assert trio.current_time() == start
+    await connector.resource(JANE)
+    assert trio.current_time() - start >= 3600.0
+    status = connector.budget_status()
+    assert status["limit"] == 4 and status["waited_total"] == 1 and status["used"] <= 4
+
+
+async def test_429_and_500_are_backed_off_and_then_reported(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    server.faults.update({"fail_next": 2, "fail_status": 429})
+    assert await connector.resource(JANE) is not None
+    server.faults.update({"fail_next": 2, "fail_status": 500})
+    assert await connector.resource(JANE) is not None
+    assert connector.api.backoffs == 4
+    server.faults.update({"fail_next": 50, "fail_status": 503})
+    with pytest.raises(errors.PsaUnavailable):
+        await connector.load(JANE, ALL, WINDOW)  # never an empty list
+    server.faults.update({"fail_next": 0})
+    server.reset_stats()
+    server.faults.update({"fail_next": 50, "fail_status": 429})
+    with pytest.raises(errors.PsaUnavailable) as info:
+        await connector.resource(JANE)
+    assert server.stats()["requests"]["GET Resources"] == connector.api.max_attempts  # bounded, not hammered
+    assert "refusing" in info.value.message
+
+
+async def test_thread_limit_refusal_is_backed_off(server: AutotaskServer) -> None:
+    connector = make_connector(server)
+    calls = 0
+    original = connector.api._send_blocking
+
+    def send(method: str, url: str, body: object, with_auth: bool) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the API's answer when another process of the integration holds 3 threads
+            from exchanged.psa.autotask.api import Response
+
+            return Response(500, {"errors": ["Itgenatr005: thread threshold exceeded"]})
+        return original(method, url, body, with_auth)
+
+    connector.api._send_blocking = send  # type: ignore[method-assign,assignment]
+    assert await connector.resource(JANE) is not None
+    assert connector.api.backoffs == 1
+
+
+async def test_401_re_resolves_the_zone_then_reports_a_login_failure(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    await connector.resource(JANE)
+    server.faults.update({"fail_next": 1, "fail_status": 401})
+    assert await connector.resource(JANE) is not None
+    assert server.stats()["requests"]["GET ZoneInformation"] == 2
+    server.secret = "rotated"
+    with pytest.raises(errors.PsaAuthFailed) as info:
+        await connector.resource(JANE)
+    assert SECRET not in info.value.message and "401" in info.value.message
+
+
+async def test_unreachable_is_psa_unavailable(server: AutotaskServer) -> None:
+    connector = make_connector(server, max_attempts=2)
+    server.stop()
+    with pytest.raises(errors.PsaUnavailable) as info:
+        await connector.load(JANE, ALL, WINDOW)
+    assert "unreachable" in info.value.message and SECRET not in info.value.message
+
+
+def imported(subject: str = "Lunch", **kw: object) -> Appointment:
+    return Appointment(
+        subject=subject, start=NOW + timedelta(days=1), end=NOW + timedelta(days=1, hours=1), **kw
+    )  # type: ignore[arg-type]
+
+
+async def test_imported_appointment_round_trip(server: AutotaskServer, connector: AutotaskConnector) -> None:
+    payload = imported(body="with Bob", location="Cafe", show_as=ShowAs.TENTATIVE, is_private=True)
+    [created] = await connector.apply(
+        [
+            PsaWrite(
+                "create",
+                Kind.IMPORTED,
+                None,
+                payload,
+                exchange_key="UID-1@2026-11-30T12:00:00Z",
+                resource=JANE,
+            )
+        ]
+    )
+    assert isinstance(created, PsaRecord) and created.kind is Kind.IMPORTED
+    assert created.payload == payload and created.exchange_key == "UID-1@2026-11-30T12:00:00Z"
+    [loaded] = await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)
+    assert loaded == created
+    row = server.store.get("Appointments", int(created.psa_key.split(":")[1]))
+    assert row is not None and row["resourceID"] == int(JANE) and row["title"] == "Lunch"
+    # an update sends only what changed
+    server.reset_stats()
+    moved = replace(payload, start=payload.start + timedelta(hours=2), end=payload.end + timedelta(hours=2))
+    [updated] = await connector.apply(
+        [
+            PsaWrite(
+                "update",
+                Kind.IMPORTED,
+                created.psa_key,
+                moved,
+                fields=("start", "end"),
+                exchange_key=created.exchange_key,
+            )
+        ]
+    )
+    assert isinstance(updated, PsaRecord) and updated.payload == moved
+    assert server.stats()["requests"]["PATCH Appointments"] == 1
+    [renamed] = await connector.apply(
+        [PsaWrite("update", Kind.IMPORTED, created.psa_key, replace(moved, subject=""), fields=("subject",))]
+    )
+    assert isinstance(renamed, PsaRecord) and renamed.payload.subject == ""  # type: ignore[union-attr]
+    assert [None] == list(await connector.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None)]))
+    assert await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW) == []
+
+
+async def test_time_changes_flow_back_to_appointments_and_todos(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    s = server.store
+    appt = s.put(
+        "Appointments",
+        {
+            "resourceID": int(JANE),
+            "title": "Visit",
+            "description": "keep",
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    todo = s.put(
+        "CompanyToDos",
+        {
+            "companyID": 1,
+            "assignedToResourceID": int(JANE),
+            "actionType": 1,
+            "activityDescription": "Call",
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    records = by_key(await connector.load(JANE, frozenset({Kind.APPOINTMENT, Kind.TODO}), WINDOW))
+    a = records[make_psa_key(Kind.APPOINTMENT, appt["id"])]
+    d = records[make_psa_key(Kind.TODO, todo["id"])]
+    assert isinstance(a.payload, Appointment) and isinstance(d.payload, Task)
+    new_a = replace(
+        a.payload,
+        start=a.payload.start + timedelta(hours=3),
+        end=a.payload.end + timedelta(hours=3),
+        subject="edited in Outlook",
+    )  # the subject is not in `fields`: never written
+    done_at = NOW + timedelta(hours=1)
+    new_d = replace(d.payload, completed=done_at, due=NOW + timedelta(days=2))
+    server.reset_stats()
+    out = await connector.apply(
+        [
+            PsaWrite("update", Kind.APPOINTMENT, a.psa_key, new_a, fields=("start", "end")),
+            PsaWrite("update", Kind.TODO, d.psa_key, new_d, fields=("due", "completed")),
+        ]
+    )
+    assert isinstance(out[0], PsaRecord) and out[0].payload == replace(new_a, subject="Visit")
+    assert isinstance(out[1], PsaRecord) and out[1].payload == new_d
+    row = s.get("CompanyToDos", todo["id"])
+    assert row is not None and parse_time(row["completedDate"]) == done_at
+    assert server.stats()["requests"]["PATCH CompanyToDos"] == 1  # through /Companies/1/ToDos
+
+
+async def test_refused_writes_are_item_errors_and_the_rest_goes_on(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    s = server.store
+    plain = s.put(
+        "Appointments",
+        {"resourceID": int(JANE), "title": "PSA own", "startDateTime": t(1), "endDateTime": t(1, 1)},
+    )
+    todo = s.put(
+        "CompanyToDos",
+        {
+            "companyID": 1,
+            "assignedToResourceID": int(JANE),
+            "actionType": 1,
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    server.appointments_of_others = False
+    bad_times = replace(imported(), end=NOW)  # end before start: a 500 with errors
+    out = await connector.apply(
+        [
+            PsaWrite("create", Kind.IMPORTED, None, imported(), exchange_key="UID-2", resource=JANE),
+            PsaWrite("delete", Kind.IMPORTED, make_psa_key(Kind.IMPORTED, plain["id"]), None),
+            PsaWrite("update", Kind.TODO, make_psa_key(Kind.TODO, 999999), Task("x"), fields=("due",)),
+            PsaWrite(
+                "update",
+                Kind.TODO,
+                make_psa_key(Kind.TODO, todo["id"]),
+                Task("x", start=NOW, due=NOW + timedelta(days=2)),
+                fields=("due",),
+            ),
+            PsaWrite("create", Kind.IMPORTED, None, bad_times, exchange_key="UID-3", resource="29682800"),
+        ]
+    )
+    assert (
+        isinstance(out[0], ItemError) and out[0].code == "autotask_403" and "Appointments" in out[0].message
+    )
+    assert out[0].key == "UID-2"
+    assert isinstance(out[1], ItemError) and out[1].code == "invalid_write"  # never deletes a PSA-owned row
+    assert isinstance(out[2], ItemError) and out[2].code == "not_found" and "999999" in out[2].message
+    assert isinstance(out[3], PsaRecord) and out[3].payload.due == NOW + timedelta(days=2)  # type: ignore[union-attr]
+    assert isinstance(out[4], ItemError) and out[4].code == "autotask_500"
+    assert s.get("Appointments", plain["id"]) is not None
+
+
+async def test_check_reports_login_resources_and_appointment_rights(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    results = {r.subject: r for r in await connector.check([JANE, OLD, "5"])}
+    assert results["autotask zone"].ok and results["autotask login"].ok
+    assert results[f"psa_resource {JANE}"].ok
+    assert not results[f"psa_resource {OLD}"].ok and "inactive" in results[f"psa_resource {OLD}"].message
+    assert not results["psa_resource 5"].ok
+    assert results["autotask appointment rights"].ok
+    assert server.store.rows("Appointments") == []  # the probe cleaned up after itself
+    server.appointments_of_others = False
+    rights = {r.subject: r for r in await connector.check([JANE])}["autotask appointment rights"]
+    assert rights.warning and not rights.ok and "system setting" in rights.message
+    server.secret = "rotated"
+    login = {r.subject: r for r in await make_connector(server).check([JANE])}["autotask login"]
+    assert not login.ok and SECRET not in login.message and "rotated" not in login.message

@@ -1,0 +1,240 @@
+"""The pure engine: rules, guards and the window, without any port."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import exchanged.engine as engine_pkg
+from exchanged.engine import (
+    Adopt,
+    ExchangeCreate,
+    ExchangeDelete,
+    ExchangeUpdate,
+    PsaCreate,
+    PsaDelete,
+    PsaUpdate,
+    UserSettings,
+    enabled_kinds,
+    plan,
+    window,
+)
+from exchanged.model import (
+    Appointment,
+    Contact,
+    ExchangeItem,
+    FolderKind,
+    ImportMode,
+    Kind,
+    Mapping,
+    PsaRecord,
+    ShowAs,
+    Task,
+    occurrence_key,
+    payload_hash,
+)
+
+NOW = datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
+S = UserSettings()
+W = window(NOW, S)
+
+
+def appt(subject: str = "a", hours: float = 1, **kw: object) -> Appointment:
+    start = NOW + timedelta(hours=hours)
+    return Appointment(subject, start, start + timedelta(hours=1), **kw)  # type: ignore[arg-type]
+
+
+def synced(kind: Kind, n: int, payload: object, folder: FolderKind = FolderKind.CALENDAR
+           ) -> tuple[PsaRecord, ExchangeItem, Mapping]:
+    key = f"{kind.value}:{n}"
+    rec = PsaRecord(kind, key, payload)  # type: ignore[arg-type]
+    item = ExchangeItem(folder, f"id{n}", f"ck{n}", payload, psa_key=key)  # type: ignore[arg-type]
+    m = Mapping(kind, key, folder, item.item_id, item.change_key, payload_hash(payload),  # type: ignore[arg-type]
+                payload_hash(payload))  # type: ignore[arg-type]
+    return rec, item, m
+
+
+def test_engine_imports_only_stdlib_and_model() -> None:
+    allowed_ours = {"exchanged.model"}
+    for path in pathlib.Path(engine_pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                name = node.module or ""
+            elif isinstance(node, ast.Import):
+                name = node.names[0].name
+            else:
+                continue
+            root = name.split(".")[0]
+            assert root in {"__future__", "re", "collections", "dataclasses", "datetime", "typing"} \
+                or name in allowed_ours, f"{path.name} imports {name}"
+
+
+def test_window_and_kinds() -> None:
+    w = window(NOW, replace(S, past_days=3, recurring_future_days=5))
+    assert w.past_start == NOW - timedelta(days=3) and w.recurring_end == NOW + timedelta(days=5)
+    assert enabled_kinds(S) == {Kind.APPOINTMENT, Kind.SERVICE_CALL, Kind.TODO, Kind.CONTACT, Kind.IMPORTED}
+    narrowed = replace(S, todos=False, import_appointments=ImportMode.NONE)
+    assert enabled_kinds(narrowed) == {Kind.APPOINTMENT, Kind.SERVICE_CALL, Kind.CONTACT}
+
+
+def test_settings_from_config_object() -> None:
+    from exchanged.config import SyncConfig
+
+    s = UserSettings.from_config(SyncConfig())
+    assert s == UserSettings()
+    s = UserSettings.from_config(SyncConfig(skip_show_as=("free",), import_appointments="no_details"))
+    assert s.skip_show_as == {ShowAs.FREE} and s.import_appointments is ImportMode.NO_DETAILS
+
+
+payloads = st.one_of(
+    st.builds(appt, st.sampled_from("abc"), st.integers(-100, 2000)),
+    st.builds(Task, st.sampled_from("abc"), due=st.just(NOW)),
+    st.builds(Contact, st.sampled_from("abc"), st.sampled_from("xyz")),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(payloads, max_size=12))
+def test_a_synced_world_plans_nothing(items: list[object]) -> None:
+    recs, xs, maps = [], [], {}
+    for n, p in enumerate(items):
+        kind, folder = ((Kind.APPOINTMENT, FolderKind.CALENDAR) if isinstance(p, Appointment)
+                        else (Kind.TODO, FolderKind.TASKS) if isinstance(p, Task)
+                        else (Kind.CONTACT, FolderKind.CONTACTS))
+        r, x, m = synced(kind, n, p, folder)
+        if not isinstance(p, Appointment) or W.in_scope(p.start, p.end):
+            recs.append(r)
+        xs.append(x)
+        maps[m.psa_key] = m
+    out = plan(S, W, recs, xs, maps)
+    # only pairs that left the window are forgotten (the PSA no longer returns them)
+    assert all(a.verb == "forget" for a in out.actions), out.actions
+    assert out.held_back == [] and out.findings == []
+
+
+def test_exchange_edit_of_start_flows_back_both_changed_psa_wins() -> None:
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    later = NOW + timedelta(hours=5)
+    theirs = replace(x.payload, start=later, end=later + timedelta(hours=1), subject="theirs")
+    moved = replace(x, payload=theirs)
+    out = plan(S, W, [r], [moved], {m.psa_key: m})
+    [back, over] = out.actions
+    assert isinstance(back, PsaUpdate) and back.fields == ("start", "end")
+    assert isinstance(over, ExchangeUpdate) and over.fields == ("subject",)
+    psa_edit = replace(r, payload=replace(r.payload, body="new"))
+    out = plan(S, W, [psa_edit], [moved], {m.psa_key: m})
+    [only] = out.actions
+    assert isinstance(only, ExchangeUpdate) and set(only.fields) == {"start", "end", "subject", "body"}
+    assert only.reason == "changed on both sides: the PSA wins"
+
+
+def test_impossible_flow_back_is_not_written() -> None:
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    bad = replace(x, payload=replace(x.payload, start=NOW + timedelta(hours=9)))  # end before start
+    [a] = plan(S, W, [r], [bad], {m.psa_key: m}).actions
+    assert isinstance(a, ExchangeUpdate) and a.fields == ("start",)
+
+
+def test_new_and_missing_and_adopted() -> None:
+    r1, x1, m1 = synced(Kind.APPOINTMENT, 1, appt("one"))
+    r2, x2, _ = synced(Kind.APPOINTMENT, 2, appt("two"))
+    r3, _, _ = synced(Kind.APPOINTMENT, 3, appt("three"))
+    out = plan(S, W, [r1, r2, r3], [x1, x2], {m1.psa_key: m1})
+    kinds = sorted(type(a).__name__ for a in out.actions)
+    assert kinds == ["Adopt", "ExchangeCreate"]
+    adopt = next(a for a in out.actions if isinstance(a, Adopt))
+    assert adopt.mapping.item_id == x2.item_id
+    out = plan(S, W, [r1], [x1, x2], {m1.psa_key: m1})  # row two gone from the PSA
+    [d] = out.actions
+    assert isinstance(d, ExchangeDelete) and d.item_id == x2.item_id and d.forget is None
+
+
+def test_duplicate_exchange_items_are_removed_even_when_the_psa_looks_empty() -> None:
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    dup = replace(x, item_id="other")
+    out = plan(S, W, [r], [x, dup], {m.psa_key: m})
+    [d] = out.actions
+    assert isinstance(d, ExchangeDelete) and d.item_id == "other"
+
+
+def test_empty_psa_guard_and_max_deletes() -> None:
+    pairs = [synced(Kind.APPOINTMENT, n, appt(hours=n)) for n in range(4)]
+    maps = {m.psa_key: m for _, _, m in pairs}
+    xs = [x for _, x, _ in pairs]
+    out = plan(S, W, [], xs, maps)
+    assert out.actions == [] and len(out.held_back) == 4
+    assert [f.code for f in out.findings] == ["side_looks_empty"]
+    assert len(plan(S, W, [], xs, maps, allow_deletes=True).actions) == 4
+    few = replace(S, max_deletes_per_cycle=1)
+    out = plan(few, W, [pairs[0][0], pairs[1][0]], xs, maps)
+    assert out.actions == [] and len(out.held_back) == 2
+    assert [f.code for f in out.findings] == ["deletes_held_back"]
+    assert len(plan(few, W, [pairs[0][0], pairs[1][0]], xs, maps, allow_deletes=True).actions) == 2
+
+
+def test_import_rules() -> None:
+    foreign = ExchangeItem(FolderKind.CALENDAR, "f1", "c", appt("Dentist", body="x", is_private=True),
+                           uid="U1", exchange_key="U1")
+    [create] = plan(S, W, [], [foreign], {}).actions
+    assert isinstance(create, PsaCreate) and create.payload.subject == "Private appointment"
+    assert create.payload.body == ""
+    nod = replace(S, import_appointments=ImportMode.NO_DETAILS)
+    public = replace(foreign, payload=appt("Board", body="agenda"))
+    [create] = plan(nod, W, [], [public], {}).actions
+    assert isinstance(create, PsaCreate) and create.payload == replace(appt("Busy"))
+    free = replace(public, payload=appt("Lunch", show_as=ShowAs.FREE))
+    assert plan(replace(S, import_free_time=False), W, [], [free], {}).actions == []
+    assert plan(replace(S, import_appointments=ImportMode.NONE), W, [], [public], {}).actions == []
+
+
+def test_imported_row_follows_exchange_and_is_deleted_with_it() -> None:
+    item = ExchangeItem(FolderKind.CALENDAR, "f1", "c", appt("Dentist"), uid="U1", exchange_key="U1")
+    row = PsaRecord(Kind.IMPORTED, "imported:1", appt("edited in PSA"), exchange_key="U1")
+    m = Mapping(Kind.IMPORTED, "imported:1", FolderKind.CALENDAR, "f1", "c", payload_hash(appt("Dentist")),
+                payload_hash(appt("Dentist")), "U1")
+    [upd] = plan(S, W, [row], [item], {m.psa_key: m}).actions
+    assert isinstance(upd, PsaUpdate) and upd.fields == ("subject",)
+    assert upd.reason == "edited in the PSA; Exchange owns it: overwritten"
+    other = ExchangeItem(FolderKind.CALENDAR, "f2", "c", appt("other"), uid="U2", exchange_key="U2")
+    row2 = PsaRecord(Kind.IMPORTED, "imported:2", appt("other"), exchange_key="U2")
+    m2 = replace(m, psa_key="imported:2", item_id="f2", exchange_key="U2",
+                 psa_hash=payload_hash(appt("other")), exchange_hash=payload_hash(appt("other")))
+    out = plan(S, W, [row, row2], [other], {m.psa_key: m, m2.psa_key: m2})
+    [d] = out.actions
+    assert isinstance(d, PsaDelete) and d.psa_key == "imported:1" and d.reason == "deleted in Exchange"
+
+
+def test_duplicate_imported_rows_keep_the_mapped_one() -> None:
+    item = ExchangeItem(FolderKind.CALENDAR, "f1", "c", appt("Dentist"), uid="U1", exchange_key="U1")
+    rows = [PsaRecord(Kind.IMPORTED, f"imported:{n}", appt("Dentist"), exchange_key="U1") for n in (1, 2)]
+    m = Mapping(Kind.IMPORTED, "imported:2", FolderKind.CALENDAR, "f1", "c", payload_hash(appt("Dentist")),
+                payload_hash(appt("Dentist")), "U1")
+    [d] = plan(S, W, rows, [item], {m.psa_key: m}).actions
+    assert isinstance(d, PsaDelete) and d.psa_key == "imported:1"
+
+
+def test_occurrences_only_up_to_recurring_end_singles_always() -> None:
+    far = NOW + timedelta(days=S.recurring_future_days + 2)
+    occ = ExchangeItem(FolderKind.CALENDAR, "o1", "c", Appointment("s", far, far + timedelta(hours=1)),
+                       uid="U", exchange_key=occurrence_key("U", far))
+    single = ExchangeItem(FolderKind.CALENDAR, "s1", "c", Appointment("s", far, far + timedelta(hours=1)),
+                          uid="V", exchange_key="V")
+    out = plan(S, W, [], [occ, single], {})
+    assert [a.exchange_key for a in out.actions if isinstance(a, PsaCreate)] == ["V"]
+
+
+def test_out_of_window_is_forgotten_not_deleted() -> None:
+    _, x, m = synced(Kind.APPOINTMENT, 1, appt(hours=-24 * 10))
+    [a] = plan(S, W, [], [x], {m.psa_key: m}).actions
+    assert a.verb == "forget"
+
+
+def test_create_carries_reason_and_kind() -> None:
+    r, _, _ = synced(Kind.SERVICE_CALL, 7, appt())
+    [c] = plan(S, W, [r], [], {}).actions
+    assert isinstance(c, ExchangeCreate) and c.reason == "new in the PSA" and c.folder is FolderKind.CALENDAR

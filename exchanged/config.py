@@ -1170,6 +1170,11 @@ def cli_check_config(args: Any) -> int:
         print(f"OK: {source}: {users} users ({enabled} enabled){tail}")
         for check in checks or []:
             print(f"{check['result']:<8} {check['subject']}: {check['message']}")
+        if checks is not None:
+            tally = {r: sum(c["result"] == r for c in checks) for r in ("ok", "warning", "failed")}
+            verdict = "FAILED" if status else "OK"
+            print(f"connect {verdict}: {tally['ok']} ok, {tally['warning']} warning(s), "
+                  f"{tally['failed']} failed")
     return status
 
 

@@ -238,6 +238,7 @@ class _Outgoing:
     subject: str
     body: str
     key: str | None = None
+    mailbox: str | None = None  # for the log's MAILBOX field
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +327,7 @@ class Notifier:
             log.debug("error not mailed: notifications.email is empty", key=key, mailbox=mailbox)
             return False
         subject, body = self._error_text(entry, repeat=entry.mailed)
-        if not self._queue(_Outgoing("error", self._settings.recipients, subject, body, key)):
+        if not self._queue(_Outgoing("error", self._settings.recipients, subject, body, key, entry.mailbox)):
             return False
         entry.last_mailed = now
         entry.mailed = True
@@ -338,7 +339,9 @@ class Notifier:
         if entry is None or not entry.mailed or not self._settings.recipients:
             return False
         subject, body = self._resolved_text(entry)
-        return self._queue(_Outgoing("resolved", self._settings.recipients, subject, body, key))
+        return self._queue(
+            _Outgoing("resolved", self._settings.recipients, subject, body, key, entry.mailbox)
+        )
 
     def resolved_mailbox(self, mailbox: str) -> int:
         """Close every open error of ``mailbox`` (its cycle succeeded); the number of RESOLVED mails."""
@@ -348,7 +351,7 @@ class Notifier:
     def confirm_user(self, mailbox: str, settings_summary: str) -> bool:
         """Tell a newly enabled user what is synced and how to change it (the vendor's confirmation)."""
         subject, body = self._confirmation_text(mailbox, settings_summary)
-        return self._queue(_Outgoing("confirmation", (mailbox,), subject, body))
+        return self._queue(_Outgoing("confirmation", (mailbox,), subject, body, mailbox=mailbox))
 
     def open_errors(self) -> dict[str, int]:
         """Open error keys and how often each occurred (for status and tests)."""
@@ -395,7 +398,7 @@ class Notifier:
         except MailError as exc:
             self._counters.failed += 1
             log.warning("mail not sent", kind=item.kind, subject=item.subject, to=list(item.to),
-                        error=exc.message, hint=exc.hint)
+                        mailbox=item.mailbox, error=exc.message, hint=exc.hint)
             self._rearm(item)
         except Exception as exc:  # a bug in a mailer must not end the notifier
             self._counters.failed += 1
@@ -404,7 +407,8 @@ class Notifier:
             self._rearm(item)
         else:
             self._counters.sent += 1
-            log.info("mail sent", kind=item.kind, subject=item.subject, to=list(item.to))
+            log.info("mail sent", kind=item.kind, subject=item.subject, to=list(item.to),
+                     mailbox=item.mailbox)
 
     def _rearm(self, item: _Outgoing) -> None:
         # nobody was told: the next occurrence of this error tries again, and no RESOLVED is owed

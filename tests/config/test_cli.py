@@ -86,6 +86,7 @@ def test_connect_not_available_is_clear(tmp_path: Path) -> None:
     if available:
         # the EWS adapter exists: nothing listens on port 1, so the check fails, clearly
         assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+        assert "connect FAILED:" in done.stdout and "failed" in done.stdout
     else:
         assert done.returncode == 1
         assert "--connect: not available yet" in done.stdout

@@ -379,8 +379,10 @@ class _Server:
 
     async def _connection(self, stream: trio.SocketStream, conn_id: int) -> None:
         try:
-            peer = self._peer(stream)
-            if peer is None or not self.peer_check(peer):
+            # In a worker thread: user and group names come from NSS, which may be LDAP and slow;
+            # the event loop (and every other client) must not wait for it.
+            peer = await trio.to_thread.run_sync(self._peer, stream)
+            if peer is None or not await trio.to_thread.run_sync(self.peer_check, peer):
                 await self._refuse_peer(stream, conn_id, peer)
                 return
             await serve_stream(

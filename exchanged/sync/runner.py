@@ -205,13 +205,14 @@ class SyncRunner:
             outcome = await self._cycle(target, full=full, allow_deletes=allow_deletes,
                                         progress=progress, cycle_id=cycle_id)
         except Exception as exc:  # every failure of a cycle is reported, never raised to the daemon
-            outcome = CycleOutcome("error", error=errors.present(_named(exc, target.name)).line())
+            shown = errors.present(_named(exc, target.name))
+            outcome = CycleOutcome("error", error=shown.line(), reason=shown.reason)
         try:
             await self.state.record_outcome(target.name, self.now(), outcome)
         except Exception as exc:
             if outcome.result != "error":
-                outcome = replace(outcome, result="error",
-                                  error=errors.present(_named(exc, target.name)).line())
+                shown = errors.present(_named(exc, target.name))
+                outcome = replace(outcome, result="error", error=shown.line(), reason=shown.reason)
         return outcome
 
     async def _cycle(self, target: _Target, *, full: bool, allow_deletes: bool,
@@ -229,6 +230,7 @@ class SyncRunner:
             outcome.result = "held_back"
             outcome.held_back_deletes = len(the_plan.held_back)
             outcome.error = "; ".join(f.message for f in the_plan.findings) or None
+            outcome.reason = the_plan.findings[0].code if the_plan.findings else "deletes_held_back"
         elif outcome.item_errors:
             outcome.result = "partial"
         return outcome

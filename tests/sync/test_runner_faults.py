@@ -162,7 +162,7 @@ async def test_psa_unavailable_is_a_cycle_error_and_deletes_nothing() -> None:
     await w.cycle()
     w.psa.unavailable = True
     out = await w.cycle()
-    assert out.result == "error" and "PSA" in (out.error or "")
+    assert out.result == "error" and "PSA" in (out.error or "") and out.reason == "psa_unreachable"
     assert len(w.mb.items(FolderKind.CALENDAR)) == 2
     assert w.state.records[MAILBOX].last_result == "error"
 
@@ -175,7 +175,7 @@ async def test_empty_psa_is_never_mirrored_as_deletions() -> None:
         w.psa.remove(k)  # e.g. a broken PSA query that returns nothing
     out = await w.cycle()
     assert out.result == "held_back" and out.held_back_deletes == 3 and out.counts.deleted == 0
-    assert "returned no appointment rows" in (out.error or "")
+    assert "returned no appointment rows" in (out.error or "") and out.reason == "side_looks_empty"
     assert len(w.mb.items(FolderKind.CALENDAR)) == 3
     assert sorted(w.state.users[MAILBOX].held_back_deletes) == sorted(keys)
     plan = await w.runner.plan(w.user)
@@ -204,7 +204,7 @@ async def test_mass_delete_is_held_back_until_allowed() -> None:
         w.psa.remove(k)
     out = await w.cycle()
     assert out.result == "held_back" and out.held_back_deletes == 3 and out.counts.deleted == 0
-    assert "max_deletes_per_cycle" in (out.error or "")
+    assert "max_deletes_per_cycle" in (out.error or "") and out.reason == "deletes_held_back"
     assert len(w.mb.items(FolderKind.CALENDAR)) == 5
     out = await w.cycle()  # still held: release needs the operator
     assert out.result == "held_back"

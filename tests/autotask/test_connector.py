@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import trio
@@ -23,8 +25,8 @@ JANE, BOB, OLD = "29682885", "29682886", "29682887"
 ALL = frozenset(Kind) - {Kind.PUBLIC_CONTACT}
 
 
-def by_key(records: list[PsaRecord] | tuple[PsaRecord, ...] | object) -> dict[str, PsaRecord]:
-    return {r.psa_key: r for r in records}  # type: ignore[attr-defined]
+def by_key(records: Sequence[PsaRecord]) -> dict[str, PsaRecord]:
+    return {r.psa_key: r for r in records}
 
 
 def seed_service_calls(server: AutotaskServer) -> dict[str, int]:
@@ -262,7 +264,7 @@ async def test_paging_over_500_rows_and_no_n_plus_one(server: AutotaskServer) ->
     few, _ = await cost(5)
     more, _ = await cost(60)
     assert few == more  # rows grow, requests do not
-    many, appointment_pages = await cost(1100)
+    _many, appointment_pages = await cost(1100)
     assert appointment_pages == 3  # 1100 appointments: three 500-row pages, all followed
 
 
@@ -373,10 +375,9 @@ async def test_unreachable_is_psa_unavailable(server: AutotaskServer) -> None:
     assert "unreachable" in info.value.message and SECRET not in info.value.message
 
 
-def imported(subject: str = "Lunch", **kw: object) -> Appointment:
-    return Appointment(
-        subject=subject, start=NOW + timedelta(days=1), end=NOW + timedelta(days=1, hours=1), **kw
-    )  # type: ignore[arg-type]
+def imported(subject: str = "Lunch", **kw: Any) -> Appointment:
+    start = NOW + timedelta(days=1)
+    return Appointment(subject=subject, start=start, end=start + timedelta(hours=1), **kw)
 
 
 async def test_imported_appointment_round_trip(server: AutotaskServer, connector: AutotaskConnector) -> None:
@@ -420,7 +421,7 @@ async def test_imported_appointment_round_trip(server: AutotaskServer, connector
         [PsaWrite("update", Kind.IMPORTED, created.psa_key, replace(moved, subject=""), fields=("subject",))]
     )
     assert isinstance(renamed, PsaRecord) and renamed.payload.subject == ""  # type: ignore[union-attr]
-    assert [None] == list(await connector.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None)]))
+    assert list(await connector.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None)])) == [None]
     assert await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW) == []
 
 

@@ -283,7 +283,7 @@ def test_faults_and_stats(server: AutotaskServer) -> None:
 
 def test_state_dir_keeps_data_and_ca_across_restarts(tmp_path: Path) -> None:
     with AutotaskServer(api_user=(USER, SECRET, CODE), state_dir=tmp_path, seed=base_seed()) as srv:
-        status, body = api_call(
+        _status, body = api_call(
             srv,
             "POST",
             "V1.0/Appointments",
@@ -329,9 +329,8 @@ def test_command_line_prints_url_and_ca_then_serves(tmp_path: Path) -> None:
 
         status, body = api_call(Remote, "GET", "V1.0/Resources/29682885")  # type: ignore[arg-type]
         assert status == 200 and body["item"]["firstName"] == "Jane"
-        status, stats = api_call(
-            Remote, "GET", info["url"].replace("ATServicesRest/", "__emulator/stats"), auth=None
-        )  # type: ignore[arg-type]
+        stats_url = info["url"].replace("ATServicesRest/", "__emulator/stats")
+        status, stats = api_call(Remote, "GET", stats_url, auth=None)  # type: ignore[arg-type]
         assert stats["threshold"]["limit"] == 50
     finally:
         proc.terminate()

@@ -24,6 +24,7 @@ import json
 import os
 import random
 import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -137,6 +138,9 @@ class AutotaskApi:
         self._tls = tls_context(ca_bundle)
         self.budget = RequestBudget(requests_per_hour)
         self.limiter = trio.CapacityLimiter(THREAD_LIMIT)
+        # the limiter schedules; this semaphore is the hard guard: a request abandoned by a
+        # cancelled task keeps its slot until its thread is really done with the socket
+        self._wire_slots = threading.BoundedSemaphore(THREAD_LIMIT)
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.max_attempts = max_attempts
@@ -159,7 +163,8 @@ class AutotaskApi:
             req.add_header("UserName", self.creds.username)
             req.add_header("Secret", self.creds.secret)
         try:
-            with urllib.request.urlopen(req, context=self._tls, timeout=self.timeout_s) as resp:
+            with self._wire_slots, urllib.request.urlopen(req, context=self._tls,
+                                                          timeout=self.timeout_s) as resp:
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as exc:

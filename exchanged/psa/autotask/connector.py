@@ -72,7 +72,11 @@ class AutotaskConnector:
         if self._threshold_at is not None and now - self._threshold_at < THRESHOLD_REFRESH_S:
             return
         self._threshold_at = now
-        db = await self.api.threshold()
+        try:
+            db = await self.api.threshold()
+        except errors.PsaUnavailable as exc:  # only for status: the cycle goes on without it
+            log.warning("autotask_threshold_information_failed", error=exc.message)
+            return
         limit, used = db.get("limit"), db.get("used")
         if isinstance(limit, int) and isinstance(used, int) and limit > 0 and used >= THRESHOLD_WARN * limit:
             log.warning(

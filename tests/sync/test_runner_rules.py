@@ -289,3 +289,19 @@ async def test_public_contacts_cycle() -> None:
     assert out.result == "ok" and w.writes() == before
     plan = await w.runner.plan_public_contacts(w.settings)
     assert plan["actions"] == []
+
+
+async def test_series_expansion_is_reused_by_noop_cycles_and_renewed_when_old() -> None:
+    w = World()
+    starts = [NOW + timedelta(days=d) for d in range(5)]
+    w.mb.user_add_series(appt("standup"), starts, uid="S")
+    await w.cycle()
+    await w.cycle()
+    w.exchange.requests.clear()
+    w.now = NOW + timedelta(hours=2)
+    await w.cycle()
+    assert dict(w.exchange.requests) == {"SyncFolderItems": 3}
+    w.now = NOW + timedelta(hours=7)
+    await w.cycle()
+    assert w.exchange.requests["FindItem"] == 1
+    await w.assert_converged()

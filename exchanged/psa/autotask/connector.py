@@ -16,7 +16,8 @@ the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,7 @@ class AutotaskConnector:
         async def run(name: str, fn: Any) -> None:
             results[name] = await fn(rid, window)
 
-        async with trio.open_nursery() as nursery:
+        async with _nursery() as nursery:
             if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
                 nursery.start_soon(run, "appointments", self._appointments)
             if Kind.SERVICE_CALL in kinds:
@@ -186,7 +187,7 @@ class AutotaskConnector:
             )
             assigned.update(call_of[int(r[link_field])] for r in res if int(r[link_field]) in call_of)
 
-        async with trio.open_nursery() as nursery:
+        async with _nursery() as nursery:
             nursery.start_soon(
                 chain, "ServiceCallTickets", "ServiceCallTicketResources", "serviceCallTicketID", "ticketID"
             )
@@ -233,7 +234,7 @@ class AutotaskConnector:
                 )
             )
 
-        async with trio.open_nursery() as nursery:
+        async with _nursery() as nursery:
             nursery.start_soon(get_companies)
             nursery.start_soon(get_opps)
         names = {int(c["id"]): str(c.get("companyName") or "") for c in companies}
@@ -519,6 +520,31 @@ class AutotaskConnector:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+@asynccontextmanager
+async def _nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for concurrent queries that raises the first typed error itself, not a group:
+    callers (the runner) catch ``PsaUnavailable``, not an ``ExceptionGroup`` around it."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        first = _first_typed(group)
+        if first is not None:
+            raise first from None
+        raise
+
+
+def _first_typed(group: BaseExceptionGroup[BaseException]) -> errors.ExchangedError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, errors.ExchangedError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_typed(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _key(w: PsaWrite) -> str:

@@ -42,7 +42,8 @@ VERSIONS: dict[str, Any] = {
     "exchange2007": ews_version.EXCHANGE_2007, "exchange2007_sp1": ews_version.EXCHANGE_2007_SP1,
     "exchange2010": ews_version.EXCHANGE_2010, "exchange2010_sp1": ews_version.EXCHANGE_2010_SP1,
     "exchange2010_sp2": ews_version.EXCHANGE_2010_SP2, "exchange2013": ews_version.EXCHANGE_2013,
-    "exchange2013_sp1": ews_version.EXCHANGE_2013_SP1, "exchange2016": ews_version.EXCHANGE_2016,
+    "exchange2013_sp1": ews_version.EXCHANGE_2013_SP1, "exchange2015": ews_version.EXCHANGE_2015,
+    "exchange2015_sp1": ews_version.EXCHANGE_2015_SP1, "exchange2016": ews_version.EXCHANGE_2016,
     "exchange2019": ews_version.EXCHANGE_2019,
 }
 
@@ -241,7 +242,7 @@ class EwsAccount:
             results.append(CheckResult("users", True, "no enabled users to check", warning=True))
         for address in mailboxes:
             if not login_ok:
-                results.append(CheckResult(address, False, f"{address}: not checked, the login failed"))
+                results.append(CheckResult(address, False, "not checked: the login failed"))
                 continue
             results.append(await self._check_mailbox(address))
         return results
@@ -270,10 +271,11 @@ class EwsAccount:
         try:
             version = await self.call("sync account", "login", resolve)
         except errors.AuthFailed as exc:
-            return [CheckResult("login", False, errors.present(exc).line())]
+            return [CheckResult("login", False, _without_prefix(errors.present(exc).line(), "sync account"))]
         except errors.ExchangedError as exc:
-            return [CheckResult("login", False, f"not checked: {errors.present(exc).message}"),
-                    CheckResult("ews", False, errors.present(exc).line())]
+            line = _without_prefix(errors.present(exc).line(), "sync account")
+            return [CheckResult("login", False, "not checked: EWS is not reachable"),
+                    CheckResult("ews", False, line)]
         return [CheckResult("login", True, f"logged in as {session.login} ({s.auth_type})"),
                 CheckResult("ews", True, f"EWS answers at {s.service_endpoint}: {version}")]
 
@@ -289,8 +291,8 @@ class EwsAccount:
 
             await self.call(address, "GetFolder calendar", get_calendar)
         except errors.ExchangedError as exc:
-            return CheckResult(address, False, errors.present(exc).line())
-        return CheckResult(address, True, f"{address}: calendar reachable ({how})")
+            return CheckResult(address, False, _without_prefix(errors.present(exc).line(), address))
+        return CheckResult(address, True, f"calendar reachable ({how})")
 
     async def aclose(self) -> None:
         if self.closed:
@@ -313,6 +315,12 @@ class EwsAccount:
 
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(close_all)
+
+
+def _without_prefix(message: str, subject: str) -> str:
+    """Check results are shown as "subject: message": do not name the subject twice."""
+    prefix = f"{subject}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 __all__ = ["AmbiguousWrite", "Contacts", "EwsAccount", "Session", "Tasks", "pinned_version"]

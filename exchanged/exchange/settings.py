@@ -61,6 +61,8 @@ class ExchangeSettings:
     def service_endpoint(self) -> str:
         """``https://address[:port]/<virtual_directory or EWS/Exchange.asmx>``."""
         vdir = (self.virtual_directory or DEFAULT_VDIR).strip("/")
+        if not vdir.lower().endswith(".asmx"):  # a directory, as the vendor's field name says
+            vdir = f"{vdir}/Exchange.asmx"
         default_port = 80 if self.scheme == "http" else 443
         host = self.address if self.port in (None, default_port) else f"{self.address}:{self.port}"
         return f"{self.scheme}://{host}/{vdir}"
@@ -130,7 +132,9 @@ def settings_from_config(cfg: Any) -> ExchangeSettings:
     sync = _get(cfg, "sync")
     users = list(_get(cfg, "users", []) or [])
     use_for_all = bool(_get(creds, "use_for_all_users", True))
-    enabled = tuple(str(_get(u, "mailbox")) for u in users if _user_is_enabled(u) and _get(u, "mailbox"))
+    enabled_users = getattr(cfg, "enabled_users", None)
+    chosen = list(enabled_users()) if callable(enabled_users) else [u for u in users if _user_is_enabled(u)]
+    enabled = tuple(str(_get(u, "mailbox")) for u in chosen if _get(u, "mailbox"))
     auth_type = str(_get(creds, "auth_type", "basic") or "basic").lower()
     version = _get(server, "version")
     user_creds: dict[str, UserCredentials] = {}

@@ -1,0 +1,72 @@
+"""``exchanged check-config --connect`` and the daemon's config objects, end to end against the EWS
+test server (the CLI in a subprocess, the server in this process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from exchanged.config import parse_config
+from exchanged.exchange import check_connect, open_account
+from exchanged.model import FolderKind
+from exchanged.testing.ews import EwsTestServer
+
+from .conftest import ALICE
+
+
+def write_config(tmp_path: Path, server: EwsTestServer, *, password: str = "SECRET-svc",
+                 auth_type: str = "ntlm") -> Path:
+    pw = tmp_path / "sync-password"
+    pw.write_text(password)
+    pw.chmod(0o600)
+    path = tmp_path / "exchanged.yaml"
+    path.write_text(f"""
+profile_name: test
+server: {{address: localhost, port: {server.port}, ca_bundle: {server.ca_file}, version: Exchange2016}}
+sync_interval_minutes: 15
+credentials: {{username: svc@example.test, password_file: {pw}, auth_type: {auth_type}}}
+sync: {{category: PSA-test}}
+users:
+  - {{mailbox: {ALICE}, psa_resource: "1"}}
+  - {{mailbox: nobody@example.test, psa_resource: "2"}}
+  - {{mailbox: bob@example.test, psa_resource: "3", enabled: false}}
+""")
+    return path
+
+
+def test_check_connect_with_the_daemons_config(tmp_path: Path, ews_server: EwsTestServer) -> None:
+    cfg = parse_config(write_config(tmp_path, ews_server).read_text(), "exchanged.yaml")
+    results = check_connect(cfg)
+    assert [(r.subject, r.ok) for r in results] == [
+        ("login", True), ("ews", True), (ALICE, True), ("nobody@example.test", False)]
+    assert results[-1].message.startswith("GetFolder calendar: Exchange has no mailbox")
+
+
+async def test_open_account_with_the_daemons_config(tmp_path: Path, ews_server: EwsTestServer) -> None:
+    cfg = parse_config(write_config(tmp_path, ews_server, auth_type="basic").read_text(), "exchanged.yaml")
+    acc = open_account(cfg)
+    try:
+        assert acc.settings.category == "PSA-test"
+        assert acc.settings.service_endpoint == ews_server.url
+        assert await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"]) == {}
+    finally:
+        await acc.aclose()
+
+
+def test_the_cli(tmp_path: Path, ews_server: EwsTestServer) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    good = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
+                           str(write_config(tmp_path, ews_server))], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert good.returncode == 1, good.stderr  # nobody@example.test has no mailbox
+    assert "ok       login: logged in as svc@example.test (ntlm)" in good.stdout
+    assert f"ok       {ALICE}: calendar reachable (impersonation)" in good.stdout
+    assert "failed   nobody@example.test: GetFolder calendar: Exchange has no mailbox" in good.stdout
+    wrong = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
+                            str(write_config(tmp_path, ews_server, password="not-it"))],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert wrong.returncode == 1
+    assert "failed   login:" in wrong.stdout and "was refused" in wrong.stdout
+    assert "not-it" not in wrong.stdout + wrong.stderr  # secrets are never printed

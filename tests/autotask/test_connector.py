@@ -538,3 +538,17 @@ async def test_check_reports_login_resources_and_appointment_rights(
     server.secret = "rotated"
     login = {r.subject: r for r in await make_connector(server).check([JANE])}["autotask login"]
     assert not login.ok and SECRET not in login.message and "rotated" not in login.message
+
+
+async def test_a_reload_keeps_the_hourly_count_and_the_thread_limit(
+    server: AutotaskServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    old = make_connector(server, requests_per_hour=10)
+    await old.resource(JANE)
+    used = old.budget_status()["used"]
+    new = make_connector(server, requests_per_hour=20, previous=old)
+    assert new.budget_status()["used"] == used and new.budget_status()["limit"] == 20
+    assert new.api.limiter is old.api.limiter
+    server.reset_stats()
+    await new.resource(JANE)
+    assert "GET ZoneInformation" not in server.stats()["requests"]  # the zone is kept too

@@ -150,6 +150,17 @@ class AutotaskApi:
         self.backoffs = 0  # 429 / thread-limit / 5xx back-offs so far (status)
         self.database: dict[str, Any] | None = None  # last ThresholdInformation
 
+    def share_limits(self, older: AutotaskApi) -> None:
+        """Take over the budget and thread limit of the client this one replaces (reload)."""
+        limit = self.budget.limit
+        self.budget = older.budget
+        self.budget.limit = limit
+        self.limiter = older.limiter
+        self._wire_slots = older._wire_slots
+        if older.creds == self.creds and older.zone_lookup_url == self.zone_lookup_url:
+            self.zone_url = older.zone_url
+            self.database = older.database
+
     # -- the wire (worker thread) ---------------------------------------------------------------
 
     def _send_blocking(self, method: str, url: str, body: Any, with_auth: bool) -> Response:

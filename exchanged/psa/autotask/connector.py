@@ -578,12 +578,17 @@ def _scope(record: PsaRecord) -> tuple[Any, Any]:
     return None, None
 
 
-def open_autotask(psa_cfg: Any, **api_options: Any) -> AutotaskConnector:
+def open_autotask(
+    psa_cfg: Any, *, previous: AutotaskConnector | None = None, **api_options: Any
+) -> AutotaskConnector:
     """The connector for ``psa: {connector: autotask, ...}``; no I/O until the first call.
 
     ``psa_cfg`` is ``config.AutotaskPsaConfig`` or anything with its attributes (username,
     secret/secret_file, integration_code/integration_code_file, zone_lookup_url,
-    requests_per_hour, ca_bundle). ``api_options`` tune the client for tests (retry_base_s, ...).
+    requests_per_hour, ca_bundle). ``previous``: the connector of the config generation this one
+    replaces (reload); the new one takes over its hourly budget (with the new limit) and its
+    thread limit, so that a reload neither resets the count nor doubles the threads in flight.
+    ``api_options`` tune the client for tests (retry_base_s, retry_cap_s, max_attempts, ...).
     """
     api = AutotaskApi(
         credentials_from(psa_cfg),
@@ -594,6 +599,8 @@ def open_autotask(psa_cfg: Any, **api_options: Any) -> AutotaskConnector:
         requests_per_hour=int(getattr(psa_cfg, "requests_per_hour", None) or 3000),
         **api_options,
     )
+    if previous is not None:
+        api.share_limits(previous.api)
     return AutotaskConnector(api)
 
 

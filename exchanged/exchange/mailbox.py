@@ -7,8 +7,8 @@ Requests per operation (see docs/EWS_ADAPTER.md for the whole picture):
 * ``calendar_view``: one FindItem with a CalendarView per slice of at most a year (split further
   when a slice hits MaxEntriesReturned), plus GetItem for the bodies (``details=True``).
 * ``find_by_psa_keys``: FindItem (IdOnly + our key) per ``FIND_KEYS_CHUNK`` keys, GetItem for hits.
-* ``create``/``update``/``delete``: one CreateItem/UpdateItem/DeleteItem per 100 items; update
-  adds one GetItem per 100 to return what the server now holds.
+* ``create``/``update``/``delete``: one CreateItem/UpdateItem/DeleteItem per 100 items; create
+  and update add GetItem (per ``GET_CHUNK``) to return what the server now holds.
 """
 
 from __future__ import annotations
@@ -302,10 +302,25 @@ class EwsMailbox:
                 return await self._adopt_then_create(folder, chunk, results)
             for (n, ews_item), answer in zip(built, answers, strict=False):
                 results[n] = self._created(folder, chunk[n], ews_item, answer)
+            await self._reread_created(folder, results)
         return [r if r is not None else ItemError(chunk[n].psa_key, "no_answer",
                                                   f"{self._address}: Exchange sent no result for this item",
                                                   retryable=True)
                 for n, r in enumerate(results)]
+
+    async def _reread_created(
+        self, folder: FolderKind, results: list[ExchangeItem | ItemError | None]
+    ) -> None:
+        """Replace the locally converted results by what the server now holds (UID, server-set
+        fields such as a task's CompleteDate), so the state store remembers the server's truth."""
+        made = [r for r in results if isinstance(r, ExchangeItem)]
+        if not made:
+            return
+        ids = [(i.item_id, i.change_key) for i in made]
+        fresh = {i.item_id: i for i in await self._get_items(folder, ids)}
+        for n, r in enumerate(results):
+            if isinstance(r, ExchangeItem) and r.item_id in fresh:
+                results[n] = fresh[r.item_id]
 
     def _created(
         self, folder: FolderKind, new: NewItem, ews_item: Any, answer: Any

@@ -315,3 +315,25 @@ async def test_public_contacts_folder_is_created_once_and_listed(ews_server: Ews
     finally:
         await again.aclose()
     assert requests(ews_server).get("CreateFolder", 0) == 0
+
+
+async def test_write_results_are_what_the_server_holds(account: EwsAccount) -> None:
+    """The runner stores the returned items as the Exchange side of the mapping: they must equal
+    what the next read returns, or a server-set field would look like a user's edit."""
+    from exchanged.model import Task
+
+    mb = account.mailbox(ALICE)
+    day = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
+    done = Task(subject="filed", start=day, due=day, completed=day)
+    [t] = await mb.create(FolderKind.TASKS, [NewItem(Kind.TODO, "todo:1", done)])
+    [a] = await mb.create(FolderKind.CALENDAR, [appt(1)])
+    assert isinstance(t, ExchangeItem) and isinstance(a, ExchangeItem)
+    assert a.uid and a.exchange_key == a.uid
+    read = {i.item_id: i for f in (FolderKind.TASKS, FolderKind.CALENDAR)
+            async for p in mb.changes(f, None) for i in p.upserted}
+    assert read[t.item_id].payload == t.payload
+    assert read[a.item_id].payload == a.payload and read[a.item_id].change_key == a.change_key
+    open_again = dataclasses.replace(t.payload, completed=None)  # type: ignore[type-var]
+    [t2] = await mb.update(FolderKind.TASKS,
+                           [ItemUpdate(t.item_id, t.change_key, open_again, ("completed",))])
+    assert isinstance(t2, ExchangeItem) and t2.payload.completed is None  # type: ignore[union-attr]

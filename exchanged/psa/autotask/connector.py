@@ -329,6 +329,8 @@ class AutotaskConnector:
         if target is None:
             return ItemError(key, "invalid_write", f"cannot {w.op} {w.psa_key!r} in Autotask")
         row = current.get(target)
+        if row is None and w.op == "delete":
+            return None  # deleting what is gone is done
         if row is None:
             return ItemError(
                 key, "not_found", f"Autotask {target.entity} {target.record_id} no longer exists"
@@ -347,6 +349,8 @@ class AutotaskConnector:
                 what=f"delete Appointments {target.record_id}",
             )
             result = self._written(resp, key, "delete", "Appointments", target.record_id)
+            if isinstance(result, ItemError) and result.code == "not_found":
+                return None  # removed meanwhile by someone else: done all the same
             return None if isinstance(result, _Target) else result
         if w.op != "update" or w.payload is None:
             return ItemError(key, "invalid_write", f"unknown PSA write {w.op!r}")

@@ -511,7 +511,7 @@ class EwsPublicContacts(EwsMailbox):
         except ErrorFolderNotFound:
             raise
         except Exception:
-            root.refresh()
+            root.clear_cache()
             for child in root.children:  # created concurrently by another node
                 if child.name == self._name:
                     return child

@@ -24,7 +24,7 @@ from exchangelib import version as ews_version
 from exchangelib.errors import EWSError, ResponseMessageError
 from exchangelib.folders import Calendar, Contacts, Tasks
 from exchangelib.properties import DistinguishedFolderId, Mailbox
-from exchangelib.protocol import BaseProtocol, CachingProtocol, Protocol
+from exchangelib.protocol import CachingProtocol, Protocol
 
 from exchanged import errors
 from exchanged.exchange import tls
@@ -97,6 +97,7 @@ class EwsAccount:
         self._sessions: dict[str, Session] = {}
         self._accounts: dict[str, Account] = {}
         self._mailboxes: dict[str, Any] = {}
+        self._protocols: dict[int, tuple[Any, Configuration]] = {}  # what aclose() closes
         self._public: Any = None
         self.closed = False
 
@@ -146,6 +147,7 @@ class EwsAccount:
                 raise errors.MailboxNotFound(f"{mailbox}: not a mailbox address ({exc})",
                                              mailbox=mailbox) from None
             self._accounts[key] = acc
+            self._protocols[id(acc.protocol)] = (acc.protocol, session.config)
         return acc
 
     def distinguished_folder(self, mailbox: str, cls: Any) -> Any:
@@ -252,8 +254,10 @@ class EwsAccount:
         session = self.session_for(s.enabled_mailboxes[0] if s.enabled_mailboxes else "sync@account")
         probe = s.login_name.split("\\")[-1].split("@")[0] or "exchanged"
 
+        protocol = Protocol(config=session.config)
+        self._protocols[id(protocol)] = (protocol, session.config)
+
         def resolve() -> str:
-            protocol = Protocol(config=session.config)
             v = protocol.version  # detects the version when server.version is not pinned
             try:
                 list(ResolveNamesHinted(protocol=protocol).call(
@@ -282,8 +286,9 @@ class EwsAccount:
     async def _check_mailbox(self, address: str) -> CheckResult:
         how = "impersonation" if self.settings.use_for_all_users else "own credentials"
         try:
+            folder = self.distinguished_folder(address, Calendar)
+
             def get_calendar() -> None:
-                folder = self.distinguished_folder(address, Calendar)
                 for res in GetFolderHinted(account=folder.account).call(
                         folders=[folder], additional_fields=[], shape="IdOnly"):
                     if isinstance(res, Exception):
@@ -298,20 +303,22 @@ class EwsAccount:
         if self.closed:
             return
         self.closed = True
-        sessions = list(self._sessions.values())
+        protocols = list(self._protocols.values())
+        self._protocols.clear()
         self._sessions.clear()
         self._accounts.clear()
 
         def close_all() -> None:
-            for session in sessions:
+            for protocol, config in protocols:
+                key = CachingProtocol._cache_key(config)
                 with CachingProtocol._protocol_cache_lock:
-                    entry = CachingProtocol._protocol_cache.pop(CachingProtocol._cache_key(session.config),
-                                                                None)
-                if entry is not None and isinstance(entry[0], BaseProtocol):
-                    try:
-                        entry[0].close()
-                    except EWSError:
-                        pass
+                    cached = CachingProtocol._protocol_cache.get(key)
+                    if cached is not None and cached[0] is protocol:  # not a newer account's pool
+                        del CachingProtocol._protocol_cache[key]
+                try:
+                    protocol.close()
+                except EWSError:
+                    pass
 
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(close_all)

@@ -489,14 +489,14 @@ class EwsPublicContacts(EwsMailbox):
     async def _folder(self, folder: FolderKind) -> Any:
         self._check_folder(folder)
         if self._public_folder is None:
+            acc = self._ews_account()
             self._public_folder = await self._call(f"find or create public folder {self._name}",
-                                                   self._find_or_create)
+                                                   lambda: self._find_or_create(acc))
         return self._public_folder
 
-    def _find_or_create(self) -> Any:
+    def _find_or_create(self, acc: Any) -> Any:
         from exchangelib.folders import PublicFoldersRoot
 
-        acc = self._ews_account()
         root = PublicFoldersRoot(account=acc, _distinguished_id=DistinguishedFolderId(
             id=PublicFoldersRoot.DISTINGUISHED_FOLDER_ID))
         root = PublicFoldersRoot.get_distinguished(account=acc) if root.id is None else root

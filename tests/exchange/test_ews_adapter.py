@@ -337,3 +337,23 @@ async def test_write_results_are_what_the_server_holds(account: EwsAccount) -> N
     [t2] = await mb.update(FolderKind.TASKS,
                            [ItemUpdate(t.item_id, t.change_key, open_again, ("completed",))])
     assert isinstance(t2, ExchangeItem) and t2.payload.completed is None  # type: ignore[union-attr]
+
+
+async def test_closing_an_old_account_leaves_a_newer_ones_pool_alone(settings: ExchangeSettings) -> None:
+    """A reload opens the new account before the old one is closed: same endpoint, same login."""
+    from exchangelib.protocol import CachingProtocol
+
+    old = open_account(settings)
+    await old.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+    new = open_account(settings)
+    try:
+        await new.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+        new_protocol = new.ews_account(ALICE).protocol
+        assert new_protocol is not old.ews_account(ALICE).protocol  # the reload got a fresh pool
+        await old.aclose()
+        key = CachingProtocol._cache_key(new.session_for(ALICE).config)
+        assert CachingProtocol._protocol_cache[key][0] is new_protocol
+        assert await new.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"]) == {}
+    finally:
+        await new.aclose()
+    assert key not in CachingProtocol._protocol_cache

@@ -552,3 +552,12 @@ async def test_a_reload_keeps_the_hourly_count_and_the_thread_limit(
     server.reset_stats()
     await new.resource(JANE)
     assert "GET ZoneInformation" not in server.stats()["requests"]  # the zone is kept too
+
+
+async def test_an_unknown_api_user_is_a_login_failure_at_once(server: AutotaskServer) -> None:
+    connector = make_connector(server)
+    connector.api.creds = replace(connector.api.creds, username="nobody@example.test")
+    with pytest.raises(errors.PsaAuthFailed) as info:
+        await connector.load(JANE, ALL, WINDOW)
+    assert "nobody@example.test" in info.value.message and SECRET not in info.value.message
+    assert server.stats()["requests"] == {"GET ZoneInformation": 1}  # not retried, nothing else sent

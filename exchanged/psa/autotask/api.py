@@ -201,8 +201,9 @@ class AutotaskApi:
                 return self.zone_url
             user = urllib.parse.quote(self.creds.username)
             url = f"{self.zone_lookup_url}V1.0/ZoneInformation?user={user}"
+            # a 500 here is the API's answer for an unknown user: final, not retried
             resp = await self._attempts("GET", url, None, with_auth=False, idempotent=True,
-                                        what="the zone lookup (ZoneInformation)")
+                                        what="the zone lookup (ZoneInformation)", final_500=True)
             zone = resp.body.get("url") if isinstance(resp.body, dict) else None
             if resp.status != 200 or not isinstance(zone, str) or not zone.lower().startswith("https://"):
                 if resp.status == 500:
@@ -223,7 +224,7 @@ class AutotaskApi:
         return full * (0.5 + random.random() / 2)
 
     async def _attempts(self, method: str, url: str, body: Any, *, with_auth: bool, idempotent: bool,
-                        what: str) -> Response:
+                        what: str, final_500: bool = False) -> Response:
         attempt = 0
         while True:
             try:
@@ -239,7 +240,7 @@ class AutotaskApi:
                                                 f"{reason}") from None
             else:
                 limited = resp.status == 429 or resp.thread_limited
-                transient = resp.status >= 500 and idempotent
+                transient = resp.status >= 500 and idempotent and not (final_500 and resp.status == 500)
                 if not (limited or transient):
                     return resp
                 if attempt + 1 >= self.max_attempts:

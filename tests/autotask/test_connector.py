@@ -13,11 +13,11 @@ import trio
 from exchanged import errors
 from exchanged.model import Appointment, ItemError, Kind, PsaRecord, ShowAs, Task, make_psa_key
 from exchanged.ports import PsaWrite
-from exchanged.psa.autotask import AutotaskConnector, RequestBudget
+from exchanged.psa.autotask import AutotaskConnector, RequestBudget, open_autotask
 from exchanged.psa.autotask.mapping import parse_time
 from exchanged.testing.autotask import AutotaskServer
 
-from .conftest import NOW, SECRET, WINDOW, make_connector, t
+from .conftest import CODE, NOW, SECRET, USER, WINDOW, make_connector, t
 
 pytestmark = pytest.mark.e2e
 
@@ -561,3 +561,27 @@ async def test_an_unknown_api_user_is_a_login_failure_at_once(server: AutotaskSe
         await connector.load(JANE, ALL, WINDOW)
     assert "nobody@example.test" in info.value.message and SECRET not in info.value.message
     assert server.stats()["requests"] == {"GET ZoneInformation": 1}  # not retried, nothing else sent
+
+
+async def test_works_with_the_parsed_config_and_never_shows_the_secrets(server: AutotaskServer) -> None:
+    from exchanged.config import parse_config
+
+    cfg = parse_config(f"""
+profile_name: t
+server: {{address: mail.example.test}}
+sync_interval_minutes: 15
+credentials: {{username: svc, password: pw}}
+users: [{{mailbox: jdoe@example.test, psa_resource: "{JANE}"}}]
+psa:
+  connector: autotask
+  username: {USER}
+  secret: {SECRET}
+  integration_code: {CODE}
+  zone_lookup_url: {server.url}
+  requests_per_hour: 100
+  ca_bundle: {server.ca_file}
+""")
+    connector = open_autotask(cfg.psa)
+    assert (await connector.resource(JANE)) is not None
+    shown = repr(connector.api.creds) + repr(connector.budget_status())
+    assert SECRET not in shown and CODE not in shown and connector.budget_status()["limit"] == 100

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ class Response:
 @dataclass(frozen=True, slots=True)
 class Credentials:
     username: str
-    secret: str
-    integration_code: str
+    secret: str = field(repr=False)  # never in a repr, log line or traceback
+    integration_code: str = field(repr=False)
 
 
 def _secret_value(value: Any) -> str | None:

@@ -152,3 +152,24 @@ async def test_import_time_change_and_deletions_each_way(world: World) -> None:
     await world.cycle()
     [call] = mb.by_psa_key(FolderKind.CALENDAR, make_psa_key(Kind.SERVICE_CALL, ids["call"]))
     assert replace(call.payload).body == "Printer and scanner"  # type: ignore[union-attr]
+
+
+async def test_a_lost_reply_to_an_import_leaves_no_duplicate(world: World, server: AutotaskServer) -> None:
+    from exchanged import errors
+    from exchanged.ports import PsaWrite
+
+    seed(server)
+    mb = world.exchange.mailbox(MAILBOX)
+    start = NOW + timedelta(days=2)
+    lunch = Appointment("Lunch", start, start + timedelta(hours=1))
+    item = mb.user_add(FolderKind.CALENDAR, lunch)
+    connector = world.runner.psa
+    server.faults.update({"drop_next": 1})  # Autotask creates the row, the answer never arrives
+    with pytest.raises(errors.PsaUnavailable):
+        await connector.apply(
+            [PsaWrite("create", Kind.IMPORTED, None, lunch, exchange_key=item.exchange_key, resource=JANE)]
+        )
+    assert server.stats()["dropped"] == 1
+    await world.cycle()
+    await world.cycle()
+    assert [r["title"] for r in server.store.rows("Appointments")].count("Lunch") == 1

@@ -45,9 +45,15 @@ HOUR_S = 3600.0
 
 @dataclass
 class Faults:
-    """Set through POST /__emulator/faults; ``fail_next`` counts down per API request."""
+    """Set through POST /__emulator/faults; ``*_next`` count down per API request.
+
+    ``fail_next``: answer ``fail_status`` without doing anything; ``drop_next``: do the work,
+    then close the connection without an answer (the lost reply); ``latency_ms``: delay every
+    API request while it counts as in flight.
+    """
 
     fail_next: int = 0
+    drop_next: int = 0
     fail_status: int = 500
     latency_ms: int = 0
 
@@ -72,6 +78,7 @@ class Stats:
     threshold_rejections: int = 0
     auth_failures: int = 0
     failed: int = 0
+    dropped: int = 0
 
 
 def _load_or_create_tls(state_dir: Path) -> tuple[Path, Path]:
@@ -178,7 +185,7 @@ class AutotaskServer:
                     "thread_limit_rejections": s.thread_limit_rejections,
                     "threshold": {"limit": self.threshold, "used": self._used(time.monotonic())},
                     "threshold_rejections": s.threshold_rejections,
-                    "auth_failures": s.auth_failures, "failed": s.failed}
+                    "auth_failures": s.auth_failures, "failed": s.failed, "dropped": s.dropped}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -195,6 +202,10 @@ class AutotaskServer:
 
 
 # --- the HTTP layer -------------------------------------------------------------------------------
+
+
+class _Drop(Exception):
+    """The work is done; the answer is lost (the connection closes)."""
 
 
 class _Reply(Exception):
@@ -269,6 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             segments = [urllib.parse.unquote(s) for s in parts.path.split("/") if s]
             status, answer = self._route(method, segments, params, body)
+        except _Drop:
+            self.close_connection = True
+            return
         except _Reply as reply:
             status, answer = reply.status, reply.body
         except ApiError as exc:
@@ -373,6 +387,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fail:
                 srv.faults.fail_next -= 1
                 srv.stats_data.failed += 1
+            drop = not fail and srv.faults.drop_next > 0
+            if drop:
+                srv.faults.drop_next -= 1
+                srv.stats_data.dropped += 1
         try:
             if latency:
                 time.sleep(latency / 1000)
@@ -381,7 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Reply(status, {"errors": [f"An unexpected error has occurred (injected {status})"]})
             with srv.store.lock:
                 result: tuple[int, Any] = work()
-                return result
+            if drop:
+                raise _Drop()
+            return result
         finally:
             with srv._lock:
                 srv._in_flight[key] -= 1

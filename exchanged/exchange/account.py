@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import trio
 from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FailFast, Version
 from exchangelib import version as ews_version
-from exchangelib.errors import EWSError, ResponseMessageError
+from exchangelib.errors import EWSError, ResponseMessageError, UnauthorizedError
 from exchangelib.folders import Calendar, Contacts, Tasks
 from exchangelib.properties import DistinguishedFolderId, Mailbox
 from exchangelib.protocol import CachingProtocol, Protocol
@@ -58,6 +58,18 @@ class AmbiguousWrite(Exception):
     def __init__(self, error: errors.ExchangedError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class StrictFailFast(FailFast):
+    """exchangelib's FailFast, but a 401 is a login failure even when the server also closes the
+    connection (exchangelib checks "Connection: close" first and would call it throttling)."""
+
+    def raise_response_errors(self, response: Any) -> None:
+        if response.status_code == 401:
+            locked = b"locked out" in (response.content or b"")
+            raise UnauthorizedError("The referenced account is currently locked out" if locked
+                                    else f"Invalid credentials for {response.url}")
+        super().raise_response_errors(response)
 
 
 def pinned_version(name: str | None) -> Version | None:
@@ -108,7 +120,7 @@ class EwsAccount:
         config = Configuration(
             credentials=credentials, service_endpoint=self.settings.service_endpoint,
             auth_type=self.settings.auth_type.upper() if self.settings.auth_type == "ntlm" else "basic",
-            version=self.version, retry_policy=FailFast(),
+            version=self.version, retry_policy=StrictFailFast(),
             max_connections=self.settings.max_connections)
         # a Protocol cached by an earlier generation of the config (same endpoint + credentials)
         # would carry the old version/pool size: start from a fresh one

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
+from exchangelib import FailFast
 
 from exchanged import errors
 from exchanged.exchange import EwsAccount, ExchangeSettings, acheck_connect, check_connect, open_account
@@ -202,7 +203,7 @@ async def test_pinned_version_and_pool_size(ews_server: EwsTestServer, account: 
     await account.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
     session = account.session_for(ALICE)
     assert session.config.max_connections == account.limiter.total_tokens == 3
-    assert type(session.config.retry_policy).__name__ == "FailFast"
+    assert isinstance(session.config.retry_policy, FailFast) and session.config.retry_policy.fail_fast
     assert "ConvertId" not in requests(ews_server)  # no version guessing when server.version is set
 
 

@@ -51,7 +51,6 @@ class ExchangeSettings:
     public_folder_name: str = DEFAULT_PUBLIC_FOLDER
     # the mailbox whose session reaches the public folders (default: first enabled user)
     public_folder_mailbox: str | None = None
-    request_timeout_s: int = 120
 
     @property
     def scheme(self) -> str:

@@ -358,3 +358,29 @@ async def test_closing_an_old_account_leaves_a_newer_ones_pool_alone(settings: E
     finally:
         await new.aclose()
     assert key not in CachingProtocol._protocol_cache
+
+
+async def test_request_economy_of_a_sync_page(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    mb = account.mailbox(ALICE)
+    [first] = [p async for p in mb.changes(FolderKind.CONTACTS, None)]
+    await mb.create(FolderKind.CONTACTS, [NewItem(Kind.CONTACT, f"contact:{n}", Contact(f"G{n}", "S"))
+                                          for n in range(120)])
+    ews_server.reset_stats()
+    [page] = [p async for p in mb.changes(FolderKind.CONTACTS, first.sync_state)]
+    assert len(page.upserted) == 120
+    # one SyncFolderItems, and GetItem only for the changed items, 50 per request
+    assert requests(ews_server) == {"SyncFolderItems": 1, "GetItem": 3}
+
+
+async def test_public_folder_adoption(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    pub = account.public_contacts()
+    new = [NewItem(Kind.PUBLIC_CONTACT, "public_contact:7", Contact("Pat", "Q"))]
+    # the folder lookup first, so that the lost reply hits the CreateItem
+    assert await pub.find_by_psa_keys(FolderKind.PUBLIC_CONTACTS, ["public_contact:0"]) == {}
+    ews_server.set_faults(drop_next=1)
+    [created] = await pub.create(FolderKind.PUBLIC_CONTACTS, new)
+    assert isinstance(created, ExchangeItem) and created.psa_key == "public_contact:7"
+    found = await pub.find_by_psa_keys(FolderKind.PUBLIC_CONTACTS, ["public_contact:7"])
+    assert list(found) == ["public_contact:7"] and found["public_contact:7"].item_id == created.item_id
+    [page] = [p async for p in pub.changes(FolderKind.PUBLIC_CONTACTS, None)]
+    assert [i.psa_key for i in page.upserted] == ["public_contact:7"]

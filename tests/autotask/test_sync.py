@@ -173,3 +173,38 @@ async def test_a_lost_reply_to_an_import_leaves_no_duplicate(world: World, serve
     await world.cycle()
     await world.cycle()
     assert [r["title"] for r in server.store.rows("Appointments")].count("Lunch") == 1
+
+
+async def test_model_level_helpers_give_back_what_they_were_given(server: AutotaskServer) -> None:
+    from exchanged.model import Contact, Task
+
+    from .conftest import WINDOW
+
+    psa = server.psa
+    psa.add_resource("501", "eve@example.test", "Eve Adams")
+    start = NOW + timedelta(days=1)
+    given = {
+        psa.add(
+            Kind.APPOINTMENT, Appointment("Visit", start, start + timedelta(hours=1), body="b"), ["501"]
+        ): Appointment("Visit", start, start + timedelta(hours=1), body="b"),
+        psa.add(
+            Kind.SERVICE_CALL,
+            Appointment("Service call: Contoso", start, start + timedelta(hours=2)),
+            ["501", JANE],
+        ): Appointment("Service call: Contoso", start, start + timedelta(hours=2)),
+        psa.add(Kind.TODO, Task("Call Anna", body="Call Anna", start=start, due=start), ["501"]): Task(
+            "Call Anna", body="Call Anna", start=start, due=start
+        ),
+        psa.add(
+            Kind.CONTACT, Contact("Anna", "Smith", company="Contoso", email="a@x.test"), ["501"]
+        ): Contact("Anna", "Smith", company="Contoso", email="a@x.test"),
+    }
+    connector = make_connector(server)
+    loaded = {r.psa_key: r.payload for r in await connector.load("501", frozenset(Kind), WINDOW)}
+    assert loaded == given
+    [call_key] = [k for k in given if k.startswith("service_call:")]
+    psa.edit(call_key, body="now with notes")
+    psa.assign(call_key, [JANE])
+    assert call_key not in {r.psa_key for r in await connector.load("501", frozenset(Kind), WINDOW)}
+    jane = {r.psa_key: r.payload for r in await connector.load(JANE, frozenset({Kind.SERVICE_CALL}), WINDOW)}
+    assert jane[call_key].body == "now with notes"  # type: ignore[union-attr]

@@ -34,6 +34,7 @@ from typing import Any
 
 import trustme
 
+from .psa import AutotaskPsaData
 from .schema import CHILD_ROUTES, ENTITIES, ENTITY_BY_LOWER
 from .store import PAGE_SIZE, ApiError, Query, Store, api_500, not_allowed
 
@@ -126,6 +127,7 @@ class AutotaskServer:
         self._host, self._port = host, port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._psa: AutotaskPsaData | None = None
         self.ca_file, self._server_pem = _load_or_create_tls(self.state_dir)
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -191,6 +193,13 @@ class AutotaskServer:
         with self._lock:
             in_flight = self.stats_data.in_flight
             self.stats_data = Stats(in_flight=in_flight)
+
+    @property
+    def psa(self) -> AutotaskPsaData:
+        """Model-level helpers (``add``, ``edit``, ``remove``, ``assign``) like ``MemoryPsa``'s."""
+        if self._psa is None:
+            self._psa = AutotaskPsaData(self.store)
+        return self._psa
 
     def api_resource_id(self) -> int | None:
         """The Resource that is the API user (by userName or email), if seeded."""

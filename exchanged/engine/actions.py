@@ -77,6 +77,9 @@ class PsaUpdate:
     reason: str
     mapping: Mapping
     exchange_key: str | None = None
+    # the write moves the pair out of the window (an Exchange user moved it into the past): the
+    # mapping is dropped on success instead of kept, as for any pair that left the window
+    leaves_window: bool = False
     side = "psa"
     verb = "update"
 

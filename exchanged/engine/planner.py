@@ -132,6 +132,7 @@ class _Planner:
     result: Plan = field(default_factory=Plan)
     duplicates: set[int] = field(default_factory=set)  # id() of deletes of duplicates
     empty_sources: dict[Kind, str] = field(default_factory=dict)  # kind -> finding message
+    outside: dict[str, ExchangeItem] = field(default_factory=dict)  # imports moved out of the window
 
     def add(self, action: Action) -> None:
         self.result.actions.append(action)
@@ -205,6 +206,12 @@ class _Planner:
         psa_fields = changed_fields(record.payload, merged) if merged is not record.payload else ()
         ex_fields = changed_fields(item.payload, merged)
         base = Mapping(kind, key, item.folder, item.item_id, item.change_key, payload_hash(merged), ex_h)
+        if psa_fields and not in_scope(self.window, merged):
+            # moved out of the window in Exchange: the PSA follows, then the pair is out of scope
+            self.add(PsaUpdate(kind, key, merged, psa_fields,
+                               f"{_names(psa_fields)} changed in Exchange (now outside the sync window): "
+                               "written back to the PSA", base, leaves_window=True))
+            return
         if psa_fields:
             # if the Exchange overwrite that follows fails, the stale hash makes the next cycle look again
             stale = mapping.exchange_hash if mapping is not None and ex_fields else ex_h
@@ -238,9 +245,13 @@ class _Planner:
                  mappings: dict[str, Mapping]) -> None:
         view: dict[str, ExchangeItem] = {}
         skipped: dict[str, str] = {}
+        outside: dict[str, ExchangeItem] = {}  # still there, but moved out of the window
         for item in items:
             key = item.exchange_key
-            if key is None or not in_scope(self.window, item.payload, occurrence=item_is_occurrence(item)):
+            if key is None:
+                continue
+            if not in_scope(self.window, item.payload, occurrence=item_is_occurrence(item)):
+                outside[key] = item
                 continue
             why = import_skip_reason(item, self.settings)
             if why is None:
@@ -259,6 +270,7 @@ class _Planner:
             self.empty_sources[Kind.IMPORTED] = (
                 f"the Exchange calendar shows no appointment to import while {len(mappings)} are "
                 "imported; not deleting them from the PSA")
+        self.outside = outside
         for key in sorted(set(view) | set(rows) | set(maps)):
             self.imported_pair(key, view.get(key), rows.get(key, []), maps.get(key, []), skipped.get(key))
 
@@ -310,6 +322,21 @@ class _Planner:
         if row is None:
             if mapping is not None:
                 self.add(Forget(Kind.IMPORTED, mapping.psa_key, "gone from both sides"))
+            return
+        moved = self.outside.get(key)
+        if moved is not None:  # leaving the window is never a deletion
+            follows = import_skip_reason(moved, self.settings) is None
+            desired = render_import(moved, self.settings) if follows else row.payload
+            fields = changed_fields(row.payload, desired)
+            if fields:  # the row follows the appointment out of the window; then it is out of scope
+                self.add(PsaUpdate(Kind.IMPORTED, row.psa_key, desired, fields,
+                                   "moved out of the sync window in Exchange",
+                                   Mapping(Kind.IMPORTED, row.psa_key, FolderKind.CALENDAR, moved.item_id,
+                                           moved.change_key, payload_hash(desired),
+                                           payload_hash(moved.payload), key),
+                                   exchange_key=key, leaves_window=True))
+            elif mapping is not None:
+                self.add(Forget(Kind.IMPORTED, mapping.psa_key, "left the sync window"))
             return
         if in_scope(self.window, row.payload, occurrence=is_occurrence_key(key)):
             reason = f"not imported any more: {skipped}" if skipped else "deleted in Exchange"

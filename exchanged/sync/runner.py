@@ -413,7 +413,11 @@ class SyncRunner:
                 continue
             new_hash = payload_hash(result.payload)
             run.psa_hashes[result.psa_key] = new_hash
-            self._keep(run, batch, replace(action.mapping, psa_key=result.psa_key, psa_hash=new_hash))
+            if isinstance(action, PsaUpdate) and action.leaves_window:
+                if action.psa_key in run.mappings:
+                    self._drop(run, batch, action.psa_key)
+            else:
+                self._keep(run, batch, replace(action.mapping, psa_key=result.psa_key, psa_hash=new_hash))
             if isinstance(action, PsaCreate):
                 if action.replaces and action.replaces != result.psa_key:
                     self._drop(run, batch, action.replaces)

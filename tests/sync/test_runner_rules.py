@@ -305,3 +305,20 @@ async def test_series_expansion_is_reused_by_noop_cycles_and_renewed_when_old() 
     await w.cycle()
     assert w.exchange.requests["FindItem"] == 1
     await w.assert_converged()
+
+
+async def test_exchange_move_into_the_past_flows_back_then_leaves_the_window() -> None:
+    w = World()
+    key = w.psa.add(Kind.APPOINTMENT, appt("a"), [RESOURCE])
+    foreign = w.mb.user_add(FolderKind.CALENDAR, appt("x", hours=2))
+    await w.cycle()
+    past = NOW - timedelta(days=20)
+    w.mb.user_edit(FolderKind.CALENDAR, w.item_of(key).item_id, start=past, end=past + timedelta(hours=1))
+    w.mb.user_edit(FolderKind.CALENDAR, foreign.item_id, start=past, end=past + timedelta(hours=1))
+    out = await w.cycle()
+    assert out.counts.deleted == 0 and out.counts.updated == 2
+    assert w.psa.rows[key].record.payload.start == past
+    [row] = w.psa.records(Kind.IMPORTED)
+    assert row.payload.start == past  # followed, not deleted
+    assert w.state.mappings(MAILBOX) == {}
+    await w.assert_converged()

@@ -585,3 +585,12 @@ psa:
     assert (await connector.resource(JANE)) is not None
     shown = repr(connector.api.creds) + repr(connector.budget_status())
     assert SECRET not in shown and CODE not in shown and connector.budget_status()["limit"] == 100
+
+
+async def test_connectors_of_one_api_user_share_the_limits_without_being_told(server: AutotaskServer) -> None:
+    first = make_connector(server, requests_per_hour=50)
+    await first.resource(JANE)
+    second = make_connector(server, requests_per_hour=40)  # e.g. the daemon's connector after a reload
+    await second.resource(JANE)
+    assert second.api.budget is first.api.budget and second.api.limiter is first.api.limiter
+    assert first.budget_status()["limit"] == 40 and first.budget_status()["used"] == 4

@@ -47,6 +47,10 @@ THREAD_LIMIT = 3
 IN_CHUNK = 200  # values per `in` condition: well under the 500-condition limit and URL sizes
 
 
+# the newest client per (API user, integration code) and the trio run it lives in
+_SHARED: dict[tuple[str, str], tuple[trio.lowlevel.TrioToken, AutotaskApi]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -149,6 +153,19 @@ class AutotaskApi:
         self._zone_lock = trio.Lock()
         self.backoffs = 0  # 429 / thread-limit / 5xx back-offs so far (status)
         self.database: dict[str, Any] | None = None  # last ThresholdInformation
+        self._joined = False
+
+    def _join_process_limits(self) -> None:
+        """Share budget and thread limit with every client of the same API user and integration
+        code in this trio run (a reload's new connector, a check-config run in the daemon): the
+        limits are the database's, not one object's. Done on the first request, inside trio."""
+        self._joined = True
+        token = trio.lowlevel.current_trio_token()
+        key = (self.creds.username.lower(), self.creds.integration_code)
+        entry = _SHARED.get(key)
+        if entry is not None and entry[0] is token and entry[1] is not self:
+            self.share_limits(entry[1])
+        _SHARED[key] = (token, self)
 
     def share_limits(self, older: AutotaskApi) -> None:
         """Take over the budget and thread limit of the client this one replaces (reload)."""
@@ -188,6 +205,8 @@ class AutotaskApi:
         return Response(status, parsed)
 
     async def _send(self, method: str, url: str, body: Any, *, with_auth: bool) -> Response:
+        if not self._joined:
+            self._join_process_limits()
         await self.budget.acquire()
         async with self.limiter:
             return await trio.to_thread.run_sync(

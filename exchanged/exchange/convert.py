@@ -83,7 +83,19 @@ register_psa_key_property()
 
 
 class Unmappable(Exception):
-    """An Exchange item this adapter cannot represent; skipped with a log line."""
+    """An item this adapter cannot represent (skipped with a log line when read, an ``ItemError``
+    with ``code`` when written)."""
+
+    def __init__(self, message: str, code: str = "invalid_payload") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_payload(payload: Payload) -> None:
+    """What Exchange would refuse for one item, found before the batch is sent."""
+    if isinstance(payload, Appointment) and payload.end < payload.start:
+        raise Unmappable("the end of the appointment is before its start",
+                         "ErrorCalendarEndDateIsEarlierThanStartDate")
 
 
 # --- the fields we read (GetItem/FindItem additional properties) -------------------------------------
@@ -348,11 +360,18 @@ def new_ews_item(folder: FolderKind, payload: Payload, psa_key: str, categories:
                  account: Any, tz: tzinfo) -> Any:
     """An unsaved exchangelib item for CreateItem, carrying our key and the categories."""
     if not _payload_folder_ok(folder, payload):
-        raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder")
+        raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder",
+                         "ErrorInvalidPropertyValue")
+    check_payload(payload)
     values = {k: v for k, v in payload_values(payload, tz).items() if v is not None}
     cls = ITEM_CLASSES[folder]
     cats = list(dict.fromkeys(c for c in categories if c))
-    return cls(account=account, categories=cats or None, **{PSA_KEY_ATTR: psa_key}, **values)
+    item = cls(account=account, categories=cats or None, **{PSA_KEY_ATTR: psa_key}, **values)
+    try:
+        item.clean()  # field validation now, so one bad item never fails its whole batch
+    except (ValueError, TypeError) as exc:
+        raise Unmappable(str(exc), "ErrorInvalidPropertyValue") from None
+    return item
 
 
 # which exchangelib fields carry a model field (updates send only these)
@@ -397,10 +416,12 @@ def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: 
                     fieldnames: Sequence[str], account: Any, tz: tzinfo) -> Any:
     """An exchangelib item with id/changekey and the new values of ``fieldnames``."""
     if not _payload_folder_ok(folder, payload):
-        raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder")
+        raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder",
+                         "ErrorInvalidPropertyValue")
+    check_payload(payload)
     values = payload_values(payload, tz, for_update=True)
     cls = ITEM_CLASSES[folder]
-    item = cls(account=account, id=item_id, changekey=change_key)
+    item = cls(account=account, id=item_id, changekey=change_key or None)
     for name in fieldnames:
         setattr(item, name, values[name])
     return item

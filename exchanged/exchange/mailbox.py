@@ -286,7 +286,9 @@ class EwsMailbox:
                 cats = (*new.categories, category) if category else tuple(new.categories)
                 built.append((n, convert.new_ews_item(folder, new.payload, new.psa_key, cats, acc,
                                                       self._acc.tz)))
-            except (convert.Unmappable, ValueError, TypeError) as exc:
+            except convert.Unmappable as exc:
+                results[n] = ItemError(new.psa_key, exc.code, f"{self._address}: {exc}")
+            except (ValueError, TypeError) as exc:
                 results[n] = ItemError(new.psa_key, "invalid_payload", f"{self._address}: {exc}")
         if built:
             def create() -> list[Any]:
@@ -382,7 +384,9 @@ class EwsMailbox:
                     continue
                 built.append((n, convert.update_ews_item(folder, upd.item_id, upd.change_key, upd.payload,
                                                          names, acc, self._acc.tz), names))
-            except (convert.Unmappable, ValueError, TypeError) as exc:
+            except convert.Unmappable as exc:
+                results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
+            except (ValueError, TypeError) as exc:
                 results[n] = ItemError(upd.item_id, "invalid_payload", f"{self._address}: {exc}")
         answers: list[Any] = []
         if built:

@@ -170,3 +170,17 @@ async def test_tasks_and_contacts_round_trip(harness: Harness) -> None:
     [t3] = await mb.update(FolderKind.TASKS, [ItemUpdate(t.item_id, t.change_key, done, ("completed",))])
     assert isinstance(t3, ExchangeItem)
     assert t3.payload.completed is not None  # type: ignore[union-attr]
+
+
+async def test_one_bad_item_never_fails_its_batch(harness: Harness) -> None:
+    mb = harness.account.mailbox(ALICE)
+    bad = NewItem(Kind.APPOINTMENT, "appointment:bad",
+                  Appointment(subject="backwards", start=T0, end=T0 - timedelta(hours=1)))
+    results = await mb.create(FolderKind.CALENDAR, [appt(1), bad, appt(2)])
+    assert isinstance(results[0], ExchangeItem) and isinstance(results[2], ExchangeItem)
+    err = results[1]
+    assert not isinstance(err, ExchangeItem)
+    assert err.key == "appointment:bad" and err.code == "ErrorCalendarEndDateIsEarlierThanStartDate"
+    wrong_folder = NewItem(Kind.TODO, "todo:1", Task(subject="a task"))
+    [res] = await mb.create(FolderKind.CALENDAR, [wrong_folder])
+    assert not isinstance(res, ExchangeItem) and res.code == "ErrorInvalidPropertyValue"

@@ -232,7 +232,7 @@ class AutotaskApi:
                 raise errors.PsaUnavailable(
                     f"Autotask zone lookup at {self.zone_lookup_url} failed: {resp.error_text()}")
             self.zone_url = zone if zone.endswith("/") else zone + "/"
-            log.info("autotask_zone", zone=self.zone_url, user=self.creds.username)
+            log.info("Autotask zone resolved", zone=self.zone_url, user=self.creds.username)
             return self.zone_url
 
     # -- requests -------------------------------------------------------------------------------
@@ -275,7 +275,8 @@ class AutotaskApi:
             delay = self._delay(attempt)
             attempt += 1
             self.backoffs += 1
-            log.warning("autotask_backoff", what=what, attempt=attempt, delay_s=round(delay, 2))
+            log.warning("Autotask request refused or failed; backing off before retrying",
+                        what=what, attempt=attempt, delay_s=round(delay, 2))
             await trio.sleep(delay)
 
     async def request(self, method: str, path_or_url: str, body: Any = None, *,
@@ -298,7 +299,8 @@ class AutotaskApi:
                 raise errors.PsaAuthFailed(
                     f"Autotask refused the login of API user {self.creds.username} (HTTP 401)")
             relogged = True
-            log.warning("autotask_unauthorized_reresolving_zone", user=self.creds.username)
+            log.warning("Autotask answered 401; looking the zone up again and retrying once",
+                        user=self.creds.username)
             old = self.zone_url
             await self.zone(refresh=True)
             if path_or_url.startswith("https://") and old and path_or_url.startswith(old):

@@ -76,12 +76,13 @@ class AutotaskConnector:
         try:
             db = await self.api.threshold()
         except errors.PsaUnavailable as exc:  # only for status: the cycle goes on without it
-            log.warning("autotask_threshold_information_failed", error=exc.message)
+            log.warning("Autotask ThresholdInformation could not be read; the cycle goes on",
+                        error=exc.message)
             return
         limit, used = db.get("limit"), db.get("used")
         if isinstance(limit, int) and isinstance(used, int) and limit > 0 and used >= THRESHOLD_WARN * limit:
             log.warning(
-                "autotask_database_threshold_high",
+                "Autotask database request threshold nearly used up",
                 used=used,
                 limit=limit,
                 hint="other integrations share this budget; the API slows down and then "

@@ -76,8 +76,9 @@ class AutotaskConnector:
         try:
             db = await self.api.threshold()
         except errors.PsaUnavailable as exc:  # only for status: the cycle goes on without it
-            log.warning("Autotask ThresholdInformation could not be read; the cycle goes on",
-                        error=exc.message)
+            log.warning(
+                "Autotask ThresholdInformation could not be read; the cycle goes on", error=exc.message
+            )
             return
         limit, used = db.get("limit"), db.get("used")
         if isinstance(limit, int) and isinstance(used, int) and limit > 0 and used >= THRESHOLD_WARN * limit:
@@ -169,22 +170,31 @@ class AutotaskConnector:
         )
         if not calls:
             return []
-        call_ids = [int(c["id"]) for c in calls]
+        # Ids grow with time: the links of the window's calls have serviceCallID >= the smallest
+        # call id of the window, and their resource rows a link id >= the smallest such link. Two
+        # range filters per chain cost pages (500 rows), where `in` lists of the ids would cost a
+        # request per 200 calls of every resource.
+        call_ids = {int(c["id"]) for c in calls}
         assigned: set[int] = set()
 
         async def chain(link_entity: str, resource_entity: str, link_field: str, item_field: str) -> None:
-            links = await self.api.query_in(
-                link_entity, "serviceCallID", call_ids, ["serviceCallID", item_field]
+            links = await self.api.query(
+                link_entity,
+                [{"op": "gte", "field": "serviceCallID", "value": min(call_ids)}],
+                ["serviceCallID", item_field],
             )
-            call_of = {int(link["id"]): int(link["serviceCallID"]) for link in links}
+            call_of = {
+                int(x["id"]): int(x["serviceCallID"]) for x in links if int(x["serviceCallID"]) in call_ids
+            }
             if not call_of:
                 return
-            res = await self.api.query_in(
+            res = await self.api.query(
                 resource_entity,
-                link_field,
-                sorted(call_of),
+                [
+                    {"op": "eq", "field": "resourceID", "value": rid},
+                    {"op": "gte", "field": link_field, "value": min(call_of)},
+                ],
                 [link_field],
-                extra=[{"op": "eq", "field": "resourceID", "value": rid}],
             )
             assigned.update(call_of[int(r[link_field])] for r in res if int(r[link_field]) in call_of)
 

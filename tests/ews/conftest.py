@@ -34,7 +34,9 @@ class EwsTarget:
     server: EwsTestServer | None = None
     _accounts: dict[tuple[Any, ...], Account] = field(default_factory=dict)
 
-    def config(self, user: str | None = None, password: str | None = None, auth_type: str | None = NTLM) -> Configuration:
+    def config(
+        self, user: str | None = None, password: str | None = None, auth_type: str | None = NTLM
+    ) -> Configuration:
         creds = Credentials(user or self.user, password if password is not None else self.password)
         kwargs: dict[str, Any] = {"auth_type": auth_type} if auth_type else {}
         return Configuration(service_endpoint=self.url, credentials=creds, **kwargs)
@@ -74,7 +76,9 @@ def ews(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EwsTarget]:
     server = start_server(tmp_path_factory.mktemp("ews"))
     BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
     try:
-        yield EwsTarget(server.url, server.ca_file, SERVICE_ACCOUNT[0], SERVICE_ACCOUNT[1], list(MAILBOXES), server)
+        yield EwsTarget(
+            server.url, server.ca_file, SERVICE_ACCOUNT[0], SERVICE_ACCOUNT[1], list(MAILBOXES), server
+        )
     finally:
         BaseProtocol.HTTP_ADAPTER_CLS = previous_adapter
         server.stop()

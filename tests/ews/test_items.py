@@ -24,8 +24,8 @@ from exchangelib.errors import (
     ErrorIrresolvableConflict,
     ErrorItemNotFound,
 )
-from exchangelib.items.base import AUTO_RESOLVE, NEVER_OVERWRITE
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
+from exchangelib.items.base import AUTO_RESOLVE, NEVER_OVERWRITE
 from exchangelib.properties import ItemId
 
 from exchanged.testing.ews import EwsTestServer
@@ -81,13 +81,22 @@ def extended() -> Iterator[None]:
 
 
 def _event(account, folder, subject: str, start: EWSDateTime = T0, **kw) -> CalendarItem:
-    return CalendarItem(account=account, folder=folder, subject=subject, start=start,
-                        end=start + dt.timedelta(hours=1), **kw)
+    return CalendarItem(
+        account=account, folder=folder, subject=subject, start=start, end=start + dt.timedelta(hours=1), **kw
+    )
 
 
 def test_calendar_item_round_trip(account, calendar) -> None:
-    item = _event(account, calendar, "Service call 4711", location="Customer site", body="Bring the ladder",
-                  categories=["PSA", "Service"], legacy_free_busy_status="OOF", sensitivity="Private")
+    item = _event(
+        account,
+        calendar,
+        "Service call 4711",
+        location="Customer site",
+        body="Bring the ladder",
+        categories=["PSA", "Service"],
+        legacy_free_busy_status="OOF",
+        sensitivity="Private",
+    )
     item.save(send_meeting_invitations="SendToNone")
     got = calendar.get(id=item.id)
     assert (got.subject, got.location, got.body) == ("Service call 4711", "Customer site", "Bring the ladder")
@@ -101,8 +110,14 @@ def test_calendar_item_round_trip(account, calendar) -> None:
 
 def test_all_day_event_keeps_dates(account, calendar) -> None:
     start = EWSDateTime(2026, 12, 24, 0, 0, tzinfo=UTC)
-    item = CalendarItem(account=account, folder=calendar, subject="Holiday", start=start,
-                        end=start + dt.timedelta(days=1), is_all_day=True)
+    item = CalendarItem(
+        account=account,
+        folder=calendar,
+        subject="Holiday",
+        start=start,
+        end=start + dt.timedelta(days=1),
+        is_all_day=True,
+    )
     item.save(send_meeting_invitations="SendToNone")
     got = calendar.get(id=item.id)
     assert got.is_all_day is True
@@ -127,9 +142,14 @@ def test_stale_change_key_never_overwrite_is_a_conflict(account, calendar) -> No
     item.save(update_fields=["subject"], send_meeting_invitations="SendToNone")
     stale.subject = "v3"
     with pytest.raises(ErrorIrresolvableConflict):
-        stale.save(update_fields=["subject"], conflict_resolution=NEVER_OVERWRITE,
-                   send_meeting_invitations="SendToNone")
-    stale.save(update_fields=["subject"], conflict_resolution=AUTO_RESOLVE, send_meeting_invitations="SendToNone")
+        stale.save(
+            update_fields=["subject"],
+            conflict_resolution=NEVER_OVERWRITE,
+            send_meeting_invitations="SendToNone",
+        )
+    stale.save(
+        update_fields=["subject"], conflict_resolution=AUTO_RESOLVE, send_meeting_invitations="SendToNone"
+    )
     assert calendar.get(id=item.id).subject == "v3"
 
 
@@ -188,7 +208,9 @@ def test_bulk_create_reports_a_bad_item_alone(account, calendar) -> None:
 def test_meeting_invitations_are_recorded_never_sent(account, calendar, emulator: EwsTestServer) -> None:
     item = _event(account, calendar, "meeting", required_attendees=["bob@example.test"])
     item.save(send_meeting_invitations="SendToAllAndSaveCopy")
-    assert any(i["item_id"] == item.id and i["mode"] == "SendToAllAndSaveCopy" for i in emulator.invitations())
+    assert any(
+        i["item_id"] == item.id and i["mode"] == "SendToAllAndSaveCopy" for i in emulator.invitations()
+    )
     quiet = _event(account, calendar, "quiet", required_attendees=["bob@example.test"])
     quiet.save(send_meeting_invitations="SendToNone")
     assert not any(i["item_id"] == quiet.id for i in emulator.invitations())
@@ -196,9 +218,16 @@ def test_meeting_invitations_are_recorded_never_sent(account, calendar, emulator
 
 
 def test_task_keeps_due_date_and_status(account, tasks) -> None:
-    task = Task(account=account, folder=tasks, subject="Call back", body="About ticket 12",
-                start_date=EWSDate(2026, 12, 1), due_date=EWSDate(2026, 12, 4), status="InProgress",
-                percent_complete=Decimal(50))
+    task = Task(
+        account=account,
+        folder=tasks,
+        subject="Call back",
+        body="About ticket 12",
+        start_date=EWSDate(2026, 12, 1),
+        due_date=EWSDate(2026, 12, 4),
+        status="InProgress",
+        percent_complete=Decimal(50),
+    )
     task.save()
     got = tasks.get(id=task.id)
     assert got.due_date == EWSDate(2026, 12, 4) and got.start_date == EWSDate(2026, 12, 1)
@@ -211,19 +240,34 @@ def test_task_keeps_due_date_and_status(account, tasks) -> None:
 
 
 def test_contact_round_trip(account, contacts) -> None:
-    contact = Contact(account=account, folder=contacts, display_name="Ada Lovelace", given_name="Ada", surname="Lovelace",
-                      company_name="Analytical Engines", job_title="Engineer",
-                      email_addresses=[EmailAddress(email="ada@example.test", label="EmailAddress1")],
-                      phone_numbers=[PhoneNumber(label="BusinessPhone", phone_number="+49 30 1234"),
-                                     PhoneNumber(label="MobilePhone", phone_number="+49 170 1234")])
+    contact = Contact(
+        account=account,
+        folder=contacts,
+        display_name="Ada Lovelace",
+        given_name="Ada",
+        surname="Lovelace",
+        company_name="Analytical Engines",
+        job_title="Engineer",
+        email_addresses=[EmailAddress(email="ada@example.test", label="EmailAddress1")],
+        phone_numbers=[
+            PhoneNumber(label="BusinessPhone", phone_number="+49 30 1234"),
+            PhoneNumber(label="MobilePhone", phone_number="+49 170 1234"),
+        ],
+    )
     contact.save()
     got = contacts.get(id=contact.id)
     assert (got.given_name, got.surname, got.company_name, got.job_title) == (
-        "Ada", "Lovelace", "Analytical Engines", "Engineer")
+        "Ada",
+        "Lovelace",
+        "Analytical Engines",
+        "Engineer",
+    )
     assert got.display_name == "Ada Lovelace"
     assert [e.email for e in got.email_addresses] == ["ada@example.test"]
     assert {p.label: p.phone_number for p in got.phone_numbers} == {
-        "BusinessPhone": "+49 30 1234", "MobilePhone": "+49 170 1234"}
+        "BusinessPhone": "+49 30 1234",
+        "MobilePhone": "+49 170 1234",
+    }
     got.phone_numbers = [PhoneNumber(label="BusinessPhone", phone_number="+49 30 9999")]
     got.save(update_fields=["phone_numbers"])
     again = contacts.get(id=contact.id)
@@ -232,14 +276,27 @@ def test_contact_round_trip(account, contacts) -> None:
 
 def test_extended_properties_read_write_filter(account, calendar, extended) -> None:
     stamp = EWSDateTime(2026, 11, 1, 12, 0, tzinfo=UTC)
-    item = _event(account, calendar, "stamped", sync_key="psa:appointment:42", revision=7,
-                  flags=["a", "b"], stamp=stamp, done=True)
+    item = _event(
+        account,
+        calendar,
+        "stamped",
+        sync_key="psa:appointment:42",
+        revision=7,
+        flags=["a", "b"],
+        stamp=stamp,
+        done=True,
+    )
     item.save(send_meeting_invitations="SendToNone")
     other = _event(account, calendar, "other", sync_key="psa:appointment:43", revision=1)
     other.save(send_meeting_invitations="SendToNone")
     got = calendar.get(id=item.id)
     assert (got.sync_key, got.revision, got.flags, got.stamp, got.done) == (
-        "psa:appointment:42", 7, ["a", "b"], stamp, True)
+        "psa:appointment:42",
+        7,
+        ["a", "b"],
+        stamp,
+        True,
+    )
     assert [i.subject for i in calendar.filter(sync_key="psa:appointment:42")] == ["stamped"]
     assert [i.subject for i in calendar.filter(revision__gt=3)] == ["stamped"]
     got.revision = 8
@@ -251,8 +308,16 @@ def test_extended_properties_read_write_filter(account, calendar, extended) -> N
 
 
 def test_find_item_pages_filters_and_sorts(account, calendar) -> None:
-    items = [_event(account, calendar, f"page {n:03}", start=T0 + dt.timedelta(hours=n),
-                    categories=["even"] if n % 2 == 0 else ["odd"]) for n in range(230)]
+    items = [
+        _event(
+            account,
+            calendar,
+            f"page {n:03}",
+            start=T0 + dt.timedelta(hours=n),
+            categories=["even"] if n % 2 == 0 else ["odd"],
+        )
+        for n in range(230)
+    ]
     account.bulk_create(folder=calendar, items=items, send_meeting_invitations="SendToNone")
     assert calendar.all().count() == 230
     subjects = [i.subject for i in calendar.all().order_by("-subject").only("subject")]

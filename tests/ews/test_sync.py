@@ -15,8 +15,16 @@ T0 = EWSDateTime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
 def _events(account, folder, n: int, prefix: str = "ev") -> list[CalendarItem]:
-    items = [CalendarItem(account=account, folder=folder, subject=f"{prefix} {i:03}", start=T0 + dt.timedelta(hours=i),
-                          end=T0 + dt.timedelta(hours=i + 1)) for i in range(n)]
+    items = [
+        CalendarItem(
+            account=account,
+            folder=folder,
+            subject=f"{prefix} {i:03}",
+            start=T0 + dt.timedelta(hours=i),
+            end=T0 + dt.timedelta(hours=i + 1),
+        )
+        for i in range(n)
+    ]
     return list(account.bulk_create(folder=folder, items=items, send_meeting_invitations="SendToNone"))
 
 
@@ -57,8 +65,17 @@ def test_sync_pages_up_to_512_changes(account, calendar) -> None:
     pages = []
     state = None
     while True:
-        changes = list(svc.call(folder=calendar, shape="IdOnly", additional_fields=None, sync_state=state,
-                                ignore=None, max_changes_returned=512, sync_scope=None))
+        changes = list(
+            svc.call(
+                folder=calendar,
+                shape="IdOnly",
+                additional_fields=None,
+                sync_state=state,
+                ignore=None,
+                max_changes_returned=512,
+                sync_scope=None,
+            )
+        )
         pages.append(len(changes))
         state = svc.sync_state
         if svc.includes_last_item_in_range:

@@ -24,7 +24,9 @@ UTC = EWSTimeZone("UTC")
 
 def _event(account, folder, subject: str) -> CalendarItem:
     start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
-    return CalendarItem(account=account, folder=folder, subject=subject, start=start, end=start + dt.timedelta(hours=1))
+    return CalendarItem(
+        account=account, folder=folder, subject=subject, start=start, end=start + dt.timedelta(hours=1)
+    )
 
 
 def test_server_reports_exchange_2016(account) -> None:
@@ -75,8 +77,9 @@ def test_mailbox_logs_in_as_itself(ews: EwsTarget, emulator: EwsTestServer) -> N
 
 
 def test_mailbox_may_not_impersonate_another(ews: EwsTarget, emulator: EwsTestServer) -> None:
-    bob_as_alice = ews.account("alice@example.test", user="bob@example.test", password="SECRET",
-                               access_type=IMPERSONATION)
+    bob_as_alice = ews.account(
+        "alice@example.test", user="bob@example.test", password="SECRET", access_type=IMPERSONATION
+    )
     with pytest.raises(ErrorImpersonateUserDenied):
         bob_as_alice.root.refresh()
 

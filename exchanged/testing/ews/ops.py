@@ -12,6 +12,9 @@ import copy
 import datetime as dt
 import json
 import logging
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +68,8 @@ class Dispatcher:
     def __init__(self, app: EwsTestServer) -> None:
         self.app = app
         self.store: Store = app.store
+        self._subs: dict[str, dict[str, int]] = {}  # subscription id -> folder id -> delivered seq
+        self._subs_lock = threading.Lock()
 
     @staticmethod
     def operation_name(body: bytes) -> str:
@@ -100,6 +105,8 @@ class Dispatcher:
                     f"The request is invalid: operation {op} is not supported by this test server.",
                 )
             ctx = self._context(user, header)
+            if op == "GetStreamingEvents":
+                self.wait_for_events(op_el)
             env, soap_body = envelope()
             with self.store.lock:
                 self.store.begin()
@@ -788,45 +795,94 @@ class Dispatcher:
         except EwsError as exc:
             error(container, "Subscribe", exc)
             return
-        payload = {
-            "f": [f.id for f in folders],
-            "s": {f.id: self.store.current_seq(f.mailbox) for f in folders},
-        }
+        payload = {"n": uuid.uuid4().hex, "s": {f.id: self.store.current_seq(f.mailbox) for f in folders}}
         sub_id = base64.b64encode(json.dumps(payload).encode()).decode()
+        self._subscription(sub_id)
         msg = success(container, "Subscribe")
         sub(msg, m("SubscriptionId"), sub_id)
         if local(req.tag) != "StreamingSubscriptionRequest":
             sub(msg, m("Watermark"), "AQAAAA==")
 
     def op_Unsubscribe(self, ctx: Ctx, op: Element, body: Element) -> None:
+        sid = (op.findtext(m("SubscriptionId")) or "").strip()
+        with self._subs_lock:
+            self._subs.pop(sid, None)
         success(response_root(body, "Unsubscribe"), "Unsubscribe")
 
     def op_GetStreamingEvents(self, ctx: Ctx, op: Element, body: Element) -> None:
-        """One poll: the events since subscription as one Notification, then ConnectionStatus Closed."""
+        """Events since the last delivery, one Notification per subscription, then the connection closes.
+
+        Exchange holds the connection open for ConnectionTimeout minutes and streams events; this
+        server waits (outside the store lock, see `handle`) until there is something to report or
+        `streaming_wait` seconds have passed, answers once and closes.
+        """
         container = response_root(body, "GetStreamingEvents")
         ids = op.find(m("SubscriptionIds"))
+        sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
+        for sid in sub_ids:
+            if self._subscription(sid) is None:
+                error(
+                    container,
+                    "GetStreamingEvents",
+                    EwsError("ErrorSubscriptionNotFound", "The specified subscription was not found."),
+                )
+                return
         msg = success(container, "GetStreamingEvents")
         notifications = sub(msg, m("Notifications"))
-        for sid_el in [] if ids is None else list(ids):
-            try:
-                payload = json.loads(base64.b64decode(sid_el.text or ""))
-            except (ValueError, binascii.Error):
+        for sid in sub_ids:
+            events = self._take_events(sid)
+            if not events:
                 continue
             note = sub(notifications, m("Notification"))
-            sub(note, t("SubscriptionId"), sid_el.text or "")
-            for fid in payload.get("f", []):
-                folder = self.store.folder(fid)
-                if folder is None:
-                    continue
-                for kind, _seq, item_id, _row in self.store.item_changes(fid, int(payload["s"].get(fid, 0))):
-                    name = {"Create": "CreatedEvent", "Update": "ModifiedEvent", "Delete": "DeletedEvent"}[
-                        kind
-                    ]
-                    ev = sub(note, t(name))
-                    sub(ev, t("TimeStamp"), _now())
-                    sub(ev, t("ItemId"), Id=item_id)
-                    sub(ev, t("ParentFolderId"), Id=folder.id, ChangeKey=folder.change_key)
+            sub(note, t("SubscriptionId"), sid)
+            for name, item_id, folder in events:
+                ev = sub(note, t(name))
+                sub(ev, t("TimeStamp"), _now())
+                sub(ev, t("ItemId"), Id=item_id)
+                sub(ev, t("ParentFolderId"), Id=folder.id, ChangeKey=folder.change_key)
         sub(msg, m("ConnectionStatus"), "Closed")
+
+    def _subscription(self, sid: str) -> dict[str, int] | None:
+        with self._subs_lock:
+            if sid in self._subs:
+                return self._subs[sid]
+        try:
+            payload = json.loads(base64.b64decode(sid, validate=True))
+            seqs = {str(k): int(v) for k, v in payload["s"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            return None
+        with self._subs_lock:
+            return self._subs.setdefault(sid, seqs)
+
+    def _pending_events(self, sid: str) -> bool:
+        seqs = self._subscription(sid) or {}
+        return any(self.store.item_changes(fid, seq) for fid, seq in list(seqs.items()))
+
+    def _take_events(self, sid: str) -> list[tuple[str, str, FolderRow]]:
+        seqs = self._subscription(sid) or {}
+        out: list[tuple[str, str, FolderRow]] = []
+        for fid, seq in list(seqs.items()):
+            folder = self.store.folder(fid)
+            if folder is None:
+                continue
+            for kind, _seq, item_id, _row in self.store.item_changes(fid, seq):
+                name = {"Create": "CreatedEvent", "Update": "ModifiedEvent", "Delete": "DeletedEvent"}[kind]
+                out.append((name, item_id, folder))
+            with self._subs_lock:
+                seqs[fid] = self.store.current_seq(folder.mailbox)
+        return out
+
+    def wait_for_events(self, op: Element) -> None:
+        """Block (without the store lock) until a subscription has events or the wait is over."""
+        ids = op.find(m("SubscriptionIds"))
+        sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
+        timeout_min = _int(op.findtext(m("ConnectionTimeout")) or "1", "ConnectionTimeout")
+        deadline = time.monotonic() + min(timeout_min * 60, self.app.streaming_wait)
+        while time.monotonic() < deadline:
+            with self.store.lock:
+                if any(self._pending_events(s) for s in sub_ids):
+                    return
+            time.sleep(0.05)
 
 
 def _now() -> str:

@@ -269,7 +269,9 @@ class EwsTestServer:
         port: int = 0,
         password: str = DEFAULT_PASSWORD,
         host: str = "127.0.0.1",
+        streaming_wait: float = 2.0,
     ) -> None:
+        self.streaming_wait = streaming_wait  # longest a GetStreamingEvents waits for an event
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._mailboxes = [m.lower() for m in mailboxes]

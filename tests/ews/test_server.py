@@ -1,0 +1,158 @@
+"""Public folders, name resolution, notifications, persistence across restarts and the command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from exchangelib import (
+    IMPERSONATION,
+    NTLM,
+    Account,
+    CalendarItem,
+    Configuration,
+    Contact,
+    Credentials,
+    EWSDateTime,
+    EWSTimeZone,
+)
+from exchangelib.errors import ErrorSyncFolderNotFound
+from exchangelib.folders import Contacts
+
+from exchanged.testing.ews import EwsTestServer
+from exchanged.testing.ews.fixtures import SERVICE_ACCOUNT, running_server
+
+from .conftest import EwsTarget
+
+UTC = EWSTimeZone("UTC")
+T0 = EWSDateTime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+
+def test_public_folder_contacts(account, emulator: EwsTestServer) -> None:
+    root = account.public_folders_root
+    folder = Contacts(parent=root, name="Company contacts")
+    folder.save()
+    try:
+        Contact(
+            account=account, folder=folder, display_name="Front desk", given_name="Front", surname="Desk"
+        ).save()
+        assert [c.display_name for c in folder.all()] == ["Front desk"]
+        assert "Company contacts" in [f.name for f in root.children]
+        with pytest.raises(ErrorSyncFolderNotFound):
+            list(folder.sync_items())
+    finally:
+        folder.delete()
+
+
+def test_resolve_names(ews: EwsTarget, account, emulator: EwsTestServer) -> None:
+    found = account.protocol.resolve_names(["bob@example.test"])
+    assert [m.email_address for m in found] == ["bob@example.test"]
+
+
+def test_streaming_events_report_changes(account, calendar, emulator: EwsTestServer) -> None:
+    sub_id = calendar.subscribe_to_streaming()
+    try:
+        item = CalendarItem(
+            account=account, folder=calendar, subject="notify me", start=T0, end=T0 + dt.timedelta(hours=1)
+        )
+        item.save(send_meeting_invitations="SendToNone")
+        events = [e for n in calendar.get_streaming_events(sub_id, connection_timeout=1) for e in n.events]
+        assert [(type(e).__name__, e.item_id.id) for e in events] == [("CreatedEvent", item.id)]
+        item.delete(send_meeting_cancellations="SendToNone")
+        events = [e for n in calendar.get_streaming_events(sub_id, connection_timeout=1) for e in n.events]
+        assert [type(e).__name__ for e in events] == ["DeletedEvent"]
+    finally:
+        calendar.unsubscribe(sub_id)
+
+
+def _account(server: EwsTestServer) -> Account:
+    config = Configuration(
+        service_endpoint=server.url, credentials=Credentials(*SERVICE_ACCOUNT), auth_type=NTLM
+    )
+    return Account("alice@example.test", config=config, autodiscover=False, access_type=IMPERSONATION)
+
+
+def test_restart_keeps_items_change_keys_and_sync_states(tmp_path: Path, ews: EwsTarget) -> None:
+    if ews.server is None:
+        pytest.skip("restarts the test server")
+    state_dir = tmp_path / "ews"
+    with running_server(state_dir) as server:
+        from exchangelib.protocol import BaseProtocol
+
+        from exchanged.testing.ews._tls import ca_adapter_class
+
+        BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
+        account = _account(server)
+        item = CalendarItem(
+            account=account,
+            folder=account.calendar,
+            subject="durable",
+            start=T0,
+            end=T0 + dt.timedelta(hours=1),
+        )
+        item.save(send_meeting_invitations="SendToNone")
+        list(account.calendar.sync_items())
+        state = account.calendar.item_sync_state
+        ca_pem = Path(server.ca_file).read_bytes()
+    with running_server(state_dir) as server:
+        assert Path(server.ca_file).read_bytes() == ca_pem
+        BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
+        account = _account(server)
+        got = account.calendar.get(id=item.id)
+        assert (got.subject, got.changekey) == ("durable", item.changekey)
+        assert list(account.calendar.sync_items(sync_state=state)) == []
+    BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(ews.server.ca_file)
+
+
+def test_command_line_prints_url_and_ca_then_serves(tmp_path: Path, emulator: EwsTestServer) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exchanged.testing.ews",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "cli"),
+            "--mailbox",
+            "alice@example.test",
+            "--mailbox",
+            "bob@example.test",
+            "--service-account",
+            "svc@example.test:SECRET",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["url"].startswith("https://localhost:") and info["url"].endswith("/EWS/Exchange.asmx")
+        base = info["url"].rsplit("/EWS/", 1)[0]
+        r = requests.post(
+            base + "/__emulator/faults",
+            json={"throttle_next": 1, "back_off_ms": 250},
+            verify=info["ca_file"],
+            timeout=10,
+        )
+        assert r.status_code == 200
+        stats = requests.get(base + "/__emulator/stats", verify=info["ca_file"], timeout=10).json()
+        assert stats["requests"] == {}
+        bad = requests.post(
+            base + "/__emulator/faults", json={"throttle_next": -1}, verify=info["ca_file"], timeout=10
+        )
+        assert bad.status_code == 400 and "throttle_next" in bad.json()["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert proc.returncode == 0

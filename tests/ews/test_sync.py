@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
@@ -28,7 +29,7 @@ def _events(account, folder, n: int, prefix: str = "ev") -> list[CalendarItem]:
     return list(account.bulk_create(folder=folder, items=items, send_meeting_invitations="SendToNone"))
 
 
-def _sync(folder, state: str | None = None, **kw) -> tuple[list[tuple[str, object]], str]:
+def _sync(folder, state: str | None = None, **kw) -> tuple[list[tuple[str, Any]], str]:
     changes = list(folder.sync_items(sync_state=state, **kw))
     return changes, folder.item_sync_state
 
@@ -48,7 +49,7 @@ def test_sync_returns_exactly_the_changes_made(account, calendar) -> None:
     gone_id = created[1].id
     calendar.get(id=gone_id).delete(send_meeting_cancellations="SendToNone")
     new = _events(account, calendar, 1, prefix="new")[0]
-    changes, state3 = _sync(calendar, state2)
+    changes, _ = _sync(calendar, state2)
     summary = sorted((c, i.id) for c, i in changes)
     assert summary == sorted([("update", created[0].id), ("delete", gone_id), ("create", new.id)])
     updated = next(i for c, i in changes if c == "update")

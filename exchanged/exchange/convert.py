@@ -22,9 +22,11 @@ skips the item with a log line (exchangelib #877).
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import fields as dc_fields
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -64,6 +66,21 @@ class PsaKeyProperty(ExtendedProperty):
     property_type = "String"
 
 
+EXACT_ATTR = "exchanged_exact"
+EXACT_PROPERTY_NAME = "exchanged-exact-values"
+
+
+class ExactValuesProperty(ExtendedProperty):
+    """What the daemon wrote where Exchange keeps less than the PSA (JSON): a task's start/due
+    times of day and completion time, an all-day appointment's exact bounds. Read back, it lets an
+    unchanged field come back exactly as written, so no cycle sees a difference that is only
+    Exchange's rounding (see ``exact_merge``)."""
+
+    property_set_id = PSA_KEY_PROPERTY_SET
+    property_name = EXACT_PROPERTY_NAME
+    property_type = "String"
+
+
 ITEM_CLASSES: dict[FolderKind, Any] = {
     FolderKind.CALENDAR: CalendarItem,
     FolderKind.TASKS: EwsTask,
@@ -77,6 +94,9 @@ def register_psa_key_property() -> None:
     for cls in (CalendarItem, EwsTask, EwsContact):
         if not any(f.name == PSA_KEY_ATTR for f in cls.FIELDS):
             cls.register(PSA_KEY_ATTR, PsaKeyProperty)
+    for cls in (CalendarItem, EwsTask):
+        if not any(f.name == EXACT_ATTR for f in cls.FIELDS):
+            cls.register(EXACT_ATTR, ExactValuesProperty)
 
 
 register_psa_key_property()
@@ -116,7 +136,8 @@ def read_fields(folder: FolderKind) -> list[FieldPath]:
     """The properties we fetch: only what we map, plus our extended property."""
     cls = ITEM_CLASSES[folder]
     names = {FolderKind.CALENDAR: _CAL_READ, FolderKind.TASKS: _TASK_READ}.get(folder, _CONTACT_READ)
-    paths = [FieldPath(field=cls.get_field_by_fieldname(n)) for n in (*names, PSA_KEY_ATTR)]
+    extra = (PSA_KEY_ATTR, EXACT_ATTR) if cls in (CalendarItem, EwsTask) else (PSA_KEY_ATTR,)
+    paths = [FieldPath(field=cls.get_field_by_fieldname(n)) for n in (*names, *extra)]
     if cls is EwsContact:
         email = cls.get_field_by_fieldname("email_addresses")
         phones = cls.get_field_by_fieldname("phone_numbers")
@@ -184,7 +205,7 @@ def body_text(value: Any) -> str:
         text = _BREAK.sub("\n", text)
         text = html.unescape(_TAG.sub("", text))
         text = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).strip()
-    return text.replace("\r\n", "\n")
+    return text  # plain text stays exactly as stored: what we wrote comes back unchanged
 
 
 def _s(value: Any) -> str:
@@ -258,6 +279,76 @@ def contact_from_ews(item: Any) -> Contact:
         mobile_phone=_indexed(item.phone_numbers, MOBILE_PHONE, "phone_number"))
 
 
+# --- exact values: what Exchange rounds, kept beside the item -----------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else to_utc(value).isoformat()
+
+
+def _from_iso(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return to_utc(parsed) if parsed.tzinfo is not None else None
+
+
+def exact_values(payload: Payload) -> str | None:
+    """The JSON kept in our second property, or None when Exchange stores the payload exactly."""
+    if isinstance(payload, Task):
+        return json.dumps({"start": _iso(payload.start), "due": _iso(payload.due),
+                           "completed": _iso(payload.completed)}, sort_keys=True)
+    if isinstance(payload, Appointment) and payload.is_all_day:
+        return json.dumps({"start": _iso(payload.start), "end": _iso(payload.end)}, sort_keys=True)
+    return None
+
+
+def _stored(raw: Any) -> dict[str, datetime | None]:
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return {k: _from_iso(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+
+
+def _task_day(read: datetime | None, written: datetime | None) -> datetime | None:
+    """A task date as read (a day), with the time of day we wrote when the day is still ours."""
+    if read is None or written is None:
+        return read
+    if read.date() == written.date():
+        return written
+    return datetime.combine(read.date(), written.timetz())  # moved to another day in Outlook
+
+
+def exact_merge(payload: Payload, raw: Any, tz: tzinfo) -> Payload:
+    """Field by field: where Exchange still holds what we wrote (as Exchange rounds it), give back
+    exactly what we wrote; where it holds something else (a user's edit), give back that."""
+    stored = _stored(raw)
+    if not stored:
+        return payload
+    if isinstance(payload, Task):
+        completed = payload.completed
+        if completed is not None and stored.get("completed") is not None:
+            completed = stored["completed"]
+        return replace(payload, start=_task_day(payload.start, stored.get("start")),
+                       due=_task_day(payload.due, stored.get("due")), completed=completed)
+    if isinstance(payload, Appointment) and payload.is_all_day:
+        w_start, w_end = stored.get("start"), stored.get("end")
+        if w_start is None or w_end is None:
+            return payload
+        s_day = w_start.astimezone(tz).date()
+        e_day = max(s_day, (w_end.astimezone(tz) - timedelta(microseconds=1)).date())
+        start = w_start if payload.start == _midnight(s_day, tz) else payload.start
+        end = w_end if payload.end == _midnight(e_day + timedelta(days=1), tz) else payload.end
+        return replace(payload, start=start, end=end)
+    return payload
+
+
 def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
     """One exchangelib item as an ``ExchangeItem``; ``Unmappable`` for what we cannot represent."""
     expected = ITEM_CLASSES[folder]
@@ -281,6 +372,9 @@ def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
         payload = task_from_ews(item)
     else:
         payload = contact_from_ews(item)
+    if folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+        tz = getattr(item, "_start_timezone", None) or default_timezone()
+        payload = exact_merge(payload, getattr(item, EXACT_ATTR, None), tz)
     modified = item.last_modified_time
     return ExchangeItem(
         folder=folder, item_id=item.id, change_key=item.changekey or "", payload=payload,
@@ -366,6 +460,9 @@ def new_ews_item(folder: FolderKind, payload: Payload, psa_key: str, categories:
     values = {k: v for k, v in payload_values(payload, tz).items() if v is not None}
     cls = ITEM_CLASSES[folder]
     cats = list(dict.fromkeys(c for c in categories if c))
+    exact = exact_values(payload)
+    if exact is not None:
+        values[EXACT_ATTR] = exact
     item = cls(account=account, categories=cats or None, **{PSA_KEY_ATTR: psa_key}, **values)
     try:
         item.clean()  # field validation now, so one bad item never fails its whole batch
@@ -409,6 +506,9 @@ def update_fieldnames(payload: Payload, changed: Iterable[str]) -> list[str]:
         out.append("is_all_day")  # all-day bounds are dates: EWS needs the flag with them
     if isinstance(payload, Appointment) and ("start" in out) != ("end" in out):
         out.extend(n for n in ("start", "end") if n not in out)  # EWS checks end >= start per change
+    rounded = {"start_date", "due_date", "status"} if isinstance(payload, Task) else {"start", "end"}
+    if not isinstance(payload, Contact) and rounded & set(out):
+        out.append(EXACT_ATTR)  # keep the exact values beside what Exchange rounds
     return out
 
 
@@ -421,6 +521,7 @@ def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: 
     check_payload(payload)
     values = payload_values(payload, tz, for_update=True)
     cls = ITEM_CLASSES[folder]
+    values[EXACT_ATTR] = exact_values(payload) or "{}"
     item = cls(account=account, id=item_id, changekey=change_key or None)
     for name in fieldnames:
         setattr(item, name, values[name])

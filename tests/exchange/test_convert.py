@@ -82,19 +82,37 @@ def test_foreign_calendar_item_with_confidential_and_html_body() -> None:
     assert got.payload.body == "Hi & bye\n2nd"  # type: ignore[union-attr]
 
 
-def test_tasks_are_days_and_completion() -> None:
+def test_tasks_round_trip_exactly_although_exchange_keeps_days() -> None:
     task = Task(subject="t", start=datetime(2026, 12, 2, 15, 0, tzinfo=UTC),
-                due=datetime(2026, 12, 4, 8, 0, tzinfo=UTC))
-    back = round_trip(FolderKind.TASKS, task).payload
-    assert back.start == datetime(2026, 12, 2, tzinfo=UTC)  # EWS task dates have no time of day
-    assert back.due == datetime(2026, 12, 4, tzinfo=UTC)
-    assert back.completed is None
+                due=datetime(2026, 12, 4, 8, 0, tzinfo=UTC),
+                completed=datetime(2026, 12, 3, 9, 5, tzinfo=UTC))
+    ews_item = convert.new_ews_item(FolderKind.TASKS, task, "todo:1", [], None, UTC_TZ)
+    assert str(ews_item.start_date) == "2026-12-02"  # EWS task dates have no time of day
+    ews_item.id, ews_item.changekey = "T", "c"
+    ews_item.complete_date = EWSDateTime(2026, 12, 5, 10, 0, tzinfo=UTC_TZ)  # set by the server
+    assert convert.item_from_ews(FolderKind.TASKS, ews_item).payload == task  # what we wrote, exactly
+    # moved to another day in Outlook: that day, with the time of day the PSA had
+    ews_item.due_date = ews_item.due_date + timedelta(days=2)
+    moved = convert.item_from_ews(FolderKind.TASKS, ews_item).payload
+    assert moved.due == datetime(2026, 12, 6, 8, 0, tzinfo=UTC)  # type: ignore[union-attr]
+    # reopened in Outlook
+    ews_item.status, ews_item.percent_complete = "InProgress", Decimal(50)
+    assert convert.item_from_ews(FolderKind.TASKS, ews_item).payload.completed is None  # type: ignore[union-attr]
+
+
+def test_tasks_made_in_outlook() -> None:
     done = EwsTask(id="T", changekey="c", subject="t", status="Completed", percent_complete=Decimal(100),
                    complete_date=EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC_TZ))
     assert convert.item_from_ews(FolderKind.TASKS, done).payload.completed == datetime(  # type: ignore[union-attr]
         2026, 12, 3, 10, 0, tzinfo=UTC)
     values = convert.payload_values(Task(subject="t", completed=T0), UTC_TZ)
     assert values["status"] == "Completed" and values["percent_complete"] == 100
+
+
+def test_all_day_bounds_come_back_exactly() -> None:
+    payload = Appointment(subject="Fair", start=datetime(2026, 12, 1, 8, 0, tzinfo=UTC),
+                          end=datetime(2026, 12, 2, 17, 0, tzinfo=UTC), is_all_day=True)
+    assert round_trip(FolderKind.CALENDAR, payload).payload == payload
 
 
 def test_contacts_map_managed_labels_only() -> None:
@@ -121,12 +139,14 @@ def test_wrong_item_types_are_unmappable() -> None:
 def test_update_fieldnames() -> None:
     a = Appointment(subject="s", start=T0, end=T0)
     assert convert.update_fieldnames(a, ["subject"]) == ["subject"]
-    assert convert.update_fieldnames(a, ["end"]) == ["end", "start"]  # EWS checks end >= start
+    assert convert.update_fieldnames(a, ["end"]) == ["end", "start", convert.EXACT_ATTR]
     assert convert.update_fieldnames(a, ["show_as", "is_private"]) == [
         "legacy_free_busy_status", "sensitivity"]
     allday = Appointment(subject="s", start=T0, end=T0, is_all_day=True)
-    assert convert.update_fieldnames(allday, ["start"]) == ["start", "is_all_day", "end"]
-    assert convert.update_fieldnames(Task(subject="t"), ["completed"]) == ["status", "percent_complete"]
+    assert convert.update_fieldnames(allday, ["start"]) == ["start", "is_all_day", "end", convert.EXACT_ATTR]
+    assert convert.update_fieldnames(Task(subject="t"), ["completed"]) == [
+        "status", "percent_complete", convert.EXACT_ATTR]
+    assert convert.update_fieldnames(Task(subject="t"), ["subject"]) == ["subject"]
     c = Contact("a", "b")
     assert convert.update_fieldnames(c, ["surname", "mobile_phone", "business_phone"]) == [
         "surname", "display_name", "phone_numbers"]

@@ -594,3 +594,15 @@ async def test_connectors_of_one_api_user_share_the_limits_without_being_told(se
     await second.resource(JANE)
     assert second.api.budget is first.api.budget and second.api.limiter is first.api.limiter
     assert first.budget_status()["limit"] == 40 and first.budget_status()["used"] == 4
+
+
+async def test_check_warns_when_the_database_threshold_is_nearly_used_up() -> None:
+    from .conftest import base_seed
+
+    with AutotaskServer(api_user=(USER, SECRET, CODE), seed=base_seed(), threshold=10) as srv:
+        connector = make_connector(srv)
+        for _ in range(6):
+            await connector.resource(JANE)
+        login = {r.subject: r for r in await connector.check([])}["autotask login"]
+        assert login.ok and login.warning and "nearly used up" in login.message
+        assert connector.budget_status()["database"]["used"] == 8

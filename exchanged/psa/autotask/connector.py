@@ -444,13 +444,13 @@ class AutotaskConnector:
                 CheckResult("autotask zone", True, f"API user {self.api.creds.username} is in zone {zone}")
             )
             db = await self.api.threshold()
-            out.append(
-                CheckResult(
-                    "autotask login",
-                    True,
-                    f"logged in; the database used {db.get('used')} of {db.get('limit')} requests this hour",
-                )
-            )
+            used, limit = db.get("used"), db.get("limit")
+            busy = isinstance(used, int) and isinstance(limit, int) and used >= THRESHOLD_WARN * limit
+            message = f"logged in; the database used {used} of {limit} requests this hour"
+            if busy:
+                message += (" - nearly used up: Autotask slows down every integration and suspends the "
+                            "tenant at the limit; check the other integrations or lower requests_per_hour")
+            out.append(CheckResult("autotask login", True, message, warning=busy))
         except errors.ExchangedError as exc:
             out.append(
                 CheckResult("autotask login", False, exc.message + (f" ({exc.hint})" if exc.hint else ""))

@@ -114,3 +114,37 @@ async def _create_foreign(account: EwsAccount, items: list[NewItem]) -> None:
             item.save(send_meeting_invitations="SendToNone")
 
     await trio.to_thread.run_sync(create)
+
+
+async def test_a_recurring_series_is_imported_by_occurrence(ews_server: EwsTestServer,
+                                                            account: EwsAccount) -> None:
+    from exchangelib import CalendarItem
+    from exchangelib.recurrence import DailyPattern, Recurrence
+
+    from exchanged.exchange import convert
+    from exchanged.exchange.mailbox import FOLDER_CLASSES
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = (now + timedelta(days=1)).replace(hour=8, minute=0, second=0)
+    psa = MemoryPsa(now=lambda: now)
+    psa.add_resource(RESOURCE, ALICE, "Alice")
+    ews = account.ews_account(ALICE)
+    folder = account.distinguished_folder(ALICE, FOLDER_CLASSES[FolderKind.CALENDAR])
+
+    def add_series() -> None:
+        CalendarItem(account=ews, folder=folder, subject="Stand-up", start=convert.to_ews(first),
+                     end=convert.to_ews(first + timedelta(minutes=15)),
+                     recurrence=Recurrence(pattern=DailyPattern(interval=1), start=first.date(), number=3),
+                     ).save(send_meeting_invitations="SendToNone")
+
+    await trio.to_thread.run_sync(add_series)
+    runner = SyncRunner(account, psa, MemoryState(), now=lambda: now, server_identity="test")
+    user = UserSpec(ALICE, RESOURCE, UserSettings(category="PSA"))
+    out = await runner.run_cycle(user)
+    assert out.result == "ok", out
+    rows = sorted(r.payload.start for r in psa.records(Kind.IMPORTED, RESOURCE))  # type: ignore[union-attr]
+    assert rows == [first + timedelta(days=d) for d in range(3)]
+    before_ews, before_psa = ews_writes(ews_server), psa.writes()
+    again = await runner.run_cycle(user)
+    assert again.result == "ok", again
+    assert (ews_writes(ews_server), psa.writes()) == (before_ews, before_psa)

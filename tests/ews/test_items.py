@@ -329,3 +329,30 @@ def test_find_item_pages_filters_and_sorts(account, calendar) -> None:
     found = {i.subject for i in calendar.filter(q).only("subject")}
     assert "page 001" in found and "page 200" in found and "page 210" not in found
     assert calendar.filter(subject__icontains="PAGE 00").count() == 10
+
+
+def test_bulk_update_and_delete_batch_by_100(account, calendar, emulator: EwsTestServer) -> None:
+    items = [_event(account, calendar, f"b {n:03}", start=T0 + dt.timedelta(hours=n)) for n in range(150)]
+    created = account.bulk_create(folder=calendar, items=items, send_meeting_invitations="SendToNone")
+    fetched = list(account.fetch(ids=created))
+    for item in fetched:
+        item.location = "Updated"
+    before = emulator.stats()["requests"]
+    results = account.bulk_update(
+        items=[(i, ["location"]) for i in fetched], send_meeting_invitations_or_cancellations="SendToNone"
+    )
+    assert all(not isinstance(r, Exception) for r in results)
+    after = emulator.stats()["requests"]
+    assert after["UpdateItem"] - before.get("UpdateItem", 0) == 2
+    assert calendar.filter(location="Updated").count() == 150
+    account.bulk_delete(ids=fetched, send_meeting_cancellations="SendToNone")
+    assert emulator.stats()["requests"]["DeleteItem"] - after.get("DeleteItem", 0) == 2
+    assert calendar.all().count() == 0
+
+
+def test_folder_tree_navigation(account, calendar) -> None:
+    names = {f.name for f in account.msg_folder_root.children}
+    assert {"Calendar", "Tasks", "Contacts", "Deleted Items", "Inbox"} <= names
+    walked = {f.name for f in account.root.walk()}
+    assert calendar.name in walked
+    assert (account.calendar / calendar.name).id == calendar.id

@@ -123,7 +123,7 @@ def test_error_message_order_and_code(ews: EwsTarget) -> None:
 
 def test_version_guess_answer(ews: EwsTarget) -> None:
     """exchangelib guesses the version with ConvertId of the id "DUMMY"; the header must come back."""
-    r, root = _post(
+    _, root = _post(
         ews,
         '<m:ConvertId DestinationFormat="EntryId"><m:SourceIds>'
         '<t:AlternateId Format="EwsId" Id="DUMMY" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>',

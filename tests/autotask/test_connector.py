@@ -601,7 +601,7 @@ async def test_check_warns_when_the_database_threshold_is_nearly_used_up() -> No
 
     with AutotaskServer(api_user=(USER, SECRET, CODE), seed=base_seed(), threshold=10) as srv:
         connector = make_connector(srv)
-        for _ in range(6):
+        for _ in range(7):
             await connector.resource(JANE)
         login = {r.subject: r for r in await connector.check([])}["autotask login"]
         assert login.ok and login.warning and "nearly used up" in login.message

@@ -39,7 +39,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.w.configure(import_appointments=mode, import_free_time=free, skip_private=skip_private,
                          skip_show_as=frozenset({ShowAs.TENTATIVE}) if skip_tentative else frozenset(),
                          skip_all_day=skip_all_day, skip_categories=frozenset({"Personal"}),
-                         recurring_future_days=10)
+                         recurring_future_days=10, max_deletes_per_cycle=3)
 
     # -- the PSA side ------------------------------------------------------------------------
 
@@ -168,6 +168,17 @@ class SyncMachine(RuleBasedStateMachine):
         out = self.run(lambda: self.w.cycle(allow_deletes=True))
         assert out.result == "ok", out
         self.run(self.w.assert_converged)
+
+    @rule()
+    def guarded_cycle(self) -> None:
+        """Without ``--allow-deletes``: a cycle deletes nothing it holds back, never more than the cap."""
+        out = self.run(self.w.cycle)
+        assert out.result in ("ok", "held_back"), out
+        assert out.counts.deleted <= self.w.settings.max_deletes_per_cycle
+        if out.result == "held_back":  # the empty-side guard holds per kind; the cap holds everything
+            assert out.held_back_deletes > 0
+            if out.reason == "deletes_held_back":
+                assert out.counts.deleted == 0
 
     @rule(where=st.sampled_from(["exchange", "psa", "state"]), skip=st.integers(0, 12), drop=st.booleans())
     def crash_then_cycle(self, where: str, skip: int, drop: bool) -> None:

@@ -135,7 +135,7 @@ class AutotaskServer:
     def start(self) -> AutotaskServer:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(self._server_pem))
-        httpd = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        httpd = _QuietServer((self._host, self._port), _make_handler(self))
         httpd.daemon_threads = True
         httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._httpd = httpd
@@ -211,6 +211,12 @@ class AutotaskServer:
 
 
 # --- the HTTP layer -------------------------------------------------------------------------------
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a cancelled test, a TLS mismatch) is not news."""
+        log.debug("autotask test server: connection from %s ended badly", client_address, exc_info=True)
 
 
 class _Drop(Exception):

@@ -32,8 +32,10 @@ def _settings(cfg: Any) -> ExchangeSettings:
 
 
 def open_account(cfg: Any) -> EwsAccount:
-    """The ``ports.ExchangeAccount`` for ``cfg``; raises typed errors (TlsError, AuthFailed, ...)
-    for configuration the adapter cannot use. Makes no request."""
+    """The ``ports.ExchangeAccount`` for ``cfg``. Makes no request and does not fail for what only
+    a connection would tell: an unusable ``server.ca_bundle`` makes every call raise ``TlsError``
+    (so the daemon starts and reports it), a missing per-user password raises ``AuthFailed`` for
+    that user's calls only."""
     return EwsAccount(_settings(cfg))
 
 
@@ -43,6 +45,9 @@ async def acheck_connect(cfg: Any, mailboxes: list[str] | None = None) -> list[C
         account = EwsAccount(settings)
     except errors.ExchangedError as exc:
         return [CheckResult("config", False, errors.present(exc).line())]
+    if account.setup_error is not None:
+        await account.aclose()
+        return [CheckResult("config", False, errors.present(account.setup_error).line())]
     try:
         return await account.check(list(settings.enabled_mailboxes if mailboxes is None else mailboxes))
     finally:

@@ -99,8 +99,13 @@ class EwsAccount:
 
     def __init__(self, settings: ExchangeSettings) -> None:
         self.settings = settings
+        # a CA bundle that cannot be loaded fails every call (status, mail), not the daemon's start
+        self.setup_error: errors.ExchangedError | None = None
         if settings.scheme == "https":
-            tls.register_endpoint(settings.service_endpoint, settings.ca_bundle)
+            try:
+                tls.register_endpoint(settings.service_endpoint, settings.ca_bundle)
+            except errors.TlsError as exc:
+                self.setup_error = exc
         tls.install()
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         self.tz = default_timezone()
@@ -184,6 +189,9 @@ class EwsAccount:
         if self.closed:
             raise errors.ExchangeError(f"{mailbox}: {op}: the Exchange connection is closed",
                                        mailbox=mailbox)
+        if self.setup_error is not None:
+            err = self.setup_error
+            raise type(err)(f"{mailbox}: {op}: {err.message}", hint=err.hint, mailbox=mailbox)
         session = self.session_for(mailbox)
         gate = session.gate
         throttled = unavailable = 0

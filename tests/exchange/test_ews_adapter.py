@@ -384,3 +384,20 @@ async def test_public_folder_adoption(ews_server: EwsTestServer, account: EwsAcc
     assert list(found) == ["public_contact:7"] and found["public_contact:7"].item_id == created.item_id
     [page] = [p async for p in pub.changes(FolderKind.PUBLIC_CONTACTS, None)]
     assert [i.psa_key for i in page.upserted] == ["public_contact:7"]
+
+
+async def test_an_unusable_ca_bundle_fails_calls_not_the_start(settings: ExchangeSettings,
+                                                              tmp_path: object) -> None:
+    from pathlib import Path
+
+    bogus = Path(str(tmp_path)) / "not-a-ca.pem"
+    bogus.write_text("this is not PEM\n")
+    acc = open_account(dataclasses.replace(settings, ca_bundle=str(bogus)))  # no exception here
+    try:
+        with pytest.raises(errors.TlsError) as info:
+            await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
+        shown = errors.present(info.value)
+        assert shown.message.startswith(f"{ALICE}: FindItem by PSA key calendar: server.ca_bundle {bogus}")
+        assert "PEM" in shown.hint
+    finally:
+        await acc.aclose()

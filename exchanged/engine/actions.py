@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exchanged.model import FolderKind, Kind, Mapping, Payload, payload_dict
+from exchanged.model import Contact, FolderKind, Kind, Mapping, Payload, payload_dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class ExchangeDelete:
     item_id: str
     reason: str
     forget: str | None = None  # mapping (psa_key) to drop when the delete is done
+    subject: str = ""  # for people reading the plan
     side = "exchange"
     verb = "delete"
 
@@ -91,6 +92,7 @@ class PsaDelete:
     reason: str
     exchange_key: str | None = None
     forget: str | None = None
+    subject: str = ""  # for people reading the plan
     side = "psa"
     verb = "delete"
 
@@ -185,8 +187,23 @@ def action_fields(action: Action) -> tuple[str, ...]:
     return ()
 
 
+def title(payload: Payload) -> str:
+    """What a person calls the item: the subject, or a contact's name."""
+    if isinstance(payload, Contact):
+        return f"{payload.given_name} {payload.surname}".strip()
+    return payload.subject
+
+
+def action_subject(action: Action) -> str:
+    if isinstance(action, ExchangeDelete | PsaDelete):
+        return action.subject
+    payload = getattr(action, "payload", None)
+    return title(payload) if payload is not None else ""
+
+
 def describe(action: Action) -> dict[str, Any]:
     return {
+        "subject": action_subject(action),
         "side": action.side,
         "action": action.verb,
         "kind": action.kind.value,

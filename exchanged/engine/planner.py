@@ -67,6 +67,7 @@ from .actions import (
     PsaCreate,
     PsaDelete,
     PsaUpdate,
+    title,
 )
 from .rules import (
     FLOW_BACK,
@@ -162,7 +163,8 @@ class _Planner:
         for dup in found:
             if dup is not item:
                 action = ExchangeDelete(kind, key, folder, dup.item_id,
-                                        "a second Exchange item with the same PSA key: duplicate removed")
+                                        "a second Exchange item with the same PSA key: duplicate removed",
+                                        subject=title(dup.payload))
                 self.duplicates.add(id(action))
                 self.add(action)
         if record is None:
@@ -185,7 +187,7 @@ class _Planner:
             return
         if in_scope(self.window, item.payload):
             self.add(ExchangeDelete(kind, key, item.folder, item.item_id, "deleted in the PSA",
-                                    forget=key if mapping is not None else None))
+                                    forget=key if mapping is not None else None, subject=title(item.payload)))
         elif mapping is not None:
             self.add(Forget(kind, key, "left the sync window"))
 
@@ -284,7 +286,8 @@ class _Planner:
                 action = PsaDelete(Kind.IMPORTED, dup.psa_key,
                                    "a second PSA row imported from the same Exchange appointment: "
                                    "duplicate removed", exchange_key=key,
-                                   forget=dup.psa_key if dup.psa_key in mapped else None)
+                                   forget=dup.psa_key if dup.psa_key in mapped else None,
+                                   subject=title(dup.payload))
                 self.duplicates.add(id(action))
                 self.add(action)
         for m in maps:
@@ -341,7 +344,8 @@ class _Planner:
         if in_scope(self.window, row.payload, occurrence=is_occurrence_key(key)):
             reason = f"not imported any more: {skipped}" if skipped else "deleted in Exchange"
             self.add(PsaDelete(Kind.IMPORTED, row.psa_key, reason, exchange_key=key,
-                               forget=row.psa_key if mapping is not None else None))
+                               forget=row.psa_key if mapping is not None else None,
+                               subject=title(row.payload)))
         elif mapping is not None:
             self.add(Forget(Kind.IMPORTED, mapping.psa_key, "left the sync window"))
 

@@ -390,7 +390,7 @@ class SyncRunner:
 
     async def _apply_psa(self, run: _Apply, chunk: Sequence[PsaCreate | PsaUpdate | PsaDelete]) -> None:
         writes = [self._psa_write(run, a) for a in chunk]
-        results = await self._retry(lambda: self.psa.apply(writes))
+        results = _aligned(await self._retry(lambda: self.psa.apply(writes)), len(chunk), "PSA apply")
         batch = StateBatch()
         for action, result in zip(chunk, results, strict=True):
             key = action.exchange_key if isinstance(action, PsaCreate) else action.psa_key
@@ -448,6 +448,7 @@ class SyncRunner:
             return existing, created
 
         existing, created = await self._retry(adopt_then_create)
+        created = _aligned(created, sum(1 for a in creates if a.psa_key not in existing), "CreateItem")
         batch = StateBatch()
         results = iter(created)
         fixes: list[ExchangeUpdate] = []
@@ -483,7 +484,8 @@ class SyncRunner:
     async def _apply_updates(self, run: _Apply, folder: FolderKind,
                              updates: Sequence[ExchangeUpdate]) -> None:
         requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields) for a in updates]
-        results = await self._retry(lambda: run.mailbox.update(folder, requests))
+        results = _aligned(await self._retry(lambda: run.mailbox.update(folder, requests)), len(updates),
+                           "UpdateItem")
         batch = StateBatch()
         for action, result in zip(updates, results, strict=True):
             if isinstance(result, ItemError):
@@ -499,7 +501,8 @@ class SyncRunner:
     async def _apply_deletes(self, run: _Apply, folder: FolderKind,
                              deletes: Sequence[ExchangeDelete]) -> None:
         ids = [a.item_id for a in deletes]
-        results = await self._retry(lambda: run.mailbox.delete(folder, ids))
+        results = _aligned(await self._retry(lambda: run.mailbox.delete(folder, ids)), len(deletes),
+                           "DeleteItem")
         batch = StateBatch()
         for action, result in zip(deletes, results, strict=True):
             if result is not None and result.code not in GONE_CODES:
@@ -565,6 +568,18 @@ class SyncRunner:
             return min(exc.back_off_s, BACKOFF_CAP_S)
         ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter": never zero
+
+
+R = TypeVar("R")
+
+
+def _aligned(results: Sequence[R], n: int, call: str) -> list[R | ItemError]:
+    """One result per item, whatever the adapter answered: a missing answer is an item error (the
+    item is retried next cycle), never a crash of the cycle."""
+    out: list[R | ItemError] = list(results[:n])
+    missing = ItemError("", "no_result", f"{call} gave no result for this item", retryable=True)
+    out += [missing] * (n - len(out))
+    return out
 
 
 def _categories(settings: UserSettings) -> tuple[str, ...]:

@@ -281,6 +281,8 @@ async def test_plan_changes_nothing_anywhere() -> None:
     assert {("exchange", "create"), ("exchange", "update"), ("exchange", "delete"), ("psa", "create"),
             ("psa", "update"), ("psa", "delete")} <= by
     assert all(a["reason"] for a in plan["actions"])
+    assert {a["subject"] for a in plan["actions"] if a["kind"] == "imported" and a["action"] == "create"} == {
+        "x-new"}
     assert w.state.users == users and w.state.journal == journal and w.state.commits == commits
     assert w.psa.rows == rows and w.writes() == writes
     import json
@@ -306,3 +308,22 @@ async def test_progress_reports_done_of_total() -> None:
     assert out.counts.exported == 250
     assert seen == [(100, 250), (200, 250), (250, 250)]
     assert w.exchange.requests["CreateItem"] == 3
+
+
+async def test_an_adapter_answering_too_few_results_is_an_item_error_not_a_crash() -> None:
+    w = World()
+    keys = [w.psa.add(Kind.APPOINTMENT, appt(f"a{n}", hours=n), [RESOURCE]) for n in range(3)]
+    mb = w.mb
+    real_create = mb.create
+
+    async def short_create(folder, items):  # type: ignore[no-untyped-def]
+        return list(await real_create(folder, items))[:-1]
+
+    mb.create = short_create  # type: ignore[method-assign]
+    out = await w.cycle()
+    assert out.result == "partial" and [e.code for e in out.item_errors] == ["no_result"]
+    assert out.item_errors[0].key == keys[2]
+    del mb.create
+    out = await w.cycle()  # the third was created after all: adopted, not duplicated
+    assert out.result == "ok"
+    await w.assert_converged()

@@ -356,3 +356,21 @@ def test_folder_tree_navigation(account, calendar) -> None:
     walked = {f.name for f in account.root.walk()}
     assert calendar.name in walked
     assert (account.calendar / calendar.name).id == calendar.id
+
+
+def test_task_status_and_percent_stay_consistent(account, tasks) -> None:
+    task = Task(account=account, folder=tasks, subject="Reopen me", status="Completed")
+    task.save()
+    got = tasks.get(id=task.id)
+    assert (got.status, got.percent_complete, got.is_complete) == ("Completed", Decimal(100), True)
+    got.status = "NotStarted"
+    got.save(update_fields=["status"])
+    reopened = tasks.get(id=task.id)
+    assert (reopened.status, reopened.percent_complete, reopened.complete_date) == (
+        "NotStarted",
+        Decimal(0),
+        None,
+    )
+    reopened.percent_complete = Decimal(40)
+    reopened.save(update_fields=["percent_complete"])
+    assert tasks.get(id=task.id).status == "InProgress"

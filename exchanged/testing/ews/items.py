@@ -296,8 +296,11 @@ def drop_child(elem: Element, name: str) -> None:
 
 
 # -- create / normalise -------------------------------------------------------------------------------
-def normalise(elem: Element, mailbox: str) -> None:
-    """Fill in what Exchange derives on every write; raise EwsError for values Exchange refuses."""
+def normalise(elem: Element, mailbox: str, changed: set[str] | None = None) -> None:
+    """Fill in what Exchange derives on every write; raise EwsError for values Exchange refuses.
+
+    `changed` names the fields an update wrote (None on create).
+    """
     kind = local(elem.tag)
     for name in SERVER_OWNED:
         drop_child(elem, name)
@@ -314,7 +317,7 @@ def normalise(elem: Element, mailbox: str) -> None:
     if kind == "CalendarItem":
         _normalise_calendar(elem, mailbox)
     elif kind == "Task":
-        _normalise_task(elem)
+        _normalise_task(elem, changed)
     elif kind == "Contact":
         _normalise_contact(elem)
     order_children(elem)
@@ -418,19 +421,34 @@ def _normalise_calendar(elem: Element, mailbox: str) -> None:
         drop_child(elem, "DeletedOccurrences")
 
 
-def _normalise_task(elem: Element) -> None:
+def _normalise_task(elem: Element, changed: set[str] | None) -> None:
+    """Keep Status, PercentComplete and CompleteDate consistent, the way Outlook/Exchange do.
+
+    Whichever of Status and PercentComplete the client wrote wins; on create Status wins.
+    """
     status = child_text(elem, "Status") or "NotStarted"
-    percent = child_text(elem, "PercentComplete")
+    try:
+        percent = float(child_text(elem, "PercentComplete") or 0)
+    except ValueError:
+        raise EwsError("ErrorInvalidValueForProperty", "PercentComplete must be a number.") from None
+    if not 0 <= percent <= 100:
+        raise EwsError("ErrorInvalidValueForProperty", "PercentComplete must be between 0 and 100.")
+    percent_wins = changed is not None and "PercentComplete" in changed and "Status" not in changed
+    if percent_wins:
+        status = "Completed" if percent >= 100 else ("NotStarted" if percent == 0 else "InProgress")
+    elif status == "Completed":
+        percent = 100
+    elif percent >= 100:
+        percent = 0
     if status == "Completed":
-        percent = "100"
         if child(elem, "CompleteDate") is None:
             from .store import utcnow
 
             set_child(elem, "CompleteDate", fmt_dt(utcnow()))
-    elif percent is not None and float(percent or 0) >= 100:
-        status = "Completed"
+    else:
+        drop_child(elem, "CompleteDate")
     set_child(elem, "Status", status)
-    set_child(elem, "PercentComplete", percent if percent not in (None, "") else "0")
+    set_child(elem, "PercentComplete", f"{percent:g}")
     set_child(elem, "IsComplete", "true" if status == "Completed" else "false")
     set_child(elem, "IsRecurring", "true" if child(elem, "Recurrence") is not None else "false")
     due, start = parse_dt(child_text(elem, "DueDate")), parse_dt(child_text(elem, "StartDate"))

@@ -530,12 +530,15 @@ class Dispatcher:
                 )
         elem = etree.fromstring(row.xml)
         updates = change.find(t("Updates"))
+        changed: set[str] = set()
         for upd in [] if updates is None else [u for u in updates if isinstance(u.tag, str)]:
             path = next(
                 (c for c in upd if local(c.tag) in ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")), None
             )
             if path is None:
                 raise EwsError("ErrorInvalidRequest", f"{local(upd.tag)} needs a property path.")
+            if local(path.tag) == "FieldURI":
+                changed.add(it.field_name(path.get("FieldURI", "")))
             source = next(
                 (
                     c
@@ -560,7 +563,7 @@ class Dispatcher:
             count = elem.find(t("ChangeCount"))
             next_count = int(count.text or "1") + 1 if count is not None else 2
             it.set_child(elem, "ChangeCount", str(next_count))
-        it.normalise(elem, row.mailbox)
+        it.normalise(elem, row.mailbox, changed)
         return self.store.update_item(row, etree.tostring(elem).decode()), row.id
 
     def op_DeleteItem(self, ctx: Ctx, op: Element, body: Element) -> None:

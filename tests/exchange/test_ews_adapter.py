@@ -15,7 +15,7 @@ from exchanged.exchange import EwsAccount, ExchangeSettings, acheck_connect, che
 from exchanged.exchange import mailbox as mailbox_mod
 from exchanged.exchange.account import MAX_THROTTLED_ATTEMPTS
 from exchanged.exchange.settings import UserCredentials
-from exchanged.model import Appointment, Contact, ExchangeItem, FolderKind, Kind
+from exchanged.model import Appointment, Contact, ExchangeItem, FolderKind, Kind, Task
 from exchanged.ports import ItemUpdate, NewItem
 from exchanged.testing.ews import DEFAULT_PASSWORD, EwsTestServer
 
@@ -321,8 +321,6 @@ async def test_public_contacts_folder_is_created_once_and_listed(ews_server: Ews
 async def test_write_results_are_what_the_server_holds(account: EwsAccount) -> None:
     """The runner stores the returned items as the Exchange side of the mapping: they must equal
     what the next read returns, or a server-set field would look like a user's edit."""
-    from exchanged.model import Task
-
     mb = account.mailbox(ALICE)
     day = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
     done = Task(subject="filed", start=day, due=day, completed=day)
@@ -401,3 +399,31 @@ async def test_an_unusable_ca_bundle_fails_calls_not_the_start(settings: Exchang
         assert "PEM" in shown.hint
     finally:
         await acc.aclose()
+
+
+async def test_concurrent_cycles_share_the_limiter(ews_server: EwsTestServer,
+                                                   settings: ExchangeSettings) -> None:
+    acc = open_account(dataclasses.replace(settings, max_connections=2))
+    results: dict[str, int] = {}
+    try:
+        async def one(address: str, n: int) -> None:
+            mb = acc.mailbox(address)
+            await mb.create(FolderKind.TASKS, [NewItem(Kind.TODO, f"todo:{address}:{n}",
+                                                       Task(subject=f"t{n}"))])
+            pages = [p async for p in mb.changes(FolderKind.TASKS, None)]
+            results[f"{address}:{n}"] = sum(len(p.upserted) for p in pages)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                for address in (ALICE, BOB):
+                    nursery.start_soon(one, address, n)
+        assert acc.limiter.statistics().borrowed_tokens == 0
+    finally:
+        await acc.aclose()
+    assert len(results) == 8 and all(v >= 1 for v in results.values())
+    check = open_account(settings)
+    try:
+        pages_alice = [p async for p in check.mailbox(ALICE).changes(FolderKind.TASKS, None)]
+    finally:
+        await check.aclose()
+    assert sum(len(p.upserted) for p in pages_alice) == 4

@@ -229,10 +229,14 @@ class SyncRunner:
         if the_plan.held_back:
             outcome.result = "held_back"
             outcome.held_back_deletes = len(the_plan.held_back)
-            outcome.error = "; ".join(f.message for f in the_plan.findings) or None
-            outcome.reason = the_plan.findings[0].code if the_plan.findings else "deletes_held_back"
+            shown = errors.present(_held_back_error(target.name, the_plan))
+            outcome.error, outcome.reason = shown.line(), shown.reason
         elif outcome.item_errors:
             outcome.result = "partial"
+            first = outcome.item_errors[0]
+            more = f" (+{len(outcome.item_errors) - 1} more)" if len(outcome.item_errors) > 1 else ""
+            outcome.error = (f"{target.name}: {len(outcome.item_errors)} item(s) skipped, first {first.key}: "
+                             f"{first.code}: {first.message}{more}; they are retried next cycle")
         return outcome
 
     async def _dry_run(self, target: _Target, *, psa_resource: str | None) -> dict[str, Any]:
@@ -588,6 +592,18 @@ def _categories(settings: UserSettings) -> tuple[str, ...]:
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _held_back_error(name: str, the_plan: Plan) -> errors.ExchangedError:
+    """The guard's finding as a typed error, so status and mail say what to do about it."""
+    message = "; ".join(f.message for f in the_plan.findings) or "deletions held back"
+    message = f"{len(the_plan.held_back)} deletion(s) held back: {message}"
+    codes = {f.code for f in the_plan.findings}
+    if codes == {"side_looks_empty"}:
+        return errors.SideLooksEmpty(
+            f"{message}; if the deletions are right, release them with "
+            f"`exchangectl sync {name} --allow-deletes`", mailbox=name)
+    return errors.DeletesHeldBack(message, mailbox=name)
 
 
 def _named(exc: BaseException, name: str) -> BaseException:

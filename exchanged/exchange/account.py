@@ -215,7 +215,7 @@ class EwsAccount:
                         continue
                     err.back_off_s = delay
                     raise err from exc
-                if isinstance(err, errors.ExchangeUnavailable) and not write:
+                if isinstance(err, errors.ExchangeUnavailable):  # never sent (refused, DNS): safe
                     unavailable += 1
                     if unavailable < MAX_UNAVAILABLE_ATTEMPTS:
                         delay = gate.throttled(None)

@@ -107,7 +107,7 @@ async def test_503_without_hint_backs_off_exponentially(clock: trio.testing.Mock
     await acc.aclose()
 
 
-async def test_reads_retry_connection_failures_writes_do_not(clock: trio.testing.MockClock) -> None:
+async def test_lost_replies_of_writes_are_not_retried(clock: trio.testing.MockClock) -> None:
     acc = open_account(SETTINGS)
     lost = ErrorTimeoutExpired("Reraised from ConnectionError(RemoteDisconnected('Remote end closed'))")
     calls, fn = _script(*[lost] * MAX_UNAVAILABLE_ATTEMPTS)
@@ -118,6 +118,10 @@ async def test_reads_retry_connection_failures_writes_do_not(clock: trio.testing
     with pytest.raises(AmbiguousWrite):
         await acc.call("a@example.test", "CreateItem", fn, write=True)  # type: ignore[arg-type]
     assert calls == [1]  # a write whose answer was lost is never blindly sent again
+    refused = ErrorTimeoutExpired("Reraised from ConnectionError(NewConnectionError(Connection refused))")
+    calls, fn = _script(refused, "created")
+    assert await acc.call("a@example.test", "CreateItem", fn, write=True) == "created"  # type: ignore[arg-type]
+    assert calls == [2]  # refused: nothing was sent, so sending it again is safe
     await acc.aclose()
 
 

@@ -277,7 +277,9 @@ class EwsAccount:
         protocol = Protocol(config=session.config)
         self._protocols[id(protocol)] = (protocol, session.config)
 
-        def resolve() -> str:
+        pinned = self.version
+
+        def resolve() -> tuple[str, str | None]:
             v = protocol.version  # detects the version when server.version is not pinned
             try:
                 list(ResolveNamesHinted(protocol=protocol).call(
@@ -289,19 +291,29 @@ class EwsAccount:
                 mapped = map_error(exc, mailbox="sync account", op="login", host=self.host)
                 if type(mapped) is not errors.ExchangeError:
                     raise
-            v = protocol.config.version or v
-            return f"{v.fullname} (build {v.build})" if v is not None and v.build else "version unknown"
+            v = protocol.config.version or v  # the server's own answer (ServerVersionInfo)
+            shown = f"{v.fullname} (build {v.build})" if v is not None and v.build else "version unknown"
+            mismatch = None
+            if pinned is not None and v is not None and v.build and (
+                    v.build.major_version, v.build.minor_version) != (
+                    pinned.build.major_version, pinned.build.minor_version):
+                mismatch = (f"server.version is {s.version} but the server reports {shown}; "
+                            "remove server.version or set it to match")
+            return shown, mismatch
 
         try:
-            version = await self.call("sync account", "login", resolve)
+            version, mismatch = await self.call("sync account", "login", resolve)
         except errors.AuthFailed as exc:
             return [CheckResult("login", False, _without_prefix(errors.present(exc).line(), "sync account"))]
         except errors.ExchangedError as exc:
             line = _without_prefix(errors.present(exc).line(), "sync account")
             return [CheckResult("login", False, "not checked: EWS is not reachable"),
                     CheckResult("ews", False, line)]
-        return [CheckResult("login", True, f"logged in as {session.login} ({s.auth_type})"),
-                CheckResult("ews", True, f"EWS answers at {s.service_endpoint}: {version}")]
+        out = [CheckResult("login", True, f"logged in as {session.login} ({s.auth_type})"),
+               CheckResult("ews", True, f"EWS answers at {s.service_endpoint}: {version}")]
+        if mismatch:
+            out.append(CheckResult("version", True, mismatch, warning=True))
+        return out
 
     async def _check_mailbox(self, address: str) -> CheckResult:
         how = "impersonation" if self.settings.use_for_all_users else "own credentials"

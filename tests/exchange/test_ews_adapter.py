@@ -427,3 +427,12 @@ async def test_concurrent_cycles_share_the_limiter(ews_server: EwsTestServer,
     finally:
         await check.aclose()
     assert sum(len(p.upserted) for p in pages_alice) == 4
+
+
+def test_a_pinned_version_that_differs_from_the_server_is_a_warning(settings: ExchangeSettings) -> None:
+    results = check_connect(dataclasses.replace(settings, version="Exchange2013"), [ALICE])
+    by = {r.subject: r for r in results}
+    assert by["login"].ok and by[ALICE].ok
+    assert by["version"].ok and by["version"].warning
+    assert "server.version is Exchange2013" in by["version"].message
+    assert "version" not in {r.subject for r in check_connect(settings, [ALICE])}

@@ -89,7 +89,7 @@ def emulator(ews: EwsTarget) -> EwsTestServer:
     """The test server itself, for statistics and fault switches (skipped against a real Exchange)."""
     if ews.server is None:
         pytest.skip("needs the test server's switches/statistics")
-    ews.server.set_faults(throttle_next=0, fail_next=0, drop_next=0, latency_ms=0)
+    ews.server.set_faults(throttle_next=0, fail_next=0, drop_next=0, latency_ms=0, throttle_style="fault")
     return ews.server
 
 

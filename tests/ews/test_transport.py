@@ -125,3 +125,13 @@ def test_stats_count_requests_per_operation(account, calendar, emulator: EwsTest
     before = emulator.stats()["requests"].get("FindItem", 0)
     list(calendar.all())
     assert emulator.stats()["requests"]["FindItem"] == before + 1
+
+
+def test_throttling_inside_a_response_message(account, calendar, emulator: EwsTestServer) -> None:
+    emulator.set_faults(throttle_next=1, throttle_style="message", back_off_ms=500)
+    try:
+        with pytest.raises(ErrorServerBusy):
+            list(calendar.all())
+        assert list(calendar.all()) == []
+    finally:
+        emulator.set_faults(throttle_style="fault")

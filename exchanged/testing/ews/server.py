@@ -27,12 +27,13 @@ import trustme
 
 from . import ntlm
 from .ops import Dispatcher
-from .soap import SoapFault, fault_envelope
+from .soap import SoapFault, fault_envelope, server_busy_message
 from .store import Store
 
 log = logging.getLogger("exchanged.testing.ews")
 
 EWS_PATH = "/EWS/Exchange.asmx"
+THROTTLE_STYLES = ("fault", "message")
 DEFAULT_PASSWORD = "SECRET"
 
 
@@ -46,11 +47,21 @@ class Faults:
     fail_status: int = 503
     drop_next: int = 0
     latency_ms: int = 0
+    # "fault": HTTP 500 SOAP fault (Exchange's usual way); "message": HTTP 200 with ErrorServerBusy
+    # inside the operation's response message (seen from real servers too).
+    throttle_style: str = "fault"
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if key not in self.__dataclass_fields__:
                 raise ValueError(f"unknown fault switch {key!r}; known: {sorted(self.__dataclass_fields__)}")
+            if key == "throttle_style":
+                if value not in THROTTLE_STYLES:
+                    raise ValueError(
+                        f"fault switch 'throttle_style' must be one of {THROTTLE_STYLES}, got {value!r}"
+                    )
+                setattr(self, key, value)
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"fault switch {key!r} must be a non-negative integer, got {value!r}")
             setattr(self, key, value)
@@ -227,7 +238,11 @@ class _Handler(BaseHTTPRequestHandler):
         if action.latency_ms:
             time.sleep(action.latency_ms / 1000)
         if action.kind == "throttle":
-            app.count_request(Dispatcher.operation_name(body))
+            operation = Dispatcher.operation_name(body)
+            app.count_request(operation)
+            if action.style == "message":
+                self._send(200, server_busy_message(operation, action.back_off_ms), "text/xml; charset=utf-8")
+                return
             fault = SoapFault(
                 "ErrorServerBusy",
                 "The server cannot service this request right now. Try again later.",
@@ -256,6 +271,7 @@ class _FaultAction:
     status: int = 200
     back_off_ms: int = 0
     latency_ms: int = 0
+    style: str = "fault"
 
 
 class EwsTestServer:
@@ -374,7 +390,7 @@ class EwsTestServer:
         with self._lock:
             self._faults.update(values)
 
-    def faults_snapshot(self) -> dict[str, int]:
+    def faults_snapshot(self) -> dict[str, int | str]:
         with self._lock:
             return dict(vars(self._faults))
 
@@ -403,7 +419,7 @@ class EwsTestServer:
             if f.throttle_next > 0:
                 f.throttle_next -= 1
                 self._stats.throttled += 1
-                action.kind, action.back_off_ms = "throttle", f.back_off_ms
+                action.kind, action.back_off_ms, action.style = "throttle", f.back_off_ms, f.throttle_style
             elif f.fail_next > 0:
                 f.fail_next -= 1
                 self._stats.failed += 1

@@ -192,3 +192,16 @@ def fault_envelope(fault: SoapFault) -> bytes:
 
 def serialize(env: Element) -> bytes:
     return bytes(etree.tostring(env, xml_declaration=True, encoding="utf-8"))
+
+
+def server_busy_message(operation: str, back_off_ms: int) -> bytes:
+    """HTTP-200 throttling: ErrorServerBusy inside the operation's response message."""
+    env, body = envelope()
+    container = response_root(body, operation)
+    msg = sub(container, m(f"{operation}ResponseMessage"), ResponseClass="Error")
+    sub(msg, m("MessageText"), "The server cannot service this request right now. Try again later.")
+    sub(msg, m("ResponseCode"), "ErrorServerBusy")
+    sub(msg, m("DescriptiveLinkKey"), "0")
+    xml = sub(msg, m("MessageXml"))
+    sub(xml, t("Value"), str(back_off_ms), Name="BackOffMilliseconds")
+    return serialize(env)

@@ -103,6 +103,7 @@ class Adopt:
 
     mapping: Mapping
     reason: str
+    refresh: bool = False  # bookkeeping only (hashes caught up): not journaled
     side = "state"
     verb = "adopt"
 

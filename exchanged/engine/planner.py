@@ -228,7 +228,7 @@ class _Planner:
                 mapping is None or (mapping.item_id, mapping.psa_hash, mapping.exchange_hash)
                 != (item.item_id, psa_h, ex_h)):
             self.add(Adopt(base, "found in Exchange by its PSA key: adopted" if adopted
-                           else "both sides agree: mapping refreshed"))
+                           else "both sides agree: mapping refreshed", refresh=not adopted))
 
     def owned_update_reason(self, kind: Kind, adopted: bool, psa_changed: bool, ex_changed: bool,
                             ex_fields: tuple[str, ...]) -> str:
@@ -315,10 +315,11 @@ class _Planner:
             else:
                 reason = "changed in Exchange"
             self.add(PsaUpdate(Kind.IMPORTED, row.psa_key, desired, fields, reason, base, exchange_key=key))
-        elif mapping is None or (mapping.item_id, mapping.psa_hash, mapping.exchange_hash) != (
-                base.item_id, base.psa_hash, base.exchange_hash):
+        elif mapping is None or (mapping.psa_hash, mapping.exchange_hash) != (
+                base.psa_hash, base.exchange_hash):
+            # (an occurrence's item id may change with every expansion: it does not matter here)
             self.add(Adopt(base, "found in the PSA by its Exchange key: adopted" if mapping is None
-                           else "both sides agree: mapping refreshed"))
+                           else "both sides agree: mapping refreshed", refresh=mapping is not None))
 
     def imported_missing_in_exchange(self, key: str, row: PsaRecord | None, mapping: Mapping | None,
                                      skipped: str | None) -> None:

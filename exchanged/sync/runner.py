@@ -370,6 +370,8 @@ class SyncRunner:
             for a in state_only:
                 if isinstance(a, Adopt):
                     self._keep(run, batch, a.mapping)
+                    if a.refresh:
+                        continue
                     side = "psa" if a.kind is Kind.IMPORTED else "exchange"
                     batch.journal.append(self._journal(run, side, "adopt", a.kind, a.psa_key,
                                                        a.mapping.item_id, (), a.reason))

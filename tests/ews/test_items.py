@@ -168,9 +168,12 @@ def test_delete_field_and_delete_item(account, calendar) -> None:
 def test_move_to_deleted_items(account, calendar) -> None:
     item = _event(account, calendar, "to the bin")
     item.save(send_meeting_invitations="SendToNone")
+    old_id = item.id
     item.move_to_trash(send_meeting_cancellations="SendToNone")
     assert calendar.filter(subject="to the bin").count() == 0
-    assert account.trash.filter(subject="to the bin").count() >= 1
+    binned = [i for i in account.trash.filter(subject="to the bin")]
+    assert binned and old_id not in {i.id for i in binned}  # a moved item gets a new id, as on Exchange
+    assert isinstance(next(iter(account.fetch([ItemId(id=old_id)]))), ErrorItemNotFound)
 
 
 def test_bad_ids_give_exchange_errors(account, calendar) -> None:

@@ -310,16 +310,20 @@ class Store:
         return updated
 
     def move_item(self, item: ItemRow, folder_id: str) -> ItemRow:
+        """Move to another folder. The item gets a new id there, as on Exchange (ids name a store
+        location); the old folder sees a Delete of the old id."""
         seq = self.next_seq(item.mailbox)
         self._db.execute(
             "INSERT INTO tombstones VALUES (?,?,?,?)", (item.id, item.folder_id, item.created_seq, seq)
         )
         seq = self.next_seq(item.mailbox)
+        moved_id = new_id(b"I")
         self._db.execute(
-            "UPDATE items SET folder_id = ?, change_key = ?, created_seq = ?, changed_seq = ? WHERE id = ?",
-            (folder_id, new_change_key(), seq, seq, item.id),
+            "UPDATE items SET id = ?, folder_id = ?, change_key = ?, created_seq = ?, changed_seq = ?"
+            " WHERE id = ?",
+            (moved_id, folder_id, new_change_key(), seq, seq, item.id),
         )
-        moved = self.item(item.id)
+        moved = self.item(moved_id)
         assert moved is not None
         return moved
 

@@ -41,6 +41,14 @@ class SyncMachine(RuleBasedStateMachine):
                          skip_all_day=skip_all_day, skip_categories=frozenset({"Personal"}),
                          recurring_future_days=10, max_deletes_per_cycle=3)
 
+    @rule(mode=st.sampled_from(list(ImportMode)), free=st.booleans(), skip_private=st.booleans(),
+          appointments=st.booleans(), todos=st.booleans())
+    def reconfigure(self, mode: ImportMode, free: bool, skip_private: bool, appointments: bool,
+                    todos: bool) -> None:
+        """An operator edits the config between cycles (a reload)."""
+        self.w.configure(import_appointments=mode, import_free_time=free, skip_private=skip_private,
+                         appointments_export=appointments, todos=todos)
+
     # -- the PSA side ------------------------------------------------------------------------
 
     @rule(kind=st.sampled_from([Kind.APPOINTMENT, Kind.SERVICE_CALL, Kind.TODO, Kind.CONTACT]),

@@ -71,6 +71,8 @@ class Faults:
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     auth_failures: int = 0
+    active: int = 0
+    max_concurrent: int = 0
     throttled: int = 0
     failed: int = 0
     dropped: int = 0
@@ -120,7 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Microsoft-IIS/10.0"
     sys_version = ""
-    timeout = 120  # idle keep-alive connections are closed, as IIS does
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.app.idle_timeout)  # IIS closes idle connections too
+
     server: _Http
 
     ntlm_ctx: Any = None
@@ -234,6 +239,14 @@ class _Handler(BaseHTTPRequestHandler):
     # -- EWS --------------------------------------------------------------------------------------
     def _serve_ews(self, user: str, body: bytes) -> None:
         app = self.server.app
+        app.request_started()
+        try:
+            self._serve_ews_counted(user, body)
+        finally:
+            app.request_finished()
+
+    def _serve_ews_counted(self, user: str, body: bytes) -> None:
+        app = self.server.app
         action = app.take_fault()
         if action.latency_ms:
             time.sleep(action.latency_ms / 1000)
@@ -286,8 +299,10 @@ class EwsTestServer:
         password: str = DEFAULT_PASSWORD,
         host: str = "127.0.0.1",
         streaming_wait: float = 2.0,
+        idle_timeout: float = 120.0,
     ) -> None:
         self.streaming_wait = streaming_wait  # longest a GetStreamingEvents waits for an event
+        self.idle_timeout = idle_timeout  # seconds before an idle keep-alive connection is closed
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._mailboxes = [m.lower() for m in mailboxes]
@@ -375,11 +390,12 @@ class EwsTestServer:
                 "throttled": self._stats.throttled,
                 "failed": self._stats.failed,
                 "dropped": self._stats.dropped,
+                "max_concurrent": self._stats.max_concurrent,
             }
 
     def reset_stats(self) -> None:
         with self._lock:
-            self._stats = Stats()
+            self._stats = Stats(active=self._stats.active)  # requests in flight still finish
 
     def invitations(self) -> list[dict[str, str]]:
         """Meeting invitations/cancellations clients asked to send (recorded, never sent)."""
@@ -407,6 +423,15 @@ class EwsTestServer:
     def count_auth_failure(self) -> None:
         with self._lock:
             self._stats.auth_failures += 1
+
+    def request_started(self) -> None:
+        with self._lock:
+            self._stats.active += 1
+            self._stats.max_concurrent = max(self._stats.max_concurrent, self._stats.active)
+
+    def request_finished(self) -> None:
+        with self._lock:
+            self._stats.active -= 1
 
     def count_request(self, operation: str) -> None:
         with self._lock:

@@ -102,8 +102,6 @@ class EwsHarness(Harness):
 
     async def user_edit(self, folder: FolderKind, item_id: str, **values: Any) -> None:
         """What Outlook does: change fields of the item directly (exchangelib, not the adapter)."""
-        from exchangelib.fields import FieldPath  # noqa: F401  (keeps the import local to tests)
-
         from exchanged.exchange import convert
 
         acc = self.account.ews_account(ALICE)

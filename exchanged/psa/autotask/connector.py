@@ -436,7 +436,11 @@ class AutotaskConnector:
     # -- check-config --connect ----------------------------------------------------------------
 
     async def check(self, psa_resources: Sequence[str]) -> list[CheckResult]:
-        """Zone, login, every configured resource, and the permission to write their appointments."""
+        """Zone, login, every configured resource, and the permission to write their appointments.
+
+        A failed zone lookup or login is a failure (``ok=False``); a missing or inactive resource
+        and missing appointment rights are warnings (``ok=True, warning=True``): the daemon runs,
+        and the affected users are reported in every cycle."""
         out: list[CheckResult] = []
         try:
             zone = await self.api.zone()
@@ -448,8 +452,10 @@ class AutotaskConnector:
             busy = isinstance(used, int) and isinstance(limit, int) and used >= THRESHOLD_WARN * limit
             message = f"logged in; the database used {used} of {limit} requests this hour"
             if busy:
-                message += (" - nearly used up: Autotask slows down every integration and suspends the "
-                            "tenant at the limit; check the other integrations or lower requests_per_hour")
+                message += (
+                    " - nearly used up: Autotask slows down every integration and suspends the "
+                    "tenant at the limit; check the other integrations or lower requests_per_hour"
+                )
             out.append(CheckResult("autotask login", True, message, warning=busy))
         except errors.ExchangedError as exc:
             out.append(
@@ -462,21 +468,26 @@ class AutotaskConnector:
             try:
                 res = await self.resource(psa_resource)
             except errors.ExchangedError as exc:
-                out.append(CheckResult(subject, False, exc.message))
+                out.append(CheckResult(subject, True, f"could not check: {exc.message}", warning=True))
                 continue
             if res is None:
                 out.append(
                     CheckResult(
-                        subject, False, f"Autotask has no resource {psa_resource}; check users[].psa_resource"
+                        subject,
+                        True,
+                        f"Autotask has no resource {psa_resource}; nothing is synced for it: "
+                        "check users[].psa_resource",
+                        warning=True,
                     )
                 )
             elif not res.is_active:
                 out.append(
                     CheckResult(
                         subject,
-                        False,
+                        True,
                         f"Autotask resource {psa_resource} ({res.name}) is "
                         "inactive; nothing is synced for it",
+                        warning=True,
                     )
                 )
             else:
@@ -508,7 +519,7 @@ class AutotaskConnector:
                         subject, True, f"the API user may write appointments of resource {rid}"
                     )
                 return CheckResult(
-                    subject, False, f"{hint} (HTTP {resp.status}: {resp.error_text()})", warning=True
+                    subject, True, f"{hint} (HTTP {resp.status}: {resp.error_text()})", warning=True
                 )
             start = trio.current_time()  # only for a unique title
             resp = await self.api.request(
@@ -524,14 +535,14 @@ class AutotaskConnector:
             )
             if resp.status != 200 or not isinstance(resp.body, dict):
                 return CheckResult(
-                    subject, False, f"{hint} (HTTP {resp.status}: {resp.error_text()})", warning=True
+                    subject, True, f"{hint} (HTTP {resp.status}: {resp.error_text()})", warning=True
                 )
             await self.api.request(
                 "DELETE", f"V1.0/Appointments/{resp.body.get('itemId')}", what="permission probe clean-up"
             )
             return CheckResult(subject, True, f"the API user may write appointments of resource {rid}")
         except errors.ExchangedError as exc:
-            return CheckResult(subject, False, f"could not check: {exc.message}", warning=True)
+            return CheckResult(subject, True, f"could not check: {exc.message}", warning=True)
 
     async def aclose(self) -> None:
         self.closed = True

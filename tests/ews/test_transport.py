@@ -135,3 +135,9 @@ def test_throttling_inside_a_response_message(account, calendar, emulator: EwsTe
         assert list(calendar.all()) == []
     finally:
         emulator.set_faults(throttle_style="fault")
+
+
+@pytest.mark.parametrize("auth_type", [NTLM, BASIC])
+def test_domain_backslash_user_logs_in(ews: EwsTarget, emulator: EwsTestServer, auth_type: str) -> None:
+    account = ews.account(user="EXAMPLE\\svc", auth_type=auth_type)
+    assert account.calendar.name == "Calendar"

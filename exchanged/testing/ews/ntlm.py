@@ -24,12 +24,19 @@ class NtlmError(Exception):
 
 
 def write_user_file(path: Path, users: dict[str, str]) -> Path:
-    """Write the account table in pyspnego's format (empty domain: users log in as user@domain)."""
+    """Write the account table in pyspnego's format.
+
+    Each account logs in as `user@domain` (empty NTLM domain) or as `DOMAIN\\user`, where DOMAIN is
+    the first label of the address's domain in capitals (svc@example.test -> EXAMPLE\\svc).
+    """
     lines = []
     for user, password in sorted(users.items()):
         if ":" in user or ":" in password:
             raise ValueError(f"NTLM account {user!r}: ':' cannot be used in user names or passwords")
         lines.append(f":{user}:{password}")
+        local, _, domain = user.partition("@")
+        if domain:
+            lines.append(f"{domain.split('.')[0].upper()}:{local}:{password}")
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o600)
     return path
@@ -71,6 +78,5 @@ class ServerContext:
         except (spnego.exceptions.SpnegoError, ValueError, KeyError, IndexError) as exc:
             raise NtlmError(str(exc)) from exc
         if self._ctx.complete:
-            principal = str(self._ctx.client_principal or "")
-            return b"", principal.split("\\", 1)[-1]
+            return b"", str(self._ctx.client_principal or "")
         return reply or b"", None

@@ -122,6 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Microsoft-IIS/10.0"
     sys_version = ""
+
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.app.idle_timeout)  # IIS closes idle connections too
@@ -201,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, binascii.Error, UnicodeDecodeError):
                 user, password = "", ""
             if app.check_password(user, password):
-                return user.lower()
+                return app.canonical_user(user)
             app.count_auth_failure()
             self._challenge()
             return None
@@ -233,7 +234,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._challenge("NTLM " + base64.b64encode(reply).decode())
             return None
         self.ntlm_ctx = None
-        self.connection_user = user.lower()
+        canonical = app.canonical_user(user)
+        if not canonical:
+            app.count_auth_failure()
+            self._challenge()
+            return None
+        self.connection_user = canonical
         return self.connection_user
 
     # -- EWS --------------------------------------------------------------------------------------
@@ -411,11 +417,21 @@ class EwsTestServer:
             return dict(vars(self._faults))
 
     # -- used by the handler ----------------------------------------------------------------------
+    def canonical_user(self, name: str) -> str:
+        """The account's address for a login name: the address itself or NETBIOS\\local
+        (NETBIOS = first label of the address's domain, as in EXAMPLE\\svc); '' if unknown."""
+        name = name.lower()
+        for address in [*self._service_accounts, *self._mailboxes]:
+            local, _, domain = address.partition("@")
+            if name == address or (domain and name == f"{domain.split('.')[0]}\\{local}"):
+                return address
+        return ""
+
     def check_password(self, user: str, password: str) -> bool:
-        user = user.lower()
+        user = self.canonical_user(user)
         if user in self._service_accounts:
             return self._service_accounts[user] == password
-        return user in self._mailboxes and password == self._password
+        return bool(user) and user in self._mailboxes and password == self._password
 
     def is_service_account(self, user: str) -> bool:
         return user.lower() in self._service_accounts

@@ -199,3 +199,21 @@ def test_find_item_without_view_returns_masters(account, calendar) -> None:
     )
     found = list(calendar.all())
     assert len(found) == 1 and found[0].type == "RecurringMaster"
+
+
+def test_occurrence_by_index_and_master_lookup(account, calendar) -> None:
+    start = EWSDateTime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    master = _series(
+        account,
+        calendar,
+        "indexed",
+        start,
+        Recurrence(pattern=DailyPattern(interval=2), start=EWSDate(2026, 12, 1), number=4),
+    )
+    third = master.occurrence(index=3)
+    third.refresh()
+    assert third.start == start + dt.timedelta(days=4) and third.type == "Occurrence"
+    first = _view(calendar, DAY0, 3)[0]
+    back = first.recurring_master()
+    back.refresh()
+    assert back.id == master.id and back.type == "RecurringMaster"

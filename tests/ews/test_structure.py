@@ -175,3 +175,38 @@ def test_date_times_have_no_fractions(ews: EwsTarget, account, calendar) -> None
     )
     stamps = re.findall(rb">(\d{4}-\d\d-\d\dT[^<]*)<", r.content)
     assert stamps and all(re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", s) for s in stamps)
+
+
+def test_create_update_delete_item_skeletons(ews: EwsTarget, calendar) -> None:
+    _, root = _post(
+        ews,
+        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+        f'<t:FolderId Id="{calendar.id}"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        "<t:Subject>skeleton</t:Subject><t:Start>2026-12-01T10:00:00Z</t:Start>"
+        "<t:End>2026-12-01T11:00:00Z</t:End></t:CalendarItem></m:Items></m:CreateItem>",
+    )
+    msg = root.find("s:Body/m:CreateItemResponse/m:ResponseMessages/m:CreateItemResponseMessage", NS)
+    assert _names(msg) == ["ResponseCode", "Items"]
+    item_id = msg.find("m:Items/t:CalendarItem/t:ItemId", NS)
+    assert item_id.get("Id") and item_id.get("ChangeKey")
+
+    _, root = _post(
+        ews,
+        '<m:UpdateItem ConflictResolution="AlwaysOverwrite" '
+        'SendMeetingInvitationsOrCancellations="SendToNone"><m:ItemChanges><t:ItemChange>'
+        f'<t:ItemId Id="{item_id.get("Id")}" ChangeKey="{item_id.get("ChangeKey")}"/><t:Updates>'
+        '<t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>renamed</t:Subject>'
+        "</t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+    )
+    msg = root.find("s:Body/m:UpdateItemResponse/m:ResponseMessages/m:UpdateItemResponseMessage", NS)
+    assert _names(msg) == ["ResponseCode", "Items", "ConflictResults"]
+    new_id = msg.find("m:Items/t:CalendarItem/t:ItemId", NS)
+    assert new_id.get("Id") == item_id.get("Id") and new_id.get("ChangeKey") != item_id.get("ChangeKey")
+
+    _, root = _post(
+        ews,
+        '<m:DeleteItem DeleteType="HardDelete" SendMeetingCancellations="SendToNone"><m:ItemIds>'
+        f'<t:ItemId Id="{item_id.get("Id")}"/></m:ItemIds></m:DeleteItem>',
+    )
+    msg = root.find("s:Body/m:DeleteItemResponse/m:ResponseMessages/m:DeleteItemResponseMessage", NS)
+    assert msg.get("ResponseClass") == "Success" and _names(msg) == ["ResponseCode"]

@@ -215,7 +215,8 @@ class EwsAccount:
                         continue
                     err.back_off_s = delay
                     raise err from exc
-                if isinstance(err, errors.ExchangeUnavailable):  # never sent (refused, DNS): safe
+                # reads, and writes that never left (refused, DNS); lost answers were raised above
+                if isinstance(err, errors.ExchangeUnavailable):
                     unavailable += 1
                     if unavailable < MAX_UNAVAILABLE_ATTEMPTS:
                         delay = gate.throttled(None)

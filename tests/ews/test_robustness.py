@@ -70,6 +70,10 @@ CHILDREN = [
     "ParentFolderId",
     "SourceIds",
     "SubscriptionIds",
+    "ToFolderId",
+    "Ignore",
+    "ConnectionTimeout",
+    "UnresolvedEntry",
 ]
 TYPES = [
     "ItemId",
@@ -92,6 +96,50 @@ TYPES = [
     "Recurrence",
     "DailyRecurrence",
     "NumberedRecurrence",
+    "Excludes",
+    "Bitmask",
+    "Interval",
+    "DaysOfWeek",
+    "WeeklyRecurrence",
+    "AbsoluteMonthlyRecurrence",
+    "RelativeYearlyRecurrence",
+    "DayOfMonth",
+    "DayOfWeekIndex",
+    "Month",
+    "EndDateRecurrence",
+    "NoEndRecurrence",
+    "StartDate",
+    "EndDate",
+    "NumberOfOccurrences",
+    "OccurrenceItemId",
+    "RecurringMasterItemId",
+    "IndexedFieldURI",
+    "ExtendedProperty",
+    "Value",
+    "Values",
+    "Contains",
+    "FieldOrder",
+    "Start",
+    "End",
+    "Status",
+    "PercentComplete",
+    "DueDate",
+    "EmailAddresses",
+    "Entry",
+    "DeleteItemField",
+    "AppendToItemField",
+    "Or",
+    "IsGreaterThan",
+    "Exists",
+    "Subject",
+    "Body",
+    "Folder",
+    "ContactsFolder",
+    "DisplayName",
+    "AlternateId",
+    "StreamingSubscriptionRequest",
+    "Mailbox",
+    "EmailAddress",
 ]
 ATTRS = [
     "Id",
@@ -108,6 +156,17 @@ ATTRS = [
     "PropertyType",
     "PropertyTag",
     "InstanceIndex",
+    "FieldIndex",
+    "Key",
+    "PropertySetId",
+    "PropertyName",
+    "BasePoint",
+    "Order",
+    "ContainmentMode",
+    "RecurringMasterId",
+    "OccurrenceId",
+    "DistinguishedPropertySetId",
+    "Format",
 ]
 VALUES = st.sampled_from(
     [
@@ -125,6 +184,22 @@ VALUES = st.sampled_from(
         "RVhESQAAAAAAAAAAAAAAAAAAAAA=",
         "true",
         "<&>",
+        "0x3FFB",
+        "Integer",
+        "StringArray",
+        "Monday Day",
+        "Last",
+        "End",
+        "Descending",
+        "item:Subject",
+        "calendar:Start",
+        "contacts:EmailAddress",
+        "EmailAddress1",
+        "contacts:PhysicalAddress:Street",
+        "99999999999999999999",
+        "2026-12-01",
+        "1e400",
+        "alice@example.test",
     ]
 )
 
@@ -175,7 +250,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EwsTestSer
     server.store.close()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(body=requests_())
 def test_any_request_gets_a_soap_answer_never_a_traceback(fuzz_server: EwsTestServer, body: bytes) -> None:
     status, payload = fuzz_server.dispatcher.handle("alice@example.test", body, {})

@@ -119,6 +119,17 @@ class Dispatcher:
             return 200, serialize(env)
         except SoapFault as fault:
             return 500, fault_envelope(fault)
+        except (ValueError, OverflowError) as exc:
+            # A value of the wrong type (a number, date or enum that does not parse): Exchange's
+            # schema validation refuses the whole request before doing anything.
+            log.info("EWS %s refused: a value does not parse: %s", op, exc, exc_info=True)
+            return 500, fault_envelope(
+                SoapFault(
+                    "ErrorSchemaValidation",
+                    f"The request failed schema validation: {exc}",
+                    faultcode="a:ErrorSchemaValidation",
+                )
+            )
         except Exception:
             log.exception("EWS %s failed inside the test server", op)
             return 500, fault_envelope(
@@ -879,6 +890,8 @@ class Dispatcher:
         """Block (without the store lock) until a subscription has events or the wait is over."""
         ids = op.find(m("SubscriptionIds"))
         sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
+        if not sub_ids or any(self._subscription(s) is None for s in sub_ids):
+            return  # answered at once with ErrorSubscriptionNotFound
         timeout_min = _int(op.findtext(m("ConnectionTimeout")) or "1", "ConnectionTimeout")
         deadline = time.monotonic() + min(timeout_min * 60, self.app.streaming_wait)
         while time.monotonic() < deadline:

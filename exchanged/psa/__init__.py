@@ -1,0 +1,34 @@
+"""PSA connectors: ``sql`` (the documented schema in SQLite/PostgreSQL) and ``autotask`` (REST).
+
+``open_connector(psa_cfg)`` is the factory the daemon calls with the ``psa`` section of the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exchanged import errors, ports
+
+
+async def open_connector(psa_cfg: Any) -> ports.PsaConnector:
+    """The connector ``psa_cfg.connector`` names ("sql" or "autotask")."""
+    connector = getattr(psa_cfg, "connector", "sql")
+    if connector == "sql":
+        from exchanged.psa.sql import open_sql_connector
+
+        return open_sql_connector(psa_cfg.url)
+    if connector == "autotask":
+        from exchanged.psa.autotask import open_autotask
+
+        return await _maybe_await(open_autotask(psa_cfg))
+    raise errors.PsaError(f"psa.connector: unknown connector {connector!r}",
+                          hint="use psa.connector: sql or autotask")
+
+
+async def _maybe_await(value: Any) -> Any:
+    if hasattr(value, "__await__"):
+        return await value
+    return value
+
+
+__all__ = ["open_connector"]

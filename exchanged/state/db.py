@@ -220,6 +220,14 @@ class Database:
         async with self._lock:
             return await trio.to_thread.run_sync(self._run_sync, fn, write)
 
+    def run_blocking(self, fn: Callable[[Tx], T], *, write: bool = False) -> T:
+        """``run`` for synchronous callers outside trio (seeding sample data, tools)."""
+        return self._run_sync(fn, write)
+
+    def close_blocking(self) -> None:
+        self.closed = True
+        self._drop_connection()
+
     async def aclose(self) -> None:
         if self.closed:
             return

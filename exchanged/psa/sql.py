@@ -1,0 +1,545 @@
+"""The ``sql`` PSA connector: the PSA's data in the documented SQL schema (SPEC section 7).
+
+Theory of operation
+-------------------
+* Tables are created when missing (never altered or dropped); times are UTC, ISO-8601 text in
+  SQLite (``2026-11-29T12:00:00Z``; offsets and a space separator are read too) and
+  ``timestamptz`` in PostgreSQL.
+* ``load`` reads the rows of one resource and maps them to ``PsaRecord``s:
+
+  ============================  ======================  ====================================
+  rows                          kind                    payload
+  ============================  ======================  ====================================
+  appointments, origin psa      ``APPOINTMENT``         Appointment(title, description, ...)
+  appointments, origin exchange ``IMPORTED``            Appointment; ``exchange_key`` = uid
+  service calls (not canceled)  ``SERVICE_CALL``        "Service call: <company>: <line 1>"
+  todos                         ``TODO``                Task(action_type, description, ...)
+  contacts of owned companies   ``CONTACT``             Contact (active contacts only)
+  and of owned opportunities
+  ============================  ======================  ====================================
+
+  A service call is loaded for every resource in ``service_call_resources``. Completed service
+  calls stay in the calendar (the time was spent); canceled ones (``canceled_time`` set) are
+  out. Contacts with ``is_active`` NULL count as active.
+* Bad rows (a required value NULL, end before start, text that is not valid UTF-8, a text over
+  ``MAX_TEXT`` characters, an imported row without ``exchange_uid``) are skipped, never guessed
+  at: each is an ``ItemError`` (code ``invalid_row``) in ``load_errors`` after the call, and
+  logged once per process. Characters XML cannot carry (control characters) are dropped.
+* ``apply`` carries each write out in its own transaction: imported rows are created (or, after
+  a lost reply, found again by ``exchange_uid`` and rewritten), updated in full, and deleted;
+  PSA-owned appointments and to-dos get only the named fields that flow back; PSA-owned rows are
+  never deleted (``ItemError``). Every write bumps ``last_modified``.
+* A database that cannot be read raises ``PsaUnavailable`` (never an empty answer). A missing
+  SQLite file is "unreachable" too: a mistyped path must not look like an empty PSA.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from exchanged import errors
+from exchanged.model import (
+    Appointment,
+    Contact,
+    ItemError,
+    Kind,
+    PsaRecord,
+    ShowAs,
+    Task,
+    Window,
+    make_psa_key,
+    split_psa_key,
+)
+from exchanged.ports import PsaResource, PsaWrite
+from exchanged.state.codec import parse_ts
+from exchanged.state.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
+
+log = structlog.get_logger("exchanged.psa.sql")
+
+MAX_TEXT = 100_000  # characters of a description/title; more is a bad row, not a calendar entry
+_MARGIN = timedelta(days=1)  # the SQL pre-filter is coarse (text times may carry offsets)
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# --- schema -------------------------------------------------------------------------------------
+
+TABLES: dict[str, str] = {
+    "resources": "id {pk}, email TEXT, first_name TEXT, last_name TEXT, is_active {bool} DEFAULT {true}",
+    "companies": "id {pk}, name TEXT, owner_resource_id BIGINT",
+    "contacts": ("id {pk}, company_id BIGINT, first_name TEXT, last_name TEXT, email_address TEXT, "
+                 "phone TEXT, mobile_phone TEXT, title TEXT, is_active {bool} DEFAULT {true}, "
+                 "last_modified {ts}"),
+    "opportunities": ("id {pk}, company_id BIGINT, contact_id BIGINT, owner_resource_id BIGINT, "
+                      "title TEXT, status TEXT, last_modified {ts}"),
+    "appointments": ("id {pk}, resource_id BIGINT, title TEXT, description TEXT, start_time {ts}, "
+                     "end_time {ts}, last_modified {ts}, origin TEXT DEFAULT 'psa', exchange_uid TEXT, "
+                     "show_as TEXT, is_private {bool} DEFAULT {false}"),
+    "service_calls": ("id {pk}, company_id BIGINT, description TEXT, start_time {ts}, end_time {ts}, "
+                      "status TEXT, is_complete {bool} DEFAULT {false}, canceled_time {ts}, "
+                      "last_modified {ts}"),
+    "service_call_resources": "service_call_id BIGINT NOT NULL, resource_id BIGINT NOT NULL, "
+                              "PRIMARY KEY (service_call_id, resource_id)",
+    "todos": ("id {pk}, assigned_resource_id BIGINT, company_id BIGINT, contact_id BIGINT, "
+              "action_type TEXT, description TEXT, start_time {ts}, end_time {ts}, completed_time {ts}, "
+              "last_modified {ts}"),
+}
+
+INDEXES: dict[str, list[str]] = {
+    "companies": ["CREATE INDEX IF NOT EXISTS companies_owner ON companies (owner_resource_id)"],
+    "contacts": ["CREATE INDEX IF NOT EXISTS contacts_company ON contacts (company_id)"],
+    "opportunities": ["CREATE INDEX IF NOT EXISTS opportunities_owner ON opportunities (owner_resource_id)"],
+    "appointments": ["CREATE INDEX IF NOT EXISTS appointments_resource ON appointments (resource_id)",
+                     "CREATE INDEX IF NOT EXISTS appointments_uid ON appointments (exchange_uid)"],
+    "service_call_resources": [
+        "CREATE INDEX IF NOT EXISTS service_call_resources_resource ON service_call_resources (resource_id)"],
+    "todos": ["CREATE INDEX IF NOT EXISTS todos_resource ON todos (assigned_resource_id)"],
+}
+
+_WORDS = {
+    SQLITE: {"pk": "INTEGER PRIMARY KEY", "ts": "TEXT", "bool": "INTEGER", "true": "1", "false": "0"},
+    POSTGRES: {"pk": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "ts": "TIMESTAMPTZ",
+               "bool": "BOOLEAN", "true": "TRUE", "false": "FALSE"},
+}
+
+
+def _table_exists(tx: Tx, table: str) -> bool:
+    if tx.dialect == SQLITE:
+        return bool(tx.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)))
+    return tx.query("SELECT to_regclass(?)", (table,))[0][0] is not None
+
+
+def ensure_schema(tx: Tx) -> list[str]:
+    """Create the missing tables (and their indexes); returns the names created."""
+    if tx.dialect == POSTGRES:
+        tx.query("SELECT pg_advisory_xact_lock(?)", (0x70736173,))  # nodes starting together
+    created = []
+    for table, columns in TABLES.items():
+        if _table_exists(tx, table):
+            continue
+        tx.query(f"CREATE TABLE {table} ({columns.format(**_WORDS[tx.dialect])})")
+        for statement in INDEXES.get(table, []):
+            tx.query(statement)
+        created.append(table)
+    return created
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+class BadRow(ValueError):
+    """A row the connector cannot use; the message says what is wrong with it."""
+
+
+def ts_param(dialect: str, value: datetime | None) -> Any:
+    if value is None:
+        return None
+    value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if dialect == POSTGRES:
+        return value
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def bool_param(dialect: str, value: bool) -> Any:
+    return bool(value) if dialect == POSTGRES else int(bool(value))
+
+
+def _time(value: Any, column: str, *, required: bool = False) -> datetime | None:
+    if value is None or value == "":
+        if required:
+            raise BadRow(f"{column} is empty")
+        return None
+    try:
+        parsed = parse_ts(value if isinstance(value, datetime) else str(value).strip())
+    except ValueError:
+        raise BadRow(f"{column} {str(value)[:40]!r} is not an ISO-8601 time") from None
+    return parsed.astimezone(UTC) if parsed else None
+
+
+def _flag(value: Any, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "t", "true", "y", "yes")
+    return bool(value)
+
+
+def _text(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if _SURROGATE.search(text):
+        raise BadRow(f"{column} is not valid UTF-8 text")
+    if len(text) > MAX_TEXT:
+        raise BadRow(f"{column} has {len(text)} characters (at most {MAX_TEXT})")
+    return _XML_INVALID.sub("", text)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def _show_as(value: Any) -> ShowAs:
+    try:
+        return ShowAs(str(value).strip().lower())
+    except ValueError:
+        return ShowAs.BUSY  # NULL or a value Exchange does not know: busy, as a PSA entry is
+
+
+def _span(start: datetime | None, end: datetime | None, table: str) -> None:
+    if start is not None and end is not None and end < start:
+        raise BadRow(f"end_time {end.isoformat()} is before start_time {start.isoformat()}")
+
+
+def _int_id(value: str) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- rows -> records ------------------------------------------------------------------------------
+
+_APPT_COLS = ("id, title, description, start_time, end_time, last_modified, origin, exchange_uid, "
+              "show_as, is_private")
+_TODO_COLS = "id, action_type, description, start_time, end_time, completed_time, last_modified"
+_CONTACT_COLS = ("ct.id, ct.first_name, ct.last_name, co.name, ct.title, ct.email_address, ct.phone, "
+                 "ct.mobile_phone, ct.is_active, ct.last_modified")
+
+
+def _appointment(row: tuple[Any, ...]) -> PsaRecord:
+    rid, title, description, start, end, modified, origin, uid, show_as, private = row
+    imported = str(origin or "psa").strip().lower() == "exchange"
+    kind = Kind.IMPORTED if imported else Kind.APPOINTMENT
+    start_t = _time(start, "start_time", required=True)
+    end_t = _time(end, "end_time", required=True)
+    _span(start_t, end_t, "appointments")
+    assert start_t is not None and end_t is not None
+    if imported and not uid:
+        raise BadRow("an imported row (origin exchange) has no exchange_uid")
+    payload = Appointment(subject=_text(title, "title"), start=start_t, end=end_t,
+                          body=_text(description, "description"), show_as=_show_as(show_as),
+                          is_private=_flag(private, False))
+    return PsaRecord(kind, make_psa_key(kind, rid), payload, _time(modified, "last_modified"),
+                     str(uid) if imported else None)
+
+
+def _service_call(row: tuple[Any, ...]) -> PsaRecord:
+    rid, company, description, start, end, modified = row
+    start_t = _time(start, "start_time", required=True)
+    end_t = _time(end, "end_time", required=True)
+    _span(start_t, end_t, "service_calls")
+    assert start_t is not None and end_t is not None
+    body = _text(description, "description")
+    parts = ["Service call", _text(company, "companies.name").strip(), _first_line(body)]
+    subject = ": ".join(p for p in parts if p)
+    payload = Appointment(subject=subject, start=start_t, end=end_t, body=body)
+    return PsaRecord(Kind.SERVICE_CALL, make_psa_key(Kind.SERVICE_CALL, rid), payload,
+                     _time(modified, "last_modified"))
+
+
+def _todo(row: tuple[Any, ...]) -> PsaRecord:
+    rid, action_type, description, start, end, completed, modified = row
+    start_t = _time(start, "start_time")
+    due = _time(end, "end_time")
+    _span(start_t, due, "todos")
+    body = _text(description, "description")
+    subject = _text(action_type, "action_type").strip() or _first_line(body) or "To-do"
+    payload = Task(subject=subject, body=body, start=start_t, due=due,
+                   completed=_time(completed, "completed_time"))
+    return PsaRecord(Kind.TODO, make_psa_key(Kind.TODO, rid), payload, _time(modified, "last_modified"))
+
+
+def _contact(row: tuple[Any, ...], kind: Kind) -> PsaRecord:
+    rid, first, last, company, title, email, phone, mobile, _active, modified = row
+    payload = Contact(
+        given_name=_text(first, "first_name").strip(), surname=_text(last, "last_name").strip(),
+        company=_text(company, "companies.name").strip(), job_title=_text(title, "title").strip(),
+        email=_text(email, "email_address").strip(), business_phone=_text(phone, "phone").strip(),
+        mobile_phone=_text(mobile, "mobile_phone").strip())
+    if not (payload.given_name or payload.surname):
+        raise BadRow("the contact has neither first_name nor last_name")
+    return PsaRecord(kind, make_psa_key(kind, rid), payload, _time(modified, "last_modified"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    records: list[PsaRecord]
+    problems: list[ItemError]
+
+
+def _collect(rows: Iterable[tuple[Any, ...]], table: str, kind: Kind,
+             convert: Callable[[tuple[Any, ...]], PsaRecord]) -> _Read:
+    records: list[PsaRecord] = []
+    problems: list[ItemError] = []
+    seen: set[Any] = set()
+    for row in rows:
+        if row[0] in seen:  # a row reached twice (a contact of an owned company and opportunity)
+            continue
+        seen.add(row[0])
+        try:
+            records.append(convert(row))
+        except BadRow as exc:
+            problems.append(ItemError(make_psa_key(kind, row[0]), "invalid_row",
+                                      f"{table} row {row[0]}: {exc}; the row is skipped until it is fixed"))
+    return _Read(records, problems)
+
+
+# --- the connector ------------------------------------------------------------------------------
+
+
+class SqlPsa:
+    """``ports.PsaConnector`` over the SQL schema; see the module docstring.
+
+    ``load_errors``: the rows the last ``load``/``all_contacts`` skipped, as ``ItemError``s.
+    """
+
+    def __init__(self, db: Database, *, now: Callable[[], datetime] | None = None) -> None:
+        self.db = db
+        self.now = now or (lambda: datetime.now(UTC))
+        self.load_errors: list[ItemError] = []
+        self._schema_ready = False
+        self._reported: set[str] = set()
+
+    async def _run(self, fn: Callable[[Tx], Any], *, write: bool = False) -> Any:
+        if not self._schema_ready:
+            created = await self.db.run(ensure_schema, write=True)
+            if created:
+                log.info("PSA tables created", url=self.db.url.shown, tables=created)
+            self._schema_ready = True
+        return await self.db.run(fn, write=write)
+
+    def _report(self, problems: list[ItemError]) -> None:
+        self.load_errors = problems
+        for p in problems:
+            if p.message not in self._reported:
+                self._reported.add(p.message)
+                log.warning("PSA row skipped", key=p.key, problem=p.message)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def resource(self, psa_resource: str) -> PsaResource | None:
+        rid = _int_id(psa_resource)
+        if rid is None:
+            return None
+        rows = await self._run(lambda tx: tx.query(
+            "SELECT id, email, first_name, last_name, is_active FROM resources WHERE id = ?", (rid,)))
+        if not rows:
+            return None
+        _, email, first, last, active = rows[0]
+        email = str(email or "")
+        name = " ".join(str(p).strip() for p in (first, last) if p and str(p).strip()) or email
+        return PsaResource(str(rid), email, name, _flag(active, True))
+
+    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> Sequence[PsaRecord]:
+        rid = _int_id(psa_resource)
+        if rid is None:
+            self._report([])
+            return []
+        reads: list[_Read] = await self._run(lambda tx: self._load(tx, rid, kinds, window))
+        records = [r for read in reads for r in read.records]
+        self._report([p for read in reads for p in read.problems])
+        return [r for r in records if r.kind in kinds and _in_window(r, window)]
+
+    def _load(self, tx: Tx, rid: int, kinds: frozenset[Kind], window: Window) -> list[_Read]:
+        since = ts_param(tx.dialect, window.past_start - _MARGIN)
+        reads = []
+        if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
+            rows = tx.query(f"SELECT {_APPT_COLS} FROM appointments WHERE resource_id = ? "
+                            "AND (end_time IS NULL OR end_time >= ?) ORDER BY id", (rid, since))
+            reads.append(_collect(rows, "appointments", Kind.APPOINTMENT, _appointment))
+        if Kind.SERVICE_CALL in kinds:
+            rows = tx.query(
+                "SELECT sc.id, co.name, sc.description, sc.start_time, sc.end_time, sc.last_modified "
+                "FROM service_calls sc JOIN service_call_resources r ON r.service_call_id = sc.id "
+                "LEFT JOIN companies co ON co.id = sc.company_id "
+                "WHERE r.resource_id = ? AND sc.canceled_time IS NULL "
+                "AND (sc.end_time IS NULL OR sc.end_time >= ?) ORDER BY sc.id", (rid, since))
+            reads.append(_collect(rows, "service_calls", Kind.SERVICE_CALL, _service_call))
+        if Kind.TODO in kinds:
+            rows = tx.query(f"SELECT {_TODO_COLS} FROM todos WHERE assigned_resource_id = ? AND "
+                            "(COALESCE(end_time, start_time) IS NULL OR COALESCE(end_time, start_time) >= ?) "
+                            "ORDER BY id", (rid, since))
+            reads.append(_collect(rows, "todos", Kind.TODO, _todo))
+        if Kind.CONTACT in kinds:
+            rows = tx.query(
+                f"SELECT {_CONTACT_COLS} FROM contacts ct LEFT JOIN companies co ON co.id = ct.company_id "
+                "WHERE ct.company_id IN (SELECT id FROM companies WHERE owner_resource_id = ?) "
+                "OR ct.id IN (SELECT contact_id FROM opportunities WHERE owner_resource_id = ?) "
+                "ORDER BY ct.id", (rid, rid))
+            reads.append(_collect([r for r in rows if _flag(r[8], True)], "contacts", Kind.CONTACT,
+                                  lambda row: _contact(row, Kind.CONTACT)))
+        return reads
+
+    async def all_contacts(self) -> Sequence[PsaRecord]:
+        def run(tx: Tx) -> _Read:
+            rows = tx.query(f"SELECT {_CONTACT_COLS} FROM contacts ct "
+                            "LEFT JOIN companies co ON co.id = ct.company_id ORDER BY ct.id")
+            return _collect([r for r in rows if _flag(r[8], True)], "contacts", Kind.PUBLIC_CONTACT,
+                            lambda row: _contact(row, Kind.PUBLIC_CONTACT))
+
+        read: _Read = await self._run(run)
+        self._report(read.problems)
+        return read.records
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def apply(self, writes: Sequence[PsaWrite]) -> Sequence[PsaRecord | ItemError | None]:
+        out: list[PsaRecord | ItemError | None] = []
+        for w in writes:
+            out.append(await self._run(functools.partial(self._apply_one, write=w), write=True))
+        return out
+
+    def _apply_one(self, tx: Tx, write: PsaWrite) -> PsaRecord | ItemError | None:
+        w = write
+        key = w.psa_key or w.exchange_key or "?"
+        try:
+            if w.op == "create":
+                return self._create(tx, w)
+            kind, raw_id = split_psa_key(w.psa_key or "")
+            rid = _int_id(raw_id)
+            if rid is None:
+                return ItemError(key, "invalid_write", f"{key!r} is not a key of this PSA")
+            if w.op == "delete":
+                return self._delete(tx, key, kind, rid)
+            if w.op == "update":
+                return self._update(tx, w, key, kind, rid)
+        except ValueError as exc:  # an unknown kind in the key
+            return ItemError(key, "invalid_write", str(exc))
+        except BadRow as exc:
+            return ItemError(key, "invalid_row", f"written, but the row reads back wrong: {exc}")
+        return ItemError(key, "invalid_write", f"unknown PSA write {w.op!r}")
+
+    def _create(self, tx: Tx, w: PsaWrite) -> PsaRecord | ItemError:
+        key = w.exchange_key or "?"
+        if w.kind is not Kind.IMPORTED or not isinstance(w.payload, Appointment) or not w.exchange_key:
+            return ItemError(key, "invalid_write",
+                             "only imported appointments (with their Exchange key) are created in the PSA")
+        rid = _int_id(w.resource or "")
+        if rid is None or not tx.query("SELECT 1 FROM resources WHERE id = ?", (rid,)):
+            return ItemError(key, "invalid_write",
+                             f"PSA resource {w.resource!r} is not in the resources table")
+        found = tx.query("SELECT id FROM appointments WHERE origin = 'exchange' AND exchange_uid = ? "
+                         "AND resource_id = ? ORDER BY id", (w.exchange_key, rid))
+        if found:  # written before, reply lost: rewrite that row instead of adding a duplicate
+            row_id = int(found[0][0])
+            self._write_imported(tx, row_id, w.payload, w.exchange_key)
+        else:
+            row_id = self._insert_imported(tx, rid, w.payload, w.exchange_key)
+        return self._read_appointment(tx, row_id)
+
+    def _insert_imported(self, tx: Tx, rid: int, p: Appointment, uid: str) -> int:
+        d = tx.dialect
+        sql = ("INSERT INTO appointments (resource_id, title, description, start_time, end_time, "
+               "last_modified, origin, exchange_uid, show_as, is_private) "
+               "VALUES (?, ?, ?, ?, ?, ?, 'exchange', ?, ?, ?)")
+        params = (rid, p.subject, p.body, ts_param(d, p.start), ts_param(d, p.end),
+                  ts_param(d, self.now()), uid, p.show_as.value, bool_param(d, p.is_private))
+        if d == POSTGRES:
+            return int(tx.query(sql + " RETURNING id", params)[0][0])
+        tx.query(sql, params)
+        return int(tx.query("SELECT last_insert_rowid()")[0][0])
+
+    def _write_imported(self, tx: Tx, row_id: int, p: Appointment, uid: str | None) -> None:
+        d = tx.dialect
+        tx.query("UPDATE appointments SET title = ?, description = ?, start_time = ?, end_time = ?, "
+                 "show_as = ?, is_private = ?, exchange_uid = COALESCE(?, exchange_uid), last_modified = ? "
+                 "WHERE id = ?",
+                 (p.subject, p.body, ts_param(d, p.start), ts_param(d, p.end), p.show_as.value,
+                  bool_param(d, p.is_private), uid, ts_param(d, self.now()), row_id))
+
+    def _update(self, tx: Tx, w: PsaWrite, key: str, kind: Kind, rid: int) -> PsaRecord | ItemError:
+        if kind in (Kind.APPOINTMENT, Kind.IMPORTED):
+            rows = tx.query("SELECT origin FROM appointments WHERE id = ?", (rid,))
+            if not rows or (str(rows[0][0] or "psa").lower() == "exchange") != (kind is Kind.IMPORTED):
+                return ItemError(key, "not_found", "the PSA row no longer exists")
+            if not isinstance(w.payload, Appointment):
+                return ItemError(key, "invalid_row", "payload type does not match the row")
+            if kind is Kind.IMPORTED:
+                self._write_imported(tx, rid, w.payload, w.exchange_key)
+            else:
+                self._set(tx, "appointments", rid, _APPOINTMENT_COLUMNS, w.payload, w.fields)
+            return self._read_appointment(tx, rid)
+        if kind is Kind.TODO:
+            if not tx.query("SELECT 1 FROM todos WHERE id = ?", (rid,)):
+                return ItemError(key, "not_found", "the PSA row no longer exists")
+            if not isinstance(w.payload, Task):
+                return ItemError(key, "invalid_row", "payload type does not match the row")
+            self._set(tx, "todos", rid, _TODO_COLUMNS, w.payload, w.fields)
+            return _todo(tx.query(f"SELECT {_TODO_COLS} FROM todos WHERE id = ?", (rid,))[0])
+        return ItemError(key, "invalid_write",
+                         f"{kind.value} rows are read-only for the sync (the PSA owns them)")
+
+    def _set(self, tx: Tx, table: str, rid: int, columns: dict[str, str], payload: Any,
+             names: Sequence[str]) -> None:
+        d = tx.dialect
+        chosen = [(columns[n], getattr(payload, n)) for n in names if n in columns]
+        values = [_column_param(d, c, v) for c, v in chosen]
+        assignments = "".join(f"{c} = ?, " for c, _ in chosen)
+        tx.query(f"UPDATE {table} SET {assignments}last_modified = ? WHERE id = ?",
+                 (*values, ts_param(d, self.now()), rid))
+
+    def _delete(self, tx: Tx, key: str, kind: Kind, rid: int) -> ItemError | None:
+        if kind is not Kind.IMPORTED:
+            return ItemError(key, "invalid_write", "only imported rows are deleted by the sync")
+        rows = tx.query("SELECT origin FROM appointments WHERE id = ?", (rid,))
+        if rows and str(rows[0][0] or "psa").lower() != "exchange":
+            return ItemError(key, "invalid_write", "the row belongs to the PSA; the sync never deletes it")
+        tx.query("DELETE FROM appointments WHERE id = ? AND origin = 'exchange'", (rid,))
+        return None  # deleting what is gone is done
+
+    def _read_appointment(self, tx: Tx, rid: int) -> PsaRecord:
+        return _appointment(tx.query(f"SELECT {_APPT_COLS} FROM appointments WHERE id = ?", (rid,))[0])
+
+    async def aclose(self) -> None:
+        await self.db.aclose()
+
+
+_APPOINTMENT_COLUMNS = {"subject": "title", "body": "description", "start": "start_time", "end": "end_time",
+                        "show_as": "show_as", "is_private": "is_private"}
+_TODO_COLUMNS = {"subject": "action_type", "body": "description", "start": "start_time", "due": "end_time",
+                 "completed": "completed_time"}
+_TIME_COLUMNS = {"start_time", "end_time", "completed_time"}
+
+
+def _column_param(dialect: str, column: str, value: Any) -> Any:
+    if column in _TIME_COLUMNS:
+        return ts_param(dialect, value)
+    if isinstance(value, ShowAs):
+        return value.value
+    if isinstance(value, bool):
+        return bool_param(dialect, value)
+    return value
+
+
+def _in_window(record: PsaRecord, window: Window) -> bool:
+    p = record.payload
+    if isinstance(p, Appointment):
+        return window.in_scope(p.start, p.end)
+    if isinstance(p, Task):
+        return window.in_scope(p.start, p.due or p.start)
+    return True
+
+
+_UNAVAILABLE_HINT = ("check psa.url and that the database is up and readable by the daemon's user; a new "
+                     "SQLite PSA needs an existing file (an empty one is fine: the tables are created)")
+
+
+def open_sql_connector(url: str, *, now: Callable[[], datetime] | None = None) -> SqlPsa:
+    """A connector for ``url`` (connects on first use; every failure is ``PsaUnavailable``)."""
+    try:
+        parsed: DbUrl = parse_url(url)
+    except UrlError as exc:
+        raise errors.PsaError(f"psa.url: {exc}", hint="fix psa.url") from None
+    db = Database(parsed, what="PSA database", create_file=False,
+                  fail=lambda msg: errors.PsaUnavailable(msg, hint=_UNAVAILABLE_HINT))
+    return SqlPsa(db, now=now)
+
+
+__all__ = ["MAX_TEXT", "TABLES", "SqlPsa", "ensure_schema", "open_sql_connector"]

@@ -46,9 +46,14 @@ class EwsTarget:
         address: str | None = None,
         user: str | None = None,
         password: str | None = None,
-        access_type: str = IMPERSONATION,
+        access_type: str | None = None,
         auth_type: str | None = NTLM,
     ) -> Account:
+        if access_type is None:
+            # A real server's test user reads its own mailbox as itself (impersonating oneself needs
+            # the ApplicationImpersonation role); our server's service account impersonates.
+            own = (address or self.mailboxes[0]).lower() == (user or self.user).lower()
+            access_type = DELEGATE if own else IMPERSONATION
         key = (address, user, password, access_type, auth_type)
         if key not in self._accounts:
             self._accounts[key] = Account(

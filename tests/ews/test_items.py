@@ -20,6 +20,7 @@ from exchangelib import (
 )
 from exchangelib.errors import (
     ErrorCalendarEndDateIsEarlierThanStartDate,
+    ErrorFolderNotFound,
     ErrorInvalidIdMalformed,
     ErrorIrresolvableConflict,
     ErrorItemNotFound,
@@ -377,3 +378,14 @@ def test_task_status_and_percent_stay_consistent(account, tasks) -> None:
     reopened.percent_complete = Decimal(40)
     reopened.save(update_fields=["percent_complete"])
     assert tasks.get(id=task.id).status == "InProgress"
+
+
+def test_find_folder_by_name(account, calendar) -> None:
+    from exchangelib.folders import Calendar
+
+    siblings = [Calendar(parent=calendar, name=n) for n in ("alpha", "beta", "gamma")]
+    for f in siblings:
+        f.save()
+    assert (calendar // "beta").id == siblings[1].id
+    with pytest.raises(ErrorFolderNotFound):
+        calendar // "delta"

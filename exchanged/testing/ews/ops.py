@@ -329,6 +329,9 @@ class Dispatcher:
             found = (
                 self.store.descendants(parent.id) if traversal == "Deep" else self.store.children(parent.id)
             )
+            restriction = op.find(m("Restriction"))
+            if restriction is not None and len(restriction):
+                found = [f for f in found if matches(restriction[0], self.folder_xml(etree.Element("x"), f))]
             offset, page, last = _page(found, view)
             msg = success(container, "FindFolder")
             root = sub(

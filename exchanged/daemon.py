@@ -331,6 +331,9 @@ class _NotifierAdapter:
     def reconfigure(self, cfg: Config) -> None:
         self._n.reconfigure(cfg)
 
+    async def flush(self) -> None:
+        await self._n.flush()
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from exchanged import notify
 
@@ -399,6 +402,13 @@ def _read_test_hooks() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+async def _load_config_in_thread(path: str) -> Config:
+    from exchanged.config import load_config
+
+    # reading files (config, password files) must not stall the loop, its watchdog or the socket
+    return await trio.to_thread.run_sync(load_config, path)
+
+
 def _hint_for(reason: str) -> str:
     """The hint of the error class with this ``reason`` (outcomes carry the reason, not the class)."""
     stack: list[type[ExchangedError]] = [ExchangedError]
@@ -442,7 +452,10 @@ class Daemon:
     """Owns the running config generation and implements ``control.ControlHandler``."""
 
     def __init__(self, cfg: Config, config_path: str, *,
-                 adapters_factory: Callable[[Config], Awaitable[Adapters]] = open_adapters) -> None:
+                 adapters_factory: Callable[[Config], Awaitable[Adapters]] = open_adapters,
+                 runner_factory: Callable[[Config, Adapters], CycleRunner] | None = None,
+                 notifier_factory: Callable[[Config], NotifierLike] | None = None,
+                 config_loader: Callable[[str], Awaitable[Config]] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.generation = 1
@@ -450,6 +463,9 @@ class Daemon:
         self.started_at = _now()
         self.last_reload: dict[str, Any] | None = None
         self._open_adapters = adapters_factory
+        self._make_runner = runner_factory or make_runner
+        self._make_notifier = notifier_factory or make_notifier
+        self._load_config = config_loader or _load_config_in_thread
         self.adapters: Adapters | None = None
         self.runner: CycleRunner | None = None
         self.notifier: NotifierLike = _LogNotifier()
@@ -473,8 +489,8 @@ class Daemon:
     async def run(self) -> int:
         self.adapters = await self._open_adapters(self.cfg)
         try:
-            self.runner = make_runner(self.cfg, self.adapters)
-            self.notifier = make_notifier(self.cfg)
+            self.runner = self._make_runner(self.cfg, self.adapters)
+            self.notifier = self._make_notifier(self.cfg)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self._serve_signals)
@@ -526,6 +542,10 @@ class Daemon:
         if self.scheduler.running:
             log.warning("running cycles cancelled at the end of the grace period",
                         count=self.scheduler.running)
+        flush = getattr(self.notifier, "flush", None)
+        if flush is not None:  # queued mails (a cycle's last error) get a moment to leave
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await flush()
 
     async def _reload_from_signal(self) -> None:
         try:
@@ -702,12 +722,12 @@ class Daemon:
     # --- reload --------------------------------------------------------------------------------------
 
     async def _reload(self, *, source: str) -> dict[str, Any]:
-        from exchanged.config import ConfigInvalid, iter_problems, load_config
+        from exchanged.config import ConfigInvalid, iter_problems
 
         async with self._reload_lock:
             log.info("reload requested", source=source, config=self.config_path)
             try:
-                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                new = await self._load_config(self.config_path)
             except ConfigInvalid as exc:
                 return self._rejected(list(iter_problems(exc)) or [exc.message], present(exc))
             for warning in new.warnings:
@@ -806,7 +826,7 @@ class Daemon:
         current = self.adapters
         if current.memory:
             _seed_memory_psa(current.psa, new)
-            self.runner = make_runner(new, current)
+            self.runner = self._make_runner(new, current)
             return
         account, psa, state = current.account, current.psa, current.state
         opened: list[Any] = []
@@ -825,7 +845,7 @@ class Daemon:
                 await _close_quietly(thing, "new adapter")
             raise
         self.adapters = Adapters(account, psa, state)
-        self.runner = make_runner(new, self.adapters)
+        self.runner = self._make_runner(new, self.adapters)
         if account is not current.account:
             await _close_quietly(current.account, "exchange")
         if psa is not current.psa:

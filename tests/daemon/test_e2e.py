@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+from email.message import Message
 
 import pytest
 
@@ -160,7 +161,7 @@ def test_failing_user_mailed_once_then_resolved(daemon_env: DaemonEnv) -> None:
     assert bob["state"] == "error" and "not found" in bob["last_error"]
     assert daemon_env.status()["state"] == "degraded"
 
-    def error_mails() -> list[object]:
+    def error_mails() -> list[Message]:
         return [m for m in daemon_env.smtp.snapshot()
                 if " ERROR " in (m["Subject"] or "") and BOB["mailbox"] in (m["Subject"] or "")]
 

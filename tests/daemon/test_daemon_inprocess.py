@@ -1,0 +1,304 @@
+"""The daemon in-process on trio's autojump clock: reload semantics, resync marks, mails, deferral.
+
+The adapters are the in-memory fakes, the runner and the notifier are recorders; the config is a
+real file loaded by the real ``exchanged.config``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import yaml
+
+from exchanged import errors
+from exchanged.config import Config, UserConfig, load_config
+from exchanged.daemon import Adapters, Daemon, ReloadRejected
+from exchanged.model import Counts, CycleOutcome
+from exchanged.scheduler import ProgressFn
+from exchanged.testing.memory import MemoryExchange, MemoryPsa, MemoryState
+
+ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
+
+
+@dataclass
+class RecordingRunner:
+    calls: list[tuple[str, bool, bool]] = field(default_factory=list)
+    gates: dict[str, trio.Event] = field(default_factory=dict)
+    fail: dict[str, Exception] = field(default_factory=dict)
+    records_outcomes: bool = False
+
+    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
+                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+        assert user is not None
+        self.calls.append((user.mailbox, full, allow_deletes))
+        if user.mailbox in self.gates:
+            await self.gates[user.mailbox].wait()
+        await trio.sleep(1)
+        if user.mailbox in self.fail:
+            raise self.fail[user.mailbox]
+        return CycleOutcome(result="ok", counts=Counts(exported=1))
+
+    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
+        return {"mailbox": user.mailbox}
+
+    def of(self, mailbox: str) -> list[tuple[str, bool, bool]]:
+        return [c for c in self.calls if c[0] == mailbox]
+
+
+@dataclass
+class RecordingNotifier:
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None:
+        self.events.append(("error", key))
+
+    def resolved(self, key: str) -> None:
+        self.events.append(("resolved", key))
+
+    def confirm_user(self, mailbox: str, summary: str) -> None:
+        self.events.append(("confirm", mailbox))
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.events.append(("reconfigure", cfg.profile_name))
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+class Env:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.path = base / "exchanged.yaml"
+        self.runner = RecordingRunner()
+        self.notifier = RecordingNotifier()
+        self.state = MemoryState()
+        pw = base / "pw"
+        pw.write_text("Pw-s3cret-XYZ\n")
+        pw.chmod(0o600)
+        self.users: list[dict[str, Any]] = [{"mailbox": ALICE, "psa_resource": "1"},
+                                            {"mailbox": BOB, "psa_resource": "2"}]
+
+    def write(self, **overrides: Any) -> None:
+        cfg: dict[str, Any] = {
+            "profile_name": "inproc",
+            "server": {"address": "mail.example.test"},
+            "sync_interval_minutes": 10,
+            "credentials": {"username": "svc@example.test", "password_file": str(self.base / "pw")},
+            "users": self.users,
+            "control": {"socket": str(self.base / "c.sock"), "group": grp.getgrgid(os.getgid()).gr_name},
+            "logging": {"format": "json"},
+        }
+        cfg.update(overrides)
+        self.path.write_text(yaml.safe_dump(cfg))
+
+    async def adapters(self, cfg: Config) -> Adapters:
+        psa = MemoryPsa()
+        for u in cfg.users:
+            psa.add_resource(u.psa_resource, u.mailbox)
+        return Adapters(MemoryExchange(), psa, self.state, memory=True)
+
+    def daemon(self) -> Daemon:
+        return Daemon(load_config(self.path), str(self.path), adapters_factory=self.adapters,
+                      runner_factory=lambda cfg, adapters: self.runner,
+                      notifier_factory=lambda cfg: self.notifier, config_loader=self.load)
+
+    async def load(self, path: str) -> Config:
+        # in the trio thread: a worker thread would let the autojump clock run away meanwhile
+        return load_config(path)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    e = Env(tmp_path)
+    e.write()
+    return e
+
+
+async def wait_for(pred: Any) -> None:
+    with trio.fail_after(10_000):  # virtual seconds: only a guard against a hang
+        while not pred():  # noqa: ASYNC110 - polling a predicate over the daemon's state is the point
+            await trio.sleep(0.5)
+
+
+@asynccontextmanager
+async def started(daemon: Daemon) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.run)
+        await wait_for(lambda: daemon._ready)
+        yield daemon
+        daemon.request_stop()
+
+
+@pytest.fixture
+async def running(env: Env, autojump_clock: trio.testing.MockClock) -> AsyncIterator[Daemon]:
+    async with started(env.daemon()) as d:
+        yield d
+
+
+async def test_start_confirms_unseen_users_once(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for(lambda: len([e for e in env.notifier.events if e[0] == "confirm"]) == 2)
+    assert ("confirm", ALICE) in env.notifier.events and ("confirm", BOB) in env.notifier.events
+    assert (await env.state.user_records())[ALICE].known
+
+
+async def test_known_users_get_no_confirmation(env: Env, autojump_clock: trio.testing.MockClock) -> None:
+    await env.state.mark_known(ALICE)
+    await env.state.mark_known(BOB)
+    async with started(env.daemon()) as d:
+        await wait_for(lambda: env.runner.of(ALICE))
+        await trio.sleep(5)
+        assert d.generation == 1
+    assert not [e for e in env.notifier.events if e[0] == "confirm"]
+
+
+async def test_server_change_marks_every_user_full(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for(lambda: env.runner.of(ALICE) and env.runner.of(BOB))
+    await wait_for(lambda: running.scheduler.running == 0)
+    env.write(server={"address": "mail2.example.test"})
+    result = await running.reload(wait=True)
+    assert result["result"] == "applied" and result["resync_all"] is True
+    assert running.generation == 2
+    assert (await running.status())["exchange"]["server"] == "mail2.example.test"
+    await wait_for(lambda: len(env.runner.of(ALICE)) >= 2 and len(env.runner.of(BOB)) >= 2)
+    assert env.runner.of(ALICE)[1][1] is True and env.runner.of(BOB)[1][1] is True
+    await wait_for(lambda: len(env.runner.of(ALICE)) >= 3)
+    assert env.runner.of(ALICE)[2][1] is False  # only the next cycle is full
+
+
+async def test_changed_user_settings_resync_that_user_only(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for(lambda: env.runner.of(ALICE) and env.runner.of(BOB))
+    await wait_for(lambda: running.scheduler.running == 0)
+    env.users[0] = {"mailbox": ALICE, "psa_resource": "1", "settings": {"todos": False}}
+    env.write()
+    result = await running.reload(wait=True)
+    assert result["changed"] == [ALICE] and result["resync_all"] is False
+    await wait_for(lambda: len(env.runner.of(ALICE)) >= 2 and len(env.runner.of(BOB)) >= 2)
+    assert env.runner.of(ALICE)[1][1] is True and env.runner.of(BOB)[1][1] is False
+
+
+async def test_added_and_newly_enabled_users(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    await wait_for(lambda: running.scheduler.running == 0 and env.runner.of(ALICE))
+    env.users.append({"mailbox": CAROL, "psa_resource": "3"})
+    env.users[1] = {"mailbox": BOB, "psa_resource": "2", "enabled": False}
+    env.write()
+    await wait_for(lambda: running.scheduler.running == 0)
+    before = len(env.notifier.events)
+    result = await running.reload(wait=True)
+    assert result["result"] == "applied" and result["added"] == [CAROL]
+    assert ("confirm", CAROL) in env.notifier.events[before:]
+    assert running.scheduler.mailboxes() == [ALICE, CAROL]
+    rows = {u["mailbox"]: u for u in await running.users()}
+    assert rows[BOB]["state"] == "disabled" and rows[BOB]["enabled"] is False
+    await wait_for(lambda: env.runner.of(CAROL))
+    # re-enabling bob is "newly enabled": he gets a confirmation mail again
+    env.users[1] = {"mailbox": BOB, "psa_resource": "2"}
+    env.write()
+    await wait_for(lambda: running.scheduler.running == 0)
+    await running.reload(wait=True)
+    assert ("confirm", BOB) in env.notifier.events[before:]
+
+
+async def test_rejected_reload_keeps_running_and_mails_once_cleared(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    env.write(sync_interval_minutes=5)
+    with pytest.raises(ReloadRejected) as info:
+        await running.reload(wait=False)
+    assert "sync_interval_minutes" in info.value.message
+    status = await running.status()
+    assert status["config"]["generation"] == 1
+    assert status["config"]["last_reload"]["result"] == "rejected"
+    assert running.scheduler.interval_s == 600
+    assert ("error", "config") in env.notifier.events
+    env.write()
+    await wait_for(lambda: running.scheduler.running == 0)
+    assert (await running.reload(wait=True))["result"] == "applied"
+    assert ("resolved", "config") in env.notifier.events
+
+
+async def test_deferred_reload_holds_new_cycles_until_running_ones_end(
+    env: Env, autojump_clock: trio.testing.MockClock
+) -> None:
+    env.runner.gates[ALICE] = trio.Event()  # before the start: alice's first cycle (at 0 s) hangs
+    async with started(env.daemon()) as running:
+        await wait_for(lambda: running.scheduler.running == 1)
+        env.users.append({"mailbox": CAROL, "psa_resource": "3"})
+        env.write()
+        result = await running.reload(wait=False)
+        assert result["result"] == "deferred"
+        # bob's first slot (300 s after start) passes: nothing new starts while the reload waits
+        await trio.sleep(1000)
+        assert env.runner.of(BOB) == [] and running.generation == 1
+        assert (await running.status())["config"]["last_reload"]["result"] == "deferred"
+        outcome: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def waiter() -> None:
+                outcome.update(await running.reload(wait=True))
+
+            nursery.start_soon(waiter)
+            await trio.sleep(1)
+            env.runner.gates[ALICE].set()
+        assert outcome["result"] == "applied" and running.generation >= 2
+        await wait_for(lambda: env.runner.of(BOB) and env.runner.of(CAROL))
+
+
+async def test_cycle_errors_mailed_per_reason_and_resolved(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    env.runner.fail[BOB] = errors.AuthFailed("login refused", mailbox=BOB)
+    out = await running.sync([BOB], full=False, wait=True, allow_deletes=False)
+    assert out["results"][BOB]["result"] == "error" and out["ok"] is False
+    key = f"user:{BOB}:auth_failed"
+    assert ("error", key) in env.notifier.events
+    row = next(u for u in await running.users() if u["mailbox"] == BOB)
+    assert row["state"] == "error" and "login refused" in row["last_error"]
+    assert (await running.status())["state"] == "degraded"
+    del env.runner.fail[BOB]
+    await running.sync([BOB], full=True, wait=True, allow_deletes=True)
+    assert ("resolved", key) in env.notifier.events
+    assert env.runner.of(BOB)[-1] == (BOB, True, True)
+    # a crash (a bug) is an error outcome too, never the end of the scheduler
+    env.runner.fail[ALICE] = RuntimeError("boom")
+    out = await running.sync([ALICE], full=False, wait=True, allow_deletes=False)
+    assert "boom" in out["results"][ALICE]["error"]
+    assert ("error", f"user:{ALICE}:internal_error") in env.notifier.events
+
+
+async def test_control_refusals(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    with pytest.raises(errors.ControlError) as info:
+        await running.sync(["nobody@example.test"], full=False, wait=False, allow_deletes=False)
+    assert info.value.reason == "unknown_mailbox"
+    with pytest.raises(errors.ControlError) as info:
+        await running.plan("nobody@example.test")
+    assert info.value.reason == "unknown_mailbox"
+    with pytest.raises(errors.ControlError) as info:
+        await running.history(None, "yesterday")
+    assert "since" in info.value.message
+    assert await running.history(ALICE, "2026-01-01") == []
+    assert (await running.plan(ALICE.upper())) == {"mailbox": ALICE}
+    assert (await running.pause([BOB]))["paused"] == [BOB]
+    rows = {u["mailbox"]: u for u in await running.users()}
+    bob = rows[BOB]
+    assert bob["state"] == "syncing" or (bob["state"] == "paused" and bob["next_run"] is None)
+    assert (await running.resume(None))["global"] is True

@@ -1,0 +1,257 @@
+"""What the contract suite cannot say: schema versions, damage, atomicity, durability, leases
+between nodes, URL forms and masked passwords."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import trio
+
+from exchanged import errors
+from exchanged.model import ExchangeItem, FolderKind, Kind, Mapping, Task
+from exchanged.ports import StateBatch
+from exchanged.state import open_state_store
+from exchanged.state.db import SQLITE, mask_url, parse_url
+from exchanged.state.store import SCHEMA_VERSION
+
+BOX = "alice@example.test"
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+def m(key: str, item_id: str) -> Mapping:
+    return Mapping(Kind.TODO, key, FolderKind.TASKS, item_id, "ck", "ph", "eh")
+
+
+# --- URLs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("sqlite:////var/lib/exchanged/state.db", "/var/lib/exchanged/state.db"),
+    ("sqlite:///rel/state.db", "rel/state.db"),
+    ("sqlite://", ":memory:"),
+    ("sqlite:///:memory:", ":memory:"),
+])
+def test_sqlite_url_forms(url: str, target: str) -> None:
+    parsed = parse_url(url)
+    assert (parsed.dialect, parsed.target) == (SQLITE, target)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://sync:s3cr3t-pw@db.example.test:5432/exchanged",
+    "postgresql+psycopg://sync:s3cr3t-pw@db.example.test/exchanged",
+    "postgres://sync:s3cr3t-pw@db.example.test/exchanged?sslmode=require",
+])
+def test_postgres_urls_are_accepted_and_never_shown_with_their_password(url: str) -> None:
+    parsed = parse_url(url)
+    assert parsed.target.startswith("postgresql://sync:s3cr3t-pw@")
+    assert "s3cr3t-pw" not in parsed.shown and "sync:***@db.example.test" in parsed.shown
+    assert "s3cr3t-pw" not in mask_url(f"could not connect to {url}")
+
+
+async def test_a_bad_url_is_a_state_error_naming_the_key() -> None:
+    with pytest.raises(errors.StateError, match=r"state.url.*mysql") as info:
+        await open_state_store("mysql://u:topsecret@h/db")
+    assert "topsecret" not in str(info.value)
+
+
+# --- SQLite files ---------------------------------------------------------------------------------
+
+
+async def test_the_parent_directory_is_created_and_wal_is_on(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "state.db"
+    store = await open_state_store(f"sqlite:///{path}")
+    await store.commit(BOX, StateBatch(upsert_mappings=[m("todo:1", "i1")]))
+    await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_reopening_does_not_migrate_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for _ in range(2):
+        store = await open_state_store(url)
+        await store.aclose()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+
+
+async def test_a_newer_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await open_state_store(f"sqlite:///{path}")
+    await store.aclose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(errors.StateError, match=r"schema version 99.*newer exchanged") as info:
+        await open_state_store(f"sqlite:///{path}")
+    assert "upgrade exchanged" in info.value.hint
+
+
+async def test_a_damaged_file_is_a_state_error_with_the_path_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(errors.StateError) as info:
+        await open_state_store(f"sqlite:///{path}")
+    assert str(path) in info.value.message and "not a database" in info.value.message
+    assert "move the file aside" in info.value.hint
+
+
+async def test_an_unreadable_mirror_entry_makes_that_folder_resync(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = await open_state_store(f"sqlite:///{path}")
+    item = ExchangeItem(FolderKind.TASKS, "t1", "c1", Task("Call"))
+    await store.commit(BOX, StateBatch(mirror_upserts={FolderKind.TASKS: [item]},
+                                       sync_states={FolderKind.TASKS: "S1", FolderKind.CALENDAR: "S2"}))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE mirror_items SET item = '{broken'")
+    user = await store.load_user(BOX)
+    assert user.folders[FolderKind.TASKS].sync_state is None and user.folders[FolderKind.TASKS].items == {}
+    assert user.folders[FolderKind.CALENDAR].sync_state == "S2"
+    await store.aclose()
+
+
+async def test_a_closed_store_says_so() -> None:
+    store = await open_state_store("sqlite://")
+    await store.aclose()
+    with pytest.raises(errors.StateError, match="closed"):
+        await store.load_user(BOX)
+
+
+# --- atomicity (SQLite and PostgreSQL) ------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def test_a_batch_failing_midway_leaves_nothing(state_url: str) -> None:
+    store = await open_state_store(state_url)
+    try:
+        await store.commit(BOX, StateBatch(upsert_mappings=[m("todo:1", "i1")],
+                                           sync_states={FolderKind.TASKS: "S1"}))
+        broken = ExchangeItem(FolderKind.TASKS, None, "c", Task("x"))  # type: ignore[arg-type]
+        batch = StateBatch(upsert_mappings=[m("todo:2", "i2")], delete_mappings=["todo:1"],
+                           sync_states={FolderKind.TASKS: "S2"},
+                           mirror_upserts={FolderKind.TASKS: [broken]})  # NOT NULL fails after the rest
+        with pytest.raises(errors.StateError):
+            await store.commit(BOX, batch)
+        user = await store.load_user(BOX)
+        assert set(user.mappings) == {"todo:1"}
+        tasks = user.folders[FolderKind.TASKS]
+        assert tasks.sync_state == "S1" and tasks.items == {}
+        assert await store.history(BOX, None) == []
+    finally:
+        await store.aclose()
+
+
+async def test_one_mapping_per_exchange_item(state_url: str) -> None:
+    store = await open_state_store(state_url)
+    try:
+        await store.commit(BOX, StateBatch(upsert_mappings=[m("todo:1", "i1"), m("todo:2", "")]))
+        await store.commit(BOX, StateBatch(upsert_mappings=[m("todo:3", "i1"), m("todo:4", "")]))
+        assert set((await store.load_user(BOX)).mappings) == {"todo:2", "todo:3", "todo:4"}
+    finally:
+        await store.aclose()
+
+
+# --- durability -----------------------------------------------------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import sys, time, trio
+    from exchanged.model import FolderKind, Kind, Mapping
+    from exchanged.ports import StateBatch
+    from exchanged.state import open_state_store
+
+    async def main() -> None:
+        store = await open_state_store(sys.argv[1])
+        for i in range(20):
+            await store.commit("alice@example.test", StateBatch(
+                upsert_mappings=[Mapping(Kind.TODO, f"todo:{i}", FolderKind.TASKS, f"i{i}", "c", "p", "e")],
+                sync_states={FolderKind.TASKS: f"S{i}"}))
+        print("committed", flush=True)
+        time.sleep(600)  # killed here, with the connection open and nothing closed
+
+    trio.run(main)
+""")
+
+
+def _commit_in_child_then_kill(url: str) -> int:
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        lines = iter(child.stdout.readline, "")  # structlog's default output may come first
+        assert any(line.strip() == "committed" for line in lines)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        if child.stdout:
+            child.stdout.close()
+    return child.returncode
+
+
+@pytest.mark.reliability
+async def test_kill_9_after_commit_loses_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    assert await trio.to_thread.run_sync(_commit_in_child_then_kill, url) == -signal.SIGKILL
+    store = await open_state_store(url)
+    user = await store.load_user(BOX)
+    await store.aclose()
+    assert len(user.mappings) == 20 and user.folders[FolderKind.TASKS].sync_state == "S19"
+
+
+# --- PostgreSQL: leases between nodes, unreachable servers ----------------------------------------
+
+
+@pytest.mark.postgres
+async def test_two_nodes_share_a_mailbox_by_lease_and_a_dead_nodes_lease_is_taken_over(pg_url: str) -> None:
+    node_a = await open_state_store(pg_url)
+    node_b = await open_state_store(pg_url)  # its own connection, as another host would have
+    try:
+        assert await node_a.try_lease(BOX, "a", 60)
+        assert not await node_b.try_lease(BOX, "b", 60)
+        assert await node_b.try_lease("bob@example.test", "b", 60)
+        assert not await node_a.try_lease("bob@example.test", "a", 60)
+        assert await node_a.try_lease(BOX, "a", 0)  # node a's last renewal, then it dies
+        await node_a.aclose()
+        assert await node_b.try_lease(BOX, "b", 60)  # expired by the server's clock: taken over
+        await node_b.release_lease(BOX, "b")
+        node_c = await open_state_store(pg_url)
+        assert await node_c.try_lease(BOX, "c", 60)
+        await node_c.aclose()
+    finally:
+        await node_a.aclose()
+        await node_b.aclose()
+
+
+@pytest.mark.postgres
+async def test_committed_batches_are_visible_to_other_nodes(pg_url: str) -> None:
+    node_a = await open_state_store(pg_url)
+    node_b = await open_state_store(pg_url)
+    try:
+        await node_a.commit(BOX, StateBatch(upsert_mappings=[m("todo:1", "i1")]))
+        assert set((await node_b.load_user(BOX)).mappings) == {"todo:1"}
+    finally:
+        await node_a.aclose()
+        await node_b.aclose()
+
+
+async def test_an_unreachable_postgres_is_a_state_error_without_the_password() -> None:
+    from tests.conftest import _free_port
+
+    url = f"postgresql://sync:pw-9f8e7d@127.0.0.1:{_free_port()}/exchanged"
+    with pytest.raises(errors.StateError) as info:
+        await open_state_store(url)
+    text = f"{info.value.message} {info.value.hint}"
+    assert "pw-9f8e7d" not in text and "sync:***@127.0.0.1" in text
+    assert "state.url" in info.value.hint

@@ -210,3 +210,17 @@ def test_create_update_delete_item_skeletons(ews: EwsTarget, calendar) -> None:
     )
     msg = root.find("s:Body/m:DeleteItemResponse/m:ResponseMessages/m:DeleteItemResponseMessage", NS)
     assert msg.get("ResponseClass") == "Success" and _names(msg) == ["ResponseCode"]
+
+
+def test_find_item_refuses_body(ews: EwsTarget) -> None:
+    """Exchange: "The property Body can't be used in FindItem requests" (exchangelib never asks)."""
+    _, root = _post(
+        ews,
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>'
+        '<t:AdditionalProperties><t:FieldURI FieldURI="item:Body"/></t:AdditionalProperties></m:ItemShape>'
+        '<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>',
+    )
+    msg = root.find("s:Body/m:FindItemResponse/m:ResponseMessages/m:FindItemResponseMessage", NS)
+    assert msg.get("ResponseClass") == "Error"
+    assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorInvalidPropertyForOperation"
+    assert msg.find("m:MessageXml/t:FieldURI", NS).get("FieldURI") == "item:Body"

@@ -489,6 +489,31 @@ def full_view(item: ItemRow, folder: FolderRow | None) -> Element:
     return elem
 
 
+# Properties FindItem and SyncFolderItems refuse to return (Exchange: "The property Body can't be
+# used in FindItem requests", ErrorInvalidPropertyForOperation); clients fetch them with GetItem.
+NOT_IN_FIND = frozenset(
+    {
+        "item:Body",
+        "item:MimeContent",
+        "item:UniqueBody",
+        "item:TextBody",
+        "item:NormalizedBody",
+    }
+)
+
+
+def check_find_shape(shape: Element | None) -> None:
+    props = None if shape is None else shape.find(t("AdditionalProperties"))
+    for path in [] if props is None else props:
+        uri = path.get("FieldURI", "")
+        if local(path.tag) == "FieldURI" and uri in NOT_IN_FIND:
+            raise EwsError(
+                "ErrorInvalidPropertyForOperation",
+                f"The property {field_name(uri)} can't be used in FindItem requests.",
+                field_uri=uri,
+            )
+
+
 def shaped(full: Element, shape: Element | None, *, in_find: bool = False) -> Element:
     """Select children of a full view according to an ItemShape (BaseShape + AdditionalProperties)."""
     base = "IdOnly"
@@ -511,6 +536,8 @@ def shaped(full: Element, shape: Element | None, *, in_find: bool = False) -> El
                 continue
             wanted.append(copy.deepcopy(c))
     for path in additional:
+        if in_find and path.get("FieldURI") in NOT_IN_FIND:
+            continue  # SyncFolderItems leaves them out (FindItem refuses them before getting here)
         for c in select(full, path):
             if not any(_same_element(c, w) for w in wanted):
                 wanted.append(copy.deepcopy(c))

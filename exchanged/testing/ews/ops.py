@@ -639,6 +639,7 @@ class Dispatcher:
         parents = op.find(m("ParentFolderIds"))
         for ref in [] if parents is None else list(parents):
             try:
+                it.check_find_shape(shape)
                 folder = self.folder(ctx, ref)
                 if calendar_view is not None:
                     fulls, total, last = self._calendar_view(folder, calendar_view)

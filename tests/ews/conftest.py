@@ -90,6 +90,14 @@ def ews(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EwsTarget]:
 
 
 @pytest.fixture
+def restore_adapter() -> Iterator[None]:
+    """For tests that point exchangelib at another server: put the module's CA adapter back."""
+    saved = BaseProtocol.HTTP_ADAPTER_CLS
+    yield
+    BaseProtocol.HTTP_ADAPTER_CLS = saved
+
+
+@pytest.fixture
 def emulator(ews: EwsTarget) -> EwsTestServer:
     """The test server itself, for statistics and fault switches (skipped against a real Exchange)."""
     if ews.server is None:

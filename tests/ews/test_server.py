@@ -77,7 +77,9 @@ def _account(server: EwsTestServer) -> Account:
     return Account("alice@example.test", config=config, autodiscover=False, access_type=IMPERSONATION)
 
 
-def test_restart_keeps_items_change_keys_and_sync_states(tmp_path: Path, ews: EwsTarget) -> None:
+def test_restart_keeps_items_change_keys_and_sync_states(
+    tmp_path: Path, ews: EwsTarget, restore_adapter: None
+) -> None:
     if ews.server is None:
         pytest.skip("restarts the test server")
     state_dir = tmp_path / "ews"
@@ -106,7 +108,6 @@ def test_restart_keeps_items_change_keys_and_sync_states(tmp_path: Path, ews: Ew
         got = account.calendar.get(id=item.id)
         assert (got.subject, got.changekey) == ("durable", item.changekey)
         assert list(account.calendar.sync_items(sync_state=state)) == []
-    BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(ews.server.ca_file)
 
 
 def test_command_line_prints_url_and_ca_then_serves(tmp_path: Path, emulator: EwsTestServer) -> None:
@@ -156,3 +157,20 @@ def test_command_line_prints_url_and_ca_then_serves(tmp_path: Path, emulator: Ew
         if proc.stderr is not None:
             proc.stderr.close()
     assert proc.returncode == 0
+
+
+async def test_trio_fixture_serves_exchangelib_from_a_worker_thread(tmp_path: Path) -> None:
+    import trio
+    from exchangelib.protocol import BaseProtocol
+
+    from exchanged.testing.ews import ca_adapter_class
+    from exchanged.testing.ews.fixtures import open_ews_server
+
+    saved = BaseProtocol.HTTP_ADAPTER_CLS
+    async with open_ews_server(tmp_path / "trio") as server:
+        BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
+        try:
+            name = await trio.to_thread.run_sync(lambda: _account(server).calendar.name)
+        finally:
+            BaseProtocol.HTTP_ADAPTER_CLS = saved
+    assert name == "Calendar"

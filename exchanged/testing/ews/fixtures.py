@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from .server import DEFAULT_PASSWORD, EwsTestServer
@@ -35,6 +35,18 @@ def running_server(state_dir: str | os.PathLike[str], **kwargs: Any) -> Iterator
         yield server
     finally:
         server.stop()
+
+
+@asynccontextmanager
+async def open_ews_server(state_dir: str | os.PathLike[str], **kwargs: Any) -> AsyncIterator[EwsTestServer]:
+    """For trio tests: start and stop the (threaded) server without blocking the event loop."""
+    import trio
+
+    server = await trio.to_thread.run_sync(lambda: start_server(state_dir, **kwargs))
+    try:
+        yield server
+    finally:
+        await trio.to_thread.run_sync(server.stop)
 
 
 def trust_ca(ca_file: str) -> None:

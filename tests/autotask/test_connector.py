@@ -127,7 +127,7 @@ async def test_service_calls_through_both_chains(
     }
     call = jane[make_psa_key(Kind.SERVICE_CALL, ids["via_ticket"])].payload
     assert isinstance(call, Appointment)
-    assert (call.subject, call.body) == ("Service call: Contoso", "Fix printer")
+    assert (call.subject, call.body) == ("Service call: Contoso: Fix printer", "Fix printer")
     bob = by_key(await connector.load(BOB, frozenset({Kind.SERVICE_CALL}), WINDOW))
     assert set(bob) == {
         make_psa_key(Kind.SERVICE_CALL, ids["via_task"]),
@@ -183,7 +183,7 @@ async def test_todos_with_company_and_completion(
     )
     finished = records[make_psa_key(Kind.TODO, done["id"])].payload
     assert isinstance(finished, Task) and finished.completed == NOW - timedelta(days=1)
-    assert finished.subject == "To-do: Fabrikam"
+    assert finished.subject == "To-do"  # no action type name, no description
 
 
 async def test_owned_contacts_by_account_manager_and_opportunity(
@@ -606,3 +606,30 @@ async def test_check_warns_when_the_database_threshold_is_nearly_used_up() -> No
         login = {r.subject: r for r in await connector.check([])}["autotask login"]
         assert login.ok and login.warning and "nearly used up" in login.message
         assert connector.budget_status()["database"]["used"] == 8
+
+
+async def test_todo_subject_is_the_action_type_and_nameless_contacts_are_skipped(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    s = server.store
+    s.put("ActionTypes", {"id": 7, "name": "Phone Call", "view": 1, "isActive": True})
+    todo = s.put(
+        "CompanyToDos",
+        {
+            "companyID": 1,
+            "assignedToResourceID": int(JANE),
+            "actionType": 7,
+            "activityDescription": "Ring Anna",
+            "startDateTime": t(1),
+            "endDateTime": t(1, 1),
+        },
+    )
+    s.put("Contacts", {"companyID": 1, "firstName": " ", "lastName": "", "isActive": 1})
+    anna = s.put("Contacts", {"companyID": 1, "firstName": " Anna ", "lastName": "Smith", "isActive": 1})
+    records = by_key(await connector.load(JANE, frozenset({Kind.TODO, Kind.CONTACT}), WINDOW))
+    assert records[make_psa_key(Kind.TODO, todo["id"])].payload.subject == "Phone Call"  # type: ignore[union-attr]
+    assert set(records) == {make_psa_key(Kind.TODO, todo["id"]), make_psa_key(Kind.CONTACT, anna["id"])}
+    assert records[make_psa_key(Kind.CONTACT, anna["id"])].payload.given_name == "Anna"  # type: ignore[union-attr]
+    server.reset_stats()
+    await connector.load(JANE, frozenset({Kind.TODO}), WINDOW)
+    assert "POST ActionTypes" not in server.stats()["requests"]  # names are kept for an hour

@@ -9,5 +9,12 @@ from .api import AutotaskApi, Credentials, credentials_from
 from .budget import RequestBudget
 from .connector import AutotaskConnector, check, open_autotask
 
-__all__ = ["AutotaskApi", "AutotaskConnector", "Credentials", "RequestBudget", "check", "credentials_from",
-           "open_autotask"]
+__all__ = [
+    "AutotaskApi",
+    "AutotaskConnector",
+    "Credentials",
+    "RequestBudget",
+    "check",
+    "credentials_from",
+    "open_autotask",
+]

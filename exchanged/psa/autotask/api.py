@@ -101,8 +101,9 @@ def _read_secret(cfg: Any, inline: str, file_key: str, credential: str, label: s
         try:
             value = Path(path).read_text().strip()
         except OSError as exc:
-            raise errors.PsaAuthFailed(f"cannot read the Autotask {label} from {path}: "
-                                       f"{exc.strerror or exc}") from None
+            raise errors.PsaAuthFailed(
+                f"cannot read the Autotask {label} from {path}: {exc.strerror or exc}"
+            ) from None
         if value:
             return value
     raise errors.PsaAuthFailed(f"no Autotask {label} configured (psa.{inline} or psa.{file_key})")
@@ -115,8 +116,9 @@ def credentials_from(cfg: Any) -> Credentials:
     return Credentials(
         username=username,
         secret=_read_secret(cfg, "secret", "secret_file", "autotask-secret", "secret"),
-        integration_code=_read_secret(cfg, "integration_code", "integration_code_file",
-                                      "autotask-integration-code", "integration code"),
+        integration_code=_read_secret(
+            cfg, "integration_code", "integration_code_file", "autotask-integration-code", "integration code"
+        ),
     )
 
 
@@ -134,9 +136,18 @@ def _origin(url: str) -> str:
 
 
 class AutotaskApi:
-    def __init__(self, creds: Credentials, *, zone_lookup_url: str, ca_bundle: str | None = None,
-                 requests_per_hour: int = 3000, retry_base_s: float = 1.0, retry_cap_s: float = 120.0,
-                 max_attempts: int = 6, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        creds: Credentials,
+        *,
+        zone_lookup_url: str,
+        ca_bundle: str | None = None,
+        requests_per_hour: int = 3000,
+        retry_base_s: float = 1.0,
+        retry_cap_s: float = 120.0,
+        max_attempts: int = 6,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.creds = creds
         self.zone_lookup_url = zone_lookup_url if zone_lookup_url.endswith("/") else zone_lookup_url + "/"
         self._tls = tls_context(ca_bundle)
@@ -191,8 +202,10 @@ class AutotaskApi:
             req.add_header("UserName", self.creds.username)
             req.add_header("Secret", self.creds.secret)
         try:
-            with self._wire_slots, urllib.request.urlopen(req, context=self._tls,
-                                                          timeout=self.timeout_s) as resp:
+            with (
+                self._wire_slots,
+                urllib.request.urlopen(req, context=self._tls, timeout=self.timeout_s) as resp,
+            ):
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as exc:
@@ -210,7 +223,8 @@ class AutotaskApi:
         await self.budget.acquire()
         async with self.limiter:
             return await trio.to_thread.run_sync(
-                self._send_blocking, method, url, body, with_auth, abandon_on_cancel=True)
+                self._send_blocking, method, url, body, with_auth, abandon_on_cancel=True
+            )
 
     # -- zone -----------------------------------------------------------------------------------
 
@@ -221,16 +235,25 @@ class AutotaskApi:
             user = urllib.parse.quote(self.creds.username)
             url = f"{self.zone_lookup_url}V1.0/ZoneInformation?user={user}"
             # a 500 here is the API's answer for an unknown user: final, not retried
-            resp = await self._attempts("GET", url, None, with_auth=False, idempotent=True,
-                                        what="the zone lookup (ZoneInformation)", final_500=True)
+            resp = await self._attempts(
+                "GET",
+                url,
+                None,
+                with_auth=False,
+                idempotent=True,
+                what="the zone lookup (ZoneInformation)",
+                final_500=True,
+            )
             zone = resp.body.get("url") if isinstance(resp.body, dict) else None
             if resp.status != 200 or not isinstance(zone, str) or not zone.lower().startswith("https://"):
                 if resp.status == 500:
                     raise errors.PsaAuthFailed(
                         f"Autotask zone lookup at {self.zone_lookup_url} does not know the API user "
-                        f"{self.creds.username}: {resp.error_text()}")
+                        f"{self.creds.username}: {resp.error_text()}"
+                    )
                 raise errors.PsaUnavailable(
-                    f"Autotask zone lookup at {self.zone_lookup_url} failed: {resp.error_text()}")
+                    f"Autotask zone lookup at {self.zone_lookup_url} failed: {resp.error_text()}"
+                )
             self.zone_url = zone if zone.endswith("/") else zone + "/"
             log.info("Autotask zone resolved", zone=self.zone_url, user=self.creds.username)
             return self.zone_url
@@ -239,11 +262,20 @@ class AutotaskApi:
 
     def _delay(self, attempt: int) -> float:
         """Exponential back-off with jitter: base * 2^attempt, between half and all of it."""
-        full = min(self.retry_cap_s, self.retry_base_s * (2 ** attempt))
+        full = min(self.retry_cap_s, self.retry_base_s * (2**attempt))
         return full * (0.5 + random.random() / 2)
 
-    async def _attempts(self, method: str, url: str, body: Any, *, with_auth: bool, idempotent: bool,
-                        what: str, final_500: bool = False) -> Response:
+    async def _attempts(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        *,
+        with_auth: bool,
+        idempotent: bool,
+        what: str,
+        final_500: bool = False,
+    ) -> Response:
         attempt = 0
         while True:
             try:
@@ -253,10 +285,12 @@ class AutotaskApi:
                 if isinstance(reason, ssl.SSLCertVerificationError):
                     raise errors.PsaUnavailable(
                         f"Autotask TLS certificate of {_origin(url)} not trusted: {reason}",
-                        hint="add the issuing CA to psa.ca_bundle") from None
+                        hint="add the issuing CA to psa.ca_bundle",
+                    ) from None
                 if not idempotent or attempt + 1 >= self.max_attempts:
-                    raise errors.PsaUnavailable(f"Autotask unreachable at {_origin(url)} ({what}): "
-                                                f"{reason}") from None
+                    raise errors.PsaUnavailable(
+                        f"Autotask unreachable at {_origin(url)} ({what}): {reason}"
+                    ) from None
             else:
                 limited = resp.status == 429 or resp.thread_limited
                 transient = resp.status >= 500 and idempotent and not (final_500 and resp.status == 500)
@@ -267,24 +301,38 @@ class AutotaskApi:
                         raise errors.PsaUnavailable(
                             f"Autotask kept refusing requests ({what}): {resp.error_text()}",
                             hint="the database's hourly request threshold or the thread limit is "
-                                 "reached; lower psa.requests_per_hour or check other integrations")
+                            "reached; lower psa.requests_per_hour or check other integrations",
+                        )
                     if not idempotent:
                         return resp
-                    raise errors.PsaUnavailable(f"Autotask failed {what}: HTTP {resp.status}: "
-                                                f"{resp.error_text()}")
+                    raise errors.PsaUnavailable(
+                        f"Autotask failed {what}: HTTP {resp.status}: {resp.error_text()}"
+                    )
             delay = self._delay(attempt)
             attempt += 1
             self.backoffs += 1
-            log.warning("Autotask request refused or failed; backing off before retrying",
-                        what=what, attempt=attempt, delay_s=round(delay, 2))
+            log.warning(
+                "Autotask request refused or failed; backing off before retrying",
+                what=what,
+                attempt=attempt,
+                delay_s=round(delay, 2),
+            )
             await trio.sleep(delay)
 
-    async def request(self, method: str, path_or_url: str, body: Any = None, *,
-                      idempotent: bool | None = None, what: str = "") -> Response:
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        body: Any = None,
+        *,
+        idempotent: bool | None = None,
+        what: str = "",
+    ) -> Response:
         """One API call; ``path_or_url`` is relative to the zone (``V1.0/...``) or absolute in it."""
         if idempotent is None:
             idempotent = method == "GET" or path_or_url.lower().split("?")[0].endswith(
-                ("/query", "/query/next", "/query/count"))
+                ("/query", "/query/next", "/query/count")
+            )
         what = what or f"{method} {path_or_url.split('?')[0]}"
         relogged = False
         while True:
@@ -297,29 +345,36 @@ class AutotaskApi:
                 return resp
             if relogged:
                 raise errors.PsaAuthFailed(
-                    f"Autotask refused the login of API user {self.creds.username} (HTTP 401)")
+                    f"Autotask refused the login of API user {self.creds.username} (HTTP 401)"
+                )
             relogged = True
-            log.warning("Autotask answered 401; looking the zone up again and retrying once",
-                        user=self.creds.username)
+            log.warning(
+                "Autotask answered 401; looking the zone up again and retrying once", user=self.creds.username
+            )
             old = self.zone_url
             await self.zone(refresh=True)
             if path_or_url.startswith("https://") and old and path_or_url.startswith(old):
-                path_or_url = path_or_url[len(old):]
+                path_or_url = path_or_url[len(old) :]
 
     # -- queries --------------------------------------------------------------------------------
 
-    async def query(self, entity: str, filters: Sequence[dict[str, Any]],
-                    fields: Sequence[str]) -> list[dict[str, Any]]:
+    async def query(
+        self, entity: str, filters: Sequence[dict[str, Any]], fields: Sequence[str]
+    ) -> list[dict[str, Any]]:
         """Every row matching ``filters`` with only ``fields`` (and id), following nextPageUrl."""
-        body = {"filter": list(filters), "IncludeFields": ["id", *[f for f in fields if f != "id"]],
-                "MaxRecords": PAGE_SIZE}
+        body = {
+            "filter": list(filters),
+            "IncludeFields": ["id", *[f for f in fields if f != "id"]],
+            "MaxRecords": PAGE_SIZE,
+        }
         url: str | None = f"V1.0/{entity}/query"
         rows: list[dict[str, Any]] = []
         while url:
             resp = await self.request("POST", url, body, idempotent=True, what=f"query {entity}")
             if resp.status != 200 or not isinstance(resp.body, dict):
-                raise errors.PsaUnavailable(f"Autotask query of {entity} failed: HTTP {resp.status}: "
-                                            f"{resp.error_text()}")
+                raise errors.PsaUnavailable(
+                    f"Autotask query of {entity} failed: HTTP {resp.status}: {resp.error_text()}"
+                )
             items = resp.body.get("items")
             if not isinstance(items, list):
                 raise errors.PsaUnavailable(f"Autotask query of {entity} answered without items")
@@ -328,13 +383,19 @@ class AutotaskApi:
             url = details.get("nextPageUrl") if isinstance(details, dict) else None
         return rows
 
-    async def query_in(self, entity: str, field: str, values: Sequence[int],
-                       fields: Sequence[str], extra: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    async def query_in(
+        self,
+        entity: str,
+        field: str,
+        values: Sequence[int],
+        fields: Sequence[str],
+        extra: Sequence[dict[str, Any]] = (),
+    ) -> list[dict[str, Any]]:
         """Rows whose ``field`` is one of ``values``: batched ``in`` filters, never one call per row."""
         unique = sorted(set(values))
         rows: list[dict[str, Any]] = []
         for i in range(0, len(unique), IN_CHUNK):
-            chunk = unique[i:i + IN_CHUNK]
+            chunk = unique[i : i + IN_CHUNK]
             rows += await self.query(entity, [{"op": "in", "field": field, "value": chunk}, *extra], fields)
         return rows
 
@@ -344,8 +405,9 @@ class AutotaskApi:
         if resp.status == 404:
             return None
         if resp.status != 200 or not isinstance(resp.body, dict):
-            raise errors.PsaUnavailable(f"Autotask read of {entity} {record_id} failed: "
-                                        f"HTTP {resp.status}: {resp.error_text()}")
+            raise errors.PsaUnavailable(
+                f"Autotask read of {entity} {record_id} failed: HTTP {resp.status}: {resp.error_text()}"
+            )
         item = resp.body.get("item")
         return item if isinstance(item, dict) else None
 
@@ -353,11 +415,14 @@ class AutotaskApi:
         """The database's usage (``ThresholdInformation``); it counts against the threshold too."""
         resp = await self.request("GET", "V1.0/ThresholdInformation", what="ThresholdInformation")
         if resp.status != 200 or not isinstance(resp.body, dict):
-            raise errors.PsaUnavailable(f"Autotask ThresholdInformation failed: HTTP {resp.status}: "
-                                        f"{resp.error_text()}")
+            raise errors.PsaUnavailable(
+                f"Autotask ThresholdInformation failed: HTTP {resp.status}: {resp.error_text()}"
+            )
         b = resp.body
-        self.database = {"limit": b.get("externalRequestThreshold"),
-                         "used": b.get("currentTimeframeRequestCount"),
-                         "timeframe_minutes": b.get("requestThresholdTimeframe"),
-                         "at": trio.current_time()}
+        self.database = {
+            "limit": b.get("externalRequestThreshold"),
+            "used": b.get("currentTimeframeRequestCount"),
+            "timeframe_minutes": b.get("requestThresholdTimeframe"),
+            "at": trio.current_time(),
+        }
         return self.database

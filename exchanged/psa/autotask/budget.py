@@ -61,6 +61,11 @@ class RequestBudget:
         free_at = None
         if used >= self.limit and self._stamps:
             free_at = round(self._stamps[0] + self.window_s - trio.current_time(), 1)
-        return {"used": used, "limit": self.limit, "waiting": self.waiting,
-                "waited_total": self.waited, "requests_total": self.total,
-                "next_free_in_s": free_at}
+        return {
+            "used": used,
+            "limit": self.limit,
+            "waiting": self.waiting,
+            "waited_total": self.waited,
+            "requests_total": self.total,
+            "next_free_in_s": free_at,
+        }

@@ -34,7 +34,8 @@ from .api import AutotaskApi, Response, credentials_from
 log = structlog.get_logger("exchanged.psa.autotask")
 
 THRESHOLD_REFRESH_S = 900.0  # read ThresholdInformation at most every 15 minutes
-THRESHOLD_WARN = 0.75  # the API adds latency from 50 % and suspends the tenant at 100 %
+THRESHOLD_WARN = 0.75
+ACTION_TYPES_TTL_S = 3600.0  # the API adds latency from 50 % and suspends the tenant at 100 %
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class AutotaskConnector:
     def __init__(self, api: AutotaskApi) -> None:
         self.api = api
         self._threshold_at: float | None = None
+        self._action_types: dict[int, str] = {}
+        self._action_types_at = -ACTION_TYPES_TTL_S - 1.0
         self.closed = False
 
     # -- status ---------------------------------------------------------------------------------
@@ -151,6 +154,19 @@ class AutotaskConnector:
         )
         return [r for r in (m.appointment_record(row) for row in rows) if r is not None]
 
+    async def _action_type_names(self, ids: set[int | None]) -> dict[int | None, str]:
+        """Names of to-do action types (``ActionTypes``), kept for an hour: they rarely change."""
+        now = trio.current_time()
+        if now - self._action_types_at > ACTION_TYPES_TTL_S:
+            self._action_types.clear()
+            self._action_types_at = now
+        missing = {i for i in ids if i is not None and i not in self._action_types}
+        if missing:
+            rows = await self.api.query_in("ActionTypes", "id", sorted(missing), ["name"])
+            self._action_types.update({int(r["id"]): str(r.get("name") or "") for r in rows})
+            self._action_types.update({i: "" for i in missing if i not in self._action_types})
+        return {i: self._action_types[i] for i in ids if i is not None}
+
     async def _company_names(self, ids: set[int]) -> dict[int, str]:
         ids.discard(0)
         if not ids:
@@ -224,10 +240,8 @@ class AutotaskConnector:
             ],
             m.TODO_FIELDS,
         )
-        names = await self._company_names({int(r["companyID"]) for r in rows if r.get("companyID")})
-        return [
-            m.todo_record(r, names.get(int(r["companyID"])) if r.get("companyID") else None) for r in rows
-        ]
+        names = await self._action_type_names({_int(r.get("actionType")) for r in rows})
+        return [m.todo_record(r, names.get(_int(r.get("actionType")))) for r in rows]
 
     async def _owned_contacts(self, rid: int, window: Window) -> list[PsaRecord]:
         """Contacts of companies the resource manages, and contacts of opportunities it owns."""
@@ -259,11 +273,12 @@ class AutotaskConnector:
                 {int(r["companyID"]) for r in rows if r.get("companyID") and int(r["companyID"]) not in names}
             )
         )
-        return [
+        found = (
             m.contact_record(r, names.get(int(r["companyID"])) if r.get("companyID") else None)
             for r in rows
             if m.is_active(r.get("isActive"))
-        ]
+        )
+        return [r for r in found if r is not None]
 
     async def all_contacts(self) -> Sequence[PsaRecord]:
         rows = await self.api.query(
@@ -273,13 +288,14 @@ class AutotaskConnector:
             "Companies", [{"op": "gte", "field": "id", "value": 0}], ["companyName"]
         )
         names = {int(c["id"]): str(c.get("companyName") or "") for c in companies}
-        return [
+        found = (
             m.contact_record(
                 r, names.get(int(r["companyID"])) if r.get("companyID") else None, Kind.PUBLIC_CONTACT
             )
             for r in rows
             if m.is_active(r.get("isActive"))
-        ]
+        )
+        return [r for r in found if r is not None]
 
     # -- the port: writes -----------------------------------------------------------------------
 
@@ -427,10 +443,11 @@ class AutotaskConnector:
                 out[_Target("Appointments", int(row["id"]))] = rec
         todos = sorted({t.record_id for t in targets if t.entity == "CompanyToDos"})
         rows = await self.api.query_in("CompanyToDos", "id", todos, m.TODO_FIELDS) if todos else []
-        names = await self._company_names({int(r["companyID"]) for r in rows if r.get("companyID")})
+        names = await self._action_type_names({_int(r.get("actionType")) for r in rows})
         for row in rows:
-            company = names.get(int(row["companyID"])) if row.get("companyID") else None
-            out[_Target("CompanyToDos", int(row["id"]))] = m.todo_record(row, company)
+            out[_Target("CompanyToDos", int(row["id"]))] = m.todo_record(
+                row, names.get(_int(row.get("actionType")))
+            )
         return out
 
     # -- check-config --connect ----------------------------------------------------------------
@@ -571,6 +588,13 @@ def _first_typed(group: BaseExceptionGroup[BaseException]) -> errors.ExchangedEr
             if found is not None:
                 return found
     return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _key(w: PsaWrite) -> str:

@@ -24,6 +24,7 @@ away turns the row into an ordinary PSA appointment (exported, never deleted by 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,14 +36,36 @@ DESCRIPTION_MAX = 8000
 NO_SUBJECT = "(no subject)"
 
 # IncludeFields per entity: only what is mapped (id is always added)
-APPOINTMENT_FIELDS = ("resourceID", "title", "description", "startDateTime", "endDateTime",
-                      "updateDateTime")
-SERVICE_CALL_FIELDS = ("companyID", "description", "startDateTime", "endDateTime", "canceledDateTime",
-                       "lastModifiedDateTime")
-TODO_FIELDS = ("companyID", "assignedToResourceID", "activityDescription", "startDateTime",
-               "endDateTime", "completedDate", "lastModifiedDate")
-CONTACT_FIELDS = ("companyID", "firstName", "lastName", "emailAddress", "phone", "mobilePhone",
-                  "title", "isActive", "lastModifiedDate")
+APPOINTMENT_FIELDS = ("resourceID", "title", "description", "startDateTime", "endDateTime", "updateDateTime")
+SERVICE_CALL_FIELDS = (
+    "companyID",
+    "description",
+    "startDateTime",
+    "endDateTime",
+    "canceledDateTime",
+    "lastModifiedDateTime",
+)
+TODO_FIELDS = (
+    "companyID",
+    "assignedToResourceID",
+    "actionType",
+    "activityDescription",
+    "startDateTime",
+    "endDateTime",
+    "completedDate",
+    "lastModifiedDate",
+)
+CONTACT_FIELDS = (
+    "companyID",
+    "firstName",
+    "lastName",
+    "emailAddress",
+    "phone",
+    "mobilePhone",
+    "title",
+    "isActive",
+    "lastModifiedDate",
+)
 RESOURCE_FIELDS = ("email", "firstName", "lastName", "isActive")
 
 
@@ -56,7 +79,7 @@ def parse_time(value: Any) -> datetime | None:
     date, sep, rest = text.partition(".")
     if sep:  # normalise the fraction to 6 digits; fromisoformat of 3.11 wants 3 or 6
         digits = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(digits):]
+        tz = rest[len(digits) :]
         text = f"{date}.{(digits + '000000')[:6]}{tz}"
     try:
         parsed = datetime.fromisoformat(text)
@@ -75,8 +98,13 @@ def format_time(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    """Text as Exchange can carry it: characters XML cannot hold are dropped (as the sql connector
+    does)."""
+    return "" if value is None else _XML_INVALID.sub("", str(value))
 
 
 def _int(value: Any) -> int | None:
@@ -105,7 +133,7 @@ def split_marker(description: str) -> tuple[str, dict[str, Any] | None]:
     at = description.rfind(MARKER)
     if at < 0 or (at > 0 and description[at - 1] != "\n"):
         return description, None
-    line = description[at + len(MARKER):].strip()
+    line = description[at + len(MARKER) :].strip()
     try:
         data = json.loads(line)
     except ValueError:
@@ -121,13 +149,20 @@ def split_marker(description: str) -> tuple[str, dict[str, Any] | None]:
 
 
 def imported_description(payload: Appointment, exchange_key: str) -> str:
-    marker = MARKER + json.dumps({
-        "key": exchange_key, "show_as": payload.show_as.value, "private": payload.is_private,
-        "all_day": payload.is_all_day, "location": payload.location,
-        **({"subject": payload.subject} if _title(payload.subject) != payload.subject else {}),
-    }, ensure_ascii=False, separators=(",", ":"))
+    marker = MARKER + json.dumps(
+        {
+            "key": exchange_key,
+            "show_as": payload.show_as.value,
+            "private": payload.is_private,
+            "all_day": payload.is_all_day,
+            "location": payload.location,
+            **({"subject": payload.subject} if _title(payload.subject) != payload.subject else {}),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     room = DESCRIPTION_MAX - len(marker) - 2
-    body = payload.body[:max(0, room)]
+    body = payload.body[: max(0, room)]
     return f"{body}\n\n{marker}" if body else marker
 
 
@@ -137,8 +172,12 @@ def _title(subject: str) -> str:
 
 def imported_fields(payload: Appointment, exchange_key: str) -> dict[str, Any]:
     """The Appointments fields of an imported Exchange appointment."""
-    return {"title": _title(payload.subject), "description": imported_description(payload, exchange_key),
-            "startDateTime": format_time(payload.start), "endDateTime": format_time(payload.end)}
+    return {
+        "title": _title(payload.subject),
+        "description": imported_description(payload, exchange_key),
+        "startDateTime": format_time(payload.start),
+        "endDateTime": format_time(payload.end),
+    }
 
 
 # --- entity -> record ------------------------------------------------------------------------------
@@ -160,48 +199,83 @@ def appointment_record(row: dict[str, Any]) -> PsaRecord | None:
         show_as = ShowAs.BUSY
     kept = marker.get("subject")
     subject = kept if isinstance(kept, str) else _text(row.get("title"))
-    payload = Appointment(subject=subject, start=start, end=end, body=body,
-                          location=_text(marker.get("location")), is_all_day=bool(marker.get("all_day")),
-                          show_as=show_as, is_private=bool(marker.get("private")))
-    return PsaRecord(Kind.IMPORTED, make_psa_key(Kind.IMPORTED, row["id"]), payload, modified,
-                     exchange_key=str(marker["key"]))
+    payload = Appointment(
+        subject=subject,
+        start=start,
+        end=end,
+        body=body,
+        location=_text(marker.get("location")),
+        is_all_day=bool(marker.get("all_day")),
+        show_as=show_as,
+        is_private=bool(marker.get("private")),
+    )
+    return PsaRecord(
+        Kind.IMPORTED,
+        make_psa_key(Kind.IMPORTED, row["id"]),
+        payload,
+        modified,
+        exchange_key=str(marker["key"]),
+    )
 
 
-def service_call_subject(company: str | None, call_id: int) -> str:
-    return f"Service call: {company}" if company else f"Service call {call_id}"
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def service_call_subject(company: str | None, description: str) -> str:
+    """``Service call: <company>: <first line of the description>``, empty parts left out (as the
+    sql connector writes it, so both connectors feed the engine alike)."""
+    parts = ["Service call", (company or "").strip(), first_line(description)]
+    return ": ".join(p for p in parts if p)
 
 
 def service_call_record(row: dict[str, Any], company: str | None) -> PsaRecord | None:
     start, end = parse_time(row.get("startDateTime")), parse_time(row.get("endDateTime"))
     if start is None or end is None:
         return None
-    payload = Appointment(subject=service_call_subject(company, row["id"]), start=start, end=end,
-                          body=_text(row.get("description")))
-    return PsaRecord(Kind.SERVICE_CALL, make_psa_key(Kind.SERVICE_CALL, row["id"]), payload,
-                     parse_time(row.get("lastModifiedDateTime")))
+    body = _text(row.get("description"))
+    payload = Appointment(subject=service_call_subject(company, body), start=start, end=end, body=body)
+    return PsaRecord(
+        Kind.SERVICE_CALL,
+        make_psa_key(Kind.SERVICE_CALL, row["id"]),
+        payload,
+        parse_time(row.get("lastModifiedDateTime")),
+    )
 
 
-def todo_subject(description: str, company: str | None) -> str:
-    first = description.strip().splitlines()[0].strip() if description.strip() else ""
-    if first:
-        return first[:255]
-    return f"To-do: {company}" if company else "To-do"
+def todo_subject(action_type: str | None, description: str) -> str:
+    """The action type's name (``ActionTypes.name``), else the description's first line, else
+    ``To-do`` (the sql connector's rule with its ``action_type`` column)."""
+    return (action_type or "").strip() or first_line(description) or "To-do"
 
 
-def todo_record(row: dict[str, Any], company: str | None) -> PsaRecord:
+def todo_record(row: dict[str, Any], action_type: str | None) -> PsaRecord:
     description = _text(row.get("activityDescription"))
-    payload = Task(subject=todo_subject(description, company), body=description,
-                   start=parse_time(row.get("startDateTime")), due=parse_time(row.get("endDateTime")),
-                   completed=parse_time(row.get("completedDate")))
-    return PsaRecord(Kind.TODO, make_psa_key(Kind.TODO, row["id"]), payload,
-                     parse_time(row.get("lastModifiedDate")))
+    payload = Task(
+        subject=todo_subject(action_type, description),
+        body=description,
+        start=parse_time(row.get("startDateTime")),
+        due=parse_time(row.get("endDateTime")),
+        completed=parse_time(row.get("completedDate")),
+    )
+    return PsaRecord(
+        Kind.TODO, make_psa_key(Kind.TODO, row["id"]), payload, parse_time(row.get("lastModifiedDate"))
+    )
 
 
-def contact_record(row: dict[str, Any], company: str | None, kind: Kind = Kind.CONTACT) -> PsaRecord:
-    payload = Contact(given_name=_text(row.get("firstName")), surname=_text(row.get("lastName")),
-                      company=company or "", job_title=_text(row.get("title")),
-                      email=_text(row.get("emailAddress")), business_phone=_text(row.get("phone")),
-                      mobile_phone=_text(row.get("mobilePhone")))
+def contact_record(row: dict[str, Any], company: str | None, kind: Kind = Kind.CONTACT) -> PsaRecord | None:
+    """A contact, every text stripped; one with neither first nor last name is no contact (None)."""
+    payload = Contact(
+        given_name=_text(row.get("firstName")).strip(),
+        surname=_text(row.get("lastName")).strip(),
+        company=(company or "").strip(),
+        job_title=_text(row.get("title")).strip(),
+        email=_text(row.get("emailAddress")).strip(),
+        business_phone=_text(row.get("phone")).strip(),
+        mobile_phone=_text(row.get("mobilePhone")).strip(),
+    )
+    if not (payload.given_name or payload.surname):
+        return None
     return PsaRecord(kind, make_psa_key(kind, row["id"]), payload, parse_time(row.get("lastModifiedDate")))
 
 
@@ -218,8 +292,11 @@ TODO_TIME_FIELDS = {"start": "startDateTime", "due": "endDateTime", "completed":
 
 def appointment_patch(payload: Appointment, names: tuple[str, ...]) -> dict[str, Any]:
     """Start/end of a PSA appointment that changed in Exchange (nothing else flows back)."""
-    return {APPOINTMENT_TIME_FIELDS[n]: format_time(getattr(payload, n))
-            for n in names if n in APPOINTMENT_TIME_FIELDS}
+    return {
+        APPOINTMENT_TIME_FIELDS[n]: format_time(getattr(payload, n))
+        for n in names
+        if n in APPOINTMENT_TIME_FIELDS
+    }
 
 
 def imported_patch(payload: Appointment, exchange_key: str, names: tuple[str, ...]) -> dict[str, Any]:
@@ -242,6 +319,18 @@ def todo_patch(payload: Task, names: tuple[str, ...]) -> dict[str, Any]:
     return {TODO_TIME_FIELDS[n]: format_time(getattr(payload, n)) for n in names if n in TODO_TIME_FIELDS}
 
 
-__all__ = ["APPOINTMENT_FIELDS", "CONTACT_FIELDS", "MARKER", "RESOURCE_FIELDS", "SERVICE_CALL_FIELDS",
-           "TODO_FIELDS", "appointment_record", "contact_record", "format_time", "parse_time",
-           "service_call_record", "split_marker", "todo_record"]
+__all__ = [
+    "APPOINTMENT_FIELDS",
+    "CONTACT_FIELDS",
+    "MARKER",
+    "RESOURCE_FIELDS",
+    "SERVICE_CALL_FIELDS",
+    "TODO_FIELDS",
+    "appointment_record",
+    "contact_record",
+    "format_time",
+    "parse_time",
+    "service_call_record",
+    "split_marker",
+    "todo_record",
+]

@@ -35,8 +35,10 @@ def _seed(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exchanged.testing.autotask",
-                                description="Autotask REST API test server (HTTPS, throw-away CA)")
+    p = argparse.ArgumentParser(
+        prog="python -m exchanged.testing.autotask",
+        description="Autotask REST API test server (HTTPS, throw-away CA)",
+    )
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--api-user", type=_api_user, required=True, metavar="USER:SECRET:INTEGRATION_CODE")
@@ -44,8 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=int, default=10_000, metavar="PER_HOUR")
     args = p.parse_args(argv)
     try:
-        server = AutotaskServer(api_user=args.api_user, state_dir=args.state_dir, seed=args.seed,
-                                threshold=args.threshold, host="localhost", port=args.port)
+        server = AutotaskServer(
+            api_user=args.api_user,
+            state_dir=args.state_dir,
+            seed=args.seed,
+            threshold=args.threshold,
+            host="localhost",
+            port=args.port,
+        )
         server.start()
     except (OSError, ValueError) as exc:
         print(f"autotask test server: {exc}", file=sys.stderr)

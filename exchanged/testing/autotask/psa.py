@@ -4,8 +4,8 @@ End-to-end tests written against ``MemoryPsa`` (``add_resource``, ``add``, ``edi
 ``assign``) can drive the Autotask test server through ``AutotaskPsaData`` instead: it turns model
 payloads into Autotask rows (what a user would type in the web UI) and back into psa keys. What the
 connector then reads is what the mapping of docs/AUTOTASK.md makes of those rows: service call
-subjects are ``Service call: <company>`` (the company is named after the payload's subject, minus
-that prefix), a to-do's subject is the first line of its description.
+subjects are ``Service call: <company>: <first line of the description>`` (the company is named after
+the payload's subject, minus that prefix), a to-do's subject is the name of its action type.
 """
 
 from __future__ import annotations
@@ -92,7 +92,6 @@ class AutotaskPsaData:
                     **self._todo(payload),
                     "companyID": self.company("To-dos"),
                     "assignedToResourceID": int(who[0]),
-                    "actionType": 1,
                 },
             )
         elif kind is Kind.CONTACT and isinstance(payload, Contact):
@@ -166,7 +165,10 @@ class AutotaskPsaData:
         }
 
     def _service_call(self, p: Appointment) -> dict[str, Any]:
-        name = p.subject.removeprefix(SERVICE_CALL_PREFIX) or "Service"
+        line = p.body.strip().splitlines()[0].strip() if p.body.strip() else ""
+        name = (
+            p.subject.removeprefix(SERVICE_CALL_PREFIX).removesuffix(f": {line}" if line else "") or "Service"
+        )
         return {
             "companyID": self.company(name),
             "description": p.body,
@@ -174,11 +176,21 @@ class AutotaskPsaData:
             "endDateTime": _t(p.end),
         }
 
-    @staticmethod
-    def _todo(p: Task) -> dict[str, Any]:
-        description = p.body if p.body.startswith(p.subject) else f"{p.subject}\n{p.body}".strip()
+    def action_type(self, name: str) -> int:
+        """The id of the to-do action type of that name (created when missing)."""
+        for row in self.store.rows("ActionTypes"):
+            if row["name"] == name:
+                return int(row["id"])
+        row = self.store.put(
+            "ActionTypes", {"name": name[:32], "view": 1, "isActive": True, "isSystemActionType": False}
+        )
+        return int(row["id"])
+
+    def _todo(self, p: Task) -> dict[str, Any]:
+        """The subject is the action type's name (as the connector reads it), the body the description."""
         return {
-            "activityDescription": description,
+            "actionType": self.action_type(p.subject or "To-do"),
+            "activityDescription": p.body,
             "startDateTime": _t(p.start or p.due),
             "endDateTime": _t(p.due or p.start),
             "completedDate": _t(p.completed),

@@ -105,9 +105,16 @@ class AutotaskServer:
     API user without the system setting that allows managing other resources' appointments.
     """
 
-    def __init__(self, *, api_user: tuple[str, str, str] = ("api@example.test", "SECRET", "CODE"),
-                 state_dir: Path | None = None, seed: dict[str, Any] | None = None,
-                 threshold: int = 10_000, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        api_user: tuple[str, str, str] = ("api@example.test", "SECRET", "CODE"),
+        state_dir: Path | None = None,
+        seed: dict[str, Any] | None = None,
+        threshold: int = 10_000,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.username, self.secret, self.integration_code = api_user
         self._own_dir = state_dir is None
         self.state_dir = Path(tempfile.mkdtemp(prefix="autotask-")) if state_dir is None else state_dir
@@ -183,11 +190,16 @@ class AutotaskServer:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             s = self.stats_data
-            return {"requests": dict(s.requests), "max_concurrent": s.max_concurrent,
-                    "thread_limit_rejections": s.thread_limit_rejections,
-                    "threshold": {"limit": self.threshold, "used": self._used(time.monotonic())},
-                    "threshold_rejections": s.threshold_rejections,
-                    "auth_failures": s.auth_failures, "failed": s.failed, "dropped": s.dropped}
+            return {
+                "requests": dict(s.requests),
+                "max_concurrent": s.max_concurrent,
+                "thread_limit_rejections": s.thread_limit_rejections,
+                "threshold": {"limit": self.threshold, "used": self._used(time.monotonic())},
+                "threshold_rejections": s.threshold_rejections,
+                "auth_failures": s.auth_failures,
+                "failed": s.failed,
+                "dropped": s.dropped,
+            }
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -204,8 +216,10 @@ class AutotaskServer:
     def api_resource_id(self) -> int | None:
         """The Resource that is the API user (by userName or email), if seeded."""
         for row in self.store.rows("Resources"):
-            if self.username.lower() in (str(row.get("userName") or "").lower(),
-                                         str(row.get("email") or "").lower()):
+            if self.username.lower() in (
+                str(row.get("userName") or "").lower(),
+                str(row.get("email") or "").lower(),
+            ):
                 return int(row["id"])
         return None
 
@@ -307,8 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = 500, {"errors": [f"An unexpected error has occurred: {type(exc).__name__}"]}
         self._send(status, answer)
 
-    def _route(self, method: str, segs: list[str], params: dict[str, list[str]],
-               body: Any) -> tuple[int, Any]:
+    def _route(
+        self, method: str, segs: list[str], params: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
         low = [s.lower() for s in segs]
         if low[:1] == ["__emulator"]:
             return self._emulator(method, low[1:], body)
@@ -346,8 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
         user = (params.get("user") or [""])[0]
         if user.lower() != self.srv.username.lower():
             raise api_500("Zone information could not be determined for the user")
-        return 200, {"zoneName": "Test Zone", "url": self.srv.url, "webUrl": f"{self.srv.origin}/",
-                     "ci": 1}
+        return 200, {"zoneName": "Test Zone", "url": self.srv.url, "webUrl": f"{self.srv.origin}/", "ci": 1}
 
     def _endpoint(self, low: list[str]) -> str:
         """The entity a request is counted against (the thread limit is per object endpoint)."""
@@ -368,8 +382,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not user or user.lower() != srv.username.lower():
             problem = (500, "Unable to authenticate: user name not found")
         elif not code or code != srv.integration_code:
-            problem = (500, "Unable to authenticate: the API integration code (tracking identifier) "
-                            "is not valid")
+            problem = (
+                500,
+                "Unable to authenticate: the API integration code (tracking identifier) is not valid",
+            )
         elif secret != srv.secret:
             problem = (401, "Unauthorized")
         if problem is not None:
@@ -385,14 +401,26 @@ class _Handler(BaseHTTPRequestHandler):
             now = time.monotonic()
             if srv._used(now) >= srv.threshold:
                 srv.stats_data.threshold_rejections += 1
-                raise _Reply(429, {"errors": [
-                    f"API request threshold of {srv.threshold} requests per hour exceeded for this "
-                    "database; requests are refused until the usage drops"]})
+                raise _Reply(
+                    429,
+                    {
+                        "errors": [
+                            f"API request threshold of {srv.threshold} requests per hour exceeded for this "
+                            "database; requests are refused until the usage drops"
+                        ]
+                    },
+                )
             if srv._in_flight[key] >= THREAD_LIMIT:
                 srv.stats_data.thread_limit_rejections += 1
-                raise _Reply(429, {"errors": [
-                    f"Itgenatr005: thread threshold of {THREAD_LIMIT} concurrent requests exceeded for "
-                    f"the {endpoint} endpoint of this integration"]})
+                raise _Reply(
+                    429,
+                    {
+                        "errors": [
+                            f"Itgenatr005: thread threshold of {THREAD_LIMIT} concurrent requests "
+                            f"exceeded for the {endpoint} endpoint of this integration"
+                        ]
+                    },
+                )
             srv._accepted.append(now)
             srv._in_flight[key] += 1
             srv.stats_data.in_flight += 1
@@ -424,16 +452,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- the API --------------------------------------------------------------------------------
 
-    def _api(self, method: str, segs: list[str], low: list[str], params: dict[str, list[str]],
-             body: Any) -> tuple[int, Any]:
+    def _api(
+        self, method: str, segs: list[str], low: list[str], params: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
         store = self.srv.store
         if low == ["thresholdinformation"]:
             if method != "GET":
                 raise not_allowed(method)
             with self.srv._lock:
                 used = self.srv._used(time.monotonic())
-            return 200, {"externalRequestThreshold": self.srv.threshold,
-                         "requestThresholdTimeframe": 60, "currentTimeframeRequestCount": used}
+            return 200, {
+                "externalRequestThreshold": self.srv.threshold,
+                "requestThresholdTimeframe": 60,
+                "currentTimeframeRequestCount": used,
+            }
         if len(low) >= 3 and (low[0], low[2]) in CHILD_ROUTES:
             return self._child(method, low, body)
         entity = ENTITY_BY_LOWER[low[0]]
@@ -470,8 +502,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(404, None)
         return 200, {"item": item}
 
-    def _query(self, method: str, entity: str, tail: list[str], params: dict[str, list[str]],
-               body: Any) -> tuple[int, Any]:
+    def _query(
+        self, method: str, entity: str, tail: list[str], params: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
         if method not in ("GET", "POST"):
             raise not_allowed(method)
         spec = ENTITIES[entity]
@@ -491,17 +524,28 @@ class _Handler(BaseHTTPRequestHandler):
         items, more = self.srv.store.query(entity, query, after_id)
         next_url = None
         if more:
-            paging_doc = {"pageSize": query.max_records, "previousIds": [items[0]["id"]],
-                          "nextIds": [items[-1]["id"]]}
-            next_url = (f"{self.srv.url}V1.0/{entity}/query/next?paging="
-                        f"{urllib.parse.quote(json.dumps(paging_doc))}"
-                        f"&search={urllib.parse.quote(json.dumps(search))}")
+            paging_doc = {
+                "pageSize": query.max_records,
+                "previousIds": [items[0]["id"]],
+                "nextIds": [items[-1]["id"]],
+            }
+            next_url = (
+                f"{self.srv.url}V1.0/{entity}/query/next?paging="
+                f"{urllib.parse.quote(json.dumps(paging_doc))}"
+                f"&search={urllib.parse.quote(json.dumps(search))}"
+            )
         prev_url = None
         if after_id is not None:
             prev_url = f"{self.srv.url}V1.0/{entity}/query?search={urllib.parse.quote(json.dumps(search))}"
-        return 200, {"items": items, "pageDetails": {
-            "count": len(items), "requestCount": query.max_records or PAGE_SIZE,
-            "prevPageUrl": prev_url, "nextPageUrl": next_url}}
+        return 200, {
+            "items": items,
+            "pageDetails": {
+                "count": len(items),
+                "requestCount": query.max_records or PAGE_SIZE,
+                "prevPageUrl": prev_url,
+                "nextPageUrl": next_url,
+            },
+        }
 
     @staticmethod
     def _search(params: dict[str, list[str]]) -> Any:
@@ -519,19 +563,39 @@ class _Handler(BaseHTTPRequestHandler):
         spec = ENTITIES[entity]
         if tail == []:
             verbs = spec.root_verbs | (spec.child.verbs if spec.child else frozenset())
-            return 200, {"info": {
-                "name": entity, "canCreate": "POST" in verbs, "canDelete": "DELETE" in verbs,
-                "canQuery": True, "canUpdate": bool(verbs & {"PATCH", "PUT"}),
-                "hasUserDefinedFields": False,
-                "supportsWebhookCallouts": entity in ("Companies", "Contacts")}}
+            return 200, {
+                "info": {
+                    "name": entity,
+                    "canCreate": "POST" in verbs,
+                    "canDelete": "DELETE" in verbs,
+                    "canQuery": True,
+                    "canUpdate": bool(verbs & {"PATCH", "PUT"}),
+                    "hasUserDefinedFields": False,
+                    "supportsWebhookCallouts": entity in ("Companies", "Contacts"),
+                }
+            }
         if tail == ["fields"]:
-            return 200, {"fields": [
-                {"name": name, "dataType": {"str": "string", "int": "integer", "datetime": "datetime",
-                                            "bool": "boolean", "float": "double"}[kind],
-                 "length": spec.lengths.get(name, 0), "isRequired": name in spec.required,
-                 "isReadOnly": name in spec.read_only, "isQueryable": True,
-                 "isReference": name.endswith("ID") and name != "id", "isPickList": False}
-                for name, kind in spec.fields.items()]}
+            return 200, {
+                "fields": [
+                    {
+                        "name": name,
+                        "dataType": {
+                            "str": "string",
+                            "int": "integer",
+                            "datetime": "datetime",
+                            "bool": "boolean",
+                            "float": "double",
+                        }[kind],
+                        "length": spec.lengths.get(name, 0),
+                        "isRequired": name in spec.required,
+                        "isReadOnly": name in spec.read_only,
+                        "isQueryable": True,
+                        "isReference": name.endswith("ID") and name != "id",
+                        "isPickList": False,
+                    }
+                    for name, kind in spec.fields.items()
+                ]
+            }
         raise _Reply(404, None)
 
     def _child(self, method: str, low: list[str], body: Any) -> tuple[int, Any]:
@@ -543,14 +607,21 @@ class _Handler(BaseHTTPRequestHandler):
         parent_id = self._id(low[1])
         parent = (spec.child.parent_field, parent_id)
         if store.get(parent_entity, parent_id) is None:
-            raise api_500(f"No matching records found. The specified {parent_entity} id [{parent_id}] "
-                          "was not found")
+            raise api_500(
+                f"No matching records found. The specified {parent_entity} id [{parent_id}] was not found"
+            )
         if len(low) == 3:
             if method == "GET":
                 items = store.children(entity, spec.child.parent_field, parent_id)
-                return 200, {"items": items, "pageDetails": {
-                    "count": len(items), "requestCount": PAGE_SIZE, "prevPageUrl": None,
-                    "nextPageUrl": None}}
+                return 200, {
+                    "items": items,
+                    "pageDetails": {
+                        "count": len(items),
+                        "requestCount": PAGE_SIZE,
+                        "prevPageUrl": None,
+                        "nextPageUrl": None,
+                    },
+                }
             if method not in spec.child.verbs or method == "DELETE":
                 raise not_allowed(method)
             return self._write(method, entity, body, parent=parent)
@@ -568,15 +639,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise not_allowed(method)
         raise _Reply(404, None)
 
-    def _write(self, method: str, entity: str, body: Any, *,
-               parent: tuple[str, int] | None) -> tuple[int, Any]:
+    def _write(
+        self, method: str, entity: str, body: Any, *, parent: tuple[str, int] | None
+    ) -> tuple[int, Any]:
         if not isinstance(body, dict):
             raise api_500("The request body must be a JSON object")
         store = self.srv.store
         if method == "POST":
             self._check_appointment(entity, body)
-            return 200, {"itemId": store.create(entity, body, parent=parent,
-                                                creator=self.srv.api_resource_id())}
+            return 200, {
+                "itemId": store.create(entity, body, parent=parent, creator=self.srv.api_resource_id())
+            }
         if entity == "Appointments":
             record_id = body.get("id") if isinstance(body.get("id"), int) else None
             self._check_appointment(entity, store.get(entity, record_id) if record_id else None)
@@ -589,5 +662,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         resource = next((v for k, v in record.items() if k.lower() == "resourceid"), None)
         if resource is not None and resource != self.srv.api_resource_id():
-            raise ApiError(403, "The logged in Resource does not have the adequate permissions to "
-                                "manage appointments of other resources")
+            raise ApiError(
+                403,
+                "The logged in Resource does not have the adequate permissions to "
+                "manage appointments of other resources",
+            )

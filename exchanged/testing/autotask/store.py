@@ -204,8 +204,9 @@ class Query:
                 self._validate(sub)
             return
         if _key(item, "udf"):
-            raise api_500(f"Unable to find user-defined field {_key(item, 'field')} in the "
-                          f"{self.spec.name} Entity")
+            raise api_500(
+                f"Unable to find user-defined field {_key(item, 'field')} in the {self.spec.name} Entity"
+            )
         self._field(_key(item, "field"))
 
     def matches(self, record: dict[str, Any]) -> bool:
@@ -285,8 +286,10 @@ class Store:
         return record
 
     def dump(self) -> dict[str, Any]:
-        return {"next_id": self.next_id,
-                "tables": {name: list(rows.values()) for name, rows in self.tables.items()}}
+        return {
+            "next_id": self.next_id,
+            "tables": {name: list(rows.values()) for name, rows in self.tables.items()},
+        }
 
     def save(self) -> None:
         if self.path is None:
@@ -316,8 +319,9 @@ class Store:
         self.next_id += 1
         return self.next_id - 1
 
-    def query(self, entity: str, query: Query,
-              after_id: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+    def query(
+        self, entity: str, query: Query, after_id: int | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
         """One page in ascending id order after ``after_id``, and whether more rows follow."""
         found: list[dict[str, Any]] = []
         for record_id in sorted(self.tables[entity]):
@@ -329,7 +333,7 @@ class Store:
                 if len(found) > query.max_records:
                     break
         more = len(found) > query.max_records
-        return [query.project(r) for r in found[:query.max_records]], more
+        return [query.project(r) for r in found[: query.max_records]], more
 
     def count(self, entity: str, query: Query) -> int:
         return sum(1 for r in self.tables[entity].values() if query.matches(r))
@@ -369,12 +373,17 @@ class Store:
         for name, kind in spec.fields.items():
             if name.endswith("ResourceID") or name == "resourceID":
                 rid = record.get(name)
-                if rid is not None and kind == INT and name not in spec.read_only \
-                        and rid not in self.tables["Resources"]:
+                if (
+                    rid is not None
+                    and kind == INT
+                    and name not in spec.read_only
+                    and rid not in self.tables["Resources"]
+                ):
                     raise api_500(f"{spec.name}: {name} {rid} is not a valid Resource")
 
-    def create(self, entity: str, body: dict[str, Any], *, parent: tuple[str, int] | None,
-               creator: int | None) -> int:
+    def create(
+        self, entity: str, body: dict[str, Any], *, parent: tuple[str, int] | None, creator: int | None
+    ) -> int:
         spec = ENTITIES[entity]
         if _key(body, "id") not in (None, 0):
             raise api_500(f"{entity}: id must be absent or 0 on create")
@@ -401,8 +410,9 @@ class Store:
         self.save()
         return int(record["id"])
 
-    def update(self, entity: str, body: dict[str, Any], *, replace: bool,
-               parent: tuple[str, int] | None) -> int:
+    def update(
+        self, entity: str, body: dict[str, Any], *, replace: bool, parent: tuple[str, int] | None
+    ) -> int:
         spec = ENTITIES[entity]
         raw_id = _key(body, "id")
         if not isinstance(raw_id, int) or isinstance(raw_id, bool):

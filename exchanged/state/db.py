@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -196,18 +196,32 @@ class Database:
             return fn(tx)
 
     def _run_sync(self, fn: Callable[[Tx], T], write: bool) -> T:
+        if not write and self._conn is not None and self.url.dialect == POSTGRES:
+            # a read on a connection from an earlier call: if the server went away in between
+            # (restart, idle timeout), try once more on a fresh connection. Writes are not
+            # repeated: whether a failed COMMIT landed cannot be known here.
+            try:
+                return self._transaction(fn, write)
+            except Exception as exc:
+                if not (_is_psycopg_error(exc) and _is_connection_error(exc)):
+                    return self._translate(exc)
+                self._drop_connection()
         try:
             return self._transaction(fn, write)
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:
+            return self._translate(exc)
+
+    def _translate(self, exc: Exception) -> NoReturn:
+        """Database failures become the caller's error type; anything else (a bug) propagates."""
+        if isinstance(exc, sqlite3.Error | OSError):
             if isinstance(exc, sqlite3.OperationalError | OSError):
                 self._drop_connection()
             raise self._fail(self.describe(exc)) from None
-        except Exception as exc:
-            if _is_psycopg_error(exc):
-                if _is_connection_error(exc):
-                    self._drop_connection()
-                raise self._fail(self.describe(exc)) from None
-            raise
+        if _is_psycopg_error(exc):
+            if _is_connection_error(exc):
+                self._drop_connection()
+            raise self._fail(self.describe(exc)) from None
+        raise exc
 
     def describe(self, exc: BaseException) -> str:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -255,3 +255,19 @@ async def test_an_unreachable_postgres_is_a_state_error_without_the_password() -
     text = f"{info.value.message} {info.value.hint}"
     assert "pw-9f8e7d" not in text and "sync:***@127.0.0.1" in text
     assert "state.url" in info.value.hint
+
+
+@pytest.mark.postgres
+async def test_a_read_after_the_server_dropped_the_connection_reconnects(pg_url: str, pg_server: str) -> None:
+    import psycopg
+
+    store = await open_state_store(pg_url)
+    try:
+        await store.commit(BOX, StateBatch(upsert_mappings=[m("todo:1", "i1")]))
+        pid = store.db._conn.info.backend_pid  # type: ignore[attr-defined]
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            [(killed,)] = admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchall()
+        assert killed  # the store's connection was there, and is gone now
+        assert set((await store.load_user(BOX)).mappings) == {"todo:1"}
+    finally:
+        await store.aclose()

@@ -389,3 +389,36 @@ def test_find_folder_by_name(account, calendar) -> None:
     assert (calendar // "beta").id == siblings[1].id
     with pytest.raises(ErrorFolderNotFound):
         calendar // "delta"
+
+
+def test_list_field_update_and_soft_delete(account, calendar) -> None:
+    item = _event(account, calendar, "soft", body="first", categories=["a"])
+    item.save(send_meeting_invitations="SendToNone")
+    from exchangelib.services import UpdateItem
+
+    fresh = calendar.get(id=item.id)
+    fresh.categories = ["b"]
+    list(
+        UpdateItem(account=account).call(
+            items=[(fresh, ["categories"])],
+            conflict_resolution=AUTO_RESOLVE,
+            message_disposition="SaveOnly",
+            send_meeting_invitations_or_cancellations="SendToNone",
+            suppress_read_receipts=True,
+        )
+    )
+    assert calendar.get(id=item.id).categories == ["b"]
+    account.bulk_delete(ids=[fresh], delete_type="SoftDelete", send_meeting_cancellations="SendToNone")
+    assert calendar.all().count() == 0
+    assert account.trash.filter(subject="soft").count() == 0  # soft-deleted items skip Deleted Items
+
+
+def test_update_invitations_are_recorded(account, calendar, emulator: EwsTestServer) -> None:
+    item = _event(account, calendar, "moved meeting", required_attendees=["bob@example.test"])
+    item.save(send_meeting_invitations="SendToNone")
+    item.start = item.start + dt.timedelta(hours=1)
+    item.end = item.end + dt.timedelta(hours=1)
+    item.save(update_fields=["start", "end"], send_meeting_invitations="SendToAllAndSaveCopy")
+    assert [(i["operation"], i["mode"]) for i in emulator.invitations() if i["item_id"] == item.id] == [
+        ("UpdateItem", "SendToAllAndSaveCopy")
+    ]

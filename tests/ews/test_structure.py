@@ -224,3 +224,99 @@ def test_find_item_refuses_body(ews: EwsTarget) -> None:
     assert msg.get("ResponseClass") == "Error"
     assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorInvalidPropertyForOperation"
     assert msg.find("m:MessageXml/t:FieldURI", NS).get("FieldURI") == "item:Body"
+
+
+def test_folder_operation_skeletons(ews: EwsTarget, calendar) -> None:
+    _, root = _post(
+        ews,
+        '<m:FindFolder Traversal="Shallow"><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape>'
+        f'<m:ParentFolderIds><t:FolderId Id="{calendar.id}"/></m:ParentFolderIds></m:FindFolder>',
+    )
+    msg = root.find("s:Body/m:FindFolderResponse/m:ResponseMessages/m:FindFolderResponseMessage", NS)
+    assert _names(msg) == ["ResponseCode", "RootFolder"]
+    rf = msg.find("m:RootFolder", NS)
+    assert rf.get("TotalItemsInView") == "0" and rf.get("IncludesLastItemInRange") == "true"
+    assert _names(rf) == ["Folders"]  # present also when empty
+
+    _, root = _post(
+        ews,
+        f'<m:CreateFolder><m:ParentFolderId><t:FolderId Id="{calendar.id}"/></m:ParentFolderId>'
+        "<m:Folders><t:CalendarFolder><t:DisplayName>skeleton</t:DisplayName></t:CalendarFolder>"
+        "</m:Folders></m:CreateFolder>",
+    )
+    msg = root.find("s:Body/m:CreateFolderResponse/m:ResponseMessages/m:CreateFolderResponseMessage", NS)
+    assert _names(msg) == ["ResponseCode", "Folders"]
+    assert msg.find("m:Folders/t:CalendarFolder/t:FolderId", NS).get("Id")
+
+    _, root = _post(
+        ews,
+        "<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
+        f'<m:SyncFolderId><t:FolderId Id="{calendar.id}"/></m:SyncFolderId></m:SyncFolderHierarchy>',
+    )
+    path = "s:Body/m:SyncFolderHierarchyResponse/m:ResponseMessages/m:SyncFolderHierarchyResponseMessage"
+    msg = root.find(path, NS)
+    assert _names(msg) == ["ResponseCode", "SyncState", "IncludesLastFolderInRange", "Changes"]
+    assert [_names(c) for c in msg.find("m:Changes", NS)] == [["CalendarFolder"]]
+
+
+def test_resolve_names_skeleton(ews: EwsTarget) -> None:
+    _, root = _post(
+        ews,
+        '<m:ResolveNames ReturnFullContactData="false">'
+        f"<m:UnresolvedEntry>{ews.mailboxes[0]}</m:UnresolvedEntry></m:ResolveNames>",
+    )
+    msg = root.find("s:Body/m:ResolveNamesResponse/m:ResponseMessages/m:ResolveNamesResponseMessage", NS)
+    assert _names(msg) == ["ResponseCode", "ResolutionSet"]
+    mailbox = msg.find("m:ResolutionSet/t:Resolution/t:Mailbox", NS)
+    assert _names(mailbox)[:2] == ["Name", "EmailAddress"]
+    assert mailbox.findtext("t:EmailAddress", namespaces=NS).lower() == ews.mailboxes[0].lower()
+
+
+def test_never_overwrite_needs_a_change_key(ews: EwsTarget, calendar, account) -> None:
+    import datetime as dt
+
+    from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
+
+    start = EWSDateTime(2026, 12, 1, 10, 0, tzinfo=EWSTimeZone("UTC"))
+    item = CalendarItem(
+        account=account, folder=calendar, subject="ck", start=start, end=start + dt.timedelta(hours=1)
+    )
+    item.save(send_meeting_invitations="SendToNone")
+    _, root = _post(
+        ews,
+        '<m:UpdateItem ConflictResolution="NeverOverwrite" '
+        'SendMeetingInvitationsOrCancellations="SendToNone">'
+        f'<m:ItemChanges><t:ItemChange><t:ItemId Id="{item.id}"/><t:Updates><t:SetItemField>'
+        '<t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>x</t:Subject></t:CalendarItem>'
+        "</t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+    )
+    msg = root.find("s:Body/m:UpdateItemResponse/m:ResponseMessages/m:UpdateItemResponseMessage", NS)
+    assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorChangeKeyRequiredForWriteOperations"
+
+
+def test_append_to_item_field(ews: EwsTarget, calendar, account) -> None:
+    import datetime as dt
+
+    from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
+
+    start = EWSDateTime(2026, 12, 1, 10, 0, tzinfo=EWSTimeZone("UTC"))
+    item = CalendarItem(
+        account=account,
+        folder=calendar,
+        subject="ap",
+        body="one",
+        start=start,
+        end=start + dt.timedelta(hours=1),
+    )
+    item.save(send_meeting_invitations="SendToNone")
+    _, root = _post(
+        ews,
+        '<m:UpdateItem ConflictResolution="AutoResolve" SendMeetingInvitationsOrCancellations="SendToNone">'
+        f'<m:ItemChanges><t:ItemChange><t:ItemId Id="{item.id}" ChangeKey="{item.changekey}"/><t:Updates>'
+        '<t:AppendToItemField><t:FieldURI FieldURI="item:Body"/><t:CalendarItem>'
+        '<t:Body BodyType="Text"> two</t:Body></t:CalendarItem></t:AppendToItemField>'
+        "</t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+    )
+    msg = root.find("s:Body/m:UpdateItemResponse/m:ResponseMessages/m:UpdateItemResponseMessage", NS)
+    assert msg.get("ResponseClass") == "Success"
+    assert calendar.get(id=item.id).body == "one two"

@@ -63,6 +63,10 @@ def test_streaming_events_report_changes(account, calendar, emulator: EwsTestSer
         item.save(send_meeting_invitations="SendToNone")
         events = [e for n in calendar.get_streaming_events(sub_id, connection_timeout=1) for e in n.events]
         assert [(type(e).__name__, e.item_id.id) for e in events] == [("CreatedEvent", item.id)]
+        item.subject = "notify me again"
+        item.save(update_fields=["subject"], send_meeting_invitations="SendToNone")
+        events = [e for n in calendar.get_streaming_events(sub_id, connection_timeout=1) for e in n.events]
+        assert [(type(e).__name__, e.item_id.id) for e in events] == [("ModifiedEvent", item.id)]
         item.delete(send_meeting_cancellations="SendToNone")
         events = [e for n in calendar.get_streaming_events(sub_id, connection_timeout=1) for e in n.events]
         assert [type(e).__name__ for e in events] == ["DeletedEvent"]

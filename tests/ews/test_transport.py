@@ -141,3 +141,10 @@ def test_throttling_inside_a_response_message(account, calendar, emulator: EwsTe
 def test_domain_backslash_user_logs_in(ews: EwsTarget, emulator: EwsTestServer, auth_type: str) -> None:
     account = ews.account(user="EXAMPLE\\svc", auth_type=auth_type)
     assert account.calendar.name == "Calendar"
+
+
+def test_impersonating_an_unknown_mailbox(ews: EwsTarget, emulator: EwsTestServer) -> None:
+    from exchangelib.errors import ErrorNonExistentMailbox
+
+    with pytest.raises(ErrorNonExistentMailbox):
+        ews.account("nobody@example.test").root.refresh()

@@ -9,15 +9,15 @@ that an unreachable PSA raises instead of looking empty.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from exchanged import errors
-from exchanged.model import Appointment, ItemError, Kind, PsaRecord, Task, make_psa_key
+from exchanged.model import Appointment, Contact, ItemError, Kind, PsaRecord, Task
 from exchanged.ports import PsaConnector, PsaWrite
 from exchanged.testing.autotask import AutotaskServer
 from exchanged.testing.memory import MemoryPsa
@@ -33,6 +33,8 @@ class Harness:
     add_appointment: Callable[[str, Appointment], str]
     add_todo: Callable[[str, Task], str]
     go_away: Callable[[], None]
+    add_contact: Callable[[str, Contact], str] | None = None
+    add_service_call: Callable[[Sequence[str], datetime, datetime], str] | None = None
 
 
 def _memory() -> Harness:
@@ -49,37 +51,23 @@ def _memory() -> Harness:
 
 
 def _autotask(server: AutotaskServer) -> Harness:
-    from exchanged.psa.autotask.mapping import format_time
+    """The autotask connector over the test server, rows put in through the model-level helpers
+    (also used by tests/contract/test_psa_contract.py)."""
+    data = server.psa
+    for rid in (JANE, BOB):  # the contract's resources: <id>@example.test
+        data.add_resource(rid, f"{rid}@example.test", f"Resource {rid}")
 
-    def add_appointment(resource: str, p: Appointment) -> str:
-        row = server.store.put(
-            "Appointments",
-            {
-                "resourceID": int(resource),
-                "title": p.subject,
-                "description": p.body,
-                "startDateTime": format_time(p.start),
-                "endDateTime": format_time(p.end),
-            },
-        )
-        return make_psa_key(Kind.APPOINTMENT, row["id"])
+    def service_call(resources: Sequence[str], start: datetime, end: datetime) -> str:
+        return data.add(Kind.SERVICE_CALL, Appointment("Service call", start, end), resources)
 
-    def add_todo(resource: str, p: Task) -> str:
-        row = server.store.put(
-            "CompanyToDos",
-            {
-                "companyID": 1,
-                "assignedToResourceID": int(resource),
-                "actionType": 1,
-                "activityDescription": p.body,
-                "startDateTime": format_time(p.start),
-                "endDateTime": format_time(p.due),
-                "completedDate": format_time(p.completed),
-            },
-        )
-        return make_psa_key(Kind.TODO, row["id"])
-
-    return Harness(make_connector(server, max_attempts=2), add_appointment, add_todo, server.stop)
+    return Harness(
+        make_connector(server, max_attempts=2),
+        lambda r, p: data.add(Kind.APPOINTMENT, p, [r]),
+        lambda r, t: data.add(Kind.TODO, t, [r]),
+        server.stop,
+        lambda r, c: data.add(Kind.CONTACT, c, [r]),
+        service_call,
+    )
 
 
 @pytest.fixture(params=["memory", "autotask"])

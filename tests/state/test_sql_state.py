@@ -271,3 +271,23 @@ async def test_a_read_after_the_server_dropped_the_connection_reconnects(pg_url:
         assert set((await store.load_user(BOX)).mappings) == {"todo:1"}
     finally:
         await store.aclose()
+
+
+async def test_an_older_schema_is_migrated_and_keeps_its_data(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from exchanged.state import store as store_module
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    old = await open_state_store(url)
+    await old.commit(BOX, StateBatch(upsert_mappings=[m("todo:1", "i1")]))
+    await old.aclose()
+    v2 = ["CREATE TABLE notes (mailbox TEXT PRIMARY KEY, note TEXT)"]
+    migrations = [*store_module.MIGRATIONS, v2]
+    monkeypatch.setattr(store_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(migrations))
+    new = await open_state_store(url)
+    assert set((await new.load_user(BOX)).mappings) == {"todo:1"}
+    await new.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (0,)

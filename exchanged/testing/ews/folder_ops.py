@@ -1,0 +1,150 @@
+"""GetFolder, FindFolder, CreateFolder, DeleteFolder, EmptyFolder."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from .base import Ctx, OpsBase, page_of, xml_bool
+from .restrict import matches
+from .soap import (
+    EwsError,
+    SoapFault,
+    error,
+    local,
+    m,
+    response_root,
+    sub,
+    success,
+    t,
+)
+from .store import PUBLIC, FolderRow
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("exchanged.testing.ews")
+Element = Any
+
+
+class FolderOps(OpsBase):
+    # -- folders ----------------------------------------------------------------------------------------
+    def op_GetFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "GetFolder")
+        ids = op.find(m("FolderIds"))
+        for ref in [] if ids is None else list(ids):
+            try:
+                folder = self.folder(ctx, ref)
+            except EwsError as exc:
+                error(container, "GetFolder", exc)
+                continue
+            msg = success(container, "GetFolder")
+            self.folder_xml(sub(msg, m("Folders")), folder)
+
+    def op_FindFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "FindFolder")
+        traversal = op.get("Traversal", "Shallow")
+        view = op.find(m("IndexedPageFolderView"))
+        parents = op.find(m("ParentFolderIds"))
+        for ref in [] if parents is None else list(parents):
+            try:
+                parent = self.folder(ctx, ref)
+                if traversal == "Deep" and parent.mailbox == PUBLIC:
+                    raise EwsError(
+                        "ErrorInvalidOperation", "Deep traversal is not allowed for public folders."
+                    )
+            except EwsError as exc:
+                error(container, "FindFolder", exc)
+                continue
+            found = (
+                self.store.descendants(parent.id) if traversal == "Deep" else self.store.children(parent.id)
+            )
+            restriction = op.find(m("Restriction"))
+            if restriction is not None and len(restriction):
+                found = [f for f in found if matches(restriction[0], self.folder_xml(etree.Element("x"), f))]
+            offset, page, last = page_of(found, view)
+            msg = success(container, "FindFolder")
+            root = sub(
+                msg,
+                m("RootFolder"),
+                IndexedPagingOffset=str(offset + len(page)),
+                TotalItemsInView=str(len(found)),
+                IncludesLastItemInRange=xml_bool(last),
+            )
+            folders = sub(root, t("Folders"))
+            for f in page:
+                self.folder_xml(folders, f)
+
+    def op_CreateFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "CreateFolder")
+        parent_ref = op.find(m("ParentFolderId"))
+        try:
+            if parent_ref is None or not len(parent_ref):
+                raise SoapFault(
+                    "ErrorSchemaValidation",
+                    "CreateFolder needs a ParentFolderId.",
+                    faultcode="a:ErrorSchemaValidation",
+                )
+            parent = self.folder(ctx, parent_ref[0])
+        except EwsError as exc:
+            for _ in op.find(m("Folders")) if op.find(m("Folders")) is not None else [None]:
+                error(container, "CreateFolder", exc)
+            return
+        for spec in list(op.find(m("Folders")) if op.find(m("Folders")) is not None else []):
+            try:
+                folder = self._create_folder(parent, spec)
+            except EwsError as exc:
+                error(container, "CreateFolder", exc)
+                continue
+            msg = success(container, "CreateFolder")
+            out = sub(sub(msg, m("Folders")), t(folder.element))
+            sub(out, t("FolderId"), Id=folder.id, ChangeKey=folder.change_key)
+
+    def _create_folder(self, parent: FolderRow, spec: Element) -> FolderRow:
+        element = local(spec.tag)
+        if element not in ("Folder", "CalendarFolder", "ContactsFolder", "TasksFolder", "SearchFolder"):
+            raise EwsError("ErrorInvalidRequest", f"Cannot create a folder of type {element}.")
+        name = (spec.findtext(t("DisplayName")) or "").strip()
+        if not name:
+            raise EwsError("ErrorInvalidRequest", "A folder needs a DisplayName.")
+        if any(c.display_name.lower() == name.lower() for c in self.store.children(parent.id)):
+            raise EwsError("ErrorFolderExists", "A folder with the specified name already exists.")
+        default_class = {
+            "CalendarFolder": "IPF.Appointment",
+            "ContactsFolder": "IPF.Contact",
+            "TasksFolder": "IPF.Task",
+        }.get(element, "IPF.Note")
+        folder_class = spec.findtext(t("FolderClass")) or default_class
+        return self.store.add_folder(parent.mailbox, parent.id, None, element, folder_class, name)
+
+    def op_DeleteFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "DeleteFolder")
+        for ref in list(op.find(m("FolderIds")) if op.find(m("FolderIds")) is not None else []):
+            try:
+                folder = self.folder(ctx, ref)
+                if folder.distinguished:
+                    raise EwsError(
+                        "ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted."
+                    )
+                self.store.delete_folder(folder)
+            except EwsError as exc:
+                error(container, "DeleteFolder", exc)
+                continue
+            success(container, "DeleteFolder")
+
+    def op_EmptyFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "EmptyFolder")
+        for ref in list(op.find(m("FolderIds")) if op.find(m("FolderIds")) is not None else []):
+            try:
+                folder = self.folder(ctx, ref)
+                for item in self.store.items_in(folder.id):
+                    self.store.delete_item(item)
+                if op.get("DeleteSubFolders") == "true":
+                    for c in self.store.children(folder.id):
+                        self.store.delete_folder(c)
+            except EwsError as exc:
+                error(container, "EmptyFolder", exc)
+                continue
+            success(container, "EmptyFolder")

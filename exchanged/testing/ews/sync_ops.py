@@ -1,0 +1,243 @@
+"""SyncFolderItems, SyncFolderHierarchy and notifications (Subscribe, GetStreamingEvents, ...)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from . import items as it
+from .base import SYNC_MAX, Ctx, OpsBase, now_text, parse_int, xml_bool
+from .soap import (
+    EwsError,
+    SoapFault,
+    error,
+    local,
+    m,
+    response_root,
+    sub,
+    success,
+    t,
+)
+from .store import PUBLIC, FolderRow, Store
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("exchanged.testing.ews")
+Element = Any
+
+
+class SyncOps(OpsBase):
+    # -- sync -----------------------------------------------------------------------------------------
+    def op_SyncFolderItems(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "SyncFolderItems")
+        shape = op.find(m("ItemShape"))
+        try:
+            ref = op.find(m("SyncFolderId"))
+            if ref is None or not len(ref):
+                raise SoapFault(
+                    "ErrorSchemaValidation",
+                    "SyncFolderItems needs a SyncFolderId.",
+                    faultcode="a:ErrorSchemaValidation",
+                )
+            folder = self.folder(ctx, ref[0])
+            if folder.mailbox == PUBLIC:
+                raise EwsError(
+                    "ErrorSyncFolderNotFound", "SyncFolderItems is not supported on public folders."
+                )
+            max_changes = parse_int(op.findtext(m("MaxChangesReturned")), "MaxChangesReturned")
+            if not 1 <= max_changes <= SYNC_MAX:
+                raise SoapFault(
+                    "ErrorSchemaValidation",
+                    f"The request failed schema validation: "
+                    f"MaxChangesReturned must be between 1 and {SYNC_MAX}.",
+                    faultcode="a:ErrorSchemaValidation",
+                )
+            since = _decode_state(op.findtext(m("SyncState")), "items", folder, self.store)
+            ignore = (
+                {i.get("Id") for i in op.find(m("Ignore"))} if op.find(m("Ignore")) is not None else set()
+            )
+        except EwsError as exc:
+            # Exchange still writes an empty SyncState and the "last" flag into sync errors.
+            msg = error(container, "SyncFolderItems", exc)
+            sub(msg, m("SyncState"), "")
+            sub(msg, m("IncludesLastItemInRange"), "true")
+            return
+        changes = [c for c in self.store.item_changes(folder.id, since) if c[2] not in ignore]
+        page = changes[:max_changes]
+        last = len(page) == len(changes)
+        new_seq = self.store.current_seq(folder.mailbox) if last else page[-1][1]
+        msg = success(container, "SyncFolderItems")
+        sub(msg, m("SyncState"), _encode_state("items", folder.id, new_seq))
+        sub(msg, m("IncludesLastItemInRange"), xml_bool(last))
+        out = sub(msg, m("Changes"))
+        for kind, _seq, item_id, row in page:
+            change = sub(out, t(kind))
+            if row is None:
+                sub(change, t("ItemId"), Id=item_id)
+            else:
+                change.append(it.shaped(self.full(row), shape, in_find=True))
+
+    def op_SyncFolderHierarchy(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "SyncFolderHierarchy")
+        try:
+            ref = op.find(m("SyncFolderId"))
+            if ref is not None and len(ref):
+                root = self.folder(ctx, ref[0])
+            else:
+                root = self.folder(ctx, etree.Element(t("DistinguishedFolderId"), Id="root"))
+            since = _decode_state(op.findtext(m("SyncState")), "folders", root, self.store)
+        except EwsError as exc:
+            msg = error(container, "SyncFolderHierarchy", exc)
+            sub(msg, m("SyncState"), "")
+            sub(msg, m("IncludesLastFolderInRange"), "true")
+            return
+        changes = self.store.folder_changes(root.mailbox, root.id, since)
+        msg = success(container, "SyncFolderHierarchy")
+        sub(msg, m("SyncState"), _encode_state("folders", root.id, self.store.current_seq(root.mailbox)))
+        sub(msg, m("IncludesLastFolderInRange"), "true")
+        out = sub(msg, m("Changes"))
+        for kind, _seq, folder in changes:
+            change = sub(out, t(kind))
+            if kind == "Delete":
+                sub(change, t("FolderId"), Id=folder.id, ChangeKey=folder.change_key)
+            else:
+                self.folder_xml(change, folder)
+
+    # -- notifications ----------------------------------------------------------------------------------
+    def op_Subscribe(self, ctx: Ctx, op: Element, body: Element) -> None:
+        container = response_root(body, "Subscribe")
+        req = next((c for c in op if isinstance(c.tag, str)), None)
+        try:
+            if req is None:
+                raise SoapFault(
+                    "ErrorSchemaValidation",
+                    "Subscribe needs a subscription request.",
+                    faultcode="a:ErrorSchemaValidation",
+                )
+            folders = [
+                self.folder(ctx, r)
+                for r in (req.find(t("FolderIds")) if req.find(t("FolderIds")) is not None else [])
+            ]
+        except EwsError as exc:
+            error(container, "Subscribe", exc)
+            return
+        payload = {"n": uuid.uuid4().hex, "s": {f.id: self.store.current_seq(f.mailbox) for f in folders}}
+        sub_id = base64.b64encode(json.dumps(payload).encode()).decode()
+        self._subscription(sub_id)
+        msg = success(container, "Subscribe")
+        sub(msg, m("SubscriptionId"), sub_id)
+        if local(req.tag) != "StreamingSubscriptionRequest":
+            sub(msg, m("Watermark"), "AQAAAA==")
+
+    def op_Unsubscribe(self, ctx: Ctx, op: Element, body: Element) -> None:
+        sid = (op.findtext(m("SubscriptionId")) or "").strip()
+        with self._subs_lock:
+            self._subs.pop(sid, None)
+        success(response_root(body, "Unsubscribe"), "Unsubscribe")
+
+    def op_GetStreamingEvents(self, ctx: Ctx, op: Element, body: Element) -> None:
+        """Events since the last delivery, one Notification per subscription, then the connection closes.
+
+        Exchange holds the connection open for ConnectionTimeout minutes and streams events; this
+        server waits (outside the store lock, see `handle`) until there is something to report or
+        `streaming_wait` seconds have passed, answers once and closes.
+        """
+        container = response_root(body, "GetStreamingEvents")
+        ids = op.find(m("SubscriptionIds"))
+        sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
+        for sid in sub_ids:
+            if self._subscription(sid) is None:
+                error(
+                    container,
+                    "GetStreamingEvents",
+                    EwsError("ErrorSubscriptionNotFound", "The specified subscription was not found."),
+                )
+                return
+        msg = success(container, "GetStreamingEvents")
+        notifications = sub(msg, m("Notifications"))
+        for sid in sub_ids:
+            events = self._take_events(sid)
+            if not events:
+                continue
+            note = sub(notifications, m("Notification"))
+            sub(note, t("SubscriptionId"), sid)
+            for name, item_id, folder in events:
+                ev = sub(note, t(name))
+                sub(ev, t("TimeStamp"), now_text())
+                sub(ev, t("ItemId"), Id=item_id)
+                sub(ev, t("ParentFolderId"), Id=folder.id, ChangeKey=folder.change_key)
+        sub(msg, m("ConnectionStatus"), "Closed")
+
+    def _subscription(self, sid: str) -> dict[str, int] | None:
+        with self._subs_lock:
+            if sid in self._subs:
+                return self._subs[sid]
+        try:
+            payload = json.loads(base64.b64decode(sid, validate=True))
+            seqs = {str(k): int(v) for k, v in payload["s"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            return None
+        with self._subs_lock:
+            return self._subs.setdefault(sid, seqs)
+
+    def _pending_events(self, sid: str) -> bool:
+        seqs = self._subscription(sid) or {}
+        return any(self.store.item_changes(fid, seq) for fid, seq in list(seqs.items()))
+
+    def _take_events(self, sid: str) -> list[tuple[str, str, FolderRow]]:
+        seqs = self._subscription(sid) or {}
+        out: list[tuple[str, str, FolderRow]] = []
+        for fid, seq in list(seqs.items()):
+            folder = self.store.folder(fid)
+            if folder is None:
+                continue
+            for kind, _seq, item_id, _row in self.store.item_changes(fid, seq):
+                name = {"Create": "CreatedEvent", "Update": "ModifiedEvent", "Delete": "DeletedEvent"}[kind]
+                out.append((name, item_id, folder))
+            with self._subs_lock:
+                seqs[fid] = self.store.current_seq(folder.mailbox)
+        return out
+
+    def wait_for_events(self, op: Element) -> None:
+        """Block (without the store lock) until a subscription has events or the wait is over."""
+        ids = op.find(m("SubscriptionIds"))
+        sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
+        if not sub_ids or any(self._subscription(s) is None for s in sub_ids):
+            return  # answered at once with ErrorSubscriptionNotFound
+        timeout_min = parse_int(op.findtext(m("ConnectionTimeout")) or "1", "ConnectionTimeout")
+        deadline = time.monotonic() + min(timeout_min * 60, self.app.streaming_wait)
+        while time.monotonic() < deadline:
+            with self.store.lock:
+                if any(self._pending_events(s) for s in sub_ids):
+                    return
+            time.sleep(0.05)
+
+
+def _encode_state(kind: str, folder_id: str, seq: int) -> str:
+    return base64.b64encode(json.dumps({"v": 1, "k": kind, "f": folder_id, "s": seq}).encode()).decode()
+
+
+def _decode_state(text: str | None, kind: str, folder: FolderRow, store: Store) -> int:
+    if not text or not text.strip():
+        return 0
+    invalid = EwsError(
+        "ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid."
+    )
+    try:
+        data = json.loads(base64.b64decode(text.strip(), validate=True))
+    except (ValueError, binascii.Error):
+        raise invalid from None
+    if not isinstance(data, dict) or data.get("k") != kind or data.get("f") != folder.id:
+        raise invalid
+    seq = data.get("s")
+    if not isinstance(seq, int) or seq < 0 or seq > store.current_seq(folder.mailbox):
+        raise invalid
+    return seq

@@ -629,6 +629,8 @@ async def test_todo_subject_is_the_action_type_and_nameless_contacts_are_skipped
     records = by_key(await connector.load(JANE, frozenset({Kind.TODO, Kind.CONTACT}), WINDOW))
     assert records[make_psa_key(Kind.TODO, todo["id"])].payload.subject == "Phone Call"  # type: ignore[union-attr]
     assert set(records) == {make_psa_key(Kind.TODO, todo["id"]), make_psa_key(Kind.CONTACT, anna["id"])}
+    [skipped] = connector.load_errors
+    assert skipped.code == "invalid_row" and "Contacts" in skipped.message and "name" in skipped.message
     assert records[make_psa_key(Kind.CONTACT, anna["id"])].payload.given_name == "Anna"  # type: ignore[union-attr]
     server.reset_stats()
     await connector.load(JANE, frozenset({Kind.TODO}), WINDOW)

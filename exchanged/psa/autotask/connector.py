@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from exchanged import errors
-from exchanged.model import Appointment, ItemError, Kind, PsaRecord, Task, Window, split_psa_key
+from exchanged.model import Appointment, ItemError, Kind, PsaRecord, Task, Window, make_psa_key, split_psa_key
 from exchanged.ports import CheckResult, PsaResource, PsaWrite
 
 from . import mapping as m
@@ -48,6 +48,8 @@ class AutotaskConnector:
     def __init__(self, api: AutotaskApi) -> None:
         self.api = api
         self._threshold_at: float | None = None
+        # rows the last load/all_contacts skipped, as ItemErrors (as the sql connector reports them)
+        self.load_errors: list[ItemError] = []
         self._action_types: dict[int, str] = {}
         self._action_types_at = -ACTION_TYPES_TTL_S - 1.0
         self.closed = False
@@ -120,6 +122,7 @@ class AutotaskConnector:
         rid = self._resource_id(psa_resource)
         if rid is None:
             raise errors.PsaError(f"psa_resource {psa_resource!r} is not an Autotask resource id (a number)")
+        self.load_errors = []
         await self._maybe_threshold()
         results: dict[str, list[PsaRecord]] = {}
 
@@ -152,7 +155,14 @@ class AutotaskConnector:
             ],
             m.APPOINTMENT_FIELDS,
         )
-        return [r for r in (m.appointment_record(row) for row in rows) if r is not None]
+        out = []
+        for row in rows:
+            rec = m.appointment_record(row)
+            if rec is None:
+                self._skip(Kind.APPOINTMENT, "Appointments", row, "it has no start or no end time")
+            else:
+                out.append(rec)
+        return out
 
     async def _action_type_names(self, ids: set[int | None]) -> dict[int | None, str]:
         """Names of to-do action types (``ActionTypes``), kept for an hour: they rarely change."""
@@ -227,7 +237,9 @@ class AutotaskConnector:
         for c in mine:
             company = c.get("companyID")
             rec = m.service_call_record(c, names.get(int(company)) if company else None)
-            if rec is not None:
+            if rec is None:
+                self._skip(Kind.SERVICE_CALL, "ServiceCalls", c, "it has no start or no end time")
+            else:
                 out.append(rec)
         return out
 
@@ -273,14 +285,10 @@ class AutotaskConnector:
                 {int(r["companyID"]) for r in rows if r.get("companyID") and int(r["companyID"]) not in names}
             )
         )
-        found = (
-            m.contact_record(r, names.get(int(r["companyID"])) if r.get("companyID") else None)
-            for r in rows
-            if m.is_active(r.get("isActive"))
-        )
-        return [r for r in found if r is not None]
+        return self._contacts(rows, names, Kind.CONTACT)
 
     async def all_contacts(self) -> Sequence[PsaRecord]:
+        self.load_errors = []
         rows = await self.api.query(
             "Contacts", [{"op": "eq", "field": "isActive", "value": 1}], m.CONTACT_FIELDS
         )
@@ -288,14 +296,30 @@ class AutotaskConnector:
             "Companies", [{"op": "gte", "field": "id", "value": 0}], ["companyName"]
         )
         names = {int(c["id"]): str(c.get("companyName") or "") for c in companies}
-        found = (
-            m.contact_record(
-                r, names.get(int(r["companyID"])) if r.get("companyID") else None, Kind.PUBLIC_CONTACT
+        return self._contacts(rows, names, Kind.PUBLIC_CONTACT)
+
+    def _contacts(self, rows: list[dict[str, Any]], names: dict[int, str], kind: Kind) -> list[PsaRecord]:
+        out = []
+        for row in rows:
+            if not m.is_active(row.get("isActive")):
+                continue
+            company = names.get(int(row["companyID"])) if row.get("companyID") else None
+            rec = m.contact_record(row, company, kind)
+            if rec is None:
+                self._skip(kind, "Contacts", row, "it has neither a first nor a last name")
+            else:
+                out.append(rec)
+        return out
+
+    def _skip(self, kind: Kind, entity: str, row: dict[str, Any], why: str) -> None:
+        """A row that cannot be synced is reported (``load_errors``), never guessed at."""
+        self.load_errors.append(
+            ItemError(
+                make_psa_key(kind, row.get("id", "?")),
+                "invalid_row",
+                f"Autotask {entity} {row.get('id')} is skipped because {why}; fix it in Autotask",
             )
-            for r in rows
-            if m.is_active(r.get("isActive"))
         )
-        return [r for r in found if r is not None]
 
     # -- the port: writes -----------------------------------------------------------------------
 

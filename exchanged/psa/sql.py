@@ -181,6 +181,11 @@ def _text(value: Any, column: str) -> str:
     return _XML_INVALID.sub("", text)
 
 
+def _clip(text: str) -> str:
+    # an Exchange body longer than a row may hold is cut, so that it reads back as a good row
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0].strip() if text.strip() else ""
 
@@ -274,7 +279,11 @@ class _Read:
     problems: list[ItemError]
 
 
-def _collect(rows: Iterable[tuple[Any, ...]], table: str, kind: Kind,
+def _appointment_kind(row: tuple[Any, ...]) -> Kind:
+    return Kind.IMPORTED if str(row[6] or "psa").strip().lower() == "exchange" else Kind.APPOINTMENT
+
+
+def _collect(rows: Iterable[tuple[Any, ...]], table: str, kind: Kind | Callable[[tuple[Any, ...]], Kind],
              convert: Callable[[tuple[Any, ...]], PsaRecord]) -> _Read:
     records: list[PsaRecord] = []
     problems: list[ItemError] = []
@@ -286,7 +295,8 @@ def _collect(rows: Iterable[tuple[Any, ...]], table: str, kind: Kind,
         try:
             records.append(convert(row))
         except BadRow as exc:
-            problems.append(ItemError(make_psa_key(kind, row[0]), "invalid_row",
+            key = make_psa_key(kind if isinstance(kind, Kind) else kind(row), row[0])
+            problems.append(ItemError(key, "invalid_row",
                                       f"{table} row {row[0]}: {exc}; the row is skipped until it is fixed"))
     return _Read(records, problems)
 
@@ -353,7 +363,7 @@ class SqlPsa:
         if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
             rows = tx.query(f"SELECT {_APPT_COLS} FROM appointments WHERE resource_id = ? "
                             "AND (end_time IS NULL OR end_time >= ?) ORDER BY id", (rid, since))
-            reads.append(_collect(rows, "appointments", Kind.APPOINTMENT, _appointment))
+            reads.append(_collect(rows, "appointments", _appointment_kind, _appointment))
         if Kind.SERVICE_CALL in kinds:
             rows = tx.query(
                 "SELECT sc.id, co.name, sc.description, sc.start_time, sc.end_time, sc.last_modified "
@@ -439,7 +449,7 @@ class SqlPsa:
         sql = ("INSERT INTO appointments (resource_id, title, description, start_time, end_time, "
                "last_modified, origin, exchange_uid, show_as, is_private) "
                "VALUES (?, ?, ?, ?, ?, ?, 'exchange', ?, ?, ?)")
-        params = (rid, p.subject, p.body, ts_param(d, p.start), ts_param(d, p.end),
+        params = (rid, _clip(p.subject), _clip(p.body), ts_param(d, p.start), ts_param(d, p.end),
                   ts_param(d, self.now()), uid, p.show_as.value, bool_param(d, p.is_private))
         if d == POSTGRES:
             return int(tx.query(sql + " RETURNING id", params)[0][0])
@@ -451,7 +461,7 @@ class SqlPsa:
         tx.query("UPDATE appointments SET title = ?, description = ?, start_time = ?, end_time = ?, "
                  "show_as = ?, is_private = ?, exchange_uid = COALESCE(?, exchange_uid), last_modified = ? "
                  "WHERE id = ?",
-                 (p.subject, p.body, ts_param(d, p.start), ts_param(d, p.end), p.show_as.value,
+                 (_clip(p.subject), _clip(p.body), ts_param(d, p.start), ts_param(d, p.end), p.show_as.value,
                   bool_param(d, p.is_private), uid, ts_param(d, self.now()), row_id))
 
     def _update(self, tx: Tx, w: PsaWrite, key: str, kind: Kind, rid: int) -> PsaRecord | ItemError:
@@ -513,6 +523,8 @@ def _column_param(dialect: str, column: str, value: Any) -> Any:
         return ts_param(dialect, value)
     if isinstance(value, ShowAs):
         return value.value
+    if isinstance(value, str):
+        return _clip(value)
     if isinstance(value, bool):
         return bool_param(dialect, value)
     return value

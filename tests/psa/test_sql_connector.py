@@ -175,13 +175,13 @@ async def test_bad_rows_are_skipped_and_reported(raw: tuple[sqlite3.Connection, 
     assert odd.start == datetime(2026, 11, 30, 9, tzinfo=UTC)  # offsets are read
     problems = {e.key: e for e in psa.load_errors}
     assert set(problems) == {"appointment:2", "appointment:3", "appointment:4", "appointment:5",
-                             "appointment:6", "appointment:7", "contact:900"}
+                             "imported:6", "appointment:7", "contact:900"}
     assert all(e.code == "invalid_row" and "skipped" in e.message for e in problems.values())
     assert "start_time is empty" in problems["appointment:2"].message
     assert "before start_time" in problems["appointment:3"].message
     assert "'next tuesday' is not an ISO-8601 time" in problems["appointment:4"].message
     assert "characters" in problems["appointment:5"].message
-    assert "exchange_uid" in problems["appointment:6"].message
+    assert "exchange_uid" in problems["imported:6"].message
     assert "UTF-8" in problems["appointment:7"].message
     conn.execute("DELETE FROM appointments WHERE id <> 1")
     conn.execute("DELETE FROM contacts WHERE id = 900")
@@ -252,6 +252,16 @@ async def test_a_create_after_a_lost_reply_rewrites_the_row_instead_of_adding_on
     [c] = await sample.apply([create("2")])
     assert isinstance(c, PsaRecord) and c.psa_key != a.psa_key  # another user's copy of a meeting
     assert int(a.psa_key.split(":")[1]) > 305  # numbered after the sample's ids
+
+
+async def test_an_imported_body_too_long_for_a_row_is_cut_and_reads_back(sample: SqlPsa) -> None:
+    long = Appointment("Offsite", at(2, 9), at(2, 17), body="agenda " * MAX_TEXT)
+    [rec] = await sample.apply([PsaWrite("create", Kind.IMPORTED, None, long, exchange_key="U-long",
+                                         resource="1")])
+    assert isinstance(rec, PsaRecord) and isinstance(rec.payload, Appointment)
+    assert len(rec.payload.body) == MAX_TEXT and rec.payload.body.endswith("…")
+    assert [r.psa_key for r in await sample.load("1", frozenset({Kind.IMPORTED}), WINDOW)] == [rec.psa_key]
+    assert sample.load_errors == []
 
 
 async def test_writes_the_psa_refuses(sample: SqlPsa) -> None:

@@ -153,7 +153,8 @@ async def _autotask(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIter
     with AutotaskServer(api_user=(USER, SECRET, CODE), seed=base_seed()) as server:
         h = autotask_harness(server)
         try:
-            yield PsaHarness(h.psa, h.add_appointment, h.add_todo, h.go_away)
+            yield PsaHarness(h.psa, h.add_appointment, h.add_todo, h.go_away,
+                             h.add_contact, h.add_service_call)
         finally:
             await h.psa.aclose()
 

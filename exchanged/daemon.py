@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -487,30 +487,33 @@ class Daemon:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.adapters = await self._open_adapters(self.cfg)
-        try:
-            self.runner = self._make_runner(self.cfg, self.adapters)
-            self.notifier = self._make_notifier(self.cfg)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(self._serve_signals)
-                await nursery.start(self.notifier.serve)
-                await nursery.start(self._serve_control)
-                await nursery.start(self.scheduler.serve)
-                await nursery.start(sdnotify.serve_watchdog)
-                self._apply_users(self.cfg)
-                nursery.start_soon(self._startup_tasks)
-                nursery.start_soon(self._serve_status_line)
-                self._ready = True
-                sdnotify.ready(self.status_line())
-                log.info("ready", config=self.config_path, users=len(self.cfg.enabled_users()),
-                         enabled=self.cfg.enabled, socket=self.cfg.control.socket)
-                await self._stop.wait()
-                await self._shutdown()
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                await self.adapters.aclose()
+        # The signal receiver wraps everything, the closing of the adapters included: a second
+        # SIGTERM during the stop must not fall back to the default action and kill the process.
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            self.adapters = await self._open_adapters(self.cfg)
+            try:
+                self.runner = self._make_runner(self.cfg, self.adapters)
+                self.notifier = self._make_notifier(self.cfg)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self._serve_signals, signals)
+                    await nursery.start(self.notifier.serve)
+                    await nursery.start(self._serve_control)
+                    await nursery.start(self.scheduler.serve)
+                    await nursery.start(sdnotify.serve_watchdog)
+                    self._apply_users(self.cfg)
+                    nursery.start_soon(self._startup_tasks)
+                    nursery.start_soon(self._serve_status_line)
+                    self._ready = True
+                    sdnotify.ready(self.status_line())
+                    log.info("ready", config=self.config_path, users=len(self.cfg.enabled_users()),
+                             enabled=self.cfg.enabled, socket=self.cfg.control.socket)
+                    await self._stop.wait()
+                    await self._shutdown()
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self.adapters.aclose()
         log.info("stopped")
         return 0
 
@@ -519,16 +522,18 @@ class Daemon:
 
         await serve_control(self.cfg.control.socket, self.cfg.control.group, self, task_status=task_status)
 
-    async def _serve_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._reload_from_signal)
-                else:
-                    log.info("stop requested", signal=signal.Signals(signum).name)
-                    self._stop.set()
+    async def _serve_signals(self, signals: AsyncIterator[int], *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                if self._stopping:
+                    continue  # no reload while stopping
+                assert self._nursery is not None
+                self._nursery.start_soon(self._reload_from_signal)
+            else:
+                log.info("stop requested", signal=signal.Signals(signum).name)
+                self._stop.set()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -1089,6 +1094,11 @@ def cli_run(args: Any) -> int:
     for warning in cfg.warnings:
         log.warning("config warning", warning=warning)
     daemon = Daemon(cfg, path)
+    # Daemon.run handles these through trio's signal receiver, which restores the previous
+    # disposition when it closes; "ignore" makes a repeated SIGTERM during the last milliseconds
+    # of a clean stop harmless instead of killing the process with the default action.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     try:
         return trio.run(daemon.run)
     except KeyboardInterrupt:

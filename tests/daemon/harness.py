@@ -148,6 +148,7 @@ class DaemonEnv:
     proc: subprocess.Popen[bytes] | None = None
     hooks: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    memory: bool = True  # False: the real adapters the config names (EWS, sql PSA, SQLite state)
 
     @property
     def config_path(self) -> Path:
@@ -203,10 +204,13 @@ class DaemonEnv:
         env = dict(os.environ)
         env.update({
             "NOTIFY_SOCKET": str(self.notify.path),
-            "EXCHANGED_TEST_ADAPTERS": "memory",
             "EXCHANGED_TEST_HOOKS": str(self.hooks_path),
             "PYTHONUNBUFFERED": "1",
         })
+        if self.memory:
+            env["EXCHANGED_TEST_ADAPTERS"] = "memory"
+        else:
+            env.pop("EXCHANGED_TEST_ADAPTERS", None)
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
         return env

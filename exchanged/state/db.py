@@ -32,9 +32,13 @@ POSTGRES = "postgres"
 _PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@?#\s]*:)(?P<pw>[^@\s]*)@", re.IGNORECASE)
 
 
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (what every message shows)."""
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
+    """The URL with its password (``user:pw@`` or ``?password=``) replaced by ``***``."""
+    url = _PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}***", url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ def parse_url(url: str) -> DbUrl:
         match = _PASSWORD.match(url)
         if match and match.group("pw"):
             register_secret(match.group("pw"))
+        for found in _QUERY_PASSWORD.finditer(url):
+            register_secret(found.group("pw"))
         return DbUrl(POSTGRES, "postgresql://" + rest, shown)
     raise UrlError(f"{shown!r}: unsupported database scheme {scheme!r} (use sqlite:/// or postgresql://)")
 

@@ -635,3 +635,18 @@ async def test_todo_subject_is_the_action_type_and_nameless_contacts_are_skipped
     server.reset_stats()
     await connector.load(JANE, frozenset({Kind.TODO}), WINDOW)
     assert "POST ActionTypes" not in server.stats()["requests"]  # names are kept for an hour
+
+
+async def test_overlong_imports_fit_the_api_limits_and_read_back_stably(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    payload = imported(subject="S" * 300, body="B" * 9000)
+    [created] = await connector.apply(
+        [PsaWrite("create", Kind.IMPORTED, None, payload, exchange_key="UID-long", resource=JANE)]
+    )
+    assert isinstance(created, PsaRecord) and isinstance(created.payload, Appointment)
+    assert created.payload.subject == payload.subject  # the marker keeps what the title cannot
+    assert len(created.payload.body) < 8000 and created.exchange_key == "UID-long"
+    row = server.store.get("Appointments", int(created.psa_key.split(":")[1]))
+    assert row is not None and len(row["title"]) == 256 and len(row["description"]) <= 8000
+    assert list(await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)) == [created]

@@ -43,6 +43,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -284,19 +285,24 @@ def _db_url(value: str, what: str) -> str:
 # --- the models ---------------------------------------------------------------------------------
 
 
+# numbers and switches exactly as YAML writes them: "7" or "yes" (quoted) are mistakes, not values
+SInt = Annotated[int, Strict()]
+SBool = Annotated[bool, Strict()]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class ServerConfig(_Model):
     address: str
-    hosted_by_third_party: bool = False
+    hosted_by_third_party: SBool = False
     virtual_directory: str = ""
     version: ExchangeVersion | None = None
-    port: int = Field(default=443, ge=1, le=65535)
-    use_ms_graph: bool = False
+    port: SInt = Field(default=443, ge=1, le=65535)
+    use_ms_graph: SBool = False
     ca_bundle: str | None = None
-    allow_plaintext: bool = False
+    allow_plaintext: SBool = False
 
     @field_validator("address")
     @classmethod
@@ -341,14 +347,14 @@ def _existing_file(value: str | None, info: ValidationInfo, what: str) -> str | 
 
 
 class CredentialsConfig(_Model):
-    local_setup_basic_auth: bool = True
+    local_setup_basic_auth: SBool = True
     auth_type: Literal["basic", "ntlm"] = "basic"
     username: str = Field(min_length=1)
     password_file: str | None = None
     # the YAML key `password` is one source; after validation it holds the resolved secret
     password: SecretStr = Field(default=None, validate_default=False)  # type: ignore[assignment]
     domain: str | None = None
-    use_for_all_users: bool = True
+    use_for_all_users: SBool = True
 
     _check_password = field_validator("password", mode="before")(_secret_not_number)
 
@@ -371,7 +377,7 @@ class CredentialsConfig(_Model):
 
 class SmtpConfig(_Model):
     host: str = "localhost"
-    port: int = Field(default=25, ge=1, le=65535)
+    port: SInt = Field(default=25, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "none"
     from_: str = Field(default="exchanged@localhost", alias="from")
     ca_file: str | None = None  # extra CA for starttls/tls (internal PKI); TLS is always verified
@@ -399,7 +405,7 @@ class SmtpConfig(_Model):
 class NotificationsConfig(_Model):
     email: str = ""
     smtp: SmtpConfig = SmtpConfig()
-    repeat_after_minutes: int = Field(default=240, ge=1)
+    repeat_after_minutes: SInt = Field(default=240, ge=1)
 
     _smtp_none = field_validator("smtp", mode="before")(_none_is_empty)
 
@@ -429,39 +435,39 @@ _NARROWABLE_BOOLS = (
 
 
 class SyncConfig(_Model):
-    appointments_export: bool = True
-    contacts_owned: bool = True
-    service_calls_export: bool = True
-    todos: bool = True
-    public_folder_all_contacts: bool = False
+    appointments_export: SBool = True
+    contacts_owned: SBool = True
+    service_calls_export: SBool = True
+    todos: SBool = True
+    public_folder_all_contacts: SBool = False
     import_appointments: ImportMode = "all_details"
-    import_free_time: bool = True
-    past_days: int = Field(default=7, ge=1, le=30)
-    recurring_future_days: int = Field(default=30, ge=1, le=30)
+    import_free_time: SBool = True
+    past_days: SInt = Field(default=7, ge=1, le=30)
+    recurring_future_days: SInt = Field(default=30, ge=1, le=30)
     category: str = Field(default="PSA", min_length=1)
-    max_concurrent_users: int = Field(default=8, ge=1)
-    max_deletes_per_cycle: int = Field(default=25, ge=0)
+    max_concurrent_users: SInt = Field(default=8, ge=1)
+    max_deletes_per_cycle: SInt = Field(default=25, ge=0)
     skip_show_as: tuple[ShowAs, ...] = ()
-    skip_private: bool = False
-    skip_all_day: bool = False
+    skip_private: SBool = False
+    skip_all_day: SBool = False
     skip_categories: tuple[str, ...] = ()
 
 
 class UserSettings(_Model):
     """Per-user narrowing of the global ``sync`` section (None: as globally)."""
 
-    appointments_export: bool | None = None
-    contacts_owned: bool | None = None
-    service_calls_export: bool | None = None
-    todos: bool | None = None
+    appointments_export: SBool | None = None
+    contacts_owned: SBool | None = None
+    service_calls_export: SBool | None = None
+    todos: SBool | None = None
     import_appointments: ImportMode | None = None
-    import_free_time: bool | None = None
+    import_free_time: SBool | None = None
 
 
 class UserConfig(_Model):
     mailbox: str
     psa_resource: str = Field(min_length=1)
-    enabled: bool = True
+    enabled: SBool = True
     settings: UserSettings = UserSettings()
     # only with credentials.use_for_all_users: false (each user logs in as itself)
     username: str | None = None
@@ -522,7 +528,7 @@ class AutotaskPsaConfig(_Model):
     integration_code_file: str | None = None
     integration_code: SecretStr = Field(default=None, validate_default=False)  # type: ignore[assignment]
     zone_lookup_url: str = "https://webservices.autotask.net/ATServicesRest/"
-    requests_per_hour: int = Field(default=3000, ge=1, le=10000)
+    requests_per_hour: SInt = Field(default=3000, ge=1, le=10000)
     ca_bundle: str | None = None
 
     _check_secret = field_validator("secret", "integration_code", mode="before")(_secret_not_number)
@@ -587,10 +593,10 @@ class LoggingConfig(_Model):
 
 
 class Config(_Model):
-    enabled: bool = True
+    enabled: SBool = True
     profile_name: str = Field(min_length=1)
     server: ServerConfig
-    sync_interval_minutes: int = Field(ge=10)
+    sync_interval_minutes: SInt = Field(ge=10)
     credentials: CredentialsConfig
     notifications: NotificationsConfig = NotificationsConfig()
     sync: SyncConfig = SyncConfig()

@@ -74,6 +74,9 @@ def test_example_file_is_valid_and_documents_every_key(tmp_path: Path) -> None:
     [
         ("sync:\n  past_days: 0\n", "sync.past_days", 14, ">= 1"),
         ("sync:\n  past_days: 31\n", "sync.past_days", 14, "<= 30"),
+        ("sync:\n  past_days: '7'\n", "sync.past_days", 14, "whole number (got '7')"),
+        ("sync:\n  todos: 'yes'\n", "sync.todos", 14, "true or false"),
+        ("sync:\n  max_deletes_per_cycle: true\n", "sync.max_deletes_per_cycle", 14, "whole number"),
         ("sync:\n  recurring_future_days: 0\n", "sync.recurring_future_days", 14, ">= 1"),
         ("sync:\n  recurring_future_days: 45\n", "sync.recurring_future_days", 14, "<= 30"),
         ("sync:\n  max_concurrent_users: 0\n", "sync.max_concurrent_users", 14, ">= 1"),

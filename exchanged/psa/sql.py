@@ -197,7 +197,7 @@ def _show_as(value: Any) -> ShowAs:
         return ShowAs.BUSY  # NULL or a value Exchange does not know: busy, as a PSA entry is
 
 
-def _span(start: datetime | None, end: datetime | None, table: str) -> None:
+def _span(start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and end < start:
         raise BadRow(f"end_time {end.isoformat()} is before start_time {start.isoformat()}")
 
@@ -224,7 +224,7 @@ def _appointment(row: tuple[Any, ...]) -> PsaRecord:
     kind = Kind.IMPORTED if imported else Kind.APPOINTMENT
     start_t = _time(start, "start_time", required=True)
     end_t = _time(end, "end_time", required=True)
-    _span(start_t, end_t, "appointments")
+    _span(start_t, end_t)
     assert start_t is not None and end_t is not None
     if imported and not uid:
         raise BadRow("an imported row (origin exchange) has no exchange_uid")
@@ -239,7 +239,7 @@ def _service_call(row: tuple[Any, ...]) -> PsaRecord:
     rid, company, description, start, end, modified = row
     start_t = _time(start, "start_time", required=True)
     end_t = _time(end, "end_time", required=True)
-    _span(start_t, end_t, "service_calls")
+    _span(start_t, end_t)
     assert start_t is not None and end_t is not None
     body = _text(description, "description")
     parts = ["Service call", _text(company, "companies.name").strip(), _first_line(body)]
@@ -253,7 +253,7 @@ def _todo(row: tuple[Any, ...]) -> PsaRecord:
     rid, action_type, description, start, end, completed, modified = row
     start_t = _time(start, "start_time")
     due = _time(end, "end_time")
-    _span(start_t, due, "todos")
+    _span(start_t, due)
     body = _text(description, "description")
     subject = _text(action_type, "action_type").strip() or _first_line(body) or "To-do"
     payload = Task(subject=subject, body=body, start=start_t, due=due,
@@ -354,7 +354,7 @@ class SqlPsa:
             return []
         reads: list[_Read] = await self._run(lambda tx: self._load(tx, rid, kinds, window))
         records = [r for read in reads for r in read.records]
-        self._report([p for read in reads for p in read.problems])
+        self._report([p for read in reads for p in read.problems if split_psa_key(p.key)[0] in kinds])
         return [r for r in records if r.kind in kinds and _in_window(r, window)]
 
     def _load(self, tx: Tx, rid: int, kinds: frozenset[Kind], window: Window) -> list[_Read]:

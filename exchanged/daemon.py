@@ -28,10 +28,12 @@ cancelled, the adapters are closed (state flushed), exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -58,6 +60,7 @@ GRACE_S = 8.0  # SIGTERM: running cycles get this long, so that the whole stop s
 CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most this long
 STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
+LEASE_TTL_S = 300.0  # a dead node's users are taken over after this; renewed every third of it
 
 # Test hooks (honoured only with the in-memory adapters, never in production):
 TEST_ADAPTERS_ENV = "EXCHANGED_TEST_ADAPTERS"  # "memory": in-memory fakes instead of real adapters
@@ -172,6 +175,10 @@ async def open_adapters(cfg: Config) -> Adapters:
         await _close_quietly(psa_conn, "psa")
         await _close_quietly(state, "state")
         raise
+    if os.environ.get("EXCHANGED_TEST_CRASH_AFTER"):  # tests only: exchanged/testing/crash.py
+        from exchanged.testing import crash
+
+        account, psa_conn, state = crash.wrap(account, psa_conn, state, crash.counter_from_env())
     return Adapters(account, psa_conn, state)
 
 
@@ -483,6 +490,8 @@ class Daemon:
         self._pending: Config | None = None  # valid config waiting for running cycles to end
         self._applied: trio.Event | None = None  # set when the deferred reload is done
         self._status_changed = trio.Event()
+        # leases (PostgreSQL state) are per process: a restarted node waits out its old leases' TTL
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -650,6 +659,48 @@ class Daemon:
     # --- cycles ----------------------------------------------------------------------------------------
 
     async def _cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
+        """One cycle under this node's lease on the user (PostgreSQL state: several nodes share users)."""
+        assert self.adapters is not None
+        state = self.adapters.state
+        try:
+            granted = await state.try_lease(mailbox, self.node_id, LEASE_TTL_S)
+        except Exception as exc:  # the cycle itself meets (and reports) a failing state store
+            log.warning("cannot take the lease", mailbox=mailbox, error=present(exc).line())
+            granted = True
+        if not granted:
+            log.info("cycle skipped: another node holds this user's lease", mailbox=mailbox,
+                     node=self.node_id)
+            return CycleOutcome(result="skipped", error="another exchanged node is syncing this user")
+        lost = False
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def renew() -> None:
+                    nonlocal lost
+                    while True:
+                        await trio.sleep(LEASE_TTL_S / 3)
+                        with contextlib.suppress(Exception):  # a hiccup: the TTL leaves room to retry
+                            if not await state.try_lease(mailbox, self.node_id, LEASE_TTL_S):
+                                lost = True
+                                nursery.cancel_scope.cancel()
+                                return
+
+                nursery.start_soon(renew)
+                outcome = await self._run_cycle(mailbox, request, progress)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await state.release_lease(mailbox, self.node_id)
+                except Exception as exc:
+                    log.warning("cannot release the lease", mailbox=mailbox, error=present(exc).line())
+        if lost:
+            log.error("cycle stopped: another node took over this user's lease", mailbox=mailbox)
+            return CycleOutcome(result="error", reason="lease_lost",
+                                error=f"{mailbox}: another exchanged node took over this user mid-cycle")
+        return outcome
+
+    async def _run_cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
         cfg = self.cfg
         user = cfg.user(mailbox)
         cycle_id = uuid.uuid4().hex[:12]

@@ -302,3 +302,28 @@ async def test_control_refusals(
     bob = rows[BOB]
     assert bob["state"] == "syncing" or (bob["state"] == "paused" and bob["next_run"] is None)
     assert (await running.resume(None))["global"] is True
+
+
+async def test_user_leased_by_another_node_is_skipped(env: Env, autojump_clock: trio.testing.MockClock) -> None:
+    assert await env.state.try_lease(ALICE, "other-node", 1e9)
+    async with started(env.daemon()) as d:
+        out = await d.sync([ALICE], full=False, wait=True, allow_deletes=False)
+        assert out["results"][ALICE]["result"] == "skipped" and out["ok"] is True
+        assert env.runner.of(ALICE) == []
+        row = next(u for u in await d.users() if u["mailbox"] == ALICE)
+        assert row["state"] == "idle" and row["last_attempt"] is None
+        await env.state.release_lease(ALICE, "other-node")
+        out = await d.sync([ALICE], full=False, wait=True, allow_deletes=False)
+        assert out["results"][ALICE]["result"] == "ok" and len(env.runner.of(ALICE)) == 1
+        assert ALICE not in env.state.leases  # released after the cycle
+
+
+async def test_lease_lost_mid_cycle_stops_the_cycle(env: Env, autojump_clock: trio.testing.MockClock) -> None:
+    env.runner.gates[ALICE] = trio.Event()  # alice's first cycle hangs until the lease is gone
+    async with started(env.daemon()) as d:
+        await wait_for(lambda: d.scheduler.running == 1)
+        env.state.leases[ALICE] = ("thief", 1e12)  # another node took it (e.g. after a network split)
+        await wait_for(lambda: d.scheduler.snapshot()[ALICE].last_outcome is not None)
+        outcome = d.scheduler.snapshot()[ALICE].last_outcome
+        assert outcome is not None and outcome.result == "error" and outcome.reason == "lease_lost"
+        assert env.state.leases[ALICE][0] == "thief"  # never released on the thief's behalf

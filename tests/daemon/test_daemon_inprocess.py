@@ -304,7 +304,9 @@ async def test_control_refusals(
     assert (await running.resume(None))["global"] is True
 
 
-async def test_user_leased_by_another_node_is_skipped(env: Env, autojump_clock: trio.testing.MockClock) -> None:
+async def test_user_leased_by_another_node_is_skipped(
+    env: Env, autojump_clock: trio.testing.MockClock
+) -> None:
     assert await env.state.try_lease(ALICE, "other-node", 1e9)
     async with started(env.daemon()) as d:
         out = await d.sync([ALICE], full=False, wait=True, allow_deletes=False)

@@ -149,6 +149,7 @@ class DaemonEnv:
     hooks: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     memory: bool = True  # False: the real adapters the config names (EWS, sql PSA, SQLite state)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -213,6 +214,7 @@ class DaemonEnv:
             env.pop("EXCHANGED_TEST_ADAPTERS", None)
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
+        env.update(self.extra_env)
         return env
 
     def start(self) -> subprocess.Popen[bytes]:

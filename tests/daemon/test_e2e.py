@@ -258,3 +258,18 @@ def test_exchangectl_status_and_reload(daemon_env: DaemonEnv) -> None:
     assert ctl("reload").returncode == 1
     assert daemon_env.stop() == 0
     assert ctl("status").returncode == 3
+
+
+def test_watchdog_pings_when_systemd_asks(daemon_env: DaemonEnv) -> None:
+    daemon_env.extra_env = {"WATCHDOG_USEC": "200000"}  # WatchdogSec=0.2s: a ping every 0.1 s
+    ready = daemon_env.start_ready()
+    first = daemon_env.notify.wait_for("WATCHDOG=1")
+    daemon_env.notify.wait_for("WATCHDOG=1", after=max(first, ready) + 1)  # and it keeps pinging
+    assert daemon_env.stop() == 0
+
+
+def test_no_watchdog_pings_without_watchdog_usec(daemon_env: DaemonEnv) -> None:
+    daemon_env.start_ready()
+    daemon_env.rpc("sync", mailboxes=[ALICE], wait=True)  # some activity; the loop is alive
+    assert daemon_env.stop() == 0
+    assert not [m for m in daemon_env.notify.poll() if m.startswith("WATCHDOG=1")]

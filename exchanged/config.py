@@ -733,14 +733,17 @@ class _LineMap:
     def __init__(self, root: yaml.Node | None) -> None:
         self.lines: dict[PathT, int] = {}
         self.duplicates: list[tuple[PathT, int, int]] = []  # path, line, first line
+        self._seen: set[int] = set()
         if root is not None:
             self.lines[()] = root.start_mark.line + 1
-            self._walk(root, (), set())
+            self._walk(root, ())
 
-    def _walk(self, node: yaml.Node, path: PathT, seen: set[int]) -> None:
-        if id(node) in seen:  # an alias to an enclosing node: recursive documents end here
+    def _walk(self, node: yaml.Node, path: PathT) -> None:
+        # each node is walked once: an alias (even a recursive one, or a "billion laughs" of
+        # aliases of aliases) keeps the line of the place that refers to it, not of its insides
+        if id(node) in self._seen:
             return
-        seen = seen | {id(node)}
+        self._seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             firsts: dict[str, int] = {}
             for key_node, value_node in node.value:
@@ -754,12 +757,12 @@ class _LineMap:
                 else:
                     firsts[key] = line
                     self.lines[child] = line
-                self._walk(value_node, child, seen)
+                self._walk(value_node, child)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 child = (*path, index)
                 self.lines[child] = item.start_mark.line + 1
-                self._walk(item, child, seen)
+                self._walk(item, child)
 
     def line(self, path: PathT) -> int | None:
         """The line of ``path``, or of its nearest ancestor that is written in the file."""
@@ -1107,7 +1110,9 @@ def parse_config(text: str, name: str = "<config>", *, credentials_dir: str | No
         data, lines = _parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigInvalid([_yaml_problem(exc)], name) from None
-    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+    except RecursionError:
+        raise _invalid(name, "not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:
         # PyYAML's constructor can fail on odd scalars (e.g. 2001-02-30) outside YAMLError
         raise _invalid(name, f"not valid YAML: a value cannot be read ({exc})") from None
     if data is None:

@@ -68,3 +68,17 @@ def test_mutated_valid_document(mutation: tuple[str, str]) -> None:
 def test_recursive_aliases() -> None:
     for text in ("a: &x [*x]\n", "users: &u [*u]\n", "server: &s {address: *s}\n", "&r {users: [*r]}\n"):
         _check(text)
+
+
+def test_alias_bomb_is_cheap() -> None:
+    """A "billion laughs" of aliases must not be walked out: each YAML node is looked at once."""
+    levels = ["a0: &a0 [" + ", ".join(["x"] * 10) + "]"]
+    for i in range(1, 12):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    text = "\n".join(levels) + "\nsync:\n  skip_categories: *a11\n"
+    _check(text)
+
+
+def test_deep_nesting() -> None:
+    _check("x: " + "[" * 5000 + "]" * 5000)
+    _check("users: " + "[" * 800 + "]" * 800)

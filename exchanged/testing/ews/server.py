@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +34,7 @@ log = logging.getLogger("exchanged.testing.ews")
 
 EWS_PATH = "/EWS/Exchange.asmx"
 THROTTLE_STYLES = ("fault", "message")
+REQUEST_LOG_MAX = 10_000
 DEFAULT_PASSWORD = "SECRET"
 
 
@@ -50,6 +51,8 @@ class Faults:
     # "fault": HTTP 500 SOAP fault (Exchange's usual way); "message": HTTP 200 with ErrorServerBusy
     # inside the operation's response message (seen from real servers too).
     throttle_style: str = "fault"
+    # "": the *_next switches hit any request; "CreateItem,DeleteItem": only these operations
+    only_ops: str = ""
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -60,6 +63,11 @@ class Faults:
                     raise ValueError(
                         f"fault switch 'throttle_style' must be one of {THROTTLE_STYLES}, got {value!r}"
                     )
+                setattr(self, key, value)
+                continue
+            if key == "only_ops":
+                if not isinstance(value, str):
+                    raise ValueError(f"fault switch 'only_ops' must be a string of operations, got {value!r}")
                 setattr(self, key, value)
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -76,6 +84,8 @@ class Stats:
     throttled: int = 0
     failed: int = 0
     dropped: int = 0
+    # arrival time (time.time()), operation and fault of the latest requests: back-off checks
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_MAX))
 
 
 def _load_or_create_tls(state_dir: Path) -> tuple[Path, Path]:
@@ -253,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_ews_counted(self, user: str, body: bytes) -> None:
         app = self.server.app
-        action = app.take_fault()
+        action = app.take_fault(Dispatcher.operation_name(body))
         if action.latency_ms:
             time.sleep(action.latency_ms / 1000)
         if action.kind == "throttle":
@@ -397,6 +407,7 @@ class EwsTestServer:
                 "failed": self._stats.failed,
                 "dropped": self._stats.dropped,
                 "max_concurrent": self._stats.max_concurrent,
+                "log": list(self._stats.log),
             }
 
     def reset_stats(self) -> None:
@@ -453,11 +464,14 @@ class EwsTestServer:
         with self._lock:
             self._stats.requests[operation] += 1
 
-    def take_fault(self) -> _FaultAction:
+    def take_fault(self, operation: str = "") -> _FaultAction:
         with self._lock:
             f = self._faults
             action = _FaultAction(latency_ms=f.latency_ms)
-            if f.throttle_next > 0:
+            targeted = not f.only_ops or operation in f.only_ops.split(",")
+            if not targeted:
+                pass
+            elif f.throttle_next > 0:
                 f.throttle_next -= 1
                 self._stats.throttled += 1
                 action.kind, action.back_off_ms, action.style = "throttle", f.back_off_ms, f.throttle_style
@@ -469,6 +483,7 @@ class EwsTestServer:
                 f.drop_next -= 1
                 self._stats.dropped += 1
                 action.kind = "drop"
+            self._stats.log.append({"t": time.time(), "op": operation, "fault": action.kind})
             return action
 
     def _ntlm_user_table(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
+import trio.lowlevel
 import trio.testing
 import trustme
 
@@ -326,3 +327,29 @@ def test_sink_standalone(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class HangingMailer:
+    """An SMTP server that never answers, as a Mailer: send() waits until cancelled."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, to: object, subject: str, body: str) -> None:
+        self.calls += 1
+        await trio.sleep_forever()
+
+
+async def test_a_hanging_smtp_server_never_blocks_the_caller(autojump_clock: trio.testing.MockClock) -> None:
+    mailer = HangingMailer()
+    notifier = Notifier(mailer, OPS, "P", 240, queue_size=4, hostname="h")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(notifier.serve)
+        for i in range(10):  # ten cycles report ten distinct errors while the first mail hangs
+            notifier.error(f"reason{i}:*", DOWN)
+            await trio.lowlevel.checkpoint()
+        assert mailer.calls == 1
+        stats = notifier.statistics()
+        assert stats.dropped == 10 - 1 - 4  # one being sent, four queued, the rest dropped
+        assert notifier.open_errors() == {f"reason{i}:*": 1 for i in range(10)}
+        nursery.cancel_scope.cancel()

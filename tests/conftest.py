@@ -34,7 +34,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_local_postgres() -> tuple[str, subprocess.CompletedProcess[str] | None, Path, list[str], str]:
+def _start_local_postgres() -> tuple[str, Path, list[str], str]:
+    """Start a throw-away server; returns (url, temp dir, command prefix to run as its owner, bin dir)."""
     initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdbs:
         pytest.skip(f"no PostgreSQL: set {PG_ENV} or install the postgresql package")
@@ -67,7 +68,7 @@ def _start_local_postgres() -> tuple[str, subprocess.CompletedProcess[str] | Non
         log = (tmp / "server.log").read_text(errors="replace")[-500:] if (tmp / "server.log").exists() else ""
         shutil.rmtree(tmp, ignore_errors=True)
         pytest.skip(f"pg_ctl start failed: {start.stderr.strip()[:300]} {log}")
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres", start, tmp, as_user, bindir
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", tmp, as_user, bindir
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +78,7 @@ def pg_server() -> Iterator[str]:
     if given:
         yield given
         return
-    url, _, tmp, as_user, bindir = _start_local_postgres()
+    url, tmp, as_user, bindir = _start_local_postgres()
     try:
         yield url
     finally:

@@ -789,7 +789,8 @@ class Daemon:
             for warning in new.warnings:
                 log.warning("config warning", warning=warning)
             self._warn_restart_only(new)
-            if self.scheduler.running > 0:
+            if self.scheduler.running > 0 or self._applied is not None:
+                # cycles run, or an earlier reload already waits for them: the newest file wins
                 return self._defer(new)
             return await self._apply(new)
 
@@ -927,7 +928,7 @@ class Daemon:
         snap = self.scheduler.snapshot()
         syncing = sum(1 for r in snap.values() if r.state == "syncing")
         errors_ = sum(1 for r in snap.values() if r.state == "error")
-        parts = [f"{len(snap)} users", f"{syncing} syncing"]
+        parts = [f"{len(snap)} user{'' if len(snap) == 1 else 's'}", f"{syncing} syncing"]
         if errors_:
             parts.append(f"{errors_} failing")
         if self.scheduler.paused:

@@ -248,6 +248,8 @@ async def test_deferred_reload_holds_new_cycles_until_running_ones_end(
         await trio.sleep(1000)
         assert env.runner.of(BOB) == [] and running.generation == 1
         assert (await running.status())["config"]["last_reload"]["result"] == "deferred"
+        env.write(sync_interval_minutes=12)  # a second reload while the first waits: the newest wins
+        assert (await running.reload(wait=False))["result"] == "deferred"
         outcome: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
 
@@ -257,7 +259,8 @@ async def test_deferred_reload_holds_new_cycles_until_running_ones_end(
             nursery.start_soon(waiter)
             await trio.sleep(1)
             env.runner.gates[ALICE].set()
-        assert outcome["result"] == "applied" and running.generation >= 2
+        assert outcome["result"] == "applied" and running.generation == 2  # applied once
+        assert running.scheduler.interval_s == 720 and CAROL in running.scheduler.mailboxes()
         await wait_for(lambda: env.runner.of(BOB) and env.runner.of(CAROL))
 
 

@@ -1171,7 +1171,7 @@ def cli_check_config(args: Any) -> int:
     if getattr(args, "connect", False):
         checks, status = _connect(cfg)
     if as_json:
-        _print_json(source, status == 0, [], list(cfg.warnings), checks, cfg)
+        _print_json(source, True, [], list(cfg.warnings), checks, cfg)
     else:
         for warning in cfg.warnings:
             print(f"warning: {source}: {warning}")
@@ -1237,8 +1237,9 @@ def _print_json(
     if cfg is not None:
         doc["users"] = len(cfg.users)
         doc["enabled_users"] = len(cfg.enabled_users())
-    if checks is not None:
+    if checks is not None:  # the file is valid either way; the exit code says whether connecting worked
         doc["connect"] = checks
+        doc["connect_ok"] = all(c["result"] != "failed" for c in checks)
     print(json.dumps(doc, indent=2))
 
 

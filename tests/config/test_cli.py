@@ -87,6 +87,10 @@ def test_connect_not_available_is_clear(tmp_path: Path) -> None:
         # the EWS adapter exists: nothing listens on port 1, so the check fails, clearly
         assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
         assert "connect FAILED:" in done.stdout and "failed" in done.stdout
+        done = run("--config", str(path), "--connect", "--json")
+        doc = json.loads(done.stdout)
+        assert done.returncode == 1 and doc["valid"] is True and doc["connect_ok"] is False
+        assert any(c["result"] == "failed" for c in doc["connect"])
     else:
         assert done.returncode == 1
         assert "--connect: not available yet" in done.stdout

@@ -292,3 +292,22 @@ async def test_an_older_schema_is_migrated_and_keeps_its_data(tmp_path: Path,
     with sqlite3.connect(tmp_path / "state.db") as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
         assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (0,)
+
+
+@pytest.mark.postgres
+async def test_nodes_racing_for_a_free_lease_get_exactly_one_winner(pg_url: str) -> None:
+    nodes = [await open_state_store(pg_url) for _ in range(6)]
+    won: list[str] = []
+
+    async def attempt(i: int) -> None:
+        if await nodes[i].try_lease(BOX, f"node-{i}", 60):
+            won.append(f"node-{i}")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(len(nodes)):
+                nursery.start_soon(attempt, i)
+        assert len(won) == 1, won
+    finally:
+        for node in nodes:
+            await node.aclose()

@@ -282,7 +282,20 @@ class SyncRunner:
             items.extend(await self._occurrences(target.name, mailbox, state.folders[FolderKind.CALENDAR],
                                                  win, FolderKind.CALENDAR in changed))
         records = await self._retry(lambda: target.load(win))
+        if not records and target.resource is not None:
+            await self._check_resource(target)
         return _View(state, win, items, records, frozenset(suspect))
+
+    async def _check_resource(self, target: _Target) -> None:
+        """An empty PSA answer is cheap to explain: a resource that does not exist (a typo in
+        ``users[].psa_resource``) is an error, not a user with nothing to sync."""
+        assert target.resource is not None
+        resource = await self._retry(lambda: self.psa.resource(target.resource or ""))
+        if resource is None:
+            raise errors.PsaError(
+                f"{target.name}: PSA resource {target.resource!r} does not exist",
+                hint="check users[].psa_resource of this mailbox against the PSA's resources",
+                mailbox=target.name)
 
     async def _sync_folder(self, name: str, mailbox: ExchangeMailbox, fs: FolderState, folder: FolderKind,
                            *, restart: bool, commit: bool) -> bool:

@@ -322,3 +322,11 @@ async def test_exchange_move_into_the_past_flows_back_then_leaves_the_window() -
     assert row.payload.start == past  # followed, not deleted
     assert w.state.mappings(MAILBOX) == {}
     await w.assert_converged()
+
+
+async def test_unknown_psa_resource_is_a_clear_error() -> None:
+    w = World()
+    w.psa.resources.clear()
+    out = await w.cycle()
+    assert out.result == "error" and "PSA resource '29682885' does not exist" in (out.error or "")
+    assert "users[].psa_resource" in (out.error or "")

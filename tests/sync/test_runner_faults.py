@@ -327,3 +327,15 @@ async def test_an_adapter_answering_too_few_results_is_an_item_error_not_a_crash
     out = await w.cycle()  # the third was created after all: adopted, not duplicated
     assert out.result == "ok"
     await w.assert_converged()
+
+
+async def test_an_unexpected_adapter_exception_is_an_error_outcome_not_a_crash() -> None:
+    w = World()
+    w.psa.add(Kind.APPOINTMENT, appt("a"), [RESOURCE])
+    w.exchange.fault("CreateItem", exc=ValueError("adapter bug"))
+    out = await w.cycle()
+    assert out.result == "error" and out.reason == "internal_error"
+    assert "ValueError: adapter bug" in (out.error or "")
+    out = await w.cycle()
+    assert out.result == "ok"
+    await w.assert_converged()

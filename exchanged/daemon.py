@@ -1119,8 +1119,12 @@ def _configure_logging(cfg: Config) -> None:
     from exchanged.logs import configure_logging
 
     fmt = cfg.logging.format
-    if fmt == "journal" and not os.path.exists("/run/systemd/journal/socket"):
-        fmt = "json"  # no journald here (a container, a test): keep the structure on stderr
+    if fmt == "journal":
+        under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+        if not os.path.exists("/run/systemd/journal/socket"):
+            fmt = "json"  # no journald here (a container, a test): keep the structure on stderr
+        elif not under_systemd and sys.stderr.isatty():
+            fmt = "console"  # run by hand in a terminal: show the operator what happens
     configure_logging(fmt, cfg.logging.level)
 
 

@@ -178,7 +178,9 @@ async def open_adapters(cfg: Config) -> Adapters:
     if os.environ.get("EXCHANGED_TEST_CRASH_AFTER"):  # tests only: exchanged/testing/crash.py
         from exchanged.testing import crash
 
-        account, psa_conn, state = crash.wrap(account, psa_conn, state, crash.counter_from_env())
+        counter = crash.counter_from_env()
+        if counter is not None:
+            account, psa_conn, state = crash.wrap(account, psa_conn, state, counter)
     return Adapters(account, psa_conn, state)
 
 

@@ -1,0 +1,298 @@
+"""The real stack for the reliability tests: the daemon process (``python -m exchanged run``), the EWS
+test server in this process (TLS), the sql PSA in SQLite, the SQLite state store, an SMTP sink.
+
+A *data set* is a directory holding ``ews/`` (the EWS server's state), ``psa.db`` and ``state.db``;
+:func:`copy_data` clones one so that every crash point starts from the same bytes. A *session* is
+one daemon lifetime: start, the scheduled first cycle of each user, optionally a manual (full)
+cycle, SIGTERM. Every session counts its side effects (``exchanged.testing.crash``) into its own
+step log, which is how the tests know when a cycle ended and what step k was.
+
+Waiting polls with a generous deadline that only guards against hangs; nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from exchanged.model import FolderKind
+from exchanged.testing.crash import CRASH_AFTER_ENV, CRASH_LOG_ENV, read_log
+from exchanged.testing.ews import EwsTestServer
+from tests.daemon.harness import HANG_GUARD_S, DaemonEnv, NotifySocket, SmtpSink, rpc, wait_until
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+SVC, PASSWORD = "svc-exsync@example.test", "Ews-Pa55word-7f3k"  # distinctive: grepped for in the output
+EWS_WRITES = ("CreateItem", "UpdateItem", "DeleteItem", "SendItem", "MoveItem", "CopyItem")
+LONG = os.environ.get("EXCHANGED_LONG", "") not in ("", "0")
+SESSION_GUARD_S = 120.0  # hang guard for one daemon lifetime; never asserted
+
+
+def ews_server(data: Path) -> EwsTestServer:
+    return EwsTestServer(state_dir=str(data / "ews"), mailboxes=[ALICE, BOB],
+                         service_accounts={SVC: PASSWORD})
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    """Clone a data set (the EWS server of ``src`` must be stopped)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src / "ews", dst / "ews", dirs_exist_ok=True)
+    for f in src.iterdir():
+        if f.name.startswith(("psa.db", "state.db")):
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def ews_writes(server: EwsTestServer) -> int:
+    reqs = server.stats()["requests"]
+    return sum(reqs.get(op, 0) for op in EWS_WRITES)
+
+
+@dataclass
+class StackEnv(DaemonEnv):
+    """``DaemonEnv`` over the real adapters, with the step counter of ``exchanged.testing.crash``."""
+
+    crash_after: int = 0
+    step_log: Path = field(default_factory=lambda: Path("/nonexistent"))
+    env_extra: dict[str, str] = field(default_factory=dict)
+    marks: list[int] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env[CRASH_AFTER_ENV] = str(self.crash_after)
+        env[CRASH_LOG_ENV] = str(self.step_log)
+        env.update(self.env_extra)
+        return env
+
+    def steps(self) -> list[tuple[int, str, str]]:
+        return read_log(self.step_log)
+
+    def outcomes(self) -> int:
+        return sum(1 for _, what, _ in self.steps() if what == "state.record_outcome")
+
+    def died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+
+def make_env(data: Path, server: EwsTestServer, smtp: SmtpSink, name: str, *,
+             users: list[dict[str, Any]] | None = None, crash_after: int = 0, **extra: Any) -> StackEnv:
+    """A daemon environment on data set ``data`` (its own run directory ``data/name``)."""
+    run = data / name
+    run.mkdir(parents=True, exist_ok=True)
+    pw = run / "ews-password"
+    pw.write_text(PASSWORD + "\n")
+    pw.chmod(0o600)
+    env = StackEnv(base=run, smtp=smtp, notify=NotifySocket(run / "n.sock"), memory=False,
+                   crash_after=crash_after, step_log=run / "steps.log")
+    env.users = users or [{"mailbox": ALICE, "psa_resource": "1"}]
+    env.extra = {
+        "server": {"address": "localhost", "port": server.port, "version": "Exchange2016",
+                   "ca_bundle": server.ca_file},
+        "credentials": {"username": SVC, "password_file": str(pw)},
+        "psa": {"connector": "sql", "url": f"sqlite:///{data / 'psa.db'}"},
+        "state": {"url": f"sqlite:///{data / 'state.db'}"},
+        "sync_interval_minutes": 600,  # only the first user's scheduled cycle and the manual ones run
+        "sync": {"max_concurrent_users": 1},  # one cycle at a time: the steps are numbered alike every run
+        **extra,
+    }
+    env.write_config()
+    return env
+
+
+def session(env: StackEnv, manual: list[tuple[list[str], bool]] = (), scheduled: int = 1  # type: ignore[assignment]
+            ) -> int:
+    """One daemon lifetime: wait for ``scheduled`` scheduled cycles (the first user runs at start,
+    the others only after half the interval), then each manual cycle ``(mailboxes, full)`` in turn
+    (``sync --wait``), then SIGTERM. ``env.marks`` gets the step count before each manual cycle.
+    Returns the exit code (137: the step counter crashed it)."""
+    env.start()
+    env.marks = []
+    try:
+        wait_until(lambda: env.died() or env.outcomes() >= scheduled, "the first cycles", SESSION_GUARD_S)
+        for mailboxes, full in manual:
+            if env.died():
+                break
+            env.marks.append(len(env.steps()))
+            try:
+                rpc(env.socket_path, "sync", {"mailboxes": mailboxes, "full": full, "wait": True},
+                    timeout=SESSION_GUARD_S)
+            except Exception:  # the daemon died mid-call (the crash under test)
+                wait_until(env.died, "the daemon's exit after a broken control answer")
+        if not env.died():
+            env.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert env.proc is not None
+        return env.proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        env.kill()
+        env.notify.close()
+
+
+def writes_after(env: StackEnv, mark: int) -> list[str]:
+    """The Exchange and PSA writes after step ``mark`` (state bookkeeping left out)."""
+    return [f"{what} {detail}" for k, what, detail in env.steps()
+            if k > mark and not what.startswith("state.")]
+
+
+# --- reading both sides --------------------------------------------------------------------------
+
+
+def exchange_snapshot(server: EwsTestServer,
+                      mailboxes: tuple[str, ...] = (ALICE, BOB)) -> Counter[tuple[Any, ...]]:
+    """Every item of the synced folders (read through the adapter, i.e. exchangelib), as a multiset
+    of (mailbox, folder, psa key, payload)."""
+    from exchanged.exchange import EwsAccount, ExchangeSettings
+
+    settings = ExchangeSettings(address="localhost", port=server.port, ca_bundle=server.ca_file,
+                                username=SVC, password=PASSWORD, version="Exchange2016",
+                                enabled_mailboxes=mailboxes)
+
+    async def read() -> Counter[tuple[Any, ...]]:
+        account = EwsAccount(settings)
+        out: Counter[tuple[Any, ...]] = Counter()
+        try:
+            for mailbox in mailboxes:
+                mb = account.mailbox(mailbox)
+                for folder in (FolderKind.CALENDAR, FolderKind.TASKS, FolderKind.CONTACTS):
+                    async for page in mb.changes(folder, None):
+                        for item in page.upserted:
+                            out[(mailbox, folder.value, item.psa_key, repr(item.payload))] += 1
+        finally:
+            await account.aclose()
+        return out
+
+    return trio.run(read)
+
+
+def duplicates(snapshot: Counter[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Items that exist twice: the same PSA key twice in one folder, or two identical foreign items."""
+    keys: Counter[tuple[Any, ...]] = Counter()
+    for (mailbox, folder, key, payload), n in snapshot.items():
+        keys[(mailbox, folder, key or payload)] += n
+    return [k for k, n in keys.items() if n > 1]
+
+
+def psa_snapshot(data: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every PSA table, rows sorted; ``last_modified`` left out, and the ids of imported rows (the
+    only rows whose id a run picks)."""
+    con = sqlite3.connect(data / "psa.db")
+    try:
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in sorted(tables):
+            cur = con.execute(f"SELECT * FROM {table}")
+            cols = [d[0] for d in cur.description]
+            rows = []
+            for row in cur.fetchall():
+                rec = dict(zip(cols, row, strict=True))
+                rec.pop("last_modified", None)
+                if table == "appointments" and rec.get("origin") != "psa":
+                    rec.pop("id", None)
+                rows.append(tuple(sorted((k, str(v)) for k, v in rec.items())))
+            out[table] = sorted(rows)
+        return out
+    finally:
+        con.close()
+
+
+def psa_duplicates(data: Path) -> list[tuple[Any, ...]]:
+    """Imported appointments that exist twice (same Exchange UID)."""
+    con = sqlite3.connect(data / "psa.db")
+    try:
+        return con.execute("SELECT resource_id, exchange_uid, COUNT(*) FROM appointments "
+                           "WHERE exchange_uid IS NOT NULL GROUP BY resource_id, exchange_uid "
+                           "HAVING COUNT(*) > 1").fetchall()
+    finally:
+        con.close()
+
+
+def psa_execute(data: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    con = sqlite3.connect(data / "psa.db")
+    try:
+        with con:
+            for sql, params in statements:
+                con.execute(sql, params)
+    finally:
+        con.close()
+
+
+def ts(value: datetime) -> str:
+    """A time as the sql connector stores it in SQLite."""
+    from exchanged.psa.sql import ts_param
+    from exchanged.state.db import SQLITE
+
+    return str(ts_param(SQLITE, value))
+
+
+@contextmanager
+def running(data: Path) -> Iterator[EwsTestServer]:
+    server = ews_server(data)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def with_account(server: EwsTestServer, fn: Any, mailboxes: tuple[str, ...] = (ALICE,)) -> Any:
+    """Run ``await fn(account)`` with an adapter account on ``server`` (a user's own edits)."""
+    from exchanged.exchange import EwsAccount, ExchangeSettings
+
+    settings = ExchangeSettings(address="localhost", port=server.port, ca_bundle=server.ca_file,
+                                username=SVC, password=PASSWORD, version="Exchange2016",
+                                enabled_mailboxes=mailboxes)
+
+    async def run() -> Any:
+        account = EwsAccount(settings)
+        try:
+            return await fn(account)
+        finally:
+            await account.aclose()
+
+    return trio.run(run)
+
+
+def outlook_edits(server: EwsTestServer, *, create: list[tuple[str, datetime, datetime]] = (),  # type: ignore[assignment]
+                  retitle: dict[str, str] | None = None, delete: list[tuple[FolderKind, str]] = ()  # type: ignore[assignment]
+                  ) -> None:
+    """What a user does in Outlook: new appointments (no PSA key), a PSA item's subject changed,
+    PSA items deleted (found by their PSA key)."""
+    from exchangelib import CalendarItem
+
+    from exchanged.exchange import convert
+
+    async def edit(account: Any) -> None:
+        ews = account.ews_account(ALICE)
+        mb = account.mailbox(ALICE)
+
+        def make() -> None:
+            for subject, start, end in create:
+                CalendarItem(account=ews, folder=ews.calendar, subject=subject, start=convert.to_ews(start),
+                             end=convert.to_ews(end)).save(send_meeting_invitations="SendToNone")
+
+        await trio.to_thread.run_sync(make)
+        for key, subject in (retitle or {}).items():
+            folder = FolderKind.TASKS if key.startswith("todo:") else FolderKind.CALENDAR
+            found = (await mb.find_by_psa_keys(folder, [key]))[key]
+
+            def save(item_id: str = found.item_id, subject: str = subject) -> None:
+                item = next(iter(ews.fetch(ids=[(item_id, None)], only_fields=["subject"])))
+                item.subject = subject
+                kwargs = {"send_meeting_invitations": "SendToNone"} if isinstance(item, CalendarItem) else {}
+                item.save(update_fields=["subject"], **kwargs)
+
+            await trio.to_thread.run_sync(save)
+        for folder, key in delete:
+            found = (await mb.find_by_psa_keys(folder, [key]))[key]
+            await mb.delete(folder, [found.item_id])
+
+    with_account(server, edit)

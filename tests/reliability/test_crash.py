@@ -1,0 +1,213 @@
+"""Crash at every step (mbsync's method): the real daemon process over the EWS test server, the sql
+PSA in SQLite and the SQLite state store. Every side effect of a cycle is numbered (each EWS write,
+each PSA transaction, each state commit; ``exchanged.testing.crash``); for each k the daemon is
+killed (``os._exit(137)``, no cleanup) right after step k, restarted, and left to finish. The result
+must equal the uninterrupted run's on both sides, hold no item twice, and one more cycle must
+write nothing to Exchange or the PSA.
+
+Scenarios: a first export; an incremental cycle with creates, updates and deletes on both sides;
+a full resync (with edits pending). Quick set: the first and last step of each kind plus a few;
+``EXCHANGED_LONG=1``: every k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchanged.model import FolderKind
+from exchanged.psa.sample import seed_sample
+from exchanged.testing.crash import CRASH_EXIT
+from tests.daemon.harness import SmtpSink
+from tests.reliability.harness import (
+    ALICE,
+    BOB,
+    LONG,
+    copy_data,
+    duplicates,
+    ews_writes,
+    exchange_snapshot,
+    make_env,
+    outlook_edits,
+    psa_duplicates,
+    psa_execute,
+    psa_snapshot,
+    running,
+    session,
+    ts,
+    writes_after,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
+
+NOW = datetime.now(UTC).replace(microsecond=0, second=0, minute=0)
+DAY = NOW.replace(hour=0)
+
+
+@dataclass
+class Scenario:
+    name: str
+    data: Path  # the data set the cycle under test starts from
+    users: list[dict[str, str]]
+    full: bool  # the cycle under test is a manual full resync after the first (scheduled) cycle
+    reference: Path  # the uninterrupted run's result
+    want: Any  # its Exchange contents
+    steps: list[tuple[int, str, str]]  # the uninterrupted run's steps
+    first: int  # steps first..last belong to the cycle under test
+    last: int
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    yield sink
+    sink.stop()
+
+
+ALICE_ONLY = [{"mailbox": ALICE, "psa_resource": "1"}]
+# bob's scheduled cycle runs at start, alice's only after half the interval (never here): her full
+# resync is the first cycle of hers in the session, with her edits still to be synced
+BOB_THEN_ALICE = [{"mailbox": BOB, "psa_resource": "2"}, {"mailbox": ALICE, "psa_resource": "1"}]
+
+
+def _reference(name: str, data: Path, out: Path, smtp: SmtpSink, *, full: bool) -> Scenario:
+    """Run the cycle under test without interruption (then one more cycle that must write nothing)."""
+    ref = copy_data(data, out)
+    users = BOB_THEN_ALICE if full else ALICE_ONLY
+    with running(ref) as server:
+        env = make_env(ref, server, smtp, "ref", users=users)
+        manual = [([ALICE], True)] if full else []
+        assert session(env, [*manual, ([ALICE], False)]) == 0, env.stderr()
+        steps = env.steps()
+        ends = [k for k, what, _ in steps if what == "state.record_outcome"]
+        assert len(ends) == (3 if full else 2), steps
+        first = ends[0] + 2 if full else 1  # the full cycle starts after bob's lease release
+        last = ends[-2] + 1  # the lease release of the cycle under test
+        writes = [w for _, w, _ in steps if w.startswith("exchange.")]
+        assert ews_writes(server) == len(writes), (server.stats()["requests"], steps)
+        assert any(w.startswith(("exchange.", "psa.")) for k, w, _ in steps if first <= k <= last), steps
+        check = writes_after(env, env.marks[-1])
+        assert check == [], f"the extra cycle after the uninterrupted {name} wrote: {check}"
+        want = exchange_snapshot(server)
+    return Scenario(name, data, users, full, ref, want, steps, first, last)
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> dict[str, Scenario]:
+    root = tmp_path_factory.mktemp("crash")
+    seed = root / "seed"
+    seed.mkdir()
+    seed_sample(f"sqlite:///{seed / 'psa.db'}", NOW)
+    with running(seed):
+        pass  # the EWS server's mailboxes and CA
+    export = _reference("first export", seed, root / "export-ref", smtp, full=False)
+
+    incremental = copy_data(export.reference, root / "incremental")
+    _edit_both_sides(incremental, n=1)
+    inc = _reference("incremental cycle", incremental, root / "incremental-ref", smtp, full=False)
+
+    resync = copy_data(inc.reference, root / "resync")
+    _edit_both_sides(resync, n=2)
+    full = _reference("full resync", resync, root / "resync-ref", smtp, full=True)
+    return {"export": export, "incremental": inc, "resync": full}
+
+
+def _edit_both_sides(data: Path, n: int) -> None:
+    """Creates, updates and deletes in the PSA and in Outlook (n: a different set each time)."""
+    start = DAY + timedelta(days=n, hours=15)
+    if n == 1:
+        psa_execute(
+            data,
+            ("UPDATE appointments SET title = ?, end_time = ? WHERE id = 300",
+             ("Quarterly review (longer)", ts(DAY + timedelta(days=1, hours=11)))),
+            ("DELETE FROM appointments WHERE id = 301", ()),
+            ("INSERT INTO appointments (id, resource_id, title, description, start_time, end_time, origin,"
+             " show_as, is_private) VALUES (906, 1, 'New PSA meeting', 'x', ?, ?, 'psa', 'busy', 0)",
+             (ts(start), ts(start + timedelta(hours=1)))),
+            ("UPDATE contacts SET title = 'Chief executive' WHERE id = 100", ()),
+        )
+        with running(data) as server:
+            lunch = start + timedelta(days=1)
+            outlook_edits(server, create=[("Dentist", start + timedelta(hours=2), start + timedelta(hours=3)),
+                                          ("Team lunch", lunch, lunch + timedelta(hours=1))],
+                          retitle={"todo:500": "Call Ann (renewal, urgent)"},
+                          delete=[(FolderKind.CALENDAR, "appointment:302")])
+    else:
+        psa_execute(
+            data,
+            ("UPDATE todos SET description = 'Send the quote again' WHERE id = 500", ()),
+            ("DELETE FROM appointments WHERE id = 906", ()),
+            ("INSERT INTO appointments (id, resource_id, title, description, start_time, end_time, origin,"
+             " show_as, is_private) VALUES (1907, 1, 'Resync meeting', '', ?, ?, 'psa', 'busy', 0)",
+             (ts(start), ts(start + timedelta(hours=1)))),
+        )
+        with running(data) as server:
+            outlook_edits(server, create=[("Board meeting", start + timedelta(hours=3),
+                                           start + timedelta(hours=4))],
+                          retitle={"appointment:300": "Quarterly review (Outlook)"},
+                          delete=[(FolderKind.CONTACTS, "contact:101")])
+
+
+def _crash_points(sc: Scenario) -> list[int]:
+    ks = list(range(sc.first, sc.last + 1))
+    if LONG:
+        return ks
+    # quick: right after the first write of each side, the state commit after it, the last step
+    chosen: set[int] = {ks[-1]}
+    for side in ("exchange.", "psa."):
+        k = next((k for k, what, _ in sc.steps if sc.first <= k <= sc.last and what.startswith(side)), None)
+        if k is not None:
+            chosen.update({k, min(k + 1, sc.last)})
+    if len(chosen) < 3:
+        chosen.add(ks[len(ks) // 2])
+    return sorted(chosen)
+
+
+def _run_with_crash(sc: Scenario, k: int, root: Path, smtp: SmtpSink) -> list[str]:
+    """Crash after step k, restart, finish; the differences from the reference (empty: none)."""
+    data = copy_data(sc.data, root / f"k{k}")
+    problems: list[str] = []
+    with running(data) as server:
+        crashed = make_env(data, server, smtp, "crash", users=sc.users, crash_after=k)
+        rc = session(crashed, [([ALICE], True)] if sc.full else [])
+        if rc != CRASH_EXIT:
+            return [f"k={k}: the daemon did not crash after step {k} (exit {rc}); steps {crashed.steps()}"]
+        recovered = make_env(data, server, smtp, "recover", users=sc.users)
+        # the restart's cycle of alice (scheduled, or manual for the resync scenario), then the check
+        rc = session(recovered, [([ALICE], False)] * (2 if sc.full else 1))
+        if rc != 0:
+            return [f"k={k}: the restarted daemon exited {rc}: {recovered.stderr()[-2000:]}"]
+        if check := writes_after(recovered, recovered.marks[-1]):
+            problems.append(f"k={k} ({sc.steps[k - 1][1]}): the cycle after recovery wrote {check}")
+        got = exchange_snapshot(server)
+    want = sc.want
+    if dup := duplicates(got):
+        problems.append(f"k={k}: items twice in Exchange: {dup}")
+    if got != want:
+        problems.append(f"k={k} ({sc.steps[k - 1][1]}): Exchange differs from the uninterrupted run: "
+                        f"missing {sorted(want - got)}, extra {sorted(got - want)}")
+    if dup := psa_duplicates(data):
+        problems.append(f"k={k}: rows twice in the PSA: {dup}")
+    got_psa, want_psa = psa_snapshot(data), psa_snapshot(sc.reference)
+    for table in sorted(set(got_psa) | set(want_psa)):
+        if got_psa.get(table) != want_psa.get(table):
+            problems.append(f"k={k} ({sc.steps[k - 1][1]}): PSA table {table} differs: "
+                            f"got {got_psa.get(table)}, want {want_psa.get(table)}")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["export", "incremental", "resync"])
+def test_crash_after_every_step(name: str, scenarios: dict[str, Scenario], smtp: SmtpSink,
+                                tmp_path: Path) -> None:
+    sc = scenarios[name]
+    ks = _crash_points(sc)
+    assert ks, sc.steps
+    problems: list[str] = []
+    for k in ks:
+        problems += _run_with_crash(sc, k, tmp_path, smtp)
+    assert not problems, f"{sc.name}, crash points {ks}:\n" + "\n".join(problems)

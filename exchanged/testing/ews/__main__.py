@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             args.state_dir, args.mailbox, dict(args.service_account), port=args.port, password=args.password
         )
         server.start()
-    except OSError as exc:
+    except (OSError, sqlite3.Error, ValueError) as exc:
         print(
             f"exchanged.testing.ews: cannot start on port {args.port} with state dir {args.state_dir}: {exc}",
             file=sys.stderr,

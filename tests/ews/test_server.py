@@ -178,3 +178,28 @@ async def test_trio_fixture_serves_exchangelib_from_a_worker_thread(tmp_path: Pa
         finally:
             BaseProtocol.HTTP_ADAPTER_CLS = saved
     assert name == "Calendar"
+
+
+def test_command_line_reports_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exchanged.testing.ews",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(tmp_path / "s"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"cannot start on port {port}" in done.stderr and "Traceback" not in done.stderr

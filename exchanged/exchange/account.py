@@ -163,6 +163,9 @@ class EwsAccount:
             except ValueError as exc:
                 raise errors.MailboxNotFound(f"{mailbox}: not a mailbox address ({exc})",
                                              mailbox=mailbox) from None
+            # exchangelib fills a missing BackOffMilliseconds (and an HTTP 503) with RETRY_WAIT (10 s)
+            # as if the server had said so; 0 keeps "no hint", so the gate backs off exponentially
+            acc.protocol.RETRY_WAIT = 0
             self._accounts[key] = acc
             self._protocols[id(acc.protocol)] = (acc.protocol, session.config)
         return acc

@@ -85,7 +85,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
     if isinstance(exc, ews.ErrorServerBusy):
         ambiguous = "closed connection" in str(exc)
         err = errors.Throttled(f"{where}: Exchange is busy (ErrorServerBusy: {_short(exc)})",
-                               back_off_s=exc.back_off if not ambiguous else None, mailbox=mailbox)
+                               back_off_s=(exc.back_off or None) if not ambiguous else None, mailbox=mailbox)
         err.ambiguous = ambiguous  # type: ignore[attr-defined]
         return err
     if isinstance(exc, ews.ErrorInternalServerTransientError | ews.ErrorTooManyObjectsOpened

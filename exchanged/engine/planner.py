@@ -207,7 +207,8 @@ class _Planner:
             merged = merge_flow_back(kind, record.payload, item.payload)
         psa_fields = changed_fields(record.payload, merged) if merged is not record.payload else ()
         ex_fields = changed_fields(item.payload, merged)
-        base = Mapping(kind, key, item.folder, item.item_id, item.change_key, payload_hash(merged), ex_h)
+        merged_h = psa_h if merged is record.payload else payload_hash(merged)  # no second hash
+        base = Mapping(kind, key, item.folder, item.item_id, item.change_key, merged_h, ex_h)
         if psa_fields and not in_scope(self.window, merged):
             # moved out of the window in Exchange: the PSA follows, then the pair is out of scope
             self.add(PsaUpdate(kind, key, merged, psa_fields,
@@ -223,7 +224,7 @@ class _Planner:
         if ex_fields:
             why = self.owned_update_reason(kind, adopted, psa_changed, ex_changed, ex_fields)
             self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, merged, ex_fields,
-                                    why, replace(base, exchange_hash=payload_hash(merged))))
+                                    why, replace(base, exchange_hash=merged_h)))
         if not psa_fields and not ex_fields and (
                 mapping is None or (mapping.item_id, mapping.psa_hash, mapping.exchange_hash)
                 != (item.item_id, psa_h, ex_h)):

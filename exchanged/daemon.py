@@ -59,6 +59,7 @@ log = structlog.get_logger("exchanged.daemon")
 GRACE_S = 8.0  # SIGTERM: running cycles get this long, so that the whole stop stays within 10 s
 CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most this long
 STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
+STATUS_MIN_GAP_S = 1.0  # changes within this time share one STATUS= update
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
 LEASE_TTL_S = 300.0  # a dead node's users are taken over after this; renewed every third of it
 
@@ -582,6 +583,9 @@ class Daemon:
             self._status_changed = trio.Event()
             if not self._stopping:
                 sdnotify.status(self.status_line())
+            # at most one STATUS= per STATUS_MIN_GAP_S: each walks every user, and with a thousand
+            # users a line per cycle start and end was half of the daemon's own CPU (bench/run)
+            await trio.sleep(STATUS_MIN_GAP_S)
 
     def _status_poke(self) -> None:
         self._status_changed.set()
@@ -938,7 +942,8 @@ class Daemon:
         elif self._applied is not None:
             parts.append("reload deferred")
         else:
-            upcoming = self.scheduler.next_run()
+            runs = [r.next_run for r in snap.values() if r.next_run is not None]
+            upcoming = min(runs) if runs else None  # scheduler.next_run() would walk them all again
             if upcoming is not None:
                 parts.append(f"next cycle {upcoming.astimezone().strftime('%H:%M')}")
         return ", ".join(parts)

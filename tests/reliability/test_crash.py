@@ -211,3 +211,25 @@ def test_crash_after_every_step(name: str, scenarios: dict[str, Scenario], smtp:
     for k in ks:
         problems += _run_with_crash(sc, k, tmp_path, smtp)
     assert not problems, f"{sc.name}, crash points {ks}:\n" + "\n".join(problems)
+
+
+def test_the_comparison_sees_a_copy_and_a_loss(scenarios: dict[str, Scenario], tmp_path: Path) -> None:
+    """The checks above can fail: one item created twice and one PSA row gone are both seen."""
+    from exchanged.model import Appointment, Kind
+    from exchanged.ports import NewItem
+    from tests.reliability.harness import with_account
+
+    sc = scenarios["export"]
+    data = copy_data(sc.reference, tmp_path / "tampered")
+    with running(data) as server:
+        start = NOW + timedelta(days=1)
+
+        async def copy(account: Any) -> None:
+            await account.mailbox(ALICE).create(FolderKind.CALENDAR, [NewItem(
+                Kind.APPOINTMENT, "appointment:300", Appointment("Copy", start, start + timedelta(hours=1)))])
+
+        with_account(server, copy)
+        got = exchange_snapshot(server)
+    assert duplicates(got) and got != sc.want
+    psa_execute(data, ("DELETE FROM todos WHERE id = 500", ()))
+    assert psa_snapshot(data) != psa_snapshot(sc.reference)

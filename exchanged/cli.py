@@ -21,11 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
-    run.add_argument("--config", default=None, help="config file (default: $EXCHANGED_CONFIG or %s)" % DEFAULT_CONFIG)
+    run.add_argument("--config", default=None,
+                     help=f"config file (default: $EXCHANGED_CONFIG or {DEFAULT_CONFIG})")
 
     check = sub.add_parser("check-config", help="validate the config file like `sshd -t`")
     check.add_argument("--config", default=None)
-    check.add_argument("--connect", action="store_true", help="also log in to Exchange and check every enabled user")
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to Exchange and check every enabled user")
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     demo = sub.add_parser("demo", help="a complete local setup with no outside server")

@@ -126,12 +126,14 @@ class StateError(ExchangedError):
 
 class MailError(ExchangedError):
     reason = "mail_failed"
-    hint = "check notifications.smtp (host, port, security) and that the SMTP server accepts mail from this host"
+    hint = ("check notifications.smtp (host, port, security) and that the SMTP server accepts mail "
+            "from this host")
 
 
 class DeletesHeldBack(ExchangedError):
     reason = "deletes_held_back"
-    hint = "review with `exchangectl plan MAILBOX`, then release with `exchangectl sync MAILBOX --allow-deletes`"
+    hint = ("review with `exchangectl plan MAILBOX`, then release with "
+            "`exchangectl sync MAILBOX --allow-deletes`")
 
 
 class SideLooksEmpty(ExchangedError):

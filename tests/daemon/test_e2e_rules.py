@@ -1,0 +1,299 @@
+"""SPEC section 4 sync rules, end to end: the real daemon process over the bundled EWS server (TLS),
+the sql PSA in SQLite and the SQLite state store, cycles triggered with exchangectl. Results are
+looked at only from outside: exchangelib against the EWS server, SQL on the PSA file.
+
+One daemon serves the whole module; the tests run in file order and each builds on the last.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink
+
+pytestmark = pytest.mark.e2e
+
+ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
+SVC, PASSWORD = "svc-exsync@example.test", "SECRET"
+CATEGORY = "PSA"
+WRITES = ("CreateItem", "UpdateItem", "DeleteItem")
+
+
+class World:
+    def __init__(self, env: DaemonEnv, ews: Any, now: datetime) -> None:
+        self.env, self.ews, self.now = env, ews, now
+        self._accounts: dict[str, Any] = {}
+
+    # -- outside views -------------------------------------------------------------------------
+    def account(self, mailbox: str) -> Any:
+        from exchangelib import IMPERSONATION, Account, Configuration, Credentials
+
+        if mailbox not in self._accounts:
+            config = Configuration(service_endpoint=self.ews.url, credentials=Credentials(SVC, PASSWORD),
+                                   auth_type="NTLM")
+            self._accounts[mailbox] = Account(mailbox, config=config, autodiscover=False,
+                                              access_type=IMPERSONATION)
+        return self._accounts[mailbox]
+
+    def calendar(self, mailbox: str) -> list[Any]:
+        return list(self.account(mailbox).calendar.all())
+
+    def tasks(self, mailbox: str) -> list[Any]:
+        return list(self.account(mailbox).tasks.all())
+
+    def contacts(self, mailbox: str) -> list[Any]:
+        return list(self.account(mailbox).contacts.all())
+
+    def ours(self, mailbox: str, subject: str) -> list[Any]:
+        return [i for i in self.calendar(mailbox) if i.subject == subject]
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        con = sqlite3.connect(self.env.base / "psa.db")
+        try:
+            with con:
+                return con.execute(query, args).fetchall()
+        finally:
+            con.close()
+
+    def psa_snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        return {t: self.sql(f"SELECT * FROM {t} ORDER BY 1")
+                for t in ("appointments", "todos", "service_calls", "contacts")}
+
+    def writes(self) -> dict[str, int]:
+        requests = self.ews.stats()["requests"]
+        return {op: requests.get(op, 0) for op in WRITES}
+
+    # -- driving -------------------------------------------------------------------------------
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "exchanged.ctl", "--socket", str(self.env.socket_path),
+                               *args], capture_output=True, text=True, timeout=120)
+
+    def sync(self, *mailboxes: str, extra: tuple[str, ...] = ()) -> None:
+        for mailbox in mailboxes or (ALICE, BOB, CAROL):
+            done = self.ctl("sync", mailbox, "--wait", *extra)
+            assert done.returncode in (0, 1), done.stdout + done.stderr + self.env.stderr()[-3000:]
+
+
+def ews_time(value: datetime) -> Any:
+    from exchangelib import EWSDateTime, EWSTimeZone
+
+    return EWSDateTime.from_datetime(value.astimezone(UTC)).astimezone(EWSTimeZone("UTC"))
+
+
+def create_exchange_appointment(world: World, mailbox: str, subject: str, start: datetime,
+                                **fields: Any) -> None:
+    from exchangelib import CalendarItem
+
+    acc = world.account(mailbox)
+    CalendarItem(account=acc, folder=acc.calendar, subject=subject, body=fields.pop("body", "secret body"),
+                 start=ews_time(start), end=ews_time(start + timedelta(hours=1)), **fields
+                 ).save(send_meeting_invitations="SendToNone")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    from exchanged.psa.sample import seed_sample
+    from exchanged.testing.ews import EwsTestServer
+    from exchanged.testing.ews.fixtures import trust_ca
+
+    base = tmp_path_factory.mktemp("rules")
+    now = datetime.now(UTC).replace(microsecond=0)
+    smtp = SmtpSink()
+    notify = NotifySocket(base / "notify.sock")
+    with EwsTestServer(state_dir=str(base / "ews"), mailboxes=[ALICE, BOB, CAROL],
+                       service_accounts={SVC: PASSWORD}) as ews:
+        trust_ca(ews.ca_file)
+        env = DaemonEnv(base=base, smtp=smtp, notify=notify)
+        seed_sample(f"sqlite:///{base / 'psa.db'}", now)
+        pw = base / "ews-password"
+        pw.write_text(PASSWORD + "\n")
+        pw.chmod(0o600)
+        env.memory = False
+        env.users = [
+            {"mailbox": ALICE, "psa_resource": "1"},
+            {"mailbox": BOB, "psa_resource": "2",
+             "settings": {"todos": False, "import_appointments": "no_details"}},
+            {"mailbox": CAROL, "psa_resource": "3", "settings": {"import_appointments": "none"}},
+        ]
+        env.extra = {
+            "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
+                       "ca_bundle": ews.ca_file},
+            "credentials": {"username": SVC, "password_file": str(pw)},
+            "sync": {"import_free_time": False, "max_deletes_per_cycle": 3, "category": CATEGORY},
+            "control": {"socket": str(env.socket_path), "group": grp.getgrgid(os.getgid()).gr_name},
+        }
+        w = World(env, ews, now)
+        # Exchange-side appointments to import, there before the first cycle
+        day = now.replace(hour=0, minute=0, second=0) + timedelta(days=2)
+        create_exchange_appointment(w, ALICE, "Lunch with Zoe", day + timedelta(hours=12),
+                                    body="at the corner place", location="Corner")
+        create_exchange_appointment(w, ALICE, "Therapy", day + timedelta(hours=16), sensitivity="Private",
+                                    body="very private")
+        create_exchange_appointment(w, ALICE, "Maybe gym", day + timedelta(hours=18),
+                                    legacy_free_busy_status="Free")
+        create_exchange_appointment(w, BOB, "Bob's dentist", day + timedelta(hours=15), body="tooth 14")
+        create_exchange_appointment(w, CAROL, "Carol's own meeting", day + timedelta(hours=10))
+        env.start_ready()
+        try:
+            w.sync()
+            yield w
+        finally:
+            env.kill()
+            notify.close()
+            smtp.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def test_psa_appointment_exported_with_category_and_no_invitation(world: World) -> None:
+    items = world.ours(ALICE, "Quarterly review with Contoso")
+    assert len(items) == 1
+    assert CATEGORY in (items[0].categories or [])
+    assert "numbers" in str(items[0].body)
+    # out of the window: not exported
+    assert world.ours(ALICE, "Old workshop (out of the window)") == []
+    assert world.ews.invitations() == []
+
+
+def test_service_call_in_every_assigned_calendar(world: World) -> None:
+    for mailbox in (ALICE, BOB):
+        found = [i for i in world.calendar(mailbox) if "Replace the firewall" in (i.subject or "")]
+        assert len(found) == 1, (mailbox, [i.subject for i in world.calendar(mailbox)])
+    assert not [i for i in world.calendar(ALICE) if "Backup check" in (i.subject or "")]
+
+
+def test_owned_contacts_exported(world: World) -> None:
+    names = {(c.given_name, c.surname) for c in world.contacts(ALICE)}
+    # Alice owns Contoso (Ann, Dan) and Northwind (José; Gus is inactive)
+    assert {("Ann", "Smith"), ("Dan", "Lee"), ("José", "Núñez")} <= names
+    assert ("Gus", "Hill") not in names
+
+
+def test_todo_becomes_task_and_completion_flows_back(world: World) -> None:
+    tasks = [t for t in world.tasks(ALICE) if "Call Ann" in (t.subject or "") or "Call Ann" in str(t.body)]
+    assert len(tasks) == 1, [t.subject for t in world.tasks(ALICE)]
+    task = tasks[0]
+    task.status = "Completed"
+    task.percent_complete = Decimal(100)
+    task.save(update_fields=["status", "percent_complete"])
+    world.sync(ALICE)
+    [(completed,)] = world.sql("SELECT completed_time FROM todos WHERE id = 500")
+    assert completed is not None
+
+
+def test_per_user_narrowing_todos_false_gets_no_tasks(world: World) -> None:
+    assert world.tasks(BOB) == []
+
+
+def test_exchange_appointments_imported_by_mode(world: World) -> None:
+    rows = world.sql("SELECT resource_id, title, description, is_private FROM appointments "
+                     "WHERE origin = 'exchange' ORDER BY id")
+    alice = {r[1]: r for r in rows if r[0] == 1}
+    assert "Lunch with Zoe" in alice and "corner place" in (alice["Lunch with Zoe"][2] or "")
+    # private: imported without its subject and body
+    assert "Therapy" not in alice and "Private appointment" in alice
+    assert not (alice["Private appointment"][2] or "")
+    # free time with import_free_time false: not imported
+    assert "Maybe gym" not in alice
+    # no_details: a busy block only
+    bob = [r for r in rows if r[0] == 2]
+    assert len(bob) == 1 and bob[0][1] != "Bob's dentist" and not (bob[0][2] or "")
+    # none: nothing
+    assert [r for r in rows if r[0] == 3] == []
+
+
+def test_times_flow_back_subject_overwritten(world: World) -> None:
+    [item] = world.ours(ALICE, "Site visit Northwind")
+    item.start = item.start + timedelta(hours=1)
+    item.end = item.end + timedelta(hours=1)
+    item.subject = "Renamed in Outlook"
+    item.save(update_fields=["start", "end", "subject"], send_meeting_invitations="SendToNone")
+    world.sync(ALICE)
+    [(start, title)] = world.sql("SELECT start_time, title FROM appointments WHERE id = 301")
+    day = world.now.replace(hour=0, minute=0, second=0)
+    assert start.startswith((day + timedelta(days=3, hours=15)).strftime("%Y-%m-%dT%H:%M"))
+    assert title == "Site visit Northwind"
+    assert len(world.ours(ALICE, "Site visit Northwind")) == 1
+    assert world.ours(ALICE, "Renamed in Outlook") == []
+
+
+def test_deleted_in_exchange_is_recreated(world: World) -> None:
+    [item] = world.ours(ALICE, "Kick-off Fabrikam")
+    item.delete(send_meeting_cancellations="SendToNone")
+    assert world.ours(ALICE, "Kick-off Fabrikam") == []
+    world.sync(ALICE)
+    assert len(world.ours(ALICE, "Kick-off Fabrikam")) == 1
+
+
+def test_psa_row_deleted_deletes_exchange_item(world: World) -> None:
+    world.sql("DELETE FROM appointments WHERE id = 300")
+    world.sync(ALICE)
+    assert world.ours(ALICE, "Quarterly review with Contoso") == []
+
+
+def test_second_cycle_writes_nothing_to_exchange(world: World) -> None:
+    world.sync()
+    before = world.writes()
+    world.sync()
+    assert world.writes() == before
+
+
+@pytest.mark.xfail(strict=True, reason="an imported Exchange appointment with a location is rewritten in the "
+                   "PSA (last_modified bumped) on every cycle although nothing changed: the sql PSA has no "
+                   "location column, so the PSA side never matches the import")
+def test_second_cycle_writes_nothing_to_the_psa(world: World) -> None:
+    world.sync()
+    psa = world.psa_snapshot()
+    world.sync()
+    after = world.psa_snapshot()
+    changed = [(r, [o for o in psa[t] if o[0] == r[0]]) for t, rows in after.items()
+               for r in rows if r not in psa[t]]
+    assert not changed, repr(changed)
+
+
+def test_plan_changes_nothing(world: World) -> None:
+    # something to do, so that the plan has actions to (not) carry out
+    world.sql("UPDATE appointments SET title = 'Onboarding, moved' WHERE id = 304")
+    before, psa = world.writes(), world.psa_snapshot()
+    plan = world.ctl("plan", BOB, "--json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "304" in plan.stdout
+    assert world.writes() == before and world.psa_snapshot() == psa
+    assert world.ours(BOB, "Onboarding, moved") == []
+    world.sync(BOB)
+    assert len(world.ours(BOB, "Onboarding, moved")) == 1
+
+
+def test_mass_deletion_held_back_until_allowed(world: World) -> None:
+    day = world.now.replace(hour=0, minute=0, second=0)
+    con = sqlite3.connect(world.env.base / "psa.db")
+    with con:
+        for n in range(5):
+            start = day + timedelta(days=4, hours=8 + n)
+            con.execute("INSERT INTO appointments (id, resource_id, title, description, start_time, "
+                        "end_time, last_modified, origin, exchange_uid, show_as, is_private) "
+                        "VALUES (?, 1, ?, '', ?, ?, ?, 'psa', NULL, 'busy', 0)",
+                        (900 + n, f"Batch {n}", start.isoformat().replace("+00:00", "Z"),
+                         (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z"),
+                         world.now.isoformat().replace("+00:00", "Z")))
+    con.close()
+    world.sync(ALICE)
+    assert all(len(world.ours(ALICE, f"Batch {n}")) == 1 for n in range(5))
+    world.sql("DELETE FROM appointments WHERE id >= 900")
+    world.sync(ALICE)
+    alice = world.env.user(ALICE)
+    assert alice["last_result"] == "held_back", alice
+    assert "5 deletion(s) held back" in alice["last_error"], alice
+    assert all(len(world.ours(ALICE, f"Batch {n}")) == 1 for n in range(5))
+    world.sync(ALICE, extra=("--allow-deletes",))
+    assert all(world.ours(ALICE, f"Batch {n}") == [] for n in range(5))

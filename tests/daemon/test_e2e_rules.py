@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink
+from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -297,3 +297,77 @@ def test_mass_deletion_held_back_until_allowed(world: World) -> None:
     assert all(len(world.ours(ALICE, f"Batch {n}")) == 1 for n in range(5))
     world.sync(ALICE, extra=("--allow-deletes",))
     assert all(world.ours(ALICE, f"Batch {n}") == [] for n in range(5))
+
+
+# -- crash in the middle of a large first export ------------------------------------------------------
+
+BULK = 1500
+
+
+def test_kill_9_mid_first_export_leaves_every_item_exactly_once(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from exchanged.psa.sample import seed_sample
+    from exchanged.testing.ews import EwsTestServer
+    from exchanged.testing.ews.fixtures import trust_ca
+
+    base = tmp_path_factory.mktemp("crash")
+    now = datetime.now(UTC).replace(microsecond=0)
+    smtp = SmtpSink()
+    notify = NotifySocket(base / "notify.sock")
+    seed_sample(f"sqlite:///{base / 'psa.db'}", now)
+    day = now.replace(hour=0, minute=0, second=0)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    def iso(value: datetime) -> str:
+        return value.isoformat().replace("+00:00", "Z")
+
+    def slot(n: int, extra: int) -> str:
+        return iso(day + timedelta(days=1 + n // 20, minutes=30 * (n % 20) + extra))
+
+    con = sqlite3.connect(base / "psa.db")
+    with con:
+        con.executemany(
+            "INSERT INTO appointments (id, resource_id, title, description, start_time, end_time, "
+            "last_modified, origin, exchange_uid, show_as, is_private) "
+            "VALUES (?, 1, ?, '', ?, ?, ?, 'psa', NULL, 'busy', 0)",
+            [(10_000 + n, f"Bulk {n}", slot(n, 0), slot(n, 15), stamp) for n in range(BULK)])
+    con.close()
+    with EwsTestServer(state_dir=str(base / "ews"), mailboxes=[ALICE],
+                       service_accounts={SVC: PASSWORD}) as ews:
+        trust_ca(ews.ca_file)
+        pw = base / "ews-password"
+        pw.write_text(PASSWORD + "\n")
+        pw.chmod(0o600)
+        env = DaemonEnv(base=base, smtp=smtp, notify=notify)
+        env.memory = False
+        env.users = [{"mailbox": ALICE, "psa_resource": "1"}]
+        env.extra = {
+            "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
+                       "ca_bundle": ews.ca_file},
+            "credentials": {"username": SVC, "password_file": str(pw)},
+            "sync": {"max_deletes_per_cycle": 25},
+            "control": {"socket": str(env.socket_path), "group": grp.getgrgid(os.getgid()).gr_name},
+        }
+        world = World(env, ews, now)
+        try:
+            env.start_ready()
+            trigger = subprocess.Popen(
+                [sys.executable, "-m", "exchanged.ctl", "--socket", str(env.socket_path),
+                 "sync", ALICE, "--wait"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: ews.stats()["requests"].get("CreateItem", 0) >= 5, "5 CreateItem requests",
+                       timeout=120)
+            env.kill()  # SIGKILL
+            trigger.wait(timeout=60)
+            bulk = [i for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
+            assert 0 < len(bulk) < BULK  # really killed in the middle
+            notify.messages.clear()
+            env.start_ready()
+            world.sync(ALICE)
+            world.sync(ALICE)
+            subjects = [i.subject for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
+            assert sorted(subjects) == sorted(f"Bulk {n}" for n in range(BULK))
+            assert env.user(ALICE)["last_result"] == "ok"
+        finally:
+            env.kill()
+            notify.close()
+            smtp.stop()

@@ -353,3 +353,24 @@ def test_six_users_at_once_never_exceed_three_requests_in_flight(env: DaemonEnv,
         assert outside.keys(mailbox) == [key], mailbox
     assert_budget_kept(autotask)
     assert_psa_budget_in_status(env)
+
+
+def test_requests_per_hour_is_never_exceeded_a_cycle_waits_instead(env: DaemonEnv, ews: Any,
+                                                                    autotask: AutotaskServer) -> None:
+    # the zone lookup, one ThresholdInformation and 5 queries per cycle: the two cycles of the first
+    # 'sync --wait' (the scheduled one and the one asked for) fit, a third does not
+    limit = 14
+    env.extra["psa"]["requests_per_hour"] = limit
+    autotask.psa.add(Kind.APPOINTMENT, Appointment("Visit", at(1, 1), at(1, 2)), [ALICE_ID])
+    env.start_ready()
+    sync(env)
+    assert at_requests(autotask) < limit, autotask.stats()
+    env.rpc("sync", mailboxes=[ALICE])
+    # the second cycle takes what is left of the hour's share, then has to wait for the window
+    wait_until(lambda: at_requests(autotask) >= limit, "the hour's share used up")
+    wait_until(lambda: env.user(ALICE)["state"] == "syncing", "the second cycle still running")
+    assert_psa_budget_in_status(env)
+    assert env.stop() == 0  # a cycle waiting for budget does not keep the daemon from stopping
+    # every request the daemon made, the zone lookup included, counts against its share
+    assert at_requests(autotask) == limit, autotask.stats()
+    assert_budget_kept(autotask)

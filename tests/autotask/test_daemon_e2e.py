@@ -236,6 +236,8 @@ def test_every_kind_both_ways_and_a_quiet_second_cycle(env: DaemonEnv, ews: Any,
     assert sorted(calendar) == sorted(set(calendar)), calendar  # nothing twice
     assert keys["todo"] in outside.keys(ALICE, "tasks")
     assert keys["contact"] in outside.keys(ALICE, "contacts")
+    sync(env, BOB)
+    assert outside.keys(BOB) == [keys["bob_appt"]]
 
     # a second cycle writes nothing on Exchange
     ews.reset_stats()

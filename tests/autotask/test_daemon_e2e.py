@@ -376,3 +376,20 @@ def test_requests_per_hour_is_never_exceeded_a_cycle_waits_instead(env: DaemonEn
     # every request the daemon made, the zone lookup included, counts against its share
     assert at_requests(autotask) == limit, autotask.stats()
     assert_budget_kept(autotask)
+
+
+def test_a_to_do_moved_in_outlook_is_written_to_the_company_to_do(
+        env: DaemonEnv, ews: Any, autotask: AutotaskServer, outside: Outside) -> None:
+    key = autotask.psa.add(Kind.TODO, Task("Call back", start=at(1), due=at(2)), [ALICE_ID])
+    env.start_ready()
+    sync(env)
+    acc = outside.account.ews_account(ALICE)
+    task = next(i for i in outside.items(ALICE, "tasks") if i.subject == "Call back")
+    item = next(iter(acc.fetch(ids=[(task.id, task.changekey)], only_fields=["due_date"])))
+    item.due_date = item.due_date + timedelta(days=1)
+    item.save(update_fields=["due_date"])
+    sync(env)
+    row = autotask.store.tables["CompanyToDos"][int(key.split(":")[1])]
+    assert row["endDateTime"].startswith(at(3).strftime("%Y-%m-%d")), row
+    # one PATCH (the test server takes to-do writes only through /Companies/{id}/ToDos)
+    assert autotask.stats()["requests"].get("PATCH CompanyToDos") == 1, autotask.stats()["requests"]

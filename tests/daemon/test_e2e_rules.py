@@ -78,10 +78,10 @@ class World:
         return subprocess.run([sys.executable, "-m", "exchanged.ctl", "--socket", str(self.env.socket_path),
                                *args], capture_output=True, text=True, timeout=120)
 
-    def sync(self, *mailboxes: str, extra: tuple[str, ...] = ()) -> None:
+    def sync(self, *mailboxes: str, extra: tuple[str, ...] = (), codes: tuple[int, ...] = (0,)) -> None:
         for mailbox in mailboxes or (ALICE, BOB, CAROL):
             done = self.ctl("sync", mailbox, "--wait", *extra)
-            assert done.returncode in (0, 1), done.stdout + done.stderr + self.env.stderr()[-3000:]
+            assert done.returncode in codes, done.stdout + done.stderr + self.env.stderr()[-3000:]
 
 
 def ews_time(value: datetime) -> Any:
@@ -208,6 +208,10 @@ def test_exchange_appointments_imported_by_mode(world: World) -> None:
     # no_details: a busy block only
     bob = [r for r in rows if r[0] == 2]
     assert len(bob) == 1 and bob[0][1] != "Bob's dentist" and not (bob[0][2] or "")
+    [(start,)] = world.sql("SELECT start_time FROM appointments "
+                           "WHERE origin = 'exchange' AND resource_id = 2")
+    dentist = world.now.replace(hour=15, minute=0, second=0) + timedelta(days=2)
+    assert start.startswith(dentist.strftime("%Y-%m-%dT%H:%M"))
     # none: nothing
     assert [r for r in rows if r[0] == 3] == []
 
@@ -290,13 +294,23 @@ def test_mass_deletion_held_back_until_allowed(world: World) -> None:
     world.sync(ALICE)
     assert all(len(world.ours(ALICE, f"Batch {n}")) == 1 for n in range(5))
     world.sql("DELETE FROM appointments WHERE id >= 900")
-    world.sync(ALICE)
+    world.sync(ALICE, codes=(0, 1, 2, 3))
     alice = world.env.user(ALICE)
     assert alice["last_result"] == "held_back", alice
     assert "5 deletion(s) held back" in alice["last_error"], alice
     assert all(len(world.ours(ALICE, f"Batch {n}")) == 1 for n in range(5))
     world.sync(ALICE, extra=("--allow-deletes",))
     assert all(world.ours(ALICE, f"Batch {n}") == [] for n in range(5))
+
+
+def test_reload_import_free_time_true_imports_the_free_appointment(world: World) -> None:
+    assert not world.sql("SELECT 1 FROM appointments WHERE title = 'Maybe gym'")
+    sync = dict(world.env.extra["sync"], import_free_time=True)
+    world.env.write_config(sync=sync)
+    applied = world.ctl("reload", "--wait", "--json")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    world.sync(ALICE)
+    assert world.sql("SELECT resource_id FROM appointments WHERE title = 'Maybe gym'") == [(1,)]
 
 
 # -- crash in the middle of a large first export ------------------------------------------------------

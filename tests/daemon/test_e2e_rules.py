@@ -303,6 +303,15 @@ def test_mass_deletion_held_back_until_allowed(world: World) -> None:
     assert all(world.ours(ALICE, f"Batch {n}") == [] for n in range(5))
 
 
+def test_imported_appointment_deleted_in_exchange_deletes_the_psa_row(world: World) -> None:
+    assert world.sql("SELECT 1 FROM appointments WHERE title = 'Lunch with Zoe'")
+    [item] = world.ours(ALICE, "Lunch with Zoe")
+    item.delete(send_meeting_cancellations="SendToNone")
+    world.sync(ALICE)
+    assert world.sql("SELECT 1 FROM appointments WHERE title = 'Lunch with Zoe'") == []
+    assert world.ews.invitations() == []
+
+
 def test_reload_import_free_time_true_imports_the_free_appointment(world: World) -> None:
     assert not world.sql("SELECT 1 FROM appointments WHERE title = 'Maybe gym'")
     sync = dict(world.env.extra["sync"], import_free_time=True)

@@ -1190,6 +1190,11 @@ def cli_check_config(args: Any) -> int:
 
 
 def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
+    # the adapters log as they work; those lines go to stderr, stdout is the report (one JSON
+    # document with --json)
+    from exchanged.logs import configure_logging
+
+    configure_logging("console", level="warning")
     try:
         from exchanged import exchange
 
@@ -1211,6 +1216,7 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
 
         shown = present(exc)
         return [{"subject": "connect", "result": "failed", "message": shown.line()}], 1
+    outcome = list(outcome) + _connect_psa(cfg)
     rows: list[dict[str, Any]] = []
     failed = False
     for result in outcome:
@@ -1218,6 +1224,23 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
         failed = failed or not result.ok
         rows.append({"subject": result.subject, "result": label, "message": result.message})
     return rows, 1 if failed else 0
+
+
+def _connect_psa(cfg: Config) -> list[Any]:
+    """The PSA part of --connect: for Autotask, login, zone, resources and appointment rights."""
+    if cfg.psa.connector != "autotask":
+        return []
+    import trio
+
+    from exchanged.errors import present
+    from exchanged.ports import CheckResult
+    from exchanged.psa.autotask import check
+
+    resources = [user.psa_resource for user in cfg.enabled_users()]
+    try:
+        return list(trio.run(check, cfg.psa, resources))
+    except Exception as exc:  # the connector's own failure must not become a traceback here
+        return [CheckResult("autotask", False, present(exc).line())]
 
 
 def _print_json(

@@ -989,6 +989,7 @@ class Daemon:
                 "warnings": list(self.cfg.warnings),
             },
             "exchange": dict(self.exchange),
+            "psa": self._psa_row(),
             "running": self.scheduler.running,
             "paused": self.scheduler.paused,
             "interval_minutes": self.cfg.sync_interval_minutes,
@@ -996,6 +997,18 @@ class Daemon:
             "users": self._user_rows(),
             "public_folder": self._public_folder_row(),
         }
+
+    def _psa_row(self) -> dict[str, Any]:
+        """The PSA connector and, where it has one (Autotask), its request budget."""
+        row: dict[str, Any] = {"connector": self.cfg.psa.connector}
+        psa = self.adapters.psa if self.adapters is not None else None
+        budget_status = getattr(psa, "budget_status", None)
+        if callable(budget_status):
+            try:
+                row["budget"] = budget_status()
+            except Exception as exc:  # status must always answer; the budget is informative
+                row["budget_error"] = f"{type(exc).__name__}: {exc}"
+        return row
 
     def _public_folder_row(self) -> dict[str, Any] | None:
         rt = self.scheduler.snapshot().get(PUBLIC_FOLDER)

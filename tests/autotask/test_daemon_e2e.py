@@ -185,12 +185,13 @@ def assert_budget_kept(autotask: AutotaskServer) -> None:
 
 
 def assert_psa_budget_in_status(env: DaemonEnv) -> None:
-    """Another part adds a ``psa`` budget to status; when it is there it must be filled in."""
+    """Status shows the Autotask connector's request budget (used of the hourly limit)."""
     shown = ctl(env, "status", "--json")
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
-    if "psa" in status:
-        assert status["psa"], status["psa"]
+    assert status["psa"]["connector"] == "autotask", status["psa"]
+    budget = status["psa"]["budget"]
+    assert budget["limit"] > 0 and budget["used"] >= 1, budget
 
 
 # --- seed ---------------------------------------------------------------------------------------
@@ -393,3 +394,17 @@ def test_a_to_do_moved_in_outlook_is_written_to_the_company_to_do(
     assert row["endDateTime"].startswith(at(3).strftime("%Y-%m-%d")), row
     # one PATCH (the test server takes to-do writes only through /Companies/{id}/ToDos)
     assert autotask.stats()["requests"].get("PATCH CompanyToDos") == 1, autotask.stats()["requests"]
+
+
+def test_check_config_connect_checks_autotask_too(env: DaemonEnv, ews: Any, autotask: AutotaskServer) -> None:
+    """`exchanged check-config --connect` logs in to Autotask and checks every configured resource."""
+    env.write_config()
+    done = subprocess.run(
+        [sys.executable, "-m", "exchanged", "check-config", "--config", str(env.config_path), "--connect",
+         "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.lstrip().startswith("{"), done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    rows = {row["subject"]: row for row in report["connect"]}
+    assert rows["autotask login"]["result"] == "ok", rows
+    assert any(s.startswith("autotask") and ALICE_ID in s + r["message"] for s, r in rows.items()), rows
+    assert AT_SECRET not in done.stdout + done.stderr and AT_CODE not in done.stdout + done.stderr

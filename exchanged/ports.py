@@ -158,6 +158,10 @@ class PsaWrite:
 
 
 class PsaConnector(Protocol):
+    """A connector may also declare ``unstored_import_fields: frozenset[str]``: the Appointment
+    fields it cannot keep on an imported row (default: none). The engine leaves those at their
+    defaults, so a value the PSA cannot hold never looks like a change on every cycle."""
+
     async def resource(self, psa_resource: str) -> PsaResource | None: ...
 
     async def load(

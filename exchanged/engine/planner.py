@@ -38,15 +38,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from exchanged.model import (
     FOLDER_OF_KIND,
     PSA_OWNED,
+    Appointment,
     ExchangeItem,
     FolderKind,
     Kind,
     Mapping,
+    Payload,
     PsaRecord,
     Window,
     changed_fields,
@@ -92,6 +94,7 @@ def plan(
     full: bool = False,
     kinds: frozenset[Kind] | None = None,
     suspect_folders: frozenset[FolderKind] = frozenset(),
+    unstored_import_fields: frozenset[str] = frozenset(),
 ) -> Plan:
     """The plan of one cycle.
 
@@ -99,9 +102,12 @@ def plan(
     occurrences of recurring series in the window. ``kinds``: what to sync (default: what the
     settings enable). ``full``: compare contents even where the hashes say nothing changed.
     ``suspect_folders``: folders whose server identity changed (their deletions are held).
+    ``unstored_import_fields``: Appointment fields the PSA connector cannot keep on an imported row
+    (the sql schema has no location or all-day column); they are left at their defaults in what
+    the PSA row should be, so a value the PSA cannot hold never looks like a change.
     """
     kinds = enabled_kinds(settings) if kinds is None else kinds
-    p = _Planner(settings, window, full)
+    p = _Planner(settings, window, full, unstored_import_fields)
     items = [i for i in exchange_items if not i.is_recurring_master]
     records = list(psa_records)
     for kind in sorted(kinds & PSA_OWNED):
@@ -130,6 +136,7 @@ class _Planner:
     settings: UserSettings
     window: Window
     full: bool
+    unstored_import_fields: frozenset[str] = frozenset()
     result: Plan = field(default_factory=Plan)
     duplicates: set[int] = field(default_factory=set)  # id() of deletes of duplicates
     empty_sources: dict[Kind, str] = field(default_factory=dict)  # kind -> finding message
@@ -137,6 +144,15 @@ class _Planner:
 
     def add(self, action: Action) -> None:
         self.result.actions.append(action)
+
+    def render_import(self, item: ExchangeItem) -> Payload:
+        """What the PSA row of an imported item should be, as far as the PSA can store it."""
+        desired = render_import(item, self.settings)
+        if self.unstored_import_fields and isinstance(desired, Appointment):
+            defaults = {f.name: f.default for f in fields(Appointment)
+                        if f.name in self.unstored_import_fields and f.default is not MISSING}
+            desired = replace(desired, **defaults)
+        return desired
 
     # -- PSA-owned kinds ----------------------------------------------------------------------
 
@@ -297,7 +313,7 @@ class _Planner:
         if item is None:
             self.imported_missing_in_exchange(key, row, mapping, skipped)
             return
-        desired = render_import(item, self.settings)
+        desired = self.render_import(item)
         base = Mapping(Kind.IMPORTED, row.psa_key if row else "", FolderKind.CALENDAR, item.item_id,
                        item.change_key, payload_hash(desired), payload_hash(item.payload), key)
         if row is None:
@@ -331,7 +347,7 @@ class _Planner:
         moved = self.outside.get(key)
         if moved is not None:  # leaving the window is never a deletion
             follows = import_skip_reason(moved, self.settings) is None
-            desired = render_import(moved, self.settings) if follows else row.payload
+            desired = self.render_import(moved) if follows else row.payload
             fields = changed_fields(row.payload, desired)
             if fields:  # the row follows the appointment out of the window; then it is out of scope
                 self.add(PsaUpdate(Kind.IMPORTED, row.psa_key, desired, fields,

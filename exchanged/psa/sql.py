@@ -308,7 +308,11 @@ class SqlPsa:
     """``ports.PsaConnector`` over the SQL schema; see the module docstring.
 
     ``load_errors``: the rows the last ``load``/``all_contacts`` skipped, as ``ItemError``s.
+    ``unstored_import_fields``: the SPEC section 7 ``appointments`` table has no location and no
+    all-day column, so an imported row cannot keep them (the engine does not ask it to).
     """
+
+    unstored_import_fields: frozenset[str] = frozenset({"location", "is_all_day"})
 
     def __init__(self, db: Database, *, now: Callable[[], datetime] | None = None) -> None:
         self.db = db

@@ -221,7 +221,8 @@ class SyncRunner:
         view = await self._read(target, mailbox, full=full, commit=True)
         the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
                                allow_deletes=allow_deletes, full=full, kinds=target.kinds,
-                               suspect_folders=view.suspect)
+                               suspect_folders=view.suspect,
+                               unstored_import_fields=self._unstored_import_fields())
         run = _Apply(target, mailbox, cycle_id, dict(view.state.mappings), len(the_plan.writes), progress)
         await self._apply(run, the_plan)
         await self._record_held_back(target, view.state, the_plan, run)
@@ -239,10 +240,15 @@ class SyncRunner:
                              f"{first.code}: {first.message}{more}; they are retried next cycle")
         return outcome
 
+    def _unstored_import_fields(self) -> frozenset[str]:
+        """Appointment fields the PSA connector cannot keep on imported rows (see ports.py)."""
+        return frozenset(getattr(self.psa, "unstored_import_fields", frozenset()))
+
     async def _dry_run(self, target: _Target, *, psa_resource: str | None) -> dict[str, Any]:
         view = await self._read(target, target.mailbox(), full=False, commit=False)
         the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
-                               kinds=target.kinds, suspect_folders=view.suspect)
+                               kinds=target.kinds, suspect_folders=view.suspect,
+                               unstored_import_fields=self._unstored_import_fields())
         doc = the_plan.as_dict()
         summary: dict[str, dict[str, int]] = {}
         for a in the_plan.writes:

@@ -44,9 +44,6 @@ def test_demo_once_syncs_every_user_and_exits_0(tmp_path: Path) -> None:
     assert "SECRET" not in out + done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: an imported appointment with a location is rewritten in the PSA every cycle "
-    "(the sql schema has no location column); see tests/daemon/test_e2e_rules.py"))
 def test_demo_is_rerunnable_on_its_own_directory(tmp_path: Path) -> None:
     assert run_demo(tmp_path).returncode == 0
     again = run_demo(tmp_path)

@@ -209,6 +209,24 @@ def test_imported_row_follows_exchange_and_is_deleted_with_it() -> None:
     assert isinstance(d, PsaDelete) and d.psa_key == "imported:1" and d.reason == "deleted in Exchange"
 
 
+def test_fields_the_psa_cannot_store_never_look_changed() -> None:
+    """The sql schema has no location column: an import with a location must settle, not loop."""
+    in_exchange = appt("Review", location="Room 2")
+    item = ExchangeItem(FolderKind.CALENDAR, "f1", "c", in_exchange, uid="U1", exchange_key="U1")
+    stored = appt("Review")  # what the PSA reads back: no location
+    row = PsaRecord(Kind.IMPORTED, "imported:1", stored, exchange_key="U1")
+    m = Mapping(Kind.IMPORTED, "imported:1", FolderKind.CALENDAR, "f1", "c", payload_hash(stored),
+                payload_hash(in_exchange), "U1")
+    mappings = {m.psa_key: m}
+    assert plan(S, W, [row], [item], mappings, unstored_import_fields=frozenset({"location"})).actions == []
+    # a connector that can keep the location is asked to
+    [upd] = plan(S, W, [row], [item], mappings).actions
+    assert isinstance(upd, PsaUpdate) and upd.fields == ("location",)
+    # and a first import asks the PSA only for what it can keep
+    [create] = plan(S, W, [], [item], {}, unstored_import_fields=frozenset({"location"})).actions
+    assert isinstance(create, PsaCreate) and create.payload.location == ""
+
+
 def test_duplicate_imported_rows_keep_the_mapped_one() -> None:
     item = ExchangeItem(FolderKind.CALENDAR, "f1", "c", appt("Dentist"), uid="U1", exchange_key="U1")
     rows = [PsaRecord(Kind.IMPORTED, f"imported:{n}", appt("Dentist"), exchange_key="U1") for n in (1, 2)]

@@ -281,6 +281,29 @@ def test_faults_and_stats(server: AutotaskServer) -> None:
     assert stats["thread_limit_rejections"] == 0 and stats["threshold"]["limit"] == 10000
 
 
+def test_throttle_next_answers_the_threshold_429_and_does_nothing(server: AutotaskServer) -> None:
+    switched = api_call(server, "POST", f"{server.origin}/__emulator/faults", {"throttle_next": 1}, auth=None)
+    assert switched[0] == 200, switched
+    appointment = {"resourceID": 29682885, "title": "x", "startDateTime": t(1), "endDateTime": t(1, 1)}
+    status, body = api_call(server, "POST", "V1.0/Appointments", appointment)
+    assert status == 429 and "threshold" in body["errors"][0], body
+    assert not list(server.store.rows("Appointments"))
+    assert api_call(server, "POST", "V1.0/Appointments", appointment)[0] == 200
+    stats = server.stats()
+    assert stats["throttled"] == 1 and stats["threshold_rejections"] == 0, stats
+
+
+def test_a_moved_zone_answers_401_and_the_lookup_names_the_new_one(server: AutotaskServer) -> None:
+    old = server.url
+    server.move_zone("127.0.0.1")
+    status, body = api_call(server, "GET", f"V1.0/ZoneInformation?user={USER}", auth=None)
+    assert status == 200 and body["url"] == server.zone_url != old, body
+    assert body["url"].startswith("https://127.0.0.1:")
+    assert api_call(server, "GET", old + "V1.0/Resources/29682885")[0] == 401
+    assert api_call(server, "GET", server.zone_url + "V1.0/Resources/29682885")[0] == 200
+    assert server.stats()["wrong_zone"] == 1
+
+
 def test_state_dir_keeps_data_and_ca_across_restarts(tmp_path: Path) -> None:
     with AutotaskServer(api_user=(USER, SECRET, CODE), state_dir=tmp_path, seed=base_seed()) as srv:
         _status, body = api_call(

@@ -12,7 +12,8 @@ One thread per connection (stdlib ThreadingHTTPServer). What it enforces, like t
 * routes and verbs: root writes only where the entity allows them, child entities written through
   their parent URL, anything else 405 with the ``Message`` body IIS sends.
 
-Test switches (no login): ``GET /__emulator/stats`` and ``POST /__emulator/faults``.
+Test switches (no login): ``GET /__emulator/stats`` and ``POST /__emulator/faults``; in-process,
+``server.move_zone(host)`` moves the database to another zone (the old one answers 401).
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ class Faults:
     """Set through POST /__emulator/faults; ``*_next`` count down per API request.
 
     ``fail_next``: answer ``fail_status`` without doing anything; ``drop_next``: do the work,
-    then close the connection without an answer (the lost reply); ``latency_ms``: delay every
-    API request while it counts as in flight.
+    then close the connection without an answer (the lost reply); ``throttle_next``: refuse
+    with the 429 the hourly threshold answers, without doing anything (the database's budget
+    used up by other integrations); ``latency_ms``: delay every API request while it counts as
+    in flight.
     """
 
     fail_next: int = 0
     drop_next: int = 0
+    throttle_next: int = 0
     fail_status: int = 500
     latency_ms: int = 0
 
@@ -80,6 +84,8 @@ class Stats:
     auth_failures: int = 0
     failed: int = 0
     dropped: int = 0
+    throttled: int = 0  # 429s from the throttle_next switch
+    wrong_zone: int = 0  # 401s of the old zone after move_zone
 
 
 def _load_or_create_tls(state_dir: Path) -> tuple[Path, Path]:
@@ -128,6 +134,7 @@ class AutotaskServer:
         self.stats_data = Stats()
         self.missing_item = "null"
         self.appointments_of_others = True
+        self.zone_host: str | None = None  # None: every host name is the zone; see move_zone
         self._lock = threading.Lock()
         self._in_flight: Counter[tuple[str, str]] = Counter()
         self._accepted: deque[float] = deque()
@@ -177,8 +184,21 @@ class AutotaskServer:
 
     @property
     def url(self) -> str:
-        """The zone's REST root (what ZoneInformation answers), also the zone lookup URL."""
+        """The zone lookup URL, and the zone's REST root until ``move_zone``."""
         return f"{self.origin}/ATServicesRest/"
+
+    @property
+    def zone_url(self) -> str:
+        """The REST root ZoneInformation answers."""
+        if self.zone_host is None:
+            return self.url
+        return f"https://{self.zone_host}:{self.port}/ATServicesRest/"
+
+    def move_zone(self, host: str) -> None:
+        """The database moves to the zone at ``host`` (``localhost`` or ``127.0.0.1``: both are in
+        the certificate). ZoneInformation answers the new zone from now on; API calls sent to any
+        other host name are refused with 401, as the real API refuses a moved database's calls."""
+        self.zone_host = host
 
     # -- accounting -----------------------------------------------------------------------------
 
@@ -199,6 +219,8 @@ class AutotaskServer:
                 "auth_failures": s.auth_failures,
                 "failed": s.failed,
                 "dropped": s.dropped,
+                "throttled": s.throttled,
+                "wrong_zone": s.wrong_zone,
             }
 
     def reset_stats(self) -> None:
@@ -338,6 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         if low == ["zoneinformation"]:
             return self._zone(method, params)
         endpoint = self._endpoint(low)
+        self._check_zone()
         self._authenticate()
         return self._limited(endpoint, lambda: self._api(method, rest, low, params, body))
 
@@ -361,7 +384,20 @@ class _Handler(BaseHTTPRequestHandler):
         user = (params.get("user") or [""])[0]
         if user.lower() != self.srv.username.lower():
             raise api_500("Zone information could not be determined for the user")
-        return 200, {"zoneName": "Test Zone", "url": self.srv.url, "webUrl": f"{self.srv.origin}/", "ci": 1}
+        zone = self.srv.zone_url
+        return 200, {"zoneName": "Test Zone", "url": zone, "webUrl": zone.split("/ATServicesRest/")[0] + "/",
+                     "ci": 1}
+
+    def _check_zone(self) -> None:
+        """After ``move_zone``: every call sent to the old zone is a 401."""
+        srv = self.srv
+        if srv.zone_host is None:
+            return
+        host = urllib.parse.urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        if host.lower() != srv.zone_host.lower():
+            with srv._lock:
+                srv.stats_data.wrong_zone += 1
+            raise _Reply(401, {"errors": ["Unauthorized: this database is not served by this zone"]})
 
     def _endpoint(self, low: list[str]) -> str:
         """The entity a request is counted against (the thread limit is per object endpoint)."""
@@ -399,6 +435,11 @@ class _Handler(BaseHTTPRequestHandler):
         with srv._lock:
             srv.stats_data.requests[f"{self.command} {endpoint}"] += 1
             now = time.monotonic()
+            if srv.faults.throttle_next > 0:
+                srv.faults.throttle_next -= 1
+                srv.stats_data.throttled += 1
+                raise _Reply(429, {"errors": [f"API request threshold of {srv.threshold} requests per hour "
+                                              "exceeded for this database (injected)"]})
             if srv._used(now) >= srv.threshold:
                 srv.stats_data.threshold_rejections += 1
                 raise _Reply(

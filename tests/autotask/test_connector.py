@@ -367,6 +367,66 @@ async def test_401_re_resolves_the_zone_then_reports_a_login_failure(
     assert SECRET not in info.value.message and "401" in info.value.message
 
 
+async def test_a_moved_zone_is_looked_up_once_for_all_the_refused_requests(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    visit = Appointment("Visit", NOW + timedelta(days=1), NOW + timedelta(days=1, hours=1))
+    server.psa.add(Kind.APPOINTMENT, visit, [JANE])
+    before = await connector.load(JANE, ALL, WINDOW)
+    server.move_zone("127.0.0.1")
+    server.reset_stats()
+    after = await connector.load(JANE, ALL, WINDOW)  # several queries at once, each refused by the old zone
+    assert after == before and [r.psa_key for r in after]
+    stats = server.stats()
+    assert stats["wrong_zone"] >= 2 and stats["requests"]["GET ZoneInformation"] == 1, stats
+    assert connector.budget_status()["zone"] == server.zone_url
+
+
+async def test_interrupt_ends_a_wait_for_the_hourly_budget_at_once(
+    server: AutotaskServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    connector = make_connector(server, requests_per_hour=3)
+    await connector.resource(JANE)  # zone, ThresholdInformation is not read here: 2 requests
+    await connector.resource(JANE)
+    start = trio.current_time()
+    failure: list[BaseException] = []
+
+    async def cycle() -> None:
+        try:
+            await connector.resource(JANE)
+        except errors.PsaBudgetExhausted as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cycle)
+        await trio.sleep(60)
+        assert connector.budget_status()["waiting"] == 1
+        connector.interrupt_waits("the daemon is stopping")
+    assert trio.current_time() - start < 3600  # trio's virtual clock: the wait did not run out
+    assert failure and "budget was interrupted (the daemon is stopping)" in str(failure[0]), failure
+    assert connector.budget_status()["waiting"] == 0
+    with pytest.raises(errors.PsaBudgetExhausted):  # a later request that would wait fails at once
+        await connector.resource(JANE)
+
+
+async def test_interrupt_ends_a_back_off(server: AutotaskServer) -> None:
+    connector = make_connector(server, retry_base_s=3600, retry_cap_s=3600)
+    server.faults.update({"throttle_next": 50})
+    with trio.fail_after(60):  # a hang guard only: without the interrupt this waits an hour
+        async with trio.open_nursery() as nursery:
+
+            async def stop_when_backing_off() -> None:
+                while connector.api.backoffs == 0:  # noqa: ASYNC110 (the client has no event for it)
+                    await trio.sleep(0.01)
+                connector.interrupt_waits("the daemon is stopping")
+
+            nursery.start_soon(stop_when_backing_off)
+            with pytest.raises(errors.PsaUnavailable) as info:
+                await connector.resource(JANE)
+    assert "interrupted (the daemon is stopping)" in info.value.message and "429" in info.value.message
+    assert server.stats()["throttled"] == 1
+
+
 async def test_unreachable_is_psa_unavailable(server: AutotaskServer) -> None:
     connector = make_connector(server, max_attempts=2)
     server.stop()

@@ -377,6 +377,14 @@ def test_requests_per_hour_is_never_exceeded_a_cycle_waits_instead(env: DaemonEn
     # every request the daemon made, the zone lookup included, counts against its share
     assert at_requests(autotask) == limit, autotask.stats()
     assert_budget_kept(autotask)
+    # SIGTERM interrupted the wait itself: the cycle ended as an error naming the mailbox and the
+    # budget, and nothing had to be cancelled at the end of the grace period
+    log = env.stderr()
+    failed = [line for line in log.splitlines() if "cycle failed" in line]
+    assert failed, log[-3000:]
+    assert ALICE in failed[-1] and "Autotask hourly request budget was interrupted" in failed[-1], failed
+    assert "the daemon is stopping" in failed[-1], failed
+    assert "grace period" not in log, log[-3000:]
 
 
 def test_a_to_do_moved_in_outlook_is_written_to_the_company_to_do(

@@ -14,6 +14,9 @@ Every request goes through ``AutotaskApi.request``:
    have carried out is not repeated blindly), their failures become per-row errors upstream.
    When the retries run out, ``PsaUnavailable`` (or ``PsaAuthFailed``) is raised.
 
+Waits for the budget and back-offs end at once after ``interrupt_waits(reason)`` (the daemon is
+stopping): the request fails with ``PsaBudgetExhausted`` / ``PsaUnavailable`` naming the reason.
+
 Credentials travel only in the headers ``ApiIntegrationCode``, ``UserName``, ``Secret`` and only to
 the origin of the resolved zone; no message built here contains them.
 """
@@ -228,9 +231,11 @@ class AutotaskApi:
 
     # -- zone -----------------------------------------------------------------------------------
 
-    async def zone(self, *, refresh: bool = False) -> str:
+    async def zone(self, *, stale: str | None = None) -> str:
+        """The zone's REST root; ``stale``: the zone a request found moved (a 401): looked up again
+        unless another request has done so meanwhile."""
         async with self._zone_lock:
-            if self.zone_url is not None and not refresh:
+            if self.zone_url is not None and self.zone_url != stale:
                 return self.zone_url
             user = urllib.parse.quote(self.creds.username)
             url = f"{self.zone_lookup_url}V1.0/ZoneInformation?user={user}"
@@ -291,6 +296,7 @@ class AutotaskApi:
                     raise errors.PsaUnavailable(
                         f"Autotask unreachable at {_origin(url)} ({what}): {reason}"
                     ) from None
+                last = f"unreachable: {reason}"
             else:
                 limited = resp.status == 429 or resp.thread_limited
                 transient = resp.status >= 500 and idempotent and not (final_500 and resp.status == 500)
@@ -308,6 +314,7 @@ class AutotaskApi:
                     raise errors.PsaUnavailable(
                         f"Autotask failed {what}: HTTP {resp.status}: {resp.error_text()}"
                     )
+                last = f"HTTP {resp.status}: {resp.error_text()}"
             delay = self._delay(attempt)
             attempt += 1
             self.backoffs += 1
@@ -317,7 +324,19 @@ class AutotaskApi:
                 attempt=attempt,
                 delay_s=round(delay, 2),
             )
-            await trio.sleep(delay)
+            if not await self.budget.pause(trio.current_time() + delay):
+                raise errors.PsaUnavailable(
+                    f"the back-off before retrying Autotask {what} was interrupted "
+                    f"({self.budget.interrupted}); last answer: {last}"
+                )
+
+    def interrupt_waits(self, reason: str) -> None:
+        """End every wait for the hourly budget and every back-off now (see the module doc), of
+        this client and of the clients it shares its limits with (a reload's older connector)."""
+        self.budget.interrupt(reason)
+        entry = _SHARED.get((self.creds.username.lower(), self.creds.integration_code))
+        if entry is not None and entry[0] is trio.lowlevel.current_trio_token():
+            entry[1].budget.interrupt(reason)
 
     async def request(
         self,
@@ -351,10 +370,9 @@ class AutotaskApi:
             log.warning(
                 "Autotask answered 401; looking the zone up again and retrying once", user=self.creds.username
             )
-            old = self.zone_url
-            await self.zone(refresh=True)
-            if path_or_url.startswith("https://") and old and path_or_url.startswith(old):
-                path_or_url = path_or_url[len(old) :]
+            await self.zone(stale=zone)
+            if path_or_url.startswith(zone):
+                path_or_url = path_or_url[len(zone) :]
 
     # -- queries --------------------------------------------------------------------------------
 

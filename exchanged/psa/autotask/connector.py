@@ -73,6 +73,12 @@ class AutotaskConnector:
         status["zone"] = self.api.zone_url
         return status
 
+    def interrupt_waits(self, reason: str) -> None:
+        """The daemon is stopping: a request waiting for the hourly budget (up to an hour) or in a
+        back-off fails now with a message naming ``reason``, and so does every later one that would
+        wait; its cycle ends as an error at once instead of being cancelled after the grace period."""
+        self.api.interrupt_waits(reason)
+
     async def _maybe_threshold(self) -> None:
         now = trio.current_time()
         if self._threshold_at is not None and now - self._threshold_at < THRESHOLD_REFRESH_S:

@@ -20,8 +20,8 @@ from exchangelib.folders import Calendar, Contacts, Folder, Tasks
 from exchangelib.protocol import BaseProtocol
 
 from exchanged.testing.ews import EwsTestServer
-from exchanged.testing.ews._tls import ca_adapter_class
 from exchanged.testing.ews.fixtures import MAILBOXES, SERVICE_ACCOUNT, start_server
+from exchanged.testing.tls import ca_adapter_class
 
 
 @dataclass

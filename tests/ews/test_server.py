@@ -90,7 +90,7 @@ def test_restart_keeps_items_change_keys_and_sync_states(
     with running_server(state_dir) as server:
         from exchangelib.protocol import BaseProtocol
 
-        from exchanged.testing.ews._tls import ca_adapter_class
+        from exchanged.testing.tls import ca_adapter_class
 
         BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
         account = _account(server)

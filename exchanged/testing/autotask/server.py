@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import ssl
 import tempfile
@@ -33,8 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import trustme
-
+from ..tls import server_tls
 from .psa import AutotaskPsaData
 from .schema import CHILD_ROUTES, ENTITIES, ENTITY_BY_LOWER
 from .store import PAGE_SIZE, ApiError, Query, Store, api_500, not_allowed
@@ -88,21 +86,6 @@ class Stats:
     wrong_zone: int = 0  # 401s of the old zone after move_zone
 
 
-def _load_or_create_tls(state_dir: Path) -> tuple[Path, Path]:
-    """CA file and server cert+key under state_dir, created once and kept across restarts."""
-    ca_cert, ca_key, server_pem = state_dir / "ca.pem", state_dir / "ca.key", state_dir / "server.pem"
-    if ca_cert.exists() and ca_key.exists() and server_pem.exists():
-        return ca_cert, server_pem
-    ca = trustme.CA(organization_name="exchanged Autotask test server")
-    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    ca.cert_pem.write_to_path(str(ca_cert))
-    ca.private_key_pem.write_to_path(str(ca_key))
-    os.chmod(ca_key, 0o600)
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    os.chmod(server_pem, 0o600)
-    return ca_cert, server_pem
-
-
 class AutotaskServer:
     """The test server, in-process (tests) or behind ``python -m exchanged.testing.autotask``.
 
@@ -142,16 +125,16 @@ class AutotaskServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._psa: AutotaskPsaData | None = None
-        self.ca_file, self._server_pem = _load_or_create_tls(self.state_dir)
+        self.ca_file, self._ssl_context = server_tls(self.state_dir, "exchanged Autotask test server")
 
     # -- lifetime -------------------------------------------------------------------------------
 
     def start(self) -> AutotaskServer:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(self._server_pem))
         httpd = _QuietServer((self._host, self._port), _make_handler(self))
         httpd.daemon_threads = True
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        httpd.socket = self._ssl_context.wrap_socket(
+            httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, name="autotask-server", daemon=True)
         self._thread.start()

@@ -4,7 +4,7 @@ Used by the exchange adapter's tests, the end-to-end sync tests and `exchanged d
 See docs/TEST_SERVER.md and the README.md next to this file.
 """
 
-from ._tls import ca_adapter_class
+from ..tls import ca_adapter_class
 from .server import DEFAULT_PASSWORD, EWS_PATH, EwsTestServer
 
 __all__ = ["DEFAULT_PASSWORD", "EWS_PATH", "EwsTestServer", "ca_adapter_class"]

@@ -53,6 +53,6 @@ def trust_ca(ca_file: str) -> None:
     """Make exchangelib verify TLS against `ca_file` (process-wide; see README.md next to this file)."""
     from exchangelib.protocol import BaseProtocol
 
-    from ._tls import ca_adapter_class
+    from ..tls import ca_adapter_class
 
     BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(ca_file)

@@ -23,8 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import trustme
-
+from ..tls import server_tls
 from . import ntlm
 from .ops import Dispatcher
 from .soap import SoapFault, fault_envelope, server_busy_message
@@ -86,21 +85,6 @@ class Stats:
     dropped: int = 0
     # arrival time (time.time()), operation and fault of the latest requests: back-off checks
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_MAX))
-
-
-def _load_or_create_tls(state_dir: Path) -> tuple[Path, Path]:
-    """CA file and server cert+key file under state_dir, created once and kept across restarts."""
-    ca_cert, ca_key, server_pem = state_dir / "ca.pem", state_dir / "ca.key", state_dir / "server.pem"
-    if ca_cert.exists() and ca_key.exists() and server_pem.exists():
-        return ca_cert, server_pem
-    ca = trustme.CA(organization_name="exchanged EWS test server")
-    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    ca.cert_pem.write_to_path(str(ca_cert))
-    ca.private_key_pem.write_to_path(str(ca_key))
-    os.chmod(ca_key, 0o600)
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    os.chmod(server_pem, 0o600)
-    return ca_cert, server_pem
 
 
 class _Http(ThreadingHTTPServer):
@@ -326,11 +310,7 @@ class EwsTestServer:
         self._password = password
         self._host = host
         self._port = port
-        ca_file, server_pem = _load_or_create_tls(self.state_dir)
-        self._ca_file = ca_file
-        self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.ssl_context.load_cert_chain(str(server_pem))
+        self._ca_file, self.ssl_context = server_tls(self.state_dir, "exchanged EWS test server")
         self.store = Store(str(self.state_dir / "ews.sqlite3"), self._mailboxes)
         self.ntlm_user_file = str(
             ntlm.write_user_file(self.state_dir / "ntlm-users", self._ntlm_user_table())

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,75 @@ def test_a_to_do_moved_in_outlook_is_written_to_the_company_to_do(
     assert row["endDateTime"].startswith(at(3).strftime("%Y-%m-%d")), row
     # one PATCH (the test server takes to-do writes only through /Companies/{id}/ToDos)
     assert autotask.stats()["requests"].get("PATCH CompanyToDos") == 1, autotask.stats()["requests"]
+
+
+def test_a_to_do_completed_in_outlook_sets_completed_date_and_reopening_clears_it(
+        env: DaemonEnv, ews: Any, autotask: AutotaskServer, outside: Outside) -> None:
+    key = autotask.psa.add(Kind.TODO, Task("Call back", start=at(1), due=at(2)), [ALICE_ID])
+    row_id = int(key.split(":")[1])
+    env.start_ready()
+    sync(env)
+    acc = outside.account.ews_account(ALICE)
+
+    def set_done(done: bool) -> None:
+        task = next(i for i in outside.items(ALICE, "tasks") if i.subject == "Call back")
+        fields = ["status", "percent_complete"]
+        item = next(iter(acc.fetch(ids=[(task.id, task.changekey)], only_fields=fields)))
+        item.status = "Completed" if done else "NotStarted"
+        item.percent_complete = Decimal(100 if done else 0)
+        item.save(update_fields=fields)
+
+    set_done(True)
+    autotask.reset_stats()
+    sync(env)
+    row = autotask.store.tables["CompanyToDos"][row_id]
+    assert row["completedDate"], row  # SYNC_RULES: completion flows back; Autotask keeps it in completedDate
+    assert row["endDateTime"].startswith(at(2).strftime("%Y-%m-%d")), row  # nothing else changed
+    assert autotask.stats()["requests"].get("PATCH CompanyToDos") == 1, autotask.stats()["requests"]
+
+    # settled: the next cycle writes nothing on either side
+    autotask.reset_stats()
+    ews.reset_stats()
+    sync(env)
+    assert ews_writes(ews) == {}, ews.stats()["requests"]
+    assert "PATCH CompanyToDos" not in autotask.stats()["requests"], autotask.stats()["requests"]
+
+    set_done(False)  # reopened in Outlook
+    sync(env)
+    assert autotask.store.tables["CompanyToDos"][row_id]["completedDate"] is None
+
+
+def test_autotask_429s_are_backed_off_and_the_cycle_succeeds(
+        env: DaemonEnv, ews: Any, autotask: AutotaskServer, outside: Outside) -> None:
+    key = autotask.psa.add(Kind.APPOINTMENT, Appointment("Visit", at(1, 1), at(1, 2)), [ALICE_ID])
+    # the database's threshold, used up by other integrations, refuses the cycle's first requests
+    autotask.faults.update({"throttle_next": 2})
+    env.start_ready()
+    sync(env)
+    assert outside.keys(ALICE) == [key]
+    assert autotask.stats()["throttled"] == 2, autotask.stats()
+    budget = json.loads(ctl(env, "status", "--json").stdout)["psa"]["budget"]
+    assert budget["backoffs"] == 2, budget
+    assert env.stderr().count("backing off before retrying") == 2, env.stderr()[-3000:]
+
+
+def test_a_401_of_a_moved_zone_looks_the_zone_up_again_and_the_cycle_succeeds(
+        env: DaemonEnv, ews: Any, autotask: AutotaskServer, outside: Outside) -> None:
+    first = autotask.psa.add(Kind.APPOINTMENT, Appointment("Visit", at(1, 1), at(1, 2)), [ALICE_ID])
+    env.start_ready()
+    sync(env)
+    old_zone = json.loads(ctl(env, "status", "--json").stdout)["psa"]["budget"]["zone"]
+    assert old_zone == autotask.url, old_zone
+    autotask.move_zone("127.0.0.1")  # the database moved: the old zone refuses with 401
+    autotask.reset_stats()
+    second = autotask.psa.add(Kind.APPOINTMENT, Appointment("Lunch", at(2, 1), at(2, 2)), [ALICE_ID])
+    sync(env)
+    assert sorted(outside.keys(ALICE)) == sorted([first, second])
+    stats = autotask.stats()
+    assert stats["wrong_zone"] >= 1 and stats["requests"]["GET ZoneInformation"] == 1, stats
+    new_zone = json.loads(ctl(env, "status", "--json").stdout)["psa"]["budget"]["zone"]
+    assert new_zone == autotask.zone_url != old_zone, new_zone
+    assert "looking the zone up again" in env.stderr()
 
 
 def test_check_config_connect_checks_autotask_too(env: DaemonEnv, ews: Any, autotask: AutotaskServer) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import items as it
 from .soap import (
+    Element,
     EwsError,
     SoapFault,
     local,
@@ -19,9 +19,6 @@ from .store import PUBLIC, FolderRow, ItemRow, Store, id_kind
 
 if TYPE_CHECKING:
     from .server import EwsTestServer
-
-log = logging.getLogger("exchanged.testing.ews")
-Element = Any
 
 FIND_ITEM_CAP = 1000  # EWSFindCountLimit
 SYNC_MAX = 512

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
-
 from lxml import etree
 
 from .base import Ctx, OpsBase, page_of, xml_bool
 from .restrict import matches
-from .soap import (
-    EwsError,
-    SoapFault,
-    error,
-    local,
-    m,
-    response_root,
-    sub,
-    success,
-    t,
-)
+from .soap import Element, EwsError, SoapFault, error, local, m, response_root, sub, success, t
 from .store import PUBLIC, FolderRow
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("exchanged.testing.ews")
-Element = Any
 
 
 class FolderOps(OpsBase):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
-from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -12,25 +10,8 @@ from . import items as it
 from . import recurrence
 from .base import CALENDAR_VIEW_MAX_DAYS, Ctx, OpsBase, page_of, xml_bool
 from .restrict import apply_sort, matches
-from .soap import (
-    EwsError,
-    SoapFault,
-    error,
-    local,
-    m,
-    parse_dt,
-    response_root,
-    sub,
-    success,
-    t,
-)
+from .soap import Element, EwsError, SoapFault, error, local, m, parse_dt, response_root, sub, success, t
 from .store import FolderRow, ItemRow
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("exchanged.testing.ews")
-Element = Any
 
 
 class ItemOps(OpsBase):

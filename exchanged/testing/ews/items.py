@@ -11,14 +11,11 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from typing import Any
 
 from lxml import etree
 
-from .soap import TNS, EwsError, fmt_dt, local, parse_dt, sub, t
+from .soap import TNS, Element, EwsError, fmt_dt, local, parse_dt, sub, t
 from .store import FolderRow, ItemRow
-
-Element = Any
 
 ITEM_TYPES = {
     "CalendarItem": "IPM.Appointment",

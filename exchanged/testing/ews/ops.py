@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -19,6 +19,7 @@ from .soap import (
     ACCEPTED_VERSIONS,
     MNS,
     SOAP_NS,
+    Element,
     EwsError,
     SoapFault,
     envelope,
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from .server import EwsTestServer
 
 log = logging.getLogger("exchanged.testing.ews")
-Element = Any
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_blank_text=True)
 

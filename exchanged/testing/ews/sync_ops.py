@@ -5,33 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from . import items as it
 from .base import SYNC_MAX, Ctx, OpsBase, now_text, parse_int, xml_bool
-from .soap import (
-    EwsError,
-    SoapFault,
-    error,
-    local,
-    m,
-    response_root,
-    sub,
-    success,
-    t,
-)
+from .soap import Element, EwsError, SoapFault, error, local, m, response_root, sub, success, t
 from .store import PUBLIC, FolderRow, Store
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("exchanged.testing.ews")
-Element = Any
 
 
 class SyncOps(OpsBase):

@@ -10,8 +10,9 @@ from . import items as it
 from .soap import (
     Element,
     EwsError,
-    SoapFault,
     local,
+    m,
+    schema_fault,
     sub,
     t,
 )
@@ -88,11 +89,7 @@ class OpsBase:
             if not self._accessible(ctx, folder.mailbox):
                 raise EwsError("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
             return folder
-        raise SoapFault(
-            "ErrorSchemaValidation",
-            f"The request failed schema validation: unexpected {kind}.",
-            faultcode="a:ErrorSchemaValidation",
-        )
+        raise schema_fault(f"The request failed schema validation: unexpected {kind}.")
 
     def folder_xml(self, parent: Element, folder: FolderRow) -> Element:
         el = sub(parent, t(folder.element))
@@ -148,15 +145,17 @@ def xml_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def children(parent: Element, name: str) -> list[Element]:
+    """The elements inside parent's <m:name>; none when it is missing."""
+    found = parent.find(m(name))
+    return [] if found is None else [c for c in found if isinstance(c.tag, str)]
+
+
 def parse_int(text: str | None, name: str) -> int:
     try:
         return int((text or "").strip())
     except ValueError:
-        raise SoapFault(
-            "ErrorSchemaValidation",
-            f"The request failed schema validation: {name} must be an integer.",
-            faultcode="a:ErrorSchemaValidation",
-        ) from None
+        raise schema_fault(f"The request failed schema validation: {name} must be an integer.") from None
 
 
 def page_of(found: list[Any], view: Element | None) -> tuple[int, list[Any], bool]:

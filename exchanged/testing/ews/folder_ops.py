@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .base import Ctx, OpsBase, page_of, xml_bool
+from .base import Ctx, OpsBase, children, page_of, xml_bool
 from .restrict import matches
-from .soap import Element, EwsError, SoapFault, error, local, m, response_root, sub, success, t
+from .soap import Element, EwsError, error, local, m, response_root, schema_fault, sub, success, t
 from .store import PUBLIC, FolderRow
 
 
@@ -14,8 +14,7 @@ class FolderOps(OpsBase):
     # -- folders ----------------------------------------------------------------------------------------
     def op_GetFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "GetFolder")
-        ids = op.find(m("FolderIds"))
-        for ref in [] if ids is None else list(ids):
+        for ref in children(op, "FolderIds"):
             try:
                 folder = self.folder(ctx, ref)
             except EwsError as exc:
@@ -28,8 +27,7 @@ class FolderOps(OpsBase):
         container = response_root(body, "FindFolder")
         traversal = op.get("Traversal", "Shallow")
         view = op.find(m("IndexedPageFolderView"))
-        parents = op.find(m("ParentFolderIds"))
-        for ref in [] if parents is None else list(parents):
+        for ref in children(op, "ParentFolderIds"):
             try:
                 parent = self.folder(ctx, ref)
                 if traversal == "Deep" and parent.mailbox == PUBLIC:
@@ -63,17 +61,13 @@ class FolderOps(OpsBase):
         parent_ref = op.find(m("ParentFolderId"))
         try:
             if parent_ref is None or not len(parent_ref):
-                raise SoapFault(
-                    "ErrorSchemaValidation",
-                    "CreateFolder needs a ParentFolderId.",
-                    faultcode="a:ErrorSchemaValidation",
-                )
+                raise schema_fault("CreateFolder needs a ParentFolderId.")
             parent = self.folder(ctx, parent_ref[0])
         except EwsError as exc:
-            for _ in op.find(m("Folders")) if op.find(m("Folders")) is not None else [None]:
+            for _ in children(op, "Folders") if op.find(m("Folders")) is not None else [None]:
                 error(container, "CreateFolder", exc)
             return
-        for spec in list(op.find(m("Folders")) if op.find(m("Folders")) is not None else []):
+        for spec in children(op, "Folders"):
             try:
                 folder = self._create_folder(parent, spec)
             except EwsError as exc:
@@ -102,7 +96,7 @@ class FolderOps(OpsBase):
 
     def op_DeleteFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "DeleteFolder")
-        for ref in list(op.find(m("FolderIds")) if op.find(m("FolderIds")) is not None else []):
+        for ref in children(op, "FolderIds"):
             try:
                 folder = self.folder(ctx, ref)
                 if folder.distinguished:
@@ -117,7 +111,7 @@ class FolderOps(OpsBase):
 
     def op_EmptyFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "EmptyFolder")
-        for ref in list(op.find(m("FolderIds")) if op.find(m("FolderIds")) is not None else []):
+        for ref in children(op, "FolderIds"):
             try:
                 folder = self.folder(ctx, ref)
                 for item in self.store.items_in(folder.id):

@@ -8,9 +8,21 @@ from lxml import etree
 
 from . import items as it
 from . import recurrence
-from .base import CALENDAR_VIEW_MAX_DAYS, Ctx, OpsBase, page_of, xml_bool
+from .base import CALENDAR_VIEW_MAX_DAYS, Ctx, OpsBase, children, page_of, xml_bool
 from .restrict import apply_sort, matches
-from .soap import Element, EwsError, SoapFault, error, local, m, parse_dt, response_root, sub, success, t
+from .soap import (
+    Element,
+    EwsError,
+    error,
+    local,
+    m,
+    parse_dt,
+    response_root,
+    schema_fault,
+    sub,
+    success,
+    t,
+)
 from .store import FolderRow, ItemRow
 
 
@@ -19,9 +31,7 @@ class ItemOps(OpsBase):
         container = response_root(body, "CreateItem")
         mode = op.get("SendMeetingInvitations", "SendToAllAndSaveCopy")
         folder_ref = op.find(m("SavedItemFolderId"))
-        new_items = op.find(m("Items"))
-        specs = [] if new_items is None else [c for c in new_items if isinstance(c.tag, str)]
-        for spec in specs:
+        for spec in children(op, "Items"):
             kind = local(spec.tag)
             try:
                 if kind not in it.ITEM_TYPES:
@@ -49,8 +59,7 @@ class ItemOps(OpsBase):
     def op_GetItem(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "GetItem")
         shape = op.find(m("ItemShape"))
-        ids = op.find(m("ItemIds"))
-        for ref in [] if ids is None else [c for c in ids if isinstance(c.tag, str)]:
+        for ref in children(op, "ItemIds"):
             try:
                 full = self._resolve_for_read(ctx, ref)
             except EwsError as exc:
@@ -81,8 +90,7 @@ class ItemOps(OpsBase):
         container = response_root(body, "UpdateItem")
         resolution = op.get("ConflictResolution", "AutoResolve")
         mode = op.get("SendMeetingInvitationsOrCancellations", "SendToAllAndSaveCopy")
-        changes = op.find(m("ItemChanges"))
-        for change in [] if changes is None else [c for c in changes if isinstance(c.tag, str)]:
+        for change in children(op, "ItemChanges"):
             try:
                 row, answer_id = self._update_one(ctx, change, resolution)
             except EwsError as exc:
@@ -166,8 +174,7 @@ class ItemOps(OpsBase):
         container = response_root(body, "DeleteItem")
         delete_type = op.get("DeleteType", "MoveToDeletedItems")
         mode = op.get("SendMeetingCancellations", "SendToAllAndSaveCopy")
-        ids = op.find(m("ItemIds"))
-        for ref in [] if ids is None else [c for c in ids if isinstance(c.tag, str)]:
+        for ref in children(op, "ItemIds"):
             try:
                 ident = ref.get("Id", "")
                 if local(ref.tag) == "ItemId" and recurrence.is_occurrence_id(ident):
@@ -196,8 +203,7 @@ class ItemOps(OpsBase):
     def op_MoveItem(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "MoveItem")
         target_ref = op.find(m("ToFolderId"))
-        ids = op.find(m("ItemIds"))
-        for ref in [] if ids is None else [c for c in ids if isinstance(c.tag, str)]:
+        for ref in children(op, "ItemIds"):
             try:
                 if target_ref is None or not len(target_ref):
                     raise EwsError("ErrorInvalidRequest", "MoveItem needs a ToFolderId.")
@@ -218,8 +224,7 @@ class ItemOps(OpsBase):
         sort_order = op.find(m("SortOrder"))
         calendar_view = op.find(m("CalendarView"))
         page_view = op.find(m("IndexedPageItemView"))
-        parents = op.find(m("ParentFolderIds"))
-        for ref in [] if parents is None else list(parents):
+        for ref in children(op, "ParentFolderIds"):
             try:
                 it.check_find_shape(shape)
                 folder = self.folder(ctx, ref)
@@ -248,11 +253,7 @@ class ItemOps(OpsBase):
     def _calendar_view(self, folder: FolderRow, view: Element) -> tuple[list[Element], int, bool]:
         start, end = parse_dt(view.get("StartDate")), parse_dt(view.get("EndDate"))
         if start is None or end is None:
-            raise SoapFault(
-                "ErrorSchemaValidation",
-                "CalendarView needs StartDate and EndDate.",
-                faultcode="a:ErrorSchemaValidation",
-            )
+            raise schema_fault("CalendarView needs StartDate and EndDate.")
         if end < start:
             raise EwsError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
         if end - start > dt.timedelta(days=CALENDAR_VIEW_MAX_DAYS):

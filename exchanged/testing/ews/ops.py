@@ -28,6 +28,7 @@ from .soap import (
     local,
     m,
     response_root,
+    schema_fault,
     serialize,
     sub,
     success,
@@ -72,11 +73,7 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
             op = local(op_el.tag)
             self.app.count_request(op)
             if etree.QName(op_el).namespace != MNS:
-                raise SoapFault(
-                    "ErrorSchemaValidation",
-                    f"The element {op!r} is not in the EWS messages namespace.",
-                    faultcode="a:ErrorSchemaValidation",
-                )
+                raise schema_fault(f"The element {op!r} is not in the EWS messages namespace.")
             self._check_version(header)
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
@@ -103,13 +100,7 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
             # A value of the wrong type (a number, date or enum that does not parse): Exchange's
             # schema validation refuses the whole request before doing anything.
             log.info("EWS %s refused: a value does not parse: %s", op, exc, exc_info=True)
-            return 500, fault_envelope(
-                SoapFault(
-                    "ErrorSchemaValidation",
-                    f"The request failed schema validation: {exc}",
-                    faultcode="a:ErrorSchemaValidation",
-                )
-            )
+            return 500, fault_envelope(schema_fault(f"The request failed schema validation: {exc}"))
         except Exception:
             log.exception("EWS %s failed inside the test server", op)
             return 500, fault_envelope(
@@ -124,18 +115,10 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
         try:
             root = etree.fromstring(body, _PARSER)
         except etree.XMLSyntaxError as exc:
-            raise SoapFault(
-                "ErrorSchemaValidation",
-                f"The request failed schema validation: {exc}",
-                faultcode="a:ErrorSchemaValidation",
-            ) from exc
+            raise schema_fault(f"The request failed schema validation: {exc}") from exc
         soap_body = root.find(f"{{{SOAP_NS}}}Body")
         if root.tag != f"{{{SOAP_NS}}}Envelope" or soap_body is None or not len(soap_body):
-            raise SoapFault(
-                "ErrorSchemaValidation",
-                "The request failed schema validation: no SOAP Envelope/Body.",
-                faultcode="a:ErrorSchemaValidation",
-            )
+            raise schema_fault("The request failed schema validation: no SOAP Envelope/Body.")
         return root
 
     def _check_version(self, header: Element | None) -> None:

@@ -157,6 +157,11 @@ class SoapFault(Exception):
         self.values = values or {}
 
 
+def schema_fault(text: str) -> SoapFault:
+    """The fault Exchange answers a request that fails schema validation."""
+    return SoapFault("ErrorSchemaValidation", text, faultcode="a:ErrorSchemaValidation")
+
+
 def error(container: Element, operation: str, err: EwsError) -> Element:
     msg = sub(container, m(f"{operation}ResponseMessage"), ResponseClass="Error")
     sub(msg, m("MessageText"), err.text)

@@ -12,7 +12,7 @@ from lxml import etree
 
 from . import items as it
 from .base import SYNC_MAX, Ctx, OpsBase, now_text, parse_int, xml_bool
-from .soap import Element, EwsError, SoapFault, error, local, m, response_root, sub, success, t
+from .soap import Element, EwsError, error, local, m, response_root, schema_fault, sub, success, t
 from .store import PUBLIC, FolderRow, Store
 
 
@@ -24,11 +24,7 @@ class SyncOps(OpsBase):
         try:
             ref = op.find(m("SyncFolderId"))
             if ref is None or not len(ref):
-                raise SoapFault(
-                    "ErrorSchemaValidation",
-                    "SyncFolderItems needs a SyncFolderId.",
-                    faultcode="a:ErrorSchemaValidation",
-                )
+                raise schema_fault("SyncFolderItems needs a SyncFolderId.")
             folder = self.folder(ctx, ref[0])
             if folder.mailbox == PUBLIC:
                 raise EwsError(
@@ -36,11 +32,9 @@ class SyncOps(OpsBase):
                 )
             max_changes = parse_int(op.findtext(m("MaxChangesReturned")), "MaxChangesReturned")
             if not 1 <= max_changes <= SYNC_MAX:
-                raise SoapFault(
-                    "ErrorSchemaValidation",
-                    f"The request failed schema validation: "
-                    f"MaxChangesReturned must be between 1 and {SYNC_MAX}.",
-                    faultcode="a:ErrorSchemaValidation",
+                raise schema_fault(
+                    "The request failed schema validation: "
+                    f"MaxChangesReturned must be between 1 and {SYNC_MAX}."
                 )
             since = _decode_state(op.findtext(m("SyncState")), "items", folder, self.store)
             ignore = (
@@ -99,11 +93,7 @@ class SyncOps(OpsBase):
         req = next((c for c in op if isinstance(c.tag, str)), None)
         try:
             if req is None:
-                raise SoapFault(
-                    "ErrorSchemaValidation",
-                    "Subscribe needs a subscription request.",
-                    faultcode="a:ErrorSchemaValidation",
-                )
+                raise schema_fault("Subscribe needs a subscription request.")
             folders = [
                 self.folder(ctx, r)
                 for r in (req.find(t("FolderIds")) if req.find(t("FolderIds")) is not None else [])

@@ -147,6 +147,25 @@ def payload_hash(payload: Payload) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
+UNCONFIRMED = "?"  # prefix of an exchange_hash taken from what was sent, not from what Exchange holds
+
+
+def unconfirmed_hash(payload: Payload) -> str:
+    """The ``Mapping.exchange_hash`` of an item just created: CreateItem answers only its id and
+    change key, so the hash is of the payload as sent. When the item is first seen by a sync, the
+    engine takes what Exchange holds as the baseline if the change key is still the create's (no
+    edit since, only the server's own normalising), else compares with what was sent."""
+    return UNCONFIRMED + payload_hash(payload)
+
+
+def exchange_baseline(mapping_hash: str, mapping_change_key: str, item_change_key: str,
+                      item_hash: str) -> str:
+    """The Exchange hash to compare a seen item with (resolves ``unconfirmed_hash``)."""
+    if not mapping_hash.startswith(UNCONFIRMED):
+        return mapping_hash
+    return item_hash if item_change_key == mapping_change_key else mapping_hash[len(UNCONFIRMED):]
+
+
 def changed_fields(old: Payload, new: Payload) -> tuple[str, ...]:
     """Names of the fields whose values differ (same payload type expected)."""
     if type(old) is not type(new):
@@ -209,7 +228,9 @@ class Mapping:
     item_id: str
     change_key: str
     psa_hash: str  # payload_hash of the PSA side when last synced
-    exchange_hash: str  # payload_hash of the Exchange side when last synced
+    # payload_hash of the Exchange side when last synced; after a create that was not re-read,
+    # ``unconfirmed_hash`` of what was sent (see there)
+    exchange_hash: str
     exchange_key: str | None = None  # IMPORTED: the Exchange identity
 
 

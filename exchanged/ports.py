@@ -81,15 +81,19 @@ class ExchangeMailbox(Protocol):
         ...
 
     async def find_by_psa_keys(
-        self, folder: FolderKind, psa_keys: Sequence[str]
+        self, folder: FolderKind, psa_keys: Sequence[str], *, folder_hint: int | None = None
     ) -> dict[str, ExchangeItem]:
-        """Items in ``folder`` carrying one of these keys in our extended property (adoption)."""
+        """Items in ``folder`` carrying one of these keys in our extended property (adoption).
+
+        ``folder_hint``: how many items carrying a PSA key the caller believes the folder holds;
+        the adapter may then list them all instead of searching key by key, if that is cheaper."""
         ...
 
     async def create(
         self, folder: FolderKind, items: Sequence[NewItem]
     ) -> Sequence[ExchangeItem | ItemError]:
-        """Bulk create (batches of 100), results in input order."""
+        """Bulk create (batches of 100), results in input order. A result may carry the payload as
+        sent rather than as the server stored it (no re-read): see ``model.unconfirmed_hash``."""
         ...
 
     async def update(

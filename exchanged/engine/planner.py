@@ -52,6 +52,7 @@ from exchanged.model import (
     PsaRecord,
     Window,
     changed_fields,
+    exchange_baseline,
     payload_hash,
     split_psa_key,
 )
@@ -211,11 +212,13 @@ class _Planner:
                    item: ExchangeItem) -> None:
         psa_h, ex_h = payload_hash(record.payload), payload_hash(item.payload)
         adopted = mapping is None or mapping.item_id != item.item_id
+        ex_base = "" if mapping is None else exchange_baseline(
+            mapping.exchange_hash, mapping.change_key, item.change_key, ex_h)
         if adopted:
             psa_changed, ex_changed = True, False  # no common past: the owner's values win
         else:
             assert mapping is not None
-            psa_changed, ex_changed = psa_h != mapping.psa_hash, ex_h != mapping.exchange_hash
+            psa_changed, ex_changed = psa_h != mapping.psa_hash, ex_h != ex_base
             if self.full and not psa_changed and not ex_changed and item.payload != record.payload:
                 psa_changed = True
         merged = record.payload
@@ -233,7 +236,7 @@ class _Planner:
             return
         if psa_fields:
             # if the Exchange overwrite that follows fails, the stale hash makes the next cycle look again
-            stale = mapping.exchange_hash if mapping is not None and ex_fields else ex_h
+            stale = ex_base if mapping is not None and ex_fields else ex_h
             self.add(PsaUpdate(kind, key, merged, psa_fields,
                                f"{_names(psa_fields)} changed in Exchange: written back to the PSA",
                                replace(base, exchange_hash=stale)))

@@ -50,6 +50,7 @@ SYNC_PAGE = 512  # SyncFolderItems MaxChangesReturned (the EWS maximum)
 GET_CHUNK = 50  # items per GetItem: small answers, few requests (Microsoft suggests ~10 for bodies)
 WRITE_CHUNK = 100  # items per CreateItem/UpdateItem/DeleteItem
 FIND_KEYS_CHUNK = 50  # PSA keys per FindItem restriction (an Or of IsEqualTo)
+FIND_PAGE = 1000  # items per FindItem page when listing a folder (EWSFindCountLimit)
 VIEW_MAX = 1000  # CalendarView MaxEntriesReturned; a full slice is split in two
 VIEW_SLICE = timedelta(days=365)  # CalendarView ranges over two years fail (ErrorCalendarViewRangeTooBig)
 
@@ -226,18 +227,33 @@ class EwsMailbox:
 
     # -- adoption -----------------------------------------------------------------------------------
 
-    async def find_by_psa_keys(self, folder: FolderKind, psa_keys: Sequence[str]) -> dict[str, ExchangeItem]:
+    async def find_by_psa_keys(self, folder: FolderKind, psa_keys: Sequence[str], *,
+                               folder_hint: int | None = None) -> dict[str, ExchangeItem]:
+        """Search by key (one FindItem per ``FIND_KEYS_CHUNK`` keys), or, when ``folder_hint`` (how
+        many items carrying a PSA key the caller's mirror holds) says it is fewer requests, list
+        every item carrying a PSA key (``FIND_PAGE`` per FindItem) and keep the wanted ones: a first
+        export of 5,000 items costs one FindItem instead of 100."""
         f = await self._folder(folder)
         acc = self._ews_account()
         keys = list(dict.fromkeys(k for k in psa_keys if k))
+        if not keys:
+            return {}
+        wanted = set(keys)
         hits: dict[str, tuple[str, str | None, Any]] = {}  # key -> (id, ck, created)
         item_cls = convert.ITEM_CLASSES[folder]
         created_field = FieldPath(field=item_cls.get_field_by_fieldname("datetime_created"))
-        for chunk in _chunks(keys, FIND_KEYS_CHUNK):
-            def find(chunk: Sequence[str] = chunk) -> list[Any]:
-                attr = convert.PSA_KEY_ATTR
-                q = Q(**{attr: chunk[0]}) if len(chunk) == 1 else Q(**{f"{attr}__in": list(chunk)})
-                return list(FindItemRobust(account=acc).call(
+        attr = convert.PSA_KEY_ATTR
+        by_key_requests = -(-len(keys) // FIND_KEYS_CHUNK)
+        scan = folder_hint is not None and -(-(folder_hint + len(keys)) // FIND_PAGE) < by_key_requests
+        searches: list[tuple[Q, int | None]] = (
+            [(Q(**{f"{attr}__exists": True}), FIND_PAGE)] if scan else
+            [(Q(**{attr: c[0]}) if len(c) == 1 else Q(**{f"{attr}__in": list(c)}), None)
+             for c in _chunks(keys, FIND_KEYS_CHUNK)])
+        for q, page_size in searches:
+            def find(q: Q = q, page_size: int | None = page_size) -> list[Any]:
+                svc = FindItemRobust(account=acc, page_size=page_size) if page_size else FindItemRobust(
+                    account=acc)
+                return list(svc.call(
                     folders=[f], additional_fields=[convert.key_field(folder), created_field],
                     restriction=Restriction(q, folders=[f], applies_to=Restriction.ITEMS),
                     order_fields=None, shape="IdOnly", query_string=None, depth="Shallow",
@@ -248,8 +264,8 @@ class EwsMailbox:
                     log.warning("%s: %s: skipping an unreadable search hit: %s", self._address,
                                 folder.value, res)
                     continue
-                key = getattr(res, convert.PSA_KEY_ATTR, None)
-                if not isinstance(key, str) or key not in chunk:
+                key = getattr(res, attr, None)
+                if not isinstance(key, str) or key not in wanted:
                     continue
                 created = res.datetime_created
                 if key in hits:
@@ -304,25 +320,10 @@ class EwsMailbox:
                 return await self._adopt_then_create(folder, chunk, results)
             for (n, ews_item), answer in zip(built, answers, strict=False):
                 results[n] = self._created(folder, chunk[n], ews_item, answer)
-            await self._reread_created(folder, results)
         return [r if r is not None else ItemError(chunk[n].psa_key, "no_answer",
                                                   f"{self._address}: Exchange sent no result for this item",
                                                   retryable=True)
                 for n, r in enumerate(results)]
-
-    async def _reread_created(
-        self, folder: FolderKind, results: list[ExchangeItem | ItemError | None]
-    ) -> None:
-        """Replace the locally converted results by what the server now holds (UID, server-set
-        fields such as a task's CompleteDate), so the state store remembers the server's truth."""
-        made = [r for r in results if isinstance(r, ExchangeItem)]
-        if not made:
-            return
-        ids = [(i.item_id, i.change_key) for i in made]
-        fresh = {i.item_id: i for i in await self._get_items(folder, ids)}
-        for n, r in enumerate(results):
-            if isinstance(r, ExchangeItem) and r.item_id in fresh:
-                results[n] = fresh[r.item_id]
 
     def _created(
         self, folder: FolderKind, new: NewItem, ews_item: Any, answer: Any
@@ -335,7 +336,9 @@ class EwsMailbox:
         ews_item._id = None
         ews_item.id, ews_item.changekey = item_id, answer.changekey
         try:
-            item = convert.item_from_ews(folder, ews_item)  # the payload as Exchange now holds it
+            # the payload as sent: CreateItem answers the id and change key only, and this adapter
+            # does not re-read it (GetItem); the runner confirms it when the item is first synced
+            item = convert.item_from_ews(folder, ews_item)
         except convert.Unmappable:
             item = ExchangeItem(folder=folder, item_id=item_id, change_key=answer.changekey or "",
                                 payload=new.payload, psa_key=new.psa_key)

@@ -22,6 +22,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -54,6 +55,7 @@ from exchanged.model import (
     Window,
     changed_fields,
     payload_hash,
+    unconfirmed_hash,
 )
 from exchanged.ports import (
     ExchangeAccount,
@@ -127,6 +129,7 @@ class _Apply:
     outcome: CycleOutcome = field(default_factory=lambda: CycleOutcome("ok"))
     failed: set[str] = field(default_factory=set)  # keys whose write failed: later steps skip them
     psa_hashes: dict[str, str] = field(default_factory=dict)  # psa_key -> hash the PSA returned
+    keyed_items: dict[FolderKind, int] = field(default_factory=dict)  # mirror items with a PSA key
     done: int = 0
 
     def step(self, n: int) -> None:
@@ -223,7 +226,9 @@ class SyncRunner:
                                allow_deletes=allow_deletes, full=full, kinds=target.kinds,
                                suspect_folders=view.suspect,
                                unstored_import_fields=self._unstored_import_fields())
-        run = _Apply(target, mailbox, cycle_id, dict(view.state.mappings), len(the_plan.writes), progress)
+        run = _Apply(target, mailbox, cycle_id, dict(view.state.mappings), len(the_plan.writes), progress,
+                     keyed_items={f: sum(1 for i in fs.items.values() if i.psa_key)
+                                  for f, fs in view.state.folders.items()})
         await self._apply(run, the_plan)
         await self._record_held_back(target, view.state, the_plan, run)
         outcome = run.outcome
@@ -405,8 +410,17 @@ class SyncRunner:
         for folder in folders:
             mine = [a for a in the_plan.actions
                     if isinstance(a, ExchangeCreate | ExchangeUpdate | ExchangeDelete) and a.folder is folder]
-            for creates in _chunks([a for a in mine if isinstance(a, ExchangeCreate)], BATCH):
-                await self._apply_creates(run, folder, creates)
+            creates = [a for a in mine if isinstance(a, ExchangeCreate)]
+            if creates:
+                # adoption first, once for the folder: an item created by a cycle whose reply or state
+                # write was lost, or that appeared since this cycle's sync; with the mirror's count
+                # the adapter may list the folder's keyed items instead of searching key by key
+                keys = [a.psa_key for a in creates]
+                hint = run.keyed_items.get(folder)
+                existing = await self._retry(
+                    partial(run.mailbox.find_by_psa_keys, folder, keys, folder_hint=hint))
+                for some in _chunks(creates, BATCH):
+                    await self._apply_creates(run, folder, some, existing)
             for updates in _chunks([a for a in mine if isinstance(a, ExchangeUpdate)
                                     and a.psa_key not in run.failed], BATCH):
                 await self._apply_updates(run, folder, updates)
@@ -462,17 +476,21 @@ class SyncRunner:
             return PsaWrite("update", a.kind, a.psa_key, a.payload, a.fields, exchange_key=a.exchange_key)
         return PsaWrite("delete", a.kind, a.psa_key, None, exchange_key=a.exchange_key)
 
-    async def _apply_creates(self, run: _Apply, folder: FolderKind,
-                             creates: Sequence[ExchangeCreate]) -> None:
-        async def adopt_then_create() -> tuple[dict[str, ExchangeItem], Sequence[ExchangeItem | ItemError]]:
-            # adoption first: an item created by a cycle whose reply or state write was lost
-            existing = await run.mailbox.find_by_psa_keys(folder, [a.psa_key for a in creates])
+    async def _apply_creates(self, run: _Apply, folder: FolderKind, creates: Sequence[ExchangeCreate],
+                             existing: dict[str, ExchangeItem]) -> None:
+        retried = False
+
+        async def create() -> Sequence[ExchangeItem | ItemError]:
+            nonlocal retried
+            if retried:  # a refused (throttled) call may have created part of the batch: adopt that
+                existing.update(await run.mailbox.find_by_psa_keys(
+                    folder, [a.psa_key for a in creates if a.psa_key not in existing]))
+            retried = True
             new = [NewItem(a.kind, a.psa_key, a.payload, _categories(run.target.settings))
                    for a in creates if a.psa_key not in existing]
-            created = await run.mailbox.create(folder, new) if new else []
-            return existing, created
+            return await run.mailbox.create(folder, new) if new else []
 
-        existing, created = await self._retry(adopt_then_create)
+        created = await self._retry(create)
         created = _aligned(created, sum(1 for a in creates if a.psa_key not in existing), "CreateItem")
         batch = StateBatch()
         results = iter(created)
@@ -496,7 +514,9 @@ class SyncRunner:
             if isinstance(result, ItemError):
                 run.item_error(result, action.psa_key)
                 continue
-            self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
+            # CreateItem is not re-read: the hash is of what was sent until the item is first synced
+            self._keep(run, batch, replace(self._exchange_mapping(run, action.mapping, result),
+                                           exchange_hash=unconfirmed_hash(result.payload)))
             batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
                                                result.item_id, action_fields(action), action.reason))
             run.outcome.counts.exported += 1

@@ -277,7 +277,8 @@ class MemoryMailbox:
         self._leave(fault, "FindItem")
         return out
 
-    async def find_by_psa_keys(self, folder: FolderKind, psa_keys: Sequence[str]) -> dict[str, ExchangeItem]:
+    async def find_by_psa_keys(self, folder: FolderKind, psa_keys: Sequence[str], *,
+                               folder_hint: int | None = None) -> dict[str, ExchangeItem]:
         fault = self._enter("FindItem")
         wanted = set(psa_keys)
         out: dict[str, ExchangeItem] = {}

@@ -15,7 +15,17 @@ from exchanged.exchange import EwsAccount, ExchangeSettings, acheck_connect, che
 from exchanged.exchange import mailbox as mailbox_mod
 from exchanged.exchange.account import MAX_THROTTLED_ATTEMPTS
 from exchanged.exchange.settings import UserCredentials
-from exchanged.model import Appointment, Contact, ExchangeItem, FolderKind, Kind, Task
+from exchanged.model import (
+    Appointment,
+    Contact,
+    ExchangeItem,
+    FolderKind,
+    Kind,
+    Task,
+    exchange_baseline,
+    payload_hash,
+    unconfirmed_hash,
+)
 from exchanged.ports import ItemUpdate, NewItem
 from exchanged.testing.ews import DEFAULT_PASSWORD, EwsTestServer
 
@@ -70,6 +80,31 @@ async def test_the_back_off_is_shared_by_every_mailbox_of_the_sync_account(
     await account.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
     gate = account.session_for(BOB).gate
     assert gate.not_before > 0  # bob's requests wait for the same gate
+
+
+async def test_find_by_psa_keys_lists_the_folder_when_that_is_fewer_requests(
+        ews_server: EwsTestServer, account: EwsAccount) -> None:
+    """120 keys searched one by one cost 3 FindItem (50 per restriction); with a folder hint of 5
+    keyed items the adapter lists the keyed items once and finds the same ones, the older of two
+    items with one key included."""
+    mb = account.mailbox(ALICE)
+    await mb.create(FolderKind.CALENDAR, [appt(n) for n in range(3)])
+    [dup] = await mb.create(FolderKind.CALENDAR, [appt(1)])  # a second item with key appointment:1
+    await mb.create(FolderKind.CALENDAR, [NewItem(Kind.APPOINTMENT, "", appt(9).payload)])  # no key
+    keys = [f"appointment:{n}" for n in range(120)]
+    ews_server.reset_stats()
+    by_key = await mb.find_by_psa_keys(FolderKind.CALENDAR, keys)
+    assert requests(ews_server).get("FindItem") == 3
+    ews_server.reset_stats()
+    listed = await mb.find_by_psa_keys(FolderKind.CALENDAR, keys, folder_hint=5)
+    assert requests(ews_server).get("FindItem") == 1
+    assert sorted(listed) == sorted(by_key) == ["appointment:0", "appointment:1", "appointment:2"]
+    assert {k: i.item_id for k, i in listed.items()} == {k: i.item_id for k, i in by_key.items()}
+    assert isinstance(dup, ExchangeItem) and listed["appointment:1"].item_id != dup.item_id
+    ews_server.reset_stats()  # a big folder and few keys: searching by key stays cheaper
+    assert await mb.find_by_psa_keys(FolderKind.CALENDAR, keys[:2], folder_hint=5000) == {
+        k: by_key[k] for k in keys[:2]}
+    assert requests(ews_server).get("FindItem") == 1
 
 
 async def test_lost_create_reply_adopts_instead_of_duplicating(ews_server: EwsTestServer,
@@ -318,20 +353,32 @@ async def test_public_contacts_folder_is_created_once_and_listed(ews_server: Ews
     assert requests(ews_server).get("CreateFolder", 0) == 0
 
 
-async def test_write_results_are_what_the_server_holds(account: EwsAccount) -> None:
-    """The runner stores the returned items as the Exchange side of the mapping: they must equal
-    what the next read returns, or a server-set field would look like a user's edit."""
+async def test_create_is_not_re_read_and_the_next_sync_confirms_it(ews_server: EwsTestServer,
+                                                                   account: EwsAccount) -> None:
+    """CreateItem answers ids only and the adapter does not GetItem what it created (one request
+    per 100 items): the result carries the payload as sent and the create's change key. The next
+    sync returns the item with that same change key, which is what lets the engine take the
+    server's version as the baseline (``model.exchange_baseline``) instead of seeing an edit."""
     mb = account.mailbox(ALICE)
     day = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
     done = Task(subject="filed", start=day, due=day, completed=day)
+    before = requests(ews_server)
     [t] = await mb.create(FolderKind.TASKS, [NewItem(Kind.TODO, "todo:1", done)])
     [a] = await mb.create(FolderKind.CALENDAR, [appt(1)])
     assert isinstance(t, ExchangeItem) and isinstance(a, ExchangeItem)
-    assert a.uid and a.exchange_key == a.uid
+    made = {k: v - before.get(k, 0) for k, v in requests(ews_server).items()
+            if v != before.get(k, 0)}
+    assert made == {"CreateItem": 2}
     read = {i.item_id: i for f in (FolderKind.TASKS, FolderKind.CALENDAR)
             async for p in mb.changes(f, None) for i in p.upserted}
-    assert read[t.item_id].payload == t.payload
-    assert read[a.item_id].payload == a.payload and read[a.item_id].change_key == a.change_key
+    for created in (t, a):
+        seen = read[created.item_id]
+        assert seen.change_key == created.change_key
+        sent = unconfirmed_hash(created.payload)
+        assert exchange_baseline(sent, created.change_key, seen.change_key,
+                                 payload_hash(seen.payload)) == payload_hash(seen.payload)
+    assert read[t.item_id].payload == t.payload and read[a.item_id].payload == a.payload
+    assert read[a.item_id].uid  # the server's UID arrives with the sync
     open_again = dataclasses.replace(t.payload, completed=None)  # type: ignore[type-var]
     [t2] = await mb.update(FolderKind.TASKS,
                            [ItemUpdate(t.item_id, t.change_key, open_again, ("completed",))])

@@ -106,10 +106,14 @@ class World:
                 assert by_key[key][0].payload == payload, key
         before = self.writes()
         plan = await self.runner.plan(self.user)
-        assert plan["actions"] == [] and plan["held_back"] == [], plan
+        # nothing to write on either side; at most the state confirms what the last creates sent
+        assert [a for a in plan["actions"] if a["side"] != "state"] == [] and plan["held_back"] == [], plan
+        assert all(a["reason"] == "both sides agree: mapping refreshed" for a in plan["actions"]), plan
         out = await self.cycle()
         assert out.result == "ok", out
         assert self.writes() == before, "a second cycle wrote"
+        plan = await self.runner.plan(self.user)
+        assert plan["actions"] == [] and plan["held_back"] == [], plan
 
     async def expected_imports(self, win: Any) -> dict[str, Payload]:
         out: dict[str, Payload] = {}

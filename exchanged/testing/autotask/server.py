@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ..faults import FaultSwitches
 from ..tls import server_tls
 from .psa import AutotaskPsaData
 from .schema import CHILD_ROUTES, ENTITIES, ENTITY_BY_LOWER
@@ -44,7 +45,7 @@ HOUR_S = 3600.0
 
 
 @dataclass
-class Faults:
+class Faults(FaultSwitches):
     """Set through POST /__emulator/faults; ``*_next`` count down per API request.
 
     ``fail_next``: answer ``fail_status`` without doing anything; ``drop_next``: do the work,
@@ -59,17 +60,6 @@ class Faults:
     throttle_next: int = 0
     fail_status: int = 500
     latency_ms: int = 0
-
-    def update(self, values: Any) -> None:
-        if not isinstance(values, dict):
-            raise ValueError("faults must be a JSON object")
-        for key, value in values.items():
-            if key not in self.__dataclass_fields__:
-                raise ValueError(f"unknown fault switch {key!r}; known: {sorted(self.__dataclass_fields__)}")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"fault switch {key!r} must be a non-negative integer, got {value!r}")
-        for key, value in values.items():
-            setattr(self, key, value)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ..faults import FaultSwitches
 from ..tls import server_tls
 from . import ntlm
 from .ops import Dispatcher
@@ -38,7 +39,7 @@ DEFAULT_PASSWORD = "SECRET"
 
 
 @dataclass
-class Faults:
+class Faults(FaultSwitches):
     """Test switches set through POST /__emulator/faults; each *_next counts down per EWS request."""
 
     throttle_next: int = 0
@@ -53,25 +54,17 @@ class Faults:
     # "": the *_next switches hit any request; "CreateItem,DeleteItem": only these operations
     only_ops: str = ""
 
-    def update(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            if key not in self.__dataclass_fields__:
-                raise ValueError(f"unknown fault switch {key!r}; known: {sorted(self.__dataclass_fields__)}")
-            if key == "throttle_style":
-                if value not in THROTTLE_STYLES:
-                    raise ValueError(
-                        f"fault switch 'throttle_style' must be one of {THROTTLE_STYLES}, got {value!r}"
-                    )
-                setattr(self, key, value)
-                continue
-            if key == "only_ops":
-                if not isinstance(value, str):
-                    raise ValueError(f"fault switch 'only_ops' must be a string of operations, got {value!r}")
-                setattr(self, key, value)
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"fault switch {key!r} must be a non-negative integer, got {value!r}")
-            setattr(self, key, value)
+    def check(self, key: str, value: Any) -> None:
+        if key == "throttle_style":
+            if value not in THROTTLE_STYLES:
+                raise ValueError(
+                    f"fault switch 'throttle_style' must be one of {THROTTLE_STYLES}, got {value!r}"
+                )
+        elif key == "only_ops":
+            if not isinstance(value, str):
+                raise ValueError(f"fault switch 'only_ops' must be a string of operations, got {value!r}")
+        else:
+            super().check(key, value)
 
 
 @dataclass

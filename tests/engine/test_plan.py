@@ -37,6 +37,7 @@ from exchanged.model import (
     Task,
     occurrence_key,
     payload_hash,
+    unconfirmed_hash,
 )
 
 NOW = datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
@@ -131,6 +132,26 @@ def test_exchange_edit_of_start_flows_back_both_changed_psa_wins() -> None:
     [only] = out.actions
     assert isinstance(only, ExchangeUpdate) and set(only.fields) == {"start", "end", "subject", "body"}
     assert only.reason == "changed on both sides: the PSA wins"
+
+
+def test_an_unconfirmed_create_is_confirmed_or_compared_with_what_was_sent() -> None:
+    """A create is not re-read: its mapping holds the hash of what was sent. Seen again unchanged
+    with the create's change key, the mapping is confirmed, state only. A start that differs under
+    the create's change key is the server's doing, not a user's: the PSA's value is written again,
+    nothing flows back. Under a new change key it is a user's edit of what was sent: it flows back."""
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt(body="text"))
+    sent = replace(m, exchange_hash=unconfirmed_hash(r.payload))
+    [confirm] = plan(S, W, [r], [x], {sent.psa_key: sent}).actions
+    assert isinstance(confirm, Adopt) and confirm.refresh and confirm.mapping == m
+    assert plan(S, W, [r], [x], {m.psa_key: confirm.mapping}).actions == []
+    later = NOW + timedelta(hours=5)
+    moved = replace(x.payload, start=later, end=later + timedelta(hours=1))
+    [rewrite] = plan(S, W, [r], [replace(x, payload=moved)], {sent.psa_key: sent}).actions
+    assert isinstance(rewrite, ExchangeUpdate) and rewrite.fields == ("start", "end")
+    edited = replace(x, change_key="ck-edited", payload=moved)
+    [back] = plan(S, W, [r], [edited], {sent.psa_key: sent}).actions
+    assert isinstance(back, PsaUpdate) and back.fields == ("start", "end")
+    assert back.mapping.exchange_hash == payload_hash(moved)
 
 
 def test_impossible_flow_back_is_not_written() -> None:

@@ -201,11 +201,12 @@ class Database:
         with conn.transaction():
             return fn(tx)
 
-    def _run_sync(self, fn: Callable[[Tx], T], write: bool) -> T:
-        if not write and self._conn is not None and self.url.dialect == POSTGRES:
+    def _run_sync(self, fn: Callable[[Tx], T], write: bool, idempotent: bool = False) -> T:
+        if (not write or idempotent) and self._conn is not None and self.url.dialect == POSTGRES:
             # a read on a connection from an earlier call: if the server went away in between
             # (restart, idle timeout), try once more on a fresh connection. Writes are not
-            # repeated: whether a failed COMMIT landed cannot be known here.
+            # repeated (whether a failed COMMIT landed cannot be known here) unless the caller
+            # says that doing one twice is the same as doing it once (taking a lease).
             try:
                 return self._transaction(fn, write)
             except Exception as exc:
@@ -233,12 +234,16 @@ class Database:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"{self.what} {self.url.shown}: {mask_url(detail)}"
 
-    async def run(self, fn: Callable[[Tx], T], *, write: bool = False) -> T:
-        """Run ``fn`` in one transaction in a worker thread; commit if it returns, else roll back."""
+    async def run(self, fn: Callable[[Tx], T], *, write: bool = False, idempotent: bool = False) -> T:
+        """Run ``fn`` in one transaction in a worker thread; commit if it returns, else roll back.
+
+        ``idempotent``: a write that may safely run twice; like a read, it is tried once more on a
+        fresh connection when the server dropped the old one.
+        """
         if self.closed:
             raise self._fail(f"{self.what} {self.url.shown} is closed")
         async with self._lock:
-            return await trio.to_thread.run_sync(self._run_sync, fn, write)
+            return await trio.to_thread.run_sync(self._run_sync, fn, write, idempotent)
 
     def run_blocking(self, fn: Callable[[Tx], T], *, write: bool = False) -> T:
         """``run`` for synchronous callers outside trio (seeding sample data, tools)."""

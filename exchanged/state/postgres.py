@@ -4,14 +4,15 @@ Leases: a row per mailbox with the holder and an expiry taken from the database 
 (``now()``), so the nodes' own clocks never matter. ``try_lease`` is one atomic
 ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement: it takes a free or expired lease or
 renews the node's own, and reports whether the node holds it afterwards. A dead node's leases
-expire after their TTL and are then taken over by another node.
+expire after their TTL and are then taken over by another node. ``lease_holders`` lists the
+unexpired ones (``exchangectl status`` shows a user another node holds).
 """
 
 from __future__ import annotations
 
 from exchanged import errors
 from exchanged.state.db import Database, DbUrl, Tx
-from exchanged.state.store import Flavor, SqlStateStore
+from exchanged.state.store import Flavor, Lease, SqlStateStore
 
 _LOCK_ID = 0x65786364  # advisory lock that serialises schema migrations of nodes starting together
 
@@ -31,6 +32,15 @@ class PostgresFlavor(Flavor):
 
     def release_lease(self, tx: Tx, mailbox: str, node: str) -> None:
         tx.query("DELETE FROM leases WHERE mailbox = ? AND node = ?", (mailbox, node))
+
+    @property
+    def keeps_leases(self) -> bool:
+        return True
+
+    def lease_holders(self, tx: Tx) -> dict[str, Lease]:
+        rows = tx.query("SELECT mailbox, node, expires_at FROM leases WHERE expires_at > now() "
+                        "ORDER BY mailbox")
+        return {mailbox: Lease(node, expires_at) for mailbox, node, expires_at in rows}
 
     def lock_migrations(self, tx: Tx) -> None:
         tx.query("SELECT pg_advisory_xact_lock(?)", (_LOCK_ID,))

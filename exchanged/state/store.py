@@ -8,7 +8,8 @@ Theory of operation
 * The schema is versioned: ``schema_version`` holds one row; ``MIGRATIONS[i]`` brings version
   ``i`` to ``i + 1``. A database written by a newer exchanged is refused, never "downgraded".
 * The dialects differ only in a few DDL words and in leases (``Flavor``): SQLite serves one node
-  and grants every lease; PostgreSQL takes leases atomically by the database server's clock.
+  and grants every lease (and keeps none); PostgreSQL takes leases atomically by the database
+  server's clock, and ``lease_holders`` shows who holds which user now (for ``status``).
 * ``history`` returns entries oldest first: at most ``limit`` of the newest that match (the same
   order as the in-memory twin, and the order a journal is read in).
 """
@@ -34,6 +35,14 @@ SCHEMA_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEG
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A live lease: the node syncing the user and when the lease runs out if it is not renewed."""
+
+    node: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Flavor:
     """What differs between the dialects: DDL words and leases."""
 
@@ -49,6 +58,13 @@ class Flavor:
 
     def release_lease(self, tx: Tx, mailbox: str, node: str) -> None:
         return None
+
+    @property
+    def keeps_leases(self) -> bool:
+        return False
+
+    def lease_holders(self, tx: Tx) -> dict[str, Lease]:
+        return {}
 
     def lock_migrations(self, tx: Tx) -> None:
         return None
@@ -242,10 +258,23 @@ class SqlStateStore:
             "ON CONFLICT (mailbox) DO UPDATE SET known = 1", (mailbox,)), write=True)
 
     async def try_lease(self, mailbox: str, node: str, ttl_s: float) -> bool:
-        return await self.db.run(lambda tx: self.flavor.try_lease(tx, mailbox, node, ttl_s), write=True)
+        if not self.flavor.keeps_leases:
+            return True  # one node: no write transaction per cycle for nothing
+        # taking or renewing one's own lease twice is taking it once: retried on a dropped connection
+        return await self.db.run(lambda tx: self.flavor.try_lease(tx, mailbox, node, ttl_s), write=True,
+                                 idempotent=True)
 
     async def release_lease(self, mailbox: str, node: str) -> None:
-        await self.db.run(lambda tx: self.flavor.release_lease(tx, mailbox, node), write=True)
+        if not self.flavor.keeps_leases:
+            return
+        await self.db.run(lambda tx: self.flavor.release_lease(tx, mailbox, node), write=True,
+                          idempotent=True)
+
+    async def lease_holders(self) -> dict[str, Lease]:
+        """The live (unexpired) leases by mailbox; always empty for SQLite, which keeps none."""
+        if not self.flavor.keeps_leases:
+            return {}
+        return await self.db.run(self.flavor.lease_holders)
 
     async def aclose(self) -> None:
         await self.db.aclose()
@@ -311,4 +340,4 @@ def _last_per_id(items: Sequence[ExchangeItem]) -> list[ExchangeItem]:
     return list(by_id.values())
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Flavor", "SqlStateStore"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Flavor", "Lease", "SqlStateStore"]

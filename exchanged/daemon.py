@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import signal
 import socket
@@ -62,6 +63,8 @@ STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
 STATUS_MIN_GAP_S = 1.0  # changes within this time share one STATUS= update
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
 LEASE_TTL_S = 300.0  # a dead node's users are taken over after this; renewed every third of it
+LEASE_TTL_ENV = "EXCHANGED_LEASE_TTL_S"  # overrides LEASE_TTL_S (faster takeover; the multi-node test)
+MIN_LEASE_TTL_S = 3.0
 
 # Test hooks (honoured only with the in-memory adapters, never in production):
 TEST_ADAPTERS_ENV = "EXCHANGED_TEST_ADAPTERS"  # "memory": in-memory fakes instead of real adapters
@@ -357,6 +360,22 @@ class _NotifierAdapter:
 # --- helpers -------------------------------------------------------------------------------------
 
 
+def _lease_ttl_s() -> float:
+    """``LEASE_TTL_S``, or ``EXCHANGED_LEASE_TTL_S`` (seconds, at least ``MIN_LEASE_TTL_S``)."""
+    raw = os.environ.get(LEASE_TTL_ENV, "").strip()
+    if not raw:
+        return LEASE_TTL_S
+    try:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return max(MIN_LEASE_TTL_S, value)
+    except ValueError:
+        log.warning("not a number of seconds: the default lease TTL applies", variable=LEASE_TTL_ENV,
+                    value=raw, default_s=LEASE_TTL_S)
+        return LEASE_TTL_S
+
+
 def _iso(at: datetime | None) -> str | None:
     return at.astimezone(UTC).isoformat(timespec="seconds") if at is not None else None
 
@@ -495,6 +514,7 @@ class Daemon:
         self._status_changed = trio.Event()
         # leases (PostgreSQL state) are per process: a restarted node waits out its old leases' TTL
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_ttl_s = _lease_ttl_s()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -672,10 +692,15 @@ class Daemon:
         assert self.adapters is not None
         state = self.adapters.state
         try:
-            granted = await state.try_lease(mailbox, self.node_id, LEASE_TTL_S)
-        except Exception as exc:  # the cycle itself meets (and reports) a failing state store
-            log.warning("cannot take the lease", mailbox=mailbox, error=present(exc).line())
-            granted = True
+            granted = await state.try_lease(mailbox, self.node_id, self.lease_ttl_s)
+        except Exception as exc:  # no lease, no cycle: another node may be syncing this user
+            p = present(exc)
+            log.warning("cycle not run: cannot take the lease", mailbox=mailbox, error=p.line())
+            outcome = CycleOutcome(result="error", reason=p.reason,
+                                   error=f"{mailbox}: cannot take this user's lease: {p.line()}")
+            self._record(mailbox, self.records.setdefault(mailbox, _UserStatus()), outcome,
+                         f"user:{mailbox}:{p.reason}", p)
+            return outcome
         if not granted:
             log.info("cycle skipped: another node holds this user's lease", mailbox=mailbox,
                      node=self.node_id)
@@ -687,9 +712,9 @@ class Daemon:
                 async def renew() -> None:
                     nonlocal lost
                     while True:
-                        await trio.sleep(LEASE_TTL_S / 3)
+                        await trio.sleep(self.lease_ttl_s / 3)
                         with contextlib.suppress(Exception):  # a hiccup: the TTL leaves room to retry
-                            if not await state.try_lease(mailbox, self.node_id, LEASE_TTL_S):
+                            if not await state.try_lease(mailbox, self.node_id, self.lease_ttl_s):
                                 lost = True
                                 nursery.cancel_scope.cancel()
                                 return
@@ -951,13 +976,27 @@ class Daemon:
                 parts.append(f"next cycle {upcoming.astimezone().strftime('%H:%M')}")
         return ", ".join(parts)
 
-    def _user_rows(self) -> list[dict[str, Any]]:
+    async def _held_elsewhere(self) -> dict[str, dict[str, Any]]:
+        """Users whose live lease another node holds (PostgreSQL state; SQLite keeps no leases)."""
+        holders = getattr(self.adapters.state if self.adapters else None, "lease_holders", None)
+        if holders is None:
+            return {}
+        leases: dict[str, Any] = {}
+        with contextlib.suppress(Exception), trio.move_on_after(CLOSE_TIMEOUT_S):
+            leases = await holders()  # status must answer even when the state store does not
+        return {m: {"node": lease.node, "expires_at": _iso(lease.expires_at)}
+                for m, lease in leases.items() if lease.node != self.node_id}
+
+    def _user_rows(self, held: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         snap = self.scheduler.snapshot()
         rows = []
+        held = held or {}
         for user in self.cfg.users:
             rt = snap.get(user.mailbox)
             rec = self.records.get(user.mailbox) or _UserStatus()
             state = rt.state if rt is not None else "disabled"
+            if user.mailbox in held and state not in ("syncing", "disabled"):
+                state = "held_elsewhere"  # another node is syncing it (or died doing so)
             rows.append({
                 "mailbox": user.mailbox,
                 "psa_resource": user.psa_resource,
@@ -970,12 +1009,14 @@ class Daemon:
                 "next_run": _iso(rt.next_run) if rt is not None else None,
                 "progress": rt.progress if rt is not None else None,
                 "counts": dict(rec.counts),
+                "held_by": held.get(user.mailbox),
             })
         return rows
 
     # --- ControlHandler --------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
+        held = await self._held_elsewhere()
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -997,7 +1038,7 @@ class Daemon:
             "paused": self.scheduler.paused,
             "interval_minutes": self.cfg.sync_interval_minutes,
             "max_concurrent_users": self.cfg.sync.max_concurrent_users,
-            "users": self._user_rows(),
+            "users": self._user_rows(held),
             "public_folder": self._public_folder_row(),
         }
 

@@ -1,0 +1,37 @@
+"""The daemon's side of leases that the end-to-end multi-node test cannot provoke on cue: a state
+store that fails while the lease is being taken (in-process, in-memory adapters, autojump clock)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from exchanged import errors
+from tests.daemon.test_daemon_inprocess import ALICE, Env, env, started  # noqa: F401 - env is a fixture
+
+
+async def test_no_lease_no_cycle_when_the_state_store_fails_taking_it(
+    env: Env, autojump_clock: trio.testing.MockClock  # noqa: F811
+) -> None:
+    failing = True
+    take = env.state.try_lease
+
+    async def try_lease(mailbox: str, node: str, ttl_s: float) -> bool:
+        if failing and mailbox == ALICE:
+            raise errors.StateError("state database postgresql://db/exchanged: connection refused")
+        return await take(mailbox, node, ttl_s)
+
+    env.state.try_lease = try_lease  # type: ignore[method-assign]
+    async with started(env.daemon()) as d:
+        out = await d.sync([ALICE], full=False, wait=True, allow_deletes=False)
+        assert out["ok"] is False
+        assert out["results"][ALICE]["result"] == "error"
+        assert "cannot take this user's lease" in out["results"][ALICE]["error"]
+        assert env.runner.of(ALICE) == []  # without the lease the cycle never ran
+        row = next(u for u in await d.users() if u["mailbox"] == ALICE)
+        assert row["last_result"] == "error" and "connection refused" in row["last_error"]
+        assert any(kind == "error" and ALICE in key for kind, key in env.notifier.events)
+        failing = False
+        out = await d.sync([ALICE], full=False, wait=True, allow_deletes=False)
+        assert out["results"][ALICE]["result"] == "ok" and len(env.runner.of(ALICE)) == 1
+        assert any(kind == "resolved" and ALICE in key for kind, key in env.notifier.events)

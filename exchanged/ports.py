@@ -207,6 +207,9 @@ class UserState:
     mappings: dict[str, Mapping] = field(default_factory=dict)  # by psa_key
     folders: dict[FolderKind, FolderState] = field(default_factory=dict)
     held_back_deletes: list[str] = field(default_factory=list)  # psa_keys / item ids
+    # the store's count of commits and resets of this user as of the load: the same generation
+    # means the same state (a runner may keep a state in memory and check only this number)
+    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -239,12 +242,17 @@ class UserRecord:
 class StateStore(Protocol):
     async def load_user(self, mailbox: str) -> UserState: ...
 
-    async def commit(self, mailbox: str, batch: StateBatch) -> None:
-        """Apply ``batch`` atomically: all of it or none of it."""
+    async def commit(self, mailbox: str, batch: StateBatch) -> int:
+        """Apply ``batch`` atomically: all of it or none of it; returns the user's new generation."""
+        ...
+
+    async def generation(self, mailbox: str) -> int:
+        """The user's generation now (see ``UserState.generation``): one cheap read."""
         ...
 
     async def reset_user(self, mailbox: str, *, keep_mappings: bool) -> None:
-        """Forget sync states and mirrors (full resync); mappings stay unless told otherwise."""
+        """Forget sync states and mirrors (full resync); mappings stay unless told otherwise.
+        Bumps the generation."""
         ...
 
     async def record_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None: ...

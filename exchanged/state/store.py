@@ -100,7 +100,13 @@ _V1 = [
     "CREATE TABLE leases (mailbox TEXT PRIMARY KEY, node TEXT NOT NULL, expires_at {lease_time} NOT NULL)",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1]
+# Version 2: a counter per user bumped by every commit and reset, so that a runner holding the
+# state of its last cycle in memory knows, with one small query, whether anybody changed it since.
+_V2 = [
+    "CREATE TABLE state_generations (mailbox TEXT PRIMARY KEY, generation INTEGER NOT NULL)",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -158,7 +164,7 @@ class SqlStateStore:
 
     async def load_user(self, mailbox: str) -> UserState:
         def run(tx: Tx) -> UserState:
-            user = UserState(mailbox)
+            user = UserState(mailbox, generation=_generation(tx, mailbox))
             for row in tx.query(
                     "SELECT kind, psa_key, folder, item_id, change_key, psa_hash, exchange_hash, "
                     "exchange_key FROM mappings WHERE mailbox = ?", (mailbox,)):
@@ -186,6 +192,9 @@ class SqlStateStore:
             return user
 
         return await self.db.run(run)
+
+    async def generation(self, mailbox: str) -> int:
+        return await self.db.run(lambda tx: _generation(tx, mailbox))
 
     async def user_records(self) -> dict[str, UserRecord]:
         def run(tx: Tx) -> dict[str, UserRecord]:
@@ -224,8 +233,12 @@ class SqlStateStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    async def commit(self, mailbox: str, batch: StateBatch) -> None:
-        await self.db.run(lambda tx: _apply_batch(tx, mailbox, batch), write=True)
+    async def commit(self, mailbox: str, batch: StateBatch) -> int:
+        def run(tx: Tx) -> int:
+            _apply_batch(tx, mailbox, batch)
+            return _bump_generation(tx, mailbox)
+
+        return await self.db.run(run, write=True)
 
     async def reset_user(self, mailbox: str, *, keep_mappings: bool) -> None:
         def run(tx: Tx) -> None:
@@ -233,6 +246,7 @@ class SqlStateStore:
             tx.query("DELETE FROM folder_states WHERE mailbox = ?", (mailbox,))
             if not keep_mappings:
                 tx.query("DELETE FROM mappings WHERE mailbox = ?", (mailbox,))
+            _bump_generation(tx, mailbox)
 
         await self.db.run(run, write=True)
 
@@ -278,6 +292,17 @@ class SqlStateStore:
 
     async def aclose(self) -> None:
         await self.db.aclose()
+
+
+def _generation(tx: Tx, mailbox: str) -> int:
+    rows = tx.query("SELECT generation FROM state_generations WHERE mailbox = ?", (mailbox,))
+    return int(rows[0][0]) if rows else 0
+
+
+def _bump_generation(tx: Tx, mailbox: str) -> int:
+    tx.query("INSERT INTO state_generations (mailbox, generation) VALUES (?, 1) ON CONFLICT (mailbox) "
+             "DO UPDATE SET generation = state_generations.generation + 1", (mailbox,))
+    return _generation(tx, mailbox)
 
 
 def _apply_batch(tx: Tx, mailbox: str, batch: StateBatch) -> None:

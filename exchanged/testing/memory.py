@@ -648,7 +648,11 @@ class MemoryState:
             raise errors.StateError("load_user failed (injected)")  # a lost reply of a read is a failure
         return copy.deepcopy(self.users.get(mailbox) or UserState(mailbox))
 
-    async def commit(self, mailbox: str, batch: StateBatch) -> None:
+    async def generation(self, mailbox: str) -> int:
+        user = self.users.get(mailbox)
+        return user.generation if user is not None else 0
+
+    async def commit(self, mailbox: str, batch: StateBatch) -> int:
         fault = self._check("commit")
         # build the new state on a copy and swap it in: all or nothing
         user = copy.deepcopy(self.users.get(mailbox) or UserState(mailbox))
@@ -669,19 +673,21 @@ class MemoryState:
                 fs.server_identity = batch.server_identity
         if batch.held_back_deletes is not None:
             user.held_back_deletes = list(batch.held_back_deletes)
+        user.generation += 1
         self.users[mailbox] = copy.deepcopy(user)
         self.journal.extend(batch.journal)
         self.commits += 1
         if fault is not None:
             raise fault.exc
+        return user.generation
 
     async def reset_user(self, mailbox: str, *, keep_mappings: bool) -> None:
         fault = self._check("reset_user")
-        user = self.users.get(mailbox)
-        if user is not None:
-            user.folders.clear()
-            if not keep_mappings:
-                user.mappings.clear()
+        user = self.users.setdefault(mailbox, UserState(mailbox))
+        user.folders.clear()
+        if not keep_mappings:
+            user.mappings.clear()
+        user.generation += 1
         if fault is not None:
             raise fault.exc
 

@@ -149,6 +149,24 @@ async def test_an_unknown_user_has_empty_state(impl: Impl) -> None:
     assert (user.mailbox, user.mappings, user.folders, user.held_back_deletes) == (BOX, {}, {}, [])
 
 
+async def test_the_generation_counts_commits_and_resets_of_one_user_only(impl: Impl) -> None:
+    """A runner keeps its last state in memory and trusts it while the generation is unchanged:
+    every commit and reset must move it, reading and outcomes must not, other users never."""
+    assert await impl.store.generation(BOX) == 0 and (await impl.store.load_user(BOX)).generation == 0
+    first = await impl.store.commit(BOX, full_batch())
+    second = await impl.store.commit(BOX, StateBatch(journal=[entry(3)]))
+    assert 0 < first < second
+    assert await impl.store.generation(BOX) == second == (await impl.store.load_user(BOX)).generation
+    await impl.store.record_outcome(BOX, NOW, CycleOutcome("ok"))
+    await impl.store.mark_known(BOX)
+    await impl.store.history(BOX, None)
+    assert await impl.store.generation(BOX) == second
+    assert await impl.store.generation(OTHER) == 0
+    await impl.store.reset_user(BOX, keep_mappings=True)
+    assert await impl.store.generation(BOX) > second
+    assert (await impl.store.load_user(BOX)).generation == await impl.store.generation(BOX)
+
+
 async def test_a_batch_round_trips_every_value(impl: Impl) -> None:
     await impl.store.commit(BOX, full_batch())
     user = await impl.store.load_user(BOX)

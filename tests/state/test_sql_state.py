@@ -290,8 +290,32 @@ async def test_an_older_schema_is_migrated_and_keeps_its_data(tmp_path: Path,
     assert set((await new.load_user(BOX)).mappings) == {"todo:1"}
     await new.aclose()
     with sqlite3.connect(tmp_path / "state.db") as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(len(migrations),)]
         assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (0,)
+
+
+async def test_a_version_1_database_gains_generations_and_keeps_its_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state written by the first release (schema 1) opens with this one: generations start
+    at 0 for every user and count from there."""
+    from exchanged.state import store as store_module
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        patch.setattr(store_module, "SCHEMA_VERSION", 1)
+        old = await open_state_store(url)
+        await old.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as conn:  # a mapping as the first release wrote it
+        conn.execute("INSERT INTO mappings VALUES (?, 'todo:1', 'todo', 'tasks', 'i1', 'ck', 'ph', 'eh', NULL)",
+                     (BOX,))
+    new = await open_state_store(url)
+    try:
+        user = await new.load_user(BOX)
+        assert set(user.mappings) == {"todo:1"} and user.generation == 0
+        assert await new.commit(BOX, StateBatch(upsert_mappings=[m("todo:2", "i2")])) == 1
+    finally:
+        await new.aclose()
 
 
 @pytest.mark.postgres

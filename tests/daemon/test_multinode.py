@@ -245,6 +245,7 @@ def test_first_export_on_both_nodes_creates_every_item_once(cluster: Cluster) ->
 def test_a_user_syncing_on_one_node_is_not_synced_by_the_other(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     cluster.settle()
+    assert b.sync(ALICE)["result"] == "ok"  # B's own last view of alice predates A's next cycle
     keys = cluster.add_appointments(1, 20_000, SLOW_ROWS, "Slow")
     cluster.ews.set_faults(latency_ms=2500)  # every EWS answer: alice's cycle on A outlives a TTL
     cluster.in_background(a, "sync", ALICE, "--wait")
@@ -267,7 +268,12 @@ def test_a_user_syncing_on_one_node_is_not_synced_by_the_other(cluster: Cluster)
     assert a.user(ALICE)["last_result"] == "ok"
     free = b.user(ALICE)
     assert free["state"] != "held_elsewhere" and free["held_by"] is None, free
-    assert b.sync(ALICE)["result"] == "ok"
+    writes = cluster.ews.stats()["requests"].get("CreateItem", 0)
+    journal = b.ctl("history", ALICE, "--json").stdout
+    after = b.sync(ALICE)  # carries on from what A committed: nothing to do again, nothing adopted
+    assert after["result"] == "ok" and after["counts"]["exported"] == 0, after
+    assert cluster.ews.stats()["requests"].get("CreateItem", 0) == writes
+    assert b.ctl("history", ALICE, "--json").stdout == journal
     found = cluster.keys(ALICE)
     assert sorted(k for k in found if k in keys) == sorted(keys)
     assert duplicates(cluster.exchange()) == []

@@ -18,7 +18,7 @@ from .actions import (
     PsaUpdate,
     describe,
 )
-from .planner import plan
+from .planner import plan, stable_until
 from .rules import BUSY_SUBJECT, FLOW_BACK, PRIVATE_SUBJECT, import_skip_reason, in_scope, render_import
 from .settings import UserSettings, UserSpec, enabled_kinds, window
 
@@ -45,5 +45,6 @@ __all__ = [
     "in_scope",
     "plan",
     "render_import",
+    "stable_until",
     "window",
 ]

@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import MISSING, dataclass, field, fields, replace
+from datetime import datetime
 
 from exchanged.model import (
     FOLDER_OF_KIND,
@@ -80,6 +81,7 @@ from .rules import (
     item_is_occurrence,
     merge_flow_back,
     render_import,
+    scope_changes_at,
 )
 from .settings import UserSettings, enabled_kinds
 
@@ -121,6 +123,18 @@ def plan(
                    {k: m for k, m in mappings.items() if m.kind is Kind.IMPORTED})
     p.guard(allow_deletes, suspect_folders, settings.max_deletes_per_cycle)
     return p.result
+
+
+def stable_until(window: Window, psa_records: Iterable[PsaRecord],
+                 exchange_items: Iterable[ExchangeItem]) -> datetime | None:
+    """Until when ``plan`` gives the same answer for the same records and items as time passes
+    (None: for ever): the earliest moment any of them enters or leaves the sliding window. A
+    runner that sees neither side change before then may skip planning (see sync/runner.py)."""
+    moments = [scope_changes_at(window, r.payload, occurrence=bool(
+        r.exchange_key and is_occurrence_key(r.exchange_key))) for r in psa_records]
+    moments += [scope_changes_at(window, i.payload, occurrence=item_is_occurrence(i))
+                for i in exchange_items if not i.is_recurring_master]
+    return min((m for m in moments if m is not None), default=None)
 
 
 def _key_kind(item: ExchangeItem) -> Kind | None:

@@ -63,6 +63,20 @@ def in_scope(window: Window, payload: Payload, *, occurrence: bool = False) -> b
     return not (occurrence and start is not None and start > window.recurring_end)
 
 
+def scope_changes_at(window: Window, payload: Payload, *, occurrence: bool = False) -> datetime | None:
+    """The earliest ``now`` after ``window.now`` at which ``in_scope`` of this payload changes
+    (the window slides with time, its widths stay), or None if it never does: an item in scope
+    leaves when ``past_start`` passes its end; an occurrence after ``recurring_end`` enters when
+    ``recurring_end`` reaches its start; nothing out of scope at the past side comes back."""
+    start, end = payload_span(payload)
+    reference = end or start
+    if reference is None or reference < window.past_start:
+        return None
+    if occurrence and start is not None and start > window.recurring_end:
+        return start - (window.recurring_end - window.now)
+    return reference + (window.now - window.past_start)
+
+
 def item_is_occurrence(item: ExchangeItem) -> bool:
     key = item.exchange_key
     return key is not None and key != item.uid and is_occurrence_key(key)
@@ -123,4 +137,5 @@ __all__ = [
     "merge_flow_back",
     "payload_span",
     "render_import",
+    "scope_changes_at",
 ]

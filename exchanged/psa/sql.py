@@ -301,6 +301,48 @@ def _collect(rows: Iterable[tuple[Any, ...]], table: str, kind: Kind | Callable[
     return _Read(records, problems)
 
 
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """One read of ``load``: the SQL, and how its rows become records."""
+
+    sql: str
+    params: tuple[Any, ...]
+    table: str
+    kind: Kind | Callable[[tuple[Any, ...]], Kind]
+    build: Callable[[tuple[Any, ...]], PsaRecord]
+    keep: Callable[[tuple[Any, ...]], bool] | None = None
+
+
+def _queries(tx: Tx, rid: int, kinds: frozenset[Kind], window: Window) -> list[_Query]:
+    """What ``load`` (and ``change_token``) read for one resource, kinds and window."""
+    since = ts_param(tx.dialect, window.past_start - _MARGIN)
+    out = []
+    if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
+        out.append(_Query(f"SELECT {_APPT_COLS} FROM appointments WHERE resource_id = ? "
+                          "AND (end_time IS NULL OR end_time >= ?) ORDER BY id", (rid, since),
+                          "appointments", _appointment_kind, _appointment))
+    if Kind.SERVICE_CALL in kinds:
+        out.append(_Query(
+            "SELECT sc.id, co.name, sc.description, sc.start_time, sc.end_time, sc.last_modified "
+            "FROM service_calls sc JOIN service_call_resources r ON r.service_call_id = sc.id "
+            "LEFT JOIN companies co ON co.id = sc.company_id "
+            "WHERE r.resource_id = ? AND sc.canceled_time IS NULL "
+            "AND (sc.end_time IS NULL OR sc.end_time >= ?) ORDER BY sc.id", (rid, since),
+            "service_calls", Kind.SERVICE_CALL, _service_call))
+    if Kind.TODO in kinds:
+        out.append(_Query(f"SELECT {_TODO_COLS} FROM todos WHERE assigned_resource_id = ? AND "
+                          "(COALESCE(end_time, start_time) IS NULL OR COALESCE(end_time, start_time) >= ?) "
+                          "ORDER BY id", (rid, since), "todos", Kind.TODO, _todo))
+    if Kind.CONTACT in kinds:
+        out.append(_Query(
+            f"SELECT {_CONTACT_COLS} FROM contacts ct LEFT JOIN companies co ON co.id = ct.company_id "
+            "WHERE ct.company_id IN (SELECT id FROM companies WHERE owner_resource_id = ?) "
+            "OR ct.id IN (SELECT contact_id FROM opportunities WHERE owner_resource_id = ?) "
+            "ORDER BY ct.id", (rid, rid), "contacts", Kind.CONTACT,
+            lambda row: _contact(row, Kind.CONTACT), keep=lambda r: _flag(r[8], True)))
+    return out
+
+
 # --- the connector ------------------------------------------------------------------------------
 
 
@@ -361,34 +403,24 @@ class SqlPsa:
         self._report([p for read in reads for p in read.problems if split_psa_key(p.key)[0] in kinds])
         return [r for r in records if r.kind in kinds and _in_window(r, window)]
 
+    async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
+        """Equal on two calls only if ``load`` would read the very same rows: a hash of every row
+        the load queries return (one pass in C; no records are built). Process-local."""
+        rid = _int_id(psa_resource)
+        if rid is None:
+            return ("no resource", psa_resource)
+
+        def run(tx: Tx) -> object:
+            queries = _queries(tx, rid, kinds, window)
+            return hash(tuple((q.sql, tuple(tx.query(q.sql, q.params))) for q in queries))
+
+        return await self._run(run)
+
     def _load(self, tx: Tx, rid: int, kinds: frozenset[Kind], window: Window) -> list[_Read]:
-        since = ts_param(tx.dialect, window.past_start - _MARGIN)
         reads = []
-        if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
-            rows = tx.query(f"SELECT {_APPT_COLS} FROM appointments WHERE resource_id = ? "
-                            "AND (end_time IS NULL OR end_time >= ?) ORDER BY id", (rid, since))
-            reads.append(_collect(rows, "appointments", _appointment_kind, _appointment))
-        if Kind.SERVICE_CALL in kinds:
-            rows = tx.query(
-                "SELECT sc.id, co.name, sc.description, sc.start_time, sc.end_time, sc.last_modified "
-                "FROM service_calls sc JOIN service_call_resources r ON r.service_call_id = sc.id "
-                "LEFT JOIN companies co ON co.id = sc.company_id "
-                "WHERE r.resource_id = ? AND sc.canceled_time IS NULL "
-                "AND (sc.end_time IS NULL OR sc.end_time >= ?) ORDER BY sc.id", (rid, since))
-            reads.append(_collect(rows, "service_calls", Kind.SERVICE_CALL, _service_call))
-        if Kind.TODO in kinds:
-            rows = tx.query(f"SELECT {_TODO_COLS} FROM todos WHERE assigned_resource_id = ? AND "
-                            "(COALESCE(end_time, start_time) IS NULL OR COALESCE(end_time, start_time) >= ?) "
-                            "ORDER BY id", (rid, since))
-            reads.append(_collect(rows, "todos", Kind.TODO, _todo))
-        if Kind.CONTACT in kinds:
-            rows = tx.query(
-                f"SELECT {_CONTACT_COLS} FROM contacts ct LEFT JOIN companies co ON co.id = ct.company_id "
-                "WHERE ct.company_id IN (SELECT id FROM companies WHERE owner_resource_id = ?) "
-                "OR ct.id IN (SELECT contact_id FROM opportunities WHERE owner_resource_id = ?) "
-                "ORDER BY ct.id", (rid, rid))
-            reads.append(_collect([r for r in rows if _flag(r[8], True)], "contacts", Kind.CONTACT,
-                                  lambda row: _contact(row, Kind.CONTACT)))
+        for q in _queries(tx, rid, kinds, window):
+            rows = tx.query(q.sql, q.params)
+            reads.append(_collect([r for r in rows if q.keep is None or q.keep(r)], q.table, q.kind, q.build))
         return reads
 
     async def all_contacts(self) -> Sequence[PsaRecord]:

@@ -55,6 +55,7 @@ from exchanged.model import (
     Window,
     changed_fields,
     payload_hash,
+    split_psa_key,
     unconfirmed_hash,
 )
 from exchanged.ports import (
@@ -95,6 +96,8 @@ class _Target:
     load: Callable[[Window], Awaitable[Sequence[PsaRecord]]]
     settings: UserSettings
     resource: str | None = None  # psa_resource for imported creates
+    # the PSA connector's change token for this load, when it has one (see _Quiet)
+    token: Callable[[Window], Awaitable[object]] | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +109,22 @@ class _Expansion:
 
 
 @dataclass(slots=True)
+class _Quiet:
+    """What the last cycle of a mailbox that found nothing to do was made from. While none of it
+    changes, the next plan would be empty too, so a cycle may stop after the reads that show it:
+    one SyncFolderItems per folder with no changes, the same state generation, the same recurring
+    expansion, the same PSA change token, and a clock before ``until`` (``engine.stable_until``)."""
+
+    state: UserState  # as of ``generation``; the next cycle carries on from it
+    generation: int
+    token: object  # the PSA connector's change_token, read before the records were
+    occurrences: list[ExchangeItem]
+    settings: UserSettings
+    kinds: frozenset[Kind]
+    until: datetime | None
+
+
+@dataclass(slots=True)
 class _View:
     """Everything a plan is made from, read without writing anything."""
 
@@ -114,6 +133,10 @@ class _View:
     items: list[ExchangeItem]
     records: Sequence[PsaRecord]
     suspect: frozenset[FolderKind]
+    token: object = None  # the PSA change token (None: the connector has none)
+    occurrences: list[ExchangeItem] = field(default_factory=list)
+    load_errors: list[ItemError] = field(default_factory=list)  # PSA rows the connector skipped
+    quiet: bool = False  # nothing changed since the last cycle that had nothing to do: no plan needed
 
 
 @dataclass(slots=True)
@@ -157,6 +180,10 @@ class SyncRunner:
         # the last expansion of recurring series per mailbox: kept in memory only, so a noop cycle
         # costs no CalendarView; after a restart the first cycle expands once
         self._expansions: dict[str, _Expansion] = {}
+        # per mailbox: the last state generation this runner's own commits produced, and what its
+        # last cycle with nothing to do was made from (in memory only; see _Quiet)
+        self._generations: dict[str, int] = {}
+        self._quiet: dict[str, _Quiet] = {}
 
     # -- entry points ------------------------------------------------------------------------------
 
@@ -190,8 +217,14 @@ class SyncRunner:
         async def load(win: Window) -> Sequence[PsaRecord]:
             return await self.psa.load(user.psa_resource, kinds, win)
 
+        change_token = getattr(self.psa, "change_token", None)
+        token: Callable[[Window], Awaitable[object]] | None = None
+        if change_token is not None:
+            async def token(win: Window) -> object:
+                return await change_token(user.psa_resource, kinds, win)
+
         return _Target(user.mailbox, lambda: self.account.mailbox(user.mailbox), kinds, load,
-                       user.settings, user.psa_resource)
+                       user.settings, user.psa_resource, token)
 
     def _public_target(self, settings: UserSettings) -> _Target:
         async def load(win: Window) -> Sequence[PsaRecord]:
@@ -221,7 +254,12 @@ class SyncRunner:
     async def _cycle(self, target: _Target, *, full: bool, allow_deletes: bool,
                      progress: Callable[[int, int], None] | None, cycle_id: str) -> CycleOutcome:
         mailbox = target.mailbox()
-        view = await self._read(target, mailbox, full=full, commit=True)
+        memo = self._quiet.pop(target.name, None)  # any failure below leaves none behind
+        view = await self._read(target, mailbox, full=full, commit=True, memo=memo)
+        if view.quiet:
+            assert memo is not None
+            self._quiet[target.name] = memo
+            return CycleOutcome("ok")
         the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
                                allow_deletes=allow_deletes, full=full, kinds=target.kinds,
                                suspect_folders=view.suspect,
@@ -232,6 +270,8 @@ class SyncRunner:
         await self._apply(run, the_plan)
         await self._record_held_back(target, view.state, the_plan, run)
         outcome = run.outcome
+        outcome.item_errors.extend(view.load_errors)
+        self._remember_quiet(target, view, the_plan, outcome, full=full)
         if the_plan.held_back:
             outcome.result = "held_back"
             outcome.held_back_deletes = len(the_plan.held_back)
@@ -244,6 +284,20 @@ class SyncRunner:
             outcome.error = (f"{target.name}: {len(outcome.item_errors)} item(s) skipped, first {first.key}: "
                              f"{first.code}: {first.message}{more}; they are retried next cycle")
         return outcome
+
+    def _remember_quiet(self, target: _Target, view: _View, the_plan: Plan, outcome: CycleOutcome, *,
+                        full: bool) -> None:
+        """Keep what this cycle was made from if it had nothing at all to do (see _Quiet)."""
+        generation = self._generations.get(target.name, view.state.generation)
+        if (full or view.token is None or the_plan.actions or the_plan.held_back or the_plan.findings
+                or outcome.item_errors):
+            return
+        self._quiet[target.name] = _Quiet(
+            view.state, generation, view.token, view.occurrences, target.settings, target.kinds,
+            engine.stable_until(view.window, view.records, view.items))
+
+    async def _commit(self, name: str, batch: StateBatch) -> None:
+        self._generations[name] = await self.state.commit(name, batch)
 
     def _unstored_import_fields(self) -> frozenset[str]:
         """Appointment fields the PSA connector cannot keep on imported rows (see ports.py)."""
@@ -271,8 +325,14 @@ class SyncRunner:
 
     # -- reading: Exchange changes, recurring expansion, PSA rows -----------------------------------
 
-    async def _read(self, target: _Target, mailbox: ExchangeMailbox, *, full: bool, commit: bool) -> _View:
-        state = await self.state.load_user(target.name)
+    async def _read(self, target: _Target, mailbox: ExchangeMailbox, *, full: bool, commit: bool,
+                    memo: _Quiet | None = None) -> _View:
+        """Exchange changes into the mirror, the recurring expansion, then the PSA: unless ``memo``
+        (the last quiet cycle) shows nothing changed, which the view then says (``quiet``)."""
+        if memo is not None and (full or memo.settings != target.settings or memo.kinds != target.kinds
+                                 or await self.state.generation(target.name) != memo.generation):
+            memo = None
+        state = memo.state if memo is not None else await self.state.load_user(target.name)
         win = engine.window(self.now(), target.settings)
         folders = sorted({FOLDER_OF_KIND[k] for k in target.kinds})
         suspect: set[FolderKind] = set()
@@ -289,13 +349,27 @@ class SyncRunner:
         items: list[ExchangeItem] = []
         for folder in folders:
             items.extend(state.folders[folder].items.values())
+        occurrences: list[ExchangeItem] = []
         if Kind.IMPORTED in target.kinds:
-            items.extend(await self._occurrences(target.name, mailbox, state.folders[FolderKind.CALENDAR],
-                                                 win, FolderKind.CALENDAR in changed))
+            occurrences = await self._occurrences(target.name, mailbox, state.folders[FolderKind.CALENDAR],
+                                                  win, FolderKind.CALENDAR in changed)
+            items.extend(occurrences)
+        token_of = target.token
+        token = await self._retry(lambda: token_of(win)) if token_of is not None else None
+        if (memo is not None and not changed and not suspect and token is not None and token == memo.token
+                and (occurrences is memo.occurrences or not (occurrences or memo.occurrences))
+                and (memo.until is None or win.now < memo.until)):
+            return _View(state, win, items, [], frozenset(), token, occurrences, quiet=True)
         records = await self._retry(lambda: target.load(win))
+        load_errors = self._load_errors(target)
         if not records and target.resource is not None:
             await self._check_resource(target)
-        return _View(state, win, items, records, frozenset(suspect))
+        return _View(state, win, items, records, frozenset(suspect), token, occurrences, load_errors)
+
+    def _load_errors(self, target: _Target) -> list[ItemError]:
+        """The rows the connector skipped in the load just made (read before any other await)."""
+        found = getattr(self.psa, "load_errors", None) or []
+        return [e for e in found if isinstance(e, ItemError) and _kind_of_key(e.key) in target.kinds]
 
     async def _check_resource(self, target: _Target) -> None:
         """An empty PSA answer is cheap to explain: a resource that does not exist (a typo in
@@ -329,7 +403,7 @@ class SyncRunner:
                         fs.items[item.item_id] = item
                     fs.sync_state = page.sync_state
                     if commit:
-                        await self.state.commit(name, StateBatch(
+                        await self._commit(name, StateBatch(
                             mirror_upserts={folder: list(page.upserted)},
                             mirror_deletes={folder: list(page.deleted)},
                             sync_states={folder: page.sync_state},
@@ -337,7 +411,7 @@ class SyncRunner:
                 if self.server_identity and fs.server_identity != self.server_identity:
                     fs.server_identity = self.server_identity
                     if commit:
-                        await self.state.commit(name, StateBatch(sync_states={folder: fs.sync_state},
+                        await self._commit(name, StateBatch(sync_states={folder: fs.sync_state},
                                                                  server_identity=self.server_identity))
                 return changed
             except errors.SyncStateInvalid:
@@ -354,7 +428,7 @@ class SyncRunner:
 
     async def _reset_mirror(self, name: str, fs: FolderState, folder: FolderKind, commit: bool) -> None:
         if commit:
-            await self.state.commit(name, StateBatch(mirror_deletes={folder: list(fs.items)},
+            await self._commit(name, StateBatch(mirror_deletes={folder: list(fs.items)},
                                                      sync_states={folder: None}))
         fs.items.clear()
         fs.sync_state = None
@@ -401,7 +475,7 @@ class SyncRunner:
                                                        a.mapping.item_id, (), a.reason))
                 else:
                     self._drop(run, batch, a.psa_key)
-            await self.state.commit(run.target.name, batch)
+            await self._commit(run.target.name, batch)
         psa_writes = [a for a in the_plan.actions if isinstance(a, PsaCreate | PsaUpdate | PsaDelete)]
         for chunk in _chunks(psa_writes, BATCH):
             await self._apply_psa(run, chunk)
@@ -465,7 +539,7 @@ class SyncRunner:
                 run.outcome.counts.updated += 1
             batch.journal.append(self._journal(run, "psa", action.verb, action.kind, result.psa_key,
                                                action.mapping.item_id, action_fields(action), action.reason))
-        await self.state.commit(run.target.name, batch)
+        await self._commit(run.target.name, batch)
         run.step(len(chunk))
 
     def _psa_write(self, run: _Apply, a: PsaCreate | PsaUpdate | PsaDelete) -> PsaWrite:
@@ -520,7 +594,7 @@ class SyncRunner:
             batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
                                                result.item_id, action_fields(action), action.reason))
             run.outcome.counts.exported += 1
-        await self.state.commit(run.target.name, batch)
+        await self._commit(run.target.name, batch)
         run.step(len(creates))
         if fixes:
             run.total += len(fixes)
@@ -540,7 +614,7 @@ class SyncRunner:
             batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
                                                result.item_id, action.fields, action.reason))
             run.outcome.counts.updated += 1
-        await self.state.commit(run.target.name, batch)
+        await self._commit(run.target.name, batch)
         run.step(len(updates))
 
     async def _apply_deletes(self, run: _Apply, folder: FolderKind,
@@ -561,13 +635,14 @@ class SyncRunner:
             batch.journal.append(self._journal(run, "exchange", "delete", action.kind, action.key,
                                                action.item_id, (), action.reason))
             run.outcome.counts.deleted += 1
-        await self.state.commit(run.target.name, batch)
+        await self._commit(run.target.name, batch)
         run.step(len(deletes))
 
     async def _record_held_back(self, target: _Target, state: UserState, the_plan: Plan, run: _Apply) -> None:
         held = [action_key(a) for a in the_plan.held_back]
         if held != list(state.held_back_deletes):
-            await self.state.commit(target.name, StateBatch(held_back_deletes=held))
+            await self._commit(target.name, StateBatch(held_back_deletes=held))
+            state.held_back_deletes = held
 
     # -- small helpers -----------------------------------------------------------------------------
 
@@ -625,6 +700,13 @@ def _aligned(results: Sequence[R], n: int, call: str) -> list[R | ItemError]:
     missing = ItemError("", "no_result", f"{call} gave no result for this item", retryable=True)
     out += [missing] * (n - len(out))
     return out
+
+
+def _kind_of_key(key: str) -> Kind | None:
+    try:
+        return split_psa_key(key)[0]
+    except ValueError:
+        return None
 
 
 def _categories(settings: UserSettings) -> tuple[str, ...]:

@@ -525,14 +525,22 @@ class MemoryPsa:
 
     async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> Sequence[PsaRecord]:
         fault = self._enter("load")
-        out: list[PsaRecord] = []
-        for row in self.rows.values():
-            rec = row.record
-            if (rec.kind in kinds and row.active and psa_resource in row.resources
-                    and rec.kind is not Kind.PUBLIC_CONTACT and window.in_scope(*record_scope(rec))):
-                out.append(rec)
+        out = self._select(psa_resource, kinds, window)
         self._leave(fault)
         return out
+
+    async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
+        """Equal only when ``load`` would return equal records (exact: a hash of them)."""
+        fault = self._enter("change_token")
+        token = hash(tuple(self._select(psa_resource, kinds, window)))
+        self._leave(fault)
+        return token
+
+    def _select(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> list[PsaRecord]:
+        return [row.record for row in self.rows.values()
+                if (row.record.kind in kinds and row.active and psa_resource in row.resources
+                    and row.record.kind is not Kind.PUBLIC_CONTACT
+                    and window.in_scope(*record_scope(row.record)))]
 
     async def all_contacts(self) -> Sequence[PsaRecord]:
         fault = self._enter("all_contacts")

@@ -333,3 +333,50 @@ async def test_the_factory_refuses_an_unknown_connector() -> None:
 
     with pytest.raises(errors.PsaError, match="salesforce"):
         await open_connector(Cfg())
+
+
+ALL_KINDS = frozenset({Kind.APPOINTMENT, Kind.IMPORTED, Kind.SERVICE_CALL, Kind.TODO, Kind.CONTACT})
+
+
+async def test_the_change_token_moves_with_every_change_load_would_see(
+        raw: tuple[sqlite3.Connection, SqlPsa]) -> None:
+    """The runner skips load and plan while the token is unchanged, so the token must see every
+    change of what load returns, also those that do not touch last_modified (a company renamed,
+    a service call reassigned, a row edited by hand), and nothing else."""
+    conn, psa = raw
+    add(conn, 1, "fine", "2026-11-30T09:00:00Z", "2026-11-30T10:00:00Z")
+    token = await psa.change_token("1", ALL_KINDS, WINDOW)
+    assert await psa.change_token("1", ALL_KINDS, WINDOW) == token
+    conn.execute("UPDATE resources SET first_name = 'Renamed' WHERE id = 1")  # not part of any record
+    assert await psa.change_token("1", ALL_KINDS, WINDOW) == token
+    changes = [
+        "UPDATE appointments SET title = 'edited by hand' WHERE id = 1",
+        "UPDATE companies SET name = name || ' Ltd' WHERE id IN (SELECT company_id FROM service_calls)",
+        "DELETE FROM service_call_resources WHERE resource_id = 1 AND service_call_id = "
+        "(SELECT MIN(service_call_id) FROM service_call_resources WHERE resource_id = 1)",
+        "UPDATE todos SET completed_time = '2026-11-29T11:00:00Z' WHERE assigned_resource_id = 1",
+        "UPDATE contacts SET is_active = 0 WHERE id = (SELECT MIN(id) FROM contacts)",
+        "DELETE FROM appointments WHERE id = 1",
+    ]
+    for sql in changes:
+        before = await psa.load("1", ALL_KINDS, WINDOW)
+        assert conn.execute(sql).rowcount > 0, sql
+        after = await psa.load("1", ALL_KINDS, WINDOW)
+        assert after != before, sql  # each change is one load sees...
+        new = await psa.change_token("1", ALL_KINDS, WINDOW)
+        assert new != token, sql  # ...and so does the token
+        token = new
+    assert await psa.change_token("2", ALL_KINDS, WINDOW) != token
+    assert await psa.change_token("1", frozenset({Kind.TODO}), WINDOW) != token
+
+
+async def test_the_change_token_works_on_both_databases(sample: SqlPsa) -> None:
+    token = await sample.change_token("1", ALL_KINDS, WINDOW)
+    assert await sample.change_token("1", ALL_KINDS, WINDOW) == token
+    [todo] = [r for r in await sample.load("1", frozenset({Kind.TODO}), WINDOW)][:1]
+    assert isinstance(todo.payload, Task)
+    [done] = await sample.apply([PsaWrite("update", Kind.TODO, todo.psa_key,
+                                          Task(todo.payload.subject, todo.payload.body, todo.payload.start,
+                                               todo.payload.due, completed=NOW), ("completed",))])
+    assert isinstance(done, PsaRecord)
+    assert await sample.change_token("1", ALL_KINDS, WINDOW) != token

@@ -164,7 +164,12 @@ class PsaWrite:
 class PsaConnector(Protocol):
     """A connector may also declare ``unstored_import_fields: frozenset[str]``: the Appointment
     fields it cannot keep on an imported row (default: none). The engine leaves those at their
-    defaults, so a value the PSA cannot hold never looks like a change on every cycle."""
+    defaults, so a value the PSA cannot hold never looks like a change on every cycle.
+
+    Optional as well: ``async change_token(psa_resource, kinds, window) -> object``, a value that is
+    equal on two calls only if ``load`` with the same arguments would return the same records
+    (process-local; cheaper than ``load``). With it the runner skips load and plan of a cycle in
+    which nothing changed (see sync/runner.py ``_Quiet``); without it every cycle loads."""
 
     async def resource(self, psa_resource: str) -> PsaResource | None: ...
 

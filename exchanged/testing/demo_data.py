@@ -30,7 +30,7 @@ def seed_demo_calendar(url: str, ca_file: str, username: str, password: str, mai
     from exchangelib.protocol import BaseProtocol
     from exchangelib.recurrence import DailyPattern, Recurrence
 
-    from exchanged.testing.ews._tls import ca_adapter_class
+    from exchanged.testing.tls import ca_adapter_class
 
     BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(ca_file)
     config = Configuration(service_endpoint=url, credentials=Credentials(username, password),

@@ -705,19 +705,28 @@ class Daemon:
             log.info("cycle skipped: another node holds this user's lease", mailbox=mailbox,
                      node=self.node_id)
             return CycleOutcome(result="skipped", error="another exchanged node is syncing this user")
-        lost = False
+        lost: str | None = None
         try:
             async with trio.open_nursery() as nursery:
 
                 async def renew() -> None:
                     nonlocal lost
+                    renewed = trio.current_time()
                     while True:
                         await trio.sleep(self.lease_ttl_s / 3)
-                        with contextlib.suppress(Exception):  # a hiccup: the TTL leaves room to retry
+                        try:
                             if not await state.try_lease(mailbox, self.node_id, self.lease_ttl_s):
-                                lost = True
-                                nursery.cancel_scope.cancel()
-                                return
+                                lost = "another exchanged node took over this user mid-cycle"
+                            renewed = trio.current_time()
+                        except Exception as exc:  # a hiccup: the TTL leaves room for one more try
+                            log.warning("cannot renew the lease", mailbox=mailbox, error=present(exc).line())
+                            if trio.current_time() - renewed >= self.lease_ttl_s * 2 / 3:
+                                # stop before the lease can run out under a cycle that still writes
+                                lost = (f"the lease could not be renewed ({present(exc).line()}); "
+                                        "stopped before another node could take this user over")
+                        if lost is not None:
+                            nursery.cancel_scope.cancel()
+                            return
 
                 nursery.start_soon(renew)
                 outcome = await self._run_cycle(mailbox, request, progress)
@@ -728,10 +737,9 @@ class Daemon:
                     await state.release_lease(mailbox, self.node_id)
                 except Exception as exc:
                     log.warning("cannot release the lease", mailbox=mailbox, error=present(exc).line())
-        if lost:
-            log.error("cycle stopped: another node took over this user's lease", mailbox=mailbox)
-            return CycleOutcome(result="error", reason="lease_lost",
-                                error=f"{mailbox}: another exchanged node took over this user mid-cycle")
+        if lost is not None:
+            log.error("cycle stopped: lease lost", mailbox=mailbox, error=lost)
+            return CycleOutcome(result="error", reason="lease_lost", error=f"{mailbox}: {lost}")
         return outcome
 
     async def _run_cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from exchanged import errors
-from tests.daemon.test_daemon_inprocess import ALICE, Env, env, started  # noqa: F401 - env is a fixture
+from tests.daemon.test_daemon_inprocess import ALICE, Env, env, started, wait_for  # noqa: F401 - env: fixture
 
 
 async def test_no_lease_no_cycle_when_the_state_store_fails_taking_it(
@@ -35,3 +35,38 @@ async def test_no_lease_no_cycle_when_the_state_store_fails_taking_it(
         out = await d.sync([ALICE], full=False, wait=True, allow_deletes=False)
         assert out["results"][ALICE]["result"] == "ok" and len(env.runner.of(ALICE)) == 1
         assert any(kind == "resolved" and ALICE in key for kind, key in env.notifier.events)
+
+
+async def test_a_cycle_that_cannot_renew_its_lease_stops_before_another_node_can_take_it(
+    env: Env, autojump_clock: trio.testing.MockClock  # noqa: F811
+) -> None:
+    env.state.clock = trio.current_time  # lease expiry on the test's virtual clock
+    env.runner.gates[ALICE] = trio.Event()  # alice's first cycle runs until it is stopped
+    take = env.state.try_lease
+    failing = False
+
+    async def try_lease(mailbox: str, node: str, ttl_s: float) -> bool:
+        if failing and mailbox == ALICE:
+            raise errors.StateError("state database postgresql://db/exchanged: connection timed out")
+        return await take(mailbox, node, ttl_s)
+
+    env.state.try_lease = try_lease  # type: ignore[method-assign]
+    overlaps: list[float] = []
+    async with started(env.daemon()) as d:
+        await wait_for(lambda: d.scheduler.snapshot()[ALICE].state == "syncing")
+        failing = True  # from now on this node cannot reach the state store to renew
+
+        async def other_node() -> None:  # tries to take alice over the whole time
+            while True:
+                if await take(ALICE, "other-node", 300) and d.scheduler.snapshot()[ALICE].state == "syncing":
+                    overlaps.append(trio.current_time())
+                await trio.sleep(5)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_node)
+            await wait_for(lambda: overlaps or env.state.leases.get(ALICE, ("",))[0] == "other-node")
+            nursery.cancel_scope.cancel()
+        assert overlaps == []  # the other node got alice only after this node's cycle had stopped
+        outcome = d.scheduler.snapshot()[ALICE].last_outcome
+        assert outcome is not None and outcome.result == "error" and outcome.reason == "lease_lost"
+        assert "could not be renewed" in (outcome.error or "")

@@ -522,6 +522,9 @@ def _user_state(user: dict[str, Any]) -> str:
         state += f" {progress.get('done', 0)}/{progress['total']}"
     if user.get("enabled") is False and state != "disabled":
         state += " (disabled)"
+    holder = _dict(user.get("held_by"))
+    if holder.get("node"):
+        state += f" by {_text(holder['node'])}"
     return state
 
 

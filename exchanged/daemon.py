@@ -149,7 +149,10 @@ async def open_state(cfg: Config) -> StateStore:
     except ExchangedError:
         raise
     except Exception as exc:
-        raise errors.StateError(f"cannot open the state database {cfg.state.url}: {exc}") from None
+        from exchanged.state import mask_url  # never a password in a message
+
+        raise errors.StateError(f"cannot open the state database {mask_url(cfg.state.url)}: "
+                                f"{mask_url(str(exc))}") from None
 
 
 async def open_psa(cfg: Config) -> PsaConnector:
@@ -646,12 +649,15 @@ class Daemon:
             user = cfg.user(mailbox)
             if user is None:
                 continue
+            try:  # marked first: of several nodes starting together only one sends the mail
+                # (a user enabled again by a reload is confirmed again, known or not)
+                if not await state.mark_known(mailbox) and on_start:
+                    continue
+            except Exception as exc:
+                log.warning("cannot mark user as known; the confirmation mail is sent anyway",
+                            mailbox=mailbox, error=present(exc).line())
             self.notifier.confirm_user(mailbox, sync_summary(cfg, user))
             log.info("confirmation mail queued", mailbox=mailbox)
-            try:
-                await state.mark_known(mailbox)
-            except Exception as exc:
-                log.warning("cannot mark user as known", mailbox=mailbox, error=present(exc).line())
 
     async def _check_credentials(self, cfg: Config) -> None:
         """Try the sync credentials against Exchange; failures are warnings, never a refusal."""
@@ -703,7 +709,7 @@ class Daemon:
             return outcome
         if not granted:
             log.info("cycle skipped: another node holds this user's lease", mailbox=mailbox,
-                     node=self.node_id)
+                     this_node=self.node_id)
             return CycleOutcome(result="skipped", error="another exchanged node is syncing this user")
         lost: str | None = None
         try:
@@ -806,7 +812,8 @@ class Daemon:
         for key in sorted(status.error_keys - ({error_key} if error_key else set())):
             self.notifier.resolved(key)
         status.error_keys = {error_key} if error_key else set()
-        if error_key and presented is not None:
+        if error_key and presented is not None and not self._stopping:
+            # a cycle the daemon's own stop interrupted is no error to mail: it runs after the start
             self.notifier.error(error_key, presented, mailbox)
 
     async def _persist_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None:

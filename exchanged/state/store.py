@@ -266,10 +266,11 @@ class SqlStateStore:
 
         await self.db.run(run, write=True)
 
-    async def mark_known(self, mailbox: str) -> None:
-        await self.db.run(lambda tx: tx.query(
+    async def mark_known(self, mailbox: str) -> bool:
+        return bool(await self.db.run(lambda tx: tx.query(
             "INSERT INTO user_records (mailbox, counts, known) VALUES (?, '{}', 1) "
-            "ON CONFLICT (mailbox) DO UPDATE SET known = 1", (mailbox,)), write=True)
+            "ON CONFLICT (mailbox) DO UPDATE SET known = 1 WHERE user_records.known = 0 "
+            "RETURNING mailbox", (mailbox,)), write=True))
 
     async def try_lease(self, mailbox: str, node: str, ttl_s: float) -> bool:
         if not self.flavor.keeps_leases:

@@ -709,9 +709,10 @@ class MemoryState:
         if fault is not None:
             raise fault.exc
 
-    async def mark_known(self, mailbox: str) -> None:
+    async def mark_known(self, mailbox: str) -> bool:
         old = self.records.get(mailbox) or UserRecord(mailbox)
         self.records[mailbox] = dataclasses.replace(old, known=True)
+        return not old.known
 
     async def user_records(self) -> dict[str, UserRecord]:
         return dict(self.records)

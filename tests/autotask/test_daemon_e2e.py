@@ -386,6 +386,10 @@ def test_requests_per_hour_is_never_exceeded_a_cycle_waits_instead(env: DaemonEn
     assert ALICE in failed[-1] and "Autotask hourly request budget was interrupted" in failed[-1], failed
     assert "the daemon is stopping" in failed[-1], failed
     assert "grace period" not in log, log[-3000:]
+    # an interruption by the daemon's own stop is in the log and status, but mailed to nobody
+    assert env.smtp is not None
+    subjects = [str(m["Subject"]) for m in env.smtp.snapshot()]
+    assert not [s for s in subjects if " ERROR " in s], subjects
 
 
 def test_a_to_do_moved_in_outlook_is_written_to_the_company_to_do(

@@ -255,7 +255,8 @@ async def test_outcomes_and_known_users_are_recorded(impl: Impl) -> None:
     assert rec.counts == {"exported": 0, "imported": 0, "updated": 0, "deleted": 0}
     assert rec.known is False
     assert records[OTHER].known is True and records[OTHER].last_attempt is None
-    await impl.store.mark_known(BOX)
+    assert await impl.store.mark_known(BOX) is True
+    assert await impl.store.mark_known(BOX) is False  # a second node starting at once sends no mail
     await impl.store.record_outcome(BOX, later, ok)
     rec = (await impl.store.user_records())[BOX]
     assert rec.known is True and rec.last_success == later and rec.counts["exported"] == 3

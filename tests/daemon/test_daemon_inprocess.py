@@ -332,3 +332,21 @@ async def test_lease_lost_mid_cycle_stops_the_cycle(env: Env, autojump_clock: tr
         outcome = d.scheduler.snapshot()[ALICE].last_outcome
         assert outcome is not None and outcome.result == "error" and outcome.reason == "lease_lost"
         assert env.state.leases[ALICE][0] == "thief"  # never released on the thief's behalf
+
+
+async def test_an_unexpected_failure_opening_the_state_never_shows_its_password(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store masks its own errors; anything else it raises is wrapped here, masked too."""
+    import exchanged.state
+    from exchanged.daemon import open_state
+
+    url = "postgresql://sync:hunter2@db.example.test/exchanged"
+
+    def boom(u: str) -> None:
+        raise RuntimeError(f"driver exploded connecting to {u}")
+
+    monkeypatch.setattr(exchanged.state, "open_state_store", boom)
+    env.write(state={"url": url})
+    with pytest.raises(errors.StateError) as caught:
+        await open_state(load_config(env.path))
+    assert "hunter2" not in str(caught.value) and "db.example.test" in str(caught.value)

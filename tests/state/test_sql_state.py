@@ -307,8 +307,8 @@ async def test_a_version_1_database_gains_generations_and_keeps_its_data(
         old = await open_state_store(url)
         await old.aclose()
     with sqlite3.connect(tmp_path / "state.db") as conn:  # a mapping as the first release wrote it
-        conn.execute("INSERT INTO mappings VALUES (?, 'todo:1', 'todo', 'tasks', 'i1', 'ck', 'ph', 'eh', NULL)",
-                     (BOX,))
+        conn.execute("INSERT INTO mappings VALUES "
+                     "(?, 'todo:1', 'todo', 'tasks', 'i1', 'ck', 'ph', 'eh', NULL)", (BOX,))
     new = await open_state_store(url)
     try:
         user = await new.load_user(BOX)

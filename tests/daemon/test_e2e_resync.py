@@ -343,23 +343,28 @@ def test_skip_filters_switched_on_by_reload_hold_back_then_delete_only_imports(w
 
 
 def test_reload_during_running_cycles_is_deferred_then_applied_and_resyncs(world: ResyncWorld) -> None:
+    def ctl(*args: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "exchanged.ctl", "--socket", str(world.env.socket_path), *args]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     delete_in_exchange(named(world.calendar(BOB), "Replace the firewall"))
-    world.ews.set_faults(latency_ms=150)  # cycles slow enough to reload while they run
+    world.ews.set_faults(latency_ms=1000)  # every EWS request slow: the cycles run until we let go
     try:
-        running = subprocess.Popen(
-            [sys.executable, "-m", "exchanged.ctl", "--socket", str(world.env.socket_path),
-             "sync", ALICE, BOB, "--full", "--wait", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: world.status()["running"] > 0, "a running cycle")
-        reloaded = world.reload({**BASE_SYNC, "import_free_time": False})
-        # the answer came after the running cycles ended: deferred first, applied when they were done
-        assert reloaded["changed"] == sorted([ALICE, BOB]), reloaded
-        out, err = running.communicate(timeout=120)
-        assert running.returncode == 0, out + err
+        running = ctl("sync", ALICE, BOB, "--full", "--wait", "--json")
+        wait_until(lambda: world.env.status()["running"] > 0, "a running cycle")
+        world.env.extra["sync"] = {**BASE_SYNC, "import_free_time": False}
+        world.env.write_config()
+        reload = ctl("reload", "--wait", "--json")
+        wait_until(lambda: (world.env.status()["config"]["last_reload"] or {}).get("result") == "deferred",
+                   "the reload deferred")
     finally:
         world.ews.set_faults(latency_ms=0)
-    deferred = [line for line in world.env.stderr().splitlines() if "reload deferred" in line]
-    assert deferred, "the reload was not deferred"
+    out, err = reload.communicate(timeout=120)
+    assert reload.returncode == 0, out + err
+    reloaded = json.loads(out)  # answered once the running cycles had ended
+    assert reloaded["result"] == "applied" and reloaded["changed"] == sorted([ALICE, BOB]), reloaded
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 0, out + err
     world.sync(ALICE, BOB)
     assert len(named(world.calendar(BOB), "Replace the firewall")) == 1
     assert all(world.user_status(m)["last_result"] == "ok" for m in (ALICE, BOB))

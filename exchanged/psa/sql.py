@@ -404,13 +404,19 @@ class SqlPsa:
         return [r for r in records if r.kind in kinds and _in_window(r, window)]
 
     async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
-        """Equal on two calls only if ``load`` would read the very same rows: a hash of every row
-        the load queries return (one pass in C; no records are built). Process-local."""
+        """Equal on two calls only if nothing ``load`` reads changed in between (whatever wrote it;
+        ``last_modified`` is not trusted). SQLite: the database file's change counter (one
+        PRAGMA); PostgreSQL: a hash of the rows the load queries return (no records built).
+        Process-local. As the window slides, ``load`` may drop rows the window has passed while
+        the token stays equal: the runner follows that itself (``engine.stable_until``)."""
         rid = _int_id(psa_resource)
         if rid is None:
             return ("no resource", psa_resource)
 
         def run(tx: Tx) -> object:
+            counter = tx.change_counter()
+            if counter is not None:
+                return ("sqlite", counter, rid, kinds)
             queries = _queries(tx, rid, kinds, window)
             return hash(tuple((q.sql, tuple(tx.query(q.sql, q.params))) for q in queries))
 

@@ -100,6 +100,14 @@ class Tx:
             cur.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
             return list(cur.fetchall()) if cur.description is not None else []
 
+    def change_counter(self) -> tuple[int, int, int] | None:
+        """SQLite: a value that moves whenever anything is committed to the database file, by this
+        connection (``total_changes``) or any other (``PRAGMA data_version``); None elsewhere."""
+        if self.dialect != SQLITE:
+            return None
+        [(version,)] = self._conn.execute("PRAGMA data_version").fetchall()
+        return id(self._conn), int(version), int(self._conn.total_changes)
+
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return

@@ -310,8 +310,7 @@ def _apply_batch(tx: Tx, mailbox: str, batch: StateBatch) -> None:
     """The whole batch, in the order the in-memory twin applies it."""
     tx.many("DELETE FROM mappings WHERE mailbox = ? AND psa_key = ?",
             [(mailbox, key) for key in batch.delete_mappings])
-    for m in batch.upsert_mappings:
-        _upsert_mapping(tx, mailbox, m)
+    _upsert_mappings(tx, mailbox, batch.upsert_mappings)
     touched = set(batch.mirror_upserts) | set(batch.mirror_deletes) | set(batch.sync_states)
     for folder in sorted(touched):
         _apply_folder(tx, mailbox, folder, batch)
@@ -325,19 +324,27 @@ def _apply_batch(tx: Tx, mailbox: str, batch: StateBatch) -> None:
               json.dumps(list(e.fields)), e.reason, e.cycle_id) for e in batch.journal])
 
 
-def _upsert_mapping(tx: Tx, mailbox: str, m: Mapping) -> None:
-    if m.item_id:
-        # one mapping per Exchange item: a key now mapped to an item another key held replaces it
-        tx.query("DELETE FROM mappings WHERE mailbox = ? AND folder = ? AND item_id = ? AND psa_key <> ?",
-                 (mailbox, m.folder.value, m.item_id, m.psa_key))
-    tx.query(
-        "INSERT INTO mappings (mailbox, psa_key, kind, folder, item_id, change_key, psa_hash, "
-        "exchange_hash, exchange_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (mailbox, psa_key) DO UPDATE SET kind = excluded.kind, folder = excluded.folder, "
-        "item_id = excluded.item_id, change_key = excluded.change_key, psa_hash = excluded.psa_hash, "
-        "exchange_hash = excluded.exchange_hash, exchange_key = excluded.exchange_key",
-        (mailbox, m.psa_key, m.kind.value, m.folder.value, m.item_id, m.change_key, m.psa_hash,
-         m.exchange_hash, m.exchange_key))
+_DROP_OTHER_HOLDER = ("DELETE FROM mappings WHERE mailbox = ? AND folder = ? AND item_id = ? "
+                      "AND item_id <> '' AND psa_key <> ?")  # "<> ''": lets it use mappings_item
+_UPSERT_MAPPING = (
+    "INSERT INTO mappings (mailbox, psa_key, kind, folder, item_id, change_key, psa_hash, "
+    "exchange_hash, exchange_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (mailbox, psa_key) DO UPDATE SET kind = excluded.kind, folder = excluded.folder, "
+    "item_id = excluded.item_id, change_key = excluded.change_key, psa_hash = excluded.psa_hash, "
+    "exchange_hash = excluded.exchange_hash, exchange_key = excluded.exchange_key")
+
+
+def _upsert_mappings(tx: Tx, mailbox: str, mappings: Sequence[Mapping]) -> None:
+    """One mapping per Exchange item: a key now mapped to an item another key held replaces it.
+    Done as two bulk statements; a batch that maps one item twice is applied mapping by mapping,
+    in order, so the later one wins as it always has."""
+    items = [(m.folder, m.item_id) for m in mappings if m.item_id]
+    groups = [list(mappings)] if len(set(items)) == len(items) else [[m] for m in mappings]
+    for group in groups:
+        tx.many(_DROP_OTHER_HOLDER, [(mailbox, m.folder.value, m.item_id, m.psa_key) for m in group
+                                     if m.item_id])
+        tx.many(_UPSERT_MAPPING, [(mailbox, m.psa_key, m.kind.value, m.folder.value, m.item_id, m.change_key,
+                                   m.psa_hash, m.exchange_hash, m.exchange_key) for m in group])
 
 
 def _apply_folder(tx: Tx, mailbox: str, folder: FolderKind, batch: StateBatch) -> None:

@@ -346,8 +346,7 @@ async def test_the_change_token_moves_with_every_change_load_would_see(
     conn, psa = raw
     add(conn, 1, "fine", "2026-11-30T09:00:00Z", "2026-11-30T10:00:00Z")
     token = await psa.change_token("1", ALL_KINDS, WINDOW)
-    assert await psa.change_token("1", ALL_KINDS, WINDOW) == token
-    conn.execute("UPDATE resources SET first_name = 'Renamed' WHERE id = 1")  # not part of any record
+    await psa.load("1", ALL_KINDS, WINDOW)  # reading changes nothing
     assert await psa.change_token("1", ALL_KINDS, WINDOW) == token
     changes = [
         "UPDATE appointments SET title = 'edited by hand' WHERE id = 1",
@@ -368,6 +367,13 @@ async def test_the_change_token_moves_with_every_change_load_would_see(
         token = new
     assert await psa.change_token("2", ALL_KINDS, WINDOW) != token
     assert await psa.change_token("1", frozenset({Kind.TODO}), WINDOW) != token
+    [todo] = (await psa.load("1", frozenset({Kind.TODO}), WINDOW))[:1]
+    assert isinstance(todo.payload, Task)
+    written = await psa.apply([PsaWrite("update", Kind.TODO, todo.psa_key, Task(
+        todo.payload.subject, todo.payload.body, todo.payload.start, todo.payload.due, completed=None),
+        ("completed",))])  # the connector's own write (flow-back) counts as well
+    assert isinstance(written[0], PsaRecord)
+    assert await psa.change_token("1", ALL_KINDS, WINDOW) != token
 
 
 async def test_the_change_token_works_on_both_databases(sample: SqlPsa) -> None:

@@ -335,3 +335,24 @@ async def test_nodes_racing_for_a_free_lease_get_exactly_one_winner(pg_url: str)
     finally:
         for node in nodes:
             await node.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_one_mapping_per_item_in_bulk_and_when_a_batch_maps_an_item_twice(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A key now mapped to an item another key held replaces that mapping; 5,000 mappings commit
+    in bulk; a batch that maps one item to two keys keeps the later one, as applied in order."""
+    url = f"sqlite:///{tmp_path / 'state.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = await open_state_store(url)
+    try:
+        await store.commit(BOX, StateBatch(upsert_mappings=[m(f"todo:{n}", f"i{n}") for n in range(5000)]))
+        assert len((await store.load_user(BOX)).mappings) == 5000
+        # todo:1 takes over i2; todo:2 moves to i1; todo:3 maps to i3 and then todo:4 takes i3 too
+        await store.commit(BOX, StateBatch(upsert_mappings=[
+            m("todo:1", "i2"), m("todo:2", "i1"), m("todo:3", "i3"), m("todo:4", "i3")]))
+        await store.commit(BOX, StateBatch(upsert_mappings=[m("todo:5", "i6"), m("todo:6", "i5")]))  # a swap
+        held = {k: v.item_id for k, v in (await store.load_user(BOX)).mappings.items() if int(k[5:]) < 8}
+        assert held == {"todo:0": "i0", "todo:1": "i2", "todo:2": "i1", "todo:4": "i3", "todo:5": "i6",
+                        "todo:6": "i5", "todo:7": "i7"}
+    finally:
+        await store.aclose()

@@ -268,3 +268,19 @@ def test_tls_failures_in_words(verify_message: str, says: str) -> None:
         outer.__context__ = verr
         message, hint = tls.describe_tls_failure(outer, "mail:443")
     assert says in message and "mail:443" in message and hint
+
+
+def test_a_new_item_is_validated_field_by_field_before_it_joins_a_batch() -> None:
+    """Only the fields we set are cleaned (not all of the class's), and a value exchangelib would
+    refuse while serialising the whole CreateItem fails this item alone, as Unmappable."""
+    from exchanged.exchange.convert import Unmappable, new_ews_item
+    from exchanged.model import Appointment, FolderKind
+
+    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    ok = new_ews_item(FolderKind.CALENDAR, Appointment("Visit", start, start + timedelta(hours=1)),
+                      "appointment:1", ["PSA"], None, EWSTimeZone("UTC"))
+    assert isinstance(ok, CalendarItem) and ok.subject == "Visit" and ok.categories == ["PSA"]
+    assert isinstance(ok.start, EWSDateTime)
+    with pytest.raises(Unmappable, match="exceeds length 255"):
+        new_ews_item(FolderKind.CALENDAR, Appointment("x" * 300, start, start + timedelta(hours=1)),
+                     "appointment:2", [], None, EWSTimeZone("UTC"))

@@ -21,7 +21,7 @@ SIZES = {
              node.NodeSizes(users=1000, items_per_user=2, reloads=5)),
     "quick": (export.ExportSizes(items=1000, noop_cycles=50),
               node.NodeSizes(users=1000, items_per_user=2, reloads=3)),
-    "smoke": (export.ExportSizes(items=30, noop_cycles=3),
+    "smoke": (export.ExportSizes(items=30, noop_cycles=3, repeats=1),
               node.NodeSizes(users=5, items_per_user=1, reloads=1)),
 }
 GROUPS = ("export", "node")

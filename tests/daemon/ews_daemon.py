@@ -1,12 +1,11 @@
 """The real daemon over the bundled EWS server (TLS), the sql PSA (the sample data) in SQLite and the
-SQLite state store: the set-up of the end-to-end modules, and a notify socket that is always read.
+SQLite state store: the set-up of the end-to-end modules.
 """
 
 from __future__ import annotations
 
 import grp
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,34 +15,6 @@ from typing import Any
 from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink
 
 SVC, PASSWORD = "svc-exsync@example.test", "SECRET"
-
-
-class DrainedNotify(NotifySocket):
-    """The harness's notify socket, read all the time by a thread, as systemd reads its own.
-
-    Unread, the socket's queue (net.unix.max_dgram_qlen: 10 datagrams by default) fills after a few
-    reloads and status lines, and the daemon's next sd_notify blocks the whole process.
-    """
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop.wait(0.02):
-            self.poll()
-
-    def poll(self) -> list[str]:
-        with self._lock:
-            return super().poll()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        super().close()
 
 
 @contextmanager
@@ -56,7 +27,7 @@ def ews_daemon(base: Path, now: datetime, mailboxes: list[str], users: list[dict
     from exchanged.testing.ews.fixtures import trust_ca
 
     smtp = SmtpSink()
-    notify = DrainedNotify(base / "notify.sock")
+    notify = NotifySocket(base / "notify.sock")
     try:
         with EwsTestServer(state_dir=str(base / "ews"), mailboxes=mailboxes,
                            service_accounts={SVC: PASSWORD}) as ews:

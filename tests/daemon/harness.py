@@ -39,7 +39,12 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float = HANG_GUARD_S
 
 
 class NotifySocket:
-    """A datagram socket standing in for systemd's notify socket; collects every message."""
+    """A datagram socket standing in for systemd's notify socket; collects every message.
+
+    A thread reads it all the time, as systemd reads its own: unread, its queue (net.unix.
+    max_dgram_qlen, 10 datagrams by default) fills after a few status lines, and the daemon's
+    notifications are then dropped (STATUS=) or wait (READY, RELOADING, STOPPING).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -47,13 +52,25 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.setblocking(False)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.poll()
+            except OSError:
+                return  # closed
 
     def poll(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except BlockingIOError:
-                return self.messages
+        with self._lock:
+            while True:
+                try:
+                    self.messages.append(self.sock.recv(65536).decode())
+                except BlockingIOError:
+                    return self.messages
 
     def wait_for(self, prefix: str, after: int = 0) -> int:
         """Index of the first message after ``after`` that starts with ``prefix``."""
@@ -67,6 +84,8 @@ class NotifySocket:
         return wait_until(found, f"notify message {prefix!r}") - 1  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
         self.sock.close()
 
 

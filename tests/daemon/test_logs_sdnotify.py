@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,37 @@ def test_notify_messages(notify_socket: socket.socket) -> None:
     assert int(got[1].split("MONOTONIC_USEC=")[1]) > 0
     assert got[2] == "STOPPING=1"
     assert got[3] == "STATUS=idle"
+
+
+def test_a_full_notify_queue_never_blocks_the_daemon(notify_socket: socket.socket,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manager that stops reading: STATUS= is dropped at once, READY waits a bounded time (in
+    this thread only), and both are sent again once the queue has room."""
+    monkeypatch.setattr(sdnotify, "STATE_SEND_TIMEOUT_S", 0.05)
+    sent = 0
+    while sdnotify.status(f"line {sent}"):  # fills the queue (net.unix.max_dgram_qlen)
+        sent += 1
+        assert sent < 100_000, "the queue never filled"
+    assert sent > 0
+    assert sdnotify.status("one more") is False
+    assert sdnotify.ready("up") is False
+    got = drain(notify_socket)
+    assert len(got) == sent and got[-1] == f"STATUS=line {sent - 1}"
+    assert sdnotify.ready("up") is True
+    assert drain(notify_socket) == ["READY=1\nSTATUS=up"]
+
+
+def test_an_abstract_notify_socket_is_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"exchanged-test-{os.getpid()}"
+    sock.bind("\0" + name)
+    sock.setblocking(False)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sdnotify.ready()
+        assert drain(sock) == ["READY=1"]
+    finally:
+        sock.close()
 
 
 def test_notify_without_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:

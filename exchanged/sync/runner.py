@@ -589,8 +589,8 @@ class SyncRunner:
                 run.item_error(result, action.psa_key)
                 continue
             # CreateItem is not re-read: the hash is of what was sent until the item is first synced
-            self._keep(run, batch, replace(self._exchange_mapping(run, action.mapping, result),
-                                           exchange_hash=unconfirmed_hash(result.payload)))
+            self._keep(run, batch, self._exchange_mapping(run, action.mapping, result,
+                                                          exchange_hash=unconfirmed_hash(result.payload)))
             batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
                                                result.item_id, action_fields(action), action.reason))
             run.outcome.counts.exported += 1
@@ -646,10 +646,11 @@ class SyncRunner:
 
     # -- small helpers -----------------------------------------------------------------------------
 
-    def _exchange_mapping(self, run: _Apply, planned: Mapping, item: ExchangeItem) -> Mapping:
+    def _exchange_mapping(self, run: _Apply, planned: Mapping, item: ExchangeItem, *,
+                          exchange_hash: str | None = None) -> Mapping:
         """The mapping after an Exchange write: the item as returned, the PSA hash as last written."""
         return replace(planned, item_id=item.item_id, change_key=item.change_key,
-                       exchange_hash=payload_hash(item.payload),
+                       exchange_hash=exchange_hash or payload_hash(item.payload),
                        psa_hash=run.psa_hashes.get(planned.psa_key, planned.psa_hash))
 
     @staticmethod

@@ -45,21 +45,29 @@ class PsaHarness:
 # --- implementations ----------------------------------------------------------------------------
 
 
+def _rows_by_kind(data: Any, psa: PsaConnector, go_away: Callable[[], None]) -> PsaHarness:
+    """A harness whose rows go in through ``data.add(kind, payload, resources)`` (the memory PSA and
+    the Autotask test server's store alike), with the contract's resources."""
+    for rid in (JANE, BOB):
+        data.add_resource(rid, f"{rid}@example.test", f"Resource {rid}")
+
+    def service_call(resources: Sequence[str], start: datetime, end: datetime) -> str:
+        key: str = data.add(Kind.SERVICE_CALL, Appointment("Service call", start, end), resources)
+        return key
+
+    return PsaHarness(psa, lambda r, p: data.add(Kind.APPOINTMENT, p, [r]),
+                      lambda r, t: data.add(Kind.TODO, t, [r]), go_away,
+                      lambda r, c: data.add(Kind.CONTACT, c, [r]), service_call)
+
+
 @asynccontextmanager
 async def _memory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[PsaHarness]:
     psa = MemoryPsa(now=lambda: NOW)
-    for rid in (JANE, BOB):
-        psa.add_resource(rid, f"{rid}@example.test", f"Resource {rid}")
 
     def go_away() -> None:
         psa.unavailable = True
 
-    def service_call(resources: Sequence[str], start: datetime, end: datetime) -> str:
-        return psa.add(Kind.SERVICE_CALL, Appointment("Service call", start, end), resources)
-
-    yield PsaHarness(psa, lambda r, p: psa.add(Kind.APPOINTMENT, p, [r]),
-                     lambda r, p: psa.add(Kind.TODO, p, [r]), go_away,
-                     lambda r, c: psa.add(Kind.CONTACT, c, [r]), service_call)
+    yield _rows_by_kind(psa, psa, go_away)
 
 
 class SqlRows:
@@ -147,16 +155,14 @@ async def _sql_postgres(tmp_path: Path, request: pytest.FixtureRequest) -> Async
 async def _autotask(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[PsaHarness]:
     # the Autotask connector against the bundled Autotask REST test server (real HTTPS, loopback)
     from exchanged.testing.autotask import AutotaskServer
-    from tests.autotask.conftest import CODE, SECRET, USER, base_seed
-    from tests.autotask.test_contract import _autotask as autotask_harness
+    from tests.autotask.conftest import CODE, SECRET, USER, base_seed, make_connector
 
     with AutotaskServer(api_user=(USER, SECRET, CODE), seed=base_seed()) as server:
-        h = autotask_harness(server)
+        psa = make_connector(server, max_attempts=2)
         try:
-            yield PsaHarness(h.psa, h.add_appointment, h.add_todo, h.go_away,
-                             h.add_contact, h.add_service_call)
+            yield _rows_by_kind(server.psa, psa, server.stop)
         finally:
-            await h.psa.aclose()
+            await psa.aclose()
 
 
 IMPLEMENTATIONS = [

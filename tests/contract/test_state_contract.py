@@ -53,21 +53,15 @@ async def _memory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
 @asynccontextmanager
 async def _sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Impl]:
     url = f"sqlite:///{tmp_path / 'sub' / 'state.db'}"
-    store = await open_state_store(url)
-    try:
+    async with _opened(url) as store:
         yield Impl(store, exclusive_leases=False, reopen=lambda: _opened(url))
-    finally:
-        await store.aclose()
 
 
 @asynccontextmanager
 async def _postgres(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Impl]:
     url = request.getfixturevalue("pg_url")
-    store = await open_state_store(url)
-    try:
+    async with _opened(url) as store:
         yield Impl(store, exclusive_leases=True, reopen=lambda: _opened(url))
-    finally:
-        await store.aclose()
 
 
 @asynccontextmanager

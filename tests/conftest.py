@@ -1,4 +1,4 @@
-"""Project-wide fixtures: a real PostgreSQL for the tests marked ``postgres``.
+"""Project-wide fixtures: a real PostgreSQL for the tests marked ``postgres``; an SMTP sink.
 
 ``pg_server`` (session): ``EXCHANGED_TEST_PG_URL`` when set; otherwise a throw-away server started
 from Debian's ``postgresql`` binaries on a free loopback port (as the ``postgres`` user when the
@@ -6,7 +6,10 @@ tests run as root, since initdb refuses root), stopped at the end of the session
 tests that need it are skipped with the reason.
 
 ``pg_url`` (per test): a fresh schema in that server, named in the URL's ``search_path``, so every
-test starts empty without the cost of a CREATE DATABASE.
+test starts empty without the cost of a CREATE DATABASE; ``fresh_schema(server)`` is the same as a
+context manager, for other scopes (a module sharing one schema).
+
+``smtp`` (per test): the shipped SMTP sink (``exchanged.testing.smtp.SmtpSink``), started.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
+
+if TYPE_CHECKING:
+    from exchanged.testing.smtp import SmtpSink
 
 PG_ENV = "EXCHANGED_TEST_PG_URL"
 
@@ -92,16 +100,32 @@ def _with_search_path(url: str, schema: str) -> str:
     return f"{url}{sep}options={quote(f'-c search_path={schema}')}"
 
 
-@pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A URL whose search path is a fresh, empty schema (dropped after the test)."""
+@contextmanager
+def fresh_schema(server: str) -> Iterator[str]:
+    """A URL on ``server`` whose search path is a new, empty schema; the schema is dropped on exit."""
     import psycopg
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
+    with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     try:
-        yield _with_search_path(pg_server, schema)
+        yield _with_search_path(server, schema)
     finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
+        with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A URL whose search path is a fresh, empty schema (dropped after the test)."""
+    with fresh_schema(pg_server) as url:
+        yield url
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """The shipped SMTP sink on loopback (a free port), stopped after the test."""
+    from exchanged.testing.smtp import SmtpSink
+
+    with SmtpSink() as sink:
+        yield sink

@@ -5,6 +5,7 @@ every message it accepts.
         ...send to 127.0.0.1:sink.port...
         sink.wait_for(1, timeout=10)
         sink.messages[0]["Subject"]
+        sink.snapshot()[0].rcpt_tos              # with the envelope: who it was delivered to
 
 ``security="starttls"`` offers (and requires) STARTTLS, ``security="tls"`` speaks TLS from the first
 byte (SMTPS); both need ``tls_context`` (a server context, e.g. from a trustme CA).
@@ -99,6 +100,11 @@ class SmtpSink:
     def messages(self) -> list[EmailMessage]:
         with self._lock:
             return [r.message for r in self.received]
+
+    def snapshot(self) -> list[Received]:
+        """What arrived so far, each message with its envelope (a copy, safe while more arrive)."""
+        with self._lock:
+            return list(self.received)
 
     def _store(self, item: Received) -> None:
         with self._lock:

@@ -20,14 +20,15 @@ import trio
 
 from exchanged.model import Appointment, Contact, Kind, Task, make_psa_key
 from exchanged.testing.autotask import AutotaskServer
-from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink, wait_until
+from exchanged.testing.smtp import SmtpSink
+from tests.daemon.ews_daemon import PASSWORD, SVC
+from tests.daemon.harness import DaemonEnv, NotifySocket, secret_file, wait_until
 
 pytestmark = pytest.mark.e2e
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 ALICE_ID, BOB_ID = "29682885", "29682886"
 MORE = {f"user{n}@example.test": str(29682890 + n) for n in range(4)}  # for the concurrency test
-SVC, PASSWORD = "svc-exsync@example.test", "SECRET"
 AT_USER, AT_SECRET, AT_CODE = "api@example.test", "At-s3cret-QQ", "INTEGRATION-CODE-E2E"
 EWS_WRITES = ("CreateItem", "UpdateItem", "DeleteItem")
 NOW = datetime.now(UTC).replace(microsecond=0, second=0, minute=0)
@@ -60,16 +61,8 @@ def autotask() -> Iterator[AutotaskServer]:
         yield server
 
 
-def secret(base: Path, name: str, value: str) -> str:
-    path = base / name
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return str(path)
-
-
 @pytest.fixture
-def env(tmp_path: Path, ews: Any, autotask: AutotaskServer) -> Iterator[DaemonEnv]:
-    smtp = SmtpSink()
+def env(tmp_path: Path, ews: Any, autotask: AutotaskServer, smtp: SmtpSink) -> Iterator[DaemonEnv]:
     notify = NotifySocket(tmp_path / "notify.sock")
     daemon = DaemonEnv(base=tmp_path, smtp=smtp, notify=notify, memory=False,
                        users=[{"mailbox": ALICE, "psa_resource": ALICE_ID},
@@ -77,12 +70,12 @@ def env(tmp_path: Path, ews: Any, autotask: AutotaskServer) -> Iterator[DaemonEn
     daemon.extra = {
         "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
                    "ca_bundle": ews.ca_file},
-        "credentials": {"username": SVC, "password_file": secret(tmp_path, "ews-password", PASSWORD)},
+        "credentials": {"username": SVC, "password_file": secret_file(tmp_path / "ews-password", PASSWORD)},
         "psa": {
             "connector": "autotask",
             "username": AT_USER,
-            "secret_file": secret(tmp_path, "at-secret", AT_SECRET),
-            "integration_code_file": secret(tmp_path, "at-code", AT_CODE),
+            "secret_file": secret_file(tmp_path / "at-secret", AT_SECRET),
+            "integration_code_file": secret_file(tmp_path / "at-code", AT_CODE),
             "zone_lookup_url": autotask.url,
             "requests_per_hour": 3000,
             "ca_bundle": str(autotask.ca_file),
@@ -93,7 +86,6 @@ def env(tmp_path: Path, ews: Any, autotask: AutotaskServer) -> Iterator[DaemonEn
     finally:
         daemon.kill()
         notify.close()
-        smtp.stop()
 
 
 class Outside:
@@ -388,7 +380,7 @@ def test_requests_per_hour_is_never_exceeded_a_cycle_waits_instead(env: DaemonEn
     assert "grace period" not in log, log[-3000:]
     # an interruption by the daemon's own stop is in the log and status, but mailed to nobody
     assert env.smtp is not None
-    subjects = [str(m["Subject"]) for m in env.smtp.snapshot()]
+    subjects = [str(m["Subject"]) for m in env.smtp.messages]
     assert not [s for s in subjects if " ERROR " in s], subjects
 
 

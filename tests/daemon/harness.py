@@ -1,4 +1,5 @@
-"""End-to-end harness: the real daemon process, a fake NOTIFY_SOCKET, an SMTP sink, a control client.
+"""End-to-end harness: the real daemon process, a fake NOTIFY_SOCKET, a control client; mail goes to
+the shipped SMTP sink (``exchanged.testing.smtp.SmtpSink``, started by the caller).
 
 Waiting is done by polling with a generous deadline that only guards against hangs; nothing here
 asserts how long anything took.
@@ -6,7 +7,6 @@ asserts how long anything took.
 
 from __future__ import annotations
 
-import email
 import grp
 import json
 import os
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from exchanged.testing.smtp import SmtpSink
 
 HANG_GUARD_S = 30.0  # only to avoid a hung test run; never asserted
 
@@ -89,37 +91,11 @@ class NotifySocket:
         self.sock.close()
 
 
-class SmtpSink:
-    """aiosmtpd on loopback, collecting every mail."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.mails: list[Message] = []
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                msg = email.message_from_bytes(envelope.content)
-                msg["X-Rcpt-To"] = ", ".join(envelope.rcpt_tos)
-                with sink._lock:
-                    sink.mails.append(msg)
-                return "250 OK"
-
-        # aiosmtpd connects to its own port to see it is up, so port 0 will not do: take a free one
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def snapshot(self) -> list[Message]:
-        with self._lock:
-            return list(self.mails)
-
-    def stop(self) -> None:
-        self.controller.stop()
+def secret_file(path: Path, value: str) -> str:
+    """Write ``value`` (one line) to ``path``, readable by its owner only, as a secret file must be."""
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return str(path)
 
 
 def body_of(msg: Message) -> str:
@@ -189,8 +165,7 @@ class DaemonEnv:
     def config(self, **overrides: Any) -> dict[str, Any]:
         pw = self.base / "sync-password"
         if not pw.exists():
-            pw.write_text("Pw-s3cret-XYZ\n")
-            pw.chmod(0o600)
+            secret_file(pw, "Pw-s3cret-XYZ")
         cfg: dict[str, Any] = {
             "enabled": True,
             "profile_name": "e2e",

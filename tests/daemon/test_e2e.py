@@ -14,10 +14,11 @@ import signal
 import stat
 import subprocess
 import sys
-from email.message import Message
+from pathlib import Path
 
 import pytest
 
+from exchanged.testing.smtp import Received
 from tests.daemon.harness import DaemonEnv, RpcError, body_of, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -79,11 +80,11 @@ def test_reload_rejected_keeps_old_config_then_applied(daemon_env: DaemonEnv) ->
     assert info.value.reason == "reload_rejected"
 
     if HAVE_NOTIFY:
-        mails = wait_until(
-            lambda: [m for m in daemon_env.smtp.snapshot() if "sync_interval_minutes" in body_of(m)],
+        [mail, *_] = wait_until(
+            lambda: [r for r in daemon_env.smtp.snapshot() if "sync_interval_minutes" in body_of(r.message)],
             "rejection mail")
-        assert "ops@example.test" in mails[0]["X-Rcpt-To"] and "lead@example.test" in mails[0]["X-Rcpt-To"]
-        assert "Pw-s3cret-XYZ" not in body_of(mails[0])
+        assert {"ops@example.test", "lead@example.test"} <= set(mail.rcpt_tos)
+        assert "Pw-s3cret-XYZ" not in body_of(mail.message)
 
     daemon_env.users = [{"mailbox": ALICE, "psa_resource": "1"}, BOB]
     daemon_env.write_config()
@@ -104,12 +105,19 @@ def test_reload_rejected_keeps_old_config_then_applied(daemon_env: DaemonEnv) ->
     assert daemon_env.stop() == 0
 
 
-def test_reload_deferred_while_a_cycle_runs(daemon_env: DaemonEnv) -> None:
-    gate = daemon_env.base / "gate"
+def start_with_a_held_cycle(env: DaemonEnv) -> Path:
+    """Start the daemon and wait until its first cycle (alice's) runs; the cycle is held until the
+    returned gate file is removed."""
+    gate = env.base / "gate"
     gate.write_text("hold")
-    daemon_env.write_hooks(hold_while_exists=str(gate))
-    daemon_env.start_ready()
-    wait_until(lambda: daemon_env.status()["running"] == 1, "alice's first cycle running")
+    env.write_hooks(hold_while_exists=str(gate))
+    env.start_ready()
+    wait_until(lambda: env.status()["running"] == 1, "alice's first cycle running")
+    return gate
+
+
+def test_reload_deferred_while_a_cycle_runs(daemon_env: DaemonEnv) -> None:
+    gate = start_with_a_held_cycle(daemon_env)
     assert daemon_env.user(ALICE)["state"] == "syncing"
 
     daemon_env.users = [{"mailbox": ALICE, "psa_resource": "1"}, BOB]
@@ -136,11 +144,7 @@ def test_reload_deferred_while_a_cycle_runs(daemon_env: DaemonEnv) -> None:
 
 
 def test_sigterm_during_a_cycle_exits_zero(daemon_env: DaemonEnv) -> None:
-    gate = daemon_env.base / "gate"
-    gate.write_text("hold")
-    daemon_env.write_hooks(hold_while_exists=str(gate))
-    daemon_env.start_ready()
-    wait_until(lambda: daemon_env.status()["running"] == 1, "a cycle running")
+    start_with_a_held_cycle(daemon_env)
     mark = len(daemon_env.notify.poll())
     daemon_env.signal(signal.SIGTERM)
     daemon_env.notify.wait_for("STOPPING=1", after=mark)
@@ -161,21 +165,21 @@ def test_failing_user_mailed_once_then_resolved(daemon_env: DaemonEnv) -> None:
     assert bob["state"] == "error" and "not found" in bob["last_error"]
     assert daemon_env.status()["state"] == "degraded"
 
-    def error_mails() -> list[Message]:
-        return [m for m in daemon_env.smtp.snapshot()
-                if " ERROR " in (m["Subject"] or "") and BOB["mailbox"] in (m["Subject"] or "")]
+    def error_mails() -> list[Received]:
+        return [r for r in daemon_env.smtp.snapshot()
+                if " ERROR " in str(r.message["Subject"]) and BOB["mailbox"] in str(r.message["Subject"])]
 
     wait_until(error_mails, "error mail")
     daemon_env.write_hooks()
     out = daemon_env.rpc("sync", mailboxes=[BOB["mailbox"]], wait=True)
     assert out["results"][BOB["mailbox"]]["result"] == "ok"
     resolved = wait_until(
-        lambda: [m for m in daemon_env.smtp.snapshot() if " RESOLVED " in (m["Subject"] or "")],
+        lambda: [m for m in daemon_env.smtp.messages if " RESOLVED " in (m["Subject"] or "")],
         "resolved mail")
     assert BOB["mailbox"] in resolved[0]["Subject"]
     mail = error_mails()[0]
-    assert "not found" in body_of(mail) and "ops@example.test" in mail["X-Rcpt-To"]
-    assert "Pw-s3cret-XYZ" not in body_of(mail)
+    assert "not found" in body_of(mail.message) and "ops@example.test" in mail.rcpt_tos
+    assert "Pw-s3cret-XYZ" not in body_of(mail.message)
     assert len(error_mails()) == 1  # three failures, one mail
     assert daemon_env.stop() == 0
 
@@ -184,9 +188,9 @@ def test_confirmation_mail_on_start_for_new_users(daemon_env: DaemonEnv) -> None
     if not HAVE_NOTIFY:
         pytest.skip("exchanged.notify not in this tree yet")
     daemon_env.start_ready()
-    mail = wait_until(lambda: [m for m in daemon_env.smtp.snapshot() if ALICE in m["X-Rcpt-To"]],
+    mail = wait_until(lambda: [r for r in daemon_env.smtp.snapshot() if ALICE in r.rcpt_tos],
                       "confirmation mail")[0]
-    assert "calendar" in body_of(mail)
+    assert "calendar" in body_of(mail.message)
     assert daemon_env.stop() == 0
 
 

@@ -14,40 +14,19 @@ from typing import Any
 
 import pytest
 
+from tests.daemon.ews_daemon import PASSWORD, ews_daemon
 from tests.daemon.harness import DaemonEnv, wait_until
 
 pytestmark = pytest.mark.e2e
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
-SVC, PASSWORD = "svc-exsync@example.test", "SECRET"
 
 
 @pytest.fixture
-def ews(tmp_path: Path) -> Iterator[Any]:
-    from exchanged.testing.ews import EwsTestServer
-
-    with EwsTestServer(state_dir=str(tmp_path / "ews"), mailboxes=[ALICE, BOB],
-                       service_accounts={SVC: PASSWORD}) as server:
-        yield server
-
-
-@pytest.fixture
-def real_env(daemon_env: DaemonEnv, ews: Any) -> DaemonEnv:
-    from exchanged.psa.sample import seed_sample
-
-    base = daemon_env.base
-    seed_sample(f"sqlite:///{base / 'psa.db'}", datetime.now(UTC).replace(microsecond=0))
-    pw = base / "ews-password"
-    pw.write_text(PASSWORD + "\n")
-    pw.chmod(0o600)
-    daemon_env.memory = False
-    daemon_env.users = [{"mailbox": ALICE, "psa_resource": "1"}, {"mailbox": BOB, "psa_resource": "2"}]
-    daemon_env.extra = {
-        "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
-                   "ca_bundle": ews.ca_file},
-        "credentials": {"username": SVC, "password_file": str(pw)},
-    }
-    return daemon_env
+def real(tmp_path: Path) -> Iterator[tuple[DaemonEnv, Any]]:
+    users = [{"mailbox": ALICE, "psa_resource": "1"}, {"mailbox": BOB, "psa_resource": "2"}]
+    with ews_daemon(tmp_path, datetime.now(UTC).replace(microsecond=0), [ALICE, BOB], users) as found:
+        yield found
 
 
 def ctl(env: DaemonEnv, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,7 +34,8 @@ def ctl(env: DaemonEnv, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_real_stack_sync_history_and_deferred_reload(real_env: DaemonEnv, ews: Any) -> None:
+def test_real_stack_sync_history_and_deferred_reload(real: tuple[DaemonEnv, Any]) -> None:
+    real_env, ews = real
     real_env.start_ready()
     done = ctl(real_env, "sync", ALICE, "--wait", "--json")
     assert done.returncode == 0, done.stdout + done.stderr

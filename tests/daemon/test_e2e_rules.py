@@ -7,8 +7,6 @@ One daemon serves the whole module; the tests run in file order and each builds 
 
 from __future__ import annotations
 
-import grp
-import os
 import sqlite3
 import subprocess
 import sys
@@ -19,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink, wait_until
+from tests.daemon.ews_daemon import PASSWORD, SVC, add_psa_appointments, ews_daemon
+from tests.daemon.harness import DaemonEnv, wait_until
 
 pytestmark = pytest.mark.e2e
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
-SVC, PASSWORD = "svc-exsync@example.test", "SECRET"
 CATEGORY = "PSA"
 WRITES = ("CreateItem", "UpdateItem", "DeleteItem")
 
@@ -102,36 +100,15 @@ def create_exchange_appointment(world: World, mailbox: str, subject: str, start:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from exchanged.psa.sample import seed_sample
-    from exchanged.testing.ews import EwsTestServer
-    from exchanged.testing.ews.fixtures import trust_ca
-
-    base = tmp_path_factory.mktemp("rules")
     now = datetime.now(UTC).replace(microsecond=0)
-    smtp = SmtpSink()
-    notify = NotifySocket(base / "notify.sock")
-    with EwsTestServer(state_dir=str(base / "ews"), mailboxes=[ALICE, BOB, CAROL],
-                       service_accounts={SVC: PASSWORD}) as ews:
-        trust_ca(ews.ca_file)
-        env = DaemonEnv(base=base, smtp=smtp, notify=notify)
-        seed_sample(f"sqlite:///{base / 'psa.db'}", now)
-        pw = base / "ews-password"
-        pw.write_text(PASSWORD + "\n")
-        pw.chmod(0o600)
-        env.memory = False
-        env.users = [
-            {"mailbox": ALICE, "psa_resource": "1"},
-            {"mailbox": BOB, "psa_resource": "2",
-             "settings": {"todos": False, "import_appointments": "no_details"}},
-            {"mailbox": CAROL, "psa_resource": "3", "settings": {"import_appointments": "none"}},
-        ]
-        env.extra = {
-            "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
-                       "ca_bundle": ews.ca_file},
-            "credentials": {"username": SVC, "password_file": str(pw)},
-            "sync": {"import_free_time": False, "max_deletes_per_cycle": 3, "category": CATEGORY},
-            "control": {"socket": str(env.socket_path), "group": grp.getgrgid(os.getgid()).gr_name},
-        }
+    users: list[dict[str, Any]] = [
+        {"mailbox": ALICE, "psa_resource": "1"},
+        {"mailbox": BOB, "psa_resource": "2",
+         "settings": {"todos": False, "import_appointments": "no_details"}},
+        {"mailbox": CAROL, "psa_resource": "3", "settings": {"import_appointments": "none"}},
+    ]
+    sync = {"import_free_time": False, "max_deletes_per_cycle": 3, "category": CATEGORY}
+    with ews_daemon(tmp_path_factory.mktemp("rules"), now, [ALICE, BOB, CAROL], users, sync) as (env, ews):
         w = World(env, ews, now)
         # Exchange-side appointments to import, there before the first cycle
         day = now.replace(hour=0, minute=0, second=0) + timedelta(days=2)
@@ -144,13 +121,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         create_exchange_appointment(w, BOB, "Bob's dentist", day + timedelta(hours=15), body="tooth 14")
         create_exchange_appointment(w, CAROL, "Carol's own meeting", day + timedelta(hours=10))
         env.start_ready()
-        try:
-            w.sync()
-            yield w
-        finally:
-            env.kill()
-            notify.close()
-            smtp.stop()
+        w.sync()
+        yield w
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,18 +248,7 @@ def test_plan_changes_nothing(world: World) -> None:
 
 
 def test_mass_deletion_held_back_until_allowed(world: World) -> None:
-    day = world.now.replace(hour=0, minute=0, second=0)
-    con = sqlite3.connect(world.env.base / "psa.db")
-    with con:
-        for n in range(5):
-            start = day + timedelta(days=4, hours=8 + n)
-            con.execute("INSERT INTO appointments (id, resource_id, title, description, start_time, "
-                        "end_time, last_modified, origin, exchange_uid, show_as, is_private) "
-                        "VALUES (?, 1, ?, '', ?, ?, ?, 'psa', NULL, 'busy', 0)",
-                        (900 + n, f"Batch {n}", start.isoformat().replace("+00:00", "Z"),
-                         (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z"),
-                         world.now.isoformat().replace("+00:00", "Z")))
-    con.close()
+    add_psa_appointments(world.env.base, world.now, 1, 900, 5, "Batch")
     world.sync(ALICE)
     assert all(len(world.ours(ALICE, f"Batch {n}")) == 1 for n in range(5))
     world.sql("DELETE FROM appointments WHERE id >= 900")
@@ -326,68 +287,31 @@ BULK = 1500
 
 def test_kill_9_mid_first_export_leaves_every_item_exactly_once(
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    from exchanged.psa.sample import seed_sample
-    from exchanged.testing.ews import EwsTestServer
-    from exchanged.testing.ews.fixtures import trust_ca
-
-    base = tmp_path_factory.mktemp("crash")
     now = datetime.now(UTC).replace(microsecond=0)
-    smtp = SmtpSink()
-    notify = NotifySocket(base / "notify.sock")
-    seed_sample(f"sqlite:///{base / 'psa.db'}", now)
-    day = now.replace(hour=0, minute=0, second=0)
-    stamp = now.isoformat().replace("+00:00", "Z")
-    def iso(value: datetime) -> str:
-        return value.isoformat().replace("+00:00", "Z")
-
-    def slot(n: int, extra: int) -> str:
-        return iso(day + timedelta(days=1 + n // 20, minutes=30 * (n % 20) + extra))
-
-    con = sqlite3.connect(base / "psa.db")
-    with con:
-        con.executemany(
-            "INSERT INTO appointments (id, resource_id, title, description, start_time, end_time, "
-            "last_modified, origin, exchange_uid, show_as, is_private) "
-            "VALUES (?, 1, ?, '', ?, ?, ?, 'psa', NULL, 'busy', 0)",
-            [(10_000 + n, f"Bulk {n}", slot(n, 0), slot(n, 15), stamp) for n in range(BULK)])
-    con.close()
-    with EwsTestServer(state_dir=str(base / "ews"), mailboxes=[ALICE],
-                       service_accounts={SVC: PASSWORD}) as ews:
-        trust_ca(ews.ca_file)
-        pw = base / "ews-password"
-        pw.write_text(PASSWORD + "\n")
-        pw.chmod(0o600)
-        env = DaemonEnv(base=base, smtp=smtp, notify=notify)
-        env.memory = False
-        env.users = [{"mailbox": ALICE, "psa_resource": "1"}]
-        env.extra = {
-            "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
-                       "ca_bundle": ews.ca_file},
-            "credentials": {"username": SVC, "password_file": str(pw)},
-            "sync": {"max_deletes_per_cycle": 25},
-            "control": {"socket": str(env.socket_path), "group": grp.getgrgid(os.getgid()).gr_name},
-        }
+    with ews_daemon(tmp_path_factory.mktemp("crash"), now, [ALICE], [{"mailbox": ALICE, "psa_resource": "1"}],
+                    {"max_deletes_per_cycle": 25}) as (env, ews):
         world = World(env, ews, now)
+        add_psa_appointments(env.base, now, 1, 10_000, BULK, "Bulk")
+        env.start_ready()
+        trigger = subprocess.Popen(
+            [sys.executable, "-m", "exchanged.ctl", "--socket", str(env.socket_path),
+             "sync", ALICE, "--wait"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            env.start_ready()
-            trigger = subprocess.Popen(
-                [sys.executable, "-m", "exchanged.ctl", "--socket", str(env.socket_path),
-                 "sync", ALICE, "--wait"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_until(lambda: ews.stats()["requests"].get("CreateItem", 0) >= 5, "5 CreateItem requests",
                        timeout=120)
             env.kill()  # SIGKILL
             trigger.wait(timeout=60)
-            bulk = [i for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
-            assert 0 < len(bulk) < BULK  # really killed in the middle
-            notify.messages.clear()
-            env.start_ready()
-            world.sync(ALICE)
-            world.sync(ALICE)
-            subjects = [i.subject for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
-            assert sorted(subjects) == sorted(f"Bulk {n}" for n in range(BULK))
-            assert env.user(ALICE)["last_result"] == "ok"
         finally:
-            env.kill()
-            notify.close()
-            smtp.stop()
+            if trigger.poll() is None:
+                trigger.kill()
+                trigger.wait()
+        bulk = [i for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
+        assert 0 < len(bulk) < BULK  # really killed in the middle
+        env.notify.messages.clear()
+        env.start_ready()
+        world.sync(ALICE)
+        world.sync(ALICE)
+        subjects = [i.subject for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
+        assert sorted(subjects) == sorted(f"Bulk {n}" for n in range(BULK))
+        assert env.user(ALICE)["last_result"] == "ok"

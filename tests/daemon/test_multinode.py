@@ -15,17 +15,19 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.daemon.harness import DaemonEnv, NotifySocket, SmtpSink, wait_until
+from exchanged.testing.smtp import SmtpSink
+from tests.conftest import fresh_schema
+from tests.daemon.ews_daemon import add_psa_appointments
+from tests.daemon.harness import DaemonEnv, NotifySocket, secret_file, wait_until
 from tests.daemon.test_e2e_rules import ALICE, BOB, CAROL, World
-from tests.reliability.harness import PASSWORD, SVC, duplicates, exchange_snapshot, psa_execute, ts
+from tests.reliability.harness import PASSWORD, SVC, duplicates, exchange_snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -115,17 +117,7 @@ class Cluster:
                 if box == mailbox and key for _ in range(n)]
 
     def add_appointments(self, resource: int, first_id: int, count: int, title: str) -> list[str]:
-        day = self.now.replace(hour=0, minute=0, second=0) + timedelta(days=1)
-        rows = []
-        for n in range(count):
-            start = day + timedelta(days=n // 20, minutes=30 * (n % 20))
-            rows.append(("INSERT INTO appointments (id, resource_id, title, description, start_time, "
-                         "end_time, last_modified, origin, exchange_uid, show_as, is_private) "
-                         "VALUES (?, ?, ?, '', ?, ?, ?, 'psa', NULL, 'busy', 0)",
-                         (first_id + n, resource, f"{title} {n}", ts(start),
-                          ts(start + timedelta(minutes=15)), ts(self.now))))
-        psa_execute(self.psa_dir, *rows)
-        return [f"appointment:{first_id + n}" for n in range(count)]
+        return add_psa_appointments(self.psa_dir, self.now, resource, first_id, count, title)
 
     def in_background(self, node: Node, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", "exchanged.ctl", "--socket", str(node.env.socket_path),
@@ -150,18 +142,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def pg_module_url(pg_server: str) -> Iterator[str]:
     """One fresh schema for the whole module (the ``pg_url`` fixture is per test)."""
-    import psycopg
-
-    from tests.conftest import _with_search_path
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield _with_search_path(pg_server, schema)
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with fresh_schema(pg_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +154,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Ite
     base = tmp_path_factory.mktemp("multinode")
     now = datetime.now(UTC).replace(microsecond=0)
     seed_sample(f"sqlite:///{base / 'psa.db'}", now)
-    smtp = SmtpSink()
-    pw = base / "ews-password"
-    pw.write_text(PASSWORD + "\n")
-    pw.chmod(0o600)
+    pw = secret_file(base / "ews-password", PASSWORD)
     nodes: list[Node] = []
-    with EwsTestServer(state_dir=str(base / "ews"), mailboxes=list(USERS),
-                       service_accounts={SVC: PASSWORD}) as ews:
+    with SmtpSink() as smtp, EwsTestServer(state_dir=str(base / "ews"), mailboxes=list(USERS),
+                                           service_accounts={SVC: PASSWORD}) as ews:
         try:
             for name in ("a", "b"):
                 (base / name).mkdir()
@@ -188,7 +167,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Ite
                 env.extra = {
                     "server": {"address": "localhost", "port": ews.port, "version": "Exchange2016",
                                "ca_bundle": ews.ca_file},
-                    "credentials": {"username": SVC, "password_file": str(pw)},
+                    "credentials": {"username": SVC, "password_file": pw},
                     "psa": {"connector": "sql", "url": f"sqlite:///{base / 'psa.db'}"},
                     "state": {"url": pg_module_url},
                     "sync": {"max_deletes_per_cycle": 25},
@@ -204,7 +183,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Ite
             for node in nodes:
                 node.env.kill()
                 node.env.notify.close()
-            smtp.stop()
 
 
 @pytest.fixture(autouse=True)

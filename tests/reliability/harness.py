@@ -29,7 +29,8 @@ import trio
 from exchanged.model import FolderKind
 from exchanged.testing.crash import CRASH_AFTER_ENV, CRASH_LOG_ENV, read_log
 from exchanged.testing.ews import EwsTestServer
-from tests.daemon.harness import HANG_GUARD_S, DaemonEnv, NotifySocket, SmtpSink, rpc, wait_until
+from exchanged.testing.smtp import SmtpSink
+from tests.daemon.harness import HANG_GUARD_S, DaemonEnv, NotifySocket, rpc, secret_file, wait_until
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 SVC, PASSWORD = "svc-exsync@example.test", "Ews-Pa55word-7f3k"  # distinctive: grepped for in the output
@@ -89,16 +90,13 @@ def make_env(data: Path, server: EwsTestServer, smtp: SmtpSink, name: str, *,
     """A daemon environment on data set ``data`` (its own run directory ``data/name``)."""
     run = data / name
     run.mkdir(parents=True, exist_ok=True)
-    pw = run / "ews-password"
-    pw.write_text(PASSWORD + "\n")
-    pw.chmod(0o600)
     env = StackEnv(base=run, smtp=smtp, notify=NotifySocket(run / "n.sock"), memory=False,
                    crash_after=crash_after, step_log=run / "steps.log")
     env.users = users or [{"mailbox": ALICE, "psa_resource": "1"}]
     env.extra = {
         "server": {"address": "localhost", "port": server.port, "version": "Exchange2016",
                    "ca_bundle": server.ca_file},
-        "credentials": {"username": SVC, "password_file": str(pw)},
+        "credentials": {"username": SVC, "password_file": secret_file(run / "ews-password", PASSWORD)},
         "psa": {"connector": "sql", "url": f"sqlite:///{data / 'psa.db'}"},
         "state": {"url": f"sqlite:///{data / 'state.db'}"},
         "sync_interval_minutes": 600,  # only the first user's scheduled cycle and the manual ones run

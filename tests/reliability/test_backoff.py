@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from exchanged.engine import UserSpec
-from tests.daemon.harness import SmtpSink, wait_until
+from exchanged.testing.smtp import SmtpSink
+from tests.daemon.harness import wait_until
 from tests.reliability.harness import ALICE, BOB, make_env, running
 from tests.reliability.inproc import open_stack
 
@@ -99,22 +100,18 @@ async def test_without_hint_exponential_growing_waits(tmp_path: Path, faults: di
             assert gap >= delay - 0.05, (gaps, delays)  # nothing earlier (the log rounds to 0.1 s)
 
 
-def test_sigterm_during_back_off_stops_the_daemon(tmp_path: Path) -> None:
-    smtp = SmtpSink()
-    try:
-        with running(tmp_path) as server:
-            from datetime import UTC, datetime
+def test_sigterm_during_back_off_stops_the_daemon(tmp_path: Path, smtp: SmtpSink) -> None:
+    with running(tmp_path) as server:
+        from datetime import UTC, datetime
 
-            from exchanged.psa.sample import seed_sample
+        from exchanged.psa.sample import seed_sample
 
-            seed_sample(f"sqlite:///{tmp_path / 'psa.db'}", datetime.now(UTC).replace(microsecond=0))
-            env = make_env(tmp_path, server, smtp, "d")
-            server.set_faults(throttle_next=1000, back_off_ms=600_000)  # ten minutes
-            env.start()
-            wait_until(lambda: server.stats()["throttled"] >= 1, "a throttled request")
-            env.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            assert env.proc.wait(timeout=60) == 0, env.stderr()  # type: ignore[union-attr]
-            assert "Traceback" not in env.stderr()
-            env.notify.close()
-    finally:
-        smtp.stop()
+        seed_sample(f"sqlite:///{tmp_path / 'psa.db'}", datetime.now(UTC).replace(microsecond=0))
+        env = make_env(tmp_path, server, smtp, "d")
+        server.set_faults(throttle_next=1000, back_off_ms=600_000)  # ten minutes
+        env.start()
+        wait_until(lambda: server.stats()["throttled"] >= 1, "a throttled request")
+        env.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert env.proc.wait(timeout=60) == 0, env.stderr()  # type: ignore[union-attr]
+        assert "Traceback" not in env.stderr()
+        env.notify.close()

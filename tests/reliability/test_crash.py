@@ -24,7 +24,7 @@ import pytest
 from exchanged.model import FolderKind
 from exchanged.psa.sample import seed_sample
 from exchanged.testing.crash import CRASH_EXIT
-from tests.daemon.harness import SmtpSink
+from exchanged.testing.smtp import SmtpSink
 from tests.reliability.harness import (
     ALICE,
     BOB,
@@ -64,10 +64,9 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    yield sink
-    sink.stop()
+def smtp() -> Iterator[SmtpSink]:  # one for the module (tests/conftest.py's is per test)
+    with SmtpSink() as sink:
+        yield sink
 
 
 ALICE_ONLY = [{"mailbox": ALICE, "psa_resource": "1"}]

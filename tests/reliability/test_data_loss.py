@@ -18,6 +18,7 @@ import trio
 
 from exchanged import errors
 from exchanged.state import open_state_store
+from exchanged.testing.smtp import SmtpSink
 from tests.reliability.harness import ALICE, outlook_edits
 from tests.reliability.inproc import Stack, open_stack
 
@@ -176,21 +177,16 @@ def _imported(base: Path) -> list[tuple[str]]:
         con.close()
 
 
-def test_daemon_refuses_a_corrupt_state_store_in_one_line(tmp_path: Path) -> None:
-    from tests.daemon.harness import SmtpSink
+def test_daemon_refuses_a_corrupt_state_store_in_one_line(tmp_path: Path, smtp: SmtpSink) -> None:
     from tests.reliability.harness import make_env, running
 
     (tmp_path / "state.db").write_bytes(b"\x00garbage" * 512)
-    smtp = SmtpSink()
-    try:
-        with running(tmp_path) as server:
-            env = make_env(tmp_path, server, smtp, "d")
-            proc = env.start()
-            assert proc.wait(timeout=60) == 1
-            env.notify.close()
-            assert server.stats()["requests"].get("DeleteItem", 0) == 0
-    finally:
-        smtp.stop()
+    with running(tmp_path) as server:
+        env = make_env(tmp_path, server, smtp, "d")
+        proc = env.start()
+        assert proc.wait(timeout=60) == 1
+        env.notify.close()
+        assert server.stats()["requests"].get("DeleteItem", 0) == 0
     err = env.stderr()
     fatal = [line for line in err.splitlines() if line.startswith("exchanged: ")]
     assert len(fatal) == 1 and "state" in fatal[0], err

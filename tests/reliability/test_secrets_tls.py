@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,12 @@ import pytest
 import trustme
 
 from exchanged.psa.sample import seed_sample
-from tests.daemon.harness import SmtpSink, body_of, rpc, wait_until
+from exchanged.testing.smtp import SmtpSink
+from tests.daemon.harness import body_of, rpc, wait_until
 from tests.exchange.test_tls import tls_listener
 from tests.reliability.harness import ALICE, PASSWORD, SVC, make_env, running
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    yield sink
-    sink.stop()
 
 
 def _forms(secret: str, user: str) -> list[str]:
@@ -70,12 +63,12 @@ def test_password_never_shown_anywhere(tmp_path: Path, smtp: SmtpSink) -> None:
         seen.append(json.dumps(status))
         failed = next(u for u in status["users"] if u["mailbox"] == ALICE)
         assert failed["last_result"] == "error" and failed["last_error"], failed  # the login failed
-        wait_until(lambda: [m for m in smtp.snapshot()
+        wait_until(lambda: [m for m in smtp.messages
                             if ALICE in body_of(m) and "login" in body_of(m).lower()], "a login mail")
         assert env.stop() == 0
         env.notify.close()
     seen.append(env.stderr())
-    seen += [str(m) + body_of(m) for m in smtp.snapshot()]
+    seen += [str(m) + body_of(m) for m in smtp.messages]
     text = "\n".join(seen)
     assert "Traceback" not in text
     # logging.level debug was accepted (third-party libraries stay at warning: exchangelib's debug
@@ -101,7 +94,7 @@ def _tls_case(tmp_path: Path, smtp: SmtpSink, leaf: trustme.LeafCert, ca: trustm
         user = wait_until(lambda: next((u for u in rpc(env.socket_path, "status")["users"]
                                         if u["mailbox"] == ALICE and u.get("last_error")), None),
                           "the failed cycle")
-        mails = wait_until(lambda: [m for m in smtp.snapshot() if want in body_of(m)], "the error mail")
+        mails = wait_until(lambda: [m for m in smtp.messages if want in body_of(m)], "the error mail")
         assert env.stop() == 0
         env.notify.close()
     err = env.stderr()

@@ -166,6 +166,17 @@ def exchange_baseline(mapping_hash: str, mapping_change_key: str, item_change_ke
     return item_hash if item_change_key == mapping_change_key else mapping_hash[len(UNCONFIRMED):]
 
 
+def all_fields(payload: Payload) -> tuple[str, ...]:
+    """Every field name of a payload (what a write sends to repair an unreadable item)."""
+    return tuple(f.name for f in fields(payload))
+
+
+def fields_to_write(item: ExchangeItem, desired: Payload) -> tuple[str, ...]:
+    """What an overwrite of ``item`` with ``desired`` sends: the fields that differ, or every
+    field when the item is unreadable (its payload is a placeholder, nothing in it can be trusted)."""
+    return all_fields(desired) if item.unreadable else changed_fields(item.payload, desired)
+
+
 def changed_fields(old: Payload, new: Payload) -> tuple[str, ...]:
     """Names of the fields whose values differ (same payload type expected)."""
     if type(old) is not type(new):
@@ -216,6 +227,24 @@ class ExchangeItem:
     exchange_key: str | None = None  # calendar items: UID, or UID@original-start for occurrences
     is_recurring_master: bool = False
     last_modified: datetime | None = None
+    # the adapter could not read the item's content (e.g. a calendar item without a start) but it
+    # carries our PSA key: it is kept, with a placeholder payload (``unreadable_payload``), so that
+    # the sync knows it is there; the engine repairs it from the PSA, never re-creates or deletes
+    # it for being unreadable. Items without our key that cannot be read are skipped by adapters.
+    unreadable: bool = False
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def unreadable_payload(folder: FolderKind, subject: str = "") -> Payload:
+    """The placeholder payload of an unreadable item: the type its folder holds, with only the
+    subject (or a contact's surname), as far as it could be read, for people reading a plan."""
+    if folder is FolderKind.CALENDAR:
+        return Appointment(subject, EPOCH, EPOCH)
+    if folder is FolderKind.TASKS:
+        return Task(subject)
+    return Contact("", subject)
 
 
 @dataclass(frozen=True, slots=True)

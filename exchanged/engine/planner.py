@@ -22,6 +22,11 @@ a lost state store) is found by its PSA key in the Exchange view and adopted, ne
 Imported appointments (Exchange owns) are matched by ``exchange_key``; the PSA row always becomes
 what the import mode makes of the Exchange item, so PSA edits are overwritten.
 
+An item of a PSA-owned kind that carries our key but that the adapter could not read
+(``ExchangeItem.unreadable``) is there, not gone: with its PSA row in view it is overwritten from
+the PSA with every field (the repair), never created a second time; without one it is left alone
+(whether the row was deleted or left the window cannot be told from an unreadable item).
+
 Missing on one side: a row gone from the PSA deletes the Exchange item; an Exchange item of a
 PSA-owned kind gone from Exchange is re-created; an imported appointment gone from Exchange
 deletes its PSA row; an imported PSA row deleted in the PSA is re-created. Something that left
@@ -52,6 +57,7 @@ from exchanged.model import (
     Payload,
     PsaRecord,
     Window,
+    all_fields,
     changed_fields,
     exchange_baseline,
     payload_hash,
@@ -133,7 +139,7 @@ def stable_until(window: Window, psa_records: Iterable[PsaRecord],
     moments = [scope_changes_at(window, r.payload, occurrence=bool(
         r.exchange_key and is_occurrence_key(r.exchange_key))) for r in psa_records]
     moments += [scope_changes_at(window, i.payload, occurrence=item_is_occurrence(i))
-                for i in exchange_items if not i.is_recurring_master]
+                for i in exchange_items if not i.is_recurring_master and not i.unreadable]
     return min((m for m in moments if m is not None), default=None)
 
 
@@ -156,6 +162,7 @@ class _Planner:
     duplicates: set[int] = field(default_factory=set)  # id() of deletes of duplicates
     empty_sources: dict[Kind, str] = field(default_factory=dict)  # kind -> finding message
     outside: dict[str, ExchangeItem] = field(default_factory=dict)  # imports moved out of the window
+    unreadable_imports: set[str] = field(default_factory=set)  # exchange keys of unreadable items
 
     def add(self, action: Action) -> None:
         self.result.actions.append(action)
@@ -189,8 +196,8 @@ class _Planner:
                    found: list[ExchangeItem]) -> None:
         folder = FOLDER_OF_KIND[kind]
         item = next((i for i in found if mapping is not None and i.item_id == mapping.item_id), None)
-        if item is None and found:
-            item = found[0]
+        if item is None and found:  # a readable one first: an unreadable twin is the one to remove
+            item = next((i for i in found if not i.unreadable), found[0])
         for dup in found:
             if dup is not item:
                 action = ExchangeDelete(kind, key, folder, dup.item_id,
@@ -208,13 +215,29 @@ class _Planner:
             self.add(ExchangeCreate(kind, key, folder, desired, reason,
                                     Mapping(kind, key, folder, "", "", payload_hash(desired), "")))
             return
+        if item.unreadable:
+            self.owned_unreadable(kind, key, record, item)
+            return
         self.owned_both(kind, key, record, mapping, item)
+
+    def owned_unreadable(self, kind: Kind, key: str, record: PsaRecord, item: ExchangeItem) -> None:
+        """Our item, present but unreadable: every field is written from the PSA (the PSA owns it)."""
+        desired = record.payload
+        h = payload_hash(desired)
+        self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, desired,
+                                all_fields(desired),
+                                "unreadable in Exchange; the PSA owns it: every field written from the PSA",
+                                Mapping(kind, key, item.folder, item.item_id, item.change_key, h, h)))
 
     def owned_missing_in_psa(self, kind: Kind, key: str, mapping: Mapping | None,
                              item: ExchangeItem | None) -> None:
         if item is None:
             if mapping is not None:
                 self.add(Forget(kind, key, "gone from both sides"))
+            return
+        if item.unreadable:  # deleted in the PSA, or left the window? An unreadable item cannot tell
+            if mapping is not None:
+                self.add(Forget(kind, key, "not in the PSA's view and unreadable in Exchange: left alone"))
             return
         if in_scope(self.window, item.payload):
             self.add(ExchangeDelete(kind, key, item.folder, item.item_id, "deleted in the PSA",
@@ -285,6 +308,9 @@ class _Planner:
         for item in items:
             key = item.exchange_key
             if key is None:
+                continue
+            if item.unreadable:  # adapters skip foreign items they cannot read; should one come: kept
+                self.unreadable_imports.add(key)
                 continue
             if not in_scope(self.window, item.payload, occurrence=item_is_occurrence(item)):
                 outside[key] = item
@@ -357,6 +383,8 @@ class _Planner:
 
     def imported_missing_in_exchange(self, key: str, row: PsaRecord | None, mapping: Mapping | None,
                                      skipped: str | None) -> None:
+        if key in self.unreadable_imports:
+            return  # still in Exchange, only unreadable: the PSA row stays as it is
         if row is None:
             if mapping is not None:
                 self.add(Forget(Kind.IMPORTED, mapping.psa_key, "gone from both sides"))

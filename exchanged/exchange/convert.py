@@ -16,7 +16,9 @@ All datetimes leave this module timezone-aware UTC. All-day appointments are who
 adapter's default time zone (the host's, as exchangelib assumes).
 
 Odd items are never fatal: ``item_from_ews`` raises ``Unmappable`` with a reason and the caller
-skips the item with a log line (exchangelib #877).
+skips the item with a log line (exchangelib #877), unless it carries our PSA key: then
+``unreadable_item`` keeps it as an ``ExchangeItem`` with ``unreadable=True`` and a placeholder
+payload, so that the sync knows it is there (and repairs it) instead of creating it a second time.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from exchanged.model import (
     ShowAs,
     Task,
     occurrence_key,
+    unreadable_payload,
 )
 
 # --- identity -------------------------------------------------------------------------------------
@@ -382,6 +385,29 @@ def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
         categories=tuple(item.categories or ()), uid=uid, exchange_key=exchange_key,
         is_recurring_master=is_master,
         last_modified=to_utc(modified) if isinstance(modified, datetime) else None)
+
+
+def unreadable_item(folder: FolderKind, item: Any) -> ExchangeItem | None:
+    """An item ``item_from_ews`` refused, if it is ours: of the folder's class, with an id and our
+    PSA key. Only identity is read (and the subject, categories, type and UID as far as they can
+    be); None for anything else, which the caller skips."""
+    if type(item) is not ITEM_CLASSES[folder] or not getattr(item, "id", None):
+        return None
+    psa_key = getattr(item, PSA_KEY_ATTR, None)
+    if not isinstance(psa_key, str) or not psa_key:
+        return None
+    subject = getattr(item, "subject" if folder in (FolderKind.CALENDAR, FolderKind.TASKS) else "surname",
+                      None)
+    cats = getattr(item, "categories", None)
+    if not isinstance(cats, list | tuple):
+        cats = ()
+    uid = (_s(getattr(item, "uid", None)) or None) if folder is FolderKind.CALENDAR else None
+    return ExchangeItem(
+        folder=folder, item_id=item.id, change_key=_s(getattr(item, "changekey", None)),
+        payload=unreadable_payload(folder, subject if isinstance(subject, str) else ""),
+        psa_key=psa_key, categories=tuple(c for c in cats if isinstance(c, str)), uid=uid,
+        exchange_key=uid, is_recurring_master=_s(getattr(item, "type", None)) == "RecurringMaster",
+        unreadable=True)
 
 
 # --- model -> Exchange ----------------------------------------------------------------------------

@@ -103,6 +103,8 @@ class EwsMailbox:
         return await self._acc.call(self._address, op, fn, write=write)
 
     def _to_items(self, folder: FolderKind, results: Sequence[Any]) -> list[ExchangeItem]:
+        """exchangelib results as items: gone ones dropped, unreadable ones ours kept (flagged
+        ``unreadable``), any other unreadable one skipped with a log line."""
         out: list[ExchangeItem] = []
         for res in results:
             if isinstance(res, ErrorItemNotFound):
@@ -113,17 +115,25 @@ class EwsMailbox:
                 continue
             try:
                 out.append(convert.item_from_ews(folder, res))
+                continue
             except convert.Unmappable as exc:
-                log.warning("%s: %s: skipping item %s: %s", self._address, folder.value,
-                            getattr(res, "id", "?"), exc)
+                why = str(exc)
             except Exception as exc:  # never abort a folder for one odd item (exchangelib #877)
-                log.warning("%s: %s: skipping item %s: %s: %s", self._address, folder.value,
-                            getattr(res, "id", "?"), type(exc).__name__, exc)
+                why = f"{type(exc).__name__}: {exc}"
+            ours = convert.unreadable_item(folder, res)
+            if ours is not None:  # ours: kept, so that it is repaired and never created twice
+                log.warning("%s: %s: item %s (%s) cannot be read: %s; kept as unreadable, the sync "
+                            "overwrites it from the PSA", self._address, folder.value, ours.item_id,
+                            ours.psa_key, why)
+                out.append(ours)
+            else:
+                log.warning("%s: %s: skipping item %s: %s", self._address, folder.value,
+                            getattr(res, "id", "?"), why)
         return out
 
     async def _get_items(self, folder: FolderKind, ids: Sequence[tuple[str, str | None]],
                          *, fields: list[FieldPath] | None = None) -> list[ExchangeItem]:
-        """GetItem with only the mapped fields, in chunks; unreadable items skipped with a log line."""
+        """GetItem with only the mapped fields, in chunks; unreadable items as ``_to_items`` says."""
         if not ids:
             return []
         acc = self._ews_account()
@@ -200,7 +210,7 @@ class EwsMailbox:
 
     @staticmethod
     def _merge_view(view: ExchangeItem, full: ExchangeItem | None) -> ExchangeItem:
-        if full is None:
+        if full is None or full.unreadable:
             return view
         # keep the occurrence identity the view computed; take the body from GetItem
         if not isinstance(view.payload, Appointment) or not isinstance(full.payload, Appointment):
@@ -413,9 +423,17 @@ class EwsMailbox:
         fresh = {i.item_id: i for i in await self._get_items(folder, [(i, None) for i in done])}
         for n, upd in enumerate(chunk):
             if results[n] is None:
-                results[n] = fresh.get(upd.item_id) or ItemError(
-                    upd.item_id, "ErrorItemNotFound", f"{self._address}: the item vanished after the update",
-                    retryable=True)
+                now = fresh.get(upd.item_id)
+                if now is None:
+                    results[n] = ItemError(upd.item_id, "ErrorItemNotFound",
+                                           f"{self._address}: the item vanished after the update",
+                                           retryable=True)
+                elif now.unreadable:
+                    results[n] = ItemError(upd.item_id, "unreadable_item",
+                                           f"{self._address}: the item is still unreadable after the update",
+                                           retryable=True)
+                else:
+                    results[n] = now
         return [r for r in results if r is not None]
 
     async def delete(self, folder: FolderKind, item_ids: Sequence[str]) -> Sequence[ItemError | None]:

@@ -83,6 +83,8 @@ def encode_item(item: ExchangeItem) -> str:
         "is_recurring_master": item.is_recurring_master,
         "last_modified": ts(item.last_modified),
     }
+    if item.unreadable:  # only then: the documents of readable items stay as they were
+        doc["unreadable"] = True
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -100,6 +102,7 @@ def decode_item(text: str) -> ExchangeItem:
         exchange_key=doc.get("exchange_key"),
         is_recurring_master=bool(doc.get("is_recurring_master", False)),
         last_modified=parse_ts(doc.get("last_modified")),
+        unreadable=bool(doc.get("unreadable", False)),
     )
 
 

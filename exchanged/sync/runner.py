@@ -53,7 +53,7 @@ from exchanged.model import (
     Mapping,
     PsaRecord,
     Window,
-    changed_fields,
+    fields_to_write,
     payload_hash,
     split_psa_key,
     unconfirmed_hash,
@@ -573,10 +573,10 @@ class SyncRunner:
             found = existing.get(action.psa_key)
             if found is not None:
                 mapping = self._exchange_mapping(run, action.mapping, found)
-                if found.payload != action.payload:  # adopted with other values: overwrite below
+                if found.unreadable or found.payload != action.payload:  # other values: overwrite below
                     fixes.append(ExchangeUpdate(
                         action.kind, action.psa_key, folder, found.item_id, found.change_key, action.payload,
-                        changed_fields(found.payload, action.payload),
+                        fields_to_write(found, action.payload),
                         "found in Exchange by its PSA key with other values: overwritten from the PSA",
                         replace(mapping, exchange_hash=payload_hash(action.payload))))
                 self._keep(run, batch, mapping)

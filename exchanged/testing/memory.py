@@ -49,6 +49,7 @@ from exchanged.model import (
     Window,
     make_psa_key,
     occurrence_key,
+    unreadable_payload,
 )
 from exchanged.ports import (
     ChangePage,
@@ -143,6 +144,9 @@ class _Folder:
     series: dict[str, _Series] = field(default_factory=dict)  # master item id -> occurrences
     # sync state token -> what the client knew at that state: item id -> change key
     sync_states: dict[str, dict[str, str]] = field(default_factory=dict)
+    # items an adapter cannot read (see ``user_break``): item id -> (what the server really holds,
+    # the fields it lacks); the stored item is ``unreadable`` with a placeholder payload
+    broken: dict[str, tuple[Payload, set[str]]] = field(default_factory=dict)
 
 
 class MemoryMailbox:
@@ -322,12 +326,22 @@ class MemoryMailbox:
                 continue
             # SetItemField per named field: everything else stays as the server has it
             values = {name: getattr(upd.payload, name) for name in upd.changed}
-            payload = replace(current.payload, **values)
+            real, missing = f.broken.get(upd.item_id, (current.payload, set()))
+            payload = replace(real, **values)
             if isinstance(payload, Appointment) and payload.end < payload.start:
                 out.append(ItemError(upd.item_id, "ErrorCalendarEndDateIsEarlierThanStartDate",
                                      "the end of the appointment is before its start"))
                 continue
-            out.append(self._store(folder, replace(current, payload=payload)))
+            updated = current
+            missing = missing - set(upd.changed)
+            if missing:  # still unreadable: what a real adapter answers after its re-read
+                f.broken[upd.item_id] = (payload, missing)
+                self._store(folder, updated)
+                out.append(ItemError(upd.item_id, "unreadable_item", "the item is still unreadable after "
+                                     "the update", retryable=True))
+                continue
+            f.broken.pop(upd.item_id, None)
+            out.append(self._store(folder, replace(updated, payload=payload, unreadable=False)))
         self._leave(fault, "UpdateItem")
         return out
 
@@ -336,6 +350,7 @@ class MemoryMailbox:
         f = self._folder(folder)
         out: list[ItemError | None] = []
         for item_id in item_ids:
+            f.broken.pop(item_id, None)
             if f.items.pop(item_id, None) is None:
                 out.append(ItemError(item_id, "ErrorItemNotFound", "the item no longer exists"))
             else:
@@ -363,6 +378,22 @@ class MemoryMailbox:
         f = self._folder(folder)
         del f.items[item_id]
         f.series.pop(item_id, None)
+        f.broken.pop(item_id, None)
+
+    def user_break(self, folder: FolderKind, item_id: str, missing: Iterable[str] = ("start", "end")
+                   ) -> ExchangeItem:
+        """The item loses ``missing`` fields (a calendar item without a Start): from now on it is
+        read as ``unreadable`` with a placeholder payload, as the EWS adapter reads such an item of
+        ours, until an update sets every missing field again. (The adapter skips a foreign item it
+        cannot read, so only items with a PSA key may be broken.)"""
+        f = self._folder(folder)
+        current = f.items[item_id]
+        if current.psa_key is None:
+            raise ValueError("only an item with a PSA key is read as unreadable; a foreign one is skipped")
+        f.broken[item_id] = (current.payload, set(missing))
+        p = current.payload
+        placeholder = unreadable_payload(folder, p.surname if isinstance(p, Contact) else p.subject)
+        return self._store(folder, replace(current, payload=placeholder, unreadable=True))
 
     def user_add(self, folder: FolderKind, payload: Payload, *, categories: tuple[str, ...] = (),
                  uid: str | None = None) -> ExchangeItem:

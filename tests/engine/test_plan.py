@@ -22,6 +22,7 @@ from exchanged.engine import (
     UserSettings,
     enabled_kinds,
     plan,
+    stable_until,
     window,
 )
 from exchanged.model import (
@@ -35,9 +36,11 @@ from exchanged.model import (
     PsaRecord,
     ShowAs,
     Task,
+    all_fields,
     occurrence_key,
     payload_hash,
     unconfirmed_hash,
+    unreadable_payload,
 )
 
 NOW = datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
@@ -277,3 +280,62 @@ def test_create_carries_reason_and_kind() -> None:
     r, _, _ = synced(Kind.SERVICE_CALL, 7, appt())
     [c] = plan(S, W, [r], [], {}).actions
     assert isinstance(c, ExchangeCreate) and c.reason == "new in the PSA" and c.folder is FolderKind.CALENDAR
+
+
+# -- an item of ours that Exchange returns unreadable (docs/SYNC_RULES.md "Unreadable items") -------
+
+def broken(item: ExchangeItem) -> ExchangeItem:
+    """``item`` as the adapter reads it when it lacks a Start: flagged, with a placeholder payload."""
+    return replace(item, payload=unreadable_payload(item.folder, "a"), unreadable=True)
+
+
+def test_an_unreadable_item_of_ours_is_repaired_in_place_never_created_again() -> None:
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt("visit", location="Room 1"))
+    for mappings in ({m.psa_key: m}, {}):  # mapped, or found by its key only (a lost state)
+        [upd] = plan(S, W, [r], [broken(x)], mappings).actions
+        assert isinstance(upd, ExchangeUpdate) and upd.item_id == x.item_id
+        assert upd.fields == all_fields(r.payload) and upd.payload == r.payload  # every field
+        assert upd.reason.startswith("unreadable in Exchange")
+        assert upd.mapping.item_id == x.item_id
+        assert upd.mapping.psa_hash == upd.mapping.exchange_hash == payload_hash(r.payload)
+    # once repaired, the pair is in sync
+    assert plan(S, W, [r], [x], {m.psa_key: upd.mapping}).actions == []
+    # a to-do and a contact the same way
+    for kind, payload, folder in ((Kind.TODO, Task("call", due=NOW), FolderKind.TASKS),
+                                  (Kind.CONTACT, Contact("Ann", "Smith"), FolderKind.CONTACTS)):
+        r, x, m = synced(kind, 2, payload, folder)
+        [upd] = plan(S, W, [r], [broken(x)], {m.psa_key: m}).actions
+        assert isinstance(upd, ExchangeUpdate) and upd.fields == all_fields(payload)
+
+
+def test_an_unreadable_item_without_its_psa_row_is_left_alone() -> None:
+    """Deleted in the PSA, or moved out of the window? An unreadable item cannot tell: no delete."""
+    _, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    keep = synced(Kind.APPOINTMENT, 2, appt("other"))  # so the PSA does not look empty
+    [forget] = plan(S, W, [keep[0]], [broken(x), keep[1]], {m.psa_key: m, keep[2].psa_key: keep[2]}).actions
+    assert forget.verb == "forget" and "left alone" in forget.reason
+    assert plan(S, W, [keep[0]], [broken(x), keep[1]], {keep[2].psa_key: keep[2]}).actions == []
+    assert plan(S, W, [], [broken(x)], {m.psa_key: m}, allow_deletes=True).actions[0].verb == "forget"
+
+
+def test_an_unreadable_twin_of_a_readable_item_is_the_duplicate_removed() -> None:
+    """What an earlier version left behind: the unreadable item and the one it exported again."""
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    old = broken(replace(x, item_id="old"))
+    for mappings in ({m.psa_key: m}, {}):
+        out = plan(S, W, [r], [old, x], mappings)
+        deletes = [a for a in out.actions if isinstance(a, ExchangeDelete)]
+        assert [d.item_id for d in deletes] == ["old"]
+        assert not any(isinstance(a, ExchangeCreate | ExchangeUpdate) for a in out.actions)
+
+
+def test_unreadable_items_do_not_move_the_stable_horizon_nor_touch_imports() -> None:
+    _, x, _ = synced(Kind.APPOINTMENT, 1, appt(hours=5))
+    assert stable_until(W, [], [broken(x)]) is None
+    foreign = ExchangeItem(FolderKind.CALENDAR, "f1", "c", appt("Dentist"), uid="U1", exchange_key="U1")
+    row = PsaRecord(Kind.IMPORTED, "imported:1", appt("Dentist"), exchange_key="U1")
+    m = Mapping(Kind.IMPORTED, "imported:1", FolderKind.CALENDAR, "f1", "c", payload_hash(appt("Dentist")),
+                payload_hash(appt("Dentist")), "U1")
+    # adapters skip foreign items they cannot read; should one come, its PSA row stays as it is
+    assert plan(S, W, [row], [broken(foreign)], {m.psa_key: m}, allow_deletes=True).actions == []
+

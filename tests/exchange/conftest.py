@@ -5,6 +5,7 @@ same tests against the real adapter and against ``MemoryExchange``."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,10 @@ class Harness:
         """A foreign recurring series in alice's calendar; returns its UID."""
         raise NotImplementedError
 
+    async def user_break(self, folder: FolderKind, item_id: str) -> None:
+        """The item loses its Start (what no real server should send, but one might): unreadable."""
+        raise NotImplementedError
+
 
 class MemoryHarness(Harness):
     def __init__(self) -> None:
@@ -85,6 +90,9 @@ class MemoryHarness(Harness):
         assert master.uid is not None
         return master.uid
 
+    async def user_break(self, folder: FolderKind, item_id: str) -> None:
+        self.account.mailbox(ALICE).user_break(folder, item_id, missing=("start",))
+
 
 class EwsHarness(Harness):
     def __init__(self, server: EwsTestServer, account: EwsAccount) -> None:
@@ -99,6 +107,15 @@ class EwsHarness(Harness):
 
     async def _in_thread(self, fn: Any) -> Any:
         return await trio.to_thread.run_sync(fn)
+
+    async def user_break(self, folder: FolderKind, item_id: str) -> None:
+        store = self.server.store
+        with store.lock:  # the server holds it for a whole operation
+            row = store.item(item_id)
+            assert row is not None, item_id
+            xml = re.sub(r"<t:Start>.*?</t:Start>", "", row.xml, count=1)
+            assert xml != row.xml
+            store.update_item(row, xml)
 
     async def user_edit(self, folder: FolderKind, item_id: str, **values: Any) -> None:
         """What Outlook does: change fields of the item directly (exchangelib, not the adapter)."""

@@ -184,3 +184,28 @@ async def test_one_bad_item_never_fails_its_batch(harness: Harness) -> None:
     wrong_folder = NewItem(Kind.TODO, "todo:1", Task(subject="a task"))
     [res] = await mb.create(FolderKind.CALENDAR, [wrong_folder])
     assert not isinstance(res, ExchangeItem) and res.code == "ErrorInvalidPropertyValue"
+
+
+async def test_an_unreadable_item_of_ours_is_kept_flagged_and_a_full_update_repairs_it(
+        harness: Harness) -> None:
+    mb = harness.account.mailbox(ALICE)
+    [one, two] = await mb.create(FolderKind.CALENDAR, [appt(1), appt(2)])
+    assert isinstance(one, ExchangeItem) and isinstance(two, ExchangeItem)
+    await harness.user_break(FolderKind.CALENDAR, one.item_id)
+    by_id = {i.item_id: i for i in await all_items(harness, FolderKind.CALENDAR)}
+    broken = by_id[one.item_id]  # still there, flagged, with its key: never "gone"
+    assert broken.unreadable and broken.psa_key == "appointment:1" and "PSA" in broken.categories
+    assert not by_id[two.item_id].unreadable
+    found = await mb.find_by_psa_keys(FolderKind.CALENDAR, ["appointment:1"])
+    assert found["appointment:1"].item_id == one.item_id and found["appointment:1"].unreadable
+    # an update that does not set what is missing leaves it unreadable: an item error, retried
+    [res] = await mb.update(FolderKind.CALENDAR, [
+        ItemUpdate(broken.item_id, broken.change_key, appt(1).payload, ("subject",))])
+    assert not isinstance(res, ExchangeItem) and res.code == "unreadable_item" and res.retryable
+    # every field written: readable again, in place
+    fields = ("subject", "start", "end", "body", "location", "is_all_day", "show_as", "is_private")
+    [res] = await mb.update(FolderKind.CALENDAR, [
+        ItemUpdate(broken.item_id, "", appt(1).payload, fields)])
+    assert isinstance(res, ExchangeItem), res
+    assert res.item_id == one.item_id and not res.unreadable and res.payload == appt(1).payload
+

@@ -4,6 +4,7 @@ impersonation, per-user credentials, the public folder, and what is sent on the 
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -314,6 +315,46 @@ async def test_an_odd_item_in_a_folder_is_skipped_not_fatal(ews_server: EwsTestS
     await trio.to_thread.run_sync(add_message)
     items = [i for p in [p async for p in mb.changes(FolderKind.CALENDAR, None)] for i in p.upserted]
     assert [i.psa_key for i in items] == ["appointment:1"]
+
+
+async def test_an_item_without_start_is_kept_if_ours_and_skipped_if_foreign(
+        ews_server: EwsTestServer, account: EwsAccount, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/SYNC_RULES.md "Unreadable items": ours are kept (flagged) so that the sync repairs
+    them instead of exporting them again; a foreign one is skipped with a log line, as before."""
+    from exchangelib import CalendarItem
+
+    from exchanged.exchange import convert
+
+    mb = account.mailbox(ALICE)
+    [ours] = await mb.create(FolderKind.CALENDAR, [appt(1)])
+    assert isinstance(ours, ExchangeItem)
+    folder = account.distinguished_folder(ALICE, mailbox_mod.FOLDER_CLASSES[FolderKind.CALENDAR])
+    ews = account.ews_account(ALICE)
+
+    def add_foreign() -> str:
+        item = CalendarItem(account=ews, folder=folder, subject="Dentist", start=convert.to_ews(T0),
+                            end=convert.to_ews(T0 + timedelta(hours=1)))
+        item.save(send_meeting_invitations="SendToNone")
+        return str(item.id)
+
+    foreign = await trio.to_thread.run_sync(add_foreign)
+    with ews_server.store.lock:
+        for item_id in (ours.item_id, foreign):
+            row = ews_server.store.item(item_id)
+            assert row is not None
+            ews_server.store.update_item(row, re.sub(r"<t:Start>.*?</t:Start>", "", row.xml, count=1))
+    items = [i for p in [p async for p in mb.changes(FolderKind.CALENDAR, None)] for i in p.upserted]
+    [kept] = items
+    assert kept.item_id == ours.item_id and kept.unreadable and kept.psa_key == "appointment:1"
+    assert kept.payload.subject == "Visit 1" and kept.uid  # the placeholder keeps what could be read
+    assert f"item {ours.item_id} (appointment:1) cannot be read: calendar item without start or end; " \
+           "kept as unreadable" in caplog.text
+    assert f"skipping item {foreign}: calendar item without start or end" in caplog.text
+    # the mirror keeps the flag (state/codec)
+    from exchanged.state.codec import decode_item, encode_item
+
+    assert decode_item(encode_item(kept)) == kept
+    assert '"unreadable"' not in encode_item(dataclasses.replace(kept, unreadable=False))
 
 
 # --- the public contacts folder ----------------------------------------------------------------------

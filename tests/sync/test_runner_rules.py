@@ -330,3 +330,25 @@ async def test_unknown_psa_resource_is_a_clear_error() -> None:
     out = await w.cycle()
     assert out.result == "error" and "PSA resource '29682885' does not exist" in (out.error or "")
     assert "users[].psa_resource" in (out.error or "")
+
+
+async def test_an_unreadable_item_of_ours_is_repaired_not_exported_again() -> None:
+    w = World()
+    key = w.psa.add(Kind.APPOINTMENT, appt("visit", location="Room 1"), [RESOURCE])
+    await w.cycle()
+    item = w.item_of(key)
+    w.mb.user_break(FolderKind.CALENDAR, item.item_id)  # Exchange returns it without Start/End
+    out = await w.cycle()
+    assert out.result == "ok" and out.counts.exported == 0 and out.counts.updated == 1, out
+    repaired = w.item_of(key)  # exactly one item with the key, the same one, readable again
+    assert repaired.item_id == item.item_id and not repaired.unreadable
+    [entry] = [e for e in w.state.journal if e.action == "update"]
+    assert set(entry.fields) == {"subject", "start", "end", "body", "location", "is_all_day", "show_as",
+                                 "is_private"}
+    await w.assert_converged()
+    # a row deleted in the PSA while its item is unreadable: the item is left alone, never deleted
+    w.mb.user_break(FolderKind.CALENDAR, item.item_id)
+    w.psa.remove(key)
+    out = await w.cycle(allow_deletes=True)
+    assert out.result == "ok" and out.counts.deleted == 0, out
+    assert w.mb.by_psa_key(FolderKind.CALENDAR, key)[0].unreadable

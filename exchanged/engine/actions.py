@@ -35,9 +35,12 @@ class ExchangeUpdate:
     item_id: str
     change_key: str
     payload: Payload  # the full wanted payload; only ``fields`` are sent
-    fields: tuple[str, ...]
+    fields: tuple[str, ...]  # may be empty when only ``categories`` is written
     reason: str
     mapping: Mapping
+    # the item's whole category list to write (the configured ``sync.category`` added to what the
+    # item has); None: the categories are left as they are
+    categories: tuple[str, ...] | None = None
     side = "exchange"
     verb = "update"
 
@@ -181,6 +184,8 @@ def action_item_id(action: Action) -> str | None:
 
 
 def action_fields(action: Action) -> tuple[str, ...]:
+    if isinstance(action, ExchangeUpdate) and action.categories is not None:
+        return (*action.fields, "categories")
     if isinstance(action, ExchangeUpdate | PsaUpdate):
         return action.fields
     if isinstance(action, ExchangeCreate | PsaCreate):

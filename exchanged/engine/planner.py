@@ -22,6 +22,10 @@ a lost state store) is found by its PSA key in the Exchange view and adopted, ne
 Imported appointments (Exchange owns) are matched by ``exchange_key``; the PSA row always becomes
 what the import mode makes of the Exchange item, so PSA edits are overwritten.
 
+Every Exchange item of a PSA-owned kind carries the configured ``sync.category``: where it is
+missing (a new category name after a reload, or a user removed it) it is added to the item's other
+categories, with the next update of the item or on its own; once there, nothing is written.
+
 An item of a PSA-owned kind that carries our key but that the adapter could not read
 (``ExchangeItem.unreadable``) is there, not gone: with its PSA row in view it is overwritten from
 the PSA with every field (the repair), never created a second time; without one it is left alone
@@ -227,7 +231,16 @@ class _Planner:
         self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, desired,
                                 all_fields(desired),
                                 "unreadable in Exchange; the PSA owns it: every field written from the PSA",
-                                Mapping(kind, key, item.folder, item.item_id, item.change_key, h, h)))
+                                Mapping(kind, key, item.folder, item.item_id, item.change_key, h, h),
+                                categories=self.categories_to_write(item)))
+
+    def categories_to_write(self, item: ExchangeItem) -> tuple[str, ...] | None:
+        """The item's categories with the configured one added; None when it is there already (or
+        none is configured). Other categories stay; a former ``sync.category`` is not removed."""
+        category = self.settings.category
+        if not category or category in item.categories:
+            return None
+        return (*item.categories, category)
 
     def owned_missing_in_psa(self, kind: Kind, key: str, mapping: Mapping | None,
                              item: ExchangeItem | None) -> None:
@@ -277,11 +290,16 @@ class _Planner:
             self.add(PsaUpdate(kind, key, merged, psa_fields,
                                f"{_names(psa_fields)} changed in Exchange: written back to the PSA",
                                replace(base, exchange_hash=stale)))
-        if ex_fields:
-            why = self.owned_update_reason(kind, adopted, psa_changed, ex_changed, ex_fields)
+        categories = self.categories_to_write(item)
+        if ex_fields or categories is not None:
+            why = (self.owned_update_reason(kind, adopted, psa_changed, ex_changed, ex_fields) if ex_fields
+                   else "found in Exchange by its PSA key: adopted" if adopted else "")
+            if categories is not None:
+                added = f"category {self.settings.category!r} missing: added"
+                why = f"{why}; {added}" if why else added
             self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, merged, ex_fields,
-                                    why, replace(base, exchange_hash=merged_h)))
-        if not psa_fields and not ex_fields and (
+                                    why, replace(base, exchange_hash=merged_h), categories=categories))
+        elif not psa_fields and (
                 mapping is None or (mapping.item_id, mapping.psa_hash, mapping.exchange_hash)
                 != (item.item_id, psa_h, ex_h)):
             self.add(Adopt(base, "found in Exchange by its PSA key: adopted" if adopted

@@ -547,8 +547,10 @@ def update_fieldnames(payload: Payload, changed: Iterable[str]) -> list[str]:
 
 
 def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: Payload,
-                    fieldnames: Sequence[str], account: Any, tz: tzinfo) -> Any:
-    """An exchangelib item with id/changekey and the new values of ``fieldnames``."""
+                    fieldnames: Sequence[str], account: Any, tz: tzinfo, *,
+                    categories: Sequence[str] | None = None) -> Any:
+    """An exchangelib item with id/changekey and the new values of ``fieldnames``; ``categories``
+    (the item's whole list) is written when ``"categories"`` is one of them."""
     if not _payload_folder_ok(folder, payload):
         raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder",
                          "ErrorInvalidPropertyValue")
@@ -556,6 +558,7 @@ def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: 
     values = payload_values(payload, tz, for_update=True)
     cls = ITEM_CLASSES[folder]
     values[EXACT_ATTR] = exact_values(payload) or "{}"
+    values["categories"] = list(dict.fromkeys(c for c in categories or () if c)) or None
     item = cls(account=account, id=item_id, changekey=change_key or None)
     for name in fieldnames:
         setattr(item, name, values[name])

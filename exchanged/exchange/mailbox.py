@@ -389,14 +389,18 @@ class EwsMailbox:
         results: list[ExchangeItem | ItemError | None] = [None] * len(chunk)
         built: list[tuple[int, Any, list[str]]] = []
         for n, upd in enumerate(chunk):
+            # the item's whole category list, or None: leave them (see sync.runner._ItemUpdate)
+            cats: tuple[str, ...] | None = getattr(upd, "categories", None)
             try:
                 names = convert.update_fieldnames(upd.payload, upd.changed)
+                if cats is not None:
+                    names.append("categories")
                 if not names:
                     results[n] = ItemError(upd.item_id, "nothing_to_update",
                                            f"{self._address}: no field to update", retryable=False)
                     continue
                 built.append((n, convert.update_ews_item(folder, upd.item_id, upd.change_key, upd.payload,
-                                                         names, acc, self._acc.tz), names))
+                                                         names, acc, self._acc.tz, categories=cats), names))
             except convert.Unmappable as exc:
                 results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
             except (ValueError, TypeError) as exc:

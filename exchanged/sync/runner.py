@@ -100,6 +100,14 @@ class _Target:
     token: Callable[[Window], Awaitable[object]] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _ItemUpdate(ItemUpdate):
+    """``ports.ItemUpdate`` with the item's whole category list to write (None: leave them); the
+    adapters read it with ``getattr``. To be folded into ``ports.ItemUpdate``."""
+
+    categories: tuple[str, ...] | None = None
+
+
 @dataclass(slots=True)
 class _Expansion:
     sync_state: str | None
@@ -602,7 +610,7 @@ class SyncRunner:
 
     async def _apply_updates(self, run: _Apply, folder: FolderKind,
                              updates: Sequence[ExchangeUpdate]) -> None:
-        requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields) for a in updates]
+        requests = [_ItemUpdate(a.item_id, a.change_key, a.payload, a.fields, a.categories) for a in updates]
         results = _aligned(await self._retry(lambda: run.mailbox.update(folder, requests)), len(updates),
                            "UpdateItem")
         batch = StateBatch()
@@ -612,7 +620,7 @@ class SyncRunner:
                 continue
             self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
             batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
-                                               result.item_id, action.fields, action.reason))
+                                               result.item_id, action_fields(action), action.reason))
             run.outcome.counts.updated += 1
         await self._commit(run.target.name, batch)
         run.step(len(updates))

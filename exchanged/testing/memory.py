@@ -332,7 +332,9 @@ class MemoryMailbox:
                 out.append(ItemError(upd.item_id, "ErrorCalendarEndDateIsEarlierThanStartDate",
                                      "the end of the appointment is before its start"))
                 continue
-            updated = current
+            # the item's whole category list, or None: leave them (see sync.runner._ItemUpdate)
+            cats: tuple[str, ...] | None = getattr(upd, "categories", None)
+            updated = current if cats is None else replace(current, categories=tuple(dict.fromkeys(cats)))
             missing = missing - set(upd.changed)
             if missing:  # still unreadable: what a real adapter answers after its re-read
                 f.broken[upd.item_id] = (payload, missing)
@@ -373,6 +375,11 @@ class MemoryMailbox:
     def user_edit(self, folder: FolderKind, item_id: str, **values: Any) -> ExchangeItem:
         current = self._folder(folder).items[item_id]
         return self._store(folder, replace(current, payload=replace(current.payload, **values)))
+
+    def user_set_categories(self, folder: FolderKind, item_id: str,
+                            categories: Sequence[str]) -> ExchangeItem:
+        current = self._folder(folder).items[item_id]
+        return self._store(folder, replace(current, categories=tuple(categories)))
 
     def user_delete(self, folder: FolderKind, item_id: str) -> None:
         f = self._folder(folder)

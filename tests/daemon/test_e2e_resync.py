@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from exchanged.exchange import convert
 from tests.daemon.ews_daemon import ews_daemon
 from tests.daemon.harness import wait_until
 from tests.daemon.test_e2e_rules import (
@@ -104,6 +105,13 @@ def named(items: list[Any], text: str) -> list[Any]:
 def delete_in_exchange(items: list[Any]) -> None:
     for item in items:
         item.delete(send_meeting_cancellations="SendToNone")
+
+
+def owned_items(world: World, mailbox: str) -> list[Any]:
+    """Calendar items, tasks and contacts carrying our PSA key (whatever their categories)."""
+    acc = world.account(mailbox)
+    return [i for folder in (acc.calendar, acc.tasks, acc.contacts) for i in folder.all()
+            if getattr(i, convert.PSA_KEY_ATTR, None)]
 
 
 def psa_owned_duplicates(world: World, mailbox: str) -> list[str]:
@@ -247,6 +255,15 @@ def test_reload_of_sync_settings_resyncs_without_loss_or_duplicate(world: Resync
     # the import follows the mode
     [(title,)] = world.sql("SELECT title FROM appointments WHERE origin = 'exchange'")
     assert title == ("Busy" if change.get("import_appointments") == "no_details" else dentist.subject)
+    # every item the daemon owns carries the configured category: a renamed one is added next to
+    # the old name (which is not removed), on the items the resync found already in sync too
+    for mailbox in (ALICE, BOB):
+        owned = owned_items(world, mailbox)
+        assert owned, mailbox
+        for item in owned:
+            assert sync["category"] in item.categories, (mailbox, item.subject, item.categories)
+            if change.get("category"):
+                assert CATEGORY in item.categories, (mailbox, item.subject, item.categories)
 
 
 # -- to-dos: start and due flow back ------------------------------------------------------------------

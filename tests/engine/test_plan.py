@@ -20,6 +20,7 @@ from exchanged.engine import (
     PsaDelete,
     PsaUpdate,
     UserSettings,
+    describe,
     enabled_kinds,
     plan,
     stable_until,
@@ -57,7 +58,8 @@ def synced(kind: Kind, n: int, payload: object, folder: FolderKind = FolderKind.
            ) -> tuple[PsaRecord, ExchangeItem, Mapping]:
     key = f"{kind.value}:{n}"
     rec = PsaRecord(kind, key, payload)  # type: ignore[arg-type]
-    item = ExchangeItem(folder, f"id{n}", f"ck{n}", payload, psa_key=key)  # type: ignore[arg-type]
+    item = ExchangeItem(folder, f"id{n}", f"ck{n}", payload, psa_key=key,  # type: ignore[arg-type]
+                        categories=(S.category,))
     m = Mapping(kind, key, folder, item.item_id, item.change_key, payload_hash(payload),  # type: ignore[arg-type]
                 payload_hash(payload))  # type: ignore[arg-type]
     return rec, item, m
@@ -298,6 +300,7 @@ def test_an_unreadable_item_of_ours_is_repaired_in_place_never_created_again() -
         assert upd.reason.startswith("unreadable in Exchange")
         assert upd.mapping.item_id == x.item_id
         assert upd.mapping.psa_hash == upd.mapping.exchange_hash == payload_hash(r.payload)
+        assert upd.categories is None  # the item kept its category
     # once repaired, the pair is in sync
     assert plan(S, W, [r], [x], {m.psa_key: upd.mapping}).actions == []
     # a to-do and a contact the same way
@@ -339,3 +342,49 @@ def test_unreadable_items_do_not_move_the_stable_horizon_nor_touch_imports() -> 
     # adapters skip foreign items they cannot read; should one come, its PSA row stays as it is
     assert plan(S, W, [row], [broken(foreign)], {m.psa_key: m}, allow_deletes=True).actions == []
 
+
+# -- sync.category on every item the daemon owns ------------------------------------------------------
+
+def test_a_missing_category_is_added_keeping_the_others_once() -> None:
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    mine = replace(x, categories=("Red", "Customer"))
+    [upd] = plan(S, W, [r], [mine], {m.psa_key: m}).actions
+    assert isinstance(upd, ExchangeUpdate) and upd.fields == ()
+    assert upd.categories == ("Red", "Customer", "PSA")
+    assert upd.reason == "category 'PSA' missing: added"
+    assert describe(upd)["fields"] == ["categories"]
+    # once there: nothing
+    assert plan(S, W, [r], [replace(mine, categories=upd.categories)], {m.psa_key: upd.mapping}).actions == []
+    # no category configured: none is added
+    assert plan(replace(S, category=""), W, [r], [mine], {m.psa_key: m}).actions == []
+
+
+def test_a_renamed_category_is_added_to_every_owned_item_old_one_kept() -> None:
+    renamed = replace(S, category="PSA-2")
+    pairs = [synced(kind, n, payload, folder) for n, (kind, payload, folder) in enumerate((
+        (Kind.APPOINTMENT, appt(), FolderKind.CALENDAR),
+        (Kind.SERVICE_CALL, appt("call"), FolderKind.CALENDAR),
+        (Kind.TODO, Task("t"), FolderKind.TASKS),
+        (Kind.CONTACT, Contact("A", "B"), FolderKind.CONTACTS)))]
+    out = plan(renamed, W, [r for r, _, _ in pairs], [x for _, x, _ in pairs],
+               {m.psa_key: m for *_, m in pairs})
+    assert len(out.actions) == 4
+    assert all(isinstance(a, ExchangeUpdate) and a.categories == ("PSA", "PSA-2") and a.fields == ()
+               for a in out.actions)
+    # imported (Exchange-owned) items are not tagged
+    foreign = ExchangeItem(FolderKind.CALENDAR, "f1", "c", appt("Dentist"), uid="U1", exchange_key="U1")
+    assert not any(isinstance(a, ExchangeUpdate) for a in plan(renamed, W, [], [foreign], {}).actions)
+
+
+def test_the_category_rides_along_with_a_content_update_and_an_adoption() -> None:
+    r, x, m = synced(Kind.APPOINTMENT, 1, appt())
+    bare = replace(x, categories=())
+    edited = replace(r, payload=replace(r.payload, subject="renamed"))
+    [upd] = plan(S, W, [edited], [bare], {m.psa_key: m}).actions
+    assert isinstance(upd, ExchangeUpdate) and upd.fields == ("subject",) and upd.categories == ("PSA",)
+    assert upd.reason == "changed in the PSA; category 'PSA' missing: added"
+    [upd] = plan(S, W, [r], [bare], {}).actions  # found by its key, same values: adopted, and tagged
+    assert isinstance(upd, ExchangeUpdate) and upd.fields == () and upd.categories == ("PSA",)
+    assert upd.reason == "found in Exchange by its PSA key: adopted; category 'PSA' missing: added"
+    [upd] = plan(S, W, [r], [broken(bare)], {m.psa_key: m}).actions  # and with a repair
+    assert isinstance(upd, ExchangeUpdate) and upd.categories == ("PSA",)

@@ -332,6 +332,36 @@ async def test_unknown_psa_resource_is_a_clear_error() -> None:
     assert "users[].psa_resource" in (out.error or "")
 
 
+async def test_a_renamed_category_is_added_to_every_owned_item_once() -> None:
+    w = World()
+    keys = [w.psa.add(Kind.APPOINTMENT, appt("a"), [RESOURCE]),
+            w.psa.add(Kind.TODO, Task("t", due=NOW + timedelta(days=1)), [RESOURCE])]
+    await w.cycle()
+    await w.cycle()
+    item = w.item_of(keys[0])
+    w.mb.user_set_categories(FolderKind.CALENDAR, item.item_id, ("PSA", "Red"))  # a user's own category
+    await w.cycle()
+    w.configure(category="PSA-2")  # a reload that renames the category
+    out = await w.cycle()
+    assert out.result == "ok" and out.counts.updated == 2 and out.counts.exported == 0, out
+    assert w.item_of(keys[0]).categories == ("PSA", "Red", "PSA-2")  # the old one is not removed
+    assert w.item_of(keys[1]).categories == ("PSA", "PSA-2")
+    assert {e.fields for e in w.state.journal if e.action == "update"} == {("categories",)}
+    await w.assert_converged()  # and no write on the cycles after
+
+
+async def test_a_category_removed_in_outlook_is_put_back() -> None:
+    w = World()
+    key = w.psa.add(Kind.APPOINTMENT, appt("a"), [RESOURCE])
+    await w.cycle()
+    item = w.item_of(key)
+    w.mb.user_set_categories(FolderKind.CALENDAR, item.item_id, ("Blue",))
+    out = await w.cycle()
+    assert out.counts.updated == 1, out
+    assert w.item_of(key).categories == ("Blue", "PSA") and w.item_of(key).item_id == item.item_id
+    await w.assert_converged()
+
+
 async def test_an_unreadable_item_of_ours_is_repaired_not_exported_again() -> None:
     w = World()
     key = w.psa.add(Kind.APPOINTMENT, appt("visit", location="Room 1"), [RESOURCE])

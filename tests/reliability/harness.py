@@ -1,8 +1,12 @@
 """The real stack for the reliability tests: the daemon process (``python -m exchanged run``), the EWS
-test server in this process (TLS), the sql PSA in SQLite, the SQLite state store, an SMTP sink.
+test server in this process (TLS), the sql PSA and the state store (SQLite, or PostgreSQL), an SMTP
+sink.
 
 A *data set* is a directory holding ``ews/`` (the EWS server's state), ``psa.db`` and ``state.db``;
-:func:`copy_data` clones one so that every crash point starts from the same bytes. A *session* is
+:func:`copy_data` clones one so that every crash point starts from the same bytes. A PostgreSQL data
+set (:func:`pg_data`) keeps its PSA and state in two schemas of a PostgreSQL server instead, named
+in its ``pg.json``; :func:`copy_data` clones those schemas (tables, rows, identity counters), and
+every helper here reads the data set's URLs from :func:`psa_url` / :func:`state_url`. A *session* is
 one daemon lifetime: start, the scheduled first cycle of each user, optionally a manual (full)
 cycle, SIGTERM. Every session counts its side effects (``exchanged.testing.crash``) into its own
 step log, which is how the tests know when a cycle ended and what step k was.
@@ -12,10 +16,12 @@ Waiting polls with a generous deadline that only guards against hangs; nothing a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import sqlite3
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,13 +51,138 @@ def ews_server(data: Path) -> EwsTestServer:
 
 
 def copy_data(src: Path, dst: Path) -> Path:
-    """Clone a data set (the EWS server of ``src`` must be stopped)."""
+    """Clone a data set (the EWS server of ``src`` must be stopped, and no daemon use its databases)."""
     dst.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src / "ews", dst / "ews", dirs_exist_ok=True)
+    if (src / "ews").exists():
+        shutil.copytree(src / "ews", dst / "ews", dirs_exist_ok=True)
     for f in src.iterdir():
         if f.name.startswith(("psa.db", "state.db")):
             shutil.copy2(f, dst / f.name)
+    pg = _pg_config(src)
+    if pg is not None:
+        clones = {part: _clone_schema(pg["server"], pg[part], _schema_name(pg["prefix"], part))
+                  for part in ("psa", "state") if part in pg}
+        (dst / PG_CONFIG).write_text(json.dumps({**pg, **clones}))
     return dst
+
+
+# --- PostgreSQL data sets ------------------------------------------------------------------------
+
+PG_CONFIG = "pg.json"  # {"server": url, "prefix": name, "psa": schema, "state": schema}
+
+
+def pg_data(data: Path, server: str, prefix: str, *, psa: bool = True) -> Path:
+    """Make ``data`` a PostgreSQL data set: its state (and, with ``psa``, its PSA) in new, empty
+    schemas on ``server`` whose names start with ``prefix`` (:func:`drop_pg_schemas` removes them)."""
+    import psycopg
+
+    data.mkdir(parents=True, exist_ok=True)
+    pg: dict[str, str] = {"server": server, "prefix": prefix}
+    with psycopg.connect(server, autocommit=True) as conn:
+        for part in ("psa", "state") if psa else ("state",):
+            pg[part] = _schema_name(prefix, part)
+            conn.execute(f'CREATE SCHEMA "{pg[part]}"')
+    (data / PG_CONFIG).write_text(json.dumps(pg))
+    return data
+
+
+def drop_pg_schemas(server: str, prefix: str) -> None:
+    """Drop every schema :func:`pg_data` and :func:`copy_data` made with ``prefix``."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+                                            (prefix + "_",))]
+        for name in names:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def _pg_config(data: Path) -> dict[str, str] | None:
+    f = data / PG_CONFIG
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _schema_name(prefix: str, part: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}_{part}"
+
+
+def _clone_schema(server: str, src: str, dst: str) -> str:
+    """A copy of schema ``src`` as ``dst``: its tables with columns, defaults, constraints, indexes and
+    identity columns (``LIKE ... INCLUDING ALL``), their rows, and where each identity counter stands.
+    (Enough for the state store's and the sql PSA's schemas: no foreign keys, views or triggers.)"""
+    import psycopg
+
+    with psycopg.connect(server) as conn, conn.transaction():
+        conn.execute(f'CREATE SCHEMA "{dst}"')
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s "
+                                             "ORDER BY tablename", (src,))]
+        for table in tables:
+            conn.execute(f'CREATE TABLE "{dst}"."{table}" (LIKE "{src}"."{table}" INCLUDING ALL)')
+            conn.execute(f'INSERT INTO "{dst}"."{table}" OVERRIDING SYSTEM VALUE '
+                         f'SELECT * FROM "{src}"."{table}"')
+        identities = conn.execute("SELECT table_name, column_name FROM information_schema.columns "
+                                  "WHERE table_schema = %s AND is_identity = 'YES'", (src,)).fetchall()
+        for table, column in identities:
+            [(old,)] = conn.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                                    (f'"{src}"."{table}"', column)).fetchall()
+            [(new,)] = conn.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                                    (f'"{dst}"."{table}"', column)).fetchall()
+            [(last, called)] = conn.execute(f"SELECT last_value, is_called FROM {old}").fetchall()
+            conn.execute("SELECT setval(%s, %s, %s)", (new, last, called))
+    return dst
+
+
+def _with_search_path(server: str, schema: str) -> str:
+    from tests.conftest import _with_search_path as with_search_path
+
+    return with_search_path(server, schema)
+
+
+def expire_leases(data: Path) -> int | None:
+    """PostgreSQL state: let every lease run out now, as its TTL would after its node died (a node
+    that starts again is another node: it waits for the lease like any other); returns how many
+    leases were still held. SQLite (no leases kept): None."""
+    import psycopg
+
+    pg = _pg_config(data)
+    if pg is None or "state" not in pg:
+        return None
+    with psycopg.connect(state_url(data)) as conn:
+        [(held,)] = conn.execute("SELECT COUNT(*) FROM leases WHERE expires_at > now()").fetchall()
+        conn.execute("UPDATE leases SET expires_at = now() - interval '1 second'")
+    return int(held)
+
+
+def psa_url(data: Path) -> str:
+    pg = _pg_config(data)
+    if pg is not None and "psa" in pg:
+        return _with_search_path(pg["server"], pg["psa"])
+    return f"sqlite:///{data / 'psa.db'}"
+
+
+def state_url(data: Path) -> str:
+    pg = _pg_config(data)
+    if pg is not None and "state" in pg:
+        return _with_search_path(pg["server"], pg["state"])
+    return f"sqlite:///{data / 'state.db'}"
+
+
+@contextmanager
+def _psa_connection(data: Path) -> Iterator[tuple[Any, str]]:
+    """A connection to the data set's PSA and its parameter mark; commits on a normal exit."""
+    pg = _pg_config(data)
+    if pg is not None and "psa" in pg:
+        import psycopg
+
+        with psycopg.connect(psa_url(data)) as conn:  # commits on exit, rolls back on an exception
+            yield conn, "%s"
+        return
+    con = sqlite3.connect(data / "psa.db")
+    try:
+        with con:
+            yield con, "?"
+    finally:
+        con.close()
 
 
 def ews_writes(server: EwsTestServer) -> int:
@@ -97,8 +228,8 @@ def make_env(data: Path, server: EwsTestServer, smtp: SmtpSink, name: str, *,
         "server": {"address": "localhost", "port": server.port, "version": "Exchange2016",
                    "ca_bundle": server.ca_file},
         "credentials": {"username": SVC, "password_file": secret_file(run / "ews-password", PASSWORD)},
-        "psa": {"connector": "sql", "url": f"sqlite:///{data / 'psa.db'}"},
-        "state": {"url": f"sqlite:///{data / 'state.db'}"},
+        "psa": {"connector": "sql", "url": psa_url(data)},
+        "state": {"url": state_url(data)},
         "sync_interval_minutes": 600,  # only the first user's scheduled cycle and the manual ones run
         "sync": {"max_concurrent_users": 1},  # one cycle at a time: the steps are numbered alike every run
         **extra,
@@ -182,10 +313,13 @@ def duplicates(snapshot: Counter[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 def psa_snapshot(data: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every PSA table, rows sorted; ``last_modified`` left out, and the ids of imported rows (the
     only rows whose id a run picks)."""
-    con = sqlite3.connect(data / "psa.db")
-    try:
+    with _psa_connection(data) as (con, mark):
+        if mark == "?":
+            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        else:
+            tables = [r[0] for r in con.execute("SELECT tablename FROM pg_tables "
+                                                "WHERE schemaname = current_schema()")]
         out: dict[str, list[tuple[Any, ...]]] = {}
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in sorted(tables):
             cur = con.execute(f"SELECT * FROM {table}")
             cols = [d[0] for d in cur.description]
@@ -198,33 +332,25 @@ def psa_snapshot(data: Path) -> dict[str, list[tuple[Any, ...]]]:
                 rows.append(tuple(sorted((k, str(v)) for k, v in rec.items())))
             out[table] = sorted(rows)
         return out
-    finally:
-        con.close()
 
 
 def psa_duplicates(data: Path) -> list[tuple[Any, ...]]:
     """Imported appointments that exist twice (same Exchange UID)."""
-    con = sqlite3.connect(data / "psa.db")
-    try:
-        return con.execute("SELECT resource_id, exchange_uid, COUNT(*) FROM appointments "
-                           "WHERE exchange_uid IS NOT NULL GROUP BY resource_id, exchange_uid "
-                           "HAVING COUNT(*) > 1").fetchall()
-    finally:
-        con.close()
+    with _psa_connection(data) as (con, _):
+        return list(con.execute("SELECT resource_id, exchange_uid, COUNT(*) FROM appointments "
+                                "WHERE exchange_uid IS NOT NULL GROUP BY resource_id, exchange_uid "
+                                "HAVING COUNT(*) > 1").fetchall())
 
 
 def psa_execute(data: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
-    con = sqlite3.connect(data / "psa.db")
-    try:
-        with con:
-            for sql, params in statements:
-                con.execute(sql, params)
-    finally:
-        con.close()
+    """Run statements (``?`` marks the parameters) in one PSA transaction of the data set."""
+    with _psa_connection(data) as (con, mark):
+        for sql, params in statements:
+            con.execute(sql.replace("?", mark), params)
 
 
 def ts(value: datetime) -> str:
-    """A time as the sql connector stores it in SQLite."""
+    """A time as the sql connector stores it in SQLite (PostgreSQL reads the same text)."""
     from exchanged.psa.sql import ts_param
     from exchanged.state.db import SQLITE
 

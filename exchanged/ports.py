@@ -56,6 +56,7 @@ class ItemUpdate:
     change_key: str
     payload: Payload  # the full new payload
     changed: tuple[str, ...]  # only these fields are sent (SetItemField per field)
+    categories: tuple[str, ...] | None = None  # the item's whole category list to write; None: leave them
 
 
 class ExchangeMailbox(Protocol):

@@ -389,8 +389,7 @@ class EwsMailbox:
         results: list[ExchangeItem | ItemError | None] = [None] * len(chunk)
         built: list[tuple[int, Any, list[str]]] = []
         for n, upd in enumerate(chunk):
-            # the item's whole category list, or None: leave them (see sync.runner._ItemUpdate)
-            cats: tuple[str, ...] | None = getattr(upd, "categories", None)
+            cats = upd.categories  # the item's whole category list, or None: leave them
             try:
                 names = convert.update_fieldnames(upd.payload, upd.changed)
                 if cats is not None:

@@ -100,14 +100,6 @@ class _Target:
     token: Callable[[Window], Awaitable[object]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _ItemUpdate(ItemUpdate):
-    """``ports.ItemUpdate`` with the item's whole category list to write (None: leave them); the
-    adapters read it with ``getattr``. To be folded into ``ports.ItemUpdate``."""
-
-    categories: tuple[str, ...] | None = None
-
-
 @dataclass(slots=True)
 class _Expansion:
     sync_state: str | None
@@ -610,7 +602,7 @@ class SyncRunner:
 
     async def _apply_updates(self, run: _Apply, folder: FolderKind,
                              updates: Sequence[ExchangeUpdate]) -> None:
-        requests = [_ItemUpdate(a.item_id, a.change_key, a.payload, a.fields, a.categories) for a in updates]
+        requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields, a.categories) for a in updates]
         results = _aligned(await self._retry(lambda: run.mailbox.update(folder, requests)), len(updates),
                            "UpdateItem")
         batch = StateBatch()

@@ -332,8 +332,7 @@ class MemoryMailbox:
                 out.append(ItemError(upd.item_id, "ErrorCalendarEndDateIsEarlierThanStartDate",
                                      "the end of the appointment is before its start"))
                 continue
-            # the item's whole category list, or None: leave them (see sync.runner._ItemUpdate)
-            cats: tuple[str, ...] | None = getattr(upd, "categories", None)
+            cats = upd.categories  # the item's whole category list, or None: leave them
             updated = current if cats is None else replace(current, categories=tuple(dict.fromkeys(cats)))
             missing = missing - set(upd.changed)
             if missing:  # still unreadable: what a real adapter answers after its re-read

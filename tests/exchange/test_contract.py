@@ -212,13 +212,12 @@ async def test_an_unreadable_item_of_ours_is_kept_flagged_and_a_full_update_repa
 
 async def test_an_update_may_write_the_whole_category_list(harness: Harness) -> None:
     # the runner's ItemUpdate with categories (to be folded into ports.ItemUpdate)
-    from exchanged.sync.runner import _ItemUpdate
 
     mb = harness.account.mailbox(ALICE)
     [item] = await mb.create(FolderKind.CALENDAR, [appt(1)])
     assert isinstance(item, ExchangeItem)
     [res] = await mb.update(FolderKind.CALENDAR, [
-        _ItemUpdate(item.item_id, item.change_key, appt(1).payload, (), ("PSA", "Red", "PSA-2"))])
+        ItemUpdate(item.item_id, item.change_key, appt(1).payload, (), ("PSA", "Red", "PSA-2"))])
     assert isinstance(res, ExchangeItem), res
     assert res.categories == ("PSA", "Red", "PSA-2") and res.payload == appt(1).payload
     # without categories an update leaves them as they are

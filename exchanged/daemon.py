@@ -29,6 +29,7 @@ cancelled, the adapters are closed (state flushed), exit 0.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import inspect
 import json
 import math
@@ -363,6 +364,40 @@ class _NotifierAdapter:
 # --- helpers -------------------------------------------------------------------------------------
 
 
+NODE_ID_FILE = "node-id"
+
+
+def _node_identity() -> tuple[str, int | None]:
+    """This process's lease owner name, and the descriptor that keeps it ours.
+
+    Under systemd (``StateDirectory=``, so ``$STATE_DIRECTORY`` is set) the name is kept in
+    ``node-id`` there and locked (flock) while the daemon runs: a daemon restarted after a crash
+    is the same node and renews the leases it held at once, instead of every one of its users
+    being skipped until the dead process's leases expire (5 minutes). A second daemon finding the
+    file locked (two units sharing a state directory) takes a name of its own for this process.
+    Without a state directory the name is per process, as before.
+    """
+    host = socket.gethostname()
+    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0].strip()
+    if base:
+        fd = -1
+        try:
+            fd = os.open(os.path.join(base, NODE_ID_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            token = os.read(fd, 200).decode("ascii", "replace").strip()
+            if not token.isalnum():
+                token = uuid.uuid4().hex[:12]
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (token + "\n").encode(), 0)
+                os.fsync(fd)
+            return f"{host}:{token}", fd
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            log.info("node id is per process", state_directory=base, reason=str(exc))
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}", None
+
+
 def _lease_ttl_s() -> float:
     """``LEASE_TTL_S``, or ``EXCHANGED_LEASE_TTL_S`` (seconds, at least ``MIN_LEASE_TTL_S``)."""
     raw = os.environ.get(LEASE_TTL_ENV, "").strip()
@@ -515,8 +550,8 @@ class Daemon:
         self._pending: Config | None = None  # valid config waiting for running cycles to end
         self._applied: trio.Event | None = None  # set when the deferred reload is done
         self._status_changed = trio.Event()
-        # leases (PostgreSQL state) are per process: a restarted node waits out its old leases' TTL
-        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # the owner name of this node's leases (PostgreSQL state); see _node_identity
+        self.node_id, self._node_fd = _node_identity()
         self.lease_ttl_s = _lease_ttl_s()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -549,6 +584,9 @@ class Daemon:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await self.adapters.aclose()
+                if self._node_fd is not None:  # the node name is free for the next start
+                    os.close(self._node_fd)
+                    self._node_fd = None
         log.info("stopped")
         return 0
 

@@ -3,6 +3,11 @@ store that fails while the lease is being taken (in-process, in-memory adapters,
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
+import pytest
 import trio
 import trio.testing
 
@@ -70,3 +75,22 @@ async def test_a_cycle_that_cannot_renew_its_lease_stops_before_another_node_can
         outcome = d.scheduler.snapshot()[ALICE].last_outcome
         assert outcome is not None and outcome.result == "error" and outcome.reason == "lease_lost"
         assert "could not be renewed" in (outcome.error or "")
+
+
+def test_the_node_name_is_kept_in_the_state_directory_and_locked_while_in_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from exchanged.daemon import _node_identity
+
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}:/elsewhere")
+    first, fd = _node_identity()
+    assert fd is not None and first.startswith(socket.gethostname() + ":")
+    assert (tmp_path / "node-id").stat().st_mode & 0o077 == 0
+    other, other_fd = _node_identity()  # a second daemon while the first runs: a name of its own
+    assert other_fd is None and other != first and f":{os.getpid()}:" in other
+    os.close(fd)
+    again, fd = _node_identity()  # the next start after the first ended (or was killed): the same node
+    assert again == first and fd is not None
+    os.close(fd)
+    monkeypatch.delenv("STATE_DIRECTORY")
+    alone, none = _node_identity()
+    assert none is None and f":{os.getpid()}:" in alone

@@ -297,3 +297,38 @@ def test_kill_9_of_the_syncing_node_hands_the_user_over_after_the_ttl(cluster: C
     assert cluster.ews.stats()["requests"].get("CreateItem", 0) == writes
     assert cluster.overlapping_cycles() == []
 
+
+
+def test_a_node_restarted_after_kill_9_takes_its_own_leases_back_at_once(cluster: Cluster) -> None:
+    """Under systemd (StateDirectory=) a node keeps its name in the state directory: killed and
+    started again it is the same node, so it renews the lease its dead process held instead of
+    waiting the TTL out (120 s here: longer than this test), and the other node still keeps off."""
+    a, b = cluster.a, cluster.b
+    state_dir = cluster.psa_dir / "a" / "state"
+    state_dir.mkdir()
+    a.env.kill()  # node A of the tests before (or its corpse): it comes back with a state directory
+    a.env.extra_env = {"EXCHANGED_LEASE_TTL_S": "120", "STATE_DIRECTORY": str(state_dir)}
+    seen = len(a.env.notify.poll())
+    a.env.start()
+    a.env.notify.wait_for("READY=1", after=seen)
+    a.killed_at = None
+    cluster.settle()
+    node = f"{socket.gethostname()}:{(state_dir / 'node-id').read_text().strip()}"
+    keys = cluster.add_appointments(3, 40_000, 150, "Restart")
+    cluster.ews.set_faults(latency_ms=300)
+    cluster.in_background(a, "sync", CAROL, "--wait")
+    wait_until(lambda: a.user(CAROL)["state"] == "syncing", "carol syncing on node A", HANG_GUARD_S)
+    assert b.user(CAROL)["held_by"]["node"] == node
+    a.env.kill()
+    cluster.ews.set_faults(latency_ms=0)
+    assert b.sync(CAROL)["result"] == "skipped"  # the dead process's lease: 120 s to go
+    seen = len(a.env.notify.poll())
+    a.env.start()
+    a.env.notify.wait_for("READY=1", after=seen)
+    again = a.sync(CAROL)  # the same node: its lease is its own, renewed, not waited out
+    assert again["result"] == "ok", again
+    assert sorted(k for k in cluster.keys(CAROL) if k in keys) == sorted(keys)
+    assert duplicates(cluster.exchange()) == []
+    held = b.user(CAROL)["held_by"]
+    assert held is None or held["node"] == node
+    assert b.sync(CAROL)["result"] in ("skipped", "ok")

@@ -108,14 +108,21 @@ class _Expansion:
     items: list[ExchangeItem]
 
 
+class _NeedFullState(Exception):
+    """A quiet-state sync met something that needs the whole stored state (see SyncRunner._read)."""
+
+
 @dataclass(slots=True)
 class _Quiet:
     """What the last cycle of a mailbox that found nothing to do was made from. While none of it
     changes, the next plan would be empty too, so a cycle may stop after the reads that show it:
     one SyncFolderItems per folder with no changes, the same state generation, the same recurring
-    expansion, the same PSA change token, and a clock before ``until`` (``engine.stable_until``)."""
+    expansion, the same PSA change token, and a clock before ``until`` (``engine.stable_until``).
 
-    state: UserState  # as of ``generation``; the next cycle carries on from it
+    Only the folders' sync states are kept, not the mappings and mirror: a node holds next to
+    nothing per user between cycles, and a cycle that finds a change loads the state then."""
+
+    folders: dict[FolderKind, tuple[str | None, str | None]]  # sync state, server identity
     generation: int
     token: object  # the PSA connector's change_token, read before the records were
     occurrences: list[ExchangeItem]
@@ -255,9 +262,12 @@ class SyncRunner:
                      progress: Callable[[int, int], None] | None, cycle_id: str) -> CycleOutcome:
         mailbox = target.mailbox()
         memo = self._quiet.pop(target.name, None)  # any failure below leaves none behind
+        self._generations.pop(target.name, None)  # from here: this cycle's own commits only
         view = await self._read(target, mailbox, full=full, commit=True, memo=memo)
         if view.quiet:
-            assert memo is not None
+            assert memo is not None  # a sync state the server renewed without changes was committed
+            memo.folders = {f: (fs.sync_state, fs.server_identity) for f, fs in view.state.folders.items()}
+            memo.generation = self._generations.get(target.name, memo.generation)
             self._quiet[target.name] = memo
             return CycleOutcome("ok")
         the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
@@ -292,8 +302,9 @@ class SyncRunner:
         if (full or view.token is None or the_plan.actions or the_plan.held_back or the_plan.findings
                 or outcome.item_errors):
             return
+        folders = {f: (fs.sync_state, fs.server_identity) for f, fs in view.state.folders.items()}
         self._quiet[target.name] = _Quiet(
-            view.state, generation, view.token, view.occurrences, target.settings, target.kinds,
+            folders, generation, view.token, view.occurrences, target.settings, target.kinds,
             engine.stable_until(view.window, view.records, view.items))
 
     async def _commit(self, name: str, batch: StateBatch) -> None:
@@ -329,14 +340,34 @@ class SyncRunner:
                     memo: _Quiet | None = None) -> _View:
         """Exchange changes into the mirror, the recurring expansion, then the PSA: unless ``memo``
         (the last quiet cycle) shows nothing changed, which the view then says (``quiet``)."""
-        if memo is not None and (full or memo.settings != target.settings or memo.kinds != target.kinds
-                                 or await self.state.generation(target.name) != memo.generation):
-            memo = None
-        state = memo.state if memo is not None else await self.state.load_user(target.name)
         win = engine.window(self.now(), target.settings)
         folders = sorted({FOLDER_OF_KIND[k] for k in target.kinds})
-        suspect: set[FolderKind] = set()
         changed: set[FolderKind] = set()
+        token_of = target.token
+        if memo is not None and not full and await self._memo_holds(target, memo):
+            # the state as the memo left it, without mappings and mirror: the sync pages found are
+            # committed as they come, so on any change the state is loaded afterwards, complete
+            light = UserState(target.name, folders={f: FolderState(ss, {}, ident)
+                                                    for f, (ss, ident) in memo.folders.items()})
+            try:
+                for folder in folders:
+                    fs = light.folders.setdefault(folder, FolderState())
+                    if await self._sync_folder(target.name, mailbox, fs, folder, restart=False, commit=commit,
+                                               light=True):
+                        changed.add(folder)
+            except _NeedFullState:
+                changed = set()  # start over below from the stored state (nothing of it was committed)
+            else:
+                occurrences = self._fresh_expansion(target, light, win, memo)
+                if not changed and occurrences is not None:
+                    token = await self._retry(lambda: token_of(win)) if token_of is not None else None
+                    before_until = memo.until is None or win.now < memo.until
+                    if token is not None and token == memo.token and before_until:
+                        return _View(light, win, [], [], frozenset(), token, occurrences, quiet=True)
+                return await self._read_rest(target, mailbox, await self.state.load_user(target.name), win,
+                                             changed, frozenset(), synced=set(folders))
+        state = await self.state.load_user(target.name)
+        suspect: set[FolderKind] = set()
         for folder in folders:
             fs = state.folders.setdefault(folder, FolderState())
             identity_changed = bool(self.server_identity) and fs.server_identity not in (
@@ -346,9 +377,41 @@ class SyncRunner:
             if await self._sync_folder(target.name, mailbox, fs, folder, restart=full or identity_changed,
                                        commit=commit):
                 changed.add(folder)
+        return await self._read_rest(target, mailbox, state, win, changed, frozenset(suspect),
+                                     synced=set(folders))
+
+    async def _memo_holds(self, target: _Target, memo: _Quiet) -> bool:
+        """The memo still describes the stored state and this user's settings."""
+        if memo.settings != target.settings or memo.kinds != target.kinds:
+            return False
+        if any(ident not in (None, self.server_identity) for _, ident in memo.folders.values()
+               if self.server_identity):
+            return False
+        return await self.state.generation(target.name) == memo.generation
+
+    def _fresh_expansion(self, target: _Target, light: UserState, win: Window,
+                         memo: _Quiet) -> list[ExchangeItem] | None:
+        """The occurrences of the last quiet cycle if its expansion still holds for this window
+        (the calendar did not change), else None."""
+        if Kind.IMPORTED not in target.kinds:
+            return memo.occurrences
+        cached = self._expansions.get(target.name)
+        if cached is None:
+            return memo.occurrences if not memo.occurrences else None  # no series then, none now
+        calendar = light.folders.get(FolderKind.CALENDAR)
+        if (cached.items is memo.occurrences and calendar is not None
+                and cached.sync_state == calendar.sync_state and cached.window[0] <= win.past_start
+                and win.recurring_end <= cached.window[1] and win.now - cached.at < EXPANSION_MAX_AGE):
+            return cached.items
+        return None
+
+    async def _read_rest(self, target: _Target, mailbox: ExchangeMailbox, state: UserState, win: Window,
+                         changed: set[FolderKind], suspect: frozenset[FolderKind], *,
+                         synced: set[FolderKind]) -> _View:
+        """The view from a state whose folders are synced: expansion, PSA change token and rows."""
         items: list[ExchangeItem] = []
-        for folder in folders:
-            items.extend(state.folders[folder].items.values())
+        for folder in sorted(synced):
+            items.extend(state.folders.setdefault(folder, FolderState()).items.values())
         occurrences: list[ExchangeItem] = []
         if Kind.IMPORTED in target.kinds:
             occurrences = await self._occurrences(target.name, mailbox, state.folders[FolderKind.CALENDAR],
@@ -356,15 +419,11 @@ class SyncRunner:
             items.extend(occurrences)
         token_of = target.token
         token = await self._retry(lambda: token_of(win)) if token_of is not None else None
-        if (memo is not None and not changed and not suspect and token is not None and token == memo.token
-                and (occurrences is memo.occurrences or not (occurrences or memo.occurrences))
-                and (memo.until is None or win.now < memo.until)):
-            return _View(state, win, items, [], frozenset(), token, occurrences, quiet=True)
         records = await self._retry(lambda: target.load(win))
         load_errors = self._load_errors(target)
         if not records and target.resource is not None:
             await self._check_resource(target)
-        return _View(state, win, items, records, frozenset(suspect), token, occurrences, load_errors)
+        return _View(state, win, items, records, suspect, token, occurrences, load_errors)
 
     def _load_errors(self, target: _Target) -> list[ItemError]:
         """The rows the connector skipped in the load just made (read before any other await)."""
@@ -383,7 +442,7 @@ class SyncRunner:
                 mailbox=target.name)
 
     async def _sync_folder(self, name: str, mailbox: ExchangeMailbox, fs: FolderState, folder: FolderKind,
-                           *, restart: bool, commit: bool) -> bool:
+                           *, restart: bool, commit: bool, light: bool = False) -> bool:
         """Bring ``fs`` (mirror + sync state) up to date; True when anything changed."""
         if restart and (fs.items or fs.sync_state is not None):
             await self._reset_mirror(name, fs, folder, commit)
@@ -415,6 +474,8 @@ class SyncRunner:
                                                                  server_identity=self.server_identity))
                 return changed
             except errors.SyncStateInvalid:
+                if light:  # starting the folder over needs its mirror: see _read
+                    raise _NeedFullState from None
                 if invalid_seen or fs.sync_state is None:
                     raise
                 invalid_seen = True  # the server forgot us: start the folder over (never deletions)

@@ -174,3 +174,35 @@ async def test_skipped_psa_rows_make_every_cycle_partial_with_their_keys(tmp_pat
         assert len(w.mb.by_psa_key(FolderKind.CALENDAR, "appointment:1")) == 1
     finally:
         await psa.aclose()
+
+
+async def test_a_quiet_cycle_does_not_load_the_state_and_keeps_none_of_it_in_memory() -> None:
+    w, _ = await quiet_world()
+    loaded: list[str] = []
+    real = w.state.load_user
+
+    async def counting(mailbox: str):  # type: ignore[no-untyped-def]
+        loaded.append(mailbox)
+        return await real(mailbox)
+
+    w.state.load_user = counting  # type: ignore[method-assign]
+    await w.cycle()
+    assert loaded == []
+    memo = w.runner._quiet[MAILBOX]
+    assert not hasattr(memo, "state") and set(memo.folders) == {
+        FolderKind.CALENDAR, FolderKind.TASKS, FolderKind.CONTACTS}
+
+
+async def test_a_sync_state_the_server_forgot_after_a_quiet_cycle_resyncs_without_duplicates() -> None:
+    """The quiet state holds no mirror, so a folder that must start over is handed to the full path."""
+    w, key = await quiet_world()
+    other = w.psa.add(Kind.APPOINTMENT, appt("second visit", hours=5), [RESOURCE])
+    await settled(w)
+    w.mb.user_delete(FolderKind.CALENDAR, w.item_of(other).item_id)  # unseen: the state is forgotten
+    w.mb.invalidate_sync_states(FolderKind.CALENDAR)
+    w.psa.edit(key, subject="visit (moved)")
+    out = await w.cycle()
+    assert out.result == "ok" and out.counts.updated == 1 and out.counts.exported == 1, out
+    assert len(w.mb.by_psa_key(FolderKind.CALENDAR, key)) == 1
+    assert len(w.mb.by_psa_key(FolderKind.CALENDAR, other)) == 1  # no stale mirror entry hid its loss
+    await w.assert_converged()

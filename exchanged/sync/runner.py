@@ -107,6 +107,11 @@ class _Expansion:
     window: tuple[datetime, datetime]
     items: list[ExchangeItem]
 
+    def holds(self, sync_state: str | None, win: Window) -> bool:
+        """Still the expansion of this calendar state, covering this window, and young enough."""
+        return (self.sync_state == sync_state and self.window[0] <= win.past_start
+                and win.recurring_end <= self.window[1] and win.now - self.at < EXPANSION_MAX_AGE)
+
 
 class _NeedFullState(Exception):
     """A quiet-state sync met something that needs the whole stored state (see SyncRunner._read)."""
@@ -266,7 +271,7 @@ class SyncRunner:
         view = await self._read(target, mailbox, full=full, commit=True, memo=memo)
         if view.quiet:
             assert memo is not None  # a sync state the server renewed without changes was committed
-            memo.folders = {f: (fs.sync_state, fs.server_identity) for f, fs in view.state.folders.items()}
+            memo.folders = _sync_states(view.state)
             memo.generation = self._generations.get(target.name, memo.generation)
             self._quiet[target.name] = memo
             return CycleOutcome("ok")
@@ -302,9 +307,8 @@ class SyncRunner:
         if (full or view.token is None or the_plan.actions or the_plan.held_back or the_plan.findings
                 or outcome.item_errors):
             return
-        folders = {f: (fs.sync_state, fs.server_identity) for f, fs in view.state.folders.items()}
         self._quiet[target.name] = _Quiet(
-            folders, generation, view.token, view.occurrences, target.settings, target.kinds,
+            _sync_states(view.state), generation, view.token, view.occurrences, target.settings, target.kinds,
             engine.stable_until(view.window, view.records, view.items))
 
     async def _commit(self, name: str, batch: StateBatch) -> None:
@@ -343,7 +347,6 @@ class SyncRunner:
         win = engine.window(self.now(), target.settings)
         folders = sorted({FOLDER_OF_KIND[k] for k in target.kinds})
         changed: set[FolderKind] = set()
-        token_of = target.token
         if memo is not None and not full and await self._memo_holds(target, memo):
             # the state as the memo left it, without mappings and mirror: the sync pages found are
             # committed as they come, so on any change the state is loaded afterwards, complete
@@ -359,13 +362,14 @@ class SyncRunner:
                 changed = set()  # start over below from the stored state (nothing of it was committed)
             else:
                 occurrences = self._fresh_expansion(target, light, win, memo)
+                token = None
                 if not changed and occurrences is not None:
-                    token = await self._retry(lambda: token_of(win)) if token_of is not None else None
+                    token = await self._token(target, win)
                     before_until = memo.until is None or win.now < memo.until
                     if token is not None and token == memo.token and before_until:
                         return _View(light, win, [], [], frozenset(), token, occurrences, quiet=True)
                 return await self._read_rest(target, mailbox, await self.state.load_user(target.name), win,
-                                             changed, frozenset(), synced=set(folders))
+                                             changed, frozenset(), token=token)
         state = await self.state.load_user(target.name)
         suspect: set[FolderKind] = set()
         for folder in folders:
@@ -377,15 +381,19 @@ class SyncRunner:
             if await self._sync_folder(target.name, mailbox, fs, folder, restart=full or identity_changed,
                                        commit=commit):
                 changed.add(folder)
-        return await self._read_rest(target, mailbox, state, win, changed, frozenset(suspect),
-                                     synced=set(folders))
+        return await self._read_rest(target, mailbox, state, win, changed, frozenset(suspect))
+
+    async def _token(self, target: _Target, win: Window) -> object:
+        """The PSA connector's change token for this user's load, or None when it has none."""
+        token_of = target.token
+        return await self._retry(lambda: token_of(win)) if token_of is not None else None
 
     async def _memo_holds(self, target: _Target, memo: _Quiet) -> bool:
         """The memo still describes the stored state and this user's settings."""
         if memo.settings != target.settings or memo.kinds != target.kinds:
             return False
-        if any(ident not in (None, self.server_identity) for _, ident in memo.folders.values()
-               if self.server_identity):
+        if self.server_identity and any(ident not in (None, self.server_identity)
+                                        for _, ident in memo.folders.values()):
             return False
         return await self.state.generation(target.name) == memo.generation
 
@@ -400,25 +408,25 @@ class SyncRunner:
             return memo.occurrences if not memo.occurrences else None  # no series then, none now
         calendar = light.folders.get(FolderKind.CALENDAR)
         if (cached.items is memo.occurrences and calendar is not None
-                and cached.sync_state == calendar.sync_state and cached.window[0] <= win.past_start
-                and win.recurring_end <= cached.window[1] and win.now - cached.at < EXPANSION_MAX_AGE):
+                and cached.holds(calendar.sync_state, win)):
             return cached.items
         return None
 
     async def _read_rest(self, target: _Target, mailbox: ExchangeMailbox, state: UserState, win: Window,
                          changed: set[FolderKind], suspect: frozenset[FolderKind], *,
-                         synced: set[FolderKind]) -> _View:
-        """The view from a state whose folders are synced: expansion, PSA change token and rows."""
+                         token: object = None) -> _View:
+        """The view from a state whose folders are synced: expansion, PSA change token (unless
+        read already) and rows."""
         items: list[ExchangeItem] = []
-        for folder in sorted(synced):
+        for folder in sorted({FOLDER_OF_KIND[k] for k in target.kinds}):
             items.extend(state.folders.setdefault(folder, FolderState()).items.values())
         occurrences: list[ExchangeItem] = []
         if Kind.IMPORTED in target.kinds:
             occurrences = await self._occurrences(target.name, mailbox, state.folders[FolderKind.CALENDAR],
                                                   win, FolderKind.CALENDAR in changed)
             items.extend(occurrences)
-        token_of = target.token
-        token = await self._retry(lambda: token_of(win)) if token_of is not None else None
+        if token is None:
+            token = await self._token(target, win)
         records = await self._retry(lambda: target.load(win))
         load_errors = self._load_errors(target)
         if not records and target.resource is not None:
@@ -509,9 +517,7 @@ class SyncRunner:
             self._expansions.pop(name, None)
             return []
         cached = self._expansions.get(name)
-        if (cached is not None and not calendar_changed and cached.sync_state == fs.sync_state
-                and cached.window[0] <= win.past_start and win.recurring_end <= cached.window[1]
-                and win.now - cached.at < EXPANSION_MAX_AGE):
+        if cached is not None and not calendar_changed and cached.holds(fs.sync_state, win):
             return cached.items
         start, end = win.past_start, win.recurring_end + EXPANSION_MAX_AGE
         view = await self._retry(lambda: mailbox.calendar_view(start, end))
@@ -762,6 +768,10 @@ def _aligned(results: Sequence[R], n: int, call: str) -> list[R | ItemError]:
     missing = ItemError("", "no_result", f"{call} gave no result for this item", retryable=True)
     out += [missing] * (n - len(out))
     return out
+
+
+def _sync_states(state: UserState) -> dict[FolderKind, tuple[str | None, str | None]]:
+    return {f: (fs.sync_state, fs.server_identity) for f, fs in state.folders.items()}
 
 
 def _kind_of_key(key: str) -> Kind | None:

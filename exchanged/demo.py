@@ -110,8 +110,16 @@ def wait_first_sync(socket_path: Path, daemon: subprocess.Popen[bytes]) -> None:
 
 def cli_demo(args: Any) -> int:
     from exchanged.psa.sample import seed_sample
-    from exchanged.testing.ews import EwsTestServer
-    from exchanged.testing.smtp import SmtpSink
+    from exchanged.testing import TESTING_EXTRA
+
+    try:
+        from exchanged.testing.ews import EwsTestServer
+        from exchanged.testing.smtp import SmtpSink
+    except ModuleNotFoundError as exc:
+        if exc.name not in TESTING_EXTRA:
+            raise
+        print(f"exchanged demo: {exc}", file=sys.stderr)
+        return 2
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="exchanged-demo-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from typing import Any
 
 import structlog
 
+from exchanged import journal
+
 FORMATS = ("journal", "json", "console")
 REDACTED = "********"
 _MIN_SECRET_LEN = 3  # shorter strings would mangle every line; such a "secret" protects nothing anyway
@@ -86,8 +88,9 @@ def _plain(value: Any) -> str:
 class JournalRenderer:
     """Final processor: sends the event to journald and drops it from structlog's own output."""
 
-    def __init__(self, identifier: str = "exchanged") -> None:
+    def __init__(self, identifier: str = "exchanged", socket_path: str = journal.JOURNAL_SOCKET) -> None:
         self.identifier = identifier
+        self.socket_path = socket_path
 
     def fields(self, event: MutableMapping[str, Any]) -> dict[str, str]:
         event = dict(event)
@@ -112,9 +115,7 @@ class JournalRenderer:
         return out
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
-        from systemd import journal
-
-        journal.send(**self.fields(event))
+        journal.send(self.fields(event), socket_path=self.socket_path)
         raise structlog.DropEvent
 
 

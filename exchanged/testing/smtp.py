@@ -32,8 +32,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from exchanged.testing import testing_extra_missing
+
+try:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+except ModuleNotFoundError as exc:
+    raise testing_extra_missing(exc) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import requests.adapters
-import trustme
+
+from exchanged.testing import testing_extra_missing
+
+try:
+    import trustme
+except ModuleNotFoundError as exc:
+    raise testing_extra_missing(exc) from None
 
 
 def load_or_create_tls(state_dir: Path, organization: str) -> tuple[Path, Path]:

@@ -303,6 +303,9 @@ class ServerConfig(_Model):
     use_ms_graph: SBool = False
     ca_bundle: str | None = None
     allow_plaintext: SBool = False
+    # seconds to wait for the TCP (and TLS) connection, and for each answer of the server
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    read_timeout_s: float = Field(default=60.0, gt=0, le=900)
 
     @field_validator("address")
     @classmethod

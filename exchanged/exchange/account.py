@@ -47,9 +47,13 @@ VERSIONS: dict[str, Any] = {
     "exchange2019": ews_version.EXCHANGE_2019,
 }
 
-# how often one call is tried when Exchange throttles / when the connection fails (reads only)
+# how often one call is tried when Exchange throttles / when the server cannot be reached: a
+# refused connection, an unknown host or a dropped connection get one quick retry, a timeout none
+# (it would only double the wait); the scheduler's next cycle is the retry after that
 MAX_THROTTLED_ATTEMPTS = 6
-MAX_UNAVAILABLE_ATTEMPTS = 3
+MAX_UNAVAILABLE_ATTEMPTS = 2
+QUICK_RETRY_S = 1.0
+_NOT_RETRIED = frozenset({"timeout", "connect_timeout"})
 
 
 class AmbiguousWrite(Exception):
@@ -111,6 +115,7 @@ class EwsAccount:
         self.tz = default_timezone()
         self.version = pinned_version(settings.version)
         self.host = settings.service_endpoint.split("/")[2]
+        self.timeouts = (float(settings.connect_timeout_s), float(settings.read_timeout_s))
         self._sessions: dict[str, Session] = {}
         self._accounts: dict[str, Account] = {}
         self._mailboxes: dict[str, Any] = {}
@@ -166,6 +171,7 @@ class EwsAccount:
             # exchangelib fills a missing BackOffMilliseconds (and an HTTP 503) with RETRY_WAIT (10 s)
             # as if the server had said so; 0 keeps "no hint", so the gate backs off exponentially
             acc.protocol.RETRY_WAIT = 0
+            acc.protocol.TIMEOUT = self.timeouts  # requests' (connect, read) for every request
             self._accounts[key] = acc
             self._protocols[id(acc.protocol)] = (acc.protocol, session.config)
         return acc
@@ -204,7 +210,7 @@ class EwsAccount:
                 result = await trio.to_thread.run_sync(fn, limiter=self.limiter, abandon_on_cancel=True)
             except Exception as exc:
                 err = map_error(exc, mailbox=mailbox, op=op, host=self.host, login=session.login,
-                                auth_type=self.settings.auth_type)
+                                auth_type=self.settings.auth_type, timeouts=self.timeouts)
                 if write and is_ambiguous(err):
                     gate.throttled(None)
                     log.warning("%s: %s: answer lost (%s); adopting before any retry", mailbox, op, err)
@@ -221,13 +227,21 @@ class EwsAccount:
                 # reads, and writes that never left (refused, DNS); lost answers were raised above
                 if isinstance(err, errors.ExchangeUnavailable):
                     unavailable += 1
-                    if unavailable < MAX_UNAVAILABLE_ATTEMPTS:
-                        delay = gate.throttled(None)
-                        log.warning("%s: %s failed (%s), retrying in %.1f s", mailbox, op, err, delay)
+                    if (unavailable < MAX_UNAVAILABLE_ATTEMPTS
+                            and getattr(err, "cause", "") not in _NOT_RETRIED):
+                        log.warning("%s: %s failed (%s), retrying in %.1f s", mailbox, op, err,
+                                    QUICK_RETRY_S)
+                        await trio.sleep(QUICK_RETRY_S)
                         continue
                 raise err from exc
             gate.succeeded()
             return result
+
+    def back_off_until(self) -> tuple[float, bool] | None:
+        """(trio time, requested by the server) of the latest closed back-off gate, or None."""
+        closed = [(until, s.gate.hinted) for s in self._sessions.values()
+                  if (until := s.gate.closed_until()) is not None]
+        return max(closed) if closed else None
 
     # -- ports.ExchangeAccount ----------------------------------------------------------------------
 
@@ -279,6 +293,7 @@ class EwsAccount:
         probe = s.login_name.split("\\")[-1].split("@")[0] or "exchanged"
 
         protocol = Protocol(config=session.config)
+        protocol.TIMEOUT = self.timeouts
         self._protocols[id(protocol)] = (protocol, session.config)
 
         pinned = self.version
@@ -292,7 +307,8 @@ class EwsAccount:
             except ResponseMessageError as exc:
                 # an EWS answer (no match, operation refused) proves login and EWS access; busy,
                 # auth and connection failures do not
-                mapped = map_error(exc, mailbox="sync account", op="login", host=self.host)
+                mapped = map_error(exc, mailbox="sync account", op="login", host=self.host,
+                                   timeouts=self.timeouts)
                 if type(mapped) is not errors.ExchangeError:
                     raise
             v = protocol.config.version or v  # the server's own answer (ServerVersionInfo)

@@ -6,6 +6,8 @@ contain credentials (exchangelib puts URLs, not passwords, into its messages).
 
 from __future__ import annotations
 
+import re
+
 import requests.exceptions
 from exchangelib import errors as ews
 
@@ -21,7 +23,8 @@ _AMBIGUOUS_MARKERS = ("RemoteDisconnected", "Connection aborted", "ConnectionRes
 _REFUSED_MARKERS = ("Connection refused", "ConnectionRefusedError", "Errno 111")
 _DNS_MARKERS = ("Name or service not known", "NameResolutionError", "Failed to resolve",
                 "nodename nor servname", "Temporary failure in name resolution", "getaddrinfo")
-_TIMEOUT_MARKERS = ("timed out", "Timeout", "ConnectTimeout")
+# not "Timeout" alone: exchangelib wraps every connection error in ErrorTimeoutExpired
+_TIMEOUT_MARKERS = ("timed out", "ReadTimeout", "ConnectTimeout", "TimeoutError")
 
 
 def _short(text: object) -> str:
@@ -37,25 +40,46 @@ def is_ambiguous(exc: BaseException) -> bool:
     return any(m in text for m in _AMBIGUOUS_MARKERS)
 
 
-def _unavailable(mailbox: str, op: str, host: str, text: str, *, ambiguous: bool) -> errors.ExchangeError:
+def _unavailable(mailbox: str, op: str, host: str, text: str, *, ambiguous: bool,
+                 timeouts: tuple[float, float] | None = None) -> errors.ExchangeError:
+    """``ExchangeUnavailable`` with ``cause`` one of refused / dns / connect_timeout / timeout /
+    dropped / other (``EwsAccount.call`` retries by cause)."""
+    connect_s, read_s = timeouts or (None, None)
     if any(m in text for m in _REFUSED_MARKERS):
-        what = f"connection to {host} refused"
+        cause, what = "refused", f"connection to {host} refused"
     elif any(m in text for m in _DNS_MARKERS):
-        what = f"cannot resolve the host name {host.rsplit(':', 1)[0]}"
-    elif ambiguous:
-        what = f"the connection to {host} was closed before the answer came"
+        cause, what = "dns", f"cannot resolve the host name {host.rsplit(':', 1)[0]}"
+    elif "ConnectTimeout" in text or "connect timeout" in text.lower():
+        cause = "connect_timeout"
+        within = f" within {connect_s:g} s (server.connect_timeout_s)" if connect_s else " in time"
+        what = f"no connection to {host}{within}"
     elif any(m in text for m in _TIMEOUT_MARKERS):
-        what = f"no answer from {host} in time"
+        # a read timeout: the server took the request (or the handshake) and did not answer
+        cause = "timeout"
+        said = re.search(r"read timeout=([0-9.]+)", text)
+        waited = float(said.group(1)) if said else read_s
+        if waited is not None and connect_s is not None and waited == connect_s != read_s:
+            within = f" within {waited:g} s (the TLS handshake; server.connect_timeout_s)"
+        elif waited is not None:
+            within = f" within {waited:g} s (server.read_timeout_s)"
+        else:
+            within = " in time"
+        what = f"no answer from {host}{within}"
+    elif ambiguous:
+        cause, what = "dropped", f"the connection to {host} was closed before the answer came"
     else:
-        what = f"cannot reach {host}: {_short(text)}"
+        cause, what = "other", f"cannot reach {host}: {_short(text)}"
     err = errors.ExchangeUnavailable(f"{mailbox}: {op}: {what}", mailbox=mailbox)
     err.ambiguous = ambiguous  # type: ignore[attr-defined]
+    err.cause = cause  # type: ignore[attr-defined]
     return err
 
 
 def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
-              login: str = "", auth_type: str = "") -> errors.ExchangedError:
-    """The typed error for ``exc``, naming ``mailbox`` and ``op``."""
+              login: str = "", auth_type: str = "",
+              timeouts: tuple[float, float] | None = None) -> errors.ExchangedError:
+    """The typed error for ``exc``, naming ``mailbox`` and ``op``; ``timeouts`` (connect, read)
+    are named when a timeout is the cause."""
     if isinstance(exc, errors.ExchangedError):
         if not exc.mailbox:
             exc.mailbox = mailbox
@@ -98,7 +122,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
         return err
     if isinstance(exc, ews.ErrorTimeoutExpired | requests.exceptions.ConnectionError
                   | requests.exceptions.Timeout | ConnectionError | TimeoutError):
-        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc))
+        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc), timeouts=timeouts)
     if isinstance(exc, ews.RedirectError):
         return errors.ExchangeError(
             f"{where}: {host} redirects EWS requests to {_short(exc)}",
@@ -119,7 +143,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
             f"{where}: unexpected answer from {host}: {_short(exc)}",
             hint="check server.address/virtual_directory point at an Exchange EWS endpoint", mailbox=mailbox)
     if isinstance(exc, ews.TransportError):
-        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc))
+        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc), timeouts=timeouts)
     if isinstance(exc, ews.EWSError):
         return errors.ExchangeError(f"{where}: {type(exc).__name__}: {_short(exc)}", mailbox=mailbox)
     return errors.ExchangeError(f"{where}: {text if len(text) < _MAX_TEXT else _short(text)}",

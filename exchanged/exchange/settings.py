@@ -51,6 +51,9 @@ class ExchangeSettings:
     public_folder_name: str = DEFAULT_PUBLIC_FOLDER
     # the mailbox whose session reaches the public folders (default: first enabled user)
     public_folder_mailbox: str | None = None
+    # seconds: for the connection (TCP + TLS handshake), and for each answer of the server
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
 
     @property
     def scheme(self) -> str:
@@ -172,4 +175,6 @@ def settings_from_config(cfg: Any) -> ExchangeSettings:
         max_connections=max(1, min(int(max_conn), 27)) if max_conn else 4,
         public_folder_name=str(_get(sync, "public_folder_name", None) or DEFAULT_PUBLIC_FOLDER),
         public_folder_mailbox=enabled[0] if enabled else None,
+        connect_timeout_s=float(_get(server, "connect_timeout_s", None) or 10.0),
+        read_timeout_s=float(_get(server, "read_timeout_s", None) or 60.0),
     )

@@ -12,6 +12,7 @@ is never switched off.
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 from typing import Any
@@ -141,8 +142,27 @@ def describe_tls_failure(exc: BaseException, host: str) -> tuple[str, str]:
         return (f"certificate not trusted: {host} presented a certificate issued by a CA this host "
                 "does not trust",
                 "add the issuing CA (PEM) to server.ca_bundle, or install it in the system trust store")
-    return (f"TLS handshake with {host} failed: {text}",
+    if ("wrong_version_number" in low or "wrong version number" in low or "unknown protocol" in low
+            or "record layer failure" in low or "http_request" in low or "packet length too long" in low):
+        return (f"{host} does not speak TLS (a plain HTTP port where HTTPS is expected?)",
+                "set server.port to the HTTPS port of EWS (normally 443); plain HTTP needs "
+                "server.allow_plaintext: true")
+    if "handshake operation timed out" in low:
+        return (f"{host} accepted the connection but did not complete the TLS handshake",
+                "check that server.port is the HTTPS port of EWS and that nothing in between holds "
+                "the connection")
+    return (f"TLS handshake with {host} failed: {_ssl_reason(text)}",
             "check that server.port speaks HTTPS and that the certificate is valid")
+
+
+def _ssl_reason(text: str) -> str:
+    """OpenSSL's reason out of urllib3's wrapping (``[SSL: X] reason (_ssl.c:N)``), else the text."""
+    match = re.search(r"\[SSL: ?([A-Z0-9_]*)\] ?([^()'\"]*)", text)
+    if match:
+        return f"{match.group(2).strip() or match.group(1)} ({match.group(1)})" if match.group(1) \
+            else match.group(2).strip()
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def is_tls_failure(exc: BaseException) -> bool:

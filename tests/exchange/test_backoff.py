@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -16,7 +17,12 @@ from exchangelib.errors import (
 
 from exchanged import errors
 from exchanged.exchange import ExchangeSettings, open_account
-from exchanged.exchange.account import MAX_THROTTLED_ATTEMPTS, MAX_UNAVAILABLE_ATTEMPTS, AmbiguousWrite
+from exchanged.exchange.account import (
+    MAX_THROTTLED_ATTEMPTS,
+    MAX_UNAVAILABLE_ATTEMPTS,
+    QUICK_RETRY_S,
+    AmbiguousWrite,
+)
 from exchanged.exchange.backoff import BackOffGate
 
 SETTINGS = ExchangeSettings(address="mail.example.test", username="svc", password="pw",
@@ -52,7 +58,55 @@ async def test_exponential_with_jitter_up_to_the_cap(clock: trio.testing.MockClo
 
 
 async def test_a_hint_is_capped(clock: trio.testing.MockClock) -> None:
-    assert BackOffGate(cap_s=60).next_delay(3600) == 60
+    assert BackOffGate(hint_cap_s=60).next_delay(3600) == 60
+
+
+async def test_the_servers_hint_is_obeyed_beyond_the_exponential_cap(clock: trio.testing.MockClock) -> None:
+    gate = BackOffGate()
+    assert gate.throttled(400) == 400  # the server asked for it: not cut to 120 (or 300) s
+    until = gate.closed_until()
+    assert until is not None and until - trio.current_time() == pytest.approx(400)
+    assert gate.hinted
+    assert max(BackOffGate(rng=random.Random(1)).next_delay(None) for _ in range(12)) <= 120
+
+
+async def test_an_unreachable_server_gets_one_quick_retry_and_leaves_the_gate_open(
+        clock: trio.testing.MockClock) -> None:
+    acc = open_account(SETTINGS)
+    refused = ErrorTimeoutExpired("Reraised from ConnectionError(NewConnectionError(Connection refused))")
+    for _ in range(3):  # every cycle: the same two tries, no back-off growing from cycle to cycle
+        calls, fn = _script(refused, refused, refused, "never")
+        start = trio.current_time()
+        with pytest.raises(errors.ExchangeUnavailable, match="refused"):
+            await acc.call("a@example.test", "GetFolder", fn)  # type: ignore[arg-type]
+        assert calls == [2]
+        assert trio.current_time() - start <= QUICK_RETRY_S  # MockClock: the waits, not real time
+        assert acc.back_off_until() is None
+    dns = ErrorTimeoutExpired("Reraised from ConnectionError(NameResolutionError(Failed to resolve))")
+    calls, fn = _script(dns, dns, "never")
+    with pytest.raises(errors.ExchangeUnavailable, match="cannot resolve"):
+        await acc.call("a@example.test", "GetFolder", fn)  # type: ignore[arg-type]
+    assert calls == [2]
+    await acc.aclose()
+
+
+async def test_a_timeout_is_not_retried_and_is_called_a_timeout(clock: trio.testing.MockClock) -> None:
+    acc = open_account(dataclasses.replace(SETTINGS, read_timeout_s=45))
+    timeout = ErrorTimeoutExpired("Reraised from ReadTimeout(HTTPSConnectionPool(host='mail', port=443): "
+                                  "Read timed out. (read timeout=45.0))")
+    calls, fn = _script(timeout, "never")
+    with pytest.raises(errors.ExchangeUnavailable) as info:
+        await acc.call("a@example.test", "GetFolder", fn)  # type: ignore[arg-type]
+    assert calls == [1]
+    assert "no answer from mail.example.test within 45 s (server.read_timeout_s)" in str(info.value)
+    assert "closed before" not in str(info.value)
+    connect = ErrorTimeoutExpired("Reraised from ConnectTimeout(MaxRetryError(ConnectTimeoutError("
+                                  "'Connection to mail timed out. (connect timeout=10.0)')))")
+    calls, fn = _script(connect, "never")
+    with pytest.raises(errors.ExchangeUnavailable, match=r"no connection to .* within 10 s"):
+        await acc.call("a@example.test", "GetFolder", fn)  # type: ignore[arg-type]
+    assert calls == [1]
+    await acc.aclose()
 
 
 async def test_waiting_is_cancellable(clock: trio.testing.MockClock) -> None:

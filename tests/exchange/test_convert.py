@@ -194,7 +194,8 @@ def test_settings_from_a_config_object(tmp_path: Any) -> None:
     user_pw.write_text("alice-secret")
     cfg = SimpleNamespace(
         server=SimpleNamespace(address="mail.contoso.com", port=443, virtual_directory="",
-                               version="Exchange2016", ca_bundle=None, allow_plaintext=False),
+                               version="Exchange2016", ca_bundle=None, allow_plaintext=False,
+                               connect_timeout_s=4, read_timeout_s=25.5),
         credentials=SimpleNamespace(auth_type="ntlm", username="svc", password=None, password_file=str(pw),
                                     domain="CONTOSO", use_for_all_users=False),
         sync=SimpleNamespace(category="PSA", max_concurrent_users=8),
@@ -205,6 +206,7 @@ def test_settings_from_a_config_object(tmp_path: Any) -> None:
     assert s.enabled_mailboxes == ("alice@contoso.com",)
     assert s.user_credentials["alice@contoso.com"].password == "alice-secret"
     assert s.category == "PSA" and s.max_connections == 8 and s.version == "Exchange2016"
+    assert (s.connect_timeout_s, s.read_timeout_s) == (4.0, 25.5)
 
 
 def test_pinned_versions() -> None:

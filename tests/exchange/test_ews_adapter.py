@@ -3,8 +3,12 @@ impersonation, per-user credentials, the public folder, and what is sent on the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -148,6 +152,73 @@ async def test_a_refused_connection_is_exchange_unavailable(settings: ExchangeSe
     finally:
         await acc.aclose()
     assert "refused" in str(info.value) and ALICE in str(info.value)
+
+
+@contextlib.contextmanager
+def _listener(answer: bytes | None) -> Iterator[int]:
+    """A TCP port that accepts and then says ``answer`` to each connection (None: nothing, ever)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                    conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()
+        for conn in held:
+            conn.close()
+
+
+async def test_a_server_that_never_answers_is_a_timeout_said_as_such(settings: ExchangeSettings) -> None:
+    # plain HTTP: the request goes out and no answer comes (server.read_timeout_s)
+    with _listener(None) as port:
+        acc = open_account(dataclasses.replace(settings, port=port, allow_plaintext=True,
+                                               connect_timeout_s=0.5, read_timeout_s=0.7))
+        try:
+            with pytest.raises(errors.ExchangeUnavailable) as info:
+                await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.TASKS, ["x"])
+        finally:
+            await acc.aclose()
+    assert f"no answer from localhost:{port} within 0.7 s (server.read_timeout_s)" in str(info.value)
+    assert "closed before" not in str(info.value)
+    # TLS: the handshake never completes (server.connect_timeout_s)
+    with _listener(None) as port:
+        acc = open_account(dataclasses.replace(settings, port=port, connect_timeout_s=0.5,
+                                               read_timeout_s=0.7))
+        try:
+            with pytest.raises(errors.ExchangeError) as info:
+                await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.TASKS, ["x"])
+        finally:
+            await acc.aclose()
+    assert f"no answer from localhost:{port} within 0.5 s (the TLS handshake; server.connect_timeout_s)" \
+        in str(info.value)
+
+
+async def test_a_plaintext_port_where_tls_is_expected_is_said_plainly(settings: ExchangeSettings) -> None:
+    with _listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n") as port:
+        acc = open_account(dataclasses.replace(settings, port=port))
+        try:
+            with pytest.raises(errors.TlsError) as info:
+                await acc.mailbox(ALICE).find_by_psa_keys(FolderKind.TASKS, ["x"])
+        finally:
+            await acc.aclose()
+    shown = errors.present(info.value)
+    assert f"localhost:{port} does not speak TLS" in shown.message
+    assert "HTTPSConnectionPool" not in shown.line() and "WRONG_VERSION" not in shown.line()
+    assert "server.port" in shown.hint
 
 
 # --- TLS, logins, impersonation -------------------------------------------------------------------

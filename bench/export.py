@@ -3,7 +3,8 @@ mailbox, alternating with the bare exchangelib script), then cycles with nothing
 the same adapters and runner the daemon builds from its config (real exchangelib, sql PSA in
 SQLite, SQLite state), against the EWS test server in a child process at LAN latency.
 
-Figures: initial_export_requests, first_sync_items_per_s, noop_cycle_requests_per_user,
+Figures: initial_export_requests, settled_export_requests (the export plus the cycle after it),
+first_sync_items_per_s, noop_cycle_requests_per_user,
 noop_cycle_cpu_ms_per_user, engine_overhead_ratio (with bench.bare as the other side).
 """
 
@@ -95,7 +96,14 @@ async def _export_and_noop(sizes: ExportSizes) -> None:
             seconds, bare_ops = await trio.to_thread.run_sync(bare.export, ews, bare_mbs[r], export_ops,
                                                               sizes.items)
             bare_s.append(seconds)
+        note("the cycle after the last export (it sees its own creates)")
+        before = ews.requests()
+        await cycle(cfg.users[sizes.repeats - 1], "bench-settle")
+        settle_ops = delta(ews.requests(), before)
         n_req = sum(export_ops.values())
+        emit("settled_export_requests", n_req + sum(settle_ops.values()), "requests", items=sizes.items,
+             latency_ms=LAN_LATENCY_MS, target=math.ceil(sizes.items / 100) + 10,
+             export_requests_by_operation=export_ops, next_cycle_requests_by_operation=settle_ops)
         emit("initial_export_requests", n_req, "requests", items=sizes.items, latency_ms=LAN_LATENCY_MS,
              target=math.ceil(sizes.items / 100) + 10, requests_by_operation=export_ops)
         emit("first_sync_items_per_s", sizes.items / statistics.median(ours_s), "items/s", items=sizes.items,

@@ -69,8 +69,13 @@ class ExchangeMailbox(Protocol):
     @property
     def mailbox(self) -> str: ...
 
-    def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+    def changes(self, folder: FolderKind, sync_state: str | None, *,
+                known: dict[str, ExchangeItem] | None = None) -> AsyncIterator[ChangePage]:
         """SyncFolderItems from ``sync_state`` (None: from the beginning), page by page.
+
+        ``known``: items the caller holds as they are, by id (the runner passes what it created
+        since the folder's last sync). One the server reports under the same change key is
+        returned as given instead of being read again: a settled export costs no GetItem.
 
         Raises ``SyncStateInvalid`` when the server refuses the state (the runner then starts from
         None and treats the result as a full resync, never as deletions of the unseen).

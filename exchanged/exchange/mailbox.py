@@ -3,7 +3,8 @@
 Requests per operation (see docs/EWS_ADAPTER.md for the whole picture):
 
 * ``changes``: one SyncFolderItems (IdOnly, MaxChangesReturned 512) per page, plus GetItem for
-  the created/updated items of that page in chunks of ``GET_CHUNK`` with only the mapped fields.
+  the created/updated items of that page in chunks of ``GET_CHUNK`` with only the mapped fields
+  (not for the caller's ``known`` items still under the change key it knows).
 * ``calendar_view``: one FindItem with a CalendarView per slice of at most a year (split further
   when a slice hits MaxEntriesReturned), plus GetItem for the bodies (``details=True``).
 * ``find_by_psa_keys``: FindItem (IdOnly + our key) per ``FIND_KEYS_CHUNK`` keys, GetItem for hits.
@@ -150,7 +151,8 @@ class EwsMailbox:
 
     # -- changes ------------------------------------------------------------------------------------
 
-    async def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+    async def changes(self, folder: FolderKind, sync_state: str | None, *,
+                      known: dict[str, ExchangeItem] | None = None) -> AsyncIterator[ChangePage]:
         f = await self._folder(folder)
         acc = self._ews_account()
         state = sync_state
@@ -177,7 +179,7 @@ class EwsMailbox:
                     deleted.append(item_id)
                 elif change_type in (SyncFolderItemsIds.CREATE, SyncFolderItemsIds.UPDATE):
                     upsert_ids[item_id] = change_key
-            upserted = await self._get_items(folder, list(upsert_ids.items()))
+            upserted = await self._read_unknown(folder, upsert_ids, known)
             if not new_state:
                 raise errors.ExchangeError(
                     f"{self._address}: SyncFolderItems {folder.value}: the server sent no sync state",
@@ -186,6 +188,16 @@ class EwsMailbox:
             if last:
                 return
             state = new_state
+
+    async def _read_unknown(self, folder: FolderKind, ids: dict[str, str | None],
+                            known: dict[str, ExchangeItem] | None) -> list[ExchangeItem]:
+        """The changed items: the caller's own (``known``, same change key) as given, the rest read."""
+        held = [known[i] for i, ck in ids.items()
+                if known and ck and i in known and known[i].change_key == ck]
+        if not held:
+            return await self._get_items(folder, list(ids.items()))
+        skip = {i.item_id for i in held}
+        return held + await self._get_items(folder, [(i, ck) for i, ck in ids.items() if i not in skip])
 
     # -- calendar view ------------------------------------------------------------------------------
 
@@ -545,7 +557,8 @@ class EwsPublicContacts(EwsMailbox):
                     return child
             raise
 
-    async def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+    async def changes(self, folder: FolderKind, sync_state: str | None, *,
+                      known: dict[str, ExchangeItem] | None = None) -> AsyncIterator[ChangePage]:
         f = await self._folder(folder)
         acc = self._ews_account()
         previous: dict[str, str] = {}
@@ -572,7 +585,7 @@ class EwsPublicContacts(EwsMailbox):
                 now[item_id] = change_key or ""
         changed = [(i, ck) for i, ck in now.items() if previous.get(i) != ck]
         deleted = [i for i in previous if i not in now]
-        upserted = await self._get_items(FolderKind.PUBLIC_CONTACTS, changed)
+        upserted = await self._read_unknown(FolderKind.PUBLIC_CONTACTS, dict(changed), known)
         yield ChangePage(upserted=upserted, deleted=deleted, sync_state=encode_listing(now), last_page=True)
 
 

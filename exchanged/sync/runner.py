@@ -196,6 +196,11 @@ class SyncRunner:
         # last cycle with nothing to do was made from (in memory only; see _Quiet)
         self._generations: dict[str, int] = {}
         self._quiet: dict[str, _Quiet] = {}
+        # per mailbox and folder: the items this runner wrote since the folder's last sync (created:
+        # as sent; updated: as read back); the next sync takes those still under the change key of
+        # that write without a GetItem (in memory only: after a restart, or on another node, the
+        # sync reads them)
+        self._written: dict[str, dict[FolderKind, dict[str, ExchangeItem]]] = {}
 
     # -- entry points ------------------------------------------------------------------------------
 
@@ -355,8 +360,9 @@ class SyncRunner:
             try:
                 for folder in folders:
                     fs = light.folders.setdefault(folder, FolderState())
+                    known = self._written_in(target.name, folder, commit)
                     if await self._sync_folder(target.name, mailbox, fs, folder, restart=False, commit=commit,
-                                               light=True):
+                                               light=True, known=known):
                         changed.add(folder)
             except _NeedFullState:
                 changed = set()  # start over below from the stored state (nothing of it was committed)
@@ -379,9 +385,21 @@ class SyncRunner:
             if identity_changed:
                 suspect.add(folder)
             if await self._sync_folder(target.name, mailbox, fs, folder, restart=full or identity_changed,
-                                       commit=commit):
+                                       commit=commit, known=self._written_in(target.name, folder, commit)):
                 changed.add(folder)
         return await self._read_rest(target, mailbox, state, win, changed, frozenset(suspect))
+
+    def _written_in(self, name: str, folder: FolderKind, commit: bool) -> dict[str, ExchangeItem] | None:
+        """What this runner wrote in the folder since its last sync (a dry run leaves it)."""
+        mine = self._written.get(name)
+        if mine is None:
+            return None
+        if not commit:
+            return mine.get(folder)
+        known = mine.pop(folder, None)
+        if not mine:
+            del self._written[name]
+        return known
 
     async def _token(self, target: _Target, win: Window) -> object:
         """The PSA connector's change token for this user's load, or None when it has none."""
@@ -450,8 +468,10 @@ class SyncRunner:
                 mailbox=target.name)
 
     async def _sync_folder(self, name: str, mailbox: ExchangeMailbox, fs: FolderState, folder: FolderKind,
-                           *, restart: bool, commit: bool, light: bool = False) -> bool:
-        """Bring ``fs`` (mirror + sync state) up to date; True when anything changed."""
+                           *, restart: bool, commit: bool, light: bool = False,
+                           known: dict[str, ExchangeItem] | None = None) -> bool:
+        """Bring ``fs`` (mirror + sync state) up to date; True when anything changed. ``known``:
+        items this runner wrote since the last sync (see ``ExchangeMailbox.changes``)."""
         if restart and (fs.items or fs.sync_state is not None):
             await self._reset_mirror(name, fs, folder, commit)
         changed = False
@@ -459,7 +479,7 @@ class SyncRunner:
         invalid_seen = False
         while True:
             try:
-                async for page in mailbox.changes(folder, fs.sync_state):
+                async for page in mailbox.changes(folder, fs.sync_state, known=known):
                     if page.upserted or page.deleted:
                         changed = True
                     if not page.upserted and not page.deleted and page.sync_state == fs.sync_state:
@@ -655,9 +675,11 @@ class SyncRunner:
             if isinstance(result, ItemError):
                 run.item_error(result, action.psa_key)
                 continue
-            # CreateItem is not re-read: the hash is of what was sent until the item is first synced
+            # CreateItem is not re-read: the hash is of what was sent until the item is first synced,
+            # and that sync takes the item as sent while its change key is still the create's
             self._keep(run, batch, self._exchange_mapping(run, action.mapping, result,
                                                           exchange_hash=unconfirmed_hash(result.payload)))
+            self._wrote(run, folder, result)
             batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
                                                result.item_id, action_fields(action), action.reason))
             run.outcome.counts.exported += 1
@@ -678,6 +700,7 @@ class SyncRunner:
                 run.item_error(result, action.psa_key)
                 continue
             self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
+            self._wrote(run, folder, result)
             batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
                                                result.item_id, action_fields(action), action.reason))
             run.outcome.counts.updated += 1
@@ -710,6 +733,9 @@ class SyncRunner:
         if held != list(state.held_back_deletes):
             await self._commit(target.name, StateBatch(held_back_deletes=held))
             state.held_back_deletes = held
+
+    def _wrote(self, run: _Apply, folder: FolderKind, item: ExchangeItem) -> None:
+        self._written.setdefault(run.target.name, {}).setdefault(folder, {})[item.item_id] = item
 
     # -- small helpers -----------------------------------------------------------------------------
 

@@ -223,19 +223,21 @@ class MemoryMailbox:
 
     # -- the port -------------------------------------------------------------------------------
 
-    async def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+    async def changes(self, folder: FolderKind, sync_state: str | None, *,
+                      known: dict[str, ExchangeItem] | None = None) -> AsyncIterator[ChangePage]:
+        # ``known`` saves requests on a server; here every item is at hand anyway
         f = self._folder(folder)
         fault = self._enter("SyncFolderItems")
         if sync_state is None:
-            known: dict[str, str] = {}
+            seen: dict[str, str] = {}
         elif sync_state in f.sync_states:
-            known = dict(f.sync_states[sync_state])
+            seen = dict(f.sync_states[sync_state])
         else:
             raise errors.SyncStateInvalid(
                 f"{self._address}: the server refused the sync state of the {folder.value} folder",
                 mailbox=self._address)
-        upserted = [i for i in f.items.values() if known.get(i.item_id) != i.change_key]
-        deleted = [item_id for item_id in known if item_id not in f.items]
+        upserted = [i for i in f.items.values() if seen.get(i.item_id) != i.change_key]
+        deleted = [item_id for item_id in seen if item_id not in f.items]
         changes: list[tuple[str, ExchangeItem | None]] = [(i.item_id, i) for i in upserted]
         changes += [(item_id, None) for item_id in deleted]
         if not changes and sync_state is not None:
@@ -248,11 +250,11 @@ class MemoryMailbox:
                 fault = self._enter("SyncFolderItems")
             for item_id, item in page:
                 if item is None:
-                    known.pop(item_id, None)
+                    seen.pop(item_id, None)
                 else:
-                    known[item_id] = item.change_key
+                    seen[item_id] = item.change_key
             token = f"SS{next(self._account._counter)}"
-            f.sync_states[token] = dict(known)
+            f.sync_states[token] = dict(seen)
             self._leave(fault, "SyncFolderItems")
             yield ChangePage(
                 upserted=[i for _, i in page if i is not None],

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "initial_export_requests", "noop_cycle_requests_per_user", "noop_cycle_cpu_ms_per_user",
     "engine_overhead_ratio", "users_per_node_at_10_min", "rss_mb_1000_users", "first_sync_items_per_s",
-    "reload_ms_1000_users",
+    "reload_ms_1000_users", "settled_export_requests",
 }
 HANG_GUARD_S = 600  # only against a hung run; never asserted as a speed
 

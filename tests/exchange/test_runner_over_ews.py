@@ -148,3 +148,52 @@ async def test_a_recurring_series_is_imported_by_occurrence(ews_server: EwsTestS
     again = await runner.run_cycle(user)
     assert again.result == "ok", again
     assert (ews_writes(ews_server), psa.writes()) == (before_ews, before_psa)
+
+
+async def test_a_settled_export_costs_no_re_read(ews_server: EwsTestServer, account: EwsAccount) -> None:
+    """A first export of N appointments and the cycle after it, counted at the server: at most
+    ceil(N/100) + 10 requests. The next cycle's SyncFolderItems reports every created item; those
+    still under the create's change key are taken as the runner sent them (no GetItem), while
+    one a user edited in between is read and its edit flows back."""
+    n = 250
+    now = datetime.now(UTC).replace(microsecond=0)
+    psa = MemoryPsa(now=lambda: now)
+    psa.add_resource(RESOURCE, ALICE, "Alice")
+    for i in range(n):
+        start = now + timedelta(days=1, minutes=30 * i)
+        psa.add(Kind.APPOINTMENT, Appointment(f"Visit {i}", start, start + timedelta(minutes=30),
+                                              location="HQ"), [RESOURCE])
+    state = MemoryState()
+    runner = SyncRunner(account, psa, state, now=lambda: now, server_identity="test")
+    user = UserSpec(ALICE, RESOURCE, UserSettings(category="PSA", contacts_owned=False, todos=False))
+    ews_server.reset_stats()
+    first = await runner.run_cycle(user)
+    assert first.result == "ok" and first.counts.exported == n, first
+    export = dict(ews_server.stats()["requests"])
+
+    # Outlook: one of the new appointments gets 30 minutes longer before the next cycle
+    mb = account.mailbox(ALICE)
+    visit = psa.records(Kind.APPOINTMENT)[7]
+    found = (await mb.find_by_psa_keys(FolderKind.CALENDAR, [visit.psa_key]))[visit.psa_key]
+    ews = account.ews_account(ALICE)
+
+    def outlook_edit() -> None:
+        v = next(iter(ews.fetch(ids=[(found.item_id, None)], only_fields=["start", "end"])))
+        v.end = v.end + timedelta(minutes=30)
+        v.save(update_fields=["end"], send_meeting_invitations="SendToNone")
+
+    await trio.to_thread.run_sync(outlook_edit)
+    before = dict(ews_server.stats()["requests"])  # the test's own requests are not counted
+    second = await runner.run_cycle(user)
+    assert second.result == "ok", second
+    assert second.counts.updated == 1 and second.counts.exported == 0, second.counts
+    now_row = next(r for r in psa.records(Kind.APPOINTMENT) if r.psa_key == visit.psa_key).payload
+    assert now_row.end == visit.payload.end + timedelta(minutes=30)  # type: ignore[union-attr]
+    settle = {op: c - before.get(op, 0) for op, c in ews_server.stats()["requests"].items()
+              if c != before.get(op, 0)}
+    # the second cycle reads only the edited item: one GetItem for it
+    assert settle.get("GetItem", 0) == 1, settle
+    assert sum(export.values()) + sum(settle.values()) <= -(-n // 100) + 10, (export, settle)
+
+    third = await runner.run_cycle(user)  # settled: the mirror taken as sent plans nothing
+    assert third.result == "ok" and not third.counts.updated and not third.counts.imported, third.counts

@@ -102,8 +102,8 @@ async def test_find_by_psa_keys_adopts_when_the_mirror_is_stale() -> None:
     mb = w.mb
     real_changes = mb.changes
 
-    async def changes_then_item_appears(folder, state):  # type: ignore[no-untyped-def]
-        async for page in real_changes(folder, state):
+    async def changes_then_item_appears(folder, state, **kw):  # type: ignore[no-untyped-def]
+        async for page in real_changes(folder, state, **kw):
             yield page
         if folder is FolderKind.CALENDAR and not mb.by_psa_key(folder, key):
             mb._new_item(folder, appt("a", location="elsewhere"), psa_key=key, categories=("PSA",))

@@ -80,10 +80,11 @@ def _rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
             {"service_call_id": 403, "resource_id": ALICE},
         ],
         "todos": [
-            _todo(500, ALICE, 100, "Call", "Call Ann about the renewal", at(1, 10), at(1, 10.5), None, now),
-            _todo(501, BOB, 104, "Email", "Send Fabrikam the quote", at(2, 9), at(2, 17), None, now),
-            _todo(502, ALICE, 103, "Follow-up", "Northwind invoice", at(-1, 9), at(-1, 10), at(-1, 9.75),
+            _todo(500, ALICE, 10, 100, "Call", "Call Ann about the renewal", at(1, 10), at(1, 10.5), None,
                   now),
+            _todo(501, BOB, 11, 104, "Email", "Send Fabrikam the quote", at(2, 9), at(2, 17), None, now),
+            _todo(502, ALICE, 12, 103, "Follow-up", "Northwind invoice", at(-1, 9), at(-1, 10),
+                  at(-1, 9.75), now),
         ],
     }
 
@@ -102,9 +103,9 @@ def _appt(aid: int, rid: int, title: str, desc: str, start: datetime, end: datet
             "is_private": private}
 
 
-def _todo(tid: int, rid: int, contact: int, action: str, desc: str, start: datetime, end: datetime,
-          done: datetime | None, now: datetime) -> dict[str, Any]:
-    return {"id": tid, "assigned_resource_id": rid, "company_id": None, "contact_id": contact,
+def _todo(tid: int, rid: int, company: int, contact: int, action: str, desc: str, start: datetime,
+          end: datetime, done: datetime | None, now: datetime) -> dict[str, Any]:
+    return {"id": tid, "assigned_resource_id": rid, "company_id": company, "contact_id": contact,
             "action_type": action, "description": desc, "start_time": start, "end_time": end,
             "completed_time": done, "last_modified": now}
 

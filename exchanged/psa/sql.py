@@ -13,7 +13,7 @@ Theory of operation
   appointments, origin psa      ``APPOINTMENT``         Appointment(title, description, ...)
   appointments, origin exchange ``IMPORTED``            Appointment; ``exchange_key`` = uid
   service calls (not canceled)  ``SERVICE_CALL``        "Service call: <company>: <line 1>"
-  todos                         ``TODO``                Task(action_type, description, ...)
+  todos                         ``TODO``                "<action type>: <line 1>" (psa/render.py)
   contacts of owned companies   ``CONTACT``             Contact (active contacts only)
   and of owned opportunities
   ============================  ======================  ====================================
@@ -58,6 +58,7 @@ from exchanged.model import (
     split_psa_key,
 )
 from exchanged.ports import PsaResource, PsaWrite
+from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 from exchanged.state.codec import parse_ts
 from exchanged.state.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
 
@@ -186,10 +187,6 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0].strip() if text.strip() else ""
-
-
 def _show_as(value: Any) -> ShowAs:
     try:
         return ShowAs(str(value).strip().lower())
@@ -213,7 +210,9 @@ def _int_id(value: str) -> int | None:
 
 _APPT_COLS = ("id, title, description, start_time, end_time, last_modified, origin, exchange_uid, "
               "show_as, is_private")
-_TODO_COLS = "id, action_type, description, start_time, end_time, completed_time, last_modified"
+_TODO_COLS = ("t.id, t.action_type, t.description, t.start_time, t.end_time, t.completed_time, "
+              "t.last_modified, co.name")
+_TODO_FROM = "todos t LEFT JOIN companies co ON co.id = t.company_id"
 _CONTACT_COLS = ("ct.id, ct.first_name, ct.last_name, co.name, ct.title, ct.email_address, ct.phone, "
                  "ct.mobile_phone, ct.is_active, ct.last_modified")
 
@@ -242,21 +241,20 @@ def _service_call(row: tuple[Any, ...]) -> PsaRecord:
     _span(start_t, end_t)
     assert start_t is not None and end_t is not None
     body = _text(description, "description")
-    parts = ["Service call", _text(company, "companies.name").strip(), _first_line(body)]
-    subject = ": ".join(p for p in parts if p)
-    payload = Appointment(subject=subject, start=start_t, end=end_t, body=body)
+    payload = Appointment(subject=service_call_subject(_text(company, "companies.name"), body),
+                          start=start_t, end=end_t, body=body)
     return PsaRecord(Kind.SERVICE_CALL, make_psa_key(Kind.SERVICE_CALL, rid), payload,
                      _time(modified, "last_modified"))
 
 
 def _todo(row: tuple[Any, ...]) -> PsaRecord:
-    rid, action_type, description, start, end, completed, modified = row
+    rid, action_type, description, start, end, completed, modified, company = row
     start_t = _time(start, "start_time")
     due = _time(end, "end_time")
     _span(start_t, due)
-    body = _text(description, "description")
-    subject = _text(action_type, "action_type").strip() or _first_line(body) or "To-do"
-    payload = Task(subject=subject, body=body, start=start_t, due=due,
+    description = _text(description, "description")
+    payload = Task(subject=todo_subject(_text(action_type, "action_type"), description),
+                   body=todo_body(description, _text(company, "companies.name")), start=start_t, due=due,
                    completed=_time(completed, "completed_time"))
     return PsaRecord(Kind.TODO, make_psa_key(Kind.TODO, rid), payload, _time(modified, "last_modified"))
 
@@ -330,9 +328,10 @@ def _queries(tx: Tx, rid: int, kinds: frozenset[Kind], window: Window) -> list[_
             "AND (sc.end_time IS NULL OR sc.end_time >= ?) ORDER BY sc.id", (rid, since),
             "service_calls", Kind.SERVICE_CALL, _service_call))
     if Kind.TODO in kinds:
-        out.append(_Query(f"SELECT {_TODO_COLS} FROM todos WHERE assigned_resource_id = ? AND "
-                          "(COALESCE(end_time, start_time) IS NULL OR COALESCE(end_time, start_time) >= ?) "
-                          "ORDER BY id", (rid, since), "todos", Kind.TODO, _todo))
+        out.append(_Query(f"SELECT {_TODO_COLS} FROM {_TODO_FROM} WHERE t.assigned_resource_id = ? AND "
+                          "(COALESCE(t.end_time, t.start_time) IS NULL "
+                          "OR COALESCE(t.end_time, t.start_time) >= ?) ORDER BY t.id", (rid, since),
+                          "todos", Kind.TODO, _todo))
     if Kind.CONTACT in kinds:
         out.append(_Query(
             f"SELECT {_CONTACT_COLS} FROM contacts ct LEFT JOIN companies co ON co.id = ct.company_id "
@@ -524,7 +523,7 @@ class SqlPsa:
             if not isinstance(w.payload, Task):
                 return ItemError(key, "invalid_row", "payload type does not match the row")
             self._set(tx, "todos", rid, _TODO_COLUMNS, w.payload, w.fields)
-            return _todo(tx.query(f"SELECT {_TODO_COLS} FROM todos WHERE id = ?", (rid,))[0])
+            return _todo(tx.query(f"SELECT {_TODO_COLS} FROM {_TODO_FROM} WHERE t.id = ?", (rid,))[0])
         return ItemError(key, "invalid_write",
                          f"{kind.value} rows are read-only for the sync (the PSA owns them)")
 
@@ -555,8 +554,8 @@ class SqlPsa:
 
 _APPOINTMENT_COLUMNS = {"subject": "title", "body": "description", "start": "start_time", "end": "end_time",
                         "show_as": "show_as", "is_private": "is_private"}
-_TODO_COLUMNS = {"subject": "action_type", "body": "description", "start": "start_time", "due": "end_time",
-                 "completed": "completed_time"}
+# a to-do's subject and body are composed (psa/render.py), never written back: only what flows back
+_TODO_COLUMNS = {"start": "start_time", "due": "end_time", "completed": "completed_time"}
 _TIME_COLUMNS = {"start_time", "end_time", "completed_time"}
 
 

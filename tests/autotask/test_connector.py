@@ -176,7 +176,7 @@ async def test_todos_with_company_and_completion(
     task = records[make_psa_key(Kind.TODO, open_todo["id"])].payload
     assert task == Task(
         subject="Call Anna",
-        body="Call Anna\nabout the renewal",
+        body="Call Anna\nabout the renewal\n\nCompany: Contoso",
         start=NOW + timedelta(days=1),
         due=NOW + timedelta(days=1, hours=1),
         completed=None,
@@ -668,7 +668,7 @@ async def test_check_warns_when_the_database_threshold_is_nearly_used_up() -> No
         assert connector.budget_status()["database"]["used"] == 8
 
 
-async def test_todo_subject_is_the_action_type_and_nameless_contacts_are_skipped(
+async def test_todo_subject_says_what_to_do_and_nameless_contacts_are_skipped(
     server: AutotaskServer, connector: AutotaskConnector
 ) -> None:
     s = server.store
@@ -687,7 +687,10 @@ async def test_todo_subject_is_the_action_type_and_nameless_contacts_are_skipped
     s.put("Contacts", {"companyID": 1, "firstName": " ", "lastName": "", "isActive": 1})
     anna = s.put("Contacts", {"companyID": 1, "firstName": " Anna ", "lastName": "Smith", "isActive": 1})
     records = by_key(await connector.load(JANE, frozenset({Kind.TODO, Kind.CONTACT}), WINDOW))
-    assert records[make_psa_key(Kind.TODO, todo["id"])].payload.subject == "Phone Call"  # type: ignore[union-attr]
+    task = records[make_psa_key(Kind.TODO, todo["id"])].payload
+    assert isinstance(task, Task) and task.subject == "Phone Call: Ring Anna"
+    company = (server.store.get("Companies", 1) or {})["companyName"]
+    assert task.body == f"Ring Anna\n\nCompany: {company}"
     assert set(records) == {make_psa_key(Kind.TODO, todo["id"]), make_psa_key(Kind.CONTACT, anna["id"])}
     [skipped] = connector.load_errors
     assert skipped.code == "invalid_row" and "Contacts" in skipped.message and "name" in skipped.message

@@ -192,8 +192,10 @@ async def test_model_level_helpers_give_back_what_they_were_given(server: Autota
             Appointment("Service call: Contoso", start, start + timedelta(hours=2)),
             ["501", JANE],
         ): Appointment("Service call: Contoso", start, start + timedelta(hours=2)),
-        psa.add(Kind.TODO, Task("Call Anna", body="Call Anna", start=start, due=start), ["501"]): Task(
-            "Call Anna", body="Call Anna", start=start, due=start
+        # a to-do is added with its action type as the subject: read back, the subject says what to
+        # do and the body names the company the harness files it under (psa/render.py)
+        psa.add(Kind.TODO, Task("Call", body="Call Anna", start=start, due=start), ["501"]): Task(
+            "Call: Call Anna", body="Call Anna\n\nCompany: To-dos", start=start, due=start
         ),
         psa.add(
             Kind.CONTACT, Contact("Anna", "Smith", company="Contoso", email="a@x.test"), ["501"]

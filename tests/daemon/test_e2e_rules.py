@@ -163,6 +163,13 @@ def test_todo_becomes_task_and_completion_flows_back(world: World) -> None:
     assert completed is not None
 
 
+def test_todo_subject_says_what_to_do_and_the_body_names_the_company(world: World) -> None:
+    # to-do 500: action type "Call", description "Call Ann about the renewal", company Contoso Ltd
+    [task] = [t for t in world.tasks(ALICE) if "Call Ann" in str(t.body)]
+    assert task.subject == "Call: Call Ann about the renewal"
+    assert str(task.body).splitlines() == ["Call Ann about the renewal", "", "Company: Contoso Ltd"]
+
+
 def test_per_user_narrowing_todos_false_gets_no_tasks(world: World) -> None:
     assert world.tasks(BOB) == []
 

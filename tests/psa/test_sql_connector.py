@@ -79,8 +79,10 @@ async def test_alices_records(sample: SqlPsa) -> None:
     assert call == Appointment("Service call: Contoso Ltd: Replace the firewall", at(1, 13), at(1, 15),
                                body="Replace the firewall\nOld one fails under load")
     assert set(records[Kind.TODO]) == {"todo:500", "todo:502"}
-    assert records[Kind.TODO]["todo:500"].payload == Task("Call", body="Call Ann about the renewal",
-                                                          start=at(1, 10), due=at(1, 10.5))
+    # the subject says what to do, the company is below the description (psa/render.py)
+    assert records[Kind.TODO]["todo:500"].payload == Task(
+        "Call: Call Ann about the renewal", body="Call Ann about the renewal\n\nCompany: Contoso Ltd",
+        start=at(1, 10), due=at(1, 10.5))
     assert records[Kind.TODO]["todo:502"].payload.completed == at(-1, 9.75)  # type: ignore[union-attr]
     # owned companies 10 and 12 (103 is inactive) plus 104 through the opportunity Alice owns
     assert set(records[Kind.CONTACT]) == {"contact:100", "contact:101", "contact:104", "contact:105"}
@@ -290,8 +292,9 @@ async def test_todo_flow_back_writes_only_the_named_fields(sample: SqlPsa) -> No
     [rec] = await sample.apply([PsaWrite("update", Kind.TODO, "todo:500", moved,
                                          fields=("start", "due", "completed"))])
     assert isinstance(rec, PsaRecord)
-    assert rec.payload == Task("Call", body="Call Ann about the renewal", start=at(2, 8), due=at(3, 8),
-                               completed=at(1, 12))
+    assert rec.payload == Task("Call: Call Ann about the renewal",
+                               body="Call Ann about the renewal\n\nCompany: Contoso Ltd", start=at(2, 8),
+                               due=at(3, 8), completed=at(1, 12))
     assert rec.last_modified == NOW
     [back] = await sample.apply([PsaWrite("update", Kind.TODO, "todo:500", Task("x"), fields=("completed",))])
     assert isinstance(back, PsaRecord) and back.payload.completed is None  # type: ignore[union-attr]

@@ -258,8 +258,7 @@ class AutotaskConnector:
             ],
             m.TODO_FIELDS,
         )
-        names = await self._action_type_names({_int(r.get("actionType")) for r in rows})
-        return [m.todo_record(r, names.get(_int(r.get("actionType")))) for r in rows]
+        return await self._todo_records(rows)
 
     async def _owned_contacts(self, rid: int, window: Window) -> list[PsaRecord]:
         """Contacts of companies the resource manages, and contacts of opportunities it owns."""
@@ -473,12 +472,16 @@ class AutotaskConnector:
                 out[_Target("Appointments", int(row["id"]))] = rec
         todos = sorted({t.record_id for t in targets if t.entity == "CompanyToDos"})
         rows = await self.api.query_in("CompanyToDos", "id", todos, m.TODO_FIELDS) if todos else []
-        names = await self._action_type_names({_int(r.get("actionType")) for r in rows})
-        for row in rows:
-            out[_Target("CompanyToDos", int(row["id"]))] = m.todo_record(
-                row, names.get(_int(row.get("actionType")))
-            )
+        for row, rec in zip(rows, await self._todo_records(rows), strict=True):
+            out[_Target("CompanyToDos", int(row["id"]))] = rec
         return out
+
+    async def _todo_records(self, rows: list[dict[str, Any]]) -> list[PsaRecord]:
+        """To-do rows as records, with their action types' and companies' names."""
+        names = await self._action_type_names({_int(r.get("actionType")) for r in rows})
+        companies = await self._company_names({c for r in rows if (c := _int(r.get("companyID")))})
+        return [m.todo_record(r, names.get(_int(r.get("actionType"))),
+                              companies.get(_int(r.get("companyID")) or 0)) for r in rows]
 
     # -- check-config --connect ----------------------------------------------------------------
 

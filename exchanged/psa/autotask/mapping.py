@@ -5,8 +5,9 @@ The mapping, field by field (docs/AUTOTASK.md has the table):
 * ``Appointments`` -> ``Kind.APPOINTMENT`` (title, description, startDateTime, endDateTime,
   updateDateTime), or ``Kind.IMPORTED`` when the description ends with the import marker.
 * ``ServiceCalls`` -> ``Kind.SERVICE_CALL`` appointments, subject ``Service call: <company>``.
-* ``CompanyToDos`` -> ``Kind.TODO`` tasks: subject the first line of activityDescription (or
-  ``To-do: <company>``), start/due from startDateTime/endDateTime, completion from completedDate.
+* ``CompanyToDos`` -> ``Kind.TODO`` tasks: subject ``<action type>: <first line of
+  activityDescription>``, the company's name below the description (``psa/render.py``), start/due
+  from startDateTime/endDateTime, completion from completedDate.
 * ``Contacts`` -> ``Kind.CONTACT`` / ``Kind.PUBLIC_CONTACT``.
 
 The import marker. Autotask appointments have no field for "which Exchange item is this" (no
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exchanged.model import Appointment, Contact, Kind, PsaRecord, ShowAs, Task, make_psa_key
+from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 
 MARKER = "[exchanged-import] "
 TITLE_MAX = 256
@@ -218,17 +220,6 @@ def appointment_record(row: dict[str, Any]) -> PsaRecord | None:
     )
 
 
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0].strip() if text.strip() else ""
-
-
-def service_call_subject(company: str | None, description: str) -> str:
-    """``Service call: <company>: <first line of the description>``, empty parts left out (as the
-    sql connector writes it, so both connectors feed the engine alike)."""
-    parts = ["Service call", (company or "").strip(), first_line(description)]
-    return ": ".join(p for p in parts if p)
-
-
 def service_call_record(row: dict[str, Any], company: str | None) -> PsaRecord | None:
     start, end = parse_time(row.get("startDateTime")), parse_time(row.get("endDateTime"))
     if start is None or end is None:
@@ -243,17 +234,12 @@ def service_call_record(row: dict[str, Any], company: str | None) -> PsaRecord |
     )
 
 
-def todo_subject(action_type: str | None, description: str) -> str:
-    """The action type's name (``ActionTypes.name``), else the description's first line, else
-    ``To-do`` (the sql connector's rule with its ``action_type`` column)."""
-    return (action_type or "").strip() or first_line(description) or "To-do"
-
-
-def todo_record(row: dict[str, Any], action_type: str | None) -> PsaRecord:
+def todo_record(row: dict[str, Any], action_type: str | None, company: str | None = None) -> PsaRecord:
+    """``action_type`` is the ``ActionTypes.name`` of the row, ``company`` its company's name."""
     description = _text(row.get("activityDescription"))
     payload = Task(
         subject=todo_subject(action_type, description),
-        body=description,
+        body=todo_body(description, company),
         start=parse_time(row.get("startDateTime")),
         due=parse_time(row.get("endDateTime")),
         completed=parse_time(row.get("completedDate")),

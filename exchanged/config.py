@@ -54,6 +54,10 @@ from pydantic_core import PydanticCustomError
 from exchanged.errors import ConfigInvalid, ConfigProblem
 
 CREDENTIAL_PASSWORD = "sync-password"
+CREDENTIAL_GRAPH_SECRET = "graph-client-secret"  # systemd credential names (LoadCredential=NAME:FILE)
+CREDENTIAL_GRAPH_CERTIFICATE = "graph-certificate"
+DEFAULT_GRAPH_URL = "https://graph.microsoft.com"
+DEFAULT_LOGIN_URL = "https://login.microsoftonline.com"
 CREDENTIAL_AUTOTASK_SECRET = "autotask-secret"
 CREDENTIAL_AUTOTASK_CODE = "autotask-integration-code"
 MAX_PASSWORD_CHARS = 128  # the vendor's limit ("maximal 128 Ziffern")
@@ -301,11 +305,18 @@ class ServerConfig(_Model):
     version: ExchangeVersion | None = None
     port: SInt = Field(default=443, ge=1, le=65535)
     use_ms_graph: SBool = False
+    graph_url: str = DEFAULT_GRAPH_URL  # national clouds and the test server; Graph only
+    login_url: str = DEFAULT_LOGIN_URL  # the Entra ID authority host; Graph only
     ca_bundle: str | None = None
     allow_plaintext: SBool = False
     # seconds to wait for the TCP (and TLS) connection, and for each answer of the server
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     read_timeout_s: float = Field(default=60.0, gt=0, le=900)
+
+    @field_validator("graph_url", "login_url")
+    @classmethod
+    def _https_base(cls, value: str) -> str:
+        return _https_base_url(value)
 
     @field_validator("address")
     @classmethod
@@ -338,6 +349,24 @@ class ServerConfig(_Model):
         return self
 
 
+def _https_base_url(value: str) -> str:
+    """An https URL of a host (and optional port and path prefix), without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise _rule(f"is not a URL: {exc}") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise _rule("must be an https:// URL such as https://graph.microsoft.com "
+                    "(tokens and mail data never cross the network unencrypted)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise _rule("must be a plain https://host[:port][/path] URL, without query, fragment or user")
+    return text.rstrip("/")
+
+
 def _existing_file(value: str | None, info: ValidationInfo, what: str) -> str | None:
     if value is None:
         return None
@@ -350,19 +379,62 @@ def _existing_file(value: str | None, info: ValidationInfo, what: str) -> str | 
 
 
 class CredentialsConfig(_Model):
+    """EWS: ``username`` and a password. Graph (``server.use_ms_graph``): the app registration's
+    ``tenant_id`` and ``client_id`` and either a certificate or a client secret. With
+    ``local_setup_basic_auth: false`` these are Graph credentials and no password is asked for (the
+    rules across sections tie that to ``server.use_ms_graph``)."""
+
     local_setup_basic_auth: SBool = True
     auth_type: Literal["basic", "ntlm"] = "basic"
-    username: str = Field(min_length=1)
+    username: str = ""
     password_file: str | None = None
     # the YAML key `password` is one source; after validation it holds the resolved secret
     password: SecretStr = Field(default=None, validate_default=False)  # type: ignore[assignment]
     domain: str | None = None
     use_for_all_users: SBool = True
+    # Graph (an Entra ID app registration, client-credentials flow)
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret_file: str | None = None
+    certificate_file: str | None = None  # PEM: the private key and its certificate
 
     _check_password = field_validator("password", mode="before")(_secret_not_number)
+    # resolved secrets of the Graph app (never in a dump, a repr or a log line)
+    _client_secret: SecretStr | None = PrivateAttr(default=None)
+    _certificate: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("tenant_id", "client_id")
+    @classmethod
+    def _guid_or_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if not text or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", text):
+            raise _rule("must be the GUID shown in the app registration's overview "
+                        "(Directory (tenant) ID / Application (client) ID), or the tenant's domain")
+        return text
+
+    @property
+    def is_graph(self) -> bool:
+        return not self.local_setup_basic_auth
+
+    @property
+    def client_secret(self) -> SecretStr | None:
+        return self._client_secret
+
+    @property
+    def certificate(self) -> SecretStr | None:
+        return self._certificate
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> CredentialsConfig:
+        if self.is_graph:
+            self._resolve_graph(info)
+            if self.password is None and self.password_file is None:
+                return self
+        elif not self.username.strip():
+            raise _rule("is required: the sync account's login name (DOMAIN\\user or user@domain)",
+                        "username")
         secret = _resolve_secret(
             info, label="password", inline=self.password, file=self.password_file,
             inline_key="password", file_key="password_file", credential=CREDENTIAL_PASSWORD,
@@ -371,11 +443,59 @@ class CredentialsConfig(_Model):
         object.__setattr__(self, "password", secret)  # frozen from here on; resolved once
         return self
 
+    def _resolve_graph(self, info: ValidationInfo) -> None:
+        """Exactly one of certificate_file / client_secret_file, or else the systemd credential
+        graph-certificate (preferred) or graph-client-secret."""
+        if self.certificate_file is not None and self.client_secret_file is not None:
+            raise _rule("give either certificate_file or client_secret_file, not both "
+                        "(the certificate is preferred)", "certificate_file")
+        if self.certificate_file is not None:
+            self._certificate = _resolve_secret(
+                info, label="certificate", inline=None, file=self.certificate_file,
+                inline_key="certificate_file", file_key="certificate_file", credential=None)
+        elif self.client_secret_file is not None:
+            self._client_secret = _resolve_secret(
+                info, label="client secret", inline=None, file=self.client_secret_file,
+                inline_key="client_secret_file", file_key="client_secret_file", credential=None)
+        else:
+            try:
+                self._certificate = SecretStr(_credential(
+                    info, "certificate", CREDENTIAL_GRAPH_CERTIFICATE, "client_secret_file",
+                    "certificate_file"))
+            except PydanticCustomError:
+                try:
+                    self._client_secret = SecretStr(_credential(
+                        info, "client secret", CREDENTIAL_GRAPH_SECRET, "client_secret_file",
+                        "certificate_file"))
+                except PydanticCustomError:
+                    raise _rule(
+                        "no certificate or client secret for the Graph app: set certificate_file "
+                        "(preferred) or client_secret_file, or provide the systemd credential "
+                        f"{CREDENTIAL_GRAPH_CERTIFICATE} or {CREDENTIAL_GRAPH_SECRET} (LoadCredential=)",
+                        "certificate_file") from None
+        if self._certificate is not None:
+            problem = pem_problem(self._certificate.get_secret_value())
+            if problem is not None:
+                raise _rule(problem, "certificate_file")
+
     def account_name(self) -> str:
         """The login name: DOMAIN\\user unless the user name already carries a domain."""
         if self.domain and "\\" not in self.username and "@" not in self.username:
             return f"{self.domain}\\{self.username}"
         return self.username
+
+
+def pem_problem(text: str) -> str | None:
+    """Why ``text`` is not a PEM file with one private key and a certificate, or None."""
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return ("the certificate file holds no certificate (-----BEGIN CERTIFICATE-----): "
+                "give one PEM file with the private key and the certificate")
+    if not re.search(r"-----BEGIN (RSA |EC |ENCRYPTED )?PRIVATE KEY-----", text):
+        return ("the certificate file holds no private key (-----BEGIN PRIVATE KEY-----): "
+                "give one PEM file with the private key and the certificate")
+    if "ENCRYPTED PRIVATE KEY" in text or "Proc-Type: 4,ENCRYPTED" in text:
+        return "the private key is encrypted: give it unencrypted, readable only by the daemon (chmod 600)"
+    return None
 
 
 class SmtpConfig(_Model):
@@ -998,6 +1118,32 @@ def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[
         problem(("server", "use_ms_graph"),
                 "cannot be used together with credentials.local_setup_basic_auth: true "
                 "(the vendor hides MS Graph when local basic auth is chosen); switch one off")
+    if graph and not basic:
+        for key in ("tenant_id", "client_id"):
+            if not raw.get(("credentials", key), str):
+                problem(("credentials", key),
+                        f"is required with server.use_ms_graph: true: the app registration's "
+                        f"{'Directory (tenant) ID' if key == 'tenant_id' else 'Application (client) ID'} "
+                        "(see docs/GRAPH.md)")
+    if not graph and basic is False:
+        problem(("credentials", "local_setup_basic_auth"),
+                "false means Exchange Online, and EWS in Exchange Online is blocked by Microsoft "
+                "since 1 October 2026: set server.use_ms_graph: true with credentials.tenant_id, "
+                "client_id and certificate_file (docs/GRAPH.md); for an on-premises Exchange set "
+                "local_setup_basic_auth: true")
+    if not graph:
+        for key in ("tenant_id", "client_id", "client_secret_file", "certificate_file"):
+            if raw.has(("credentials", key)):
+                warn(("credentials", key), "ignored: only used with server.use_ms_graph: true")
+    elif any(raw.has(("credentials", k)) for k in ("username", "password", "password_file")):
+        warn(("credentials",), "username and password are ignored with server.use_ms_graph: true "
+             "(the app registration's credentials are used)")
+    if raw.get(("server", "hosted_by_third_party"), bool, False):
+        warn(("server", "hosted_by_third_party"),
+             "changes nothing in how exchanged connects: it talks EWS to server.address (or Graph "
+             "with use_ms_graph) exactly as configured. A hoster must allow EWS and, with "
+             "credentials.use_for_all_users: true, grant the sync account impersonation; if it "
+             "does not, set use_for_all_users: false (each user logs in as itself)")
     if graph and raw.get(("sync", "public_folder_all_contacts"), bool, False):
         problem(("sync", "public_folder_all_contacts"),
                 "needs EWS: it cannot be used with server.use_ms_graph: true")

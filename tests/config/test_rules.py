@@ -162,7 +162,11 @@ def test_graph_with_local_basic_auth_is_an_error(tmp_path: Path) -> None:
                                   "  address: mail.example.com\n  use_ms_graph: true\n")
     found = one(problems(tmp_path, text), "server.use_ms_graph")
     assert found.line == 4 and "local_setup_basic_auth" in found.message
-    ok = text.replace("  username: svc\n", "  username: svc\n  local_setup_basic_auth: false\n")
+    # with modern auth it needs the app registration (tests/config/test_graph_config.py)
+    ok = text.replace("  username: svc\n", "  username: svc\n  local_setup_basic_auth: false\n"
+                      "  tenant_id: contoso.onmicrosoft.com\n  client_id: 1234abcd\n")
+    (tmp_path / "graph-client-secret").write_text("app-secret\n")
+    (tmp_path / "graph-client-secret").chmod(0o600)
     assert load_ok(tmp_path, ok).server.use_ms_graph is True
 
 

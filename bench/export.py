@@ -55,7 +55,7 @@ def _quiet_logging(path: Any) -> None:
 
 async def _export_and_noop(sizes: ExportSizes) -> None:
     from exchanged.config import load_config
-    from exchanged.daemon import make_runner, open_adapters
+    from exchanged.openers import Openers
 
     work = Workdir.make("export")
     ours = [mailbox_name(r) for r in range(sizes.repeats)]
@@ -67,8 +67,9 @@ async def _export_and_noop(sizes: ExportSizes) -> None:
         seed_psa(f"sqlite:///{work.path / 'psa.db'}", ours, per_resource, utcnow())
         cfg = load_config(write_config(work.path, ews, ours))
         _quiet_logging(work.path / "daemon.log")
-        adapters = await open_adapters(cfg)
-        runner = make_runner(cfg, adapters)
+        openers = Openers()  # what the daemon opens and builds
+        adapters = await openers.open(cfg)
+        runner = openers.runner(cfg, adapters)
 
         async def cycle(user: Any, cid: str) -> Any:
             out = await runner.run_cycle(cfg, user, full=False, allow_deletes=False,

@@ -1344,22 +1344,10 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
     from exchanged.logs import configure_logging
 
     configure_logging("console", level="warning")
+    from exchanged.exchange import check_connect
+
     try:
-        from exchanged import exchange
-
-        check_connect = exchange.check_connect  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        message = "--connect: not available yet (the EWS adapter does not provide check_connect)"
-        return [{"subject": "connect", "result": "failed", "message": message}], 1
-    try:
-        outcome: Any = check_connect(cfg)
-        if hasattr(outcome, "__await__"):  # an async variant is run here
-            import trio
-
-            async def _await() -> Any:
-                return await outcome
-
-            outcome = trio.run(_await)
+        outcome: list[Any] = check_connect(cfg)
     except Exception as exc:  # the adapter's own failure must not become a traceback here
         from exchanged.errors import present
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import inspect
-import json
 import math
 import os
 import signal
@@ -41,8 +39,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -50,11 +47,12 @@ import trio
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
 from exchanged.errors import ControlError, ExchangedError, present
 from exchanged.model import Counts, CycleOutcome
+from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
 
 if TYPE_CHECKING:
     from exchanged.config import Config, UserConfig
-    from exchanged.ports import CheckResult, ExchangeAccount, PsaConnector, StateStore
+    from exchanged.ports import CheckResult
 
 log = structlog.get_logger("exchanged.daemon")
 
@@ -66,11 +64,6 @@ CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after t
 LEASE_TTL_S = 300.0  # a dead node's users are taken over after this; renewed every third of it
 LEASE_TTL_ENV = "EXCHANGED_LEASE_TTL_S"  # overrides LEASE_TTL_S (faster takeover; the multi-node test)
 MIN_LEASE_TTL_S = 3.0
-
-# Test hooks (honoured only with the in-memory adapters, never in production):
-TEST_ADAPTERS_ENV = "EXCHANGED_TEST_ADAPTERS"  # "memory": in-memory fakes instead of real adapters
-TEST_HOOKS_ENV = "EXCHANGED_TEST_HOOKS"  # path of a JSON file re-read at every cycle:
-#   {"cycle_delay_s": 2.5, "fail_mailboxes": ["bob@example.test"], "hold_while_exists": "/tmp/f"}
 
 
 # --- errors of the composition root ---------------------------------------------------------------
@@ -94,271 +87,7 @@ class NotAvailable(ControlError):
     reason = "not_available"
 
 
-# --- adapters ------------------------------------------------------------------------------------
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-async def _close_quietly(thing: Any, what: str) -> None:
-    if thing is None:
-        return
-    try:
-        await _maybe_await(thing.aclose())
-    except Exception as exc:  # closing must never stop the others from closing
-        log.warning("closing failed", what=what, error=present(exc).line())
-
-
-def _factory(module: str, name: str, what: str) -> Callable[..., Any]:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        raise StartupError(f"{what} is not available in this build ({module}.{name} is missing)",
-                           hint="install a complete exchanged release") from None
-
-
-@dataclass
-class Adapters:
-    account: ExchangeAccount
-    psa: PsaConnector
-    state: StateStore
-    memory: bool = False
-
-    async def aclose(self) -> None:
-        await _close_quietly(self.account, "exchange")
-        await _close_quietly(self.psa, "psa")
-        await _close_quietly(self.state, "state")
-
-
-def _memory_mode() -> bool:
-    return os.environ.get(TEST_ADAPTERS_ENV, "") == "memory"
-
-
-def _seed_memory_psa(psa: Any, cfg: Config) -> None:
-    for user in cfg.users:
-        if user.psa_resource not in psa.resources:
-            psa.add_resource(user.psa_resource, user.mailbox)
-
-
-async def open_state(cfg: Config) -> StateStore:
-    opener = _factory("exchanged.state", "open_state_store", "the state store")
-    try:
-        return await _maybe_await(opener(cfg.state.url))  # type: ignore[no-any-return]
-    except ExchangedError:
-        raise
-    except Exception as exc:
-        from exchanged.state import mask_url  # never a password in a message
-
-        raise errors.StateError(f"cannot open the state database {mask_url(cfg.state.url)}: "
-                                f"{mask_url(str(exc))}") from None
-
-
-async def open_psa(cfg: Config) -> PsaConnector:
-    opener = _factory("exchanged.psa", "open_connector", "the PSA connector")
-    return await _maybe_await(opener(cfg.psa))  # type: ignore[no-any-return]
-
-
-async def open_account(cfg: Config) -> ExchangeAccount:
-    opener = _factory("exchanged.exchange", "open_account", "the Exchange adapter")
-    return await _maybe_await(opener(cfg))  # type: ignore[no-any-return]
-
-
-async def open_adapters(cfg: Config) -> Adapters:
-    """The adapters the config names (the in-memory fakes under ``EXCHANGED_TEST_ADAPTERS=memory``)."""
-    if _memory_mode():
-        from exchanged.testing.memory import MemoryExchange, MemoryPsa, MemoryState
-
-        psa = MemoryPsa()
-        _seed_memory_psa(psa, cfg)
-        return Adapters(MemoryExchange(), psa, MemoryState(), memory=True)
-    state = await open_state(cfg)
-    psa_conn = None
-    try:
-        psa_conn = await open_psa(cfg)
-        account = await open_account(cfg)
-    except BaseException:
-        await _close_quietly(psa_conn, "psa")
-        await _close_quietly(state, "state")
-        raise
-    if os.environ.get("EXCHANGED_TEST_CRASH_AFTER"):  # tests only: exchanged/testing/crash.py
-        from exchanged.testing import crash
-
-        counter = crash.counter_from_env()
-        if counter is not None:
-            account, psa_conn, state = crash.wrap(account, psa_conn, state, counter)
-    return Adapters(account, psa_conn, state)
-
-
-# --- the cycle runner ----------------------------------------------------------------------------
-
-
 PUBLIC_FOLDER = "public-folder"  # the scheduler's name for the cycle of the public contacts folder
-
-
-class CycleRunner(Protocol):
-    records_outcomes: bool  # True: the runner writes ``record_outcome`` to the state store itself
-
-    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
-        """One cycle of ``user``; ``None``: the public contacts folder."""
-        ...
-
-    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]: ...
-
-
-class _SyncRunnerAdapter:
-    """Bridges ``exchanged.sync.runner.SyncRunner`` to the daemon (one per config generation)."""
-
-    records_outcomes = True
-
-    def __init__(self, cfg: Config, adapters: Adapters, runner_cls: Any) -> None:
-        from exchanged.config import server_identity
-
-        self._runner = runner_cls(adapters.account, adapters.psa, adapters.state,
-                                  server_identity=server_identity(cfg))
-
-    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
-        from exchanged.engine import UserSettings
-
-        if user is None:
-            outcome = await self._runner.run_public_contacts(
-                UserSettings.from_config(cfg.sync), full=full, allow_deletes=allow_deletes,
-                progress=progress, cycle_id=cycle_id)
-        else:
-            outcome = await self._runner.run_cycle(_user_spec(cfg, user), full=full,
-                                                   allow_deletes=allow_deletes, progress=progress,
-                                                   cycle_id=cycle_id)
-        return outcome  # type: ignore[no-any-return]
-
-    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
-        return await self._runner.plan(_user_spec(cfg, user))  # type: ignore[no-any-return]
-
-
-def _user_spec(cfg: Config, user: UserConfig) -> Any:
-    from exchanged.engine import UserSettings, UserSpec
-
-    return UserSpec(mailbox=user.mailbox, psa_resource=user.psa_resource,
-                    settings=UserSettings.from_config(cfg.effective_sync(user)))
-
-
-class _ReachabilityRunner:
-    """Stand-in while ``exchanged.sync.runner`` is missing: checks that both sides know the user.
-
-    It writes nothing anywhere. It keeps the daemon, its status and its mails working end to end.
-    """
-
-    records_outcomes = False
-
-    def __init__(self, adapters: Adapters) -> None:
-        self._adapters = adapters
-
-    async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
-        if user is None:
-            return CycleOutcome(result="ok", counts=Counts())
-        progress(0, 2)
-        resource = await self._adapters.psa.resource(user.psa_resource)
-        if resource is None:
-            raise errors.PsaError(f"PSA resource {user.psa_resource} not found", mailbox=user.mailbox,
-                                  hint="check users[].psa_resource against the PSA's resources")
-        progress(1, 2)
-        results = await self._adapters.account.check([user.mailbox])
-        failed = [r for r in results if not r.ok]
-        if failed:
-            raise errors.ExchangeError(failed[0].message, mailbox=user.mailbox)
-        progress(2, 2)
-        return CycleOutcome(result="ok", counts=Counts())
-
-    async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
-        raise NotAvailable("plan needs the sync engine, which this build does not have yet")
-
-
-def make_runner(cfg: Config, adapters: Adapters) -> CycleRunner:
-    try:
-        from exchanged.sync.runner import SyncRunner
-    except ImportError:
-        log.warning("sync runner not available: cycles only check that both sides know each user")
-        return _ReachabilityRunner(adapters)
-    return _SyncRunnerAdapter(cfg, adapters, SyncRunner)
-
-
-# --- the notifier --------------------------------------------------------------------------------
-
-
-class NotifierLike(Protocol):
-    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None: ...
-
-    def resolved(self, key: str) -> None: ...
-
-    def confirm_user(self, mailbox: str, summary: str) -> None: ...
-
-    def reconfigure(self, cfg: Config) -> None: ...
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
-
-
-class _LogNotifier:
-    """Used when ``exchanged.notify`` is missing: the policy's events go to the log only."""
-
-    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None:
-        log.warning("would mail error", key=key, mailbox=mailbox, error=presented.line())
-
-    def resolved(self, key: str) -> None:
-        log.info("would mail resolved", key=key)
-
-    def confirm_user(self, mailbox: str, summary: str) -> None:
-        log.info("would mail confirmation", mailbox=mailbox)
-
-    def reconfigure(self, cfg: Config) -> None:
-        pass
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-
-def make_notifier(cfg: Config) -> NotifierLike:
-    try:
-        from exchanged.notify import Notifier  # type: ignore[attr-defined]
-    except ImportError:
-        log.warning("mail notifier not available in this build: error mails are only logged")
-        return _LogNotifier()
-    return _NotifierAdapter(Notifier, cfg)
-
-
-class _NotifierAdapter:
-    """Keeps the daemon independent of the exact constructor/serve names of ``exchanged.notify``."""
-
-    def __init__(self, cls: Any, cfg: Config) -> None:
-        self._n = cls.from_config(cfg) if hasattr(cls, "from_config") else cls(cfg)
-
-    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None:
-        self._n.error(key, presented, mailbox)
-
-    def resolved(self, key: str) -> None:
-        self._n.resolved(key)
-
-    def confirm_user(self, mailbox: str, summary: str) -> None:
-        self._n.confirm_user(mailbox, summary)
-
-    def reconfigure(self, cfg: Config) -> None:
-        self._n.reconfigure(cfg)
-
-    async def flush(self) -> None:
-        await self._n.flush()
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from exchanged import notify
-
-        serve = getattr(notify, "serve_notifier", None)
-        if serve is not None:
-            await serve(self._n, task_status=task_status)
-        else:
-            await self._n.serve(task_status=task_status)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -458,17 +187,6 @@ class _UserStatus:
     error_keys: set[str] = field(default_factory=set)  # notifier keys currently open for this user
 
 
-def _read_test_hooks() -> dict[str, Any]:
-    path = os.environ.get(TEST_HOOKS_ENV)
-    if not path or not _memory_mode():
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 async def _load_config_in_thread(path: str) -> Config:
     from exchanged.config import load_config
 
@@ -487,23 +205,6 @@ def _hint_for(reason: str) -> str:
     return ""
 
 
-def _gate_closed(path: str) -> bool:
-    return os.path.exists(path)
-
-
-async def _apply_test_hooks(mailbox: str) -> None:
-    """Delays, a gate and failures for the end-to-end tests (in-memory adapters only)."""
-    hooks = _read_test_hooks()
-    if hooks.get("cycle_delay_s"):
-        await trio.sleep(float(hooks["cycle_delay_s"]))
-    gate = hooks.get("hold_while_exists")
-    # polling a file: the test process has no other way to reach into this one
-    while gate and _gate_closed(gate):  # noqa: ASYNC110
-        await trio.sleep(0.05)
-    if mailbox in hooks.get("fail_mailboxes", []):
-        raise errors.MailboxNotFound(f"mailbox {mailbox} not found on the Exchange server", mailbox=mailbox)
-
-
 def _leaves(exc: BaseException) -> Iterable[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
@@ -518,10 +219,7 @@ def _leaves(exc: BaseException) -> Iterable[BaseException]:
 class Daemon:
     """Owns the running config generation and implements ``control.ControlHandler``."""
 
-    def __init__(self, cfg: Config, config_path: str, *,
-                 adapters_factory: Callable[[Config], Awaitable[Adapters]] = open_adapters,
-                 runner_factory: Callable[[Config, Adapters], CycleRunner] | None = None,
-                 notifier_factory: Callable[[Config], NotifierLike] | None = None,
+    def __init__(self, cfg: Config, config_path: str, *, openers: Openers | None = None,
                  config_loader: Callable[[str], Awaitable[Config]] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -529,13 +227,11 @@ class Daemon:
         self.loaded_at = _now()
         self.started_at = _now()
         self.last_reload: dict[str, Any] | None = None
-        self._open_adapters = adapters_factory
-        self._make_runner = runner_factory or make_runner
-        self._make_notifier = notifier_factory or make_notifier
+        self.openers = openers or Openers()  # start and every reload open through these
         self._load_config = config_loader or _load_config_in_thread
         self.adapters: Adapters | None = None
         self.runner: CycleRunner | None = None
-        self.notifier: NotifierLike = _LogNotifier()
+        self.notifier: NotifierLike = self.openers.notifier(cfg)
         self.records: dict[str, _UserStatus] = {}
         self.exchange: dict[str, Any] = {"server": cfg.server.address, "version": cfg.server.version,
                                          "reachable": None, "last_error": None, "checked_at": None,
@@ -560,10 +256,9 @@ class Daemon:
         # The signal receiver wraps everything, the closing of the adapters included: a second
         # SIGTERM during the stop must not fall back to the default action and kill the process.
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            self.adapters = await self._open_adapters(self.cfg)
+            self.adapters = await self.openers.open(self.cfg)
             try:
-                self.runner = self._make_runner(self.cfg, self.adapters)
-                self.notifier = self._make_notifier(self.cfg)
+                self.runner = self.openers.runner(self.cfg, self.adapters)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(self._serve_signals, signals)
@@ -623,10 +318,8 @@ class Daemon:
         if self.scheduler.running:
             log.warning("running cycles cancelled at the end of the grace period",
                         count=self.scheduler.running)
-        flush = getattr(self.notifier, "flush", None)
-        if flush is not None:  # queued mails (a cycle's last error) get a moment to leave
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await flush()
+        with trio.move_on_after(CLOSE_TIMEOUT_S):  # queued mails (a cycle's last error) get a moment to leave
+            await self.notifier.flush()
 
     async def _reload_from_signal(self) -> None:
         try:
@@ -804,7 +497,6 @@ class Daemon:
         try:
             if user is None and mailbox != PUBLIC_FOLDER:
                 raise UnknownMailbox([mailbox])
-            await _apply_test_hooks(mailbox)
             outcome = await runner.run_cycle(cfg, user, full=request.full,
                                              allow_deletes=request.allow_deletes,
                                              progress=progress, cycle_id=cycle_id)
@@ -968,34 +660,9 @@ class Daemon:
         """Open what the new config connects to differently; close the old ones once swapped."""
         assert self.adapters is not None
         current = self.adapters
-        if current.memory:
-            _seed_memory_psa(current.psa, new)
-            self.runner = self._make_runner(new, current)
-            return
-        account, psa, state = current.account, current.psa, current.state
-        opened: list[Any] = []
-        try:
-            if new.state != old.state:
-                state = await open_state(new)
-                opened.append(state)
-            if new.psa != old.psa:
-                psa = await open_psa(new)
-                opened.append(psa)
-            if new.server != old.server or new.credentials != old.credentials:
-                account = await open_account(new)
-                opened.append(account)
-        except BaseException:
-            for thing in opened:
-                await _close_quietly(thing, "new adapter")
-            raise
-        self.adapters = Adapters(account, psa, state)
-        self.runner = self._make_runner(new, self.adapters)
-        if account is not current.account:
-            await _close_quietly(current.account, "exchange")
-        if psa is not current.psa:
-            await _close_quietly(current.psa, "psa")
-        if state is not current.state:
-            await _close_quietly(current.state, "state")
+        self.adapters = await self.openers.reopen(current, old, new)
+        self.runner = self.openers.runner(new, self.adapters)
+        await close_replaced(current, self.adapters)
 
     # --- status ----------------------------------------------------------------------------------------
 
@@ -1249,8 +916,11 @@ def _say(line: str) -> None:
     print(f"exchanged: {line}", file=sys.stderr, flush=True)
 
 
-def cli_run(args: Any) -> int:
-    """``exchanged run --config PATH``: 0 after a clean stop, 1 on a fatal start-up error."""
+def cli_run(args: Any, openers: Openers | None = None) -> int:
+    """``exchanged run --config PATH``: 0 after a clean stop, 1 on a fatal start-up error.
+
+    ``openers``: what the daemon opens (default: the real adapters); tests pass their own
+    (tests/daemon_entry.py)."""
     from exchanged.config import ConfigInvalid, iter_problems, load_config
 
     path = str(args.config)
@@ -1266,7 +936,7 @@ def cli_run(args: Any) -> int:
     _configure_logging(cfg)
     for warning in cfg.warnings:
         log.warning("config warning", warning=warning)
-    daemon = Daemon(cfg, path)
+    daemon = Daemon(cfg, path, openers=openers)
     # Daemon.run handles these through trio's signal receiver, which restores the previous
     # disposition when it closes; "ignore" makes a repeated SIGTERM during the last milliseconds
     # of a clean stop harmless instead of killing the process with the default action.

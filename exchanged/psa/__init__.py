@@ -20,15 +20,9 @@ async def open_connector(psa_cfg: Any) -> ports.PsaConnector:
     if connector == "autotask":
         from exchanged.psa.autotask import open_autotask
 
-        return await _maybe_await(open_autotask(psa_cfg))
+        return open_autotask(psa_cfg)
     raise errors.PsaError(f"psa.connector: unknown connector {connector!r}",
                           hint="use psa.connector: sql or autotask")
-
-
-async def _maybe_await(value: Any) -> Any:
-    if hasattr(value, "__await__"):
-        return await value
-    return value
 
 
 __all__ = ["open_connector"]

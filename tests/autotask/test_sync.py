@@ -17,7 +17,7 @@ from exchanged.model import Appointment, FolderKind, Kind, make_psa_key
 from exchanged.psa.autotask import AutotaskConnector
 from exchanged.sync import SyncRunner
 from exchanged.testing.autotask import AutotaskServer
-from exchanged.testing.memory import MemoryExchange, MemoryState
+from tests.memory import MemoryExchange, MemoryState
 
 from .conftest import NOW, make_connector, t
 

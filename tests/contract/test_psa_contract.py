@@ -23,7 +23,7 @@ from exchanged.ports import PsaConnector, PsaWrite
 from exchanged.psa.sample import insert_rows
 from exchanged.psa.sql import ensure_schema, open_sql_connector
 from exchanged.state.db import Database, Tx, parse_url
-from exchanged.testing.memory import MemoryPsa
+from tests.memory import MemoryPsa
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 WINDOW = Window(now=NOW, past_start=NOW - timedelta(days=7), recurring_end=NOW + timedelta(days=30))

@@ -31,7 +31,7 @@ from exchanged.model import (
 )
 from exchanged.ports import FolderState, StateBatch, StateStore
 from exchanged.state import open_state_store
-from exchanged.testing.memory import MemoryState
+from tests.memory import MemoryState
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
 BOX = "alice@example.test"

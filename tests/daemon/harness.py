@@ -26,6 +26,8 @@ import yaml
 
 from exchanged.testing.smtp import SmtpSink
 
+REPO = Path(__file__).resolve().parents[2]  # the checkout holding tests/ (tests.daemon_entry)
+
 HANG_GUARD_S = 30.0  # only to avoid a hung test run; never asserted
 
 
@@ -199,13 +201,10 @@ class DaemonEnv:
         env = dict(os.environ)
         env.update({
             "NOTIFY_SOCKET": str(self.notify.path),
-            "EXCHANGED_TEST_HOOKS": str(self.hooks_path),
             "PYTHONUNBUFFERED": "1",
+            # ``-m tests.daemon_entry`` from any working directory
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         })
-        if self.memory:
-            env["EXCHANGED_TEST_ADAPTERS"] = "memory"
-        else:
-            env.pop("EXCHANGED_TEST_ADAPTERS", None)
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
         env.update(self.extra_env)
@@ -219,9 +218,14 @@ class DaemonEnv:
         self.proc = self.spawn()
         return self.proc
 
+    def entry_args(self) -> list[str]:
+        """The test openers the daemon is built with (tests/daemon_entry.py)."""
+        return ["--memory"] if self.memory else []
+
     def spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "exchanged", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "tests.daemon_entry", "--config", str(self.config_path),
+             "--hooks", str(self.hooks_path), *self.entry_args()],
             env=self.env(), stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("ab"),
         )
 

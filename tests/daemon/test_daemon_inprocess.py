@@ -21,10 +21,11 @@ import yaml
 
 from exchanged import errors
 from exchanged.config import Config, UserConfig, load_config
-from exchanged.daemon import Adapters, Daemon, ReloadRejected
+from exchanged.daemon import Daemon, ReloadRejected
 from exchanged.model import Counts, CycleOutcome
+from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers
 from exchanged.scheduler import ProgressFn
-from exchanged.testing.memory import MemoryExchange, MemoryPsa, MemoryState
+from tests.memory import MemoryExchange, MemoryPsa, MemoryState
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 
@@ -70,9 +71,41 @@ class RecordingNotifier:
     def reconfigure(self, cfg: Config) -> None:
         self.events.append(("reconfigure", cfg.profile_name))
 
+    async def flush(self) -> None:
+        pass
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
+
+
+class EnvOpeners(Openers):
+    """The in-memory fakes (one state store for the test), the recording runner and notifier."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+
+    @staticmethod
+    def seed(psa: MemoryPsa, cfg: Config) -> None:
+        for u in cfg.users:
+            if u.psa_resource not in psa.resources:
+                psa.add_resource(u.psa_resource, u.mailbox)
+
+    async def open(self, cfg: Config) -> Adapters:
+        psa = MemoryPsa()
+        self.seed(psa, cfg)
+        return Adapters(MemoryExchange(), psa, self.env.state)
+
+    async def reopen(self, current: Adapters, old: Config, new: Config) -> Adapters:
+        assert isinstance(current.psa, MemoryPsa)
+        self.seed(current.psa, new)
+        return current
+
+    def runner(self, cfg: Config, adapters: Adapters) -> CycleRunner:
+        return self.env.runner
+
+    def notifier(self, cfg: Config) -> NotifierLike:
+        return self.env.notifier
 
 
 class Env:
@@ -101,16 +134,9 @@ class Env:
         cfg.update(overrides)
         self.path.write_text(yaml.safe_dump(cfg))
 
-    async def adapters(self, cfg: Config) -> Adapters:
-        psa = MemoryPsa()
-        for u in cfg.users:
-            psa.add_resource(u.psa_resource, u.mailbox)
-        return Adapters(MemoryExchange(), psa, self.state, memory=True)
-
-    def daemon(self) -> Daemon:
-        return Daemon(load_config(self.path), str(self.path), adapters_factory=self.adapters,
-                      runner_factory=lambda cfg, adapters: self.runner,
-                      notifier_factory=lambda cfg: self.notifier, config_loader=self.load)
+    def daemon(self, openers: Openers | None = None) -> Daemon:
+        return Daemon(load_config(self.path), str(self.path), openers=openers or EnvOpeners(self),
+                      config_loader=self.load)
 
     async def load(self, path: str) -> Config:
         # in the trio thread: a worker thread would let the autojump clock run away meanwhile
@@ -338,7 +364,6 @@ async def test_an_unexpected_failure_opening_the_state_never_shows_its_password(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store masks its own errors; anything else it raises is wrapped here, masked too."""
     import exchanged.state
-    from exchanged.daemon import open_state
 
     url = "postgresql://sync:hunter2@db.example.test/exchanged"
 
@@ -348,5 +373,52 @@ async def test_an_unexpected_failure_opening_the_state_never_shows_its_password(
     monkeypatch.setattr(exchanged.state, "open_state_store", boom)
     env.write(state={"url": url})
     with pytest.raises(errors.StateError) as caught:
-        await open_state(load_config(env.path))
+        await Openers().state(load_config(env.path))
     assert "hunter2" not in str(caught.value) and "db.example.test" in str(caught.value)
+
+
+class PartOpeners(Openers):
+    """Only the part openers injected (start and reload go through the base class): each adapter
+    opened is a fresh fake, recorded, so the test sees which ones a reload replaced and closed."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.opened: list[tuple[str, object]] = []
+
+    def runner(self, cfg: Config, adapters: Adapters) -> CycleRunner:
+        return self.env.runner
+
+    def notifier(self, cfg: Config) -> NotifierLike:
+        return self.env.notifier
+
+    async def exchange(self, cfg: Config) -> Any:
+        account = MemoryExchange()
+        self.opened.append(("exchange", account))
+        return account
+
+    async def psa(self, cfg: Config) -> Any:
+        psa = MemoryPsa()
+        EnvOpeners.seed(psa, cfg)
+        self.opened.append(("psa", psa))
+        return psa
+
+    async def state(self, cfg: Config) -> Any:
+        self.opened.append(("state", self.env.state))
+        return self.env.state
+
+
+async def test_reload_opens_through_the_same_injected_openers(
+    env: Env, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A reload that changes the server opens the new account through the openers the daemon was
+    given (before: a module-level opener, so a crash-counting wrapper was lost at the first reload)."""
+    openers = PartOpeners(env)
+    async with started(env.daemon(openers)) as d:
+        assert [what for what, _ in openers.opened] == ["state", "psa", "exchange"]
+        first = d.adapters.account if d.adapters else None
+        await wait_for(lambda: d.scheduler.running == 0)
+        env.write(server={"address": "mail2.example.test"})
+        assert (await d.reload(wait=True))["result"] == "applied"
+        assert [what for what, _ in openers.opened] == ["state", "psa", "exchange", "exchange"]
+        assert d.adapters is not None and d.adapters.account is openers.opened[-1][1]
+        assert isinstance(first, MemoryExchange) and first.closed and not d.adapters.account.closed

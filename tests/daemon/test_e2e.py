@@ -1,6 +1,6 @@
 """The real `exchanged run` process, driven through its socket, signals and exchangectl.
 
-In-memory adapters (``EXCHANGED_TEST_ADAPTERS=memory``) stand in for Exchange, the PSA and the
+In-memory adapters (``python -m tests.daemon_entry --memory``) stand in for Exchange, the PSA and the
 state store; the notify socket, the control socket, the SMTP server and the process are real.
 """
 

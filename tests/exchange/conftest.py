@@ -17,7 +17,7 @@ from exchanged.exchange import EwsAccount, ExchangeSettings, open_account
 from exchanged.model import Appointment, FolderKind
 from exchanged.testing.ews import EwsTestServer
 from exchanged.testing.ews.fixtures import SERVICE_ACCOUNT, start_server
-from exchanged.testing.memory import MemoryExchange
+from tests.memory import MemoryExchange
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"

@@ -15,7 +15,7 @@ from exchanged.model import Appointment, Contact, FolderKind, Kind, ShowAs, Task
 from exchanged.ports import NewItem
 from exchanged.sync import SyncRunner
 from exchanged.testing.ews import EwsTestServer
-from exchanged.testing.memory import MemoryPsa, MemoryState
+from tests.memory import MemoryPsa, MemoryState
 
 from .conftest import ALICE
 

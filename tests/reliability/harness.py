@@ -8,7 +8,7 @@ set (:func:`pg_data`) keeps its PSA and state in two schemas of a PostgreSQL ser
 in its ``pg.json``; :func:`copy_data` clones those schemas (tables, rows, identity counters), and
 every helper here reads the data set's URLs from :func:`psa_url` / :func:`state_url`. A *session* is
 one daemon lifetime: start, the scheduled first cycle of each user, optionally a manual (full)
-cycle, SIGTERM. Every session counts its side effects (``exchanged.testing.crash``) into its own
+cycle, SIGTERM. Every session counts its side effects (``tests.crash``) into its own
 step log, which is how the tests know when a cycle ended and what step k was.
 
 Waiting polls with a generous deadline that only guards against hangs; nothing asserts a duration.
@@ -33,9 +33,9 @@ from typing import Any
 import trio
 
 from exchanged.model import FolderKind
-from exchanged.testing.crash import CRASH_AFTER_ENV, CRASH_LOG_ENV, read_log
 from exchanged.testing.ews import EwsTestServer
 from exchanged.testing.smtp import SmtpSink
+from tests.crash import read_log
 from tests.daemon.harness import HANG_GUARD_S, DaemonEnv, NotifySocket, rpc, secret_file, wait_until
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -192,7 +192,7 @@ def ews_writes(server: EwsTestServer) -> int:
 
 @dataclass
 class StackEnv(DaemonEnv):
-    """``DaemonEnv`` over the real adapters, with the step counter of ``exchanged.testing.crash``."""
+    """``DaemonEnv`` over the real adapters, with the step counter of ``tests.crash``."""
 
     crash_after: int = 0
     step_log: Path = field(default_factory=lambda: Path("/nonexistent"))
@@ -201,10 +201,12 @@ class StackEnv(DaemonEnv):
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        env[CRASH_AFTER_ENV] = str(self.crash_after)
-        env[CRASH_LOG_ENV] = str(self.step_log)
         env.update(self.env_extra)
         return env
+
+    def entry_args(self) -> list[str]:
+        return [*super().entry_args(), "--crash-after", str(self.crash_after),
+                "--crash-log", str(self.step_log)]
 
     def steps(self) -> list[tuple[int, str, str]]:
         return read_log(self.step_log)

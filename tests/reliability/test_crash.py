@@ -1,7 +1,7 @@
 """Crash at every step (mbsync's method): the real daemon process over the EWS test server, the sql
 PSA and the state store in SQLite, and again both in PostgreSQL (marker ``postgres``). Every side
 effect of a cycle is numbered (each EWS write, each PSA transaction, each state commit;
-``exchanged.testing.crash``); for each k the daemon is
+``tests.crash``); for each k the daemon is
 killed (``os._exit(137)``, no cleanup) right after step k, restarted, and left to finish. The result
 must equal the uninterrupted run's on both sides, hold no item twice, and one more cycle must
 write nothing to Exchange or the PSA.
@@ -26,12 +26,16 @@ import pytest
 
 from exchanged.model import FolderKind
 from exchanged.psa.sample import seed_sample
-from exchanged.testing.crash import CRASH_EXIT
 from exchanged.testing.smtp import SmtpSink
+from tests.crash import CRASH_EXIT
+from tests.daemon.harness import rpc, secret_file, wait_until
 from tests.reliability.harness import (
     ALICE,
     BOB,
     LONG,
+    PASSWORD,
+    SESSION_GUARD_S,
+    SVC,
     copy_data,
     drop_pg_schemas,
     duplicates,
@@ -346,3 +350,31 @@ def test_sigterm_or_reload_mid_cycle(n: int, scenarios: Scenarios, smtp: SmtpSin
     assert duplicates(got) == [] and psa_duplicates(data) == [], (seed, how)
     assert got == sc.want, (seed, how, sorted(sc.want - got), sorted(got - sc.want))
     assert psa_snapshot(data) == psa_snapshot(sc.reference), (seed, how)
+
+
+def test_a_reload_keeps_counting_every_write(scenarios: Scenarios, smtp: SmtpSink, tmp_path: Path) -> None:
+    """A reload that opens a new Exchange account (another password file) opens it through the same
+    openers as the start, so the step counter still sees every write after it: the crash points of
+    a cycle after a reload are as complete as before one. (The daemon used to reopen through its
+    own module functions, and the counter lost the account at the first reload.)"""
+    sc = scenarios["export"]
+    data = copy_data(sc.data, tmp_path / "d")
+    with running(data) as server:
+        env = make_env(data, server, smtp, "reloaded", users=BOB_THEN_ALICE)
+        env.start()
+        try:
+            wait_until(lambda: env.died() or env.outcomes() >= 1, "bob's first cycle", SESSION_GUARD_S)
+            password = secret_file(env.base / "ews-password-2", PASSWORD)
+            env.extra["credentials"] = {"username": SVC, "password_file": password}
+            env.write_config()
+            reloaded = rpc(env.socket_path, "reload", {"wait": True}, timeout=SESSION_GUARD_S)
+            assert reloaded["result"] == "applied", reloaded
+            mark, before = len(env.steps()), ews_writes(server)
+            out = rpc(env.socket_path, "sync", {"mailboxes": [ALICE], "wait": True}, timeout=SESSION_GUARD_S)
+            assert out["ok"], out
+            counted = [what for k, what, _ in env.steps() if k > mark and what.startswith("exchange.")]
+            assert counted and len(counted) == ews_writes(server) - before, (counted, server.stats())
+            assert env.stop() == 0
+        finally:
+            env.kill()
+            env.notify.close()

@@ -18,7 +18,7 @@ from exchanged.psa.sample import seed_sample
 from exchanged.psa.sql import SqlPsa, open_sql_connector
 from exchanged.state import open_state_store
 from exchanged.sync import SyncRunner
-from exchanged.testing.memory import MemoryExchange
+from tests.memory import MemoryExchange
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 DAY = NOW.replace(hour=0)

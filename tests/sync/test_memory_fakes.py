@@ -9,7 +9,7 @@ import pytest
 from exchanged import errors
 from exchanged.model import Appointment, FolderKind, Kind, Task, Window
 from exchanged.ports import ItemUpdate, NewItem, StateBatch
-from exchanged.testing.memory import MemoryExchange, MemoryPsa, MemoryState
+from tests.memory import MemoryExchange, MemoryPsa, MemoryState
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ from exchanged.model import (
     PsaRecord,
 )
 from exchanged.sync import SyncRunner
-from exchanged.testing.memory import MemoryExchange, MemoryMailbox, MemoryPsa, MemoryState
+from tests.memory import MemoryExchange, MemoryMailbox, MemoryPsa, MemoryState
 
 NOW = datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
 MAILBOX = "alice@example.test"

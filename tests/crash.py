@@ -1,13 +1,14 @@
 """Crash-at-every-step harness (tests only): number every side effect of the daemon's adapters and
 kill the process right after step k.
 
-The daemon wraps its adapters with :func:`wrap` only when ``EXCHANGED_TEST_CRASH_AFTER`` is set
-(never in production: an operator has no reason to set it, and nothing else reads it):
+The test entry point (``python -m tests.daemon_entry --crash-after K --crash-log PATH``) opens the
+daemon's adapters through openers that wrap each one (:func:`count_account`, :func:`count_psa`,
+:func:`count_state`), at start and at every reload; the production daemon knows nothing of it:
 
-* ``EXCHANGED_TEST_CRASH_AFTER=k`` (k >= 1): after the k-th side effect has *completed*, the process
+* ``--crash-after k`` (k >= 1): after the k-th side effect has *completed*, the process
   ends with ``os._exit(137)`` at once: no cleanup, no flush, no reply processed, exactly like
   SIGKILL right after the write reached the server or the database. ``0``: count only.
-* ``EXCHANGED_TEST_CRASH_LOG=path``: one line per step, ``k<TAB>what<TAB>detail``, written and
+* ``--crash-log path``: one line per step, ``k<TAB>what<TAB>detail``, written and
   fsynced before the crash, so the test knows what step k was.
 
 A side effect is each Exchange write call (create, update, delete: one EWS request each, which the
@@ -21,8 +22,6 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-CRASH_AFTER_ENV = "EXCHANGED_TEST_CRASH_AFTER"
-CRASH_LOG_ENV = "EXCHANGED_TEST_CRASH_LOG"
 CRASH_EXIT = 137  # what a shell reports for SIGKILL
 
 MAILBOX_WRITES = ("create", "update", "delete")
@@ -88,18 +87,19 @@ def _detail(args: tuple[Any, ...]) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def counter_from_env() -> StepCounter | None:
-    raw = os.environ.get(CRASH_AFTER_ENV)
-    if raw is None or raw == "":
-        return None
-    return StepCounter(int(raw), os.environ.get(CRASH_LOG_ENV) or None)
+def count_account(account: Any, counter: StepCounter) -> Any:
+    """``account`` with each Exchange write (create, update, delete) counted."""
+    return _CountedAccount(account, counter, "exchange", ())
 
 
-def wrap(account: Any, psa: Any, state: Any, counter: StepCounter) -> tuple[Any, Any, Any]:
-    """The three adapters with every side effect counted (see the module docstring)."""
-    return (_CountedAccount(account, counter, "exchange", ()),
-            _Counted(psa, counter, "psa", PSA_WRITES),
-            _Counted(state, counter, "state", STATE_WRITES))
+def count_psa(psa: Any, counter: StepCounter) -> Any:
+    """``psa`` with each ``apply`` (one transaction) counted."""
+    return _Counted(psa, counter, "psa", PSA_WRITES)
+
+
+def count_state(state: Any, counter: StepCounter) -> Any:
+    """``state`` with each state-store write counted."""
+    return _Counted(state, counter, "state", STATE_WRITES)
 
 
 def read_log(path: str | os.PathLike[str]) -> list[tuple[int, str, str]]:
@@ -115,5 +115,4 @@ def read_log(path: str | os.PathLike[str]) -> list[tuple[int, str, str]]:
     return out
 
 
-__all__ = ["CRASH_AFTER_ENV", "CRASH_EXIT", "CRASH_LOG_ENV", "StepCounter", "counter_from_env", "read_log",
-           "wrap"]
+__all__ = ["CRASH_EXIT", "StepCounter", "count_account", "count_psa", "count_state", "read_log"]

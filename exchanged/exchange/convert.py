@@ -42,6 +42,7 @@ from exchangelib.fields import FieldPath
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
 from exchangelib.properties import Body, HTMLBody
 
+from exchanged.exchange import xsdatetime
 from exchanged.model import (
     Appointment,
     Contact,
@@ -103,6 +104,7 @@ def register_psa_key_property() -> None:
 
 
 register_psa_key_property()
+xsdatetime.install()  # grommunio's fractional seconds (see xsdatetime)
 
 
 class Unmappable(Exception):

@@ -19,10 +19,12 @@ SVC, PASSWORD = "svc-exsync@example.test", "SECRET"  # the EWS server's service 
 
 @contextmanager
 def ews_daemon(base: Path, now: datetime, mailboxes: list[str], users: list[dict[str, Any]],
-               sync: dict[str, Any] | None = None) -> Iterator[tuple[DaemonEnv, Any]]:
+               sync: dict[str, Any] | None = None, ews_options: dict[str, Any] | None = None,
+               ) -> Iterator[tuple[DaemonEnv, Any]]:
     """Yields ``(env, ews)`` with the config written and the PSA seeded; the caller starts the
     daemon (``env.start_ready()``) once the Exchange side holds what it needs. Cleans up after.
-    ``sync``: the config's ``sync`` section (None: none, the defaults)."""
+    ``sync``: the config's ``sync`` section (None: none, the defaults); ``ews_options``: more
+    keyword arguments of ``EwsTestServer`` (``datetime_style``, ``mailbox_timezones``)."""
     from exchanged.psa.sample import seed_sample
     from exchanged.testing.ews import EwsTestServer
     from exchanged.testing.ews.fixtures import trust_ca
@@ -30,7 +32,8 @@ def ews_daemon(base: Path, now: datetime, mailboxes: list[str], users: list[dict
     notify = NotifySocket(base / "notify.sock")
     try:
         with SmtpSink() as smtp, EwsTestServer(state_dir=str(base / "ews"), mailboxes=mailboxes,
-                                               service_accounts={SVC: PASSWORD}) as ews:
+                                               service_accounts={SVC: PASSWORD},
+                                               **(ews_options or {})) as ews:
             trust_ca(ews.ca_file)
             env = DaemonEnv(base=base, smtp=smtp, notify=notify, memory=False, users=users)
             seed_sample(f"sqlite:///{base / 'psa.db'}", now)

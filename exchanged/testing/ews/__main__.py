@@ -11,6 +11,7 @@ import sys
 import threading
 
 from .server import DEFAULT_PASSWORD, EwsTestServer
+from .soap import DATETIME_STYLES
 
 
 def _service_account(value: str) -> tuple[str, str]:
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--password", default=DEFAULT_PASSWORD, help="password of every mailbox (default SECRET)"
     )
+    parser.add_argument(
+        "--datetime-style", choices=DATETIME_STYLES, default="exchange",
+        help="how date-times are written: exchange (whole seconds, Z) or grommunio (nine fractional digits)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -47,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         server = EwsTestServer(
-            args.state_dir, args.mailbox, dict(args.service_account), port=args.port, password=args.password
+            args.state_dir, args.mailbox, dict(args.service_account), port=args.port, password=args.password,
+            datetime_style=args.datetime_style,
         )
         server.start()
     except (OSError, sqlite3.Error, ValueError) as exc:

@@ -27,7 +27,7 @@ from ..faults import FaultSwitches
 from ..tls import server_tls
 from . import ntlm
 from .ops import Dispatcher
-from .soap import SoapFault, fault_envelope, server_busy_message
+from .soap import DATETIME_STYLES, SoapFault, fault_envelope, grommunio_datetimes, server_busy_message
 from .store import Store
 
 log = logging.getLogger("exchanged.testing.ews")
@@ -268,6 +268,8 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if app.datetime_style == "grommunio":
+            payload = grommunio_datetimes(payload)
         self._send(status, payload, "text/xml; charset=utf-8")
 
 
@@ -293,7 +295,12 @@ class EwsTestServer:
         host: str = "127.0.0.1",
         streaming_wait: float = 2.0,
         idle_timeout: float = 120.0,
+        datetime_style: str = "exchange",
     ) -> None:
+        if datetime_style not in DATETIME_STYLES:
+            raise ValueError(f"datetime_style must be one of {DATETIME_STYLES}, got {datetime_style!r}")
+        # "grommunio": date-times with nine fractional digits, as grommunio's EWS writes them
+        self.datetime_style = datetime_style
         self.streaming_wait = streaming_wait  # longest a GetStreamingEvents waits for an event
         self.idle_timeout = idle_timeout  # seconds before an idle keep-alive connection is closed
         self.state_dir = Path(state_dir)

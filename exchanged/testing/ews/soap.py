@@ -2,12 +2,16 @@
 
 Exchange answers with `s:` (SOAP 1.1 envelope), `m:` (messages) and `t:` (types) prefixes, a
 `h:ServerVersionInfo` header, and date-times without fractional seconds. Clients such as exchangelib
-drop values they cannot parse, so every helper here writes exactly that form.
+drop values they cannot parse, so every helper here writes exactly that form. grommunio's style
+(nine fractional digits) is ``grommunio_datetimes``, applied to whole responses when the server is
+started with ``datetime_style="grommunio"`` (``--datetime-style grommunio``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+import zlib
 from typing import Any
 
 from lxml import etree
@@ -71,6 +75,25 @@ def fmt_dt(value: dt.datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC)
     return value.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+
+
+DATETIME_STYLES = ("exchange", "grommunio")
+_XS_DATETIME = re.compile(rb"<t:(\w+)>(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z</t:\1>")
+_SERVER_STAMPS = {b"LastModifiedTime", b"DateTimeCreated", b"DateTimeReceived", b"DateTimeSent",
+                  b"CompleteDate"}
+
+
+def grommunio_datetimes(payload: bytes) -> bytes:
+    """A response as grommunio writes it: every date-time with nine fractional digits, those the
+    server stamps itself (modified, created, completed) with a non-zero fraction (stable per value,
+    so that one value always reads the same), those a client wrote with ``.000000000``."""
+
+    def fraction(match: re.Match[bytes]) -> bytes:
+        tag, value = match.group(1), match.group(2)
+        digits = (b"%07d00" % (zlib.crc32(value) % 10_000_000)) if tag in _SERVER_STAMPS else b"0" * 9
+        return b"<t:%s>%s.%sZ</t:%s>" % (tag, value, digits, tag)
+
+    return _XS_DATETIME.sub(fraction, payload)
 
 
 def parse_dt(text: str | None) -> dt.datetime | None:

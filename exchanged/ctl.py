@@ -480,9 +480,19 @@ def render_status(result: Any, out: TextIO, clock: Clock) -> None:
         pairs.extend(("", f"  {_text(e)}") for e in _list(reload.get("errors")))
     reachable = exchange.get("reachable")
     reach = "reachable" if reachable is True else "NOT reachable" if reachable is False else "not checked yet"
+    login = exchange.get("login")
+    if reachable is True and login == "refused":
+        reach += ", but the login of the sync account is REFUSED"
+    elif reachable is True and login == "ok":
+        reach += ", login ok"
     server = _text(exchange.get("server"))
     version = f" ({exchange['version']})" if exchange.get("version") else ""
     pairs.append(("exchange", f"{server}{version}, {reach}"))
+    if exchange.get("back_off_until"):
+        whose = ("the server's back-off" if exchange.get("back_off_by_server")
+                 else "a back-off after throttling")
+        until = clock.show(exchange.get("back_off_until")).rsplit(" ", 1)[-1]
+        pairs.append(("waiting", f"waiting for {whose} until {until}"))
     if exchange.get("last_error"):
         pairs.append(("last error", _text(exchange.get("last_error"))))
     for warning in _list(config.get("warnings")):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import math
 import os
 import signal
@@ -38,7 +39,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -47,6 +48,7 @@ import trio
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
 from exchanged.errors import ControlError, ExchangedError, present
 from exchanged.model import Counts, CycleOutcome
+from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
 
@@ -233,9 +235,16 @@ class Daemon:
         self.runner: CycleRunner | None = None
         self.notifier: NotifierLike = self.openers.notifier(cfg)
         self.records: dict[str, _UserStatus] = {}
+        # reachable: the server answered (True/False/None = not known yet); login: the sync
+        # account's login "ok" / "refused" / "not checked" (a server that cannot be reached cannot
+        # tell); back_off_until: the server asked the daemon to wait until then (throttling)
         self.exchange: dict[str, Any] = {"server": cfg.server.address, "version": cfg.server.version,
-                                         "reachable": None, "last_error": None, "checked_at": None,
-                                         "warnings": []}
+                                         "reachable": None, "login": "not checked",
+                                         "last_error": None, "checked_at": None, "warnings": [],
+                                         "back_off_until": None}
+        # users whose confirmation mail waits for their first successful cycle -> whether it is
+        # owed even when the state store already knows them (re-enabled by a reload)
+        self._unconfirmed: dict[str, bool] = {}
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
                                    max_concurrent=cfg.sync.max_concurrent_users)
         self._stop = trio.Event()
@@ -357,10 +366,11 @@ class Daemon:
 
     async def _confirm_new_users(self, cfg: Config, *, on_start: bool,
                                  newly_enabled: Iterable[str] = ()) -> None:
-        """Confirmation mails: on start for users never seen before, on reload for newly enabled ones."""
+        """Confirmation mails: on start for users never seen before, on reload for newly enabled
+        ones; each is sent after that user's first successful cycle (``_confirm_after_success``),
+        never to a mailbox the sync cannot reach yet."""
         assert self.adapters is not None
         state = self.adapters.state
-        targets: list[str]
         if on_start:
             try:
                 stored = await state.user_records()
@@ -372,23 +382,27 @@ class Daemon:
                     last_attempt=record.last_attempt, last_success=record.last_success,
                     last_result=record.last_result, last_error=record.last_error,
                     counts={**Counts().as_dict(), **record.counts}))
-            targets = [u.mailbox for u in cfg.enabled_users()
-                       if not (stored.get(u.mailbox) and stored[u.mailbox].known)]
+            for u in cfg.enabled_users():
+                if not (stored.get(u.mailbox) and stored[u.mailbox].known):
+                    self._unconfirmed.setdefault(u.mailbox, False)
         else:
-            targets = list(newly_enabled)
-        for mailbox in targets:
-            user = cfg.user(mailbox)
-            if user is None:
-                continue
-            try:  # marked first: of several nodes starting together only one sends the mail
-                # (a user enabled again by a reload is confirmed again, known or not)
-                if not await state.mark_known(mailbox) and on_start:
-                    continue
-            except Exception as exc:
-                log.warning("cannot mark user as known; the confirmation mail is sent anyway",
-                            mailbox=mailbox, error=present(exc).line())
-            self.notifier.confirm_user(mailbox, sync_summary(cfg, user))
-            log.info("confirmation mail queued", mailbox=mailbox)
+            for mailbox in newly_enabled:
+                self._unconfirmed[mailbox] = True  # enabled again: confirmed again, known or not
+
+    async def _confirm_after_success(self, mailbox: str) -> None:
+        """The first successful cycle of a user waiting for its confirmation mail."""
+        again = self._unconfirmed.pop(mailbox, None)
+        user = self.cfg.user(mailbox)
+        if again is None or user is None or self.adapters is None:
+            return
+        try:  # marked first: of several nodes starting together only one sends the mail
+            if not await self.adapters.state.mark_known(mailbox) and not again:
+                return
+        except Exception as exc:
+            log.warning("cannot mark user as known; the confirmation mail is sent anyway",
+                        mailbox=mailbox, error=present(exc).line())
+        self.notifier.confirm_user(mailbox, sync_summary(self.cfg, user))
+        log.info("confirmation mail queued", mailbox=mailbox)
 
     async def _check_credentials(self, cfg: Config) -> None:
         """Try the sync credentials against Exchange; failures are warnings, never a refusal."""
@@ -402,8 +416,8 @@ class Daemon:
                 results = await self.adapters.account.check(mailboxes)
             except Exception as exc:
                 p = present(exc)
-                self.exchange.update(reachable=False, last_error=p.line(), checked_at=_iso(_now()),
-                                     warnings=[p.line()])
+                self._note_exchange(p.reason, p.line())
+                self.exchange.update(checked_at=_iso(_now()), warnings=[p.line()])
                 log.warning("credential check failed", error=p.line())
                 self._status_poke()
                 return
@@ -413,8 +427,19 @@ class Daemon:
             log.warning("credential check timed out", timeout_s=CHECK_TIMEOUT_S)
             return
         warnings = [f"{r.subject}: {r.message}" for r in results if not r.ok or r.warning]
+        by = {r.subject: r for r in results}
         login_ok = all(r.ok for r in results if r.subject in ("login", "ews"))
-        self.exchange.update(reachable=login_ok, checked_at=_iso(_now()), warnings=warnings,
+        reachable: bool | None
+        if "login" in by:  # the sync account (credentials.use_for_all_users)
+            # a failed login without a failed "ews" line: the server answered and refused it
+            reachable = by["ews"].ok if "ews" in by else True
+            login = "ok" if by["login"].ok else "refused" if reachable else "not checked"
+        else:  # per-user credentials: the server answered if any mailbox did
+            mailbox_rows = [r for r in results if r.subject in mailboxes]
+            reachable = any(r.ok for r in mailbox_rows) if mailbox_rows else None
+            login = "not checked"
+        self.exchange.update(reachable=reachable, login=login, checked_at=_iso(_now()),
+                             warnings=warnings,
                              last_error=None if login_ok else warnings[0] if warnings else None)
         for warning in warnings:
             log.warning("credential check", result=warning)
@@ -435,8 +460,7 @@ class Daemon:
             log.warning("cycle not run: cannot take the lease", mailbox=mailbox, error=p.line())
             outcome = CycleOutcome(result="error", reason=p.reason,
                                    error=f"{mailbox}: cannot take this user's lease: {p.line()}")
-            self._record(mailbox, self.records.setdefault(mailbox, _UserStatus()), outcome,
-                         f"user:{mailbox}:{p.reason}", p)
+            self._record(mailbox, self.records.setdefault(mailbox, _UserStatus()), outcome, p)
             return outcome
         if not granted:
             log.info("cycle skipped: another node holds this user's lease", mailbox=mailbox,
@@ -489,7 +513,6 @@ class Daemon:
         status.last_attempt = started
         bound.info("cycle started", full=request.full, allow_deletes=request.allow_deletes)
         self._status_poke()
-        error_key: str | None = None
         presented: errors.Presented | None = None
         runner = self.runner
         assert runner is not None
@@ -503,7 +526,6 @@ class Daemon:
             recorded = runner.records_outcomes
             if outcome.result == "error":
                 reason = outcome.reason or "cycle_failed"
-                error_key = f"user:{mailbox}:{reason}"
                 text = outcome.error or "the cycle failed"
                 presented = errors.Presented(
                     reason, text if mailbox in text else f"{mailbox}: {text}",
@@ -513,13 +535,17 @@ class Daemon:
             if not isinstance(exc, ExchangedError):
                 bound.error("cycle crashed", exc_info=exc)
             outcome = CycleOutcome(result="error", error=presented.line(), reason=presented.reason)
-            error_key = f"user:{mailbox}:{presented.reason}"
-            self._note_exchange(exc)
-        self._record(mailbox, status, outcome, error_key, presented)
+        self._record(mailbox, status, outcome, presented)
         if outcome.result == "error":
             bound.warning("cycle failed", error=outcome.error)
+            if presented is not None:
+                self._note_exchange(presented.reason, presented.line())
         else:
             self.exchange.update(reachable=True, last_error=None)
+            if self.cfg.credentials.use_for_all_users and mailbox != PUBLIC_FOLDER:
+                self.exchange.update(login="ok")
+            if mailbox in self._unconfirmed and outcome.result != "skipped":
+                await self._confirm_after_success(mailbox)
             bound.info("cycle done", result=outcome.result, counts=outcome.counts.as_dict(),
                        item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
         if not recorded:
@@ -527,24 +553,35 @@ class Daemon:
         self._status_poke()
         return outcome
 
-    def _note_exchange(self, exc: BaseException) -> None:
-        if isinstance(exc, errors.ExchangeUnavailable | errors.TlsError | errors.AuthFailed):
-            self.exchange.update(reachable=False, last_error=present(exc).line())
+    def _note_exchange(self, reason: str, line: str) -> None:
+        """What a failure says of the server: unreachable, or reachable with the login refused."""
+        if reason in ("exchange_unreachable", "tls_untrusted"):
+            self.exchange.update(reachable=False, login="not checked", last_error=line)
+        elif reason == "auth_failed":
+            self.exchange.update(reachable=True, last_error=line)
+            if self.cfg.credentials.use_for_all_users:
+                self.exchange.update(login="refused")
 
     def _record(self, mailbox: str, status: _UserStatus, outcome: CycleOutcome,
-                error_key: str | None, presented: errors.Presented | None) -> None:
+                presented: errors.Presented | None) -> None:
         status.last_result = outcome.result
         status.last_error = outcome.error
         status.counts = outcome.counts.as_dict()
         if outcome.result != "error":
             status.last_success = _now()
+        error_key, shared = None, False
+        if outcome.result == "error" and presented is not None:
+            # a cause shared by many mailboxes (Exchange, TLS, the sync account's login, the PSA,
+            # the state database) is one mail naming them all; the rest is one mail per mailbox
+            error_key, shared = cause_key(presented.reason, mailbox,
+                                          sync_account_login=self.cfg.credentials.use_for_all_users)
         # mails: one per distinct error (the notifier de-duplicates); resolved when it clears
         for key in sorted(status.error_keys - ({error_key} if error_key else set())):
-            self.notifier.resolved(key)
+            self.notifier.resolved(key, mailbox)
         status.error_keys = {error_key} if error_key else set()
         if error_key and presented is not None and not self._stopping:
             # a cycle the daemon's own stop interrupted is no error to mail: it runs after the start
-            self.notifier.error(error_key, presented, mailbox)
+            self.notifier.error(error_key, presented, mailbox, shared=shared)
 
     async def _persist_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None:
         assert self.adapters is not None
@@ -576,7 +613,9 @@ class Daemon:
     def _rejected(self, problems: list[str], presented: errors.Presented) -> dict[str, Any]:
         self.last_reload = {"at": _iso(_now()), "result": "rejected", "errors": problems}
         log.error("reload rejected: the old config keeps running", errors=problems)
-        self.notifier.error("config", errors.Presented(
+        # one key per distinct rejection: a second, different problem is mailed too
+        digest = hashlib.sha256("\n".join(problems).encode()).hexdigest()[:12]
+        self.notifier.error(f"config:{digest}", errors.Presented(
             presented.reason, f"reload of {self.config_path} rejected, the previous config keeps running:\n"
             + "\n".join(problems), presented.hint), None)
         sdnotify.status(f"reload rejected ({len(problems)} problem(s)); {self.status_line()}")
@@ -632,7 +671,7 @@ class Daemon:
             self.generation += 1
             self.loaded_at = _now()
             self.notifier.reconfigure(new)
-            self.notifier.resolved("config")
+            self.notifier.resolved_prefix("config")
             self._apply_users(new)
             self.exchange.update(server=new.server.address, version=new.server.version)
             if diff.resync_all:
@@ -672,7 +711,8 @@ class Daemon:
         if self.scheduler.paused:
             return "paused"
         snap = self.scheduler.snapshot()
-        if self.exchange.get("reachable") is False or any(r.state == "error" for r in snap.values()):
+        if (self.exchange.get("reachable") is False or self.exchange.get("login") == "refused"
+                or any(r.state == "error" for r in snap.values())):
             return "degraded"
         return "running"
 
@@ -752,7 +792,7 @@ class Daemon:
                 "last_reload": self.last_reload,
                 "warnings": list(self.cfg.warnings),
             },
-            "exchange": dict(self.exchange),
+            "exchange": self._exchange_row(),
             "psa": self._psa_row(),
             "running": self.scheduler.running,
             "paused": self.scheduler.paused,
@@ -761,6 +801,19 @@ class Daemon:
             "users": self._user_rows(held),
             "public_folder": self._public_folder_row(),
         }
+
+    def _exchange_row(self) -> dict[str, Any]:
+        row = dict(self.exchange)
+        back_off = getattr(self.adapters.account if self.adapters else None, "back_off_until", None)
+        closed = back_off() if callable(back_off) else None
+        if closed is not None:
+            until, by_server = closed
+            at = _now() + timedelta(seconds=max(0.0, until - trio.current_time()))
+            row["back_off_until"] = _iso(at)
+            row["back_off_by_server"] = bool(by_server)
+        else:
+            row["back_off_until"] = None
+        return row
 
     def _psa_row(self) -> dict[str, Any]:
         """The PSA connector and, where it has one (Autotask), its request budget."""

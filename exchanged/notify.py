@@ -7,6 +7,12 @@ names the *distinct* error (``"auth_failed:alice@contoso.com"``, ``"config"``). 
 
 * the first occurrence of a key is mailed at once; further occurrences are counted and mailed again
   only when ``repeat_after_minutes`` have passed since the last mail of that key ("still failing");
+* a *shared* cause (``shared=True``: Exchange unreachable, TLS, the sync account's login, the PSA,
+  the state database; see ``cause_key``) is one key for every mailbox it hits. Its first mail
+  waits ``group_window_s`` (15 s) so that the mailboxes failing together are named in one mail
+  (the first 20, then a count); mailboxes hit later join the key silently and are named in the
+  "still failing" and RESOLVED mails. ``resolved(key, mailbox)`` takes one mailbox off; the RESOLVED
+  mail goes when the last one has cleared;
 * ``resolved(key)`` closes the key; if it had been mailed, a RESOLVED mail says so;
 * ``confirm_user(mailbox, summary)`` mails a newly enabled user what is synced and how to change it.
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import math
 import smtplib
 import socket
 import ssl
@@ -219,6 +226,29 @@ def error_key(presented: Presented, mailbox: str | None) -> str:
     return f"{presented.reason}:{mailbox or '*'}"
 
 
+# causes that every mailbox reached through the same server, account or database shares
+SHARED_REASONS = frozenset({"exchange_unreachable", "tls_untrusted", "throttled", "psa_unreachable",
+                            "psa_auth_failed", "psa_budget", "state_error"})
+GROUP_WINDOW_S = 15.0  # a shared cause's first mail waits this long for the other mailboxes
+MAX_NAMED = 20  # mailboxes named in one mail; the rest are counted
+
+
+def cause_key(reason: str, mailbox: str, *, sync_account_login: bool) -> tuple[str, bool]:
+    """(mail key, shared) of a failed cycle of ``mailbox``: a cause shared by many mailboxes is one
+    key (``cause:REASON``); ``auth_failed`` is shared when every mailbox logs in with the sync
+    account (``credentials.use_for_all_users``), per mailbox otherwise."""
+    if reason in SHARED_REASONS or (reason == "auth_failed" and sync_account_login):
+        return f"cause:{reason}", True
+    return f"user:{mailbox}:{reason}", False
+
+
+def named(mailboxes: Sequence[str], limit: int = MAX_NAMED) -> str:
+    """``a, b, c`` -- the first ``limit``, then ``and N more``."""
+    shown = ", ".join(mailboxes[:limit])
+    more = len(mailboxes) - limit
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 @dataclass(slots=True)
 class _OpenError:
     key: str
@@ -229,6 +259,9 @@ class _OpenError:
     count: int = 1
     last_mailed: float | None = None  # trio time of the last mail queued for this key
     mailed: bool = False  # somebody was (or is being) told: a RESOLVED mail is owed
+    shared: bool = False  # one cause of many mailboxes (see cause_key)
+    mailboxes: dict[str, None] = field(default_factory=dict)  # shared: the mailboxes hit, in order
+    due: float | None = None  # shared: trio time at which its grouped first mail goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +311,7 @@ class Notifier:
         queue_size: int = 64,
         hostname: str | None = None,
         wall_clock: Callable[[], datetime] = _utcnow,
+        group_window_s: float = GROUP_WINDOW_S,
     ) -> None:
         self._settings = _Settings(mailer, tuple(recipients), profile_name, repeat_after_minutes)
         self._open: dict[str, _OpenError] = {}
@@ -287,6 +321,8 @@ class Notifier:
         self._idle.set()
         self._hostname = hostname or socket.gethostname()
         self._wall = wall_clock
+        self.group_window_s = group_window_s
+        self._wake = trio.Event()  # a shared cause's grouped mail got a due time
 
     # --- configuration ----------------------------------------------------------------------------
 
@@ -308,45 +344,83 @@ class Notifier:
 
     # --- the policy -------------------------------------------------------------------------------
 
-    def error(self, key: str, presented: Presented, mailbox: str | None = None) -> bool:
-        """One occurrence of the distinct error ``key``; True when a mail was queued for it."""
+    def error(self, key: str, presented: Presented, mailbox: str | None = None, *,
+              shared: bool = False) -> bool:
+        """One occurrence of the distinct error ``key``; True when a mail was queued (or, for a
+        shared cause, is on its way) for it."""
         now = trio.current_time()
         wall = self._wall()
         entry = self._open.get(key)
         if entry is None:
-            entry = self._open[key] = _OpenError(key, presented, mailbox, first_seen=wall, last_seen=wall)
+            entry = self._open[key] = _OpenError(key, presented, None if shared else mailbox,
+                                                 first_seen=wall, last_seen=wall, shared=shared)
         else:
             entry.count += 1
             entry.last_seen = wall
             entry.presented = presented  # the latest wording is the most useful
-            entry.mailbox = mailbox or entry.mailbox
+            if not entry.shared:
+                entry.mailbox = mailbox or entry.mailbox
+        if entry.shared and mailbox:
+            entry.mailboxes.setdefault(mailbox, None)
+        if entry.due is not None:
+            return True  # the grouped first mail has not gone yet: it will name this mailbox too
         repeat_s = self._settings.repeat_after_minutes * 60
         if entry.last_mailed is not None and now - entry.last_mailed < repeat_s:
             return False
         if not self._settings.recipients:
             log.debug("error not mailed: notifications.email is empty", key=key, mailbox=mailbox)
             return False
+        if entry.shared and not entry.mailed:
+            entry.due = now + self.group_window_s
+            self._wake.set()
+            return True
+        return self._mail_error(entry, now)
+
+    def _mail_error(self, entry: _OpenError, now: float) -> bool:
         subject, body = self._error_text(entry, repeat=entry.mailed)
-        if not self._queue(_Outgoing("error", self._settings.recipients, subject, body, key, entry.mailbox)):
+        if not self._queue(_Outgoing("error", self._settings.recipients, subject, body, entry.key,
+                                     entry.mailbox)):
             return False
         entry.last_mailed = now
         entry.mailed = True
         return True
 
-    def resolved(self, key: str) -> bool:
-        """The error ``key`` has cleared; True when a RESOLVED mail was queued."""
-        entry = self._open.pop(key, None)
-        if entry is None or not entry.mailed or not self._settings.recipients:
+    def _release_due(self, *, everything: bool = False) -> None:
+        """Queue the grouped first mails of shared causes whose window has passed."""
+        now = trio.current_time()
+        for entry in list(self._open.values()):
+            if entry.due is not None and (everything or entry.due <= now):
+                entry.due = None
+                if self._settings.recipients:
+                    self._mail_error(entry, now)
+
+    def resolved(self, key: str, mailbox: str | None = None) -> bool:
+        """The error ``key`` has cleared (for ``mailbox`` only, when it is a shared cause that other
+        mailboxes still have); True when a RESOLVED mail was queued."""
+        entry = self._open.get(key)
+        if entry is None:
             return False
+        if entry.shared and mailbox is not None:
+            entry.mailboxes.pop(mailbox, None)
+            if entry.mailboxes:
+                return False
+        del self._open[key]
+        if entry.due is not None or not entry.mailed or not self._settings.recipients:
+            return False  # nobody was told (a grouped mail not yet gone is simply dropped)
         subject, body = self._resolved_text(entry)
         return self._queue(
             _Outgoing("resolved", self._settings.recipients, subject, body, key, entry.mailbox)
         )
 
+    def resolved_prefix(self, prefix: str) -> int:
+        """Close every open key starting with ``prefix`` (``config``: any rejected reload)."""
+        return sum(self.resolved(k) for k in [k for k in self._open if k.startswith(prefix)])
+
     def resolved_mailbox(self, mailbox: str) -> int:
-        """Close every open error of ``mailbox`` (its cycle succeeded); the number of RESOLVED mails."""
-        keys = [k for k, e in self._open.items() if e.mailbox == mailbox]
-        return sum(self.resolved(k) for k in keys)
+        """Close every open error of ``mailbox`` (its cycle succeeded, or it left the config), and
+        take it off the shared causes; the number of RESOLVED mails."""
+        keys = [k for k, e in self._open.items() if e.mailbox == mailbox or mailbox in e.mailboxes]
+        return sum(self.resolved(k, mailbox) for k in keys)
 
     def confirm_user(self, mailbox: str, settings_summary: str) -> bool:
         """Tell a newly enabled user what is synced and how to change it (the vendor's confirmation)."""
@@ -377,14 +451,24 @@ class Notifier:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued mails one by one, for ever (until cancelled)."""
-        task_status.started()
-        async for item in self._inbox:
-            try:
-                await self._send_one(item)
-            finally:
-                self._counters.pending -= 1
-                if self._counters.pending == 0:
-                    self._idle.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_grouping)
+            task_status.started()
+            async for item in self._inbox:
+                try:
+                    await self._send_one(item)
+                finally:
+                    self._counters.pending -= 1
+                    if self._counters.pending == 0:
+                        self._idle.set()
+
+    async def _serve_grouping(self) -> None:
+        while True:
+            self._wake = trio.Event()
+            due = [e.due for e in self._open.values() if e.due is not None]
+            with trio.move_on_at(min(due) if due else math.inf):
+                await self._wake.wait()
+            self._release_due()
 
     serve_notifier = serve
 
@@ -419,7 +503,9 @@ class Notifier:
                 entry.mailed = False
 
     async def flush(self) -> None:
-        """Wait until every queued mail has been sent or given up (tests, shutdown)."""
+        """Send the grouped mails now, then wait until every queued mail has been sent or given
+        up (tests, shutdown)."""
+        self._release_due(everything=True)
         while self._counters.pending:
             await self._idle.wait()
 
@@ -431,12 +517,29 @@ class Notifier:
     @staticmethod
     def _what(entry: _OpenError) -> str:
         first = entry.presented.message.strip().splitlines()[0] if entry.presented.message.strip() else ""
-        if entry.mailbox and first.startswith(f"{entry.mailbox}: "):
-            first = first[len(entry.mailbox) + 2:]
+        for mailbox in [entry.mailbox, *entry.mailboxes]:
+            if mailbox and first.startswith(f"{mailbox}: "):
+                first = first[len(mailbox) + 2:]
+                break
         return first or entry.presented.reason
 
+    @staticmethod
+    def _who(entry: _OpenError) -> str:
+        if entry.shared:
+            n = len(entry.mailboxes)
+            return f" ({n} mailbox{'es' if n != 1 else ''})" if n else ""
+        return f" {entry.mailbox}" if entry.mailbox else ""
+
+    @staticmethod
+    def _mailbox_line(entry: _OpenError) -> str:
+        if entry.shared and entry.mailboxes:
+            boxes = list(entry.mailboxes)
+            return (f"{len(boxes)} mailbox{'es' if len(boxes) != 1 else ''}, one cause: "
+                    f"{named(boxes)}")
+        return entry.mailbox or "not one mailbox: the daemon as a whole"
+
     def _error_text(self, entry: _OpenError, *, repeat: bool) -> tuple[str, str]:
-        who = f" {entry.mailbox}" if entry.mailbox else ""
+        who = self._who(entry)
         still = " (still failing)" if repeat else ""
         subject = one_line(f"{self._prefix()} ERROR{who}: {self._what(entry)}{still}")
         journal = f'journalctl -u exchanged --since "{entry.first_seen.astimezone(UTC):%Y-%m-%d %H:%M:%S}"'
@@ -451,7 +554,7 @@ class Notifier:
             "What failed:",
             *(f"  {line}" for line in entry.presented.message.strip().splitlines()),
             "",
-            f"Mailbox:        {entry.mailbox or 'not one mailbox: the daemon as a whole'}",
+            f"Mailbox:        {self._mailbox_line(entry)}",
             f"Failing since:  {_stamp(entry.first_seen)}",
             f"Occurred:       {times} (last at {_stamp(entry.last_seen)})",
             f"Reason code:    {entry.presented.reason}",
@@ -470,7 +573,7 @@ class Notifier:
         return subject, body
 
     def _resolved_text(self, entry: _OpenError) -> tuple[str, str]:
-        who = f" {entry.mailbox}" if entry.mailbox else ""
+        who = self._who(entry)
         subject = one_line(f"{self._prefix()} RESOLVED{who}: {self._what(entry)}")
         now = self._wall()
         lasted = _duration((now - entry.first_seen).total_seconds())
@@ -482,7 +585,7 @@ class Notifier:
             "The error was:",
             *(f"  {line}" for line in entry.presented.message.strip().splitlines()),
             "",
-            f"Mailbox:        {entry.mailbox or 'not one mailbox: the daemon as a whole'}",
+            f"Mailbox:        {self._mailbox_line(entry)}",
             f"Failing from:   {_stamp(entry.first_seen)}",
             f"Cleared at:     {_stamp(now)} (after {lasted}; it occurred {times})",
             f"Reason code:    {entry.presented.reason}",
@@ -528,4 +631,5 @@ async def serve_notifier(
     await notifier.serve(task_status=task_status)
 
 
-__all__ = ["Notifier", "NotifierStatistics", "SmtpMailer", "error_key", "one_line", "serve_notifier"]
+__all__ = ["Notifier", "NotifierStatistics", "SmtpMailer", "cause_key", "error_key", "named", "one_line",
+           "serve_notifier"]

@@ -79,6 +79,16 @@ def test_status_shows_reload_errors_and_exchange_error() -> None:
     assert "NOT reachable" in text and "last error:" in text and "connection refused" in text
 
 
+def test_status_tells_a_refused_login_and_the_servers_back_off() -> None:
+    status = {**STATUS, "exchange": {"server": "mail", "reachable": True, "login": "refused",
+                                     "back_off_until": "2026-11-29T10:42:13+00:00",
+                                     "back_off_by_server": True}}
+    text = render("status", status)
+    assert "mail, reachable, but the login of the sync account is REFUSED" in text
+    assert "NOT reachable" not in text
+    assert "waiting for the server's back-off until 10:42:13" in text
+
+
 def test_local_time_is_the_default_and_said() -> None:
     assert "times in local time" in render("status", STATUS, utc=False)
     assert "times in UTC" in render("status", STATUS, utc=True)

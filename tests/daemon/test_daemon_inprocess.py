@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,15 @@ class RecordingRunner:
 class RecordingNotifier:
     events: list[tuple[str, str]] = field(default_factory=list)
 
-    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None) -> None:
+    def error(self, key: str, presented: errors.Presented, mailbox: str | None = None, *,
+              shared: bool = False) -> None:
         self.events.append(("error", key))
 
-    def resolved(self, key: str) -> None:
+    def resolved(self, key: str, mailbox: str | None = None) -> None:
         self.events.append(("resolved", key))
+
+    def resolved_prefix(self, prefix: str) -> None:
+        self.events.append(("resolved", f"{prefix}*"))
 
     def confirm_user(self, mailbox: str, summary: str) -> None:
         self.events.append(("confirm", mailbox))
@@ -179,6 +184,55 @@ async def test_start_confirms_unseen_users_once(
     assert (await env.state.user_records())[ALICE].known
 
 
+async def test_the_confirmation_waits_for_the_first_successful_cycle(
+        env: Env, autojump_clock: trio.testing.MockClock) -> None:
+    env.runner.fail[BOB] = errors.ImpersonationDenied("may not impersonate", mailbox=BOB)
+    async with started(env.daemon()) as d:
+        await wait_for(lambda: env.runner.of(ALICE) and env.runner.of(BOB))
+        await wait_for(lambda: d.scheduler.running == 0)
+        assert ("confirm", ALICE) in env.notifier.events
+        assert ("confirm", BOB) not in env.notifier.events  # his mailbox cannot be synced yet
+        assert not (await env.state.user_records()).get(BOB) or \
+            not (await env.state.user_records())[BOB].known
+        del env.runner.fail[BOB]
+        await d.sync([BOB], full=False, wait=True, allow_deletes=False)
+        assert ("confirm", BOB) in env.notifier.events
+        await d.sync([BOB], full=False, wait=True, allow_deletes=False)
+    assert env.notifier.events.count(("confirm", BOB)) == 1
+
+
+async def test_a_shared_cause_is_one_key_and_status_tells_login_from_reachable(
+        env: Env, autojump_clock: trio.testing.MockClock) -> None:
+    refused = errors.AuthFailed("the login of svc@example.test (basic) was refused")
+    async with started(env.daemon()) as d:
+        env.runner.fail[ALICE] = refused
+        env.runner.fail[BOB] = refused
+        await d.sync(None, full=False, wait=True, allow_deletes=False)
+        assert {k for kind, k in env.notifier.events if kind == "error"} == {"cause:auth_failed"}
+        exchange = (await d.status())["exchange"]
+        assert exchange["reachable"] is True and exchange["login"] == "refused"
+        assert (await d.status())["state"] == "degraded"
+        env.runner.fail[ALICE] = errors.ExchangeUnavailable("connection to mail refused")
+        env.runner.fail[BOB] = errors.ImpersonationDenied("may not impersonate", mailbox=BOB)
+        await d.sync(None, full=False, wait=True, allow_deletes=False)
+        exchange = (await d.status())["exchange"]
+        assert exchange["reachable"] is False and exchange["login"] == "not checked"
+        assert ("error", f"user:{BOB}:impersonation_denied") in env.notifier.events  # one mailbox's own
+        del env.runner.fail[ALICE], env.runner.fail[BOB]
+        await d.sync(None, full=False, wait=True, allow_deletes=False)
+        exchange = (await d.status())["exchange"]
+        assert exchange["reachable"] is True and exchange["login"] == "ok"
+        assert exchange["back_off_until"] is None
+        # the server asked for a back-off of 90 s: status says until when
+        assert d.adapters is not None
+        d.adapters.account.back_off_until = (  # type: ignore[attr-defined]
+            lambda: (trio.current_time() + 90, True))
+        exchange = (await d.status())["exchange"]
+        until = datetime.fromisoformat(exchange["back_off_until"])
+        assert 89 <= (until - datetime.now(UTC)).total_seconds() <= 91
+        assert exchange["back_off_by_server"] is True
+
+
 async def test_known_users_get_no_confirmation(env: Env, autojump_clock: trio.testing.MockClock) -> None:
     await env.state.mark_known(ALICE)
     await env.state.mark_known(BOB)
@@ -229,7 +283,7 @@ async def test_added_and_newly_enabled_users(
     before = len(env.notifier.events)
     result = await running.reload(wait=True)
     assert result["result"] == "applied" and result["added"] == [CAROL]
-    assert ("confirm", CAROL) in env.notifier.events[before:]
+    await wait_for(lambda: ("confirm", CAROL) in env.notifier.events[before:])  # after her first cycle
     assert running.scheduler.mailboxes() == [ALICE, CAROL]
     rows = {u["mailbox"]: u for u in await running.users()}
     assert rows[BOB]["state"] == "disabled" and rows[BOB]["enabled"] is False
@@ -239,7 +293,7 @@ async def test_added_and_newly_enabled_users(
     env.write()
     await wait_for(lambda: running.scheduler.running == 0)
     await running.reload(wait=True)
-    assert ("confirm", BOB) in env.notifier.events[before:]
+    await wait_for(lambda: ("confirm", BOB) in env.notifier.events[before:])
 
 
 async def test_rejected_reload_keeps_running_and_mails_once_cleared(
@@ -253,11 +307,18 @@ async def test_rejected_reload_keeps_running_and_mails_once_cleared(
     assert status["config"]["generation"] == 1
     assert status["config"]["last_reload"]["result"] == "rejected"
     assert running.scheduler.interval_s == 600
-    assert ("error", "config") in env.notifier.events
+    first = [k for kind, k in env.notifier.events if kind == "error" and k.startswith("config:")]
+    assert len(first) == 1
+    # another problem within repeat_after_minutes is another key: mailed too (OPERATIONS.md)
+    env.write(sync_interval_minutes=5, sync={"past_days": 45})
+    with pytest.raises(ReloadRejected):
+        await running.reload(wait=False)
+    keys = {k for kind, k in env.notifier.events if kind == "error" and k.startswith("config:")}
+    assert len(keys) == 2
     env.write()
     await wait_for(lambda: running.scheduler.running == 0)
     assert (await running.reload(wait=True))["result"] == "applied"
-    assert ("resolved", "config") in env.notifier.events
+    assert ("resolved", "config*") in env.notifier.events
 
 
 async def test_deferred_reload_holds_new_cycles_until_running_ones_end(
@@ -296,7 +357,7 @@ async def test_cycle_errors_mailed_per_reason_and_resolved(
     env.runner.fail[BOB] = errors.AuthFailed("login refused", mailbox=BOB)
     out = await running.sync([BOB], full=False, wait=True, allow_deletes=False)
     assert out["results"][BOB]["result"] == "error" and out["ok"] is False
-    key = f"user:{BOB}:auth_failed"
+    key = "cause:auth_failed"  # the sync account's login: one cause for every mailbox
     assert ("error", key) in env.notifier.events
     row = next(u for u in await running.users() if u["mailbox"] == BOB)
     assert row["state"] == "error" and "login refused" in row["last_error"]

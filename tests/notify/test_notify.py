@@ -20,7 +20,7 @@ import trustme
 
 from exchanged.config import load_config
 from exchanged.errors import AuthFailed, ExchangeUnavailable, MailError, Presented, present
-from exchanged.notify import Notifier, SmtpMailer, error_key, serve_notifier
+from exchanged.notify import Notifier, SmtpMailer, cause_key, error_key, serve_notifier
 from exchanged.testing.smtp import SmtpSink
 from tests.config.helpers import base, write_config
 
@@ -128,6 +128,54 @@ async def test_resolved_mail_when_a_mailed_error_clears(
     ]
     body = sink.messages[1].get_content()
     assert "Cleared at:     2026-11-29 05:30:03 UTC (after 1 h 20 min; it occurred 2 times)" in body
+
+
+async def test_a_shared_cause_is_one_mail_naming_its_mailboxes_and_one_resolved(
+    sink: SmtpSink, autojump_clock: trio.testing.MockClock
+) -> None:
+    wall = FakeWall()
+    notifier = make(sink.port, wall_clock=wall)
+    boxes = [f"user{n:02}@contoso.com" for n in range(25)]
+    key, shared = cause_key("auth_failed", boxes[0], sync_account_login=True)
+    assert (key, shared) == ("cause:auth_failed", True)
+    assert cause_key("auth_failed", boxes[0], sync_account_login=False) == (
+        f"user:{boxes[0]}:auth_failed", False)  # per-user credentials: that mailbox's own login
+    assert cause_key("impersonation_denied", boxes[0], sync_account_login=True)[1] is False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(notifier.serve)
+        for box in boxes:  # the cycles of 25 mailboxes fail for one cause within seconds
+            login = present(AuthFailed(f"{box}: FindItem: the login of svc (basic) was refused",
+                                       mailbox=box))
+            assert notifier.error(key, login, box, shared=True) is True
+            await trio.sleep(0.2)
+        await trio.sleep(notifier.group_window_s)
+        await notifier.flush()
+        assert len(sink.messages) == 1
+        for box in boxes[:-1]:  # one by one they recover: nothing to say until the last has
+            assert notifier.resolved(key, box) is False
+        assert notifier.resolved(key, boxes[-1]) is True
+        await notifier.flush()
+        nursery.cancel_scope.cancel()
+    error, resolved = sink.messages
+    assert error["Subject"] == ("[exchanged Contoso on-prem] ERROR (25 mailboxes): FindItem: the login of "
+                                "svc (basic) was refused")
+    body = error.get_content()
+    assert f"25 mailboxes, one cause: {', '.join(boxes[:20])} and 5 more" in " ".join(body.split())
+    assert resolved["Subject"].startswith("[exchanged Contoso on-prem] RESOLVED")
+
+
+async def test_a_shared_cause_that_clears_before_its_mail_is_never_mailed(
+    sink: SmtpSink, autojump_clock: trio.testing.MockClock
+) -> None:
+    notifier = make(sink.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(notifier.serve)
+        notifier.error("cause:exchange_unreachable", DOWN, "a@contoso.com", shared=True)
+        assert notifier.resolved("cause:exchange_unreachable", "a@contoso.com") is False
+        await trio.sleep(notifier.group_window_s * 2)
+        await notifier.flush()
+        nursery.cancel_scope.cancel()
+    assert sink.messages == []
 
 
 async def test_resolved_mailbox_closes_all_its_errors(sink: SmtpSink) -> None:

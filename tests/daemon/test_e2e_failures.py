@@ -1,0 +1,73 @@
+"""Failures as an operator meets them, with the real daemon process, the bundled EWS server over
+TLS, the sql PSA and a real SMTP sink: one mail per cause, fast answers when Exchange is down."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.ews_daemon import ews_daemon
+from tests.daemon.harness import DaemonEnv, body_of, secret_file
+
+pytestmark = pytest.mark.e2e
+
+MAILBOXES = [f"user{n:02}@example.test" for n in range(20)]
+
+
+def ctl(env: DaemonEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exchanged.ctl", "--socket", str(env.socket_path), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_wrong_sync_password_with_20_users_is_one_mail(tmp_path: Path) -> None:
+    users = [{"mailbox": m, "psa_resource": "1"} for m in MAILBOXES]
+    now = datetime.now(UTC).replace(microsecond=0)
+    with ews_daemon(tmp_path, now, MAILBOXES, users) as (env, _ews):
+        env.extra["credentials"]["password_file"] = secret_file(tmp_path / "wrong-password", "WRONG")
+        env.write_config(sync_interval_minutes=60)
+        env.start_ready()
+        done = ctl(env, "sync", "--wait", "--json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        exchange = env.status()["exchange"]
+        assert exchange["reachable"] is True and exchange["login"] == "refused", exchange
+        shown = ctl(env, "status")
+        assert "login of the sync account is REFUSED" in shown.stdout
+        assert env.stop() == 0  # the stop sends the grouped mail that is still waiting
+        mails = env.smtp.messages
+    subjects = [m["Subject"] for m in mails]
+    assert len(mails) == 1, subjects  # not one per user, and no "is now synced" to anybody
+    assert subjects[0].startswith("[exchanged e2e] ERROR (20 mailboxes): ")
+    assert "refused" in subjects[0]
+    body = " ".join(body_of(mails[0]).split())
+    assert "20 mailboxes, one cause: " in body
+    assert all(m in body for m in MAILBOXES)
+
+
+def test_with_exchange_down_sync_wait_answers_with_the_error(tmp_path: Path) -> None:
+    users = [{"mailbox": m, "psa_resource": "1"} for m in MAILBOXES[:2]]
+    now = datetime.now(UTC).replace(microsecond=0)
+    with ews_daemon(tmp_path, now, MAILBOXES[:2], users) as (env, _ews):
+        with socket.socket() as sock:  # a port nobody listens on: Exchange is down
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env.extra["server"]["port"] = port
+        env.write_config(sync_interval_minutes=60)
+        env.start_ready()
+        # --timeout 60: a daemon that has not answered by then fails with exit code 3
+        done = ctl(env, "sync", "--wait", "--json", "--timeout", "60")
+        assert done.returncode == 1, done.stdout + done.stderr
+        results = json.loads(done.stdout)["results"]
+        for mailbox in MAILBOXES[:2]:
+            assert results[mailbox]["result"] == "error"
+            assert f"connection to localhost:{port} refused" in results[mailbox]["error"]
+        exchange = env.status()["exchange"]
+        assert exchange["reachable"] is False and exchange["login"] == "not checked"
+        assert env.stop() == 0
+        subjects = [m["Subject"] for m in env.smtp.messages]
+    assert len(subjects) == 1 and "ERROR (2 mailboxes)" in subjects[0], subjects

@@ -1,0 +1,682 @@
+"""One mailbox over Microsoft Graph (``ports.ExchangeMailbox``), and the account that hands them out.
+
+Requests per operation (docs/GRAPH.md has the whole picture; /work/notes/graph-contract.md the
+exact shapes):
+
+* ``changes``: one GET per delta page (``calendarView/delta`` over the sync range for the calendar,
+  ``contacts/delta``, ``todo/lists/{id}/tasks/delta``); the PSA key of an item not seen before by
+  this process is read in ``$batch`` GETs of 20 (delta answers carry no extended properties), or,
+  when many are new, by one listing of every keyed item. A quiet cycle: one GET per folder.
+* ``find_by_psa_keys``: per-key ``$filter`` GETs in ``$batch``es of 20, or one listing of every
+  keyed item (``ep/value ne null``) when the caller's count says it is fewer requests.
+* ``create`` / ``update`` / ``delete``: POST / PATCH / DELETE in ``$batch``es of 20.
+
+The calendar's delta range is ``[now - past_days - 1 day, now + max(recurring_future_days, 365) +
+60 days]``, fixed when the delta starts; once ``now`` has moved 7 days past its start (or the range
+ends too soon) the adapter refuses the state (``SyncStateInvalid``) and the runner reads the
+calendar afresh (never as deletions). Occurrences come expanded; series masters are not listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+from urllib.parse import quote
+
+from exchanged import errors
+from exchanged.exchange.account import AmbiguousWrite
+from exchanged.graph import convert
+from exchanged.graph.client import (
+    BATCH_MAX,
+    MAILBOX_GONE,
+    PREFER_UTC,
+    Answer,
+    GraphClient,
+    GraphSettings,
+    TokenSource,
+    permission_for,
+    token_roles,
+    user_path,
+)
+from exchanged.model import ExchangeItem, FolderKind, ItemError
+from exchanged.ports import ChangePage, CheckResult, ItemUpdate, NewItem
+
+log = logging.getLogger("exchanged.graph")
+
+PAGE = 500  # Prefer: odata.maxpagesize for delta and listings
+RANGE_SLIDE = timedelta(days=7)  # how far "now" may move before the calendar's delta starts over
+RANGE_MIN_AHEAD = timedelta(days=365)
+RANGE_SLACK = timedelta(days=60)
+SCAN_THRESHOLD = 2 * BATCH_MAX  # more unknown items than this: list every keyed item instead
+NEEDED_ROLES = ("Calendars.ReadWrite", "Contacts.ReadWrite", "Tasks.ReadWrite.All", "MailboxSettings.Read")
+
+
+def _chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _odata_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class GraphMailbox:
+    def __init__(self, account: GraphAccount, address: str) -> None:
+        self._acc = account
+        self._address = address
+        self._user = user_path(address)
+        self._tz: tzinfo | None = None
+        self._tz_name = "UTC"
+        self._list_id: str | None = None
+        # item id -> our PSA key (None: read, carries none). An item's key never changes: set at
+        # create, so a process that has seen an item needs not read its properties again.
+        self._keys: dict[str, str | None] = {}
+
+    @property
+    def mailbox(self) -> str:
+        return self._address
+
+    @property
+    def client(self) -> GraphClient:
+        return self._acc.client
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    async def _call(self, op: str, method: str, url: str, **kw: Any) -> Answer:
+        return await self.client.call(self._address, op, method, url, **kw)
+
+    async def zone(self) -> tuple[tzinfo, str]:
+        """The mailbox's time zone (mailboxSettings), read once."""
+        if self._tz is None:
+            answer = await self._call("mailboxSettings", "GET", f"{self._user}/mailboxSettings/timeZone")
+            name = answer.doc.get("value")
+            self._tz_name = name if isinstance(name, str) and name else "UTC"
+            self._tz = convert.mailbox_zone(self._tz_name)
+        return self._tz, self._tz_name
+
+    async def _task_list(self) -> str:
+        if self._list_id is None:
+            name = self._acc.settings.task_list_name
+            lists = await self.client.pages(self._address, "To Do lists", f"{self._user}/todo/lists")
+            found = [x for x in lists if x.get("displayName") == name and isinstance(x.get("id"), str)]
+            if found:
+                self._list_id = str(found[0]["id"])
+            else:
+                answer = await self._call(
+                    "create To Do list", "POST", f"{self._user}/todo/lists", body={"displayName": name}
+                )
+                self._list_id = str(answer.doc["id"])
+                log.info("%s: To Do list %r created", self._address, name)
+        return self._list_id
+
+    async def _collection(self, folder: FolderKind) -> str:
+        if folder is FolderKind.CALENDAR:
+            return f"{self._user}/events"
+        if folder is FolderKind.CONTACTS:
+            return f"{self._user}/contacts"
+        if folder is FolderKind.TASKS:
+            return f"{self._user}/todo/lists/{_q(await self._task_list())}/tasks"
+        raise errors.ExchangeError(
+            f"{self._address}: the {folder.value} folder needs EWS (Graph has no public folders)",
+            mailbox=self._address,
+        )
+
+    def _headers(self, folder: FolderKind, page: bool = False) -> dict[str, str]:
+        prefer = [PREFER_UTC] if folder is FolderKind.CALENDAR else []
+        if page:
+            prefer.append(f"odata.maxpagesize={PAGE}")
+        return {"Prefer": ", ".join(prefer)} if prefer else {}
+
+    def _expand(self, folder: FolderKind) -> str:
+        return "$expand=linkedResources" if folder is FolderKind.TASKS else f"$expand={convert.EXPAND_KEY}"
+
+    def _item(self, folder: FolderKind, doc: dict[str, Any], tz: tzinfo) -> ExchangeItem | None:
+        item_id = doc.get("id")
+        known = self._keys.get(item_id) if isinstance(item_id, str) else None
+        try:
+            item = convert.item_from_graph(folder, doc, tz, psa_key=known)
+        except convert.Unmappable as exc:
+            odd = convert.unreadable_item(folder, doc, known)
+            if odd is None:
+                log.warning(
+                    "%s: %s: skipping an item it cannot read (%s): %s",
+                    self._address,
+                    folder.value,
+                    item_id,
+                    exc,
+                )
+            return odd
+        if item.psa_key is not None or "singleValueExtendedProperties" in doc or "linkedResources" in doc:
+            self._keys[item.item_id] = item.psa_key
+        return item
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def _range(self) -> tuple[datetime, datetime]:
+        s = self._acc.settings
+        now = self._acc.now()
+        start = (now - timedelta(days=s.past_days + 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        ahead = max(timedelta(days=s.recurring_future_days), RANGE_MIN_AHEAD) + RANGE_SLACK
+        return start, start + ahead + timedelta(days=s.past_days + 1)
+
+    def _delta_url(self, folder: FolderKind, collection: str) -> tuple[str, dict[str, Any]]:
+        if folder is FolderKind.CALENDAR:
+            start, end = self._range()
+            return (
+                f"{self._user}/calendarView/delta?startDateTime={_iso(start)}&endDateTime={_iso(end)}",
+                {"start": _iso(start), "end": _iso(end)},
+            )
+        return f"{collection}/delta", {}
+
+    def _state_usable(self, folder: FolderKind, doc: dict[str, Any]) -> bool:
+        if folder is not FolderKind.CALENDAR:
+            return True
+        try:
+            start = datetime.fromisoformat(str(doc["start"]).replace("Z", "+00:00"))
+            end = datetime.fromisoformat(str(doc["end"]).replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            return False
+        want_start, want_end = self._range()
+        return want_start - start < RANGE_SLIDE and end - want_end > -RANGE_SLACK
+
+    async def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+        collection = await self._collection(folder)
+        tz, _ = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
+        if sync_state is None:
+            url, extra = self._delta_url(folder, collection)
+        else:
+            doc = convert.read_state(sync_state)
+            if doc is None:
+                raise errors.SyncStateInvalid(
+                    f"{self._address}: {folder.value}: the stored sync state is not a Graph delta link "
+                    "(was the mailbox synced over EWS?)",
+                    mailbox=self._address,
+                )
+            if not self._state_usable(folder, doc):
+                raise errors.SyncStateInvalid(
+                    f"{self._address}: calendar: the sync window moved; reading the calendar afresh",
+                    mailbox=self._address,
+                )
+            url = self.client.relative(doc["delta"])
+            extra = {k: v for k, v in doc.items() if k not in ("v", "delta")}
+        while True:
+            answer = await self._call(
+                f"{folder.value} delta", "GET", url, headers=self._headers(folder, page=True)
+            )
+            docs = [v for v in answer.doc.get("value") or () if isinstance(v, dict)]
+            deleted = [str(d["id"]) for d in docs if "@removed" in d and isinstance(d.get("id"), str)]
+            live = [d for d in docs if "@removed" not in d]
+            await self._learn_keys(folder, collection, live)
+            upserted = [i for i in (self._item(folder, d, tz) for d in live) if i is not None]
+            next_link = answer.doc.get("@odata.nextLink")
+            delta_link = answer.doc.get("@odata.deltaLink")
+            link = next_link if isinstance(next_link, str) else delta_link
+            if not isinstance(link, str):
+                raise errors.ExchangeError(
+                    f"{self._address}: {folder.value} delta: the answer has neither "
+                    "a next link nor a delta link",
+                    mailbox=self._address,
+                )
+            for item_id in deleted:
+                self._keys.pop(item_id, None)
+            last = not isinstance(next_link, str)
+            yield ChangePage(
+                upserted=upserted,
+                deleted=deleted,
+                sync_state=convert.delta_state(link, extra),
+                last_page=last,
+            )
+            if last:
+                return
+            url = self.client.relative(link)
+
+    async def _learn_keys(self, folder: FolderKind, collection: str, docs: list[dict[str, Any]]) -> None:
+        """Read the PSA key of items this process has not seen (delta answers carry no extended
+        properties). Occurrences never carry one (the daemon writes single items only)."""
+        unknown = [
+            d
+            for d in docs
+            if isinstance(d.get("id"), str)
+            and d["id"] not in self._keys
+            and convert.psa_key_of(folder, d) is None
+            and d.get("type") not in ("occurrence", "exception", "seriesMaster")
+        ]
+        if not unknown:
+            return
+        if len(unknown) > SCAN_THRESHOLD:
+            keyed = await self._keyed(folder, collection)
+            for d in unknown:
+                self._keys[d["id"]] = None
+            for item_id, (key, _doc) in keyed.items():
+                self._keys[item_id] = key
+            return
+        for chunk in _chunks(unknown, BATCH_MAX):
+            reqs = [
+                {
+                    "method": "GET",
+                    "url": f"{collection}/{_q(d['id'])}?{self._expand(folder)}",
+                    "headers": self._headers(folder),
+                }
+                for d in chunk
+            ]
+            for d, answer in zip(
+                chunk, await self.client.batch(self._address, f"{folder.value} keys", reqs), strict=True
+            ):
+                if answer.status == 200:
+                    self._keys[d["id"]] = convert.psa_key_of(folder, answer.doc)
+                    d.update(answer.doc)
+                elif answer.status != 404:
+                    raise self.client.error(self._address, f"{folder.value} keys", collection, answer)
+
+    async def _keyed(self, folder: FolderKind, collection: str) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every item of the folder carrying a PSA key: item id -> (key, resource)."""
+        if folder is FolderKind.TASKS:
+            url = f"{collection}?$expand=linkedResources&$top={PAGE}"
+        else:
+            flt = (
+                f"singleValueExtendedProperties/Any(ep: ep/id eq {_odata_str(convert.PSA_KEY_PROP)} "
+                "and ep/value ne null)"
+            )
+            url = f"{collection}?$filter={_q(flt)}&{self._expand(folder)}&$top={PAGE}"
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for doc in await self.client.pages(
+            self._address, f"{folder.value} keyed items", url, headers=self._headers(folder, page=True)
+        ):
+            key = convert.psa_key_of(folder, doc)
+            if key and isinstance(doc.get("id"), str):
+                out[doc["id"]] = (key, doc)
+        return out
+
+    async def calendar_view(self, start: datetime, end: datetime) -> Sequence[ExchangeItem]:
+        tz, _ = await self.zone()
+        url = (
+            f"{self._user}/calendarView?startDateTime={_iso(start)}&endDateTime={_iso(end)}"
+            f"&$top={PAGE}&{self._expand(FolderKind.CALENDAR)}"
+        )
+        docs = await self.client.pages(
+            self._address, "calendarView", url, headers=self._headers(FolderKind.CALENDAR, page=True)
+        )
+        return [i for i in (self._item(FolderKind.CALENDAR, d, tz) for d in docs) if i is not None]
+
+    async def find_by_psa_keys(
+        self, folder: FolderKind, psa_keys: Sequence[str], *, folder_hint: int | None = None
+    ) -> dict[str, ExchangeItem]:
+        keys = list(dict.fromkeys(k for k in psa_keys if k))
+        if not keys:
+            return {}
+        collection = await self._collection(folder)
+        tz, _ = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
+        wanted = set(keys)
+        by_key_requests = -(-len(keys) // BATCH_MAX)
+        scan = folder is FolderKind.TASKS or (
+            folder_hint is not None and -(-(folder_hint + len(keys)) // PAGE) < by_key_requests
+        )
+        docs: list[dict[str, Any]] = []
+        if scan:
+            docs = [doc for _key, doc in (await self._keyed(folder, collection)).values()]
+        else:
+            for chunk in _chunks(keys, BATCH_MAX):
+                reqs = []
+                for key in chunk:
+                    flt = (
+                        f"singleValueExtendedProperties/Any(ep: ep/id eq {_odata_str(convert.PSA_KEY_PROP)} "
+                        f"and ep/value eq {_odata_str(key)})"
+                    )
+                    reqs.append(
+                        {
+                            "method": "GET",
+                            "url": f"{collection}?$filter={_q(flt)}&{self._expand(folder)}",
+                            "headers": self._headers(folder),
+                        }
+                    )
+                for answer in await self.client.batch(self._address, f"{folder.value} find by key", reqs):
+                    if answer.status != 200:
+                        raise self.client.error(
+                            self._address, f"{folder.value} find by key", collection, answer
+                        )
+                    docs.extend(v for v in answer.doc.get("value") or () if isinstance(v, dict))
+        hits: dict[str, tuple[ExchangeItem, str]] = {}
+        for doc in docs:
+            key = convert.psa_key_of(folder, doc)
+            if key not in wanted or not key:
+                continue
+            item = self._item(folder, doc, tz)
+            if item is None:
+                continue
+            created = str(doc.get("createdDateTime") or "")
+            if key in hits:
+                log.warning(
+                    "%s: %s: two items carry PSA key %s (%s, %s); using the older",
+                    self._address,
+                    folder.value,
+                    key,
+                    hits[key][0].item_id,
+                    item.item_id,
+                )
+                if hits[key][1] <= created:
+                    continue
+            hits[key] = (item, created)
+        return {k: v[0] for k, v in hits.items()}
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    def _item_error(self, key: str, answer: Answer) -> ItemError:
+        retryable = answer.status in (409, 412, 429, 503, 504, 599) or answer.status >= 500
+        code = answer.code or f"HTTP {answer.status}"
+        return ItemError(key, code, f"{self._address}: {answer.message or code}", retryable=retryable)
+
+    async def create(
+        self, folder: FolderKind, items: Sequence[NewItem]
+    ) -> Sequence[ExchangeItem | ItemError]:
+        out: list[ExchangeItem | ItemError] = []
+        for chunk in _chunks(list(items), BATCH_MAX):
+            out.extend(await self._create_chunk(folder, chunk, adopt_on_lost_reply=True))
+        return out
+
+    async def _create_chunk(
+        self, folder: FolderKind, chunk: Sequence[NewItem], *, adopt_on_lost_reply: bool
+    ) -> list[ExchangeItem | ItemError]:
+        collection = await self._collection(folder)
+        tz, tz_name = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
+        category = self._acc.settings.category
+        results: list[ExchangeItem | ItemError | None] = [None] * len(chunk)
+        built: list[tuple[int, dict[str, Any]]] = []
+        for n, new in enumerate(chunk):
+            cats = (*new.categories, category) if category else tuple(new.categories)
+            try:
+                built.append((n, convert.new_body(folder, new.payload, new.psa_key, cats, tz, tz_name)))
+            except convert.Unmappable as exc:
+                results[n] = ItemError(new.psa_key, exc.code, f"{self._address}: {exc}")
+            except (ValueError, TypeError) as exc:
+                results[n] = ItemError(new.psa_key, "invalid_payload", f"{self._address}: {exc}")
+        if built:
+            reqs = [
+                {
+                    "method": "POST",
+                    "url": collection,
+                    "headers": {"Content-Type": "application/json", **self._headers(folder)},
+                    "body": body,
+                }
+                for _, body in built
+            ]
+            try:
+                answers = await self.client.batch(self._address, f"create {folder.value}", reqs, write=True)
+            except AmbiguousWrite as lost:
+                if not adopt_on_lost_reply:
+                    raise lost.error from None
+                return await self._adopt_then_create(folder, chunk, results)
+            for (n, _body), answer in zip(built, answers, strict=True):
+                new = chunk[n]
+                if answer.status != 201 and answer.status != 200:
+                    results[n] = self._item_error(new.psa_key, answer)
+                    continue
+                self._keys[str(answer.doc.get("id"))] = new.psa_key
+                item = self._item(folder, answer.doc, tz)
+                if item is None:
+                    results[n] = ItemError(
+                        new.psa_key, "no_item_id", f"{self._address}: Graph created no item id"
+                    )
+                    continue
+                results[n] = replace(
+                    item, psa_key=new.psa_key, uid=None, exchange_key=None, last_modified=None
+                )
+        return [
+            r
+            if r is not None
+            else ItemError(
+                chunk[n].psa_key,
+                "no_answer",
+                f"{self._address}: Graph sent no result for this item",
+                retryable=True,
+            )
+            for n, r in enumerate(results)
+        ]
+
+    async def _adopt_then_create(
+        self, folder: FolderKind, chunk: Sequence[NewItem], results: list[ExchangeItem | ItemError | None]
+    ) -> list[ExchangeItem | ItemError]:
+        """The $batch answer was lost: adopt what Graph did create, create the rest once."""
+        pending = [n for n, r in enumerate(results) if r is None]
+        adopted = await self.find_by_psa_keys(folder, [chunk[n].psa_key for n in pending])
+        log.warning(
+            "%s: %s: $batch answer lost; %d of %d items were created, creating the rest",
+            self._address,
+            folder.value,
+            len(adopted),
+            len(pending),
+        )
+        rest = [n for n in pending if chunk[n].psa_key not in adopted]
+        for n in pending:
+            if chunk[n].psa_key in adopted:
+                results[n] = adopted[chunk[n].psa_key]
+        if rest:
+            again = await self._create_chunk(folder, [chunk[n] for n in rest], adopt_on_lost_reply=False)
+            for n, r in zip(rest, again, strict=True):
+                results[n] = r
+        return [
+            r if r is not None else ItemError(chunk[n].psa_key, "no_answer", "no result", retryable=True)
+            for n, r in enumerate(results)
+        ]
+
+    async def update(
+        self, folder: FolderKind, updates: Sequence[ItemUpdate]
+    ) -> Sequence[ExchangeItem | ItemError]:
+        collection = await self._collection(folder)
+        tz, tz_name = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
+        out: list[ExchangeItem | ItemError] = []
+        for chunk in _chunks(list(updates), BATCH_MAX):
+            results: list[ExchangeItem | ItemError | None] = [None] * len(chunk)
+            built: list[tuple[int, dict[str, Any]]] = []
+            for n, upd in enumerate(chunk):
+                try:
+                    body = convert.update_body(folder, upd.payload, upd.changed, upd.categories, tz, tz_name)
+                except convert.Unmappable as exc:
+                    results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
+                    continue
+                except (ValueError, TypeError) as exc:
+                    results[n] = ItemError(upd.item_id, "invalid_payload", f"{self._address}: {exc}")
+                    continue
+                if not body:
+                    results[n] = ItemError(
+                        upd.item_id, "nothing_to_update", f"{self._address}: no field to update"
+                    )
+                    continue
+                built.append((n, body))
+            if built:
+                reqs = [
+                    {
+                        "method": "PATCH",
+                        "url": f"{collection}/{_q(chunk[n].item_id)}",
+                        "headers": {"Content-Type": "application/json", **self._headers(folder)},
+                        "body": body,
+                    }
+                    for n, body in built
+                ]
+                try:
+                    answers = await self.client.batch(
+                        self._address, f"update {folder.value}", reqs, write=True
+                    )
+                except AmbiguousWrite:  # a PATCH sets values: sending it again is safe
+                    answers = await self.client.batch(self._address, f"update {folder.value} (retry)", reqs)
+                unknown: list[int] = []
+                for (n, _body), answer in zip(built, answers, strict=True):
+                    if answer.status != 200:
+                        if answer.status == 404:
+                            results[n] = ItemError(
+                                chunk[n].item_id,
+                                "ErrorItemNotFound",
+                                f"{self._address}: the item is gone",
+                                retryable=False,
+                            )
+                        else:
+                            results[n] = self._item_error(chunk[n].item_id, answer)
+                        continue
+                    item = self._item(folder, answer.doc, tz)
+                    if item is None:
+                        results[n] = ItemError(
+                            chunk[n].item_id,
+                            "unreadable_item",
+                            f"{self._address}: the item is unreadable after the update",
+                            retryable=True,
+                        )
+                    elif item.psa_key is None and item.item_id not in self._keys:
+                        unknown.append(n)
+                        results[n] = item
+                    else:
+                        results[n] = item
+                if unknown:  # the key of an item this process has not read yet
+                    await self._learn_keys(folder, collection, [{"id": chunk[n].item_id} for n in unknown])
+                    for n in unknown:
+                        r = results[n]
+                        if isinstance(r, ExchangeItem):
+                            results[n] = replace(r, psa_key=self._keys.get(r.item_id))
+            out.extend(
+                r if r is not None else ItemError(chunk[n].item_id, "no_answer", "no result", retryable=True)
+                for n, r in enumerate(results)
+            )
+        return out
+
+    async def delete(self, folder: FolderKind, item_ids: Sequence[str]) -> Sequence[ItemError | None]:
+        collection = await self._collection(folder)
+        out: list[ItemError | None] = []
+        for chunk in _chunks(list(item_ids), BATCH_MAX):
+            reqs = [{"method": "DELETE", "url": f"{collection}/{_q(i)}"} for i in chunk]
+            retried = False
+            try:
+                answers = await self.client.batch(self._address, f"delete {folder.value}", reqs, write=True)
+            except AmbiguousWrite:
+                retried = True  # deleting twice is harmless; "not found" then means done
+                answers = await self.client.batch(self._address, f"delete {folder.value} (retry)", reqs)
+            for item_id, answer in zip(chunk, answers, strict=True):
+                if 200 <= answer.status < 300 or (answer.status == 404 and retried):
+                    self._keys.pop(item_id, None)
+                    out.append(None)
+                elif answer.status == 404:
+                    out.append(ItemError(item_id, "ErrorItemNotFound", f"{self._address}: the item is gone"))
+                else:
+                    out.append(self._item_error(item_id, answer))
+        return out
+
+
+class GraphAccount:
+    """``ports.ExchangeAccount`` over Graph: one token source and HTTP client for every mailbox."""
+
+    def __init__(
+        self,
+        settings: GraphSettings,
+        *,
+        transport: Any = None,
+        tokens: TokenSource | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens or TokenSource(settings)
+        self.client = GraphClient(settings, self.tokens, transport=transport)
+        self.now = now or (lambda: datetime.now(UTC))
+        self._mailboxes: dict[str, GraphMailbox] = {}
+
+    def mailbox(self, address: str) -> GraphMailbox:
+        key = address.lower()
+        if key not in self._mailboxes:
+            self._mailboxes[key] = GraphMailbox(self, address)
+        return self._mailboxes[key]
+
+    def public_contacts(self) -> GraphMailbox:
+        raise errors.ExchangeError(
+            "the public contacts folder needs EWS: Graph has no public folders",
+            hint="switch sync.public_folder_all_contacts off, or use EWS (server.use_ms_graph: false)",
+        )
+
+    async def check(self, mailboxes: Sequence[str]) -> list[CheckResult]:
+        """check-config --connect: a token, the granted permissions, each mailbox and its time zone."""
+        s = self.settings
+        results: list[CheckResult] = []
+        try:
+            token = await self.tokens.token()
+        except errors.ExchangedError as exc:
+            return [CheckResult("login", False, errors.present(exc).line())]
+        results.append(
+            CheckResult(
+                "login", True, f"token for app {s.client_id} from {s.login_url} (tenant {s.tenant_id})"
+            )
+        )
+        roles = token_roles(token)
+        if roles is not None:
+            for role in NEEDED_ROLES:
+                if role in roles or (role.endswith(".Read") and role + "Write" in roles):
+                    results.append(CheckResult(role, True, f"{role} is granted"))
+                else:
+                    results.append(
+                        CheckResult(
+                            role,
+                            False,
+                            f"{role} is not granted (admin consent): add it "
+                            "as an application permission and grant admin consent "
+                            "(docs/GRAPH.md)",
+                        )
+                    )
+        for address in mailboxes:
+            results.append(await self._check_mailbox(address))
+        return results
+
+    async def _check_mailbox(self, address: str) -> CheckResult:
+        mb = self.mailbox(address)
+        user = user_path(address)
+        probes = [
+            ("mailboxSettings", f"{user}/mailboxSettings/timeZone"),
+            (
+                "calendar",
+                f"{user}/calendarView?startDateTime=2026-01-01T00:00:00Z"
+                "&endDateTime=2026-01-02T00:00:00Z&$top=1",
+            ),
+            ("contacts", f"{user}/contacts?$top=1"),
+            ("To Do", f"{user}/todo/lists?$top=1"),
+        ]
+        reqs = [{"method": "GET", "url": url} for _, url in probes]
+        try:
+            answers = await self.client.batch(address, "check", reqs, strict=False)
+        except errors.ExchangedError as exc:
+            return CheckResult(address, False, errors.present(exc).line())
+        missing = []
+        for (what, url), answer in zip(probes, answers, strict=True):
+            if answer.status == 404 and answer.code in MAILBOX_GONE:
+                return CheckResult(
+                    address,
+                    False,
+                    f"{address}: no such mailbox in Exchange Online ({answer.code}): check users[]",
+                )
+            if answer.status == 403:
+                missing.append(
+                    f"{permission_for(url)} is not granted (admin consent) or the mailbox is "
+                    f"outside the app's RBAC scope ({what})"
+                )
+            elif answer.status >= 300:
+                missing.append(f"{what}: HTTP {answer.status} {answer.code}")
+        if missing:
+            return CheckResult(address, False, f"{address}: " + "; ".join(missing))
+        zone = answers[0].doc.get("value")
+        mb._tz_name = zone if isinstance(zone, str) and zone else "UTC"
+        mb._tz = convert.mailbox_zone(mb._tz_name)
+        note = "" if zone else " (no time zone set: UTC assumed)"
+        return CheckResult(
+            address,
+            True,
+            f"{address}: calendar, contacts and To Do reachable; time zone {mb._tz_name}{note}",
+            warning=not zone,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+__all__ = ["GraphAccount", "GraphMailbox"]

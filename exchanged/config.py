@@ -778,7 +778,12 @@ class Config(_Model):
 
 
 def server_identity(cfg: Config) -> str:
-    """What the EWS sync states and item ids belong to; a change means every user resyncs fully."""
+    """What the sync states and item ids belong to; a change means every user resyncs fully
+    (mappings kept: items are adopted by their PSA key). Graph's delta links belong to the Graph
+    endpoint and tenant, so switching between EWS and Graph is such a change."""
+    if cfg.server.use_ms_graph:
+        graph = ["graph", cfg.server.graph_url.lower(), (cfg.credentials.tenant_id or "").lower()]
+        return json.dumps(graph, separators=(",", ":"))
     parts = [
         cfg.server.address.lower(),
         cfg.server.virtual_directory.strip("/").lower(),
@@ -1344,7 +1349,10 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
     from exchanged.logs import configure_logging
 
     configure_logging("console", level="warning")
-    from exchanged.exchange import check_connect
+    if cfg.server.use_ms_graph:
+        from exchanged.graph import check_connect
+    else:
+        from exchanged.exchange import check_connect
 
     try:
         outcome: list[Any] = check_connect(cfg)

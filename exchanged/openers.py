@@ -136,6 +136,11 @@ class Openers:
         return await open_connector(cfg.psa)
 
     async def exchange(self, cfg: Config) -> ExchangeAccount:
+        """EWS, or Graph with ``server.use_ms_graph`` (Exchange Online: docs/GRAPH.md)."""
+        if cfg.server.use_ms_graph:
+            from exchanged.graph import open_account as open_graph
+
+            return open_graph(cfg)
         from exchanged.exchange import open_account
 
         return open_account(cfg)

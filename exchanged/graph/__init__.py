@@ -39,12 +39,15 @@ def settings_from_config(cfg: Any) -> GraphSettings:
     users = list(enabled_users()) if callable(enabled_users) else list(_get(cfg, "users", []) or [])
     tenant, client = _get(creds, "tenant_id"), _get(creds, "client_id")
     if not tenant or not client:
-        raise errors.AuthFailed("Graph needs credentials.tenant_id and credentials.client_id",
-                                hint="see docs/GRAPH.md: register an app in Entra ID")
+        raise errors.AuthFailed(
+            "Graph needs credentials.tenant_id and credentials.client_id",
+            hint="see docs/GRAPH.md: register an app in Entra ID",
+        )
     return GraphSettings(
         graph_url=str(_get(server, "graph_url", None) or "https://graph.microsoft.com").rstrip("/"),
         login_url=str(_get(server, "login_url", None) or "https://login.microsoftonline.com").rstrip("/"),
-        tenant_id=str(tenant), client_id=str(client),
+        tenant_id=str(tenant),
+        client_id=str(client),
         client_secret=_secret(_get(creds, "client_secret")),
         certificate_pem=_secret(_get(creds, "certificate")),
         ca_bundle=_get(server, "ca_bundle"),
@@ -83,5 +86,14 @@ def check_connect(cfg: Any, mailboxes: list[str] | None = None) -> list[CheckRes
     return trio.run(acheck_connect, cfg, mailboxes)
 
 
-__all__ = ["GraphAccount", "GraphClient", "GraphMailbox", "GraphSettings", "TokenSource", "acheck_connect",
-           "check_connect", "open_account", "settings_from_config"]
+__all__ = [
+    "GraphAccount",
+    "GraphClient",
+    "GraphMailbox",
+    "GraphSettings",
+    "TokenSource",
+    "acheck_connect",
+    "check_connect",
+    "open_account",
+    "settings_from_config",
+]

@@ -430,7 +430,12 @@ class GraphClient:
         return errors.ExchangeError(text, mailbox=mailbox)
 
     async def batch(
-        self, mailbox: str, op: str, requests: Sequence[Mapping[str, Any]], *, write: bool = False,
+        self,
+        mailbox: str,
+        op: str,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        write: bool = False,
         strict: bool = True,
     ) -> list[Answer]:
         """Up to 20 requests in one ``$batch``; answers in the order of ``requests``. Parts answered

@@ -189,7 +189,11 @@ class GraphMailbox:
         want_start, want_end = self._range()
         return want_start - start < RANGE_SLIDE and end - want_end > -RANGE_SLACK
 
-    async def changes(self, folder: FolderKind, sync_state: str | None) -> AsyncIterator[ChangePage]:
+    async def changes(
+        self, folder: FolderKind, sync_state: str | None, *, known: dict[str, ExchangeItem] | None = None
+    ) -> AsyncIterator[ChangePage]:
+        """Delta pages; ``known`` items reported under the change key the caller holds are returned
+        as given (a settled export reads nothing more)."""
         collection = await self._collection(folder)
         tz, _ = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
         if sync_state is None:
@@ -216,8 +220,22 @@ class GraphMailbox:
             docs = [v for v in answer.doc.get("value") or () if isinstance(v, dict)]
             deleted = [str(d["id"]) for d in docs if "@removed" in d and isinstance(d.get("id"), str)]
             live = [d for d in docs if "@removed" not in d]
-            await self._learn_keys(folder, collection, live)
-            upserted = [i for i in (self._item(folder, d, tz) for d in live) if i is not None]
+            held = {
+                str(d["id"]): known[d["id"]]
+                for d in live
+                if known
+                and d.get("id") in known
+                and d.get("changeKey")
+                and known[d["id"]].change_key == d.get("changeKey")
+            }
+            for item in held.values():
+                self._keys.setdefault(item.item_id, item.psa_key)
+            await self._learn_keys(folder, collection, [d for d in live if d.get("id") not in held])
+            upserted = [
+                i
+                for i in (held.get(str(d.get("id"))) or self._item(folder, d, tz) for d in live)
+                if i is not None
+            ]
             next_link = answer.doc.get("@odata.nextLink")
             delta_link = answer.doc.get("@odata.deltaLink")
             link = next_link if isinstance(next_link, str) else delta_link

@@ -317,3 +317,19 @@ async def test_a_state_of_another_adapter_or_an_old_window_starts_over(account: 
         async for _ in later.mailbox(ALICE).changes(FolderKind.CALENDAR, state):
             pass
     await later.aclose()
+
+
+async def test_a_settled_export_reads_nothing_more_with_known_items(graph: FakeGraph) -> None:
+    first = GraphAccount(SETTINGS, transport=graph.transport(), tokens=FakeTokens(), now=lambda: T0)  # type: ignore[arg-type]
+    created = await first.mailbox(ALICE).create(FolderKind.CALENDAR, [appt(n) for n in range(25)])
+    await first.aclose()
+    graph.stats.clear()
+    fresh = GraphAccount(SETTINGS, transport=graph.transport(), tokens=FakeTokens(), now=lambda: T0)  # type: ignore[arg-type]
+    known = {c.item_id: c for c in created if isinstance(c, ExchangeItem)}
+    pages = [p async for p in fresh.mailbox(ALICE).changes(FolderKind.CALENDAR, None, known=known)]
+    await fresh.aclose()
+    assert [i for p in pages for i in p.upserted] == list(known.values())
+    assert dict(graph.stats) == {
+        "GET /users/{u}/mailboxSettings/timeZone": 1,
+        "GET /users/{u}/calendarView/delta": 1,
+    }

@@ -138,7 +138,9 @@ class GraphMailbox:
         return {"Prefer": ", ".join(prefer)} if prefer else {}
 
     def _expand(self, folder: FolderKind) -> str:
-        return "$expand=linkedResources" if folder is FolderKind.TASKS else f"$expand={convert.EXPAND_KEY}"
+        return (
+            "$expand=linkedResources" if folder is FolderKind.TASKS else f"$expand={_q(convert.EXPAND_KEY)}"
+        )
 
     def _item(self, folder: FolderKind, doc: dict[str, Any], tz: tzinfo) -> ExchangeItem | None:
         item_id = doc.get("id")
@@ -616,46 +618,62 @@ class GraphAccount:
         )
 
     async def check(self, mailboxes: Sequence[str]) -> list[CheckResult]:
-        """check-config --connect: a token, the granted permissions, each mailbox and its time zone."""
+        """check-config --connect: a token, each permission, each mailbox and its time zone.
+
+        A permission is granted when the token's ``roles`` name it (admin consent in Entra ID), or,
+        as with Exchange Online's RBAC for Applications (which the token does not show), when every
+        mailbox answered the requests that need it."""
         s = self.settings
-        results: list[CheckResult] = []
         try:
             token = await self.tokens.token()
         except errors.ExchangedError as exc:
             return [CheckResult("login", False, errors.present(exc).line())]
-        results.append(
+        results = [
             CheckResult(
                 "login", True, f"token for app {s.client_id} from {s.login_url} (tenant {s.tenant_id})"
             )
-        )
-        roles = token_roles(token)
-        if roles is not None:
-            for role in NEEDED_ROLES:
-                if role in roles or (role.endswith(".Read") and role + "Write" in roles):
-                    results.append(CheckResult(role, True, f"{role} is granted"))
-                else:
-                    results.append(
-                        CheckResult(
-                            role,
-                            False,
-                            f"{role} is not granted (admin consent): add it "
-                            "as an application permission and grant admin consent "
-                            "(docs/GRAPH.md)",
-                        )
-                    )
+        ]
+        roles = token_roles(token) or []
+        boxes: list[CheckResult] = []
+        reached: dict[str, list[bool]] = {}
         for address in mailboxes:
-            results.append(await self._check_mailbox(address))
-        return results
+            result, perms = await self._check_mailbox(address)
+            boxes.append(result)
+            for perm, ok in perms.items():
+                reached.setdefault(perm, []).append(ok)
+        for role in NEEDED_ROLES:
+            probes = reached.get(role, [])
+            if role in roles or (role.endswith(".Read") and role + "Write" in roles):
+                results.append(CheckResult(role, True, f"{role} is granted"))
+            elif probes and all(probes):
+                results.append(
+                    CheckResult(
+                        role,
+                        True,
+                        f"{role} is granted for the synced mailboxes (Exchange Online RBAC for Applications)",
+                    )
+                )
+            else:
+                results.append(
+                    CheckResult(
+                        role,
+                        False,
+                        f"{role} is not granted (admin consent): add it as "
+                        "an application permission and grant admin consent, or assign "
+                        "it with RBAC for Applications (docs/GRAPH.md)",
+                    )
+                )
+        return results + boxes
 
-    async def _check_mailbox(self, address: str) -> CheckResult:
+    async def _check_mailbox(self, address: str) -> tuple[CheckResult, dict[str, bool]]:
         mb = self.mailbox(address)
         user = user_path(address)
+        day = self.now().strftime("%Y-%m-%d")
         probes = [
             ("mailboxSettings", f"{user}/mailboxSettings/timeZone"),
             (
                 "calendar",
-                f"{user}/calendarView?startDateTime=2026-01-01T00:00:00Z"
-                "&endDateTime=2026-01-02T00:00:00Z&$top=1",
+                f"{user}/calendarView?startDateTime={day}T00:00:00Z&endDateTime={day}T00:00:01Z&$top=1",
             ),
             ("contacts", f"{user}/contacts?$top=1"),
             ("To Do", f"{user}/todo/lists?$top=1"),
@@ -664,24 +682,27 @@ class GraphAccount:
         try:
             answers = await self.client.batch(address, "check", reqs, strict=False)
         except errors.ExchangedError as exc:
-            return CheckResult(address, False, errors.present(exc).line())
+            return CheckResult(address, False, errors.present(exc).line()), {}
         missing = []
+        perms: dict[str, bool] = {}
         for (what, url), answer in zip(probes, answers, strict=True):
+            perm = permission_for(url) or what
+            perms[perm] = 200 <= answer.status < 300
             if answer.status == 404 and answer.code in MAILBOX_GONE:
                 return CheckResult(
                     address,
                     False,
                     f"{address}: no such mailbox in Exchange Online ({answer.code}): check users[]",
-                )
-            if answer.status == 403:
+                ), {}
+            if answer.status in (401, 403):
                 missing.append(
-                    f"{permission_for(url)} is not granted (admin consent) or the mailbox is "
-                    f"outside the app's RBAC scope ({what})"
+                    f"{perm} is not granted (admin consent) or the mailbox is outside the "
+                    f"app's RBAC scope ({what})"
                 )
             elif answer.status >= 300:
                 missing.append(f"{what}: HTTP {answer.status} {answer.code}")
         if missing:
-            return CheckResult(address, False, f"{address}: " + "; ".join(missing))
+            return CheckResult(address, False, f"{address}: " + "; ".join(missing)), perms
         zone = answers[0].doc.get("value")
         mb._tz_name = zone if isinstance(zone, str) and zone else "UTC"
         mb._tz = convert.mailbox_zone(mb._tz_name)
@@ -691,7 +712,7 @@ class GraphAccount:
             True,
             f"{address}: calendar, contacts and To Do reachable; time zone {mb._tz_name}{note}",
             warning=not zone,
-        )
+        ), perms
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -333,3 +333,12 @@ async def test_a_settled_export_reads_nothing_more_with_known_items(graph: FakeG
         "GET /users/{u}/mailboxSettings/timeZone": 1,
         "GET /users/{u}/calendarView/delta": 1,
     }
+
+
+async def test_check_accepts_permissions_granted_by_rbac_for_applications(graph: FakeGraph) -> None:
+    # RBAC for Applications grants in Exchange: the token carries no roles, the mailbox answers
+    acc = GraphAccount(SETTINGS, transport=graph.transport(), tokens=FakeTokens(roles=()), now=lambda: T0)  # type: ignore[arg-type]
+    results = {r.subject: r for r in await acc.check([ALICE])}
+    await acc.aclose()
+    assert all(r.ok for r in results.values()), results
+    assert "RBAC for Applications" in results["Calendars.ReadWrite"].message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from .store import PUBLIC, FolderRow, ItemRow, Store, id_kind
 
 if TYPE_CHECKING:
     from .server import EwsTestServer
+    from .streaming import Streams
 
 FIND_ITEM_CAP = 1000  # EWSFindCountLimit
 SYNC_MAX = 512
@@ -32,6 +32,8 @@ class Ctx:
     mailbox: str | None  # the mailbox the request acts on (impersonated or logged-in)
     impersonating: bool
     service_account: bool
+    anchor: str | None = None  # X-AnchorMailbox
+    affinity: bool = False  # X-PreferServerAffinity: true
 
 
 class OpsBase:
@@ -39,8 +41,7 @@ class OpsBase:
 
     app: EwsTestServer
     store: Store
-    _subs: dict[str, dict[str, int]]
-    _subs_lock: threading.Lock
+    streams: Streams
 
     # -- folder resolution ----------------------------------------------------------------------------
     def _accessible(self, ctx: Ctx, mailbox: str) -> bool:

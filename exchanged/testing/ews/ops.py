@@ -7,12 +7,12 @@ bug becomes ErrorInternalServerError with the traceback in the server's log only
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from .base import Ctx
+from .base import Ctx, parse_int
 from .folder_ops import FolderOps
 from .item_ops import ItemOps
 from .soap import (
@@ -35,6 +35,7 @@ from .soap import (
     t,
 )
 from .store import Store, id_kind
+from .streaming import Streams, error_answer
 from .sync_ops import SyncOps
 
 if TYPE_CHECKING:
@@ -49,8 +50,7 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
     def __init__(self, app: EwsTestServer) -> None:
         self.app = app
         self.store: Store = app.store
-        self._subs: dict[str, dict[str, int]] = {}  # subscription id -> folder id -> delivered seq
-        self._subs_lock = threading.Lock()
+        self.streams = Streams(self.store, app.streaming)
 
     @staticmethod
     def operation_name(body: bytes) -> str:
@@ -81,9 +81,7 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
                     "ErrorInvalidRequest",
                     f"The request is invalid: operation {op} is not supported by this test server.",
                 )
-            ctx = self._context(user, header)
-            if op == "GetStreamingEvents":
-                self.wait_for_events(op_el)
+            ctx = self._context(user, header, headers)
             env, soap_body = envelope()
             with self.store.lock:
                 self.store.begin()
@@ -111,6 +109,39 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
                 )
             )
 
+    def stream(self, user: str, body: bytes, headers: dict[str, str],
+               start: Callable[[], None], write: Callable[[bytes], None],
+               gone: Callable[[], bool]) -> tuple[int, bytes] | str:
+        """GetStreamingEvents: an answer to send at once (a fault, a refused connection), or how
+        the stream served through ``start`` (headers) and ``write`` (one envelope) ended."""
+        try:
+            root = self._parse(body)
+            header = root.find(f"{{{SOAP_NS}}}Header")
+            op_el = root.find(f"{{{SOAP_NS}}}Body")[0]
+            self.app.count_request("GetStreamingEvents")
+            self._check_version(header)
+            ctx = self._context(user, header, headers)
+            ids = op_el.find(m("SubscriptionIds"))
+            sids = [] if ids is None else [(e.text or "").strip() for e in ids]
+            timeout_min = parse_int(op_el.findtext(m("ConnectionTimeout")) or "", "ConnectionTimeout")
+        except SoapFault as fault:
+            return 500, fault_envelope(fault)
+        except ValueError as exc:
+            return 500, fault_envelope(schema_fault(f"The request failed schema validation: {exc}"))
+        opened = self.streams.open(ctx.user, sids, timeout_min, ctx.anchor, ctx.affinity)
+        if isinstance(opened, EwsError):
+            return 200, error_answer(opened)
+        record, generation = opened
+        ended = "client"
+        try:
+            start()
+            ended = self.streams.serve(record, generation, timeout_min, write, gone)
+        except OSError:
+            ended = "client"
+        finally:
+            self.streams.close(record, ended)
+        return ended
+
     def _parse(self, body: bytes) -> Element:
         try:
             root = etree.fromstring(body, _PARSER)
@@ -133,7 +164,7 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
                 faultcode="a:ErrorInvalidServerVersion",
             )
 
-    def _context(self, user: str, header: Element | None) -> Ctx:
+    def _context(self, user: str, header: Element | None, headers: dict[str, str] | None = None) -> Ctx:
         service = self.app.is_service_account(user)
         target = None if service else user
         impersonating = False
@@ -162,7 +193,11 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
                     faultcode="a:ErrorImpersonateUserDenied",
                 )
             target, impersonating = address, True
-        return Ctx(user=user, mailbox=target, impersonating=impersonating, service_account=service)
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        anchor = (lowered.get("x-anchormailbox") or "").strip().lower() or None
+        affinity = (lowered.get("x-preferserveraffinity") or "").strip().lower() == "true"
+        return Ctx(user=user, mailbox=target, impersonating=impersonating, service_account=service,
+                   anchor=anchor, affinity=affinity)
 
     # -- ConvertId --------------------------------------------------------------------------------------
     def op_ConvertId(self, ctx: Ctx, op: Element, body: Element) -> None:

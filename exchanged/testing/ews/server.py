@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -29,6 +30,7 @@ from . import ntlm
 from .ops import Dispatcher
 from .soap import DATETIME_STYLES, SoapFault, fault_envelope, grommunio_datetimes, server_busy_message
 from .store import Store
+from .streaming import StreamingLimits
 
 log = logging.getLogger("exchanged.testing.ews")
 
@@ -232,6 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- EWS --------------------------------------------------------------------------------------
     def _serve_ews(self, user: str, body: bytes) -> None:
         app = self.server.app
+        if Dispatcher.operation_name(body) == "GetStreamingEvents":
+            self._serve_ews_counted(user, body)  # a hanging connection is not a request in flight
+            return
         app.request_started()
         try:
             self._serve_ews_counted(user, body)
@@ -261,6 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
             app.count_request(Dispatcher.operation_name(body))
             self._send(action.status, b"Service Unavailable", "text/html")
             return
+        if Dispatcher.operation_name(body) == "GetStreamingEvents" and action.kind == "none":
+            self._serve_stream(user, body)
+            return
         status, payload = app.dispatcher.handle(user, body, dict(self.headers.items()))
         if action.kind == "drop":
             # The request was carried out; the client never hears about it.
@@ -271,6 +279,46 @@ class _Handler(BaseHTTPRequestHandler):
         if app.datetime_style == "grommunio":
             payload = grommunio_datetimes(payload)
         self._send(status, payload, "text/xml; charset=utf-8")
+
+
+    def _serve_stream(self, user: str, body: bytes) -> None:
+        """A hanging GetStreamingEvents: chunked transfer encoding, one chunk per envelope."""
+
+        def start() -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+
+        def write(doc: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(doc), doc))
+            self.wfile.flush()
+
+        def gone() -> bool:
+            """The client closed its end (it sends nothing else on a streaming connection)."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and not self.connection.recv(1)
+            except (OSError, ValueError):
+                return True
+
+        answer = self.server.app.dispatcher.stream(user, body, dict(self.headers.items()), start, write,
+                                                   gone)
+        if isinstance(answer, tuple):
+            self._send(answer[0], answer[1], "text/xml; charset=utf-8")
+            return
+        if answer in ("dropped", "client"):
+            self.close_connection = True
+            if answer == "dropped":  # cut, as a failing front end does: no last chunk
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            pass
 
 
 @dataclass
@@ -293,7 +341,7 @@ class EwsTestServer:
         port: int = 0,
         password: str = DEFAULT_PASSWORD,
         host: str = "127.0.0.1",
-        streaming_wait: float = 2.0,
+        streaming: StreamingLimits | None = None,
         idle_timeout: float = 120.0,
         datetime_style: str = "exchange",
     ) -> None:
@@ -301,7 +349,7 @@ class EwsTestServer:
             raise ValueError(f"datetime_style must be one of {DATETIME_STYLES}, got {datetime_style!r}")
         # "grommunio": date-times with nine fractional digits, as grommunio's EWS writes them
         self.datetime_style = datetime_style
-        self.streaming_wait = streaming_wait  # longest a GetStreamingEvents waits for an event
+        self.streaming = streaming or StreamingLimits()  # GetStreamingEvents: see streaming.py
         self.idle_timeout = idle_timeout  # seconds before an idle keep-alive connection is closed
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +384,7 @@ class EwsTestServer:
     def stop(self) -> None:
         if self._httpd is None:
             return
+        self.drop_streams()
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._lock:
@@ -388,7 +437,7 @@ class EwsTestServer:
                 "dropped": self._stats.dropped,
                 "max_concurrent": self._stats.max_concurrent,
                 "log": list(self._stats.log),
-            }
+            } | {"streaming": self.streaming_stats()}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -400,8 +449,38 @@ class EwsTestServer:
             return self.store.invitations()
 
     def set_faults(self, **values: Any) -> None:
+        """The switches of ``Faults``; also two actions done at once: ``drop_streams: 1`` cuts every
+        open streaming connection, ``expire_subscriptions: 1`` forgets every subscription."""
+        actions = {k: values.pop(k) for k in ("drop_streams", "expire_subscriptions") if k in values}
+        for key, value in actions.items():
+            if value not in (0, 1) or isinstance(value, bool):
+                raise ValueError(f"fault switch {key!r} takes 1 (do it now) or 0, got {value!r}")
         with self._lock:
             self._faults.update(values)
+        if actions.get("drop_streams"):
+            self.drop_streams()
+        if actions.get("expire_subscriptions"):
+            self.expire_subscriptions()
+
+    def drop_streams(self) -> None:
+        """Cut every open GetStreamingEvents connection, without its last envelope."""
+        self.dispatcher.streams.drop_streams()
+
+    def expire_subscriptions(self) -> None:
+        """Every subscription expires now (later requests: ErrorSubscriptionNotFound)."""
+        self.dispatcher.streams.expire_subscriptions()
+
+    def streaming_stats(self) -> dict[str, Any]:
+        streams = self.dispatcher.streams
+        return {
+            "subscriptions": len(streams.subscriptions()),
+            "open_connections": streams.open_connections(),
+            "connections": [
+                {"login": r.login, "anchor": r.anchor, "affinity": r.affinity,
+                 "subscriptions": len(r.subscriptions), "ended": r.ended or None}
+                for r in list(streams.history)
+            ],
+        }
 
     def faults_snapshot(self) -> dict[str, int | str]:
         with self._lock:

@@ -1,17 +1,15 @@
-"""SyncFolderItems, SyncFolderHierarchy and notifications (Subscribe, GetStreamingEvents, ...)."""
+"""SyncFolderItems, SyncFolderHierarchy, Subscribe and Unsubscribe (GetStreamingEvents: streaming.py)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-import time
-import uuid
 
 from lxml import etree
 
 from . import items as it
-from .base import SYNC_MAX, Ctx, OpsBase, now_text, parse_int, xml_bool
+from .base import SYNC_MAX, Ctx, OpsBase, parse_int, xml_bool
 from .soap import Element, EwsError, error, local, m, response_root, schema_fault, sub, success, t
 from .store import PUBLIC, FolderRow, Store
 
@@ -87,7 +85,7 @@ class SyncOps(OpsBase):
             else:
                 self.folder_xml(change, folder)
 
-    # -- notifications ----------------------------------------------------------------------------------
+    # -- notifications (the streaming itself: streaming.py) ------------------------------------------
     def op_Subscribe(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "Subscribe")
         req = next((c for c in op if isinstance(c.tag, str)), None)
@@ -101,9 +99,7 @@ class SyncOps(OpsBase):
         except EwsError as exc:
             error(container, "Subscribe", exc)
             return
-        payload = {"n": uuid.uuid4().hex, "s": {f.id: self.store.current_seq(f.mailbox) for f in folders}}
-        sub_id = base64.b64encode(json.dumps(payload).encode()).decode()
-        self._subscription(sub_id)
+        sub_id = self.streams.subscribe(ctx.user, ctx.mailbox or ctx.user, folders, ctx.anchor)
         msg = success(container, "Subscribe")
         sub(msg, m("SubscriptionId"), sub_id)
         if local(req.tag) != "StreamingSubscriptionRequest":
@@ -111,86 +107,12 @@ class SyncOps(OpsBase):
 
     def op_Unsubscribe(self, ctx: Ctx, op: Element, body: Element) -> None:
         sid = (op.findtext(m("SubscriptionId")) or "").strip()
-        with self._subs_lock:
-            self._subs.pop(sid, None)
-        success(response_root(body, "Unsubscribe"), "Unsubscribe")
-
-    def op_GetStreamingEvents(self, ctx: Ctx, op: Element, body: Element) -> None:
-        """Events since the last delivery, one Notification per subscription, then the connection closes.
-
-        Exchange holds the connection open for ConnectionTimeout minutes and streams events; this
-        server waits (outside the store lock, see `handle`) until there is something to report or
-        `streaming_wait` seconds have passed, answers once and closes.
-        """
-        container = response_root(body, "GetStreamingEvents")
-        ids = op.find(m("SubscriptionIds"))
-        sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
-        for sid in sub_ids:
-            if self._subscription(sid) is None:
-                error(
-                    container,
-                    "GetStreamingEvents",
-                    EwsError("ErrorSubscriptionNotFound", "The specified subscription was not found."),
-                )
-                return
-        msg = success(container, "GetStreamingEvents")
-        notifications = sub(msg, m("Notifications"))
-        for sid in sub_ids:
-            events = self._take_events(sid)
-            if not events:
-                continue
-            note = sub(notifications, m("Notification"))
-            sub(note, t("SubscriptionId"), sid)
-            for name, item_id, folder in events:
-                ev = sub(note, t(name))
-                sub(ev, t("TimeStamp"), now_text())
-                sub(ev, t("ItemId"), Id=item_id)
-                sub(ev, t("ParentFolderId"), Id=folder.id, ChangeKey=folder.change_key)
-        sub(msg, m("ConnectionStatus"), "Closed")
-
-    def _subscription(self, sid: str) -> dict[str, int] | None:
-        with self._subs_lock:
-            if sid in self._subs:
-                return self._subs[sid]
-        try:
-            payload = json.loads(base64.b64decode(sid, validate=True))
-            seqs = {str(k): int(v) for k, v in payload["s"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-            return None
-        with self._subs_lock:
-            return self._subs.setdefault(sid, seqs)
-
-    def _pending_events(self, sid: str) -> bool:
-        seqs = self._subscription(sid) or {}
-        return any(self.store.item_changes(fid, seq) for fid, seq in list(seqs.items()))
-
-    def _take_events(self, sid: str) -> list[tuple[str, str, FolderRow]]:
-        seqs = self._subscription(sid) or {}
-        out: list[tuple[str, str, FolderRow]] = []
-        for fid, seq in list(seqs.items()):
-            folder = self.store.folder(fid)
-            if folder is None:
-                continue
-            for kind, _seq, item_id, _row in self.store.item_changes(fid, seq):
-                name = {"Create": "CreatedEvent", "Update": "ModifiedEvent", "Delete": "DeletedEvent"}[kind]
-                out.append((name, item_id, folder))
-            with self._subs_lock:
-                seqs[fid] = self.store.current_seq(folder.mailbox)
-        return out
-
-    def wait_for_events(self, op: Element) -> None:
-        """Block (without the store lock) until a subscription has events or the wait is over."""
-        ids = op.find(m("SubscriptionIds"))
-        sub_ids = [] if ids is None else [(e.text or "").strip() for e in ids]
-        if not sub_ids or any(self._subscription(s) is None for s in sub_ids):
-            return  # answered at once with ErrorSubscriptionNotFound
-        timeout_min = parse_int(op.findtext(m("ConnectionTimeout")) or "1", "ConnectionTimeout")
-        deadline = time.monotonic() + min(timeout_min * 60, self.app.streaming_wait)
-        while time.monotonic() < deadline:
-            with self.store.lock:
-                if any(self._pending_events(s) for s in sub_ids):
-                    return
-            time.sleep(0.05)
+        container = response_root(body, "Unsubscribe")
+        if not self.streams.unsubscribe(sid):
+            error(container, "Unsubscribe",
+                  EwsError("ErrorSubscriptionNotFound", "The specified subscription was not found."))
+            return
+        success(container, "Unsubscribe")
 
 
 def _encode_state(kind: str, folder_id: str, seq: int) -> str:

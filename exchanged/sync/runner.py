@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+import structlog
 import trio
 
 from exchanged import engine, errors
@@ -70,6 +71,8 @@ from exchanged.ports import (
     StateStore,
     UserState,
 )
+
+log = structlog.get_logger("exchanged.sync")
 
 PUBLIC_FOLDER_USER = "public-folder"  # the state/status name of the public contacts cycle
 BATCH = 100  # items per bulk EWS call and per PSA apply; one state transaction each
@@ -260,6 +263,9 @@ class SyncRunner:
         except Exception as exc:  # every failure of a cycle is reported, never raised to the daemon
             shown = errors.present(_named(exc, target.name))
             outcome = CycleOutcome("error", error=shown.line(), reason=shown.reason)
+            if not isinstance(exc, errors.ExchangedError):  # a bug: its traceback goes to the log
+                log.error("cycle crashed: internal error", mailbox=target.name, cycle_id=cycle_id,
+                          error=shown.message, exc_info=exc)
         try:
             await self.state.record_outcome(target.name, self.now(), outcome)
         except Exception as exc:

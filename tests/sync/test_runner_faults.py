@@ -6,6 +6,7 @@ import copy
 from datetime import timedelta
 
 import pytest
+import structlog.testing
 import trio
 
 from exchanged import errors
@@ -339,3 +340,20 @@ async def test_an_unexpected_adapter_exception_is_an_error_outcome_not_a_crash()
     out = await w.cycle()
     assert out.result == "ok"
     await w.assert_converged()
+
+
+async def test_an_unexpected_exception_is_an_internal_error_logged_with_its_traceback() -> None:
+    w = World()
+    w.psa.add(Kind.APPOINTMENT, appt("a"), [RESOURCE])
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        return [][0]  # a bug somewhere below the runner
+
+    w.psa.load = broken  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        out = await w.cycle()
+    assert out.result == "error" and out.reason == "internal_error"
+    assert "IndexError" in (out.error or "") and "the log has the traceback" in (out.error or "")
+    [crash] = [e for e in logs if e.get("log_level") == "error"]
+    assert crash.get("mailbox") == MAILBOX and isinstance(crash.get("exc_info"), IndexError)
+    assert crash["exc_info"].__traceback__ is not None  # the renderer prints it

@@ -1372,13 +1372,33 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
 
 
 def _connect_psa(cfg: Config) -> list[Any]:
-    """The PSA part of --connect: for Autotask, login, zone, resources and appointment rights."""
-    if cfg.psa.connector != "autotask":
-        return []
+    """The PSA part of --connect: for Autotask, login, zone, resources and appointment rights;
+    for sql, that the database opens and its existing tables fit."""
     import trio
 
     from exchanged.errors import present
     from exchanged.ports import CheckResult
+
+    if isinstance(cfg.psa, SqlPsaConfig):
+        from exchanged.psa.sql import open_sql_connector
+
+        url = cfg.psa.url
+
+        async def check_sql() -> list[CheckResult]:
+            psa = open_sql_connector(url)
+            try:
+                schema = await psa.open()
+            finally:
+                await psa.aclose()
+            text = f" (text ids in {', '.join(sorted(schema.text_ids))})" if schema.text_ids else ""
+            return [CheckResult("psa", True, f"{psa.db.url.shown}: the tables fit{text}")]
+
+        try:
+            return trio.run(check_sql)
+        except Exception as exc:
+            return [CheckResult("psa", False, present(exc).line())]
+    if cfg.psa.connector != "autotask":
+        return []
     from exchanged.psa.autotask import check
 
     resources = [user.psa_resource for user in cfg.enabled_users()]

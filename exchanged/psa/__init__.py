@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from exchanged import errors, ports
+
+log = structlog.get_logger("exchanged.psa")
 
 
 async def open_connector(psa_cfg: Any) -> ports.PsaConnector:
@@ -16,7 +20,15 @@ async def open_connector(psa_cfg: Any) -> ports.PsaConnector:
     if connector == "sql":
         from exchanged.psa.sql import open_sql_connector
 
-        return open_sql_connector(psa_cfg.url)
+        sql = open_sql_connector(psa_cfg.url)
+        try:  # existing tables that do not fit are named now (start, reload), not in a cycle
+            await sql.open()
+        except errors.PsaUnavailable as exc:  # down now: the cycles report it, and retry
+            log.warning("the PSA database cannot be opened now", error=errors.present(exc).line())
+        except BaseException:
+            await sql.aclose()
+            raise
+        return sql
     if connector == "autotask":
         from exchanged.psa.autotask import open_autotask
 

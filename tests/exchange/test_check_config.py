@@ -70,3 +70,26 @@ def test_the_cli(tmp_path: Path, ews_server: EwsTestServer) -> None:
     assert wrong.returncode == 1
     assert "failed   login:" in wrong.stdout and "was refused" in wrong.stdout
     assert "not-it" not in wrong.stdout + wrong.stderr  # secrets are never printed
+
+
+def test_the_cli_checks_the_sql_psa_tables(tmp_path: Path, ews_server: EwsTestServer) -> None:
+    import sqlite3
+
+    psa = tmp_path / "psa.db"
+    with sqlite3.connect(psa) as conn:  # an existing PSA whose appointments lack three columns
+        conn.execute("CREATE TABLE appointments (id TEXT PRIMARY KEY, resource_id TEXT, title TEXT, "
+                     "description TEXT, start_time TEXT, end_time TEXT, last_modified TEXT, origin TEXT)")
+    path = write_config(tmp_path, ews_server)
+    path.write_text(path.read_text() + f"psa: {{connector: sql, url: 'sqlite:///{psa}'}}\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
+                           str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert ("failed   psa: the PSA tables do not fit the sql connector: table appointments has no "
+            "column exchange_uid, show_as, is_private") in done.stdout, done.stdout
+    with sqlite3.connect(psa) as conn:
+        for column in ("exchange_uid TEXT", "show_as TEXT", "is_private INTEGER"):
+            conn.execute(f"ALTER TABLE appointments ADD COLUMN {column}")
+    done = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
+                           str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert "the tables fit (text ids in appointments)" in done.stdout, done.stdout

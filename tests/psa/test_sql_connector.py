@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from exchanged.model import Appointment, Contact, ItemError, Kind, PsaRecord, Sh
 from exchanged.ports import PsaWrite
 from exchanged.psa import open_connector
 from exchanged.psa.sample import seed_sample
-from exchanged.psa.sql import MAX_TEXT, SqlPsa, open_sql_connector
+from exchanged.psa.sql import MAX_TEXT, SqlPsa, open_sql_connector, ts_param
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 DAY = NOW.replace(hour=0)
@@ -389,3 +390,78 @@ async def test_the_change_token_works_on_both_databases(sample: SqlPsa) -> None:
                                                todo.payload.due, completed=NOW), ("completed",))])
     assert isinstance(done, PsaRecord)
     assert await sample.change_token("1", ALL_KINDS, WINDOW) != token
+
+
+# --- existing tables of another shape ---------------------------------------------------------------
+
+TEXT_ID_TABLES = [
+    "CREATE TABLE resources (id TEXT PRIMARY KEY, email TEXT, first_name TEXT, last_name TEXT, "
+    "is_active BOOLEAN)",
+    "CREATE TABLE appointments (id TEXT PRIMARY KEY{default}, resource_id TEXT, title TEXT, "
+    "description TEXT, start_time {ts}, end_time {ts}, last_modified {ts}, origin TEXT, "
+    "exchange_uid TEXT, show_as TEXT, is_private BOOLEAN)",
+]
+
+
+@pytest.mark.parametrize("generated", [False, True], ids=["connector-ids", "database-ids"])
+async def test_tables_with_text_ids_are_read_and_written(psa_url: str, generated: bool) -> None:
+    if psa_url.startswith("sqlite:///"):
+        Path(psa_url.removeprefix("sqlite:///")).touch()  # noqa: ASYNC240 - an existing (empty) SQLite PSA
+    psa = open_sql_connector(psa_url, now=lambda: NOW)
+    dialect = "sqlite" if psa_url.startswith("sqlite") else "postgres"
+    ts = "TEXT" if dialect == "sqlite" else "TIMESTAMPTZ"
+    default = ("" if not generated else " DEFAULT (lower(hex(randomblob(8))))" if dialect == "sqlite"
+               else " DEFAULT gen_random_uuid()::text")
+    start = at(1, 9)
+
+    def setup(tx: Any) -> None:
+        for ddl in TEXT_ID_TABLES:
+            tx.query(ddl.format(default=default, ts=ts))
+        tx.query("INSERT INTO resources VALUES ('R-7', 'r7@example.test', 'R', 'Seven', TRUE)")
+        tx.query("INSERT INTO appointments (id, resource_id, title, description, start_time, end_time, "
+                 "last_modified, origin, exchange_uid, show_as, is_private) VALUES ('A-1', 'R-7', "
+                 "'Visit', '', ?, ?, ?, 'psa', NULL, 'busy', FALSE)",
+                 (ts_param(tx.dialect, start), ts_param(tx.dialect, start + timedelta(hours=1)),
+                  ts_param(tx.dialect, NOW)))
+
+    await psa.db.run(setup, write=True)
+    try:
+        resource = await psa.resource("R-7")
+        assert resource is not None and resource.email == "r7@example.test"
+        [owned] = await psa.load("R-7", frozenset({Kind.APPOINTMENT}), WINDOW)
+        assert owned.psa_key == "appointment:A-1"
+        meeting = Appointment("Imported", at(2, 10), at(2, 11))
+        [created] = await psa.apply([PsaWrite("create", Kind.IMPORTED, None, meeting,
+                                              exchange_key="UID-T", resource="R-7")])
+        assert isinstance(created, PsaRecord), created  # not the rowid of another row
+        assert created.payload == meeting and created.exchange_key == "UID-T"
+        imported = await psa.load("R-7", frozenset({Kind.IMPORTED}), WINDOW)
+        assert [r.psa_key for r in imported] == [created.psa_key]
+        moved = Appointment("Imported", at(3, 10), at(3, 11))
+        [updated] = await psa.apply([PsaWrite("update", Kind.IMPORTED, created.psa_key, moved,
+                                              exchange_key="UID-T", resource="R-7")])
+        assert isinstance(updated, PsaRecord) and updated.payload == moved
+        [flowed] = await psa.apply([PsaWrite("update", Kind.APPOINTMENT, "appointment:A-1",
+                                             replace(owned.payload, subject="Visit moved"),
+                                             fields=("subject",), resource="R-7")])
+        assert isinstance(flowed, PsaRecord) and flowed.payload.subject == "Visit moved"  # type: ignore[union-attr]
+        assert await psa.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None,
+                                         resource="R-7")]) == [None]
+        assert await psa.load("R-7", frozenset({Kind.IMPORTED}), WINDOW) == []
+    finally:
+        await psa.aclose()
+
+
+async def test_a_table_without_a_needed_column_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "psa.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE appointments (id INTEGER PRIMARY KEY, resource_id INTEGER, title TEXT, "
+                     "description TEXT, start_time TEXT, end_time TEXT, last_modified TEXT, origin TEXT)")
+    psa = open_sql_connector(f"sqlite:///{path}")
+    try:
+        with pytest.raises(errors.PsaError) as info:
+            await psa.load("1", ALL, WINDOW)
+        assert "table appointments has no column exchange_uid, show_as, is_private" in info.value.message
+        assert not isinstance(info.value, errors.PsaUnavailable)
+    finally:
+        await psa.aclose()

@@ -40,6 +40,8 @@ MAX_THROTTLED_ATTEMPTS = 6
 MAX_UNAVAILABLE_ATTEMPTS = 3
 RENEW_BEFORE_S = 300.0
 PREFER_UTC = 'outlook.timezone="UTC"'
+CLOUD_GRAPH_HOSTS = ("graph.microsoft.com", "graph.microsoft.us", "dod-graph.microsoft.us",
+                     "microsoftgraph.chinacloudapi.cn")
 # 404 codes that mean the mailbox (not an item) does not exist
 MAILBOX_GONE = ("ErrorInvalidUser", "MailboxNotEnabledForRESTAPI")
 
@@ -83,7 +85,14 @@ class GraphSettings:
 
     @property
     def scope(self) -> str:
-        return f"{self.graph_url}/.default"
+        """The token's scope: Graph's resource identifier in the cloud of ``graph_url`` (national
+        clouds have their own); any other URL (a test server, a reverse proxy) is the global one."""
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.graph_url).hostname or ""
+        if host in CLOUD_GRAPH_HOSTS:
+            return f"https://{host}/.default"
+        return "https://graph.microsoft.com/.default"
 
     @property
     def authority(self) -> str:
@@ -128,6 +137,8 @@ class TokenSource:
 
             def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
                 kwargs.setdefault("timeout", self._timeout)
+                # explicit, or requests takes REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE over server.ca_bundle
+                kwargs.setdefault("verify", self.verify)
                 return super().request(*args, **kwargs)
 
         s = self._s
@@ -209,7 +220,8 @@ def _token_error(result: Mapping[str, Any], s: GraphSettings) -> errors.Exchange
             hint="check that the sign-in host is reachable from this host (DNS, firewall, proxy)",
         )
     code = str(result.get("error") or "unknown_error")
-    desc = str(result.get("error_description") or "").split("\n")[0].strip()
+    # the first line, without "Trace ID: ... Correlation ID: ... Timestamp: ..." (noise at 3 a.m.)
+    desc = str(result.get("error_description") or "").split("\n")[0].split(" Trace ID:")[0].strip()
     message = f"{where} refused the app registration {s.client_id}: {code}: {desc}"[:500]
     if "AADSTS7000215" in desc or "AADSTS7000222" in desc:
         hint = (

@@ -12,7 +12,9 @@ The PSA key lives where the EWS adapter keeps it, so that both adapters read the
 
 Datetimes: every event is read and written with ``Prefer: outlook.timezone="UTC"``; an all-day
 event is written as whole days in the mailbox's time zone (Graph wants midnight in the event's
-zone). Task dates are days, written as the UTC date and read back as midnight UTC (as on EWS).
+zone) and read as the days Graph names (all-day events float: midnight in any zone asked for),
+which are midnights of the mailbox's zone in the model. Task dates are days, written as the UTC
+date and read back as midnight UTC (as on EWS).
 """
 
 from __future__ import annotations
@@ -182,8 +184,23 @@ def psa_key_of(folder: FolderKind, doc: Mapping[str, Any]) -> str | None:
     return linked(doc, LINK_APP) if folder is FolderKind.TASKS else extended(doc, PSA_KEY_PROP)
 
 
+def _floating_day(value: Any, tz: tzinfo, what: str) -> datetime | None:
+    """An all-day bound: Graph gives all-day events as midnight of the day in whatever zone was
+    asked for (they float); the model's bound is midnight of that day in the mailbox's zone."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("dateTime"), str):
+        return parse_dt(value, what)
+    try:
+        day = datetime.fromisoformat(value["dateTime"][:10]).date()
+    except ValueError:
+        raise Unmappable(f"{what} {value['dateTime']!r} is not a date") from None
+    return datetime.combine(day, time(0, 0)).replace(tzinfo=tz).astimezone(UTC)
+
+
 def appointment_from_graph(doc: Mapping[str, Any], tz: tzinfo) -> Appointment:
-    start, end = parse_dt(doc.get("start"), "start"), parse_dt(doc.get("end"), "end")
+    if doc.get("isAllDay"):
+        start, end = _floating_day(doc.get("start"), tz, "start"), _floating_day(doc.get("end"), tz, "end")
+    else:
+        start, end = parse_dt(doc.get("start"), "start"), parse_dt(doc.get("end"), "end")
     if start is None or end is None:
         raise Unmappable("event without start or end")
     location = doc.get("location")

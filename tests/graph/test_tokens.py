@@ -38,7 +38,7 @@ async def test_token_is_kept_until_five_minutes_before_expiry(autojump_clock: tr
     assert await tokens.token() == "one" and tokens.acquired == 1
     await trio.sleep(100)  # 3300 s: inside the last five minutes
     assert await tokens.token() == "two" and tokens.acquired == 2
-    assert app.scopes[0] == ["https://graph.test/.default"]
+    assert app.scopes[0] == ["https://graph.microsoft.com/.default"]
     tokens.invalidate()  # a 401 from Graph
     app.answers.append({"access_token": "three", "expires_in": 3600})
     assert await tokens.token() == "three"

@@ -1,0 +1,82 @@
+"""Graph JSON <-> payloads: what a real Graph answer looks like comes back as the model means it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from exchanged.graph import convert
+from exchanged.model import Appointment, FolderKind, Task
+
+BERLIN = convert.mailbox_zone("W. Europe Standard Time")
+
+
+def test_all_day_events_float_and_are_whole_days_of_the_mailbox_zone() -> None:
+    # asked with Prefer: outlook.timezone="UTC", Graph names the days at midnight "UTC"
+    doc = {
+        "id": "A",
+        "changeKey": "c",
+        "subject": "Holiday",
+        "isAllDay": True,
+        "start": {"dateTime": "2026-12-10T00:00:00.0000000", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-12T00:00:00.0000000", "timeZone": "UTC"},
+    }
+    item = convert.item_from_graph(FolderKind.CALENDAR, doc, BERLIN)
+    assert isinstance(item.payload, Appointment)
+    assert item.payload.start == datetime(2026, 12, 9, 23, 0, tzinfo=UTC)
+    assert item.payload.end == datetime(2026, 12, 11, 23, 0, tzinfo=UTC)
+    body = convert.new_body(
+        FolderKind.CALENDAR, item.payload, "appointment:1", (), BERLIN, "W. Europe Standard Time"
+    )
+    assert body["start"] == {"dateTime": "2026-12-10T00:00:00", "timeZone": "W. Europe Standard Time"}
+    assert body["end"] == {"dateTime": "2026-12-12T00:00:00", "timeZone": "W. Europe Standard Time"}
+
+
+def test_seven_fractional_digits_and_occurrence_keys() -> None:
+    doc = {
+        "id": "O1",
+        "changeKey": "c",
+        "subject": "Stand-up",
+        "type": "occurrence",
+        "iCalUId": "UID1",
+        "originalStart": "2026-12-10T08:00:00Z",
+        "seriesMasterId": "M",
+        "start": {"dateTime": "2026-12-10T08:00:00.1234567", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-10T08:15:00.0000000", "timeZone": "UTC"},
+    }
+    item = convert.item_from_graph(FolderKind.CALENDAR, doc, UTC)
+    assert item.exchange_key == "UID1@2026-12-10T08:00:00Z" and item.psa_key is None
+    assert item.payload.start == datetime(2026, 12, 10, 8, 0, 0, 123456, tzinfo=UTC)  # type: ignore[union-attr]
+
+
+def test_the_key_is_the_ews_adapters_property_read_case_insensitively() -> None:
+    prop = "String {8F4B6D2E-3C1A-4E7B-9A5D-2F6C8B1E7D34} Name exchanged-psa-key"
+    doc = {
+        "id": "X",
+        "subject": "s",
+        "start": {"dateTime": "2026-12-10T08:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-10T09:00:00", "timeZone": "UTC"},
+        "singleValueExtendedProperties": [{"id": prop, "value": "appointment:7"}],
+    }
+    assert convert.item_from_graph(FolderKind.CALENDAR, doc, UTC).psa_key == "appointment:7"
+    from exchanged.exchange.convert import PsaKeyProperty
+
+    assert (
+        f"String {{{PsaKeyProperty.property_set_id}}} Name {PsaKeyProperty.property_name}"
+    ) == convert.PSA_KEY_PROP
+
+
+def test_html_bodies_lose_their_markup_and_unknown_fields_are_refused() -> None:
+    doc = {
+        "id": "T",
+        "title": "Call",
+        "status": "notStarted",
+        "body": {"contentType": "html", "content": "<html><body><p>line one</p><p>two</p></body></html>"},
+    }
+    task = convert.item_from_graph(FolderKind.TASKS, doc, UTC).payload
+    assert isinstance(task, Task) and task.body == "line one\ntwo"
+    with pytest.raises(convert.Unmappable):
+        convert.update_body(FolderKind.TASKS, task, ("colour",), None, UTC, "UTC")
+    un = convert.update_body(FolderKind.TASKS, Task("Call"), ("completed",), None, UTC, "UTC")
+    assert un == {"status": "notStarted", "completedDateTime": None}

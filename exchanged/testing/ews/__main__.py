@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sqlite3
 import sys
-import threading
 
+from ..httpd import serve_until_signalled
 from .server import DEFAULT_PASSWORD, EwsTestServer
 from .soap import DATETIME_STYLES
 
@@ -62,13 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(json.dumps({"url": server.url, "ca_file": server.ca_file}), flush=True)
-    stop.wait()
-    server.stop()
-    return 0
+    return serve_until_signalled(server, {"url": server.url, "ca_file": server.ca_file})
 
 
 if __name__ == "__main__":

@@ -15,16 +15,16 @@ import logging
 import os
 import select
 import socket
-import ssl
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from ..faults import FaultSwitches
+from ..httpd import ServedOverTls, TlsThreadingServer
 from ..tls import server_tls
 from . import ntlm
 from .ops import Dispatcher
@@ -82,31 +82,6 @@ class Stats:
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_MAX))
 
 
-class _Http(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    app: EwsTestServer
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # The TLS handshake runs in the connection's own thread so a slow or failing client
-        # (e.g. one that does not trust our CA) never blocks accept().
-        try:
-            tls = self.app.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.info("TLS handshake with %s failed: %s", client_address, exc)
-            return
-        self.app.track(tls, True)
-        try:
-            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
-        finally:
-            self.app.track(tls, False)
-            with contextlib.suppress(OSError):
-                tls.close()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("connection from %s failed", client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Microsoft-IIS/10.0"
@@ -116,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.app.idle_timeout)  # IIS closes idle connections too
 
-    server: _Http
+    server: TlsThreadingServer
 
     ntlm_ctx: Any = None
     connection_user: str | None = None
@@ -330,7 +305,7 @@ class _FaultAction:
     style: str = "fault"
 
 
-class EwsTestServer:
+class EwsTestServer(ServedOverTls):
     """An Exchange 2016 look-alike for exchangelib, in-process (start/stop) or via `python -m`."""
 
     def __init__(
@@ -367,54 +342,18 @@ class EwsTestServer:
         self._faults = Faults()
         self._stats = Stats()
         self._lock = threading.Lock()
-        self._httpd: _Http | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[Any] = set()
+        self._init_served()
 
-    # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> EwsTestServer:
-        httpd = _Http((self._host, self._port), _Handler)
-        httpd.app = self
-        self._httpd = httpd
-        self._port = httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, name="ews-test-server", daemon=True)
-        self._thread.start()
-        return self
+    handler_class = _Handler
+    thread_name = "ews-test-server"
 
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
+    def _stopping(self) -> None:
         self.drop_streams()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join()
-        self._httpd = None
+
+    def _stopped(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> EwsTestServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def track(self, conn: Any, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
     # -- public properties ------------------------------------------------------------------------
-    @property
-    def port(self) -> int:
-        return self._port
-
     @property
     def url(self) -> str:
         return f"https://localhost:{self._port}{EWS_PATH}"

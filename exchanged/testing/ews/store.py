@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS tombstones (
     item_id TEXT NOT NULL, folder_id TEXT NOT NULL, created_seq INTEGER NOT NULL, deleted_seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tombstones_folder ON tombstones (folder_id, deleted_seq);
+CREATE TABLE IF NOT EXISTS delta_states (
+    token TEXT PRIMARY KEY, mailbox TEXT NOT NULL, data TEXT NOT NULL, created TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS invitations (
     n INTEGER PRIMARY KEY AUTOINCREMENT, mailbox TEXT NOT NULL, item_id TEXT NOT NULL,
     operation TEXT NOT NULL, mode TEXT NOT NULL, at TEXT NOT NULL
@@ -120,7 +123,11 @@ class Store:
     def __init__(self, path: str, mailboxes: list[str]) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Two front ends (the EWS and the Graph test server) may serve one state dir from two
+        # processes: every operation runs in one BEGIN IMMEDIATE transaction, which SQLite
+        # serialises across processes (a writer waits up to `timeout` for the other), and nothing
+        # is cached outside the database, so each operation reads what the other process wrote.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         with self.lock:
             self._db.executescript(_SCHEMA)
@@ -146,6 +153,10 @@ class Store:
             self._db.execute("ROLLBACK")
 
     # -- mailboxes ------------------------------------------------------------------------------
+    def ensure_mailbox(self, address: str) -> None:
+        """Create a mailbox with its folders unless it exists (another front end may add some)."""
+        self._ensure_mailbox(address.lower())
+
     def _ensure_mailbox(self, address: str) -> None:
         row = self._db.execute("SELECT 1 FROM mailboxes WHERE address = ?", (address,)).fetchone()
         if row:
@@ -271,6 +282,13 @@ class Store:
         seq = self.next_seq(folder.mailbox)
         self._db.execute("UPDATE folders SET deleted_seq = ? WHERE id = ?", (seq, folder.id))
 
+    def rename_folder(self, folder: FolderRow, display_name: str) -> None:
+        seq = self.next_seq(folder.mailbox)
+        self._db.execute(
+            "UPDATE folders SET display_name = ?, change_key = ?, changed_seq = ? WHERE id = ?",
+            (display_name, new_change_key(), seq, folder.id),
+        )
+
     def item_count(self, folder_id: str) -> int:
         return int(
             self._db.execute("SELECT COUNT(*) FROM items WHERE folder_id = ?", (folder_id,)).fetchone()[0]
@@ -365,3 +383,27 @@ class Store:
             "SELECT mailbox, item_id, operation, mode, at FROM invitations ORDER BY n"
         ).fetchall()
         return [dict(zip(("mailbox", "item_id", "operation", "mode", "at"), r, strict=True)) for r in rows]
+
+    # -- Graph front end: delta/skip tokens, mailbox settings ------------------------------------
+    def save_delta_state(self, token: str, mailbox: str, data: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO delta_states VALUES (?,?,?,?)",
+            (token, mailbox, data, utcnow().isoformat()),
+        )
+
+    def delta_state(self, token: str) -> tuple[str, str] | None:
+        """(mailbox, data) of a Graph delta or skip token, None if unknown."""
+        row = self._db.execute("SELECT mailbox, data FROM delta_states WHERE token = ?", (token,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def mailbox_setting(self, mailbox: str, name: str) -> str | None:
+        """A mailbox setting both front ends share (e.g. "timeZone", a Windows zone name)."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"mailbox:{mailbox.lower()}:{name}",)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def set_mailbox_setting(self, mailbox: str, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"mailbox:{mailbox.lower()}:{name}", value)
+        )

@@ -51,6 +51,7 @@ from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
+from exchanged.signals import remember_early, take_pending
 
 if TYPE_CHECKING:
     from exchanged.config import Config, UserConfig
@@ -265,6 +266,10 @@ class Daemon:
         # The signal receiver wraps everything, the closing of the adapters included: a second
         # SIGTERM during the stop must not fall back to the default action and kill the process.
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            for signum in take_pending():  # arrived before the receiver was open
+                if signum != signal.SIGHUP:  # a reload before the start is moot
+                    log.info("stop requested during the start", signal=signal.Signals(signum).name)
+                    self._stop.set()
             self.adapters = await self.openers.open(self.cfg)
             try:
                 self.runner = self.openers.runner(self.cfg, self.adapters)
@@ -990,11 +995,9 @@ def cli_run(args: Any, openers: Openers | None = None) -> int:
     for warning in cfg.warnings:
         log.warning("config warning", warning=warning)
     daemon = Daemon(cfg, path, openers=openers)
-    # Daemon.run handles these through trio's signal receiver, which restores the previous
-    # disposition when it closes; "ignore" makes a repeated SIGTERM during the last milliseconds
-    # of a clean stop harmless instead of killing the process with the default action.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
+    # Daemon.run handles these through trio's signal receiver; before it is open (and after it
+    # closes) they are noted, never fatal and never lost (exchanged/signals.py)
+    remember_early()
     try:
         return trio.run(daemon.run)
     except KeyboardInterrupt:

@@ -3,7 +3,10 @@ TLS, the sql PSA and a real SMTP sink: one mail per cause, fast answers when Exc
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,9 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
+from exchanged.testing.smtp import SmtpSink
 from tests.daemon.ews_daemon import ews_daemon
-from tests.daemon.harness import DaemonEnv, body_of, secret_file
+from tests.daemon.harness import HANG_GUARD_S, DaemonEnv, NotifySocket, body_of, secret_file, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,3 +76,47 @@ def test_with_exchange_down_sync_wait_answers_with_the_error(tmp_path: Path) -> 
         assert env.stop() == 0
         subjects = [m["Subject"] for m in env.smtp.messages]
     assert len(subjects) == 1 and "ERROR (2 mailboxes)" in subjects[0], subjects
+
+
+def _open_writer(fifo: Path) -> int:
+    """The write end of ``fifo`` once a reader has opened it (ENXIO until then)."""
+    def attempt() -> int | None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return None
+
+    fd: int = wait_until(attempt, "the daemon reading its config")
+    return fd
+
+
+def test_sigterm_during_the_start_is_a_clean_stop(tmp_path: Path) -> None:
+    """``exchanged run`` as systemd starts it, stopped while it still reads its config (a FIFO
+    holds it there): exit 0 with STOPPING=1, never killed by the signal's default action."""
+    with SmtpSink() as smtp:
+        notify = NotifySocket(tmp_path / "notify.sock")
+        try:
+            env = DaemonEnv(base=tmp_path, smtp=smtp, notify=notify, memory=False)
+            (tmp_path / "psa.db").touch()
+            text = yaml.safe_dump(env.config(server={"address": "mail.example.test", "port": 1}))
+            fifo = tmp_path / "exchanged.yaml"
+            os.mkfifo(fifo)
+            proc = subprocess.Popen([sys.executable, "-m", "exchanged", "run", "--config", str(fifo)],
+                                    env=env.env(), stdout=subprocess.DEVNULL,
+                                    stderr=env.stderr_path.open("ab"))
+            try:
+                fd = _open_writer(fifo)
+                proc.send_signal(signal.SIGTERM)  # in the middle of reading the config
+                with os.fdopen(fd, "w") as writer:
+                    writer.write(text)
+                assert proc.wait(timeout=HANG_GUARD_S) == 0, env.stderr()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            notify.wait_for("STOPPING=1")
+            assert "stop requested during the start" in env.stderr()
+        finally:
+            notify.close()

@@ -68,8 +68,8 @@ _SHOW_AS_TO = {v: k for k, v in _SHOW_AS_FROM.items()}
 _EVENT_FIELDS = {
     "subject": ("subject",),
     "body": ("body",),
-    "start": ("start", "isAllDay"),
-    "end": ("end", "isAllDay"),
+    "start": ("start", "end", "isAllDay"),  # start and end go together: Graph checks an all-day pair
+    "end": ("start", "end", "isAllDay"),
     "location": ("location",),
     "is_all_day": ("isAllDay", "start", "end"),
     "show_as": ("showAs",),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -80,3 +80,14 @@ def test_html_bodies_lose_their_markup_and_unknown_fields_are_refused() -> None:
         convert.update_body(FolderKind.TASKS, task, ("colour",), None, UTC, "UTC")
     un = convert.update_body(FolderKind.TASKS, Task("Call"), ("completed",), None, UTC, "UTC")
     assert un == {"status": "notStarted", "completedDateTime": None}
+
+
+def test_a_moved_all_day_event_sends_both_bounds() -> None:
+    day = datetime(2026, 12, 9, 23, 0, tzinfo=UTC)
+    p = Appointment("Holiday", day, day + timedelta(days=1), is_all_day=True)
+    body = convert.update_body(FolderKind.CALENDAR, p, ("start",), None, BERLIN, "W. Europe Standard Time")
+    assert (
+        body["start"]["dateTime"] == "2026-12-10T00:00:00"
+        and body["end"]["dateTime"] == "2026-12-11T00:00:00"
+    )
+    assert body["isAllDay"] is True

@@ -485,6 +485,22 @@ class CredentialsConfig(_Model):
         return self.username
 
 
+def time_zone_problem(name: str) -> str | None:
+    """Why ``name`` is not an IANA time zone this host knows, or None."""
+    import zoneinfo
+
+    if name.startswith(("/", ".")) or ".." in name or name in ("localtime", "posixrules"):
+        return f"{name!r} is not an IANA time zone name (such as Europe/Berlin or America/New_York)"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        hint = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
+        also = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return (f"{name!r} is not an IANA time zone name{also}; use one such as Europe/Berlin or "
+                "America/New_York (Windows names such as 'W. Europe Standard Time' are not accepted here)")
+    return None
+
+
 def pem_problem(text: str) -> str | None:
     """Why ``text`` is not a PEM file with one private key and a certificate, or None."""
     if "-----BEGIN CERTIFICATE-----" not in text:
@@ -592,12 +608,24 @@ class UserConfig(_Model):
     psa_resource: str = Field(min_length=1)
     enabled: SBool = True
     settings: UserSettings = UserSettings()
+    # the zone of the mailbox's days (IANA); None: the zone the mailbox has in Exchange
+    time_zone: str | None = None
     # only with credentials.use_for_all_users: false (each user logs in as itself)
     username: str | None = None
     password_file: str | None = None
     password: SecretStr | None = None
 
     _settings_none = field_validator("settings", mode="before")(_none_is_empty)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        problem = time_zone_problem(value.strip())
+        if problem is not None:
+            raise _rule(problem)
+        return value.strip()
     _check_password = field_validator("password", mode="before")(_secret_not_number)
 
     @field_validator("mailbox")

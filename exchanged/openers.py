@@ -113,7 +113,7 @@ def user_spec(cfg: Config, user: UserConfig) -> UserSpec:
     from exchanged.engine import UserSettings, UserSpec
 
     return UserSpec(mailbox=user.mailbox, psa_resource=user.psa_resource,
-                    settings=UserSettings.from_config(cfg.effective_sync(user)))
+                    settings=UserSettings.from_config(cfg.effective_sync(user)), time_zone=user.time_zone)
 
 
 class Openers:

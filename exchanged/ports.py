@@ -69,6 +69,15 @@ class ExchangeMailbox(Protocol):
     @property
     def mailbox(self) -> str: ...
 
+    async def time_zone(self) -> str:
+        """The IANA zone of this mailbox's days (all-day items, task dates): the ``time_zone`` the
+        account's ``mailbox()`` was given (the config's ``users[].time_zone``), else the zone the
+        owner chose in Exchange (EWS: ``OWA.UserOptions`` via GetUserConfiguration; Graph:
+        ``mailboxSettings.timeZone``, a Windows or IANA name), else ``UTC`` (said in the log once).
+        Never the host's. The adapter converts with it in every operation; a changed zone is
+        picked up within the adapter's refresh interval."""
+        ...
+
     def changes(self, folder: FolderKind, sync_state: str | None, *,
                 known: dict[str, ExchangeItem] | None = None) -> AsyncIterator[ChangePage]:
         """SyncFolderItems from ``sync_state`` (None: from the beginning), page by page.
@@ -116,7 +125,10 @@ class ExchangeMailbox(Protocol):
 class ExchangeAccount(Protocol):
     """The EWS connection of the configured sync account; hands out mailboxes."""
 
-    def mailbox(self, address: str) -> ExchangeMailbox: ...
+    def mailbox(self, address: str, *, time_zone: str | None = None) -> ExchangeMailbox:
+        """The mailbox at ``address``; ``time_zone`` (IANA, validated by the config) overrides the
+        zone the mailbox has in Exchange (see ``ExchangeMailbox.time_zone``)."""
+        ...
 
     def public_contacts(self) -> ExchangeMailbox:
         """The public folder of all PSA contacts (only the PUBLIC_CONTACTS folder is used)."""

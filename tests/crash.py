@@ -73,8 +73,9 @@ class _Counted:
 
 
 class _CountedAccount(_Counted):
-    def mailbox(self, address: str) -> Any:
-        return _Counted(self._inner.mailbox(address), self._counter, "exchange", MAILBOX_WRITES)
+    def mailbox(self, address: str, *, time_zone: str | None = None) -> Any:
+        return _Counted(self._inner.mailbox(address, time_zone=time_zone), self._counter, "exchange",
+                        MAILBOX_WRITES)
 
     def public_contacts(self) -> Any:
         return _Counted(self._inner.public_contacts(), self._counter, "exchange", MAILBOX_WRITES)

@@ -159,9 +159,14 @@ class MemoryMailbox:
             f: _Folder(identity=f"{address}/{f.value}/{uuid.uuid4().hex[:8]}") for f in folders
         }
 
+    zone = "UTC"  # stores payloads as given: no days to compute, the zone is only reported
+
     @property
     def mailbox(self) -> str:
         return self._address
+
+    async def time_zone(self) -> str:
+        return self.zone
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -466,11 +471,12 @@ class MemoryExchange:
         self._id_prefix = uuid.uuid4().hex[:6]
         self._mailboxes: dict[str, MemoryMailbox] = {}
 
-    def mailbox(self, address: str) -> MemoryMailbox:
+    def mailbox(self, address: str, *, time_zone: str | None = None) -> MemoryMailbox:
         key = address.lower()
         if key not in self._mailboxes:
             self._mailboxes[key] = MemoryMailbox(
                 self, address, [FolderKind.CALENDAR, FolderKind.TASKS, FolderKind.CONTACTS])
+        self._mailboxes[key].zone = time_zone or "UTC"
         return self._mailboxes[key]
 
     def public_contacts(self) -> MemoryMailbox:

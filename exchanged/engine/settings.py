@@ -58,6 +58,7 @@ class UserSpec:
     mailbox: str
     psa_resource: str
     settings: UserSettings = UserSettings()
+    time_zone: str | None = None  # users[].time_zone (IANA); None: the mailbox's own, from Exchange
 
 
 def window(now: datetime, settings: UserSettings) -> Window:

@@ -29,7 +29,7 @@ from exchangelib.protocol import CachingProtocol, Protocol
 from exchanged import errors
 from exchanged.exchange import tls
 from exchanged.exchange.backoff import BackOffGate
-from exchanged.exchange.convert import default_timezone
+from exchanged.exchange.convert import UTC_EWS
 from exchanged.exchange.errmap import is_ambiguous, map_error
 from exchanged.exchange.services import GetFolderHinted, ResolveNamesHinted
 from exchanged.exchange.settings import ExchangeSettings, UserCredentials
@@ -112,7 +112,7 @@ class EwsAccount:
                 self.setup_error = exc
         tls.install()
         self.limiter = trio.CapacityLimiter(settings.max_connections)
-        self.tz = default_timezone()
+        self.tz = UTC_EWS  # each mailbox sets its own zone on its Account (EwsMailbox._use), never the host's
         self.version = pinned_version(settings.version)
         self.host = settings.service_endpoint.split("/")[2]
         self.timeouts = (float(settings.connect_timeout_s), float(settings.read_timeout_s))
@@ -245,12 +245,14 @@ class EwsAccount:
 
     # -- ports.ExchangeAccount ----------------------------------------------------------------------
 
-    def mailbox(self, address: str) -> Any:
+    def mailbox(self, address: str, *, time_zone: str | None = None) -> Any:
+        """The mailbox (kept for the account's life); ``time_zone``: the configured override."""
         from exchanged.exchange.mailbox import EwsMailbox
 
         key = address.lower()
         if key not in self._mailboxes:
-            self._mailboxes[key] = EwsMailbox(self, address)
+            self._mailboxes[key] = EwsMailbox(self, address, time_zone)
+        self._mailboxes[key].override = time_zone
         return self._mailboxes[key]
 
     def public_contacts(self) -> Any:

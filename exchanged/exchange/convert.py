@@ -6,14 +6,17 @@ Mapping (model field -> exchangelib field):
   show_as <-> legacy_free_busy_status, is_private <-> sensitivity (Private; Confidential reads
   as private too, never written).
 * Task <-> Task: subject, body, start <-> start_date, due <-> due_date (EWS task dates are days:
-  written as the UTC date, read back as midnight UTC), completed <-> status Completed +
-  percent_complete 100 (EWS's CompleteDate is set by the server; read back as ``completed``).
+  written as the date in the mailbox's time zone, read back as midnight there), completed <->
+  status Completed + percent_complete 100 (EWS's CompleteDate is set by the server; read back as
+  ``completed``).
 * Contact <-> Contact: given_name, surname, company <-> company_name, job_title,
   email <-> email_addresses[EmailAddress1], business_phone/mobile_phone <->
   phone_numbers[BusinessPhone/MobilePhone]; display_name is derived (EWS requires it).
 
-All datetimes leave this module timezone-aware UTC. All-day appointments are whole days in the
-adapter's default time zone (the host's, as exchangelib assumes).
+All datetimes leave this module timezone-aware UTC. Days are the mailbox's: every function that
+turns a time into a day or back takes ``tz``, the mailbox's zone (``EwsMailbox`` reads it from
+Exchange or the config, never from the host). An all-day appointment read is whole days in its
+own StartTimeZone when Exchange gives one, else in ``tz``.
 
 Odd items are never fatal: ``item_from_ews`` raises ``Unmappable`` with a reason and the caller
 skips the item with a log line (exchangelib #877), unless it carries our PSA key: then
@@ -126,7 +129,8 @@ def check_payload(payload: Payload) -> None:
 # --- the fields we read (GetItem/FindItem additional properties) -------------------------------------
 
 _CAL_READ = ("subject", "body", "start", "end", "is_all_day", "location", "legacy_free_busy_status",
-             "sensitivity", "categories", "uid", "type", "original_start", "last_modified_time")
+             "sensitivity", "categories", "uid", "type", "original_start", "last_modified_time",
+             "_start_timezone")  # an all-day item's days are those of its own zone
 _TASK_READ = ("subject", "body", "start_date", "due_date", "status", "complete_date",
               "percent_complete", "categories", "last_modified_time")
 _CONTACT_READ = ("given_name", "surname", "display_name", "company_name", "job_title",
@@ -163,12 +167,12 @@ def key_field(folder: FolderKind) -> FieldPath:
 UTC_EWS = EWSTimeZone("UTC")
 
 
-def default_timezone() -> EWSTimeZone:
-    """The host's zone, as exchangelib assumes for dates; UTC when it cannot be told."""
+def ews_timezone(name: str) -> EWSTimeZone:
+    """An IANA zone name as exchangelib's zone (``ValueError`` for an unknown name)."""
     try:
-        return EWSTimeZone.localzone()
-    except Exception:  # exchangelib raises several kinds here; UTC is always a fine answer
-        return UTC_EWS
+        return EWSTimeZone(name)
+    except Exception as exc:  # exchangelib raises its UnknownTimeZone, zoneinfo several kinds
+        raise ValueError(f"unknown time zone {name!r}: {exc}") from None
 
 
 def to_utc(value: datetime) -> datetime:
@@ -229,21 +233,27 @@ _SHOW_AS_FROM_EWS = {"Free": ShowAs.FREE, "Tentative": ShowAs.TENTATIVE, "Busy":
 _SHOW_AS_TO_EWS = {v: k for k, v in _SHOW_AS_FROM_EWS.items()}
 
 
-def _cal_bounds(item: Any) -> tuple[datetime, datetime]:
+def _item_zone(item: Any, tz: tzinfo) -> tzinfo:
+    """The zone an all-day item's days are in: its own StartTimeZone, else the mailbox's."""
+    own = getattr(item, "_start_timezone", None)
+    return own if isinstance(own, tzinfo) else tz
+
+
+def _cal_bounds(item: Any, tz: tzinfo) -> tuple[datetime, datetime]:
     start, end = item.start, item.end
     if start is None or end is None:
         raise Unmappable("calendar item without start or end")
     if isinstance(start, datetime) and isinstance(end, datetime):
         return to_utc(start), to_utc(end)
     # all-day: exchangelib hands out dates in the item's zone (end inclusive)
-    tz = getattr(item, "_start_timezone", None) or default_timezone()
+    tz = _item_zone(item, tz)
     s_day = start if not isinstance(start, datetime) else start.astimezone(tz).date()
     e_day = end if not isinstance(end, datetime) else end.astimezone(tz).date()
     return _midnight(s_day, tz), _midnight(e_day + timedelta(days=1), tz)
 
 
-def appointment_from_ews(item: Any) -> Appointment:
-    start, end = _cal_bounds(item)
+def appointment_from_ews(item: Any, tz: tzinfo) -> Appointment:
+    start, end = _cal_bounds(item, tz)
     return Appointment(
         subject=_s(item.subject), start=start, end=end, body=body_text(item.body),
         location=_s(item.location), is_all_day=bool(item.is_all_day),
@@ -251,22 +261,27 @@ def appointment_from_ews(item: Any) -> Appointment:
         is_private=item.sensitivity in ("Private", "Confidential"))
 
 
-def _day_to_utc(value: Any) -> datetime | None:
+def _day_start(value: Any, tz: tzinfo) -> datetime | None:
+    """A task date (a day) as the UTC instant of its midnight in the mailbox's zone."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        value = to_utc(value).date()
-    return datetime.combine(value, time(0, 0), tzinfo=UTC)
+        value = value.astimezone(tz).date()
+    return _midnight(value, tz)
 
 
-def task_from_ews(item: Any) -> Task:
+def _local_day(value: datetime, tz: tzinfo) -> date:
+    return value.astimezone(tz).date()
+
+
+def task_from_ews(item: Any, tz: tzinfo) -> Task:
     completed: datetime | None = None
     if item.status == "Completed" or (item.percent_complete is not None
                                        and Decimal(item.percent_complete) >= 100):
         stamp = item.complete_date or item.last_modified_time
         completed = to_utc(stamp) if isinstance(stamp, datetime) else datetime(1970, 1, 1, tzinfo=UTC)
-    return Task(subject=_s(item.subject), body=body_text(item.body), start=_day_to_utc(item.start_date),
-                due=_day_to_utc(item.due_date), completed=completed)
+    return Task(subject=_s(item.subject), body=body_text(item.body), start=_day_start(item.start_date, tz),
+                due=_day_start(item.due_date, tz), completed=completed)
 
 
 def _indexed(values: Iterable[Any] | None, label: str, attr: str) -> str:
@@ -321,13 +336,16 @@ def _stored(raw: Any) -> dict[str, datetime | None]:
     return {k: _from_iso(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
 
 
-def _task_day(read: datetime | None, written: datetime | None) -> datetime | None:
-    """A task date as read (a day), with the time of day we wrote when the day is still ours."""
+def _task_day(read: datetime | None, written: datetime | None, tz: tzinfo) -> datetime | None:
+    """A task date as read (a day in the mailbox's zone), with the time of day we wrote when the
+    day is still ours."""
     if read is None or written is None:
         return read
-    if read.date() == written.date():
+    day = _local_day(read, tz)
+    if day == _local_day(written, tz):
         return written
-    return datetime.combine(read.date(), written.timetz())  # moved to another day in Outlook
+    # moved to another day in Outlook: that day, at the time of day the PSA had (in the mailbox's zone)
+    return to_utc(datetime.combine(day, written.astimezone(tz).time()).replace(tzinfo=tz))
 
 
 def exact_merge(payload: Payload, raw: Any, tz: tzinfo) -> Payload:
@@ -340,8 +358,8 @@ def exact_merge(payload: Payload, raw: Any, tz: tzinfo) -> Payload:
         completed = payload.completed
         if completed is not None and stored.get("completed") is not None:
             completed = stored["completed"]
-        return replace(payload, start=_task_day(payload.start, stored.get("start")),
-                       due=_task_day(payload.due, stored.get("due")), completed=completed)
+        return replace(payload, start=_task_day(payload.start, stored.get("start"), tz),
+                       due=_task_day(payload.due, stored.get("due"), tz), completed=completed)
     if isinstance(payload, Appointment) and payload.is_all_day:
         w_start, w_end = stored.get("start"), stored.get("end")
         if w_start is None or w_end is None:
@@ -354,8 +372,9 @@ def exact_merge(payload: Payload, raw: Any, tz: tzinfo) -> Payload:
     return payload
 
 
-def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
-    """One exchangelib item as an ``ExchangeItem``; ``Unmappable`` for what we cannot represent."""
+def item_from_ews(folder: FolderKind, item: Any, tz: tzinfo = UTC) -> ExchangeItem:
+    """One exchangelib item as an ``ExchangeItem``; ``Unmappable`` for what we cannot represent.
+    ``tz``: the mailbox's zone (its days)."""
     expected = ITEM_CLASSES[folder]
     if type(item) is not expected:
         raise Unmappable(f"{type(item).__name__} in the {folder.value} folder")
@@ -365,7 +384,7 @@ def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
     uid = exchange_key = None
     is_master = False
     if folder is FolderKind.CALENDAR:
-        payload = appointment_from_ews(item)
+        payload = appointment_from_ews(item, tz)
         uid = _s(item.uid) or None
         kind = _s(item.type)
         is_master = kind == "RecurringMaster"
@@ -374,11 +393,12 @@ def item_from_ews(folder: FolderKind, item: Any) -> ExchangeItem:
         else:
             exchange_key = uid
     elif folder is FolderKind.TASKS:
-        payload = task_from_ews(item)
+        payload = task_from_ews(item, tz)
     else:
         payload = contact_from_ews(item)
-    if folder in (FolderKind.CALENDAR, FolderKind.TASKS):
-        tz = getattr(item, "_start_timezone", None) or default_timezone()
+    if folder is FolderKind.CALENDAR:
+        payload = exact_merge(payload, getattr(item, EXACT_ATTR, None), _item_zone(item, tz))
+    elif folder is FolderKind.TASKS:
         payload = exact_merge(payload, getattr(item, EXACT_ATTR, None), tz)
     modified = item.last_modified_time
     return ExchangeItem(
@@ -435,12 +455,12 @@ def _appointment_values(p: Appointment, tz: tzinfo) -> dict[str, Any]:
     return values
 
 
-def _task_values(p: Task) -> dict[str, Any]:
+def _task_values(p: Task, tz: tzinfo) -> dict[str, Any]:
     done = p.completed is not None
     return {
         "subject": p.subject, "body": Body(p.body) if p.body else None,
-        "start_date": _ews_date(to_utc(p.start).date()) if p.start else None,
-        "due_date": _ews_date(to_utc(p.due).date()) if p.due else None,
+        "start_date": _ews_date(_local_day(p.start, tz)) if p.start else None,
+        "due_date": _ews_date(_local_day(p.due, tz)) if p.due else None,
         "status": "Completed" if done else "NotStarted",
         "percent_complete": Decimal(100) if done else Decimal(0),
     }
@@ -469,7 +489,7 @@ def payload_values(payload: Payload, tz: tzinfo, *, for_update: bool = False) ->
     if isinstance(payload, Appointment):
         return _appointment_values(payload, tz)
     if isinstance(payload, Task):
-        return _task_values(payload)
+        return _task_values(payload, tz)
     return _contact_values(payload, for_update=for_update)
 
 

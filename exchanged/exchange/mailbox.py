@@ -23,12 +23,21 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import trio
 from exchangelib import Q
 from exchangelib.errors import ErrorFolderNotFound, ErrorItemNotFound
 from exchangelib.fields import FieldPath
 from exchangelib.folders import Calendar, Contacts, Folder, Tasks
-from exchangelib.properties import CalendarView, DistinguishedFolderId, ItemId
+from exchangelib.properties import (
+    CalendarView,
+    DistinguishedFolderId,
+    ItemId,
+    Mailbox,
+    UserConfigurationNameMNS,
+)
 from exchangelib.restriction import Restriction
+from exchangelib.services import GetUserConfiguration
+from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
 
 from exchanged import errors
 from exchanged.exchange import convert
@@ -53,6 +62,7 @@ WRITE_CHUNK = 100  # items per CreateItem/UpdateItem/DeleteItem
 FIND_KEYS_CHUNK = 50  # PSA keys per FindItem restriction (an Or of IsEqualTo)
 FIND_PAGE = 1000  # items per FindItem page when listing a folder (EWSFindCountLimit)
 VIEW_MAX = 1000  # CalendarView MaxEntriesReturned; a full slice is split in two
+ZONE_TTL_S = 3600.0  # a mailbox's zone is read again after an hour (an owner who moved, a new choice)
 VIEW_SLICE = timedelta(days=365)  # CalendarView ranges over two years fail (ErrorCalendarViewRangeTooBig)
 
 FOLDER_CLASSES: dict[FolderKind, Any] = {
@@ -72,16 +82,90 @@ def _item_error(key: str, exc: BaseException) -> ItemError:
 
 
 class EwsMailbox:
-    """A user's mailbox: calendar, tasks and contacts, addressed by DistinguishedFolderId."""
+    """A user's mailbox: calendar, tasks and contacts, addressed by DistinguishedFolderId.
 
-    def __init__(self, account: EwsAccount, address: str) -> None:
+    Days (all-day bounds, task dates) are computed in the mailbox's zone: ``time_zone`` when the
+    config gives one, else the zone its owner chose in Exchange (``OWA.UserOptions``, read with
+    GetUserConfiguration when items are first read or written, again after ``ZONE_TTL_S``), else
+    UTC."""
+
+    def __init__(self, account: EwsAccount, address: str, time_zone: str | None = None) -> None:
         self._acc = account
         self._address = address
         self._folders: dict[FolderKind, Any] = {}
+        self.override = time_zone  # the configured users[].time_zone (IANA), or None
+        self._zone: tuple[str, Any] | None = None  # (IANA name, EWSTimeZone) in use
+        self._zone_read_at = -ZONE_TTL_S - 1.0
+        self._zone_said: str | None = None  # the last zone problem logged (once, not every cycle)
 
     @property
     def mailbox(self) -> str:
         return self._address
+
+    # -- the mailbox's time zone ------------------------------------------------------------------
+
+    async def time_zone(self) -> str:
+        """The IANA zone this mailbox's days are computed in (see the class)."""
+        return (await self._tz())[0]
+
+    async def _tz(self) -> tuple[str, Any]:
+        if self.override:
+            if self._zone is None or self._zone[0] != self.override:
+                self._use(self.override, convert.ews_timezone(self.override))  # validated by the config
+            assert self._zone is not None
+            return self._zone
+        now = trio.current_time()
+        if self._zone is None or now - self._zone_read_at > ZONE_TTL_S:
+            self._use(*await self._read_zone())
+            self._zone_read_at = now
+        assert self._zone is not None
+        return self._zone
+
+    def _use(self, name: str, tz: Any) -> None:
+        if self._zone is not None and self._zone[0] != name:
+            log.info("%s: the mailbox's time zone is now %s (was %s): all-day items and task dates "
+                     "follow it", self._address, name, self._zone[0])
+        self._zone = (name, tz)
+        # exchangelib turns all-day dates into times in the account's zone and sends it as the
+        # requests' TimeZoneContext: the same zone as the conversions (one Account per mailbox)
+        self._ews_account().default_timezone = tz
+
+    async def _read_zone(self) -> tuple[str, Any]:
+        acc = self._ews_account()
+        address = self._address
+
+        def read() -> str | None:
+            name = UserConfigurationNameMNS(name="OWA.UserOptions", folder=DistinguishedFolderId(
+                id="root", mailbox=Mailbox(email_address=address)))
+            try:
+                conf = GetUserConfiguration(account=acc).get(user_configuration_name=name,
+                                                            properties="Dictionary")
+            except ErrorItemNotFound:
+                return None  # the owner never chose a zone in OWA
+            zone = (getattr(conf, "dictionary", None) or {}).get("timezone")
+            return zone if isinstance(zone, str) and zone.strip() else None
+
+        try:
+            windows = await self._call("GetUserConfiguration OWA.UserOptions", read)
+        except errors.ExchangeError as exc:
+            if isinstance(exc, errors.ExchangeUnavailable | errors.AuthFailed | errors.Throttled):
+                raise  # the cycle fails on this anyway: said once, as every other failure
+            return self._zone_fallback(f"its time zone cannot be read from Exchange ({exc})")
+        if windows is None:
+            return self._zone_fallback("its owner has not chosen a time zone in Outlook on the web")
+        iana = MS_TIMEZONE_TO_IANA_MAP.get(windows.strip())
+        if iana is None:
+            return self._zone_fallback(f"Exchange names its time zone {windows!r}, which is not a known "
+                                       "Windows time zone")
+        self._zone_said = None
+        return iana, convert.ews_timezone(iana)
+
+    def _zone_fallback(self, why: str) -> tuple[str, Any]:
+        if self._zone_said != why:
+            self._zone_said = why
+            log.warning("%s: %s; all-day items and task dates are computed in UTC until it is: set "
+                        "users[].time_zone for this mailbox to choose one", self._address, why)
+        return "UTC", convert.UTC_EWS
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -100,6 +184,16 @@ class EwsMailbox:
     def _ews_account(self) -> Any:
         return self._acc.ews_account(self._address)
 
+    async def _days(self, folder: FolderKind) -> None:
+        """Resolve the zone before items of ``folder`` are converted or written. Only then: a
+        quiet cycle (nothing to read) costs no GetUserConfiguration; contacts have no days."""
+        if folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+            await self._tz()
+
+    def _days_tz(self) -> Any:
+        """The zone of the mailbox's days (resolved by ``_days`` before any conversion)."""
+        return self._zone[1] if self._zone is not None else convert.UTC_EWS
+
     async def _call(self, op: str, fn: Any, *, write: bool = False) -> Any:
         return await self._acc.call(self._address, op, fn, write=write)
 
@@ -115,7 +209,7 @@ class EwsMailbox:
                             self._address, folder.value, res)
                 continue
             try:
-                out.append(convert.item_from_ews(folder, res))
+                out.append(convert.item_from_ews(folder, res, self._days_tz()))
                 continue
             except convert.Unmappable as exc:
                 why = str(exc)
@@ -137,6 +231,7 @@ class EwsMailbox:
         """GetItem with only the mapped fields, in chunks; unreadable items as ``_to_items`` says."""
         if not ids:
             return []
+        await self._days(folder)
         acc = self._ews_account()
         wanted = fields if fields is not None else convert.read_fields(folder)
         out: list[ExchangeItem] = []
@@ -241,6 +336,7 @@ class EwsMailbox:
                 max_items=VIEW_MAX, offset=0))
 
         results = await self._call("FindItem CalendarView", view)
+        await self._days(FolderKind.CALENDAR)
         if len(results) >= VIEW_MAX and end - start > timedelta(minutes=2):
             # MaxEntriesReturned truncated the answer: split the range and ask again
             middle = start + (end - start) / 2
@@ -307,6 +403,7 @@ class EwsMailbox:
         self, folder: FolderKind, items: Sequence[NewItem]
     ) -> Sequence[ExchangeItem | ItemError]:
         await self._folder(folder)
+        await self._days(folder)
         out: list[ExchangeItem | ItemError] = []
         for chunk in _chunks(list(items), WRITE_CHUNK):
             out.extend(await self._create_chunk(folder, chunk, adopt_on_lost_reply=True))
@@ -323,7 +420,7 @@ class EwsMailbox:
             try:
                 cats = (*new.categories, category) if category else tuple(new.categories)
                 built.append((n, convert.new_ews_item(folder, new.payload, new.psa_key, cats, acc,
-                                                      self._acc.tz)))
+                                                      self._days_tz())))
             except convert.Unmappable as exc:
                 results[n] = ItemError(new.psa_key, exc.code, f"{self._address}: {exc}")
             except (ValueError, TypeError) as exc:
@@ -360,7 +457,7 @@ class EwsMailbox:
         try:
             # the payload as sent: CreateItem answers the id and change key only, and this adapter
             # does not re-read it (GetItem); the runner confirms it when the item is first synced
-            item = convert.item_from_ews(folder, ews_item)
+            item = convert.item_from_ews(folder, ews_item, self._days_tz())
         except convert.Unmappable:
             item = ExchangeItem(folder=folder, item_id=item_id, change_key=answer.changekey or "",
                                 payload=new.payload, psa_key=new.psa_key)
@@ -389,6 +486,7 @@ class EwsMailbox:
         self, folder: FolderKind, updates: Sequence[ItemUpdate]
     ) -> Sequence[ExchangeItem | ItemError]:
         await self._folder(folder)
+        await self._days(folder)
         out: list[ExchangeItem | ItemError] = []
         for chunk in _chunks(list(updates), WRITE_CHUNK):
             out.extend(await self._update_chunk(folder, chunk))
@@ -411,7 +509,8 @@ class EwsMailbox:
                                            f"{self._address}: no field to update", retryable=False)
                     continue
                 built.append((n, convert.update_ews_item(folder, upd.item_id, upd.change_key, upd.payload,
-                                                         names, acc, self._acc.tz, categories=cats), names))
+                                                         names, acc, self._days_tz(), categories=cats),
+                                   names))
             except convert.Unmappable as exc:
                 results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
             except (ValueError, TypeError) as exc:
@@ -512,7 +611,7 @@ class EwsPublicContacts(EwsMailbox):
     """
 
     def __init__(self, account: EwsAccount, anchor: str, folder_name: str) -> None:
-        super().__init__(account, anchor)
+        super().__init__(account, anchor, time_zone="UTC")  # contacts have no days
         self._name = folder_name
         self._public_folder: Any = None
 

@@ -243,7 +243,8 @@ class SyncRunner:
             async def token(win: Window) -> object:
                 return await change_token(user.psa_resource, kinds, win)
 
-        return _Target(user.mailbox, lambda: self.account.mailbox(user.mailbox), kinds, load,
+        return _Target(user.mailbox, lambda: self.account.mailbox(user.mailbox, time_zone=user.time_zone),
+                       kinds, load,
                        user.settings, user.psa_resource, token)
 
     def _public_target(self, settings: UserSettings) -> _Target:

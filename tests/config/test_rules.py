@@ -449,3 +449,15 @@ def test_check_problem_render(tmp_path: Path) -> None:
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
     cfg = load_ok(tmp_path, base(tmp_path, "sync:\nnotifications:\nlogging:\npsa:\n"))
     assert cfg.sync.past_days == 7 and cfg.psa.connector == "sql"
+
+
+def test_user_time_zone_is_an_iana_name(tmp_path: Path) -> None:
+    cfg = load_ok(tmp_path, base(tmp_path).replace('psa_resource: "1"\n',
+                                                  'psa_resource: "1"\n    time_zone: " Europe/Berlin "\n'))
+    assert cfg.users[0].time_zone == "Europe/Berlin"
+    assert load_ok(tmp_path, base(tmp_path)).users[0].time_zone is None  # the mailbox's own
+    for bad, says in (("W. Europe Standard Time", "Windows names"), ("Europe/Berln", "Europe/Berlin"),
+                      ("localtime", "IANA"), ("../etc/passwd", "IANA")):
+        text = base(tmp_path).replace('psa_resource: "1"\n', f'psa_resource: "1"\n    time_zone: "{bad}"\n')
+        problem = one(problems(tmp_path, text), "users[0].time_zone")
+        assert says in problem.message and problem.line == 13, problem.render()

@@ -7,14 +7,16 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.daemon.ews_daemon import PASSWORD, SVC, ews_daemon
 from tests.daemon.harness import DaemonEnv
+from tests.reliability.harness import psa_execute, ts
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +48,13 @@ def psa_rows(env: DaemonEnv, query: str) -> list[tuple[Any, ...]]:
         con.close()
 
 
-def account(ews: Any, mailbox: str) -> Any:
-    from exchangelib import IMPERSONATION, Account, Configuration, Credentials
+def account(ews: Any, mailbox: str, zone: ZoneInfo | None = None) -> Any:
+    """An outside client of ``mailbox`` (exchangelib), in ``zone`` (default UTC) like an Outlook there."""
+    from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSTimeZone
 
     config = Configuration(service_endpoint=ews.url, credentials=Credentials(SVC, PASSWORD), auth_type="NTLM")
-    return Account(mailbox, config=config, autodiscover=False, access_type=IMPERSONATION)
+    return Account(mailbox, config=config, autodiscover=False, access_type=IMPERSONATION,
+                   default_timezone=EWSTimeZone(zone.key if zone else "UTC"))
 
 
 # -- grommunio: date-times with nine fractional digits ---------------------------------------------
@@ -70,3 +74,64 @@ def test_grommunio_fractional_seconds_second_cycle_writes_nothing(tmp_path: Path
         [(due,)] = psa_rows(env, "SELECT end_time FROM todos WHERE id = 500")
         assert due.startswith((now.replace(hour=0, minute=0, second=0)
                                + timedelta(days=1, hours=10.5)).strftime("%Y-%m-%dT%H:%M")), due
+
+
+# -- time zones: each mailbox's days in its own zone, never the host's -------------------------------
+
+NEW_YORK, BERLIN = ZoneInfo("America/New_York"), ZoneInfo("Europe/Berlin")
+# US summer time starts 2027-03-14, the EU's 2027-03-28: every case below straddles one
+TZ_TODOS = {  # to-do id -> (resource, due in the owner's zone, the due day the mailbox must show)
+    600: (1, datetime(2027, 3, 13, 21, 0, tzinfo=NEW_YORK), date(2027, 3, 13)),  # EST: 02:00Z the 14th
+    601: (1, datetime(2027, 3, 15, 21, 0, tzinfo=NEW_YORK), date(2027, 3, 15)),  # EDT: 01:00Z the 16th
+    602: (2, datetime(2027, 3, 27, 0, 30, tzinfo=BERLIN), date(2027, 3, 27)),  # CET: 23:30Z the 26th
+    603: (2, datetime(2027, 3, 29, 0, 30, tzinfo=BERLIN), date(2027, 3, 29)),  # CEST: 22:30Z the 28th
+}
+
+
+def test_days_are_the_mailboxes_zones_across_dst_never_the_hosts(tmp_path: Path) -> None:
+    from exchangelib import CalendarItem, EWSDate
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"},  # New York, as Exchange says
+             {"mailbox": BOB, "psa_resource": "2", "time_zone": "Europe/Berlin"}]  # the config wins
+    zones = {ALICE: "Eastern Standard Time", BOB: "Tokyo Standard Time"}
+    with ews_daemon(tmp_path, now, [ALICE, BOB], users,
+                    ews_options={"mailbox_timezones": zones}) as (env, ews):
+        env.extra_env["TZ"] = "Asia/Tokyo"  # the host's zone: used for nothing
+        psa_execute(tmp_path, *[
+            ("INSERT INTO todos (id, assigned_resource_id, action_type, description, start_time, end_time, "
+             "last_modified) VALUES (?, ?, 'Call', ?, ?, ?, ?)",
+             (tid, rid, f"zone test {tid}", ts(due), ts(due), ts(now)))
+            for tid, (rid, due, _day) in TZ_TODOS.items()])
+        # all-day items made in Outlook, on the days the clocks change
+        for mailbox, day in ((ALICE, date(2027, 3, 14)), (BOB, date(2027, 3, 28))):
+            acc = account(ews, mailbox, zone=NEW_YORK if mailbox == ALICE else BERLIN)
+            CalendarItem(account=acc, folder=acc.calendar, subject=f"Holiday {mailbox}", is_all_day=True,
+                         start=EWSDate.from_date(day), end=EWSDate.from_date(day)
+                         ).save(send_meeting_invitations="SendToNone")
+        env.start_ready()
+        sync(env, ALICE, BOB)
+
+        for mailbox in (ALICE, BOB):
+            due = {t.body.split("\n")[0]: t.due_date for t in account(ews, mailbox).tasks.all()
+                   if "zone test" in str(t.body)}
+            want = {f"zone test {tid}": day for tid, (rid, _due, day) in TZ_TODOS.items()
+                    if rid == (1 if mailbox == ALICE else 2)}
+            assert due == want, (mailbox, due)
+        # imported all-day items: midnight to midnight in the mailbox's zone (23-hour days)
+        rows = dict(psa_rows(env, "SELECT title, start_time || ' ' || end_time FROM appointments "
+                                  "WHERE origin = 'exchange' AND title LIKE 'Holiday %'"))
+        assert rows[f"Holiday {ALICE}"].split() == ["2027-03-14T05:00:00Z", "2027-03-15T04:00:00Z"], rows
+        assert rows[f"Holiday {BOB}"].split() == ["2027-03-27T23:00:00Z", "2027-03-28T22:00:00Z"], rows
+
+        before = writes(ews)
+        sync(env, ALICE, BOB)
+        assert writes(ews) == before  # stable: nothing is rewritten for a zone
+
+        # moved to another day in Outlook, across the change: the PSA keeps its time of day there
+        [task] = [t for t in account(ews, ALICE).tasks.all() if "zone test 600" in str(t.body)]
+        task.due_date = EWSDate(2027, 3, 15)
+        task.save(update_fields=["due_date"])
+        sync(env, ALICE)
+        [(due_row,)] = psa_rows(env, "SELECT end_time FROM todos WHERE id = 600")
+        assert due_row == "2027-03-16T01:00:00Z"  # 21:00 EDT

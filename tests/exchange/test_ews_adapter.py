@@ -115,6 +115,7 @@ async def test_find_by_psa_keys_lists_the_folder_when_that_is_fewer_requests(
 async def test_lost_create_reply_adopts_instead_of_duplicating(ews_server: EwsTestServer,
                                                                account: EwsAccount) -> None:
     mb = account.mailbox(ALICE)
+    await mb.time_zone()  # read once an hour (GetUserConfiguration): not the request to lose here
     ews_server.reset_stats()
     ews_server.set_faults(drop_next=1)
     results = await mb.create(FolderKind.CALENDAR, [appt(n) for n in range(3)])
@@ -474,6 +475,7 @@ async def test_create_is_not_re_read_and_the_next_sync_confirms_it(ews_server: E
     mb = account.mailbox(ALICE)
     day = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
     done = Task(subject="filed", start=day, due=day, completed=day)
+    await mb.time_zone()  # the mailbox's zone, read once an hour, is not what this counts
     before = requests(ews_server)
     [t] = await mb.create(FolderKind.TASKS, [NewItem(Kind.TODO, "todo:1", done)])
     [a] = await mb.create(FolderKind.CALENDAR, [appt(1)])
@@ -595,3 +597,15 @@ def test_a_pinned_version_that_differs_from_the_server_is_a_warning(settings: Ex
     assert by["version"].ok and by["version"].warning
     assert "server.version is Exchange2013" in by["version"].message
     assert "version" not in {r.subject for r in check_connect(settings, [ALICE])}
+
+
+async def test_the_mailbox_zone_comes_from_exchange_else_the_config_else_utc(
+        ews_server: EwsTestServer, account: EwsAccount, caplog: pytest.LogCaptureFixture) -> None:
+    ews_server.set_mailbox_timezone(ALICE, "Eastern Standard Time")  # a Windows name, as Exchange keeps it
+    assert await account.mailbox(ALICE).time_zone() == "America/New_York"
+    assert await account.mailbox(BOB).time_zone() == "UTC"  # no OWA.UserOptions: ErrorItemNotFound
+    assert "has not chosen a time zone" in caplog.text and "users[].time_zone" in caplog.text
+    assert await account.mailbox(BOB, time_zone="Europe/Berlin").time_zone() == "Europe/Berlin"
+    before = requests(ews_server).get("GetUserConfiguration", 0)
+    assert await account.mailbox(ALICE).time_zone() == "America/New_York"
+    assert requests(ews_server).get("GetUserConfiguration", 0) == before  # read once an hour, not per call

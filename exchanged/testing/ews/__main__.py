@@ -19,6 +19,13 @@ def _service_account(value: str) -> tuple[str, str]:
     return user, password
 
 
+def _mailbox_timezone(value: str) -> tuple[str, str]:
+    mailbox, sep, zone = value.partition("=")
+    if not sep or not mailbox or not zone:
+        raise argparse.ArgumentTypeError(f"--mailbox-timezone {value!r}: expected MAILBOX=WINDOWS ZONE NAME")
+    return mailbox, zone
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m exchanged.testing.ews",
@@ -41,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         "--datetime-style", choices=DATETIME_STYLES, default="exchange",
         help="how date-times are written: exchange (whole seconds, Z) or grommunio (nine fractional digits)",
     )
+    parser.add_argument(
+        "--mailbox-timezone", action="append", type=_mailbox_timezone, default=[],
+        help="MAILBOX=ZONE: the Windows zone name in the mailbox's OWA.UserOptions, e.g. "
+             "'alice@example.test=Eastern Standard Time' (repeatable; others have none)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -51,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = EwsTestServer(
             args.state_dir, args.mailbox, dict(args.service_account), port=args.port, password=args.password,
-            datetime_style=args.datetime_style,
+            datetime_style=args.datetime_style, mailbox_timezones=dict(args.mailbox_timezone),
         )
         server.start()
     except (OSError, sqlite3.Error, ValueError) as exc:

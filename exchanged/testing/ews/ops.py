@@ -216,6 +216,37 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
             out.set("Id", ident)
             out.set("Mailbox", alt.get("Mailbox", ""))
 
+    # -- GetUserConfiguration -------------------------------------------------------------------------
+    def op_GetUserConfiguration(self, ctx: Ctx, op: Element, body: Element) -> None:
+        """The mailbox's ``OWA.UserOptions`` in its root folder, as Exchange keeps them: a dictionary
+        whose ``timezone`` entry is the Windows name of the zone the user chose (``--mailbox-timezone``).
+        A mailbox without one, or any other configuration, is ErrorItemNotFound, as on Exchange."""
+        container = response_root(body, "GetUserConfiguration")
+        name_el = op.find(m("UserConfigurationName"))
+        if name_el is None or not len(name_el):
+            raise schema_fault("GetUserConfiguration needs a UserConfigurationName with a folder.")
+        wanted = (op.findtext(m("UserConfigurationProperties")) or "All").split()
+        try:
+            folder = self.folder(ctx, name_el[0])
+            zone = self.app.mailbox_timezone(folder.mailbox)
+            if name_el.get("Name") != "OWA.UserOptions" or folder.distinguished != "root" or zone is None:
+                raise EwsError("ErrorItemNotFound", "The specified object was not found in the store.")
+        except EwsError as exc:
+            error(container, "GetUserConfiguration", exc)
+            return
+        msg = success(container, "GetUserConfiguration")
+        conf = sub(msg, m("UserConfiguration"))
+        out_name = sub(conf, t("UserConfigurationName"), Name="OWA.UserOptions")
+        sub(out_name, t("FolderId"), Id=folder.id, ChangeKey=folder.change_key)
+        if {"Id", "All"} & set(wanted):
+            sub(conf, t("ItemId"), Id=f"{folder.id}-owa-options", ChangeKey=folder.change_key)
+        if {"Dictionary", "All"} & set(wanted):
+            entry = sub(sub(conf, t("Dictionary")), t("DictionaryEntry"))
+            for part, value in (("DictionaryKey", "timezone"), ("DictionaryValue", zone)):
+                typed = sub(entry, t(part))
+                sub(typed, t("Type"), "String")
+                sub(typed, t("Value"), value)
+
     # -- ResolveNames ---------------------------------------------------------------------------------
     def op_ResolveNames(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "ResolveNames")

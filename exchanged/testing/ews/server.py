@@ -319,12 +319,15 @@ class EwsTestServer(ServedOverTls):
         streaming: StreamingLimits | None = None,
         idle_timeout: float = 120.0,
         datetime_style: str = "exchange",
+        mailbox_timezones: dict[str, str] | None = None,
     ) -> None:
         if datetime_style not in DATETIME_STYLES:
             raise ValueError(f"datetime_style must be one of {DATETIME_STYLES}, got {datetime_style!r}")
         # "grommunio": date-times with nine fractional digits, as grommunio's EWS writes them
         self.datetime_style = datetime_style
         self.streaming = streaming or StreamingLimits()  # GetStreamingEvents: see streaming.py
+        # mailbox -> the Windows zone name in its OWA.UserOptions (GetUserConfiguration); none: not set
+        self._timezones = {k.lower(): v for k, v in (mailbox_timezones or {}).items()}
         self.idle_timeout = idle_timeout  # seconds before an idle keep-alive connection is closed
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -386,6 +389,19 @@ class EwsTestServer(ServedOverTls):
         """Meeting invitations/cancellations clients asked to send (recorded, never sent)."""
         with self.store.lock:
             return self.store.invitations()
+
+    def mailbox_timezone(self, mailbox: str) -> str | None:
+        with self._lock:
+            return self._timezones.get(mailbox.lower())
+
+    def set_mailbox_timezone(self, mailbox: str, zone: str | None) -> None:
+        """The zone the user chose in OWA (a Windows name such as ``W. Europe Standard Time``);
+        None: the mailbox has no OWA.UserOptions (GetUserConfiguration answers ErrorItemNotFound)."""
+        with self._lock:
+            if zone is None:
+                self._timezones.pop(mailbox.lower(), None)
+            else:
+                self._timezones[mailbox.lower()] = zone
 
     def set_faults(self, **values: Any) -> None:
         """The switches of ``Faults``; also two actions done at once: ``drop_streams: 1`` cuts every

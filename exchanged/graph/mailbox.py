@@ -71,9 +71,10 @@ def _odata_str(value: str) -> str:
 
 
 class GraphMailbox:
-    def __init__(self, account: GraphAccount, address: str) -> None:
+    def __init__(self, account: GraphAccount, address: str, time_zone: str | None = None) -> None:
         self._acc = account
         self._address = address
+        self.override = time_zone  # users[].time_zone (IANA, validated by the config), or None
         self._user = user_path(address)
         self._tz: tzinfo | None = None
         self._tz_name = "UTC"
@@ -95,8 +96,15 @@ class GraphMailbox:
     async def _call(self, op: str, method: str, url: str, **kw: Any) -> Answer:
         return await self.client.call(self._address, op, method, url, **kw)
 
+    async def time_zone(self) -> str:
+        """The port's zone of this mailbox's days: users[].time_zone, else mailboxSettings' (IANA)."""
+        tz, name = await self.zone()
+        return getattr(tz, "key", None) or ("UTC" if tz is UTC else name)
+
     async def zone(self) -> tuple[tzinfo, str]:
-        """The mailbox's time zone (mailboxSettings), read once."""
+        """The mailbox's time zone: users[].time_zone, else mailboxSettings, read once."""
+        if self.override and self._tz_name != self.override:
+            self._tz_name, self._tz = self.override, convert.mailbox_zone(self.override)
         if self._tz is None:
             answer = await self._call("mailboxSettings", "GET", f"{self._user}/mailboxSettings/timeZone")
             name = answer.doc.get("value")
@@ -605,10 +613,11 @@ class GraphAccount:
         self.now = now or (lambda: datetime.now(UTC))
         self._mailboxes: dict[str, GraphMailbox] = {}
 
-    def mailbox(self, address: str) -> GraphMailbox:
+    def mailbox(self, address: str, *, time_zone: str | None = None) -> GraphMailbox:
         key = address.lower()
         if key not in self._mailboxes:
-            self._mailboxes[key] = GraphMailbox(self, address)
+            self._mailboxes[key] = GraphMailbox(self, address, time_zone)
+        self._mailboxes[key].override = time_zone
         return self._mailboxes[key]
 
     def public_contacts(self) -> GraphMailbox:

@@ -13,6 +13,7 @@ from exchangelib import errors as ews
 
 from exchanged import errors
 from exchanged.exchange import tls
+from exchanged.exchange.services import IncompleteAnswer
 
 _MAX_TEXT = 300
 
@@ -87,6 +88,11 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
     text = f"{type(exc).__name__}({exc})"
     where = f"{mailbox}: {op}"
 
+    if isinstance(exc, IncompleteAnswer):  # like a lost reply: a read is tried again, a write adopted
+        lost = errors.ExchangeUnavailable(f"{where}: incomplete answer from {host}: {_short(exc)}",
+                                          mailbox=mailbox)
+        lost.ambiguous = True  # type: ignore[attr-defined]
+        return lost
     if isinstance(exc, requests.exceptions.SSLError) or (
             isinstance(exc, ews.TransportError) and not isinstance(exc, ews.ResponseMessageError)
             and tls.is_tls_failure(exc)):

@@ -47,6 +47,7 @@ from exchanged.exchange.services import (
     DeleteItemHinted,
     FindItemRobust,
     GetItemRobust,
+    IncompleteAnswer,
     SyncFolderItemsIds,
     UnreadableItem,
     UpdateItemOnly,
@@ -72,6 +73,20 @@ FOLDER_CLASSES: dict[FolderKind, Any] = {
 
 def _chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+def answers_every_id(asked: Sequence[str], results: list[Any]) -> list[Any]:
+    """``results`` when they answer every id in ``asked``, in order (an error answer, which carries
+    no id, stands for its id); otherwise ``IncompleteAnswer``: a shorter or reordered bulk answer
+    must never read as "these items are gone"."""
+    if len(results) != len(asked):
+        raise IncompleteAnswer(f"GetItem answered {len(results)} of the {len(asked)} items asked")
+    for n, (want, res) in enumerate(zip(asked, results, strict=True)):
+        got = res.item_id if isinstance(res, UnreadableItem) else (
+            None if isinstance(res, Exception) else getattr(res, "id", None))
+        if got is not None and got != want:
+            raise IncompleteAnswer(f"GetItem answered item {n + 1} with another item's id")
+    return results
 
 
 def _item_error(key: str, exc: BaseException) -> ItemError:
@@ -237,9 +252,10 @@ class EwsMailbox:
         out: list[ExchangeItem] = []
         for chunk in _chunks(list(ids), GET_CHUNK):
             def get(chunk: Sequence[tuple[str, str | None]] = chunk) -> list[Any]:
-                return list(GetItemRobust(account=acc, chunk_size=GET_CHUNK).call(
-                    items=[ItemId(id=i, changekey=None) for i, _ in chunk],
-                    additional_fields=wanted, shape="IdOnly"))
+                return answers_every_id([i for i, _ in chunk], list(
+                    GetItemRobust(account=acc, chunk_size=GET_CHUNK).call(
+                        items=[ItemId(id=i, changekey=None) for i, _ in chunk],
+                        additional_fields=wanted, shape="IdOnly")))
 
             out.extend(self._to_items(folder, await self._call("GetItem", get)))
         return out

@@ -5,6 +5,10 @@
 * One odd item never aborts a folder (exchangelib #877): GetItem/FindItem return an
   ``UnreadableItem`` exception object in place of an item they cannot parse, and SyncFolderItems
   reads nothing but the ItemId and ChangeKey of each change.
+* Every answer is parsed strictly (``parse_answer``): exchangelib's parser recovers from a cut or
+  corrupt document and hands back what it could read, so a GetItem answer cut after its first
+  message would be a shorter list without an error. Here such an answer is ``IncompleteAnswer``,
+  an error of the request (retried like a lost reply). A DOCTYPE (entity tricks) is refused too.
 * Contact updates touch only the labels we manage (EmailAddress1, BusinessPhone, MobilePhone):
   exchangelib would delete every other phone number of the contact.
 """
@@ -15,8 +19,9 @@ import logging
 from contextlib import suppress
 from typing import Any
 
+import lxml.etree
 from exchangelib import errors as ews_errors
-from exchangelib.errors import ErrorServerBusy
+from exchangelib.errors import ErrorServerBusy, MalformedResponseError, TransportError
 from exchangelib.fields import FieldPath, IndexedField
 from exchangelib.folders import BaseFolder
 from exchangelib.services import (
@@ -32,7 +37,7 @@ from exchangelib.services import (
     UpdateItem,
 )
 from exchangelib.services.sync_folder_hierarchy import SyncFolder
-from exchangelib.util import ENS, MNS, TNS
+from exchangelib.util import ENS, MNS, SOAPNS, TNS, sanitize_xml
 
 log = logging.getLogger("exchanged.exchange")
 
@@ -46,6 +51,35 @@ class UnreadableItem(Exception):
         self.change_key = change_key
         self.tag = tag
         self.reason = reason
+
+
+class IncompleteAnswer(TransportError):
+    """An answer that is not one complete, well-formed document (cut short, corrupted, a DOCTYPE),
+    or a bulk answer that does not answer every id asked, in order. Never trusted in part."""
+
+
+_STRICT_PARSER = lxml.etree.XMLParser(resolve_entities=False, recover=False, huge_tree=True,
+                                      no_network=True, load_dtd=False)
+
+
+def parse_answer(data: bytes) -> Any:
+    """The root element of a complete answer, or ``IncompleteAnswer``.
+
+    Exchange writes control characters as character references that XML 1.0 forbids (``&#x1;``);
+    those are replaced the way exchangelib does before a second strict try. Nothing else is
+    forgiven: no recovery, no DOCTYPE."""
+    error: Exception | None = None
+    for attempt in (data, sanitize_xml(data)):
+        try:
+            root = lxml.etree.fromstring(attempt, parser=_STRICT_PARSER)
+        except lxml.etree.XMLSyntaxError as exc:
+            error = exc
+            continue
+        if root.getroottree().docinfo.doctype:
+            raise IncompleteAnswer("the answer carries a DOCTYPE (refused)")
+        return root
+    where = f" ({' '.join(str(error).split())[:120]})" if error else ""
+    raise IncompleteAnswer(f"the answer is cut short or not well-formed XML ({len(data)} bytes){where}")
 
 
 def _item_id_of(elem: Any) -> tuple[str | None, str | None]:
@@ -71,6 +105,18 @@ def _local(tag: object) -> str:
 
 
 class _ThrottleHint:
+    @classmethod
+    def _get_soap_parts(cls, response: Any) -> tuple[Any, Any]:
+        """exchangelib's, with ``parse_answer`` instead of its recovering parser."""
+        data = response.content if isinstance(getattr(response, "content", None), bytes) else b"".join(
+            response.iter_content())
+        root = parse_answer(data)
+        header = root.find(f"{{{SOAPNS}}}Header")
+        body = root.find(f"{{{SOAPNS}}}Body")
+        if body is None:
+            raise MalformedResponseError("No Body element in SOAP response")
+        return header, body
+
     @classmethod
     def _raise_soap_errors(cls, fault: Any) -> None:
         """Like exchangelib's, but also reads a fault detail written in another namespace than

@@ -326,8 +326,6 @@ class EwsTestServer(ServedOverTls):
         # "grommunio": date-times with nine fractional digits, as grommunio's EWS writes them
         self.datetime_style = datetime_style
         self.streaming = streaming or StreamingLimits()  # GetStreamingEvents: see streaming.py
-        # mailbox -> the Windows zone name in its OWA.UserOptions (GetUserConfiguration); none: not set
-        self._timezones = {k.lower(): v for k, v in (mailbox_timezones or {}).items()}
         self.idle_timeout = idle_timeout  # seconds before an idle keep-alive connection is closed
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -338,6 +336,8 @@ class EwsTestServer(ServedOverTls):
         self._port = port
         self._ca_file, self.ssl_context = server_tls(self.state_dir, "exchanged EWS test server")
         self.store = Store(str(self.state_dir / "ews.sqlite3"), self._mailboxes)
+        for address, zone in (mailbox_timezones or {}).items():  # kept in the store (shared with Graph)
+            self.set_mailbox_timezone(address, zone)
         self.ntlm_user_file = str(
             ntlm.write_user_file(self.state_dir / "ntlm-users", self._ntlm_user_table())
         )
@@ -391,17 +391,25 @@ class EwsTestServer(ServedOverTls):
             return self.store.invitations()
 
     def mailbox_timezone(self, mailbox: str) -> str | None:
-        with self._lock:
-            return self._timezones.get(mailbox.lower())
+        """The Windows name of the zone in the mailbox's OWA.UserOptions, or None. Kept in the store
+        as the mailbox setting ``timeZone`` the Graph test server shares (mailboxSettings): an IANA
+        name set there is answered here with its Windows name, as Exchange keeps it."""
+        from exchangelib.winzone import IANA_TO_MS_TIMEZONE_MAP
+
+        with self.store.lock:
+            zone = self.store.mailbox_setting(mailbox, "timeZone")
+        if zone and zone in IANA_TO_MS_TIMEZONE_MAP:
+            return str(IANA_TO_MS_TIMEZONE_MAP[zone][0])
+        return zone
 
     def set_mailbox_timezone(self, mailbox: str, zone: str | None) -> None:
         """The zone the user chose in OWA (a Windows name such as ``W. Europe Standard Time``);
         None: the mailbox has no OWA.UserOptions (GetUserConfiguration answers ErrorItemNotFound)."""
-        with self._lock:
+        with self.store.lock:
             if zone is None:
-                self._timezones.pop(mailbox.lower(), None)
+                self.store.clear_mailbox_setting(mailbox, "timeZone")
             else:
-                self._timezones[mailbox.lower()] = zone
+                self.store.set_mailbox_setting(mailbox, "timeZone", zone)
 
     def set_faults(self, **values: Any) -> None:
         """The switches of ``Faults``; also two actions done at once: ``drop_streams: 1`` cuts every

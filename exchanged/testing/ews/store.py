@@ -403,6 +403,9 @@ class Store:
         ).fetchone()
         return str(row[0]) if row else None
 
+    def clear_mailbox_setting(self, mailbox: str, name: str) -> None:
+        self._db.execute("DELETE FROM meta WHERE key = ?", (f"mailbox:{mailbox.lower()}:{name}",))
+
     def set_mailbox_setting(self, mailbox: str, name: str, value: str) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"mailbox:{mailbox.lower()}:{name}", value)

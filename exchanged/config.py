@@ -738,6 +738,23 @@ class ControlConfig(_Model):
         return value
 
 
+class MetricsConfig(_Model):
+    textfile: str | None = None  # written atomically after each cycle (node_exporter's textfile collector)
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/"):
+            raise _rule("must be an absolute path such as /var/lib/node_exporter/textfile/exchanged.prom")
+        if not value.endswith(".prom"):
+            raise _rule("must end in .prom (node_exporter's textfile collector reads only those)")
+        if not Path(value).parent.is_dir():
+            raise _rule(f"the directory {Path(value).parent} does not exist")
+        return value
+
+
 class LoggingConfig(_Model):
     format: Literal["journal", "json", "console"] = "journal"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -756,12 +773,13 @@ class Config(_Model):
     state: StateConfig = StateConfig()
     control: ControlConfig = ControlConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     _warnings: tuple[str, ...] = PrivateAttr(default=())
     _source_path: str = PrivateAttr(default="")
 
     _sections_none = field_validator(
-        "notifications", "sync", "state", "control", "logging", mode="before"
+        "notifications", "sync", "state", "control", "logging", "metrics", mode="before"
     )(_none_is_empty)
 
     @field_validator("psa", mode="before")
@@ -1018,6 +1036,7 @@ def _section_of(word: str, here: PathT) -> str | None:
             "notifications": NotificationsConfig, "notifications.smtp": SmtpConfig, "sync": SyncConfig,
             "users[]": UserConfig, "users[].settings": UserSettings, "psa": AutotaskPsaConfig,
             "state": StateConfig, "control": ControlConfig, "logging": LoggingConfig,
+            "metrics": MetricsConfig,
         })
     for name, model in _SECTIONS.items():
         if word in _keys_of(model) and name.replace("[]", "") != render_path(here):

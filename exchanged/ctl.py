@@ -285,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("mailbox", nargs="?", metavar="MAILBOX")
     history.add_argument("--since", metavar="WHEN", help="ISO datetime (local time) or 30m, 2h, 3d, 1w")
     sub.add_parser("version", parents=both, help="versions of exchangectl, the daemon and the protocol")
+    sub.add_parser("metrics", parents=both, help="the daemon's metrics in the Prometheus text format")
+    check = sub.add_parser(
+        "check", parents=[common],
+        help="for monitoring (Nagios/Icinga plugin convention): exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+        description="One line 'EXCHANGED STATE - summary | perfdata'. WARNING: a user's last cycle "
+        "failed, deletions are held back, a reload was rejected, scheduling is paused, or the oldest "
+        "last success is older than --warning-age; CRITICAL: the daemon does not answer, Exchange is "
+        "unreachable or refuses the sync account's login, every user fails, or the oldest last "
+        "success is older than --critical-age. Ages default to 3 and 6 sync intervals.")
+    check.add_argument("--warning-age", type=float, metavar="MINUTES",
+                       help="WARNING when a user's last success is older (default: 3 sync intervals)")
+    check.add_argument("--critical-age", type=float, metavar="MINUTES",
+                       help="CRITICAL when a user's last success is older (default: 6 sync intervals)")
+    check.add_argument("--warning-failing", type=int, default=1, metavar="N",
+                       help="WARNING when at least N users' last cycle failed (default 1)")
+    check.add_argument("--critical-failing", type=int, default=0, metavar="N",
+                       help="CRITICAL when at least N users' last cycle failed (default 0: when all do)")
     return parser
 
 
@@ -338,6 +355,8 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(str(exc))
     path = getattr(args, "socket", None) or default_socket()
     clock = Clock(utc=getattr(args, "utc", False))
+    if args.command == "check":
+        return run_check(args, path, now)
     try:
         with Connection(path, _timeout(args)) as conn:
             info = conn.handshake(args.command)
@@ -350,6 +369,97 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         RENDERERS[args.command](result, sys.stdout, clock)
     return exit_code_of(args.command, result)
+
+
+# --- check: the monitoring-plugins convention ------------------------------------------------------
+
+CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN = 0, 1, 2, 3
+_CHECK_NAMES = {CHECK_OK: "OK", CHECK_WARNING: "WARNING", CHECK_CRITICAL: "CRITICAL",
+                CHECK_UNKNOWN: "UNKNOWN"}
+
+
+def run_check(args: argparse.Namespace, path: str, now: datetime) -> int:
+    given = getattr(args, "timeout", None)
+    try:
+        with Connection(path, 10.0 if given is None else (None if given <= 0 else given)) as conn:
+            conn.handshake("status")
+            status = conn.call("status", {})
+    except Unreachable as failure:
+        return _check_line(CHECK_CRITICAL, f"exchanged does not answer: {failure.message}")
+    except CtlFailure as failure:
+        return _check_line(CHECK_UNKNOWN, f"{failure.message} ({failure.reason})")
+    code, summary = evaluate_check(status, now, warning_age_min=args.warning_age,
+                                   critical_age_min=args.critical_age,
+                                   warning_failing=args.warning_failing,
+                                   critical_failing=args.critical_failing)
+    return _check_line(code, summary)
+
+
+def _check_line(code: int, summary: str) -> int:
+    print(f"EXCHANGED {_CHECK_NAMES[code]} - {summary}")
+    return code
+
+
+def evaluate_check(status: Any, now: datetime, *, warning_age_min: float | None = None,
+                   critical_age_min: float | None = None, warning_failing: int = 1,
+                   critical_failing: int = 0) -> tuple[int, str]:
+    """(exit code, "summary | perfdata") for one ``status`` answer; pure, for the tests."""
+    if not isinstance(status, dict) or "state" not in status:
+        return CHECK_UNKNOWN, "the daemon's status answer has no state"
+    interval = status.get("interval_minutes")
+    interval_min = float(interval) if isinstance(interval, int | float) and interval > 0 else 15.0
+    warn_s = 60 * (warning_age_min if warning_age_min is not None else 3 * interval_min)
+    crit_s = 60 * (critical_age_min if critical_age_min is not None else 6 * interval_min)
+    started = _parse_time(status.get("started_at"))
+    users = [u for u in _list(status.get("users")) if isinstance(u, dict) and u.get("enabled")]
+    failing = [u for u in users if u.get("last_result") == "error" or u.get("state") == "error"]
+    held = [u for u in users if u.get("last_result") == "held_back"]
+    oldest_age, oldest_who = 0.0, ""
+    for u in users:
+        seen = _parse_time(u.get("last_success")) or started  # never: since the daemon started
+        if seen is not None and (now - seen).total_seconds() > oldest_age:
+            oldest_age, oldest_who = (now - seen).total_seconds(), _text(u.get("mailbox"))
+    exchange = _dict(status.get("exchange"))
+    reload = _dict(_dict(status.get("config")).get("last_reload"))
+    code, problems = CHECK_OK, []
+
+    def worse(level: int, text: str) -> None:
+        nonlocal code
+        code = max(code, level)
+        problems.append(text)
+
+    state = _text(status.get("state"))
+    if state == "disabled":
+        return CHECK_OK, (f"disabled (enabled: false in the config) | users={len(users)} "
+                          f"generation={_text(_dict(status.get('config')).get('generation'))}")
+    if exchange.get("reachable") is False:
+        worse(CHECK_CRITICAL, f"Exchange {_text(exchange.get('server'))} is not reachable")
+    elif exchange.get("login") == "refused":
+        worse(CHECK_CRITICAL, "Exchange refuses the login of the sync account")
+    if failing:
+        all_fail = critical_failing <= 0 and len(failing) == len(users)
+        level = (CHECK_CRITICAL if all_fail or (critical_failing > 0 and len(failing) >= critical_failing)
+                 else CHECK_WARNING if len(failing) >= max(1, warning_failing) else CHECK_OK)
+        names = ", ".join(_text(u.get("mailbox")) for u in failing[:3])
+        more = f" and {len(failing) - 3} more" if len(failing) > 3 else ""
+        if level:
+            worse(level, f"{len(failing)} of {len(users)} users failing ({names}{more})")
+    if held:
+        worse(CHECK_WARNING, f"deletions held back for {len(held)} user(s) (exchangectl plan)")
+    if oldest_age >= crit_s:
+        worse(CHECK_CRITICAL, f"no successful cycle of {oldest_who} for {oldest_age / 60:.0f} min")
+    elif oldest_age >= warn_s:
+        worse(CHECK_WARNING, f"no successful cycle of {oldest_who} for {oldest_age / 60:.0f} min")
+    if reload.get("result") == "rejected":
+        worse(CHECK_WARNING, "the last reload was rejected (the previous config runs)")
+    if status.get("paused"):
+        worse(CHECK_WARNING, "scheduling is paused")
+    summary = "; ".join(problems) if problems else f"{len(users)} users syncing, {state}"
+    perf = (f"users={len(users)} failing={len(failing)};{max(1, warning_failing)};"
+            f"{critical_failing if critical_failing > 0 else len(users)};0;{len(users)} "
+            f"oldest_success_age={oldest_age:.0f}s;{warn_s:.0f};{crit_s:.0f};0 "
+            f"held_back={len(held)} running={_text(status.get('running'))}")
+    return code, f"{summary} | {perf}"
 
 
 def report_failure(failure: CtlFailure, *, as_json: bool) -> int:
@@ -732,7 +842,13 @@ def _render_generic(result: Any, out: TextIO, clock: Clock) -> None:
         out.write("ok\n")
 
 
+def render_metrics(result: Any, out: TextIO, clock: Clock) -> None:
+    text = _dict(result).get("text")
+    out.write(text if isinstance(text, str) and text.endswith("\n") else f"{_text(text)}\n")
+
+
 RENDERERS: dict[str, Callable[[Any, TextIO, Clock], None]] = {
+    "metrics": render_metrics,
     "status": render_status,
     "users": render_users,
     "plan": render_plan,

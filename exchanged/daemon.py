@@ -47,6 +47,8 @@ import trio
 
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
 from exchanged.errors import ControlError, ExchangedError, present
+from exchanged.metrics import CONTENT_TYPE, Snapshot, write_textfile
+from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
@@ -246,6 +248,11 @@ class Daemon:
         # users whose confirmation mail waits for their first successful cycle -> whether it is
         # owed even when the state store already knows them (re-enabled by a reload)
         self._unconfirmed: dict[str, bool] = {}
+        # metrics (exchanged/metrics.py): counted since the start
+        self._cycles: dict[str, int] = {}
+        self._written: dict[tuple[str, str], int] = {}
+        self._held_back: dict[str, int] = {}
+        self._textfile_failed = False
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
                                    max_concurrent=cfg.sync.max_concurrent_users)
         self._stop = trio.Event()
@@ -555,8 +562,62 @@ class Daemon:
                        item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
         if not recorded:
             await self._persist_outcome(mailbox, started, outcome)
+        self._count(mailbox, outcome)
+        await self._write_textfile()
         self._status_poke()
         return outcome
+
+    # --- metrics ---------------------------------------------------------------------------------------
+
+    def _count(self, mailbox: str, outcome: CycleOutcome) -> None:
+        self._cycles[outcome.result] = self._cycles.get(outcome.result, 0) + 1
+        for slot, n in outcome.written.items():
+            self._written[slot] = self._written.get(slot, 0) + n
+        if outcome.result != "error":
+            self._held_back[mailbox] = outcome.held_back_deletes
+
+    def metrics_snapshot(self) -> Snapshot:
+        snap = self.scheduler.snapshot()
+        users: dict[str, int] = {}
+        for rt in snap.values():
+            users[rt.state] = users.get(rt.state, 0) + 1
+        account = self.adapters.account if self.adapters else None
+        psa = self.adapters.psa if self.adapters else None
+        requests: dict[tuple[str, str], int] = {}
+        waits: dict[str, int] = {}
+        for adapter in (account, psa):
+            counts = getattr(adapter, "request_counts", None)
+            if callable(counts):
+                requests.update(counts())
+            throttled = getattr(adapter, "throttle_waits", None)
+            if callable(throttled):
+                waits.update(throttled())
+        return Snapshot(
+            cycles=dict(self._cycles),
+            last_success={m: r.last_success.timestamp() for m, r in self.records.items()
+                          if r.last_success is not None},
+            written=dict(self._written), requests=requests, throttle_waits=waits,
+            held_back=dict(self._held_back), users=users, config_generation=self.generation,
+            config_loaded_at=self.loaded_at.timestamp(),
+            exchange_reachable=self.exchange.get("reachable"))
+
+    async def metrics(self) -> dict[str, Any]:
+        """The control method ``metrics``: the Prometheus text exposition."""
+        return {"content_type": CONTENT_TYPE, "text": render_metrics(self.metrics_snapshot)}
+
+    async def _write_textfile(self) -> None:
+        path = self.cfg.metrics.textfile
+        if not path:
+            return
+        snapshot = self.metrics_snapshot()
+        try:
+            await trio.to_thread.run_sync(write_textfile, path, lambda: snapshot)
+        except OSError as exc:
+            if not self._textfile_failed:  # once per run of failures, not once per cycle
+                log.warning("cannot write metrics.textfile", path=path, error=str(exc))
+            self._textfile_failed = True
+        else:
+            self._textfile_failed = False
 
     def _note_exchange(self, reason: str, line: str) -> None:
         """What a failure says of the server: unreachable, or reachable with the login refused."""

@@ -316,3 +316,5 @@ class CycleOutcome:
     # the stable ``errors.ExchangedError.reason`` of an "error" outcome (None: unknown); the daemon
     # keys error mails on it, so one failure mailed once, a different one mailed again
     reason: str | None = None
+    # items created/updated/deleted by (kind, side): the metric exchanged_items_written_total
+    written: dict[tuple[str, str], int] = field(default_factory=dict)

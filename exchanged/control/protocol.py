@@ -110,6 +110,7 @@ METHODS: dict[str, dict[str, Param]] = {
     "reload": {"wait": Param("bool", default=False, help="answer when a deferred reload is applied")},
     "pause": {"mailboxes": Param("mailboxes", help="omitted: pause all scheduling")},
     "resume": {"mailboxes": Param("mailboxes", help="omitted: resume all scheduling")},
+    "metrics": {},
 }
 
 

@@ -65,6 +65,8 @@ class ControlHandler(Protocol):
 
     async def resume(self, mailboxes: list[str] | None) -> dict[str, Any]: ...
 
+    async def metrics(self) -> dict[str, Any]: ...
+
 
 def version_result() -> dict[str, Any]:
     return {"version": __version__, "protocol": PROTOCOL_VERSION, "methods": sorted(METHODS)}
@@ -91,6 +93,8 @@ async def _call(handler: ControlHandler, method: str, p: Mapping[str, Any]) -> A
         return await handler.pause(p["mailboxes"])
     if method == "resume":
         return await handler.resume(p["mailboxes"])
+    if method == "metrics":
+        return await handler.metrics()
     raise AssertionError(f"method {method!r} is in METHODS but has no dispatch entry")
 
 

@@ -122,6 +122,7 @@ class EwsAccount:
         self._protocols: dict[int, tuple[Any, Configuration]] = {}  # what aclose() closes
         self._public: Any = None
         self.closed = False
+        self.requests: dict[str, int] = {}  # EWS operation -> requests sent (metrics)
 
     # -- sessions and exchangelib accounts ----------------------------------------------------------
 
@@ -204,8 +205,10 @@ class EwsAccount:
         session = self.session_for(mailbox)
         gate = session.gate
         throttled = unavailable = 0
+        operation = op.split(" ", 1)[0]
         while True:
             await gate.wait_turn()
+            self.requests[operation] = self.requests.get(operation, 0) + 1
             try:
                 result = await trio.to_thread.run_sync(fn, limiter=self.limiter, abandon_on_cancel=True)
             except Exception as exc:
@@ -236,6 +239,13 @@ class EwsAccount:
                 raise err from exc
             gate.succeeded()
             return result
+
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """(service, operation) -> calls sent (retries included) since this account was opened."""
+        return {("ews", op): n for op, n in self.requests.items()}
+
+    def throttle_waits(self) -> dict[str, int]:
+        return {"ews": sum(s.gate.waits for s in self._sessions.values())}
 
     def back_off_until(self) -> tuple[float, bool] | None:
         """(trio time, requested by the server) of the latest closed back-off gate, or None."""

@@ -768,6 +768,9 @@ class SyncRunner:
 
     def _journal(self, run: _Apply, side: str, action: str, kind: Kind, key: str, item_id: str | None,
                  fields: tuple[str, ...], reason: str) -> JournalEntry:
+        if action in ("create", "update", "delete"):  # a write, not an adoption (metrics)
+            slot = (str(kind.value), side)
+            run.outcome.written[slot] = run.outcome.written.get(slot, 0) + 1
         return JournalEntry(self.now(), run.target.name, side, action, kind, key, item_id or None,
                             tuple(fields), reason, run.cycle_id)
 

@@ -232,6 +232,12 @@ class FakeHandler:
         self._record("resume", mailboxes=mailboxes)
         return {"resumed": mailboxes or [u["mailbox"] for u in STATUS["users"]], "global": mailboxes is None}
 
+    async def metrics(self) -> dict[str, Any]:
+        self._record("metrics")
+        return {"content_type": "text/plain; version=0.0.4; charset=utf-8",
+                "text": "# HELP exchanged_config_generation x\n# TYPE exchanged_config_generation gauge\n"
+                        "exchanged_config_generation 3.0\n"}
+
 
 def request_line(method: str, params: dict[str, Any] | None = None, request_id: int | str = 1) -> bytes:
     return encode_message(make_request(request_id, method, params))

@@ -173,6 +173,7 @@ class TestValidateParams:
             "reload",
             "pause",
             "resume",
+            "metrics",
         }
 
 

@@ -47,7 +47,8 @@ class RecordingRunner:
         await trio.sleep(1)
         if user.mailbox in self.fail:
             raise self.fail[user.mailbox]
-        return CycleOutcome(result="ok", counts=Counts(exported=1))
+        return CycleOutcome(result="ok", counts=Counts(exported=1),
+                            written={("appointment", "exchange"): 1})
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
         return {"mailbox": user.mailbox}
@@ -483,3 +484,44 @@ async def test_reload_opens_through_the_same_injected_openers(
         assert [what for what, _ in openers.opened] == ["state", "psa", "exchange", "exchange"]
         assert d.adapters is not None and d.adapters.account is openers.opened[-1][1]
         assert isinstance(first, MemoryExchange) and first.closed and not d.adapters.account.closed
+
+
+def _families(text: str) -> dict[str, Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _value(families: dict[str, Any], name: str, **labels: str) -> float:
+    [sample] = [s for f in families.values() for s in f.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    return float(sample.value)
+
+
+async def test_metrics_over_the_control_method_and_the_textfile(
+        env: Env, tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    textfile = tmp_path / "metrics" / "exchanged.prom"
+    textfile.parent.mkdir()
+    env.write(metrics={"textfile": str(textfile)})
+    env.runner.fail[BOB] = errors.ImpersonationDenied("may not impersonate", mailbox=BOB)
+    async with started(env.daemon()) as d:
+        await d.sync(None, full=False, wait=True, allow_deletes=False)
+        await d.sync([ALICE], full=False, wait=True, allow_deletes=False)
+        answer = await d.metrics()
+        families = _families(answer["text"])
+        assert answer["content_type"].startswith("text/plain; version=0.0.4")
+        ok = _value(families, "exchanged_cycles_total", result="ok")
+        assert ok >= 2 and _value(families, "exchanged_cycles_total", result="error") >= 1
+        assert _value(families, "exchanged_items_written_total", kind="appointment", side="exchange") == ok
+        alice_last = _value(families, "exchanged_last_success_timestamp_seconds", mailbox=ALICE)
+        assert abs(alice_last - datetime.now(UTC).timestamp()) < 60
+        assert not [s for s in families["exchanged_last_success_timestamp_seconds"].samples
+                    if s.labels["mailbox"] == BOB]  # never succeeded
+        assert _value(families, "exchanged_config_generation") == 1
+        assert _value(families, "exchanged_config_generation_age_seconds") >= 0
+        assert _value(families, "exchanged_users", state="error") == 1
+        assert _value(families, "exchanged_deletions_held_back", mailbox=ALICE) == 0
+        # written after each cycle, atomically, for node_exporter's textfile collector
+        from_file = _families(textfile.read_text())
+        assert _value(from_file, "exchanged_cycles_total", result="ok") == ok
+        assert not list(textfile.parent.glob("*.prom.*"))  # no temporary file left behind

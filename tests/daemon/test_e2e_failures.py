@@ -120,3 +120,38 @@ def test_sigterm_during_the_start_is_a_clean_stop(tmp_path: Path) -> None:
             assert "stop requested during the start" in env.stderr()
         finally:
             notify.close()
+
+
+def test_check_and_metrics_of_a_running_daemon(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    users = [{"mailbox": m, "psa_resource": str(n + 1)} for n, m in enumerate(["alice@example.test",
+                                                                                "bob@example.test"])]
+    now = datetime.now(UTC).replace(microsecond=0)
+    with ews_daemon(tmp_path, now, [u["mailbox"] for u in users], users) as (env, _ews):
+        env.start_ready()
+        assert ctl(env, "sync", "--wait").returncode == 0
+        check = ctl(env, "check")
+        assert check.returncode == 0, check.stdout
+        assert check.stdout.startswith("EXCHANGED OK - 2 users syncing") and " | users=2 " in check.stdout
+        assert ctl(env, "check", "--warning-age", "0").returncode == 1  # any age is too old now
+        text = ctl(env, "metrics").stdout
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+        def value(name: str, **labels: str) -> float:
+            return sum(s.value for s in samples
+                       if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+        assert value("exchanged_requests_total", service="ews", operation="SyncFolderItems") > 0
+        assert value("exchanged_items_written_total", kind="appointment", side="exchange") > 0
+        assert value("exchanged_cycles_total", result="ok") >= 2
+        assert value("exchanged_exchange_reachable") == 1
+        env.write_config(credentials={**env.extra["credentials"],
+                                      "password_file": secret_file(tmp_path / "wrong", "WRONG")})
+        assert ctl(env, "reload").returncode == 0
+        ctl(env, "sync", "--wait")
+        check = ctl(env, "check")
+        assert check.returncode == 2 and "refuses the login of the sync account" in check.stdout
+        assert env.stop() == 0
+    down = ctl(env, "check")
+    assert down.returncode == 2 and down.stdout.startswith("EXCHANGED CRITICAL - exchanged does not answer")

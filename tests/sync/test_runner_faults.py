@@ -357,3 +357,13 @@ async def test_an_unexpected_exception_is_an_internal_error_logged_with_its_trac
     [crash] = [e for e in logs if e.get("log_level") == "error"]
     assert crash.get("mailbox") == MAILBOX and isinstance(crash.get("exc_info"), IndexError)
     assert crash["exc_info"].__traceback__ is not None  # the renderer prints it
+
+
+async def test_the_outcome_counts_items_written_by_kind_and_side() -> None:
+    w = World()
+    for n in range(2):
+        w.psa.add(Kind.APPOINTMENT, appt(f"a{n}", hours=n), [RESOURCE])
+    w.mb.user_add(FolderKind.CALENDAR, appt("x", hours=5))
+    out = await w.cycle()
+    assert out.written == {("appointment", "exchange"): 2, ("imported", "psa"): 1}, out.written
+    assert (out.counts.exported, out.counts.imported) == (2, 1)

@@ -692,7 +692,6 @@ def event_json(
             if end_zone is not None
             else (start_zone.get("Id", "UTC") if start_zone is not None else "UTC"),
             "iCalUId": _ical_uid(it.child_text(elem, "UID") or ""),
-            "uid": it.child_text(elem, "UID") or "",
             "reminderMinutesBeforeStart": int(it.child_text(elem, "ReminderMinutesBeforeStart") or 15),
             "isReminderOn": it.child_text(elem, "ReminderIsSet") == "true",
             "hasAttachments": False,
@@ -712,7 +711,6 @@ def event_json(
             "isOnlineMeeting": False,
             "onlineMeetingProvider": "unknown",
             "allowNewTimeProposals": True,
-            "occurrenceId": None,
             "isDraft": False,
             "hideAttendees": False,
             "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
@@ -746,9 +744,6 @@ def event_json(
         original = parse_dt(it.child_text(elem, "OriginalStart"))
         if original is not None:
             out["originalStart"] = graph_timestamp(original)
-        out["occurrenceId"] = (
-            f"OID.{to_graph_id(master_id)}.{original.date().isoformat() if original else ''}"
-        )
     return out
 
 

@@ -56,7 +56,7 @@ async def test_a_cut_or_corrupt_getitem_answer_never_duplicates(tmp_path: Path, 
         action = str(mangle.pop("action"))
         proxy.rule("GetItem", action, times=6, **mangle)
         await stack.cycle()  # errors or not: never a duplicate
-        assert proxy.applied[f"GetItem {action}"] >= 3
+        assert proxy.applied[f"GetItem {action}"] >= 1
         proxy.clear()
         assert await stack.duplicates() == []
         again = await stack.cycle()

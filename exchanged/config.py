@@ -1367,12 +1367,17 @@ def cli_check_config(args: Any) -> int:
                 print(_render_problem(source, problem), file=sys.stderr)
             print(f"INVALID: {source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
+    from exchanged.service_access import check_access
+
+    # root reads everything: check the files as the service user reads them (exit 1 if it cannot)
+    access = check_access(cfg, source)
     checks: list[dict[str, Any]] | None = None
-    status = 0
+    status = 1 if access.problems else 0
     if getattr(args, "connect", False):
-        checks, status = _connect(cfg)
+        checks, connect_status = _connect(cfg)
+        status = max(status, connect_status)
     if as_json:
-        _print_json(source, True, [], list(cfg.warnings), checks, cfg)
+        _print_json(source, True, [], list(cfg.warnings), checks, cfg, access.as_dict())
     else:
         for warning in cfg.warnings:
             print(f"warning: {source}: {warning}")
@@ -1380,6 +1385,10 @@ def cli_check_config(args: Any) -> int:
         enabled = len(cfg.enabled_users())
         tail = f", {len(cfg.warnings)} warning(s)" if cfg.warnings else ""
         print(f"OK: {source}: {users} users ({enabled} enabled){tail}")
+        for denied in access.problems:
+            print(f"access: {denied['key']}: {denied['message']}")
+        verdict = f"FAILED, {len(access.problems)} problem(s)" if access.problems else "OK"
+        print(f"access {verdict}: {access.note}")
         for check in checks or []:
             print(f"{check['result']:<8} {check['subject']}: {check['message']}")
         if checks is not None:
@@ -1462,6 +1471,7 @@ def _print_json(
     warnings: list[str],
     checks: list[dict[str, Any]] | None,
     cfg: Config | None = None,
+    access: dict[str, Any] | None = None,
 ) -> None:
     doc: dict[str, Any] = {
         "valid": valid,
@@ -1472,6 +1482,8 @@ def _print_json(
     if cfg is not None:
         doc["users"] = len(cfg.users)
         doc["enabled_users"] = len(cfg.enabled_users())
+    if access is not None:  # who the files were checked as, and what that user cannot read
+        doc["access"] = access
     if checks is not None:  # the file is valid either way; the exit code says whether connecting worked
         doc["connect"] = checks
         doc["connect_ok"] = all(c["result"] != "failed" for c in checks)

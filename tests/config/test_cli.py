@@ -61,6 +61,8 @@ def test_json_output(tmp_path: Path) -> None:
     done = run("--config", str(good), "--json")
     assert done.returncode == 0
     doc = json.loads(done.stdout)
+    access = doc.pop("access")  # who the files were checked as (tests/config/test_service_access.py)
+    assert access["problems"] == [] and access["note"].startswith("checked as ")
     assert doc == {"valid": True, "path": str(good), "errors": [], "warnings": [], "users": 1,
                    "enabled_users": 1}
     assert SECRET not in done.stdout

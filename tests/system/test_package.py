@@ -130,9 +130,28 @@ def test_a_missing_credential_file_fails_the_start_clearly(machine: Container) -
     assert active(machine) != "active"
 
 
+def test_check_config_run_by_root_checks_as_the_service_user(machine: Container) -> None:
+    # a password_file the daemon reads itself: root:root 0600 is fine for root, not for the service
+    machine.write("/etc/exchanged/own-password", PASSWORD + "\n", mode="0600")
+    own = config_text("own password file").replace(
+        "  username: ", "  password_file: /etc/exchanged/own-password\n  username: ")
+    machine.write("/etc/exchanged/own.yaml", own, mode="0640", group="exchanged")
+    refused = machine.run("exchanged", "check-config", "--config", "/etc/exchanged/own.yaml", check=False)
+    assert refused.returncode == 1
+    assert ("access: credentials.password_file: exchanged cannot read /etc/exchanged/own-password "
+            "(Permission denied); run: chown exchanged /etc/exchanged/own-password") in refused.stdout
+    assert "access FAILED, 1 problem(s): checked as the service user exchanged" in refused.stdout
+    machine.run("chown", "exchanged", "/etc/exchanged/own-password")
+    machine.run("exchanged", "check-config", "--config", "/etc/exchanged/own.yaml")
+    machine.run("rm", "/etc/exchanged/own.yaml", "/etc/exchanged/own-password")
+
+
 def test_configured_it_becomes_active_after_ready_and_syncs(machine: Container) -> None:
     machine.write("/etc/exchanged/sync-password", PASSWORD + "\n", mode="0600")
-    assert "OK:" in machine.run("exchanged", "check-config", "--connect").stdout
+    checked = machine.run("exchanged", "check-config", "--connect").stdout
+    assert "OK:" in checked
+    # root checks the files as the daemon will read them, and says so
+    assert "access OK: checked as the service user exchanged (uid " in checked
     # Type=notify: `systemctl start` returns once the daemon sent READY=1, and not before; by then
     # its control socket answers
     machine.run("systemctl", "enable", "--now", "exchanged")

@@ -40,8 +40,12 @@ MAX_THROTTLED_ATTEMPTS = 6
 MAX_UNAVAILABLE_ATTEMPTS = 3
 RENEW_BEFORE_S = 300.0
 PREFER_UTC = 'outlook.timezone="UTC"'
-CLOUD_GRAPH_HOSTS = ("graph.microsoft.com", "graph.microsoft.us", "dod-graph.microsoft.us",
-                     "microsoftgraph.chinacloudapi.cn")
+CLOUD_GRAPH_HOSTS = (
+    "graph.microsoft.com",
+    "graph.microsoft.us",
+    "dod-graph.microsoft.us",
+    "microsoftgraph.chinacloudapi.cn",
+)
 # 404 codes that mean the mailbox (not an item) does not exist
 MAILBOX_GONE = ("ErrorInvalidUser", "MailboxNotEnabledForRESTAPI")
 

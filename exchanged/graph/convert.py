@@ -6,9 +6,9 @@ The PSA key lives where the EWS adapter keeps it, so that both adapters read the
   exchanged-psa-key`` (``singleValueExtendedProperties``), and beside it, as on EWS,
   ``exchanged-exact-values`` (what Exchange rounds: an all-day appointment's exact bounds);
 * To Do tasks (the To Do API exposes no extended properties): a ``linkedResource`` with
-  ``applicationName`` "exchanged" and ``externalId`` = the PSA key. To Do keeps a task's start and
-  due as days: they are read back as midnight UTC of that day (the time of day the PSA gave is
-  not kept; docs/GRAPH.md).
+  ``applicationName`` "exchanged" and ``externalId`` = the PSA key; the exact values (To Do keeps
+  start and due as days) in a second one, ``applicationName`` "exchanged-exact", as EWS keeps them
+  in its second property.
 
 Datetimes: every event is read and written with ``Prefer: outlook.timezone="UTC"``; an all-day
 event is written as whole days in the mailbox's time zone (Graph wants midnight in the event's
@@ -50,6 +50,7 @@ from exchanged.model import (
 PSA_KEY_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {PSA_KEY_PROPERTY_NAME}"
 EXACT_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {EXACT_PROPERTY_NAME}"
 LINK_APP = "exchanged"  # linkedResources.applicationName of a task's PSA key
+EXACT_APP = "exchanged-exact"  # ... and of its exact values (JSON in externalId)
 
 # $expand of the properties we read (events and contacts)
 EXPAND_KEY = f"singleValueExtendedProperties($filter=id eq '{PSA_KEY_PROP}' or id eq '{EXACT_PROP}')"
@@ -283,7 +284,7 @@ def item_from_graph(
         else:
             exchange_key = uid
     elif folder is FolderKind.TASKS:
-        payload = task_from_graph(doc)
+        payload = exact_merge(task_from_graph(doc), linked(doc, EXACT_APP), UTC)
     else:
         payload = contact_from_graph(doc)
     cats = tuple(c for c in doc.get("categories") or () if isinstance(c, str))
@@ -404,6 +405,26 @@ def _key_link(psa_key: str) -> list[dict[str, str]]:
     return [{"applicationName": LINK_APP, "externalId": psa_key, "displayName": f"PSA {psa_key}"}]
 
 
+def exact_link(payload: Payload) -> dict[str, str] | None:
+    """A task's exact values as a linked resource (what To Do rounds to days: times of day, the
+    completion time), or None when the payload needs none."""
+    exact = exact_values(payload)
+    if exact is None:
+        return None
+    return {"applicationName": EXACT_APP, "externalId": exact, "displayName": "exchanged: exact times"}
+
+
+def exact_link_id(doc: Mapping[str, Any]) -> str | None:
+    for res in doc.get("linkedResources") or ():
+        if (
+            isinstance(res, Mapping)
+            and res.get("applicationName") == EXACT_APP
+            and isinstance(res.get("id"), str)
+        ):
+            return str(res["id"])
+    return None
+
+
 def new_body(
     folder: FolderKind, payload: Payload, psa_key: str, categories: Sequence[str], tz: tzinfo, tz_name: str
 ) -> dict[str, Any]:
@@ -413,6 +434,9 @@ def new_body(
     if folder is FolderKind.TASKS:
         doc = {k: v for k, v in doc.items() if v is not None}
         doc["linkedResources"] = _key_link(psa_key)
+        link = exact_link(payload)
+        if link is not None:
+            doc["linkedResources"].append(link)
         return doc
     props = [{"id": PSA_KEY_PROP, "value": psa_key}]
     exact = exact_values(payload)

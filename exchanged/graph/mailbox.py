@@ -82,6 +82,9 @@ class GraphMailbox:
         # item id -> our PSA key (None: read, carries none). An item's key never changes: set at
         # create, so a process that has seen an item needs not read its properties again.
         self._keys: dict[str, str | None] = {}
+        # tasks: the id of the exact-values link and the values last read or written, by task id
+        self._exact_ids: dict[str, str] = {}
+        self._exact_values: dict[str, str] = {}
 
     @property
     def mailbox(self) -> str:
@@ -168,7 +171,25 @@ class GraphMailbox:
             return odd
         if item.psa_key is not None or "singleValueExtendedProperties" in doc or "linkedResources" in doc:
             self._keys[item.item_id] = item.psa_key
+        if folder is FolderKind.TASKS and "linkedResources" in doc:
+            lid, exact = convert.exact_link_id(doc), convert.linked(doc, convert.EXACT_APP)
+            if lid:
+                self._exact_ids[item.item_id] = lid
+            if exact:
+                self._exact_values[item.item_id] = exact
+        elif folder is FolderKind.CALENDAR and "singleValueExtendedProperties" in doc:
+            exact = convert.extended(doc, convert.EXACT_PROP)
+            if exact:
+                self._exact_values[item.item_id] = exact
+        elif item.item_id in self._exact_values and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+            # a delta answer: no properties, no links; what was last read or written still holds
+            # wherever the item still has the values Exchange rounded it to (exact_merge)
+            item = self._exact(item, self._exact_values[item.item_id], tz)
         return item
+
+    def _exact(self, item: ExchangeItem, exact: str | None, tz: tzinfo) -> ExchangeItem:
+        zone = tz if item.folder is FolderKind.CALENDAR else UTC
+        return replace(item, payload=convert.exact_merge(item.payload, exact, zone))
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -449,6 +470,9 @@ class GraphMailbox:
                     results[n] = self._item_error(new.psa_key, answer)
                     continue
                 self._keys[str(answer.doc.get("id"))] = new.psa_key
+                exact = convert.exact_values(new.payload)
+                if exact is not None and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+                    self._exact_values[str(answer.doc.get("id"))] = exact
                 item = self._item(folder, answer.doc, tz)
                 if item is None:
                     results[n] = ItemError(
@@ -502,77 +526,125 @@ class GraphMailbox:
         collection = await self._collection(folder)
         tz, tz_name = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
         out: list[ExchangeItem | ItemError] = []
-        for chunk in _chunks(list(updates), BATCH_MAX):
-            results: list[ExchangeItem | ItemError | None] = [None] * len(chunk)
-            built: list[tuple[int, dict[str, Any]]] = []
-            for n, upd in enumerate(chunk):
-                try:
-                    body = convert.update_body(folder, upd.payload, upd.changed, upd.categories, tz, tz_name)
-                except convert.Unmappable as exc:
-                    results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
-                    continue
-                except (ValueError, TypeError) as exc:
-                    results[n] = ItemError(upd.item_id, "invalid_payload", f"{self._address}: {exc}")
-                    continue
-                if not body:
-                    results[n] = ItemError(
-                        upd.item_id, "nothing_to_update", f"{self._address}: no field to update"
-                    )
-                    continue
-                built.append((n, body))
-            if built:
-                reqs = [
+        # a task's exact values go with it (a second part of the same $batch): ten tasks per batch
+        size = BATCH_MAX // 2 if folder is FolderKind.TASKS else BATCH_MAX
+        for chunk in _chunks(list(updates), size):
+            out.extend(await self._update_chunk(folder, collection, chunk, tz, tz_name))
+        return out
+
+    async def _update_chunk(
+        self, folder: FolderKind, collection: str, chunk: Sequence[ItemUpdate], tz: tzinfo, tz_name: str
+    ) -> list[ExchangeItem | ItemError]:
+        results: list[ExchangeItem | ItemError | None] = [None] * len(chunk)
+        built: list[tuple[int, dict[str, Any]]] = []
+        for n, upd in enumerate(chunk):
+            try:
+                body = convert.update_body(folder, upd.payload, upd.changed, upd.categories, tz, tz_name)
+            except convert.Unmappable as exc:
+                results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
+                continue
+            except (ValueError, TypeError) as exc:
+                results[n] = ItemError(upd.item_id, "invalid_payload", f"{self._address}: {exc}")
+                continue
+            if not body:
+                results[n] = ItemError(
+                    upd.item_id, "nothing_to_update", f"{self._address}: no field to update"
+                )
+                continue
+            built.append((n, body))
+        if not built:
+            return [r for r in results if r is not None]
+        headers = {"Content-Type": "application/json", **self._headers(folder)}
+        reqs: list[dict[str, Any]] = []
+        owner: list[tuple[int, bool]] = []  # the update a part belongs to; True: a task's exact values
+        exact_sent: dict[int, str] = {}
+        if folder is FolderKind.TASKS:
+            await self._learn_exact_links(
+                collection, [chunk[n].item_id for n, _ in built if chunk[n].item_id not in self._exact_ids]
+            )
+        for n, body in built:
+            upd = chunk[n]
+            reqs.append(
+                {
+                    "method": "PATCH",
+                    "url": f"{collection}/{_q(upd.item_id)}",
+                    "headers": headers,
+                    "body": body,
+                }
+            )
+            owner.append((n, False))
+            if folder is FolderKind.CALENDAR and {"start", "end", "is_all_day"} & set(upd.changed):
+                exact_sent[n] = convert.exact_values(upd.payload) or ""
+            link = convert.exact_link(upd.payload) if folder is FolderKind.TASKS else None
+            if link is not None and {"start", "due", "completed"} & set(upd.changed):
+                exact_sent[n] = link["externalId"]
+                lid = self._exact_ids.get(upd.item_id)
+                base = f"{collection}/{_q(upd.item_id)}/linkedResources"
+                reqs.append(
                     {
                         "method": "PATCH",
-                        "url": f"{collection}/{_q(chunk[n].item_id)}",
-                        "headers": {"Content-Type": "application/json", **self._headers(folder)},
-                        "body": body,
+                        "url": f"{base}/{_q(lid)}",
+                        "headers": headers,
+                        "body": {"externalId": link["externalId"]},
                     }
-                    for n, body in built
-                ]
-                try:
-                    answers = await self.client.batch(
-                        self._address, f"update {folder.value}", reqs, write=True
+                    if lid
+                    else {"method": "POST", "url": base, "headers": headers, "body": link}
+                )
+                owner.append((n, True))
+        try:
+            answers = await self.client.batch(self._address, f"update {folder.value}", reqs, write=True)
+        except AmbiguousWrite:  # a PATCH sets values: sending it again is safe (a lost POST of exact
+            # values may leave a second link; the first one found is read)
+            answers = await self.client.batch(self._address, f"update {folder.value} (retry)", reqs)
+        unknown: list[int] = []
+        for (n, is_link), answer in zip(owner, answers, strict=True):
+            if is_link:
+                if answer.status == 201 and isinstance(answer.doc.get("id"), str):
+                    self._exact_ids[chunk[n].item_id] = str(answer.doc["id"])
+                continue
+            if answer.status != 200:
+                if answer.status == 404:
+                    results[n] = ItemError(
+                        chunk[n].item_id,
+                        "ErrorItemNotFound",
+                        f"{self._address}: the item is gone",
+                        retryable=False,
                     )
-                except AmbiguousWrite:  # a PATCH sets values: sending it again is safe
-                    answers = await self.client.batch(self._address, f"update {folder.value} (retry)", reqs)
-                unknown: list[int] = []
-                for (n, _body), answer in zip(built, answers, strict=True):
-                    if answer.status != 200:
-                        if answer.status == 404:
-                            results[n] = ItemError(
-                                chunk[n].item_id,
-                                "ErrorItemNotFound",
-                                f"{self._address}: the item is gone",
-                                retryable=False,
-                            )
-                        else:
-                            results[n] = self._item_error(chunk[n].item_id, answer)
-                        continue
-                    item = self._item(folder, answer.doc, tz)
-                    if item is None:
-                        results[n] = ItemError(
-                            chunk[n].item_id,
-                            "unreadable_item",
-                            f"{self._address}: the item is unreadable after the update",
-                            retryable=True,
-                        )
-                    elif item.psa_key is None and item.item_id not in self._keys:
-                        unknown.append(n)
-                        results[n] = item
-                    else:
-                        results[n] = item
-                if unknown:  # the key of an item this process has not read yet
-                    await self._learn_keys(folder, collection, [{"id": chunk[n].item_id} for n in unknown])
-                    for n in unknown:
-                        r = results[n]
-                        if isinstance(r, ExchangeItem):
-                            results[n] = replace(r, psa_key=self._keys.get(r.item_id))
-            out.extend(
-                r if r is not None else ItemError(chunk[n].item_id, "no_answer", "no result", retryable=True)
-                for n, r in enumerate(results)
-            )
-        return out
+                else:
+                    results[n] = self._item_error(chunk[n].item_id, answer)
+                continue
+            if n in exact_sent:  # what this PATCH wrote: read back through it
+                self._exact_values[chunk[n].item_id] = exact_sent[n]
+            item = self._item(folder, answer.doc, tz)
+            if item is None:
+                results[n] = ItemError(
+                    chunk[n].item_id,
+                    "unreadable_item",
+                    f"{self._address}: the item is unreadable after the update",
+                    retryable=True,
+                )
+                continue
+            if item.psa_key is None and item.item_id not in self._keys:
+                unknown.append(n)
+            results[n] = item
+        if unknown:  # the key of an item this process has not read yet
+            await self._learn_keys(folder, collection, [{"id": chunk[n].item_id} for n in unknown])
+            for n in unknown:
+                r = results[n]
+                if isinstance(r, ExchangeItem):
+                    results[n] = replace(r, psa_key=self._keys.get(r.item_id))
+        return [
+            r if r is not None else ItemError(chunk[n].item_id, "no_answer", "no result", retryable=True)
+            for n, r in enumerate(results)
+        ]
+
+    async def _learn_exact_links(self, collection: str, item_ids: Sequence[str]) -> None:
+        """The ids of tasks' exact-values links (to PATCH them), read with the tasks."""
+        for chunk in _chunks(list(item_ids), BATCH_MAX):
+            reqs = [{"method": "GET", "url": f"{collection}/{_q(i)}?$expand=linkedResources"} for i in chunk]
+            for answer in await self.client.batch(self._address, "tasks exact values", reqs):
+                if answer.status == 200:
+                    self._item(FolderKind.TASKS, answer.doc, UTC)
 
     async def delete(self, folder: FolderKind, item_ids: Sequence[str]) -> Sequence[ItemError | None]:
         collection = await self._collection(folder)

@@ -46,9 +46,14 @@ async def test_two_cycles_the_second_writes_nothing_and_edits_flow_back() -> Non
         Appointment("Holiday", day, day + timedelta(days=1), is_all_day=True, show_as=ShowAs.OOF),
         [RESOURCE],
     )
+    # times of day To Do does not keep (it keeps days): the exact values come back through a link
     psa.add(
         Kind.TODO,
-        Task("Call back", start=datetime(2026, 12, 8, tzinfo=UTC), due=datetime(2026, 12, 10, tzinfo=UTC)),
+        Task(
+            "Call back",
+            start=datetime(2026, 12, 8, 10, 0, tzinfo=UTC),
+            due=datetime(2026, 12, 10, 17, 30, tzinfo=UTC),
+        ),
         [RESOURCE],
     )
     psa.add(

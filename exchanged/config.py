@@ -521,6 +521,26 @@ class SmtpConfig(_Model):
     from_: str = Field(default="exchanged@localhost", alias="from")
     ca_file: str | None = None  # extra CA for starttls/tls (internal PKI); TLS is always verified
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # SMTP authentication (AUTH after STARTTLS/TLS): the user name, and its password from a file
+    username: str | None = None
+    password_file: str | None = None
+    password: SecretStr | None = None
+
+    _check_password = field_validator("password", mode="before")(_secret_not_number)
+
+    @model_validator(mode="after")
+    def _auth(self, info: ValidationInfo) -> SmtpConfig:
+        if self.username is None:
+            if self.password_file is not None or self.password is not None:
+                raise _rule("a password without notifications.smtp.username: set the user name too",
+                            "username")
+            return self
+        if not self.username.strip():
+            raise _rule("is empty", "username")
+        secret = _resolve_secret(info, label="SMTP password", inline=self.password, file=self.password_file,
+                                 inline_key="password", file_key="password_file", credential=None)
+        object.__setattr__(self, "password", secret)  # frozen from here on; resolved once
+        return self
 
     @field_validator("from_")
     @classmethod
@@ -1207,6 +1227,11 @@ def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[
              "EWS over plain http: the password crosses the network unencrypted")
     if raw.get(("enabled",), bool, True) is False:
         warn(("enabled",), "the integration is switched off: no user is synced")
+    if raw.has(("notifications", "smtp", "username")) and raw.get(
+            ("notifications", "smtp", "security"), str, "none") == "none":
+        warn(("notifications", "smtp", "username"),
+             "SMTP login with security: none: the password crosses the network unencrypted "
+             "(use starttls or tls)")
     if raw.has(("credentials", "password")) and raw.get(("credentials", "password"), str) is not None:
         warn(("credentials", "password"),
              "the password is in the config file; prefer password_file (chmod 600) or LoadCredential")
@@ -1417,7 +1442,7 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
 
         shown = present(exc)
         return [{"subject": "connect", "result": "failed", "message": shown.line()}], 1
-    outcome = list(outcome) + _connect_psa(cfg)
+    outcome = list(outcome) + _connect_psa(cfg) + _connect_smtp(cfg) + _connect_state(cfg)
     rows: list[dict[str, Any]] = []
     failed = False
     for result in outcome:
@@ -1425,6 +1450,56 @@ def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
         failed = failed or not result.ok
         rows.append({"subject": result.subject, "result": label, "message": result.message})
     return rows, 1 if failed else 0
+
+
+def _connect_smtp(cfg: Config) -> list[Any]:
+    """Connect to the SMTP server, STARTTLS/TLS, log in; no mail is sent."""
+    from exchanged.errors import MailError
+    from exchanged.notify import SmtpMailer
+    from exchanged.ports import CheckResult
+
+    if not cfg.notifications.recipients:
+        return [CheckResult("smtp", True, "not checked: notifications.email is empty (no mails are sent)",
+                            warning=True)]
+    mailer = SmtpMailer.from_config(cfg.notifications.smtp)
+    try:
+        done = mailer.probe()
+    except MailError as exc:
+        return [CheckResult("smtp", False, f"{exc.message} ({exc.hint})" if exc.hint else exc.message)]
+    return [CheckResult("smtp", True, f"{mailer.where}: {done}; no mail sent")]
+
+
+def _connect_state(cfg: Config) -> list[Any]:
+    """Open the state database as the daemon would (its schema brought up to date), then close it;
+    a SQLite file that does not exist yet is not created here."""
+    import trio
+
+    from exchanged.errors import present
+    from exchanged.ports import CheckResult
+    from exchanged.state import mask_url, open_state_store
+    from exchanged.state.db import SQLITE, UrlError, parse_url
+
+    try:
+        parsed = parse_url(cfg.state.url)
+    except UrlError as exc:
+        return [CheckResult("state", False, f"state.url: {exc}")]
+    if parsed.dialect == SQLITE and not parsed.is_memory and not Path(parsed.target).exists():
+        folder = Path(parsed.target).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            return [CheckResult("state", False, f"{parsed.target} does not exist and {folder} is not a "
+                                "writable directory for this user: the daemon could not create it")]
+        return [CheckResult("state", True, f"{parsed.target} does not exist yet: the daemon creates it "
+                            "at its first start", warning=True)]
+
+    async def open_and_close() -> None:
+        store = await open_state_store(cfg.state.url)
+        await store.aclose()
+
+    try:
+        trio.run(open_and_close)
+    except Exception as exc:
+        return [CheckResult("state", False, present(exc).line())]
+    return [CheckResult("state", True, f"{mask_url(cfg.state.url)}: opened")]
 
 
 def _connect_psa(cfg: Config) -> list[Any]:

@@ -1016,6 +1016,7 @@ def _register_secrets(cfg: Config) -> None:
         register_secret(reveal(user.password))
     for name in ("secret", "integration_code"):
         register_secret(reveal(getattr(cfg.psa, name, None)))
+    register_secret(reveal(cfg.notifications.smtp.password))
 
 
 def _configure_logging(cfg: Config) -> None:

@@ -68,6 +68,8 @@ class SmtpMailer:
         sender: str = "exchanged@localhost",
         ca_file: str | None = None,
         timeout: float = 30.0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if security not in ("none", "starttls", "tls"):
             raise ValueError(f"security must be none, starttls or tls, not {security!r}")
@@ -77,11 +79,17 @@ class SmtpMailer:
         self.sender = sender
         self.ca_file = ca_file
         self.timeout = timeout
+        self.username = username
+        self._password = password or ""
 
     @classmethod
     def from_config(cls, smtp: Any) -> SmtpMailer:
         """From ``config.SmtpConfig`` (``notifications.smtp``)."""
-        return cls(smtp.host, smtp.port, smtp.security, smtp.sender, smtp.ca_file, smtp.timeout_seconds)
+        secret = getattr(smtp, "password", None)
+        getter = getattr(secret, "get_secret_value", None)
+        password = getter() if callable(getter) else secret
+        return cls(smtp.host, smtp.port, smtp.security, smtp.sender, smtp.ca_file, smtp.timeout_seconds,
+                   username=getattr(smtp, "username", None), password=password)
 
     @property
     def where(self) -> str:
@@ -119,25 +127,52 @@ class SmtpMailer:
         return context
 
     def _connect(self) -> smtplib.SMTP:
+        """Connected, TLS as configured, logged in when a user name is set."""
         if self.security == "tls":
-            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._tls_context())
-        client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        if self.security == "starttls":
-            try:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                                    context=self._tls_context())
+        else:
+            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.security == "starttls":
                 client.ehlo()
                 client.starttls(context=self._tls_context())
                 client.ehlo()
-            except BaseException:
-                client.close()
-                raise
+            if self.username:
+                client.login(self.username, self._password)
+        except BaseException:
+            client.close()
+            raise
         return client
+
+    def probe(self) -> str:
+        """Connect, TLS, login, QUIT: no mail is sent (``check-config --connect``); blocking. The
+        step reached, as a sentence; a failure raises ``MailError`` as a delivery would."""
+        def run(client: smtplib.SMTP) -> str:
+            steps = ["connected", {"tls": "TLS", "starttls": "STARTTLS"}.get(self.security, "")]
+            if self.username:
+                steps.append(f"logged in as {self.username}")
+            return ", ".join(s for s in steps if s)
+
+        return self._with_client(run)
 
     def _deliver(self, msg: EmailMessage, to: list[str]) -> dict[str, Any]:
         """Blocking delivery; every failure becomes one ``MailError`` naming server and cause."""
+        return self._with_client(
+            lambda client: dict(client.send_message(msg, from_addr=self.sender, to_addrs=to)))
+
+    def _with_client(self, use: Callable[[smtplib.SMTP], Any]) -> Any:
         where = self.where
         try:
             with self._connect() as client:
-                return dict(client.send_message(msg, from_addr=self.sender, to_addrs=to))
+                return use(client)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise MailError(
+                f"SMTP server {where} refused the login of {self.username}: "
+                f"{exc.smtp_code} {_text(exc.smtp_error)}",
+                hint="check notifications.smtp.username and the password in "
+                "notifications.smtp.password_file",
+            ) from None
         except ssl.SSLCertVerificationError as exc:
             raise MailError(
                 f"TLS certificate of SMTP server {where} not trusted: {exc.verify_message}",
@@ -149,7 +184,13 @@ class SmtpMailer:
                 hint="check notifications.smtp.security: tls is TLS from the first byte (port 465), "
                 "starttls upgrades a plain connection (port 25/587)",
             ) from None
-        except smtplib.SMTPNotSupportedError:
+        except smtplib.SMTPNotSupportedError as exc:
+            if "AUTH" in str(exc):
+                raise MailError(
+                    f"SMTP server {where} does not offer a login (SMTP AUTH)",
+                    hint="many servers offer AUTH only after TLS: set notifications.smtp.security to "
+                    "starttls or tls, or remove notifications.smtp.username",
+                ) from None
             raise MailError(
                 f"SMTP server {where} does not offer STARTTLS",
                 hint="enable STARTTLS on the server, or set notifications.smtp.security to tls or none",

@@ -9,6 +9,8 @@ every message it accepts.
 
 ``security="starttls"`` offers (and requires) STARTTLS, ``security="tls"`` speaks TLS from the first
 byte (SMTPS); both need ``tls_context`` (a server context, e.g. from a trustme CA).
+``users={"name": "password"}`` offers SMTP AUTH (PLAIN/LOGIN; required, after TLS, when TLS is on);
+``sink.logins`` lists the user names that logged in.
 
 Standalone (demo): ``python -m exchanged.testing.smtp --port 8025 [--maildir DIR]`` prints one JSON
 line ``{"host": ..., "port": ...}`` once it accepts connections, then one JSON line per message.
@@ -36,7 +38,7 @@ from exchanged.testing import testing_extra_missing
 
 try:
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import SMTP, Envelope, Session
+    from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 except ModuleNotFoundError as exc:
     raise testing_extra_missing(exc) from None
 
@@ -84,6 +86,7 @@ class SmtpSink:
         security: str = "none",
         tls_context: ssl.SSLContext | None = None,
         on_message: Callable[[Received], None] | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
         if security not in ("none", "starttls", "tls"):
             raise ValueError(f"security must be none, starttls or tls, not {security!r}")
@@ -94,6 +97,8 @@ class SmtpSink:
         self._requested_port = port
         self._tls_context = tls_context
         self._on_message = on_message
+        self.users = dict(users or {})
+        self.logins: list[str] = []
         self._lock = threading.Condition()
         self.received: list[Received] = []
         self._controller: _BoundController | None = None
@@ -147,6 +152,11 @@ class SmtpSink:
         elif self.security == "starttls":
             kwargs["tls_context"] = self._tls_context
             kwargs["require_starttls"] = True
+        if self.users:
+            # in plain SMTP the login is offered, not required (aiosmtpd rightly warns about AUTH
+            # required without TLS); with TLS it is required
+            tls = self.security != "none"
+            kwargs.update(auth_required=tls, auth_require_tls=tls, authenticator=self._authenticate)
         self._controller = _BoundController(_Handler(self), sock, **kwargs)
         self.port = sock.getsockname()[1]
         try:
@@ -156,6 +166,16 @@ class SmtpSink:
             self._controller = None
             raise
         return self
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str,
+                      data: Any) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            name = data.login.decode("utf-8", "replace")
+            if self.users.get(name) == data.password.decode("utf-8", "replace"):
+                with self._lock:
+                    self.logins.append(name)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
 
     def stop(self) -> None:
         if self._controller is not None:

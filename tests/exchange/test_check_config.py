@@ -93,3 +93,41 @@ def test_the_cli_checks_the_sql_psa_tables(tmp_path: Path, ews_server: EwsTestSe
     done = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
                            str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert "the tables fit (text ids in appointments)" in done.stdout, done.stdout
+
+
+def test_the_cli_checks_smtp_and_the_state_database(tmp_path: Path, ews_server: EwsTestServer) -> None:
+    from exchanged.testing.smtp import SmtpSink
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    secret = tmp_path / "smtp-password"
+    state = tmp_path / "state" / "state.db"
+    state.parent.mkdir()
+    base = write_config(tmp_path, ews_server)
+
+    def check(password: str) -> str:
+        secret.write_text(password)
+        secret.chmod(0o600)
+        base.write_text(base.read_text().split("notifications:")[0] + f"""notifications:
+  email: ops@example.test
+  smtp: {{host: 127.0.0.1, port: {sink.port}, username: relay, password_file: {secret}}}
+state: {{url: 'sqlite:///{state}'}}
+""")
+        done = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
+                               str(base)], capture_output=True, text=True, env=env, timeout=120)
+        assert "Traceback" not in done.stdout + done.stderr
+        return done.stdout
+
+    with SmtpSink(users={"relay": "Relay-pw1"}) as sink:
+        out = check("Relay-pw1")
+        assert (f"ok       smtp: 127.0.0.1:{sink.port} (none): connected, logged in as relay; "
+                "no mail sent") in out
+        assert f"warning  state: {state} does not exist yet: the daemon creates it" in out
+        assert not state.exists()  # the check creates nothing
+        assert sink.messages == []
+        out = check("Wrong-pw2")
+        assert "failed   smtp: SMTP server 127.0.0.1" in out and "refused the login of relay: 535" in out
+        assert "Wrong-pw2" not in out
+    state.write_bytes(b"this is not a database" * 100)
+    with SmtpSink(users={"relay": "Relay-pw1"}) as sink:
+        out = check("Relay-pw1")
+    assert "failed   state:" in out, out

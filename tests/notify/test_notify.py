@@ -401,3 +401,62 @@ async def test_a_hanging_smtp_server_never_blocks_the_caller(autojump_clock: tri
         assert stats.dropped == 10 - 1 - 4  # one being sent, four queued, the rest dropped
         assert notifier.open_errors() == {f"reason{i}:*": 1 for i in range(10)}
         nursery.cancel_scope.cancel()
+
+
+async def test_smtp_login_from_the_config(tmp_path: Path) -> None:
+    server_ctx, ca_file = _tls_pair(tmp_path)
+    users = {"relay@contoso.com": "S3cret-x"}
+    with SmtpSink(security="starttls", tls_context=server_ctx, users=users) as sink:
+        (tmp_path / "smtp-password").write_text("S3cret-x\n")
+        (tmp_path / "smtp-password").chmod(0o600)
+        text = base(tmp_path, f"""\
+            notifications:
+              email: ops@contoso.com
+              smtp: {{host: 127.0.0.1, port: {sink.port}, security: starttls, ca_file: {ca_file},
+                      from: exchanged@contoso.com, username: relay@contoso.com,
+                      password_file: {tmp_path / 'smtp-password'}}}
+            """)
+        cfg = load_config(write_config(tmp_path, text), credentials_dir="")
+        mailer = SmtpMailer.from_config(cfg.notifications.smtp)
+        assert "S3cret" not in repr(cfg.notifications.smtp)
+        assert mailer.probe() == "connected, STARTTLS, logged in as relay@contoso.com"
+        assert sink.messages == []  # the probe sends nothing
+        await mailer.send(["ops@contoso.com"], "auth test", "sent after a login")
+        assert [m["Subject"] for m in sink.messages] == ["auth test"]
+        assert sink.logins == ["relay@contoso.com", "relay@contoso.com"]
+        wrong = SmtpMailer("127.0.0.1", sink.port, "starttls", "exchanged@contoso.com", ca_file=ca_file,
+                           timeout=10, username="relay@contoso.com", password="nope")
+        with pytest.raises(MailError) as info:
+            await wrong.send(["ops@contoso.com"], "x", "y")
+        assert "refused the login of relay@contoso.com: 535" in info.value.message
+        assert "password_file" in info.value.hint and "nope" not in info.value.message
+        anonymous = SmtpMailer("127.0.0.1", sink.port, "starttls", "exchanged@contoso.com",
+                               ca_file=ca_file, timeout=10)
+        with pytest.raises(MailError):  # the server wants a login: without one nothing is sent
+            await anonymous.send(["ops@contoso.com"], "x", "y")
+        assert len(sink.messages) == 1
+
+
+def test_smtp_login_keys_are_checked(tmp_path: Path) -> None:
+    from exchanged.config import ConfigInvalid
+
+    no_password = base(tmp_path, """\
+        notifications:
+          smtp: {security: starttls, username: relay}
+        """)
+    with pytest.raises(ConfigInvalid, match=r"notifications\.smtp\.password_file: no SMTP password"):
+        load_config(write_config(tmp_path, no_password), credentials_dir="")
+    (tmp_path / "pw").write_text("x-secret\n")
+    (tmp_path / "pw").chmod(0o600)
+    no_user = base(tmp_path, f"""\
+        notifications:
+          smtp: {{password_file: {tmp_path / 'pw'}}}
+        """)
+    with pytest.raises(ConfigInvalid, match=r"notifications\.smtp\.username"):
+        load_config(write_config(tmp_path, no_user), credentials_dir="")
+    plain = base(tmp_path, f"""\
+        notifications:
+          smtp: {{username: relay, password_file: {tmp_path / 'pw'}}}
+        """)
+    cfg = load_config(write_config(tmp_path, plain), credentials_dir="")
+    assert any("unencrypted" in w for w in cfg.warnings)

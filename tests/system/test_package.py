@@ -271,7 +271,25 @@ def test_stop_exits_cleanly_within_timeout_stop_sec_and_removes_run(machine: Con
     props = machine.show("exchanged", "ActiveState", "Result", "ExecMainStatus")
     assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     assert machine.run("test", "-e", "/run/exchanged", check=False).returncode != 0
-    machine.run("systemctl", "start", "exchanged")
+
+
+def test_the_unit_is_active_only_once_the_daemon_sent_ready(machine: Container) -> None:
+    """Type=notify, shown by holding the daemon before READY=1: a write lock on its state database
+    keeps it in its start-up (it waits on the lock), and systemd keeps the unit activating."""
+    hold = ("import sqlite3, time; c = sqlite3.connect('/var/lib/exchanged/state.db', isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); open('/run/state-locked', 'w').close(); time.sleep(600)")
+    machine.run("systemd-run", "--unit=hold-state-lock", "--quiet", "/usr/bin/python3", "-c", hold)
+    machine.wait_for("the lock",
+                     lambda: machine.run("test", "-e", "/run/state-locked", check=False).returncode == 0)
+    machine.run("systemctl", "start", "--no-block", "exchanged")
+    machine.wait_for("the daemon's process", lambda: main_pid(machine) != 0)
+    for _ in range(10):  # 2 s: the process runs, the unit is not active, nothing answers yet
+        assert active(machine) == "activating"
+        assert machine.run("exchangectl", "status", check=False).returncode == 3  # not running yet
+        time.sleep(0.2)
+    machine.run("systemctl", "stop", "hold-state-lock")
+    machine.wait_for("READY=1", lambda: active(machine) == "active")
+    assert status(machine)["ready"] is True
 
 
 def test_upgrade_with_the_daemon_running_restarts_it_and_keeps_the_state(machine: Container,

@@ -211,6 +211,15 @@ class GraphApi:
         except EwsError as exc:
             # The store's own rules (the EWS test server's item checks) refused the item.
             return error_response(GraphError(400, exc.code, exc.text))
+        except (ValueError, OverflowError) as exc:
+            # A value of the wrong type or out of range that no check above named: Graph refuses
+            # the request (as its OData reader does) and the log says where.
+            log.info(
+                "Graph %s %s refused: a value does not parse: %s", req.method, req.path, exc, exc_info=True
+            )
+            return error_response(
+                GraphError(400, "BadRequest", f"A value in the request is not valid: {exc}.")
+            )
         except Exception:
             log.exception("Graph %s %s failed inside the test server", req.method, req.path)
             return error_response(
@@ -704,7 +713,10 @@ class GraphApi:
         skiptoken, deltatoken = ctx.req.query.get("$skiptoken"), ctx.req.query.get("$deltatoken")
         if skiptoken:
             state = self._load_state(ctx, skiptoken, "skip", collection)
-            return self._delta_page(ctx, state["pending"], state["final"], size)
+            snapshot = self._load_state(ctx, state["snapshot"], "snapshot", collection)
+            return self._delta_page(
+                ctx, snapshot["entries"], snapshot["final"], size, state["offset"], state["snapshot"]
+            )
         if deltatoken:
             state = self._load_state(ctx, deltatoken, "delta", collection)
             window = _window_of(state)
@@ -747,17 +759,41 @@ class GraphApi:
         return default
 
     def _delta_page(
-        self, ctx: Ctx, entries: list[dict[str, Any]], final: dict[str, Any], size: int
+        self,
+        ctx: Ctx,
+        entries: list[dict[str, Any]],
+        final: dict[str, Any],
+        size: int,
+        offset: int = 0,
+        snapshot: str | None = None,
     ) -> Response:
+        """The page at ``offset`` of a round's entries. A round longer than a page is stored once
+        (a snapshot); each nextLink names the snapshot and the next offset."""
         base = f"{self.app.url}/v1.0{final['path']}"
-        page, rest = entries[:size], entries[size:]
+        page = entries[offset : offset + size]
         kind = {"calendarView": "events", "contacts": "contacts", "tasks": "tasks"}[
             final["collection"].split(":")[0]
         ]
         body: dict[str, Any] = {"@odata.context": self._context_url(ctx, f"{kind}(delta)"), "value": page}
-        if rest:
+        if offset + size < len(entries):
+            if snapshot is None:
+                snapshot = self._save_state(
+                    ctx,
+                    {
+                        "kind": "snapshot",
+                        "collection": final["collection"],
+                        "entries": entries,
+                        "final": final,
+                    },
+                )
             token = self._save_state(
-                ctx, {"kind": "skip", "collection": final["collection"], "pending": rest, "final": final}
+                ctx,
+                {
+                    "kind": "skip",
+                    "collection": final["collection"],
+                    "snapshot": snapshot,
+                    "offset": offset + size,
+                },
             )
             body["@odata.nextLink"] = f"{base}?$skiptoken={token}"
         else:

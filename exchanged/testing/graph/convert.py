@@ -28,8 +28,8 @@ from typing import Any
 from lxml import etree
 
 from ..ews import items as it
-from ..ews.recurrence import PRIVATE, series_zone
-from ..ews.soap import TNS, Element, fmt_dt, local, parse_dt, sub, t
+from ..ews.recurrence import PRIVATE, original_starts, series_zone
+from ..ews.soap import TNS, Element, EwsError, fmt_dt, local, parse_dt, sub, t
 from ..ews.store import FolderRow, ItemRow
 
 
@@ -108,6 +108,8 @@ def parse_graph_datetime(value: Any, where: str) -> dt.datetime:
     if not isinstance(value, dict) or not isinstance(value.get("dateTime"), str):
         raise bad_request(f"{where}: expected an object with dateTime and timeZone.")
     zone_name = value.get("timeZone") or "UTC"
+    if not isinstance(zone_name, str):
+        raise bad_request(f"{where}.timeZone: expected a time zone name.")
     zone = zone_for(zone_name)
     if zone is None:
         raise GraphError(
@@ -122,13 +124,16 @@ def parse_graph_datetime(value: Any, where: str) -> dt.datetime:
         raise bad_request(
             f"{where}: cannot convert the literal '{text}' to the expected type 'Edm.DateTime'."
         )
-    base = dt.datetime.fromisoformat(match.group(1))
-    if match.group(3):
-        base = base.replace(microsecond=int((match.group(3)[1:] + "000000")[:6]))
-    if match.group(4):
-        parsed = dt.datetime.fromisoformat(match.group(1) + (match.group(4).replace("Z", "+00:00")))
-        return parsed.astimezone(dt.UTC)
-    return base.replace(tzinfo=zone).astimezone(dt.UTC)
+    try:
+        base = dt.datetime.fromisoformat(match.group(1))
+        if match.group(3):
+            base = base.replace(microsecond=int((match.group(3)[1:] + "000000")[:6]))
+        if match.group(4):
+            parsed = dt.datetime.fromisoformat(match.group(1) + (match.group(4).replace("Z", "+00:00")))
+            return parsed.astimezone(dt.UTC)
+        return base.replace(tzinfo=zone).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise bad_request(f"{where}: the date-time '{text}' is out of range.") from None
 
 
 # -- extended properties ---------------------------------------------------------------------------------
@@ -471,9 +476,9 @@ def event_xml(body: dict[str, Any], base: Element | None, default_zone: str) -> 
     if "isReminderOn" in body:
         it.set_child(elem, "ReminderIsSet", _bool(body["isReminderOn"], "isReminderOn"))
     if "reminderMinutesBeforeStart" in body:
-        minutes = body["reminderMinutesBeforeStart"]
-        if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes < 0:
-            raise bad_request("reminderMinutesBeforeStart: expected a non-negative integer.", "BadRequest")
+        minutes = _number(
+            body["reminderMinutesBeforeStart"], None, 0, 2**31 - 1, "reminderMinutesBeforeStart"
+        )
         it.set_child(elem, "ReminderMinutesBeforeStart", str(minutes))
     if "location" in body:
         loc = body["location"]
@@ -503,6 +508,11 @@ def event_xml(body: dict[str, Any], base: Element | None, default_zone: str) -> 
         _set_attendees(elem, body["attendees"])
     if "recurrence" in body:
         _set_recurrence(elem, body["recurrence"])
+    if elem.find(t("Recurrence")) is not None:
+        try:
+            next(original_starts(elem), None)  # the series must expand (the EWS side's rules)
+        except EwsError as exc:
+            raise bad_request(f"recurrence: {exc.text}", "ErrorInvalidRecurrence") from None
     _apply_extended(elem, body)
     return elem, changed
 
@@ -564,31 +574,63 @@ def _set_recurrence(elem: Element, value: Any) -> None:
     kind = _enum(pattern.get("type"), _PATTERNS, "recurrence.pattern.type")
     rec = sub(elem, t("Recurrence"))
     p = sub(rec, t(kind))
-    days = " ".join(d.capitalize() for d in pattern.get("daysOfWeek") or [] if d in _WEEKDAYS)
+    weekdays = pattern.get("daysOfWeek") or []
+    if not isinstance(weekdays, list) or any(d not in _WEEKDAYS for d in weekdays):
+        raise bad_request(
+            f"recurrence.pattern.daysOfWeek: expected weekday names, got {weekdays!r}.", "BadRequest"
+        )
+    days = " ".join(d.capitalize() for d in weekdays)
     if "Yearly" not in kind:
-        sub(p, t("Interval"), str(int(pattern.get("interval") or 1)))
+        sub(p, t("Interval"), str(_number(pattern.get("interval"), 1, 1, 999, "recurrence.pattern.interval")))
     if kind in ("WeeklyRecurrence", "RelativeMonthlyRecurrence", "RelativeYearlyRecurrence"):
         if not days:
             raise bad_request("recurrence.pattern.daysOfWeek is required for this pattern.", "BadRequest")
         sub(p, t("DaysOfWeek"), days)
     if kind == "WeeklyRecurrence":
-        sub(p, t("FirstDayOfWeek"), str(pattern.get("firstDayOfWeek") or "sunday").capitalize())
+        first = pattern.get("firstDayOfWeek") or "sunday"
+        if first not in _WEEKDAYS:
+            raise bad_request(f"recurrence.pattern.firstDayOfWeek: '{first}' is not a weekday.", "BadRequest")
+        sub(p, t("FirstDayOfWeek"), first.capitalize())
     if kind.startswith("Relative"):
-        sub(p, t("DayOfWeekIndex"), _INDEXES.get(str(pattern.get("index") or "first"), "First"))
-    if kind.startswith("Absolute") and kind != "DailyRecurrence":
-        sub(p, t("DayOfMonth"), str(int(pattern.get("dayOfMonth") or 1)))
+        index = _enum(pattern.get("index") or "first", _INDEXES, "recurrence.pattern.index")
+        sub(p, t("DayOfWeekIndex"), index)
+    if kind.startswith("Absolute"):
+        sub(
+            p,
+            t("DayOfMonth"),
+            str(_number(pattern.get("dayOfMonth"), 1, 1, 31, "recurrence.pattern.dayOfMonth")),
+        )
     if "Yearly" in kind:
-        sub(p, t("Month"), _MONTHS[int(pattern.get("month") or 1) - 1])
+        sub(p, t("Month"), _MONTHS[_number(pattern.get("month"), 1, 1, 12, "recurrence.pattern.month") - 1])
     range_kind = _enum(rng.get("type"), _RANGES, "recurrence.range.type")
     r = sub(rec, t(range_kind))
-    start = rng.get("startDate")
-    if not isinstance(start, str):
-        raise bad_request("recurrence.range.startDate is required.", "BadRequest")
-    sub(r, t("StartDate"), start)
+    sub(r, t("StartDate"), _date(rng.get("startDate"), "recurrence.range.startDate"))
     if range_kind == "EndDateRecurrence":
-        sub(r, t("EndDate"), _string(rng.get("endDate"), "recurrence.range.endDate"))
+        sub(r, t("EndDate"), _date(rng.get("endDate"), "recurrence.range.endDate"))
     if range_kind == "NumberedRecurrence":
-        sub(r, t("NumberOfOccurrences"), str(int(rng.get("numberOfOccurrences") or 1)))
+        count = _number(rng.get("numberOfOccurrences"), None, 1, 999, "recurrence.range.numberOfOccurrences")
+        sub(r, t("NumberOfOccurrences"), str(count))
+
+
+def _number(value: Any, default: int | None, low: int, high: int, where: str) -> int:
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise bad_request(
+            f"{where}: expected a whole number from {low} to {high}, got {value!r}.", "BadRequest"
+        )
+    return value
+
+
+def _date(value: Any, where: str) -> str:
+    try:
+        return dt.date.fromisoformat(value).isoformat() if isinstance(value, str) else _no_date(where)
+    except ValueError:
+        return _no_date(where)
+
+
+def _no_date(where: str) -> str:
+    raise bad_request(f"{where}: expected a date (YYYY-MM-DD).", "BadRequest")
 
 
 def _recurrence_json(elem: Element) -> dict[str, Any] | None:
@@ -1007,6 +1049,8 @@ def task_xml(body: dict[str, Any], base: Element | None) -> tuple[Element, set[s
     changed: set[str] = set()
     if base is None and not body.get("title"):
         raise bad_request("A task needs a title.", "invalidRequest")
+    if body.get("recurrence") is not None:
+        raise bad_request("Recurring tasks are not supported by this test server.", "invalidRequest")
     if "title" in body:
         it.set_child(elem, "Subject", _string(body["title"], "title"))
     if "body" in body:

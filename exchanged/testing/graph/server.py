@@ -58,6 +58,7 @@ class Faults(FaultSwitches):
     batch_throttle_next: int = 0  # a request inside $batch answers 429 (the others run)
     batch_fail_next: int = 0  # a request inside $batch answers 503
     expire_tokens_next: int = 0  # a delta/skip token is answered 410 SyncStateNotFound
+    token_fail_next: int = 0  # the token endpoint answers 503 temporarily_unavailable (AADSTS90033)
     mailbox_concurrency: int = MAILBOX_CONCURRENCY  # 0: no limit
     # "": the *_next switches hit any request; "POST /v1.0/$batch,GET /v1.0/users/{user}/events":
     # only requests of these patterns (as /__emulator/stats names them)
@@ -238,6 +239,14 @@ class _Handler(BaseHTTPRequestHandler):
             app.count_request("POST /{tenant}/oauth2/v2.0/token")
             form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
             token_endpoint = f"{login_url}/{parts[0]}/oauth2/v2.0/token"
+            if app.take_token_fault():
+                err = AadError(
+                    503, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again."
+                )
+                self._send_json(
+                    err.status, err.body(), {"Retry-After": str(app.faults_snapshot()["retry_after_s"])}
+                )
+                return
             try:
                 answer = app.authority.token(parts[0], form, token_endpoint, time.time())
             except AadError as err:
@@ -562,6 +571,14 @@ class GraphTestServer(ServedOverTls):
                 action.kind, action.status = "fail", 503
             self._stats.log.append({"t": time.time(), "op": "batch: " + pattern, "fault": action.kind})
             return action
+
+    def take_token_fault(self) -> bool:
+        with self._lock:
+            if self._faults.token_fail_next > 0:
+                self._faults.token_fail_next -= 1
+                self._stats.failed += 1
+                return True
+            return False
 
     def take_expired_token(self) -> bool:
         with self._lock:

@@ -257,3 +257,18 @@ def test_cli_prints_urls_and_serves(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_token_endpoint_outage(server: GraphTestServer) -> None:
+    server.set_faults(token_fail_next=1, retry_after_s=4)
+    with http_client(server.ca_file) as http:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": SECRET,
+            "scope": SCOPE[0],
+        }
+        r = http.post(f"{server.login_url}/{TENANT}/oauth2/v2.0/token", data=form)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "4"
+        assert r.json()["error"] == "temporarily_unavailable" and r.json()["error_codes"] == [90033]
+        assert http.post(f"{server.login_url}/{TENANT}/oauth2/v2.0/token", data=form).status_code == 200

@@ -26,6 +26,8 @@ from exchanged.control.protocol import (
     PROTOCOL_VERSION,
     LineFramer,
     ProtocolError,
+    StatusDocument,
+    UserStatus,
     decode_line,
     encode_message,
     make_request,
@@ -406,21 +408,21 @@ def evaluate_check(status: Any, now: datetime, *, warning_age_min: float | None 
     """(exit code, "summary | perfdata") for one ``status`` answer; pure, for the tests."""
     if not isinstance(status, dict) or "state" not in status:
         return CHECK_UNKNOWN, "the daemon's status answer has no state"
-    interval = status.get("interval_minutes")
-    interval_min = float(interval) if isinstance(interval, int | float) and interval > 0 else 15.0
+    doc = StatusDocument.from_json(status)
+    interval = doc.interval_minutes
+    interval_min = float(interval) if interval is not None and interval > 0 else 15.0
     warn_s = 60 * (warning_age_min if warning_age_min is not None else 3 * interval_min)
     crit_s = 60 * (critical_age_min if critical_age_min is not None else 6 * interval_min)
-    started = _parse_time(status.get("started_at"))
-    users = [u for u in _list(status.get("users")) if isinstance(u, dict) and u.get("enabled")]
-    failing = [u for u in users if u.get("last_result") == "error" or u.get("state") == "error"]
-    held = [u for u in users if u.get("last_result") == "held_back"]
+    started = _parse_time(doc.started_at)
+    users = [u for u in doc.users if u.enabled]
+    failing = [u for u in users if u.cycle.last_result == "error" or u.cycle.state == "error"]
+    held = [u for u in users if u.cycle.last_result == "held_back"]
     oldest_age, oldest_who = 0.0, ""
     for u in users:
-        seen = _parse_time(u.get("last_success")) or started  # never: since the daemon started
+        seen = _parse_time(u.cycle.last_success) or started  # never: since the daemon started
         if seen is not None and (now - seen).total_seconds() > oldest_age:
-            oldest_age, oldest_who = (now - seen).total_seconds(), _text(u.get("mailbox"))
-    exchange = _dict(status.get("exchange"))
-    reload = _dict(_dict(status.get("config")).get("last_reload"))
+            oldest_age, oldest_who = (now - seen).total_seconds(), _text(u.mailbox)
+    exchange, reload = doc.exchange, doc.config.last_reload
     code, problems = CHECK_OK, []
 
     def worse(level: int, text: str) -> None:
@@ -428,19 +430,19 @@ def evaluate_check(status: Any, now: datetime, *, warning_age_min: float | None 
         code = max(code, level)
         problems.append(text)
 
-    state = _text(status.get("state"))
+    state = _text(doc.state)
     if state == "disabled":
         return CHECK_OK, (f"disabled (enabled: false in the config) | users={len(users)} "
-                          f"generation={_text(_dict(status.get('config')).get('generation'))}")
-    if exchange.get("reachable") is False:
-        worse(CHECK_CRITICAL, f"Exchange {_text(exchange.get('server'))} is not reachable")
-    elif exchange.get("login") == "refused":
+                          f"generation={_text(doc.config.generation)}")
+    if exchange.reachable is False:
+        worse(CHECK_CRITICAL, f"Exchange {_text(exchange.server)} is not reachable")
+    elif exchange.login == "refused":
         worse(CHECK_CRITICAL, "Exchange refuses the login of the sync account")
     if failing:
         all_fail = critical_failing <= 0 and len(failing) == len(users)
         level = (CHECK_CRITICAL if all_fail or (critical_failing > 0 and len(failing) >= critical_failing)
                  else CHECK_WARNING if len(failing) >= max(1, warning_failing) else CHECK_OK)
-        names = ", ".join(_text(u.get("mailbox")) for u in failing[:3])
+        names = ", ".join(_text(u.mailbox) for u in failing[:3])
         more = f" and {len(failing) - 3} more" if len(failing) > 3 else ""
         if level:
             worse(level, f"{len(failing)} of {len(users)} users failing ({names}{more})")
@@ -450,15 +452,15 @@ def evaluate_check(status: Any, now: datetime, *, warning_age_min: float | None 
         worse(CHECK_CRITICAL, f"no successful cycle of {oldest_who} for {oldest_age / 60:.0f} min")
     elif oldest_age >= warn_s:
         worse(CHECK_WARNING, f"no successful cycle of {oldest_who} for {oldest_age / 60:.0f} min")
-    if reload.get("result") == "rejected":
+    if reload is not None and reload.result == "rejected":
         worse(CHECK_WARNING, "the last reload was rejected (the previous config runs)")
-    if status.get("paused"):
+    if doc.paused:
         worse(CHECK_WARNING, "scheduling is paused")
     summary = "; ".join(problems) if problems else f"{len(users)} users syncing, {state}"
     perf = (f"users={len(users)} failing={len(failing)};{max(1, warning_failing)};"
             f"{critical_failing if critical_failing > 0 else len(users)};0;{len(users)} "
             f"oldest_success_age={oldest_age:.0f}s;{warn_s:.0f};{crit_s:.0f};0 "
-            f"held_back={len(held)} running={_text(status.get('running'))}")
+            f"held_back={len(held)} running={_text(doc.running)}")
     return code, f"{summary} | {perf}"
 
 
@@ -564,112 +566,99 @@ def _block(pairs: Sequence[tuple[str, str]], out: TextIO) -> None:
 
 
 def render_status(result: Any, out: TextIO, clock: Clock) -> None:
-    status = _dict(result)
-    config, exchange = _dict(status.get("config")), _dict(status.get("exchange"))
-    reload = _dict(config.get("last_reload"))
+    status = StatusDocument.from_json(result)
+    config, exchange, reload = status.config, status.exchange, status.config.last_reload
     pairs = [
-        (
-            "daemon",
-            f"exchanged {_text(status.get('version'))} (protocol {_text(status.get('protocol'))}), "
-            f"{clock.describe()}",
-        ),
-        (
-            "state",
-            _text(status.get("state")) + (" (scheduling paused)" if status.get("paused") is True else ""),
-        ),
-        ("pid", f"{_text(status.get('pid'))}, started {clock.show(status.get('started_at'))}"),
-        ("profile", _text(config.get("profile_name"))),
+        ("daemon",
+         f"exchanged {_text(status.version)} (protocol {_text(status.protocol)}), {clock.describe()}"),
+        ("state", _text(status.state) + (" (scheduling paused)" if status.paused is True else "")),
+        ("pid", f"{_text(status.pid)}, started {clock.show(status.started_at)}"),
+        ("profile", _text(config.profile_name)),
         (
             "config",
-            f"{_text(config.get('path'))}, generation {_text(config.get('generation'))}, "
-            f"loaded {clock.show(config.get('loaded_at'))}",
+            f"{_text(config.path)}, generation {_text(config.generation)}, "
+            f"loaded {clock.show(config.loaded_at)}",
         ),
     ]
-    if reload:
-        pairs.append(("last reload", f"{_text(reload.get('result'))} at {clock.show(reload.get('at'))}"))
-        pairs.extend(("", f"  {_text(e)}") for e in _list(reload.get("errors")))
-    reachable = exchange.get("reachable")
+    if reload is not None:
+        pairs.append(("last reload", f"{_text(reload.result)} at {clock.show(reload.at)}"))
+        pairs.extend(("", f"  {_text(e)}") for e in reload.errors)
+    reachable = exchange.reachable
     reach = "reachable" if reachable is True else "NOT reachable" if reachable is False else "not checked yet"
-    login = exchange.get("login")
-    if reachable is True and login == "refused":
+    if reachable is True and exchange.login == "refused":
         reach += ", but the login of the sync account is REFUSED"
-    elif reachable is True and login == "ok":
+    elif reachable is True and exchange.login == "ok":
         reach += ", login ok"
-    server = _text(exchange.get("server"))
-    version = f" ({exchange['version']})" if exchange.get("version") else ""
-    pairs.append(("exchange", f"{server}{version}, {reach}"))
-    if exchange.get("back_off_until"):
-        whose = ("the server's back-off" if exchange.get("back_off_by_server")
-                 else "a back-off after throttling")
-        until = clock.show(exchange.get("back_off_until")).rsplit(" ", 1)[-1]
+    version = f" ({exchange.version})" if exchange.version else ""
+    pairs.append(("exchange", f"{_text(exchange.server)}{version}, {reach}"))
+    if exchange.back_off_until:
+        whose = "the server's back-off" if exchange.back_off_by_server else "a back-off after throttling"
+        until = clock.show(exchange.back_off_until).rsplit(" ", 1)[-1]
         pairs.append(("waiting", f"waiting for {whose} until {until}"))
-    if exchange.get("last_error"):
-        pairs.append(("last error", _text(exchange.get("last_error"))))
-    for warning in _list(config.get("warnings")):
+    if exchange.last_error:
+        pairs.append(("last error", _text(exchange.last_error)))
+    for warning in config.warnings:
         pairs.append(("config warning", _text(warning)))
-    if "running" in status:
-        running = status.get("running")
-        pairs.append(("running", f"{_text(len(running) if isinstance(running, list) else running)} cycle(s)"))
-    if status.get("interval_minutes") is not None:
-        limit = status.get("max_concurrent_users")
+    if status.running is not None:
+        pairs.append(("running", f"{status.running} cycle(s)"))
+    if status.interval_minutes is not None:
+        limit = status.max_concurrent_users
         at_once = f", at most {limit} users at once" if limit is not None else ""
-        pairs.append(("schedule", f"every {status['interval_minutes']} min{at_once}"))
+        pairs.append(("schedule", f"every {status.interval_minutes} min{at_once}"))
     _block(pairs, out)
-    users = [_dict(u) for u in _list(status.get("users"))]
     out.write("\n")
-    if not users:
+    if not status.users:
         out.write("no users configured\n")
         return
     rows = [
         [
-            _text(u.get("mailbox")),
-            _text(u.get("psa_resource")),
+            _text(u.mailbox),
+            _text(u.psa_resource),
             _user_state(u),
-            clock.show(u.get("last_attempt")),
-            _text(u.get("last_result")),
-            clock.show(u.get("next_run")),
+            clock.show(u.cycle.last_attempt),
+            _text(u.cycle.last_result),
+            clock.show(u.cycle.next_run),
         ]
-        for u in users
+        for u in status.users
     ]
     table(["MAILBOX", "RESOURCE", "STATE", "LAST ATTEMPT", "RESULT", "NEXT RUN"], rows, out)
-    _error_lines(users, out)
+    _error_lines(status.users, out)
 
 
-def _user_state(user: dict[str, Any]) -> str:
-    state = _text(user.get("state"))
-    progress = _dict(user.get("progress"))
-    if progress.get("total"):
-        state += f" {progress.get('done', 0)}/{progress['total']}"
-    if user.get("enabled") is False and state != "disabled":
+def _user_state(user: UserStatus) -> str:
+    state = _text(user.cycle.state)
+    progress = user.cycle.progress
+    if progress is not None and progress.total:
+        state += f" {progress.done}/{progress.total}"
+    if user.enabled is False and state != "disabled":
         state += " (disabled)"
-    holder = _dict(user.get("held_by"))
-    if holder.get("node"):
-        state += f" by {_text(holder['node'])}"
+    if user.held_by is not None:
+        state += f" by {_text(user.held_by.node)}"
     return state
 
 
-def _error_lines(users: Sequence[dict[str, Any]], out: TextIO) -> None:
-    failing = [u for u in users if u.get("last_error")]
+def _error_lines(users: Sequence[UserStatus], out: TextIO) -> None:
+    failing = [u for u in users if u.cycle.last_error]
     if failing:
         out.write("\n")
     for user in failing:
-        out.write(f"{_text(user.get('mailbox'))}: last error: {_text(user.get('last_error'))}\n")
+        out.write(f"{_text(user.mailbox)}: last error: {_text(user.cycle.last_error)}\n")
 
 
 def render_users(result: Any, out: TextIO, clock: Clock) -> None:
-    users = [_dict(u) for u in _list(result)]
+    users = [UserStatus.from_json(u) for u in _list(result) if isinstance(u, dict)]
     if not users:
         out.write("no users configured\n")
         return
     out.write(f"{clock.describe()}\n")
     rows = [
         [
-            _text(u.get("mailbox")),
-            _text(u.get("psa_resource")),
-            _text(u.get("enabled")),
-            clock.show(u.get("last_attempt")),
-            _text(u.get("last_result")),
-            clock.show(u.get("next_run")),
+            _text(u.mailbox),
+            _text(u.psa_resource),
+            _text(u.enabled),
+            clock.show(u.cycle.last_attempt),
+            _text(u.cycle.last_result),
+            clock.show(u.cycle.next_run),
         ]
         for u in users
     ]

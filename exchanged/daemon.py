@@ -8,19 +8,8 @@ Exchange account; failure: one line on stderr, exit 1), then starts each long-li
 ``nursery.start()`` in one root nursery: the signal handler, the notifier, the control server, the
 scheduler and the watchdog. Only when all of them are up does it send ``READY=1``.
 
-Reload (SIGHUP or ``exchangectl reload``) is all-or-nothing:
-
-=============  =================================================================================
-outcome        when, and what happens
-=============  =================================================================================
-rejected       the file does not validate (or a new adapter cannot be opened): the old config
-               keeps running; the problems go to the log, ``status.config.last_reload`` and a mail
-deferred       valid, but cycles are running: the scheduler is held (no new cycle starts) and the
-               new config is applied the moment the last running cycle ends
-applied        ``config.generation`` += 1; users added/removed/changed handed to the scheduler;
-               a server identity change marks every user for a full resync; newly enabled users
-               get a confirmation mail; ``RELOADING=1`` ... ``READY=1`` around it
-=============  =================================================================================
+Reload (SIGHUP or ``exchangectl reload``) is all-or-nothing: see ``exchanged/reload.py``. The
+lease-guarded cycle is ``exchanged/leases.py``, the status document ``exchanged/status.py``.
 
 SIGTERM/SIGINT: ``STOPPING=1``, no new cycles, running ones get ``GRACE_S`` seconds and are then
 cancelled, the adapters are closed (state flushed), exit 0.
@@ -28,32 +17,43 @@ cancelled, the adapters are closed (state flushed), exit 0.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import math
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
+from exchanged.control.protocol import ConfigStatus, ExchangeStatus, StatusDocument
 from exchanged.errors import ControlError, ExchangedError, present
+from exchanged.leases import LeaseUnavailable, lease_ttl_s, node_identity, run_leased
+from exchanged.logs import configure_from_config
 from exchanged.metrics import CONTENT_TYPE, Snapshot, write_textfile
 from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
+from exchanged.reload import Reloader
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
 from exchanged.signals import remember_early, take_pending
+from exchanged.status import (
+    PUBLIC_FOLDER,
+    CycleRecord,
+    daemon_state,
+    exchange_row,
+    held_elsewhere,
+    iso,
+    now,
+    psa_row,
+    public_folder_row,
+    status_line,
+    user_rows,
+)
 
 if TYPE_CHECKING:
     from exchanged.config import Config, UserConfig
@@ -66,16 +66,9 @@ CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most 
 STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
 STATUS_MIN_GAP_S = 1.0  # changes within this time share one STATUS= update
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
-LEASE_TTL_S = 300.0  # a dead node's users are taken over after this; renewed every third of it
-LEASE_TTL_ENV = "EXCHANGED_LEASE_TTL_S"  # overrides LEASE_TTL_S (faster takeover; the multi-node test)
-MIN_LEASE_TTL_S = 3.0
 
 
 # --- errors of the composition root ---------------------------------------------------------------
-
-
-class StartupError(ExchangedError):
-    reason = "startup_failed"
 
 
 class ReloadRejected(ControlError):
@@ -88,72 +81,7 @@ class UserDisabled(ControlError):
     hint = "set enabled: true for this user (and for the integration) in the config and reload"
 
 
-class NotAvailable(ControlError):
-    reason = "not_available"
-
-
-PUBLIC_FOLDER = "public-folder"  # the scheduler's name for the cycle of the public contacts folder
-
-
 # --- helpers -------------------------------------------------------------------------------------
-
-
-NODE_ID_FILE = "node-id"
-
-
-def _node_identity() -> tuple[str, int | None]:
-    """This process's lease owner name, and the descriptor that keeps it ours.
-
-    Under systemd (``StateDirectory=``, so ``$STATE_DIRECTORY`` is set) the name is kept in
-    ``node-id`` there and locked (flock) while the daemon runs: a daemon restarted after a crash
-    is the same node and renews the leases it held at once, instead of every one of its users
-    being skipped until the dead process's leases expire (5 minutes). A second daemon finding the
-    file locked (two units sharing a state directory) takes a name of its own for this process.
-    Without a state directory the name is per process, as before.
-    """
-    host = socket.gethostname()
-    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0].strip()
-    if base:
-        fd = -1
-        try:
-            fd = os.open(os.path.join(base, NODE_ID_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            token = os.read(fd, 200).decode("ascii", "replace").strip()
-            if not token.isalnum():
-                token = uuid.uuid4().hex[:12]
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, (token + "\n").encode(), 0)
-                os.fsync(fd)
-            return f"{host}:{token}", fd
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            log.info("node id is per process", state_directory=base, reason=str(exc))
-    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}", None
-
-
-def _lease_ttl_s() -> float:
-    """``LEASE_TTL_S``, or ``EXCHANGED_LEASE_TTL_S`` (seconds, at least ``MIN_LEASE_TTL_S``)."""
-    raw = os.environ.get(LEASE_TTL_ENV, "").strip()
-    if not raw:
-        return LEASE_TTL_S
-    try:
-        value = float(raw)
-        if not math.isfinite(value):
-            raise ValueError(raw)
-        return max(MIN_LEASE_TTL_S, value)
-    except ValueError:
-        log.warning("not a number of seconds: the default lease TTL applies", variable=LEASE_TTL_ENV,
-                    value=raw, default_s=LEASE_TTL_S)
-        return LEASE_TTL_S
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.astimezone(UTC).isoformat(timespec="seconds") if at is not None else None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def sync_summary(cfg: Config, user: UserConfig) -> str:
@@ -180,16 +108,6 @@ def sync_summary(cfg: Config, user: UserConfig) -> str:
     lines.append(f"items the sync manages carry the Exchange category \"{s.category}\"; "
                  f"the window reaches {s.past_days} days back")
     return "\n".join(f"- {line}" for line in lines)
-
-
-@dataclass
-class _UserStatus:
-    last_attempt: datetime | None = None
-    last_success: datetime | None = None
-    last_result: str | None = None
-    last_error: str | None = None
-    counts: dict[str, int] = field(default_factory=lambda: Counts().as_dict())
-    error_keys: set[str] = field(default_factory=set)  # notifier keys currently open for this user
 
 
 async def _load_config_in_thread(path: str) -> Config:
@@ -229,22 +147,18 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self.generation = 1
-        self.loaded_at = _now()
-        self.started_at = _now()
-        self.last_reload: dict[str, Any] | None = None
+        self.loaded_at = now()
+        self.started_at = now()
         self.openers = openers or Openers()  # start and every reload open through these
-        self._load_config = config_loader or _load_config_in_thread
+        self.load_config = config_loader or _load_config_in_thread
         self.adapters: Adapters | None = None
         self.runner: CycleRunner | None = None
         self.notifier: NotifierLike = self.openers.notifier(cfg)
-        self.records: dict[str, _UserStatus] = {}
+        self.records: dict[str, CycleRecord] = {}
         # reachable: the server answered (True/False/None = not known yet); login: the sync
         # account's login "ok" / "refused" / "not checked" (a server that cannot be reached cannot
         # tell); back_off_until: the server asked the daemon to wait until then (throttling)
-        self.exchange: dict[str, Any] = {"server": cfg.server.address, "version": cfg.server.version,
-                                         "reachable": None, "login": "not checked",
-                                         "last_error": None, "checked_at": None, "warnings": [],
-                                         "back_off_until": None}
+        self.exchange = ExchangeStatus(cfg.server.address, cfg.server.version)
         # users whose confirmation mail waits for their first successful cycle -> whether it is
         # owed even when the state store already knows them (re-enabled by a reload)
         self._unconfirmed: dict[str, bool] = {}
@@ -256,16 +170,14 @@ class Daemon:
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
                                    max_concurrent=cfg.sync.max_concurrent_users)
         self._stop = trio.Event()
-        self._stopping = False
+        self.stopping = False
         self._ready = False
         self._nursery: trio.Nursery | None = None
-        self._reload_lock = trio.Lock()
-        self._pending: Config | None = None  # valid config waiting for running cycles to end
-        self._applied: trio.Event | None = None  # set when the deferred reload is done
+        self.reloader = Reloader(self)
         self._status_changed = trio.Event()
-        # the owner name of this node's leases (PostgreSQL state); see _node_identity
-        self.node_id, self._node_fd = _node_identity()
-        self.lease_ttl_s = _lease_ttl_s()
+        # the owner name of this node's leases (PostgreSQL state); see leases.node_identity
+        self.node_id, self._node_fd = node_identity()
+        self.lease_ttl_s = lease_ttl_s()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -287,7 +199,7 @@ class Daemon:
                     await nursery.start(self._serve_control)
                     await nursery.start(self.scheduler.serve)
                     await nursery.start(sdnotify.serve_watchdog)
-                    self._apply_users(self.cfg)
+                    self.apply_users(self.cfg)
                     nursery.start_soon(self._startup_tasks)
                     nursery.start_soon(self._serve_status_line)
                     self._ready = True
@@ -316,7 +228,7 @@ class Daemon:
         task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                if self._stopping:
+                if self.stopping:
                     continue  # no reload while stopping
                 assert self._nursery is not None
                 self._nursery.start_soon(self._reload_from_signal)
@@ -328,7 +240,7 @@ class Daemon:
         self._stop.set()
 
     async def _shutdown(self) -> None:
-        self._stopping = True
+        self.stopping = True
         running = self.scheduler.running
         sdnotify.stopping(f"stopping: waiting up to {GRACE_S:g} s for {running} running cycle(s)")
         log.info("stopping", running=running, grace_s=GRACE_S)
@@ -344,40 +256,40 @@ class Daemon:
 
     async def _reload_from_signal(self) -> None:
         try:
-            result = await self._reload(source="SIGHUP")
+            result = await self.reloader.request(source="SIGHUP")
         except Exception as exc:  # a reload must never take the daemon down
             log.error("reload failed", error=present(exc).line(), exc_info=exc)
             return
-        log.info("reload by signal", result=result["result"])
+        log.info("reload by signal", result=result.result)
 
     async def _startup_tasks(self) -> None:
-        await self._confirm_new_users(self.cfg, on_start=True)
-        await self._check_credentials(self.cfg)
+        await self.confirm_new_users(self.cfg, on_start=True)
+        await self.check_credentials(self.cfg)
 
     async def _serve_status_line(self) -> None:
         while True:
             with trio.move_on_after(STATUS_EVERY_S):
                 await self._status_changed.wait()
             self._status_changed = trio.Event()
-            if not self._stopping:
+            if not self.stopping:
                 sdnotify.status(self.status_line())
             # at most one STATUS= per STATUS_MIN_GAP_S: each walks every user, and with a thousand
             # users a line per cycle start and end was half of the daemon's own CPU (bench/run)
             await trio.sleep(STATUS_MIN_GAP_S)
 
-    def _status_poke(self) -> None:
+    def status_poke(self) -> None:
         self._status_changed.set()
 
     # --- users and the scheduler ---------------------------------------------------------------------
 
-    def _apply_users(self, cfg: Config) -> None:
+    def apply_users(self, cfg: Config) -> None:
         mailboxes = [u.mailbox for u in cfg.enabled_users()]
         if cfg.enabled and cfg.sync.public_folder_all_contacts:
             mailboxes.append(PUBLIC_FOLDER)  # its own cycle, on the same interval and limits
         self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
 
-    async def _confirm_new_users(self, cfg: Config, *, on_start: bool,
-                                 newly_enabled: Iterable[str] = ()) -> None:
+    async def confirm_new_users(self, cfg: Config, *, on_start: bool,
+                                newly_enabled: Iterable[str] = ()) -> None:
         """Confirmation mails: on start for users never seen before, on reload for newly enabled
         ones; each is sent after that user's first successful cycle (``_confirm_after_success``),
         never to a mailbox the sync cannot reach yet."""
@@ -390,7 +302,7 @@ class Daemon:
                 log.warning("cannot read user records from the state store", error=present(exc).line())
                 return
             for mailbox, record in stored.items():
-                self.records.setdefault(mailbox, _UserStatus(
+                self.records.setdefault(mailbox, CycleRecord(
                     last_attempt=record.last_attempt, last_success=record.last_success,
                     last_result=record.last_result, last_error=record.last_error,
                     counts={**Counts().as_dict(), **record.counts}))
@@ -416,7 +328,7 @@ class Daemon:
         self.notifier.confirm_user(mailbox, sync_summary(self.cfg, user))
         log.info("confirmation mail queued", mailbox=mailbox)
 
-    async def _check_credentials(self, cfg: Config) -> None:
+    async def check_credentials(self, cfg: Config) -> None:
         """Try the sync credentials against Exchange; failures are warnings, never a refusal."""
         if not cfg.enabled:
             return
@@ -429,13 +341,13 @@ class Daemon:
             except Exception as exc:
                 p = present(exc)
                 self._note_exchange(p.reason, p.line())
-                self.exchange.update(checked_at=_iso(_now()), warnings=[p.line()])
+                self.exchange.update(checked_at=iso(now()), warnings=[p.line()])
                 log.warning("credential check failed", error=p.line())
-                self._status_poke()
+                self.status_poke()
                 return
         if scope.cancelled_caught:
             self.exchange.update(reachable=False, last_error="credential check timed out",
-                                 checked_at=_iso(_now()))
+                                 checked_at=iso(now()))
             log.warning("credential check timed out", timeout_s=CHECK_TIMEOUT_S)
             return
         warnings = [f"{r.subject}: {r.message}" for r in results if not r.ok or r.warning]
@@ -450,81 +362,41 @@ class Daemon:
             mailbox_rows = [r for r in results if r.subject in mailboxes]
             reachable = any(r.ok for r in mailbox_rows) if mailbox_rows else None
             login = "not checked"
-        self.exchange.update(reachable=reachable, login=login, checked_at=_iso(_now()),
+        self.exchange.update(reachable=reachable, login=login, checked_at=iso(now()),
                              warnings=warnings,
                              last_error=None if login_ok else warnings[0] if warnings else None)
         for warning in warnings:
             log.warning("credential check", result=warning)
         if not warnings:
             log.info("credential check passed", mailboxes=len(mailboxes))
-        self._status_poke()
+        self.status_poke()
 
     # --- cycles ----------------------------------------------------------------------------------------
 
     async def _cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
         """One cycle under this node's lease on the user (PostgreSQL state: several nodes share users)."""
         assert self.adapters is not None
-        state = self.adapters.state
         try:
-            granted = await state.try_lease(mailbox, self.node_id, self.lease_ttl_s)
-        except Exception as exc:  # no lease, no cycle: another node may be syncing this user
-            p = present(exc)
+            return await run_leased(self.adapters.state, mailbox, self.node_id, self.lease_ttl_s,
+                                    lambda: self._run_cycle(mailbox, request, progress))
+        except LeaseUnavailable as exc:
+            p = present(exc.cause)
             log.warning("cycle not run: cannot take the lease", mailbox=mailbox, error=p.line())
             outcome = CycleOutcome(result="error", reason=p.reason,
                                    error=f"{mailbox}: cannot take this user's lease: {p.line()}")
-            self._record(mailbox, self.records.setdefault(mailbox, _UserStatus()), outcome, p)
+            self._record(mailbox, self.records.setdefault(mailbox, CycleRecord()), outcome, p)
             return outcome
-        if not granted:
-            log.info("cycle skipped: another node holds this user's lease", mailbox=mailbox,
-                     this_node=self.node_id)
-            return CycleOutcome(result="skipped", error="another exchanged node is syncing this user")
-        lost: str | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-
-                async def renew() -> None:
-                    nonlocal lost
-                    renewed = trio.current_time()
-                    while True:
-                        await trio.sleep(self.lease_ttl_s / 3)
-                        try:
-                            if not await state.try_lease(mailbox, self.node_id, self.lease_ttl_s):
-                                lost = "another exchanged node took over this user mid-cycle"
-                            renewed = trio.current_time()
-                        except Exception as exc:  # a hiccup: the TTL leaves room for one more try
-                            log.warning("cannot renew the lease", mailbox=mailbox, error=present(exc).line())
-                            if trio.current_time() - renewed >= self.lease_ttl_s * 2 / 3:
-                                # stop before the lease can run out under a cycle that still writes
-                                lost = (f"the lease could not be renewed ({present(exc).line()}); "
-                                        "stopped before another node could take this user over")
-                        if lost is not None:
-                            nursery.cancel_scope.cancel()
-                            return
-
-                nursery.start_soon(renew)
-                outcome = await self._run_cycle(mailbox, request, progress)
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                try:
-                    await state.release_lease(mailbox, self.node_id)
-                except Exception as exc:
-                    log.warning("cannot release the lease", mailbox=mailbox, error=present(exc).line())
-        if lost is not None:
-            log.error("cycle stopped: lease lost", mailbox=mailbox, error=lost)
-            return CycleOutcome(result="error", reason="lease_lost", error=f"{mailbox}: {lost}")
-        return outcome
 
     async def _run_cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
         cfg = self.cfg
         user = cfg.user(mailbox)
         cycle_id = uuid.uuid4().hex[:12]
         bound = log.bind(mailbox=mailbox, cycle_id=cycle_id, reason=request.reason)
-        status = self.records.setdefault(mailbox, _UserStatus())
-        started = _now()
+        status = self.records.setdefault(mailbox, CycleRecord())
+        started = now()
         status.last_attempt = started
         bound.info("cycle started", full=request.full, allow_deletes=request.allow_deletes)
-        self._status_poke()
+        self.status_poke()
         presented: errors.Presented | None = None
         runner = self.runner
         assert runner is not None
@@ -564,7 +436,7 @@ class Daemon:
             await self._persist_outcome(mailbox, started, outcome)
         self._count(mailbox, outcome)
         await self._write_textfile()
-        self._status_poke()
+        self.status_poke()
         return outcome
 
     # --- metrics ---------------------------------------------------------------------------------------
@@ -599,7 +471,7 @@ class Daemon:
             written=dict(self._written), requests=requests, throttle_waits=waits,
             held_back=dict(self._held_back), users=users, config_generation=self.generation,
             config_loaded_at=self.loaded_at.timestamp(),
-            exchange_reachable=self.exchange.get("reachable"))
+            exchange_reachable=self.exchange.reachable)
 
     async def metrics(self) -> dict[str, Any]:
         """The control method ``metrics``: the Prometheus text exposition."""
@@ -628,13 +500,9 @@ class Daemon:
             if self.cfg.credentials.use_for_all_users:
                 self.exchange.update(login="refused")
 
-    def _record(self, mailbox: str, status: _UserStatus, outcome: CycleOutcome,
+    def _record(self, mailbox: str, status: CycleRecord, outcome: CycleOutcome,
                 presented: errors.Presented | None) -> None:
-        status.last_result = outcome.result
-        status.last_error = outcome.error
-        status.counts = outcome.counts.as_dict()
-        if outcome.result != "error":
-            status.last_success = _now()
+        status.note(outcome)
         error_key, shared = None, False
         if outcome.result == "error" and presented is not None:
             # a cause shared by many mailboxes (Exchange, TLS, the sync account's login, the PSA,
@@ -645,7 +513,7 @@ class Daemon:
         for key in sorted(status.error_keys - ({error_key} if error_key else set())):
             self.notifier.resolved(key, mailbox)
         status.error_keys = {error_key} if error_key else set()
-        if error_key and presented is not None and not self._stopping:
+        if error_key and presented is not None and not self.stopping:
             # a cycle the daemon's own stop interrupted is no error to mail: it runs after the start
             self.notifier.error(error_key, presented, mailbox, shared=shared)
 
@@ -657,111 +525,9 @@ class Daemon:
         except Exception as exc:
             log.warning("cannot record the cycle outcome", mailbox=mailbox, error=present(exc).line())
 
-    # --- reload --------------------------------------------------------------------------------------
+    # --- reload (exchanged/reload.py drives it) -------------------------------------------------------
 
-    async def _reload(self, *, source: str) -> dict[str, Any]:
-        from exchanged.config import ConfigInvalid, iter_problems
-
-        async with self._reload_lock:
-            log.info("reload requested", source=source, config=self.config_path)
-            try:
-                new = await self._load_config(self.config_path)
-            except ConfigInvalid as exc:
-                return self._rejected(list(iter_problems(exc)) or [exc.message], present(exc))
-            for warning in new.warnings:
-                log.warning("config warning", warning=warning)
-            self._warn_restart_only(new)
-            if self.scheduler.running > 0 or self._applied is not None:
-                # cycles run, or an earlier reload already waits for them: the newest file wins
-                return self._defer(new)
-            return await self._apply(new)
-
-    def _rejected(self, problems: list[str], presented: errors.Presented) -> dict[str, Any]:
-        self.last_reload = {"at": _iso(_now()), "result": "rejected", "errors": problems}
-        log.error("reload rejected: the old config keeps running", errors=problems)
-        # one key per distinct rejection: a second, different problem is mailed too
-        digest = hashlib.sha256("\n".join(problems).encode()).hexdigest()[:12]
-        self.notifier.error(f"config:{digest}", errors.Presented(
-            presented.reason, f"reload of {self.config_path} rejected, the previous config keeps running:\n"
-            + "\n".join(problems), presented.hint), None)
-        sdnotify.status(f"reload rejected ({len(problems)} problem(s)); {self.status_line()}")
-        return {**self.last_reload, "generation": self.generation}
-
-    def _defer(self, new: Config) -> dict[str, Any]:
-        self._pending = new
-        if self._applied is None:  # the first deferral holds the scheduler and starts the waiter
-            self._applied = trio.Event()
-            self.scheduler.hold()
-            assert self._nursery is not None
-            self._nursery.start_soon(self._apply_when_idle)
-        self.last_reload = {"at": _iso(_now()), "result": "deferred", "errors": []}
-        log.info("reload deferred until running cycles end", running=self.scheduler.running)
-        sdnotify.status(f"reload deferred: waiting for {self.scheduler.running} running cycle(s)")
-        return {**self.last_reload, "generation": self.generation}
-
-    async def _apply_when_idle(self) -> None:
-        try:
-            await self.scheduler.wait_idle()
-            async with self._reload_lock:
-                new, self._pending = self._pending, None
-                if new is not None and not self._stopping:
-                    await self._apply(new)
-        finally:
-            self.scheduler.release()
-            applied, self._applied = self._applied, None
-            if applied is not None:
-                applied.set()
-
-    def _warn_restart_only(self, new: Config) -> None:
-        if new.control != self.cfg.control:
-            log.warning("control.socket/control.group changes take effect at the next restart")
-        if new.logging != self.cfg.logging:
-            _configure_logging(new)
-
-    async def _apply(self, new: Config) -> dict[str, Any]:
-        from exchanged.config import diff_configs
-
-        old = self.cfg
-        sdnotify.reloading("reloading configuration")
-        self.scheduler.hold()  # nothing starts while the adapters and users change hands
-        try:
-            try:
-                await self._swap_adapters(old, new)
-            except Exception as exc:
-                p = present(exc)
-                result = self._rejected([p.line()], p)
-                sdnotify.ready(self.status_line())
-                return result
-            diff = diff_configs(old, new)
-            self.cfg = new
-            self.generation += 1
-            self.loaded_at = _now()
-            self.notifier.reconfigure(new)
-            self.notifier.resolved_prefix("config")
-            self._apply_users(new)
-            self.exchange.update(server=new.server.address, version=new.server.version)
-            if diff.resync_all:
-                self.scheduler.mark_full()
-                log.warning("server identity changed: every user resyncs fully")
-            # a user whose settings changed resyncs fully: what is in scope may have changed
-            changed = [m for m in diff.changed if m in self.scheduler.mailboxes()]
-            if changed:
-                self.scheduler.mark_full(changed)
-            self.last_reload = {"at": _iso(_now()), "result": "applied", "errors": [],
-                                "added": sorted(diff.added), "removed": sorted(diff.removed),
-                                "changed": sorted(diff.changed), "resync_all": diff.resync_all}
-            log.info("config applied", generation=self.generation, added=sorted(diff.added),
-                     removed=sorted(diff.removed), changed=sorted(diff.changed), resync_all=diff.resync_all)
-        finally:
-            self.scheduler.release()
-        await self._confirm_new_users(new, on_start=False, newly_enabled=sorted(diff.newly_enabled))
-        assert self._nursery is not None
-        self._nursery.start_soon(self._check_credentials, new)
-        sdnotify.ready(self.status_line())
-        self._status_poke()
-        return {**self.last_reload, "generation": self.generation}
-
-    async def _swap_adapters(self, old: Config, new: Config) -> None:
+    async def swap_adapters(self, old: Config, new: Config) -> None:
         """Open what the new config connects to differently; close the old ones once swapped."""
         assert self.adapters is not None
         current = self.adapters
@@ -769,142 +535,40 @@ class Daemon:
         self.runner = self.openers.runner(new, self.adapters)
         await close_replaced(current, self.adapters)
 
-    # --- status ----------------------------------------------------------------------------------------
+    # --- status (exchanged/status.py) -----------------------------------------------------------------
 
     def state(self) -> str:
-        if not self.cfg.enabled:
-            return "disabled"
-        if self.scheduler.paused:
-            return "paused"
-        snap = self.scheduler.snapshot()
-        if (self.exchange.get("reachable") is False or self.exchange.get("login") == "refused"
-                or any(r.state == "error" for r in snap.values())):
-            return "degraded"
-        return "running"
+        return daemon_state(self.cfg, self.scheduler, self.exchange)
 
     def status_line(self) -> str:
-        if not self.cfg.enabled:
-            return "disabled (enabled: false in the config); control socket up, no cycles"
-        snap = self.scheduler.snapshot()
-        syncing = sum(1 for r in snap.values() if r.state == "syncing")
-        errors_ = sum(1 for r in snap.values() if r.state == "error")
-        parts = [f"{len(snap)} user{'' if len(snap) == 1 else 's'}", f"{syncing} syncing"]
-        if errors_:
-            parts.append(f"{errors_} failing")
-        if self.scheduler.paused:
-            parts.append("paused")
-        elif self._applied is not None:
-            parts.append("reload deferred")
-        else:
-            runs = [r.next_run for r in snap.values() if r.next_run is not None]
-            upcoming = min(runs) if runs else None  # scheduler.next_run() would walk them all again
-            if upcoming is not None:
-                parts.append(f"next cycle {upcoming.astimezone().strftime('%H:%M')}")
-        return ", ".join(parts)
+        return status_line(self.cfg, self.scheduler, reload_deferred=self.reloader.deferred)
 
-    async def _held_elsewhere(self) -> dict[str, dict[str, Any]]:
-        """Users whose live lease another node holds (PostgreSQL state; SQLite keeps no leases)."""
-        holders = getattr(self.adapters.state if self.adapters else None, "lease_holders", None)
-        if holders is None:
-            return {}
-        leases: dict[str, Any] = {}
-        with contextlib.suppress(Exception), trio.move_on_after(CLOSE_TIMEOUT_S):
-            leases = await holders()  # status must answer even when the state store does not
-        return {m: {"node": lease.node, "expires_at": _iso(lease.expires_at)}
-                for m, lease in leases.items() if lease.node != self.node_id}
-
-    def _user_rows(self, held: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        snap = self.scheduler.snapshot()
-        rows = []
-        held = held or {}
-        for user in self.cfg.users:
-            rt = snap.get(user.mailbox)
-            rec = self.records.get(user.mailbox) or _UserStatus()
-            state = rt.state if rt is not None else "disabled"
-            if user.mailbox in held and state not in ("syncing", "disabled"):
-                state = "held_elsewhere"  # another node is syncing it (or died doing so)
-            rows.append({
-                "mailbox": user.mailbox,
-                "psa_resource": user.psa_resource,
-                "enabled": user.enabled and self.cfg.enabled,
-                "state": state,
-                "last_attempt": _iso(rec.last_attempt),
-                "last_success": _iso(rec.last_success),
-                "last_result": rec.last_result,
-                "last_error": rec.last_error,
-                "next_run": _iso(rt.next_run) if rt is not None else None,
-                "progress": rt.progress if rt is not None else None,
-                "counts": dict(rec.counts),
-                "held_by": held.get(user.mailbox),
-            })
-        return rows
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """A task in the daemon's root nursery (reload's waiter, its credential check)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
 
     # --- ControlHandler --------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        held = await self._held_elsewhere()
-        return {
-            "version": __version__,
-            "protocol": PROTOCOL_VERSION,
-            "pid": os.getpid(),
-            "started_at": _iso(self.started_at),
-            "state": self.state(),
-            "ready": self._ready,
-            "config": {
-                "path": self.config_path,
-                "generation": self.generation,
-                "profile_name": self.cfg.profile_name,
-                "loaded_at": _iso(self.loaded_at),
-                "last_reload": self.last_reload,
-                "warnings": list(self.cfg.warnings),
-            },
-            "exchange": self._exchange_row(),
-            "psa": self._psa_row(),
-            "running": self.scheduler.running,
-            "paused": self.scheduler.paused,
-            "interval_minutes": self.cfg.sync_interval_minutes,
-            "max_concurrent_users": self.cfg.sync.max_concurrent_users,
-            "users": self._user_rows(held),
-            "public_folder": self._public_folder_row(),
-        }
-
-    def _exchange_row(self) -> dict[str, Any]:
-        row = dict(self.exchange)
-        back_off = getattr(self.adapters.account if self.adapters else None, "back_off_until", None)
-        closed = back_off() if callable(back_off) else None
-        if closed is not None:
-            until, by_server = closed
-            at = _now() + timedelta(seconds=max(0.0, until - trio.current_time()))
-            row["back_off_until"] = _iso(at)
-            row["back_off_by_server"] = bool(by_server)
-        else:
-            row["back_off_until"] = None
-        return row
-
-    def _psa_row(self) -> dict[str, Any]:
-        """The PSA connector and, where it has one (Autotask), its request budget."""
-        row: dict[str, Any] = {"connector": self.cfg.psa.connector}
-        psa = self.adapters.psa if self.adapters is not None else None
-        budget_status = getattr(psa, "budget_status", None)
-        if callable(budget_status):
-            try:
-                row["budget"] = budget_status()
-            except Exception as exc:  # status must always answer; the budget is informative
-                row["budget_error"] = f"{type(exc).__name__}: {exc}"
-        return row
-
-    def _public_folder_row(self) -> dict[str, Any] | None:
-        rt = self.scheduler.snapshot().get(PUBLIC_FOLDER)
-        if rt is None:
-            return None
-        rec = self.records.get(PUBLIC_FOLDER) or _UserStatus()
-        return {"state": rt.state, "last_attempt": _iso(rec.last_attempt),
-                "last_success": _iso(rec.last_success), "last_result": rec.last_result,
-                "last_error": rec.last_error, "next_run": _iso(rt.next_run), "progress": rt.progress,
-                "counts": dict(rec.counts)}
+        state = self.adapters.state if self.adapters is not None else None
+        held = await held_elsewhere(state, self.node_id)
+        return StatusDocument(
+            version=__version__, protocol=PROTOCOL_VERSION, pid=os.getpid(),
+            started_at=iso(self.started_at), state=self.state(), ready=self._ready,
+            config=ConfigStatus(self.config_path, self.generation, self.cfg.profile_name,
+                                iso(self.loaded_at), self.reloader.last, list(self.cfg.warnings)),
+            exchange=exchange_row(self.exchange, self.adapters.account if self.adapters else None),
+            psa=psa_row(self.cfg, self.adapters.psa if self.adapters is not None else None),
+            running=self.scheduler.running, paused=self.scheduler.paused,
+            interval_minutes=self.cfg.sync_interval_minutes,
+            max_concurrent_users=self.cfg.sync.max_concurrent_users,
+            users=user_rows(self.cfg, self.scheduler, self.records, held),
+            public_folder=public_folder_row(self.scheduler, self.records),
+        ).to_json()
 
     async def users(self) -> list[dict[str, Any]]:
-        return self._user_rows()
+        return [row.to_json() for row in user_rows(self.cfg, self.scheduler, self.records)]
 
     def _check_mailboxes(self, mailboxes: list[str] | None) -> list[str] | None:
         if mailboxes is None:
@@ -922,7 +586,7 @@ class Daemon:
                    allow_deletes: bool) -> dict[str, Any]:
         if not self.cfg.enabled:
             raise UserDisabled("the integration is switched off (enabled: false in the config)")
-        if self._stopping:
+        if self.stopping:
             raise ControlError("the daemon is stopping", hint="start it again and retry")
         selected = self._check_mailboxes(mailboxes)
         handle = self.scheduler.request_sync(selected, full=full, allow_deletes=allow_deletes)
@@ -949,32 +613,31 @@ class Daemon:
         mailbox = mailbox.strip().lower() if mailbox else None
         entries = await self.adapters.state.history(mailbox, since_dt)
         return [{
-            "at": _iso(e.at), "mailbox": e.mailbox, "side": e.side, "action": e.action,
+            "at": iso(e.at), "mailbox": e.mailbox, "side": e.side, "action": e.action,
             "kind": str(e.kind), "key": e.key, "item_id": e.item_id, "fields": list(e.fields),
             "reason": e.reason, "cycle_id": e.cycle_id,
         } for e in entries]
 
     async def reload(self, wait: bool) -> dict[str, Any]:
-        result = await self._reload(source="control")
-        if result["result"] == "deferred" and wait and self._applied is not None:
-            await self._applied.wait()
-            assert self.last_reload is not None
-            result = {**self.last_reload, "generation": self.generation}
-        if result["result"] == "rejected":
-            problems = result.get("errors") or []
-            raise ReloadRejected("reload rejected, the old config keeps running: " + "; ".join(problems))
-        return result
+        record = await self.reloader.request(source="control")
+        if record.result == "deferred" and wait:
+            await self.reloader.wait_applied()
+            assert self.reloader.last is not None
+            record = self.reloader.last
+        if record.result == "rejected":
+            raise ReloadRejected("reload rejected, the old config keeps running: " + "; ".join(record.errors))
+        return {**record.to_json(), "generation": self.generation}
 
     async def pause(self, mailboxes: list[str] | None) -> dict[str, Any]:
         selected = self.scheduler.pause(self._select_for_pause(mailboxes))
         log.info("paused", mailboxes=mailboxes or "all")
-        self._status_poke()
+        self.status_poke()
         return {"paused": selected, "global": mailboxes is None}
 
     async def resume(self, mailboxes: list[str] | None) -> dict[str, Any]:
         selected = self.scheduler.resume(self._select_for_pause(mailboxes))
         log.info("resumed", mailboxes=mailboxes or "all")
-        self._status_poke()
+        self.status_poke()
         return {"resumed": selected, "global": mailboxes is None}
 
     def _select_for_pause(self, mailboxes: list[str] | None) -> list[str] | None:
@@ -1019,19 +682,6 @@ def _register_secrets(cfg: Config) -> None:
     register_secret(reveal(cfg.notifications.smtp.password))
 
 
-def _configure_logging(cfg: Config) -> None:
-    from exchanged.logs import configure_logging
-
-    fmt = cfg.logging.format
-    if fmt == "journal":
-        under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
-        if not os.path.exists("/run/systemd/journal/socket"):
-            fmt = "json"  # no journald here (a container, a test): keep the structure on stderr
-        elif not under_systemd and sys.stderr.isatty():
-            fmt = "console"  # run by hand in a terminal: show the operator what happens
-    configure_logging(fmt, cfg.logging.level)
-
-
 def _say(line: str) -> None:
     print(f"exchanged: {line}", file=sys.stderr, flush=True)
 
@@ -1053,7 +703,7 @@ def cli_run(args: Any, openers: Openers | None = None) -> int:
         print("  fix them and check with `exchanged check-config`", file=sys.stderr, flush=True)
         return 1
     _register_secrets(cfg)
-    _configure_logging(cfg)
+    configure_from_config(cfg)
     for warning in cfg.warnings:
         log.warning("config warning", warning=warning)
     daemon = Daemon(cfg, path, openers=openers)

@@ -166,6 +166,23 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
+def configure_from_config(cfg: Any) -> None:
+    """``configure_logging`` for the config's ``logging:`` section (``cfg.logging.format``/``level``).
+
+    ``journal`` where there is no journald (a container, a test) keeps the structure as JSON on
+    stderr, and run by hand in a terminal shows the operator readable lines."""
+    import os
+
+    fmt = cfg.logging.format
+    if fmt == "journal":
+        under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+        if not os.path.exists("/run/systemd/journal/socket"):
+            fmt = "json"  # no journald here (a container, a test): keep the structure on stderr
+        elif not under_systemd and sys.stderr.isatty():
+            fmt = "console"  # run by hand in a terminal: show the operator what happens
+    configure_logging(fmt, cfg.logging.level)
+
+
 def _route_stdlib(level: int) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from pathlib import PurePath
@@ -387,3 +387,280 @@ def protocol_major(value: object) -> int | None:
         if head.isdigit():
             return int(head)
     return None
+
+
+# --- the status document (SPEC section 5) --------------------------------------------------------
+# The daemon builds these and sends ``to_json()``; exchangectl reads them back with ``from_json``,
+# which takes any JSON value (another version's daemon, a hostile peer) and keeps what has the
+# right type: a missing or mistyped field is None (or empty), never an exception.
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _num(value: object) -> float | int | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _strs(value: object) -> list[str]:
+    return [v if isinstance(v, str) else json.dumps(v) for v in value] if isinstance(value, list) else []
+
+
+def _counts(value: object) -> dict[str, int]:
+    return {k: v for k, v in _obj(value).items() if _int(v) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done: int
+    total: int
+
+    @classmethod
+    def from_json(cls, value: object) -> Progress | None:
+        data = _obj(value)
+        total = _int(data.get("total"))
+        return cls(_int(data.get("done")) or 0, total) if total is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """Another node holding a user's lease (PostgreSQL state)."""
+
+    node: str
+    expires_at: str | None
+
+    @classmethod
+    def from_json(cls, value: object) -> LeaseHolder | None:
+        data = _obj(value)
+        node = _str(data.get("node"))
+        return cls(node, _str(data.get("expires_at"))) if node else None
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRecord:
+    """``config.last_reload`` (and the ``reload`` answer without its ``generation``)."""
+
+    at: str | None
+    result: str  # applied | deferred | rejected
+    errors: list[str]
+    # applied only:
+    added: list[str] | None = None
+    removed: list[str] | None = None
+    changed: list[str] | None = None
+    resync_all: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"at": self.at, "result": self.result, "errors": list(self.errors)}
+        if self.result == "applied":
+            out.update(added=self.added or [], removed=self.removed or [], changed=self.changed or [],
+                       resync_all=bool(self.resync_all))
+        return out
+
+    @classmethod
+    def from_json(cls, value: object) -> ReloadRecord | None:
+        data = _obj(value)
+        if not data:
+            return None
+        lists = {k: _strs(data[k]) if k in data else None for k in ("added", "removed", "changed")}
+        return cls(_str(data.get("at")), _str(data.get("result")) or "", _strs(data.get("errors")),
+                   resync_all=_bool(data.get("resync_all")), **lists)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStatus:
+    path: str | None
+    generation: int | None
+    profile_name: str | None
+    loaded_at: str | None
+    last_reload: ReloadRecord | None
+    warnings: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "generation": self.generation, "profile_name": self.profile_name,
+                "loaded_at": self.loaded_at,
+                "last_reload": self.last_reload.to_json() if self.last_reload else None,
+                "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, value: object) -> ConfigStatus:
+        data = _obj(value)
+        return cls(_str(data.get("path")), _int(data.get("generation")), _str(data.get("profile_name")),
+                   _str(data.get("loaded_at")), ReloadRecord.from_json(data.get("last_reload")),
+                   _strs(data.get("warnings")))
+
+
+@dataclass(slots=True)
+class ExchangeStatus:
+    """What the daemon knows of the Exchange server (updated by checks and cycles)."""
+
+    server: str | None
+    version: str | None
+    reachable: bool | None = None  # the server answered; None: not known yet
+    # the sync account's login: "ok" / "refused" / "not checked" (an unreachable server cannot tell)
+    login: str | None = "not checked"
+    last_error: str | None = None
+    checked_at: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    back_off_until: str | None = None  # the server asked the daemon to wait until then (throttling)
+    back_off_by_server: bool | None = None  # only with back_off_until
+
+    def update(self, **changes: Any) -> None:
+        """Set these fields (a name that is no field raises AttributeError)."""
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "server": self.server, "version": self.version, "reachable": self.reachable,
+            "login": self.login, "last_error": self.last_error, "checked_at": self.checked_at,
+            "warnings": list(self.warnings), "back_off_until": self.back_off_until}
+        if self.back_off_by_server is not None:
+            out["back_off_by_server"] = self.back_off_by_server
+        return out
+
+    @classmethod
+    def from_json(cls, value: object) -> ExchangeStatus:
+        data = _obj(value)
+        return cls(_str(data.get("server")), _str(data.get("version")), _bool(data.get("reachable")),
+                   _str(data.get("login")), _str(data.get("last_error")), _str(data.get("checked_at")),
+                   _strs(data.get("warnings")), _str(data.get("back_off_until")),
+                   _bool(data.get("back_off_by_server")))
+
+
+@dataclass(frozen=True, slots=True)
+class PsaStatus:
+    connector: str | None
+    budget: dict[str, Any] | None = None  # the connector's request budget, where it has one (Autotask)
+    budget_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"connector": self.connector}
+        if self.budget is not None:
+            out["budget"] = self.budget
+        if self.budget_error is not None:
+            out["budget_error"] = self.budget_error
+        return out
+
+    @classmethod
+    def from_json(cls, value: object) -> PsaStatus:
+        data = _obj(value)
+        budget = data.get("budget")
+        return cls(_str(data.get("connector")), budget if isinstance(budget, dict) else None,
+                   _str(data.get("budget_error")))
+
+
+@dataclass(frozen=True, slots=True)
+class CycleStatus:
+    """The cycle state of one user or of the public contacts folder."""
+
+    state: str | None  # idle | syncing | paused | error | disabled | held_elsewhere
+    last_attempt: str | None
+    last_success: str | None
+    last_result: str | None
+    last_error: str | None
+    next_run: str | None
+    progress: Progress | None  # while syncing
+    counts: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "last_attempt": self.last_attempt, "last_success": self.last_success,
+                "last_result": self.last_result, "last_error": self.last_error, "next_run": self.next_run,
+                "progress": ({"done": self.progress.done, "total": self.progress.total}
+                             if self.progress else None),
+                "counts": dict(self.counts)}
+
+    @classmethod
+    def from_json(cls, value: object) -> CycleStatus:
+        data = _obj(value)
+        return cls(_str(data.get("state")), _str(data.get("last_attempt")), _str(data.get("last_success")),
+                   _str(data.get("last_result")), _str(data.get("last_error")), _str(data.get("next_run")),
+                   Progress.from_json(data.get("progress")), _counts(data.get("counts")))
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    """One row of ``status.users`` (and of the ``users`` answer)."""
+
+    mailbox: str | None
+    psa_resource: str | None
+    enabled: bool | None
+    cycle: CycleStatus
+    held_by: LeaseHolder | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mailbox": self.mailbox, "psa_resource": self.psa_resource, "enabled": self.enabled,
+                **self.cycle.to_json(),
+                "held_by": ({"node": self.held_by.node, "expires_at": self.held_by.expires_at}
+                            if self.held_by else None)}
+
+    @classmethod
+    def from_json(cls, value: object) -> UserStatus:
+        data = _obj(value)
+        resource = data.get("psa_resource")
+        if _int(resource) is not None:
+            resource = str(resource)
+        return cls(_str(data.get("mailbox")), _str(resource), _bool(data.get("enabled")),
+                   CycleStatus.from_json(data), LeaseHolder.from_json(data.get("held_by")))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusDocument:
+    """The ``status`` answer: SPEC section 5's fields, and more."""
+
+    version: str | None
+    protocol: int | str | None
+    pid: int | None
+    started_at: str | None
+    state: str | None  # running | paused | disabled | degraded
+    ready: bool | None
+    config: ConfigStatus
+    exchange: ExchangeStatus
+    psa: PsaStatus
+    running: int | None  # cycles running now
+    paused: bool | None
+    interval_minutes: float | int | None
+    max_concurrent_users: int | None
+    users: list[UserStatus]
+    public_folder: CycleStatus | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "protocol": self.protocol, "pid": self.pid,
+            "started_at": self.started_at, "state": self.state, "ready": self.ready,
+            "config": self.config.to_json(), "exchange": self.exchange.to_json(), "psa": self.psa.to_json(),
+            "running": self.running, "paused": self.paused, "interval_minutes": self.interval_minutes,
+            "max_concurrent_users": self.max_concurrent_users,
+            "users": [u.to_json() for u in self.users],
+            "public_folder": self.public_folder.to_json() if self.public_folder else None,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> StatusDocument:
+        data = _obj(value)
+        protocol = data.get("protocol")
+        running = data.get("running")
+        public = data.get("public_folder")
+        return cls(
+            _str(data.get("version")), protocol if _int(protocol) is not None or _str(protocol) else None,
+            _int(data.get("pid")), _str(data.get("started_at")), _str(data.get("state")),
+            _bool(data.get("ready")), ConfigStatus.from_json(data.get("config")),
+            ExchangeStatus.from_json(data.get("exchange")), PsaStatus.from_json(data.get("psa")),
+            len(running) if isinstance(running, list) else _int(running), _bool(data.get("paused")),
+            _num(data.get("interval_minutes")), _int(data.get("max_concurrent_users")),
+            [UserStatus.from_json(u) for u in data.get("users") or [] if isinstance(u, dict)]
+            if isinstance(data.get("users"), list) else [],
+            CycleStatus.from_json(public) if isinstance(public, dict) else None,
+        )

@@ -74,25 +74,14 @@ def test_missing_file_exit_1(tmp_path: Path) -> None:
     assert "file not found" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_connect_not_available_is_clear(tmp_path: Path) -> None:
-    # loopback and a closed port: nothing leaves this host even once the EWS adapter exists
+def test_connect_to_nothing_fails_clearly(tmp_path: Path) -> None:
+    # loopback and a closed port: nothing leaves this host; nothing listens on port 1
     text = base(tmp_path).replace("  address: mail.example.com\n", "  address: localhost\n  port: 1\n")
     path = write_config(tmp_path, text)
     done = run("--config", str(path), "--connect")
-    try:
-        import exchanged.exchange as exchange
-
-        available = hasattr(exchange, "check_connect")
-    except ImportError:
-        available = False
-    if available:
-        # the EWS adapter exists: nothing listens on port 1, so the check fails, clearly
-        assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
-        assert "connect FAILED:" in done.stdout and "failed" in done.stdout
-        done = run("--config", str(path), "--connect", "--json")
-        doc = json.loads(done.stdout)
-        assert done.returncode == 1 and doc["valid"] is True and doc["connect_ok"] is False
-        assert any(c["result"] == "failed" for c in doc["connect"])
-    else:
-        assert done.returncode == 1
-        assert "--connect: not available yet" in done.stdout
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    assert "connect FAILED:" in done.stdout and "failed" in done.stdout
+    done = run("--config", str(path), "--connect", "--json")
+    doc = json.loads(done.stdout)
+    assert done.returncode == 1 and doc["valid"] is True and doc["connect_ok"] is False
+    assert any(c["result"] == "failed" for c in doc["connect"])

@@ -525,3 +525,32 @@ async def test_metrics_over_the_control_method_and_the_textfile(
         from_file = _families(textfile.read_text())
         assert _value(from_file, "exchanged_cycles_total", result="ok") == ok
         assert not list(textfile.parent.glob("*.prom.*"))  # no temporary file left behind
+
+
+async def test_status_document_keeps_every_field_and_reads_back_typed(
+    env: Env, running: Daemon, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The status answer has SPEC section 5's fields (and the ones added since), exactly these
+    keys, and exchangectl's typed reading of it gives the same document back."""
+    from exchanged.control.protocol import StatusDocument
+
+    await wait_for(lambda: env.runner.of(ALICE) and running.scheduler.running == 0)
+    env.write(sync_interval_minutes=12)
+    assert (await running.reload(wait=True))["result"] == "applied"
+    doc = await running.status()
+    assert set(doc) == {"version", "protocol", "pid", "started_at", "state", "ready", "config", "exchange",
+                        "psa", "running", "paused", "interval_minutes", "max_concurrent_users", "users",
+                        "public_folder"}
+    assert set(doc["config"]) == {"path", "generation", "profile_name", "loaded_at", "last_reload",
+                                  "warnings"}
+    assert set(doc["config"]["last_reload"]) == {"at", "result", "errors", "added", "removed", "changed",
+                                                 "resync_all"}
+    assert set(doc["exchange"]) >= {"server", "version", "reachable", "last_error"}
+    assert doc["psa"] == {"connector": "sql"}
+    assert doc["state"] in ("running", "degraded") and doc["config"]["generation"] == 2
+    row = next(u for u in doc["users"] if u["mailbox"] == ALICE)
+    assert set(row) == {"mailbox", "psa_resource", "enabled", "state", "last_attempt", "last_success",
+                        "last_result", "last_error", "next_run", "progress", "counts", "held_by"}
+    assert row["last_result"] == "ok" and row["counts"]["exported"] == 1
+    assert StatusDocument.from_json(doc).to_json() == doc
+    assert await running.users() == doc["users"]

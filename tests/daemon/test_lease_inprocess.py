@@ -79,7 +79,7 @@ async def test_a_cycle_that_cannot_renew_its_lease_stops_before_another_node_can
 
 def test_the_node_name_is_kept_in_the_state_directory_and_locked_while_in_use(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from exchanged.daemon import _node_identity
+    from exchanged.leases import node_identity as _node_identity
 
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}:/elsewhere")
     first, fd = _node_identity()

@@ -312,6 +312,8 @@ class ServerConfig(_Model):
     # seconds to wait for the TCP (and TLS) connection, and for each answer of the server
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     read_timeout_s: float = Field(default=60.0, gt=0, le=900)
+    request_deadline_s: float = Field(default=300.0, gt=0, le=3600)
+    max_answer_mb: int = Field(default=64, ge=1, le=1024)
 
     @field_validator("graph_url", "login_url")
     @classmethod

@@ -27,7 +27,7 @@ from exchangelib.properties import DistinguishedFolderId, Mailbox
 from exchangelib.protocol import CachingProtocol, Protocol
 
 from exchanged import errors
-from exchanged.exchange import tls
+from exchanged.exchange import limits, tls
 from exchanged.exchange.backoff import BackOffGate
 from exchanged.exchange.convert import UTC_EWS
 from exchanged.exchange.errmap import is_ambiguous, map_error
@@ -111,6 +111,8 @@ class EwsAccount:
             except errors.TlsError as exc:
                 self.setup_error = exc
         tls.install()
+        limits.register(settings.service_endpoint, limits.Limits(
+            deadline_s=float(settings.request_deadline_s), max_bytes=int(settings.max_answer_mb) * 1024 * 1024))
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         self.tz = UTC_EWS  # each mailbox sets its own zone on its Account (EwsMailbox._use), never the host's
         self.version = pinned_version(settings.version)

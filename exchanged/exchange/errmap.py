@@ -13,6 +13,7 @@ from exchangelib import errors as ews
 
 from exchanged import errors
 from exchanged.exchange import tls
+from exchanged.exchange.limits import AnswerTooLarge, RequestDeadline
 from exchanged.exchange.services import IncompleteAnswer
 
 _MAX_TEXT = 300
@@ -92,7 +93,19 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
         lost = errors.ExchangeUnavailable(f"{where}: incomplete answer from {host}: {_short(exc)}",
                                           mailbox=mailbox)
         lost.ambiguous = True  # type: ignore[attr-defined]
+        lost.cause = "dropped"  # type: ignore[attr-defined]
         return lost
+    if isinstance(exc, RequestDeadline):  # a trickle or a stall: a lost reply, not retried in the cycle
+        late = errors.ExchangeUnavailable(f"{where}: {host}: {exc}", mailbox=mailbox)
+        late.ambiguous = True  # type: ignore[attr-defined]
+        late.cause = "timeout"  # type: ignore[attr-defined]
+        return late
+    if isinstance(exc, AnswerTooLarge):
+        return errors.ExchangeError(
+            f"{where}: {host}: {exc}",
+            hint="raise server.max_answer_mb if answers this large are expected (very large item "
+                 "bodies); otherwise find what between here and Exchange inflates the answers",
+            mailbox=mailbox)
     if isinstance(exc, requests.exceptions.SSLError) or (
             isinstance(exc, ews.TransportError) and not isinstance(exc, ews.ResponseMessageError)
             and tls.is_tls_failure(exc)):

@@ -54,6 +54,9 @@ class ExchangeSettings:
     # seconds: for the connection (TCP + TLS handshake), and for each answer of the server
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    # the whole answer of one request, however slowly it comes; and its largest size
+    request_deadline_s: float = 300.0
+    max_answer_mb: int = 64
 
     @property
     def scheme(self) -> str:
@@ -177,4 +180,6 @@ def settings_from_config(cfg: Any) -> ExchangeSettings:
         public_folder_mailbox=enabled[0] if enabled else None,
         connect_timeout_s=float(_get(server, "connect_timeout_s", None) or 10.0),
         read_timeout_s=float(_get(server, "read_timeout_s", None) or 60.0),
+        request_deadline_s=float(_get(server, "request_deadline_s", None) or 300.0),
+        max_answer_mb=int(_get(server, "max_answer_mb", None) or 64),
     )

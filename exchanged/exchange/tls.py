@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ import requests.adapters
 from exchangelib.protocol import BaseProtocol
 
 from exchanged import errors
+from exchanged.exchange import limits
 
 _lock = threading.Lock()
 _contexts: dict[str, ssl.SSLContext] = {}
@@ -75,7 +77,15 @@ def context_for(url: str) -> ssl.SSLContext:
 
 
 class TrustStoreAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose TLS trust comes from ``context_for(url)``; never unverified."""
+    """An HTTPAdapter whose TLS trust comes from ``context_for(url)``; never unverified. Every
+    answer is read within the endpoint's deadline and size cap (``limits.read_bounded``)."""
+
+    def send(self, request: Any, stream: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
+        started = time.monotonic()
+        response = super().send(request, stream=True, **kwargs)
+        if stream:  # a streaming caller (GetStreamingEvents) reads the answer itself
+            return response
+        return limits.read_bounded(response, limits.limits_for(request.url), started)
 
     def build_connection_pool_key_attributes(
         self, request: Any, verify: Any, cert: Any = None

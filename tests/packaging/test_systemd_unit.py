@@ -110,3 +110,20 @@ def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "etc" / "exchanged").is_dir()
+
+
+def test_memory_is_bounded_above_the_largest_answer() -> None:
+    """Issue #14: a 1.5 GB answer took the daemon to 8.3 GB. The answer cap bounds one answer; the
+    unit bounds the process, above what the capped answers in flight may take."""
+    from exchanged.exchange.settings import ExchangeSettings
+
+    d = directives()
+
+    def mib(value: str) -> float:
+        units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value) / 2**20
+
+    high, top = mib(d["MemoryHigh"][0]), mib(d["MemoryMax"][0])
+    s = ExchangeSettings(address="x")
+    in_flight = 4 * s.max_answer_mb * s.max_connections  # parsed at about four times the bytes
+    assert 100 + in_flight <= high * 1.05 < top, (high, top, in_flight)  # 100 MiB: docs/benchmarks.md

@@ -5,10 +5,12 @@ like a lost reply), and the daemon's state stays as the last good answer left it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from exchanged.model import FolderKind
 from exchanged.testing.ews import EwsTestServer
@@ -91,3 +93,61 @@ async def test_a_cut_sync_answer_is_an_error_not_a_short_page(tmp_path: Path, se
         proxy.clear()
         assert (await stack.cycle()).result == "ok"
         assert await stack.duplicates() == []
+
+
+# --- deadlines and size (issue #14 points 2 and 3) ------------------------------------------------------
+
+
+async def test_a_trickling_answer_ends_at_the_request_deadline(tmp_path: Path, server: EwsTestServer,
+                                                               proxy: HostileProxy) -> None:
+    """A byte now and then keeps every read within the read timeout: only a total deadline ends it."""
+    async with open_stack(tmp_path, server=server, port=proxy.port, request_deadline_s=2.0,
+                          read_timeout_s=30.0) as stack:
+        proxy.rule("SyncFolderItems", "trickle", times=None, chunk=8, interval=0.5)
+        with trio.fail_after(120):  # a guard against the hang this test is about; never asserted
+            outcome = await stack.cycle()
+        assert outcome.result == "error", outcome
+        assert "SyncFolderItems" in (outcome.error or "")
+        assert "no complete answer within 2 s (server.request_deadline_s" in (outcome.error or ""), outcome
+        proxy.clear()
+        assert (await stack.cycle()).result == "ok"
+
+
+async def test_an_answer_over_the_cap_is_an_error_naming_the_operation(tmp_path: Path,
+                                                                       server: EwsTestServer,
+                                                                       proxy: HostileProxy) -> None:
+    async with open_stack(tmp_path, server=server, port=proxy.port, max_answer_mb=1) as stack:
+        assert (await stack.cycle()).result == "ok"
+        proxy.rule("SyncFolderItems", "inflate", times=None, size=3 * 1024 * 1024)
+        with trio.fail_after(120):
+            outcome = await stack.cycle(full=True)
+        assert outcome.result == "error", outcome
+        error = outcome.error or ""
+        assert "SyncFolderItems calendar" in error and "larger than 1 MB (server.max_answer_mb" in error, error
+        assert proxy.applied["SyncFolderItems inflate"] == 1  # not retried: the same answer would come
+        proxy.clear()
+        assert (await stack.cycle()).result == "ok"
+        assert await stack.duplicates() == []
+
+
+def test_read_bounded_counts_an_undeclared_answer() -> None:
+    """Without Content-Length (chunked), the bytes read are counted against the cap."""
+    from exchanged.exchange.limits import AnswerTooLarge, Limits, read_bounded
+
+    class Raw:
+        def stream(self, amt: int, decode_content: bool) -> Iterator[bytes]:
+            while True:
+                yield b"x" * amt
+
+    class Resp:
+        raw = Raw()
+        headers: dict[str, str] = {}
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    resp = Resp()
+    with pytest.raises(AnswerTooLarge, match="larger than 1 MB"):
+        read_bounded(resp, Limits(deadline_s=60, max_bytes=1024 * 1024), time.monotonic())
+    assert resp.closed

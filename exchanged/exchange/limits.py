@@ -1,0 +1,147 @@
+"""Bounds on every answer read from Exchange: a total deadline and a size cap (issue #14).
+
+requests' ``timeout=(connect, read)`` (``server.connect_timeout_s`` / ``server.read_timeout_s``)
+bounds each wait for bytes, not the request: a server that sends a byte every 30 s never ends a
+GetItem, and one that sends 1.5 GB makes the daemon hold 1.5 GB (and lxml several times that).
+``TrustStoreAdapter.send`` (``exchanged/exchange/tls.py``) streams every answer through
+``read_bounded``:
+
+* ``server.request_deadline_s``: the whole answer must have arrived this long after the request
+  was sent; a timer shuts the socket down at the deadline, so a trickle ends there whatever the
+  read timeout is. ``RequestDeadline``: "no complete answer within N s", a lost reply (reads are
+  not retried within the cycle, writes are adopted).
+* ``server.max_answer_mb``: a larger answer (declared Content-Length or bytes read, after
+  decompression) is dropped when it passes the cap. ``AnswerTooLarge``: an error naming the
+  operation (``map_error`` adds mailbox and operation), not retried: the same request would get
+  the same answer.
+
+Limits are registered per endpoint (host:port), like the TLS trust.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests.exceptions
+import urllib3.exceptions
+from exchangelib.errors import TransportError
+
+DEFAULT_DEADLINE_S = 300.0
+DEFAULT_MAX_ANSWER_MB = 64
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    deadline_s: float = DEFAULT_DEADLINE_S
+    max_bytes: int = DEFAULT_MAX_ANSWER_MB * 1024 * 1024
+
+
+class RequestDeadline(TransportError):
+    """The answer was not complete within ``server.request_deadline_s``."""
+
+    def __init__(self, deadline_s: float, received: int) -> None:
+        super().__init__(f"no complete answer within {deadline_s:g} s (server.request_deadline_s; "
+                         f"{received} bytes had arrived)")
+        self.deadline_s = deadline_s
+
+
+class AnswerTooLarge(TransportError):
+    """The answer is larger than ``server.max_answer_mb``."""
+
+    def __init__(self, max_bytes: int, size: int | None) -> None:
+        mb = max_bytes / (1024 * 1024)
+        seen = f"it declared {size / (1024 * 1024):.0f} MB" if size else "it went on past the cap"
+        super().__init__(f"the answer is larger than {mb:g} MB (server.max_answer_mb; {seen}); not read")
+        self.max_bytes = max_bytes
+
+
+_lock = threading.Lock()
+_limits: dict[str, Limits] = {}
+
+
+def _endpoint_key(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+def register(service_endpoint: str, limits: Limits) -> None:
+    with _lock:
+        _limits[_endpoint_key(service_endpoint)] = limits
+
+
+def limits_for(url: str) -> Limits:
+    with _lock:
+        return _limits.get(_endpoint_key(url), Limits())
+
+
+def _socket_of(raw: Any) -> socket.socket | None:
+    conn = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if isinstance(sock, socket.socket):
+        return sock
+    fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(fp, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _shutdown(sock: socket.socket | None, fired: threading.Event) -> None:
+    fired.set()
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def read_bounded(response: Any, limits: Limits, started: float) -> Any:
+    """Read ``response`` (a requests Response sent with ``stream=True``) into ``response.content``
+    within the limits; ``started`` is ``time.monotonic()`` when the request was sent."""
+    raw = response.raw
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limits.max_bytes:
+        response.close()
+        raise AnswerTooLarge(limits.max_bytes, int(declared))
+    remaining = started + limits.deadline_s - time.monotonic()
+    fired = threading.Event()
+    if remaining <= 0:
+        response.close()
+        raise RequestDeadline(limits.deadline_s, 0)
+    timer = threading.Timer(remaining, _shutdown, (_socket_of(raw), fired))
+    timer.daemon = True
+    timer.start()
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in raw.stream(_CHUNK, decode_content=True):
+            total += len(chunk)
+            if total > limits.max_bytes:
+                response.close()
+                raise AnswerTooLarge(limits.max_bytes, None)
+            chunks.append(chunk)
+            if fired.is_set():
+                break
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        if fired.is_set():
+            response.close()
+            raise RequestDeadline(limits.deadline_s, total) from None
+        # what requests' Response.content would have raised
+        if isinstance(exc, urllib3.exceptions.ProtocolError):
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        if isinstance(exc, urllib3.exceptions.DecodeError):
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        raise requests.exceptions.ConnectionError(exc) from exc
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        response.close()
+        raise RequestDeadline(limits.deadline_s, total)
+    response._content = b"".join(chunks)
+    response._content_consumed = True
+    return response

@@ -112,7 +112,8 @@ class EwsAccount:
                 self.setup_error = exc
         tls.install()
         limits.register(settings.service_endpoint, limits.Limits(
-            deadline_s=float(settings.request_deadline_s), max_bytes=int(settings.max_answer_mb) * 1024 * 1024))
+            deadline_s=float(settings.request_deadline_s),
+            max_bytes=int(settings.max_answer_mb) * 1024 * 1024))
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         self.tz = UTC_EWS  # each mailbox sets its own zone on its Account (EwsMailbox._use), never the host's
         self.version = pinned_version(settings.version)

@@ -83,7 +83,9 @@ class TrustStoreAdapter(requests.adapters.HTTPAdapter):
     def send(self, request: Any, stream: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
         started = time.monotonic()
         response = super().send(request, stream=True, **kwargs)
-        if stream:  # a streaming caller (GetStreamingEvents) reads the answer itself
+        if stream or response.status_code == 401:
+            # a streaming caller (GetStreamingEvents) reads the answer itself; the NTLM handshake
+            # (requests_ntlm, a response hook) needs the 401's socket unread for channel binding
             return response
         return limits.read_bounded(response, limits.limits_for(request.url), started)
 

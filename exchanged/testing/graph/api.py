@@ -318,15 +318,23 @@ class GraphApi:
         return default
 
     def _collection(
-        self, ctx: Ctx, entries: list[dict[str, Any]], context: str, default_page: int = DEFAULT_PAGE
+        self,
+        ctx: Ctx,
+        entries: list[Any],
+        context: str,
+        default_page: int = DEFAULT_PAGE,
+        render: Callable[[Any], dict[str, Any]] | None = None,
     ) -> Response:
-        """A collection page with $skip paging (Outlook list semantics)."""
+        """A collection page with $skip paging (Outlook list semantics); ``render`` turns the
+        page's entries (only those) into JSON."""
         try:
             skip = int(ctx.req.query.get("$skip", "0"))
         except ValueError:
             raise GraphError(400, "BadRequest", "Invalid $skip value.") from None
         size = self._page_size(ctx, default_page)
         page = entries[skip : skip + size]
+        if render is not None:
+            page = [render(e) for e in page]
         body: dict[str, Any] = {"@odata.context": self._context_url(ctx, context), "value": page}
         if skip + size < len(entries):
             query = dict(ctx.req.query)
@@ -487,14 +495,18 @@ class GraphApi:
         folder = self._folder(ctx.mailbox, "calendar")
         expands = parse_expand(ctx.req.query.get("$expand"), {"singleValueExtendedProperties"})
         keep = self._filter(ctx, self._EVENT_FIELDS)
-        entries = []
-        for row in self.store.items_in(folder.id):
-            if row.item_type != "CalendarItem":
-                continue
+        rows = [
+            row
+            for row in self.store.items_in(folder.id)
+            if row.item_type == "CalendarItem"
+            and keep(cv.row_elem(row))  # the stored XML has every filterable field
+        ]
+
+        def render(row: ItemRow) -> dict[str, Any]:
             full = recurrence.public_master(self._full(row))
-            if keep(full):
-                entries.append(self._event(ctx, full, row.id, row.change_key, expands))
-        return self._collection(ctx, entries, "events")
+            return self._event(ctx, full, row.id, row.change_key, expands)
+
+        return self._collection(ctx, rows, "events", render=render)
 
     def _window(self, ctx: Ctx) -> tuple[dt.datetime, dt.datetime]:
         start_text, end_text = ctx.req.query.get("startDateTime"), ctx.req.query.get("endDateTime")
@@ -874,12 +886,12 @@ class GraphApi:
         folder = self._contact_folder(ctx)
         expands = parse_expand(ctx.req.query.get("$expand"), {"singleValueExtendedProperties"})
         keep = self._filter(ctx, self._CONTACT_FIELDS)
-        entries = [
-            self._contact(ctx, row, expands)
+        rows = [
+            row
             for row in self.store.items_in(folder.id)
-            if row.item_type == "Contact" and keep(self._full(row))
+            if row.item_type == "Contact" and keep(cv.row_elem(row))
         ]
-        return self._collection(ctx, entries, "contacts")
+        return self._collection(ctx, rows, "contacts", render=lambda row: self._contact(ctx, row, expands))
 
     def get_contact(self, ctx: Ctx) -> Response:
         folder = self._contact_folder(ctx) if "folder" in ctx.params else None
@@ -1009,12 +1021,18 @@ class GraphApi:
                 ),
             },
         )
-        entries = [
-            self._task(ctx, row, expands)
+        rows = [
+            row
             for row in self.store.items_in(folder.id)
-            if row.item_type == "Task" and keep(self._full(row))
+            if row.item_type == "Task" and keep(cv.row_elem(row))
         ]
-        return self._collection(ctx, entries, f"todo/lists('{ctx.params['list']}')/tasks", TODO_DEFAULT_PAGE)
+        return self._collection(
+            ctx,
+            rows,
+            f"todo/lists('{ctx.params['list']}')/tasks",
+            TODO_DEFAULT_PAGE,
+            render=lambda row: self._task(ctx, row, expands),
+        )
 
     def get_task(self, ctx: Ctx) -> Response:
         row = self._task_row(ctx, self._task_list(ctx))

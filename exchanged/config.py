@@ -739,6 +739,7 @@ PsaConfig = Annotated[Union[SqlPsaConfig, AutotaskPsaConfig], Field(discriminato
 
 class StateConfig(_Model):
     url: str = "sqlite:////var/lib/exchanged/state.db"
+    history_days: SInt = Field(default=90, ge=1, le=3650)  # the journal keeps this many days
 
     @field_validator("url")
     @classmethod

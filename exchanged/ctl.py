@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", parents=both, help="every change the daemon made")
     history.add_argument("mailbox", nargs="?", metavar="MAILBOX")
     history.add_argument("--since", metavar="WHEN", help="ISO datetime (local time) or 30m, 2h, 3d, 1w")
+    history.add_argument("--limit", type=int, metavar="N",
+                         help="at most the N newest entries (default 1000)")
     sub.add_parser("version", parents=both, help="versions of exchangectl, the daemon and the protocol")
     sub.add_parser("metrics", parents=both, help="the daemon's metrics in the Prometheus text format")
     check = sub.add_parser(
@@ -324,6 +326,10 @@ def request_params(args: argparse.Namespace, now: datetime) -> dict[str, Any]:
             params["mailbox"] = args.mailbox
         if args.since:
             params["since"] = parse_since(args.since, now)
+        if args.limit is not None:
+            if args.limit < 1:
+                raise ValueError("--limit must be at least 1")
+            params["limit"] = args.limit
     return params
 
 
@@ -749,12 +755,12 @@ def render_history(result: Any, out: TextIO, clock: Clock) -> None:
             _text(e.get("action")),
             _text(e.get("kind")),
             _text(e.get("key")),
-            _text(e.get("fields")),
+            _subject_or_fields(e),
             _text(e.get("reason")),
         ]
         for e in entries
     ]
-    table(["TIME", "MAILBOX", "SIDE", "ACTION", "KIND", "KEY", "FIELDS", "REASON"], rows, out)
+    table(["TIME", "MAILBOX", "SIDE", "ACTION", "KIND", "KEY", "WHAT", "REASON"], rows, out)
 
 
 def render_sync(result: Any, out: TextIO, clock: Clock) -> None:

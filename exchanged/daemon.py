@@ -22,7 +22,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -65,7 +65,9 @@ GRACE_S = 8.0  # SIGTERM: running cycles get this long, so that the whole stop s
 CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most this long
 STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
 STATUS_MIN_GAP_S = 1.0  # changes within this time share one STATUS= update
+PRUNE_EVERY_S = 6 * 3600.0  # the journal is pruned (state.history_days) at start and this often
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
+HISTORY_LIMIT = 1000  # `history` answers at most this many of the newest entries unless asked
 
 
 # --- errors of the composition root ---------------------------------------------------------------
@@ -202,6 +204,7 @@ class Daemon:
                     self.apply_users(self.cfg)
                     nursery.start_soon(self._startup_tasks)
                     nursery.start_soon(self._serve_status_line)
+                    nursery.start_soon(self._serve_pruning)
                     self._ready = True
                     sdnotify.ready(self.status_line())
                     log.info("ready", config=self.config_path, users=len(self.cfg.enabled_users()),
@@ -265,6 +268,26 @@ class Daemon:
     async def _startup_tasks(self) -> None:
         await self.confirm_new_users(self.cfg, on_start=True)
         await self.check_credentials(self.cfg)
+
+    async def _serve_pruning(self) -> None:
+        """Keep the journal bounded: entries older than ``state.history_days`` go, at the start
+        and every ``PRUNE_EVERY_S``."""
+        while True:
+            await self.prune_history()
+            await trio.sleep(PRUNE_EVERY_S)
+
+    async def prune_history(self) -> int:
+        if self.adapters is None:
+            return 0
+        days = self.cfg.state.history_days
+        try:
+            pruned = await self.adapters.state.prune_history(now() - timedelta(days=days))
+        except Exception as exc:  # the next round tries again; the journal only grows meanwhile
+            log.warning("cannot prune the history", error=present(exc).line())
+            return 0
+        if pruned:
+            log.info("history pruned", entries=pruned, older_than_days=days)
+        return pruned
 
     async def _serve_status_line(self) -> None:
         while True:
@@ -607,15 +630,16 @@ class Daemon:
         assert self.runner is not None
         return await self.runner.plan(self.cfg, user)
 
-    async def history(self, mailbox: str | None, since: str | None) -> list[dict[str, Any]]:
+    async def history(self, mailbox: str | None, since: str | None,
+                      limit: int | None = None) -> list[dict[str, Any]]:
         assert self.adapters is not None
         since_dt = _parse_since(since)
         mailbox = mailbox.strip().lower() if mailbox else None
-        entries = await self.adapters.state.history(mailbox, since_dt)
+        entries = await self.adapters.state.history(mailbox, since_dt, limit or HISTORY_LIMIT)
         return [{
             "at": iso(e.at), "mailbox": e.mailbox, "side": e.side, "action": e.action,
             "kind": str(e.kind), "key": e.key, "item_id": e.item_id, "fields": list(e.fields),
-            "reason": e.reason, "cycle_id": e.cycle_id,
+            "reason": e.reason, "cycle_id": e.cycle_id, "subject": e.subject,
         } for e in entries]
 
     async def reload(self, wait: bool) -> dict[str, Any]:

@@ -302,6 +302,7 @@ class JournalEntry:
     fields: tuple[str, ...]
     reason: str
     cycle_id: str = ""
+    subject: str = ""  # what the item is called (appointment subject, contact name), as written
 
 
 @dataclass(slots=True)

@@ -291,6 +291,10 @@ class StateStore(Protocol):
         self, mailbox: str | None, since: datetime | None, limit: int = 1000
     ) -> list[JournalEntry]: ...
 
+    async def prune_history(self, before: datetime) -> int:
+        """Delete the journal entries older than ``before`` (``state.history_days``); how many."""
+        ...
+
     async def try_lease(self, mailbox: str, node: str, ttl_s: float) -> bool:
         """Take or renew this mailbox's lease; SQLite (one node) always grants it."""
         ...

@@ -770,6 +770,12 @@ class MemoryState:
                  if (mailbox is None or e.mailbox == mailbox) and (since is None or e.at >= since)]
         return found[-limit:] if limit > 0 else []
 
+    async def prune_history(self, before: datetime) -> int:
+        kept = [e for e in self.journal if e.at >= before]
+        pruned = len(self.journal) - len(kept)
+        self.journal[:] = kept
+        return pruned
+
     async def try_lease(self, mailbox: str, node: str, ttl_s: float) -> bool:
         now = self.clock()
         holder = self.leases.get(mailbox)

@@ -92,6 +92,8 @@ class Param:
     help: str = ""
 
 
+MAX_HISTORY = 100_000  # history entries one answer may carry
+
 METHODS: dict[str, dict[str, Param]] = {
     "version": {},
     "status": {},
@@ -106,6 +108,8 @@ METHODS: dict[str, dict[str, Param]] = {
     "history": {
         "mailbox": Param("str", help="only this mailbox; omitted: all"),
         "since": Param("since", help="ISO 8601 datetime; naive means UTC"),
+        "limit": Param("count", help=f"at most this many of the newest entries (1..{MAX_HISTORY}; "
+                                     "default 1000)"),
     },
     "reload": {"wait": Param("bool", default=False, help="answer when a deferred reload is applied")},
     "pause": {"mailboxes": Param("mailboxes", help="omitted: pause all scheduling")},
@@ -171,6 +175,12 @@ def _check_value(method: str, name: str, param: Param, value: object) -> Any:
             return normalize_since(value)
         except ValueError as exc:
             raise _bad_param(method, name, f"{where}: {exc}") from None
+    if param.type == "count":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad_param(method, name, f"{where} must be a whole number, not {_json_type(value)}")
+        if not 1 <= value <= MAX_HISTORY:
+            raise _bad_param(method, name, f"{where} must be between 1 and {MAX_HISTORY} (got {value})")
+        return value
     raise AssertionError(f"unknown parameter type {param.type!r}")  # a bug in METHODS
 
 

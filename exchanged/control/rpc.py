@@ -57,7 +57,8 @@ class ControlHandler(Protocol):
 
     async def plan(self, mailbox: str) -> dict[str, Any]: ...
 
-    async def history(self, mailbox: str | None, since: str | None) -> list[dict[str, Any]]: ...
+    async def history(self, mailbox: str | None, since: str | None,
+                      limit: int | None = None) -> list[dict[str, Any]]: ...
 
     async def reload(self, wait: bool) -> dict[str, Any]: ...
 
@@ -86,7 +87,7 @@ async def _call(handler: ControlHandler, method: str, p: Mapping[str, Any]) -> A
     if method == "plan":
         return await handler.plan(p["mailbox"])
     if method == "history":
-        return await handler.history(p["mailbox"], p["since"])
+        return await handler.history(p["mailbox"], p["since"], p["limit"])
     if method == "reload":
         return await handler.reload(p["wait"])
     if method == "pause":

@@ -106,7 +106,12 @@ _V2 = [
     "CREATE TABLE state_generations (mailbox TEXT PRIMARY KEY, generation INTEGER NOT NULL)",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# Version 3: the journal keeps what an item is called (``exchangectl history`` shows it).
+_V3 = [
+    "ALTER TABLE journal ADD COLUMN subject TEXT NOT NULL DEFAULT ''",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -207,6 +212,18 @@ class SqlStateStore:
 
         return await self.db.run(run)
 
+    async def prune_history(self, before: datetime) -> int:
+        """Delete the journal entries older than ``before``; returns how many."""
+        cutoff = ts(before)
+
+        def run(tx: Tx) -> int:
+            [(n,)] = tx.query("SELECT COUNT(*) FROM journal WHERE at < ?", (cutoff,))
+            if n:
+                tx.query("DELETE FROM journal WHERE at < ?", (cutoff,))
+            return int(n)
+
+        return await self.db.run(run, write=True)
+
     async def history(self, mailbox: str | None, since: datetime | None,
                       limit: int = 1000) -> list[JournalEntry]:
         """Oldest first: at most ``limit`` of the newest matching entries."""
@@ -221,13 +238,13 @@ class SqlStateStore:
             where.append("at >= ?")
             params.append(ts(since))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = ("SELECT at, mailbox, side, action, kind, key, item_id, fields, reason, cycle_id "
+        sql = ("SELECT at, mailbox, side, action, kind, key, item_id, fields, reason, cycle_id, subject "
                f"FROM journal {clause} ORDER BY id DESC LIMIT ?")
 
         def run(tx: Tx) -> list[JournalEntry]:
             rows = tx.query(sql, (*params, limit))
             return [JournalEntry(parse_ts(r[0]), r[1], r[2], r[3], Kind(r[4]), r[5], r[6],  # type: ignore[arg-type]
-                                 tuple(json.loads(r[7])), r[8], r[9]) for r in reversed(rows)]
+                                 tuple(json.loads(r[7])), r[8], r[9], r[10] or "") for r in reversed(rows)]
 
         return await self.db.run(run)
 
@@ -318,10 +335,10 @@ def _apply_batch(tx: Tx, mailbox: str, batch: StateBatch) -> None:
         tx.query("DELETE FROM held_back_deletes WHERE mailbox = ?", (mailbox,))
         tx.many("INSERT INTO held_back_deletes (mailbox, position, key) VALUES (?, ?, ?)",
                 [(mailbox, i, key) for i, key in enumerate(batch.held_back_deletes)])
-    tx.many("INSERT INTO journal (mailbox, at, side, action, kind, key, item_id, fields, reason, cycle_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    tx.many("INSERT INTO journal (mailbox, at, side, action, kind, key, item_id, fields, reason, cycle_id, "
+            "subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(e.mailbox, ts(e.at), e.side, e.action, e.kind.value, e.key, e.item_id,
-              json.dumps(list(e.fields)), e.reason, e.cycle_id) for e in batch.journal])
+              json.dumps(list(e.fields)), e.reason, e.cycle_id, e.subject) for e in batch.journal])
 
 
 _DROP_OTHER_HOLDER = ("DELETE FROM mappings WHERE mailbox = ? AND folder = ? AND item_id = ? "

@@ -632,7 +632,8 @@ class SyncRunner:
             else:
                 run.outcome.counts.updated += 1
             batch.journal.append(self._journal(run, "psa", action.verb, action.kind, result.psa_key,
-                                               action.mapping.item_id, action_fields(action), action.reason))
+                                               action.mapping.item_id, action_fields(action), action.reason,
+                                               result.payload))
         await self._commit(run.target.name, batch)
         run.step(len(chunk))
 
@@ -688,7 +689,8 @@ class SyncRunner:
                                                           exchange_hash=unconfirmed_hash(result.payload)))
             self._wrote(run, folder, result)
             batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
-                                               result.item_id, action_fields(action), action.reason))
+                                               result.item_id, action_fields(action), action.reason,
+                                               action.payload))
             run.outcome.counts.exported += 1
         await self._commit(run.target.name, batch)
         run.step(len(creates))
@@ -709,7 +711,8 @@ class SyncRunner:
             self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
             self._wrote(run, folder, result)
             batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
-                                               result.item_id, action_fields(action), action.reason))
+                                               result.item_id, action_fields(action), action.reason,
+                                               action.payload))
             run.outcome.counts.updated += 1
         await self._commit(run.target.name, batch)
         run.step(len(updates))
@@ -767,12 +770,12 @@ class SyncRunner:
         batch.delete_mappings.append(psa_key)
 
     def _journal(self, run: _Apply, side: str, action: str, kind: Kind, key: str, item_id: str | None,
-                 fields: tuple[str, ...], reason: str) -> JournalEntry:
+                 fields: tuple[str, ...], reason: str, payload: Any = None) -> JournalEntry:
         if action in ("create", "update", "delete"):  # a write, not an adoption (metrics)
             slot = (str(kind.value), side)
             run.outcome.written[slot] = run.outcome.written.get(slot, 0) + 1
         return JournalEntry(self.now(), run.target.name, side, action, kind, key, item_id or None,
-                            tuple(fields), reason, run.cycle_id)
+                            tuple(fields), reason, run.cycle_id, _subject_of(payload))
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call``; on ``Throttled`` back off (the server's hint, else exponential with
@@ -795,6 +798,17 @@ class SyncRunner:
 
 
 R = TypeVar("R")
+
+
+def _subject_of(payload: Any) -> str:
+    """The name of an item for the journal: its subject, or a contact's name."""
+    if payload is None:
+        return ""
+    subject = getattr(payload, "subject", None)
+    if isinstance(subject, str):
+        return subject[:200]
+    names = [getattr(payload, a, "") for a in ("given_name", "surname")]
+    return " ".join(n for n in names if isinstance(n, str) and n)[:200]
 
 
 def _aligned(results: Sequence[R], n: int, call: str) -> list[R | ItemError]:

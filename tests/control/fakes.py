@@ -136,6 +136,7 @@ HISTORY: list[dict[str, Any]] = [
         "key": "appointment:41",
         "fields": ["start", "end"],
         "reason": "moved in Exchange",
+        "subject": "Visit Contoso",
     },
 ]
 
@@ -216,9 +217,10 @@ class FakeHandler:
         self._record("plan", mailbox=mailbox)
         return PLAN
 
-    async def history(self, mailbox: str | None, since: str | None) -> list[dict[str, Any]]:
-        self._record("history", mailbox=mailbox, since=since)
-        return HISTORY
+    async def history(self, mailbox: str | None, since: str | None,
+                      limit: int | None = None) -> list[dict[str, Any]]:
+        self._record("history", mailbox=mailbox, since=since, limit=limit)
+        return HISTORY[-limit:] if limit else HISTORY
 
     async def reload(self, wait: bool) -> dict[str, Any]:
         self._record("reload", wait=wait)

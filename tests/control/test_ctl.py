@@ -158,10 +158,14 @@ async def test_history_since_relative(path: str, handler: FakeHandler) -> None:
     assert name == "history" and params["mailbox"] == "jdoe@contoso.com"
     assert params["since"].endswith("+00:00")  # sent as absolute UTC
     headers = [h.strip() for h in header_line(out(result), "TIME") if h.strip()]
-    assert headers == ["TIME", "MAILBOX", "SIDE", "ACTION", "KIND", "KEY", "FIELDS", "REASON"]
-    assert "start,end" in out(result)
+    assert headers == ["TIME", "MAILBOX", "SIDE", "ACTION", "KIND", "KEY", "WHAT", "REASON"]
+    assert '"Visit Contoso" start,end' in out(result)  # the subject, then the fields written
     as_json = await ctl("--socket", path, "history", "--json")
     assert json.loads(out(as_json)) == HISTORY
+    limited = await ctl("--socket", path, "history", "--limit", "1", "--json")
+    assert handler.calls[-1][1]["limit"] == 1 and json.loads(out(limited)) == HISTORY[-1:]
+    refused = await ctl("--socket", path, "history", "--limit", "0")
+    assert refused.returncode == 2
 
 
 async def test_sync_passes_flags(path: str, handler: FakeHandler) -> None:

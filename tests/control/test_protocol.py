@@ -134,6 +134,10 @@ class TestValidateParams:
             ("plan", {"mailbox": 7}, "mailbox"),
             ("history", {"since": "yesterday"}, "since"),
             ("history", {"since": 1700000000}, "since"),
+            ("history", {"limit": 0}, "limit"),
+            ("history", {"limit": "5"}, "limit"),
+            ("history", {"limit": True}, "limit"),
+            ("history", {"limit": 100_001}, "limit"),
             ("reload", {"wait": None}, "wait"),
         ],
     )

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -554,3 +554,20 @@ async def test_status_document_keeps_every_field_and_reads_back_typed(
     assert row["last_result"] == "ok" and row["counts"]["exported"] == 1
     assert StatusDocument.from_json(doc).to_json() == doc
     assert await running.users() == doc["users"]
+
+
+async def test_the_journal_is_pruned_after_state_history_days(
+        env: Env, autojump_clock: trio.testing.MockClock) -> None:
+    from exchanged.model import JournalEntry, Kind
+    from exchanged.ports import StateBatch
+
+    now = datetime.now(UTC)
+    old, recent = (JournalEntry(now - timedelta(days=days), ALICE, "psa", "create", Kind.IMPORTED,
+                                f"imported:{days}", None, (), "new in Exchange", "c", f"item {days}")
+                   for days in (40, 20))
+    await env.state.commit(ALICE, StateBatch(journal=[old, recent]))
+    env.write(state={"history_days": 30})
+    async with started(env.daemon()) as d:
+        await wait_for(lambda: len(env.state.journal) < 2 or None)
+        rows = await d.history(ALICE, None, limit=10)
+        assert [r["subject"] for r in rows if r["key"].startswith("imported:")] == ["item 20"]

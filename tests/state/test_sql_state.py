@@ -9,14 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trio
 
 from exchanged import errors
-from exchanged.model import ExchangeItem, FolderKind, Kind, Mapping, Task
+from exchanged.model import ExchangeItem, FolderKind, JournalEntry, Kind, Mapping, Task
 from exchanged.ports import StateBatch
 from exchanged.state import open_state_store
 from exchanged.state.db import SQLITE, mask_url, parse_url
@@ -356,3 +356,46 @@ async def test_one_mapping_per_item_in_bulk_and_when_a_batch_maps_an_item_twice(
                         "todo:6": "i5", "todo:7": "i7"}
     finally:
         await store.aclose()
+
+
+# --- the journal: subjects, pruning ---------------------------------------------------------------
+
+
+def _entry(at: datetime, n: int, subject: str = "") -> JournalEntry:
+    return JournalEntry(at, BOX, "psa", "create", Kind.IMPORTED, f"imported:{n}", f"i{n}", ("start",),
+                        "new in Exchange", "c1", subject)
+
+
+async def test_the_journal_keeps_subjects_and_is_pruned_by_age(state_url: str) -> None:
+    store = await open_state_store(state_url)
+    now = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    try:
+        await store.commit(BOX, StateBatch(journal=[
+            _entry(now - timedelta(days=120), 1, "Old lunch"), _entry(now - timedelta(days=91), 2),
+            _entry(now - timedelta(days=89), 3, "Dentist"), _entry(now, 4, "Board meeting")]))
+        assert await store.prune_history(now - timedelta(days=90)) == 2
+        assert await store.prune_history(now - timedelta(days=90)) == 0
+        kept = await store.history(BOX, None)
+        assert [(e.key, e.subject) for e in kept] == [("imported:3", "Dentist"),
+                                                      ("imported:4", "Board meeting")]
+        assert [e.key for e in await store.history(BOX, None, limit=1)] == ["imported:4"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_version_2_state_database_gets_the_subject_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = await open_state_store(url)
+    await store.commit(BOX, StateBatch(journal=[_entry(datetime(2026, 12, 1, tzinfo=UTC), 1, "x")]))
+    await store.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as conn:  # as an exchanged of schema version 2 left it
+        conn.execute("ALTER TABLE journal DROP COLUMN subject")
+        conn.execute("UPDATE schema_version SET version = 2")
+    store = await open_state_store(url)
+    try:
+        [old] = await store.history(BOX, None)
+        assert old.key == "imported:1" and old.subject == ""
+    finally:
+        await store.aclose()
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]

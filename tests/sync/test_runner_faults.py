@@ -367,3 +367,13 @@ async def test_the_outcome_counts_items_written_by_kind_and_side() -> None:
     out = await w.cycle()
     assert out.written == {("appointment", "exchange"): 2, ("imported", "psa"): 1}, out.written
     assert (out.counts.exported, out.counts.imported) == (2, 1)
+
+
+async def test_the_journal_names_what_was_written() -> None:
+    w = World()
+    w.psa.add(Kind.APPOINTMENT, appt("Visit Contoso", hours=1), [RESOURCE])
+    w.mb.user_add(FolderKind.CALENDAR, appt("Dentist", hours=5))
+    await w.cycle()
+    named = {(e.side, e.kind.value, e.subject) for e in await w.state.history(MAILBOX, None)}
+    assert ("psa", "imported", "Dentist") in named  # the imported row shows its subject
+    assert ("exchange", "appointment", "Visit Contoso") in named

@@ -523,8 +523,8 @@ async def test_metrics_over_the_control_method_and_the_textfile(
         assert _value(families, "exchanged_deletions_held_back", mailbox=ALICE) == 0
         # written after each cycle, atomically, for node_exporter's textfile collector
         from_file = _families(textfile.read_text())
-        assert _value(from_file, "exchanged_cycles_total", result="ok") == ok
-        assert not list(textfile.parent.glob("*.prom.*"))  # no temporary file left behind
+        assert 1 <= _value(from_file, "exchanged_cycles_total", result="ok") <= ok + 1
+    assert not list(textfile.parent.glob("*.prom.*"))  # once stopped: no temporary file left behind
 
 
 async def test_status_document_keeps_every_field_and_reads_back_typed(

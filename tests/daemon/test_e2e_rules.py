@@ -340,3 +340,39 @@ def test_kill_9_mid_first_export_leaves_every_item_exactly_once(
         subjects = [i.subject for i in world.calendar(ALICE) if (i.subject or "").startswith("Bulk ")]
         assert sorted(subjects) == sorted(f"Bulk {n}" for n in range(BULK))
         assert env.user(ALICE)["last_result"] == "ok"
+
+
+# -- lost replies and throttling storms during a first export --------------------------------------------
+
+FAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # the server carries the write out, the daemon never hears of it
+    "lost_replies": {"ews": {"drop_next": 2, "only_ops": "CreateItem"},
+                     "graph": {"drop_next": 2, "only": "POST /v1.0/$batch"}},
+    # every request refused for a while (429 with Retry-After / ErrorServerBusy), then single $batch parts
+    "throttle_storm": {"ews": {"throttle_next": 12, "back_off_ms": 300},
+                       "graph": {"throttle_next": 8, "retry_after_s": 1, "batch_throttle_next": 30}},
+}
+
+
+@pytest.mark.parametrize("adapter", ["ews", "graph"])
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_faults_in_a_first_export_leave_every_item_exactly_once(
+        tmp_path_factory: pytest.TempPathFactory, adapter: str, fault: str) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    with ews_daemon(tmp_path_factory.mktemp(fault), now, [ALICE], [{"mailbox": ALICE, "psa_resource": "1"}],
+                    {"max_deletes_per_cycle": 25}, adapter=adapter) as (env, ews):
+        world = World(env, ews, now)
+        add_psa_appointments(env.base, now, 1, 20_000, 70, "Faulty")
+        server = ews.graph if adapter == "graph" else ews
+        server.set_faults(**FAULTS[fault][adapter])
+        env.start_ready()
+        world.sync(ALICE, codes=(0, 1, 2, 3))  # may end partial or in error: the faults are its to meet
+        world.sync(ALICE)
+        left = server.faults_snapshot()
+        assert all(left[k] == 0 for k in FAULTS[fault][adapter] if k.endswith("_next")), left
+        subjects = [i.subject for i in world.calendar(ALICE) if (i.subject or "").startswith("Faulty ")]
+        assert sorted(subjects) == sorted(f"Faulty {n}" for n in range(70))
+        assert env.user(ALICE)["last_result"] == "ok", env.user(ALICE)
+        before = world.writes()
+        world.sync(ALICE)
+        assert world.writes() == before  # and then quiet

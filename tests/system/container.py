@@ -107,7 +107,11 @@ class Container:
         self.proc = None
 
     def __enter__(self) -> Container:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a container that did not boot must not outlive the test
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

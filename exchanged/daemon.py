@@ -66,6 +66,7 @@ CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most 
 STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
 STATUS_MIN_GAP_S = 1.0  # changes within this time share one STATUS= update
 PRUNE_EVERY_S = 6 * 3600.0  # the journal is pruned (state.history_days) at start and this often
+STUCK_GRACE_S = 300.0  # a cancelled cycle still running this long after its timeout: stuck
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
 HISTORY_LIMIT = 1000  # `history` answers at most this many of the newest entries unless asked
 
@@ -170,7 +171,8 @@ class Daemon:
         self._held_back: dict[str, int] = {}
         self._textfile_failed = False
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
-                                   max_concurrent=cfg.sync.max_concurrent_users)
+                                   max_concurrent=cfg.sync.max_concurrent_users,
+                                   cycle_timeout_s=cfg.sync.cycle_timeout_minutes * 60)
         self._stop = trio.Event()
         self.stopping = False
         self._ready = False
@@ -200,7 +202,7 @@ class Daemon:
                     await nursery.start(self.notifier.serve)
                     await nursery.start(self._serve_control)
                     await nursery.start(self.scheduler.serve)
-                    await nursery.start(sdnotify.serve_watchdog)
+                    await nursery.start(sdnotify.serve_watchdog, self._healthy)
                     self.apply_users(self.cfg)
                     nursery.start_soon(self._startup_tasks)
                     nursery.start_soon(self._serve_status_line)
@@ -300,6 +302,15 @@ class Daemon:
             # users a line per cycle start and end was half of the daemon's own CPU (bench/run)
             await trio.sleep(STATUS_MIN_GAP_S)
 
+    def _healthy(self) -> bool:
+        """False once a cycle runs STUCK_GRACE_S past sync.cycle_timeout_minutes: its cancellation
+        did not end it, and only a restart will (the watchdog stops being fed)."""
+        stuck = self.scheduler.stuck(STUCK_GRACE_S)
+        if stuck:
+            log.error("cycle stuck past its timeout; no more watchdog pings, systemd restarts the daemon",
+                      mailboxes=stuck)
+        return not stuck
+
     def status_poke(self) -> None:
         self._status_changed.set()
 
@@ -310,6 +321,7 @@ class Daemon:
         if cfg.enabled and cfg.sync.public_folder_all_contacts:
             mailboxes.append(PUBLIC_FOLDER)  # its own cycle, on the same interval and limits
         self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
+        self.scheduler.cycle_timeout_s = cfg.sync.cycle_timeout_minutes * 60
 
     async def confirm_new_users(self, cfg: Config, *, on_start: bool,
                                 newly_enabled: Iterable[str] = ()) -> None:

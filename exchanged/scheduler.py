@@ -29,6 +29,10 @@ hold                   ``hold()`` (reload deferral, stop): no cycle of any kind 
                        ``release()``; ``wait_idle()`` waits for running ones to end.
 errors                 a cycle function that raises is recorded as an ``error`` outcome; the
                        scheduler never dies of it.
+cycle timeout          a cycle running longer than ``cycle_timeout_s`` (``sync.cycle_timeout_
+                       minutes``) is cancelled and recorded as an ``error`` outcome saying so;
+                       what it committed is kept (the runner commits per batch), the user's
+                       next cycle goes on from there.
 =====================  ======================================================================
 """
 
@@ -124,6 +128,7 @@ class _User:
     last_started: datetime | None = None
     last_ended: datetime | None = None
     running_request: CycleRequest | None = None
+    started_at: float = 0.0  # trio time of the running cycle's start
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,10 @@ class Scheduler:
         interval_s: float = 900.0,
         max_concurrent: int = 8,
         wall_clock: Callable[[], datetime] = _now_wall,
+        cycle_timeout_s: float | None = None,
     ) -> None:
         self._cycle = cycle
+        self.cycle_timeout_s = cycle_timeout_s  # None: no limit; a reload may change it
         self._interval = float(interval_s)
         self._max = max(1, int(max_concurrent))
         self._wall = wall_clock
@@ -309,6 +316,14 @@ class Scheduler:
         self._holds = max(0, self._holds - 1)
         self._poke()
 
+    def stuck(self, grace_s: float) -> list[str]:
+        """Mailboxes whose cycle runs ``grace_s`` past its timeout: cancelling it did not end it
+        (the daemon's watchdog stops on them)."""
+        if self.cycle_timeout_s is None:
+            return []
+        limit = trio.current_time() - self.cycle_timeout_s - grace_s
+        return [u.mailbox for u in self._users.values() if u.running and u.started_at < limit]
+
     async def wait_idle(self) -> None:
         """Return once no cycle runs (call after ``hold()``, or new ones may start meanwhile)."""
         while self._running > 0:
@@ -444,6 +459,7 @@ class Scheduler:
         user.running_request = request
         user.progress = None
         user.last_started = self._wall()
+        user.started_at = now
         self._running += 1
         nursery.start_soon(self._run_one, user, request, tickets, slot)
 
@@ -455,7 +471,17 @@ class Scheduler:
 
         outcome = CycleOutcome(result="error", error=f"{user.mailbox}: cycle cancelled (daemon stopping)")
         try:
-            outcome = await self._cycle(user.mailbox, request, progress)
+            limit = self.cycle_timeout_s
+            with trio.move_on_after(limit if limit is not None else math.inf) as scope:
+                outcome = await self._cycle(user.mailbox, request, progress)
+            if scope.cancelled_caught:
+                assert limit is not None
+                minutes = f"{limit / 60:g} minute{'s' if limit != 60 else ''}"
+                outcome = CycleOutcome(
+                    result="error", reason="cycle_timeout",
+                    error=f"{user.mailbox}: the cycle ran longer than {minutes} "
+                          "(sync.cycle_timeout_minutes) and was stopped; what it had written is "
+                          "kept and the next cycle goes on from there")
         except Exception as exc:  # one user's failure must never stop the others' schedule
             p = present(exc)
             outcome = CycleOutcome(result="error", error=p.line())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -86,12 +87,16 @@ def watchdog_interval_s() -> float | None:
     return usec / 2e6 if usec > 0 else None
 
 
-async def serve_watchdog(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Ping WATCHDOG=1 from the trio loop itself, so a stuck loop stops pinging and gets restarted."""
+async def serve_watchdog(healthy: Callable[[], bool] | None = None, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Ping WATCHDOG=1 from the trio loop itself, so a stuck loop stops pinging and gets restarted;
+    and only while ``healthy()`` says the daemon is not stuck otherwise (a cycle that its timeout
+    could not end), so that systemd restarts it rather than feed a process that no longer syncs."""
     interval = watchdog_interval_s()
     task_status.started()
     if interval is None:
         await trio.sleep_forever()
     while True:
-        watchdog()
+        if healthy is None or healthy():
+            watchdog()
         await trio.sleep(interval)  # type: ignore[arg-type]

@@ -316,9 +316,9 @@ async def test_rejected_reload_keeps_running_and_mails_once_cleared(
         await running.reload(wait=False)
     keys = {k for kind, k in env.notifier.events if kind == "error" and k.startswith("config:")}
     assert len(keys) == 2
-    env.write()
+    env.write()  # the file that runs: nothing to apply, the rejection is cleared
     await wait_for(lambda: running.scheduler.running == 0)
-    assert (await running.reload(wait=True))["result"] == "applied"
+    assert (await running.reload(wait=True))["result"] == "unchanged"
     assert ("resolved", "config*") in env.notifier.events
 
 
@@ -332,8 +332,9 @@ async def test_deferred_reload_holds_new_cycles_until_running_ones_end(
         env.write()
         result = await running.reload(wait=False)
         assert result["result"] == "deferred"
-        # bob's first slot (300 s after start) passes: nothing new starts while the reload waits
-        await trio.sleep(1000)
+        # a manual sync of bob waits too: nothing new starts while the reload waits
+        await running.sync([BOB], full=False, wait=False, allow_deletes=False)
+        await trio.sleep(60)
         assert env.runner.of(BOB) == [] and running.generation == 1
         assert (await running.status())["config"]["last_reload"]["result"] == "deferred"
         env.write(sync_interval_minutes=12)  # a second reload while the first waits: the newest wins
@@ -350,6 +351,49 @@ async def test_deferred_reload_holds_new_cycles_until_running_ones_end(
         assert outcome["result"] == "applied" and running.generation == 2  # applied once
         assert running.scheduler.interval_s == 720 and CAROL in running.scheduler.mailboxes()
         await wait_for(lambda: env.runner.of(BOB) and env.runner.of(CAROL))
+
+
+async def test_a_deferred_reload_waits_a_bounded_time_for_a_stuck_cycle(
+    env: Env, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue #14: a reload deferred behind a cycle that never ends held the scheduler, and another
+    user went 14 minutes overdue and never started."""
+    from exchanged.reload import DEFER_MAX_S
+
+    env.runner.gates[ALICE] = trio.Event()  # alice's first cycle never ends
+    async with started(env.daemon()) as running:
+        await wait_for(lambda: running.scheduler.running == 1)
+        env.write(sync_interval_minutes=12)
+        assert (await running.reload(wait=False))["result"] == "deferred"
+        await trio.sleep(DEFER_MAX_S + 1)
+        assert running.generation == 2 and running.scheduler.interval_s == 720
+        await wait_for(lambda: env.runner.of(BOB))  # bob's first slot came and his cycle ran
+        env.runner.gates[ALICE].set()
+
+
+async def test_an_identical_reload_is_a_no_op_and_checks_are_rate_limited(
+    env: Env, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue #14: 921 SIGHUPs in 10 s sent 904 ResolveNames and 1,734 GetFolder."""
+    from exchanged.reload import CHECK_EVERY_S
+
+    async with started(env.daemon()) as running:
+        await trio.sleep(1)
+        account = running.adapters.account
+        checks = account.requests["check"]
+        for _ in range(50):
+            assert (await running.reload(wait=False))["result"] == "unchanged"
+        await trio.sleep(1)
+        assert running.generation == 1 and account.requests["check"] == checks
+        for n in range(50):  # 50 different configs in a burst: one check now, one after the pause
+            env.write(sync_interval_minutes=10 + n % 2 + 1)
+            assert (await running.reload(wait=False))["result"] == "applied"
+        await trio.sleep(1)
+        assert account.requests["check"] == checks + 1
+        await trio.sleep(CHECK_EVERY_S)
+        assert account.requests["check"] == checks + 2
+        await trio.sleep(10 * CHECK_EVERY_S)
+        assert account.requests["check"] == checks + 2
 
 
 async def test_cycle_errors_mailed_per_reason_and_resolved(

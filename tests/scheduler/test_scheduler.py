@@ -309,3 +309,39 @@ async def test_snapshot_progress_and_wall_clock(autojump_clock: trio.testing.Moc
         rec.gate["a"].set()
         await trio.sleep(20)
         assert sched.snapshot()["a"].last_outcome == CycleOutcome(result="ok", counts=Counts(exported=1))
+
+
+async def test_a_cycle_past_its_timeout_is_an_error_and_others_go_on(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Issue #14: a server that never answers kept one cycle "syncing" for 38 minutes."""
+    rec = Recorder(duration={"stuck": 100_000.0})
+    sched = Scheduler(rec, interval_s=900, cycle_timeout_s=600)
+    sched.set_users(["stuck", "b"])
+    async with running(sched):
+        await trio.sleep(700)
+        snap = sched.snapshot()
+        assert snap["stuck"].state == "error", snap["stuck"]
+        outcome = snap["stuck"].last_outcome
+        assert outcome is not None and outcome.reason == "cycle_timeout"
+        assert "ran longer than 10 minutes (sync.cycle_timeout_minutes)" in (outcome.error or ""), outcome
+        assert rec.active["stuck"] == 0  # cancelled, not left running
+        await trio.sleep(2000)
+    assert len(rec.starts("b")) >= 3 and len(rec.starts("stuck")) >= 2
+
+
+async def test_a_cycle_that_ignores_its_cancellation_is_reported_stuck(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The daemon stops feeding systemd's watchdog on ``stuck()``: only a restart ends such a cycle."""
+
+    async def deaf(mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(10 * 24 * 3600)  # longer than the test; not forever: it must return
+        return CycleOutcome(result="ok")
+
+    sched = Scheduler(deaf, interval_s=900, cycle_timeout_s=600)
+    sched.set_users(["deaf"])
+    async with running(sched):
+        await trio.sleep(650)
+        assert sched.stuck(grace_s=300) == []
+        await trio.sleep(300)
+        assert sched.stuck(grace_s=300) == ["deaf"]

@@ -323,6 +323,9 @@ async def test_429_and_500_are_backed_off_and_then_reported(
     server.faults.update({"fail_next": 2, "fail_status": 500})
     assert await connector.resource(JANE) is not None
     assert connector.api.backoffs == 4
+    assert connector.throttle_waits() == {"autotask": 4}  # the metric exchanged_throttle_waits_total
+    counts = connector.request_counts()
+    assert set(counts) == {("autotask", "get Resources")} and counts[("autotask", "get Resources")] == 2
     server.faults.update({"fail_next": 50, "fail_status": 503})
     with pytest.raises(errors.PsaUnavailable):
         await connector.load(JANE, ALL, WINDOW)  # never an empty list

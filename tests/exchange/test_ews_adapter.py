@@ -609,3 +609,12 @@ async def test_the_mailbox_zone_comes_from_exchange_else_the_config_else_utc(
     before = requests(ews_server).get("GetUserConfiguration", 0)
     assert await account.mailbox(ALICE).time_zone() == "America/New_York"
     assert requests(ews_server).get("GetUserConfiguration", 0) == before  # read once an hour, not per call
+
+
+async def test_check_connect_against_a_server_that_never_answers(settings: ExchangeSettings) -> None:
+    with _listener(None) as port:
+        results = await acheck_connect(dataclasses.replace(settings, port=port, allow_plaintext=True,
+                                                           connect_timeout_s=0.5, read_timeout_s=0.6))
+    by = {r.subject: r for r in results}
+    assert not by["login"].ok and "not checked" in by["login"].message
+    assert f"no answer from localhost:{port} within 0.6 s (server.read_timeout_s)" in by["ews"].message

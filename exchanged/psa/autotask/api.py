@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import ssl
 import threading
 import urllib.error
@@ -166,6 +167,7 @@ class AutotaskApi:
         self.zone_url: str | None = None
         self._zone_lock = trio.Lock()
         self.backoffs = 0  # 429 / thread-limit / 5xx back-offs so far (status)
+        self.requests: dict[str, int] = {}  # operation -> calls (metrics; retries inside not counted)
         self.database: dict[str, Any] | None = None  # last ThresholdInformation
         self._joined = False
 
@@ -353,6 +355,8 @@ class AutotaskApi:
                 ("/query", "/query/next", "/query/count")
             )
         what = what or f"{method} {path_or_url.split('?')[0]}"
+        operation = re.sub(r"[/ ]\d+(?=$|[/ ?])", "", what)  # one label per operation, not per row
+        self.requests[operation] = self.requests.get(operation, 0) + 1
         relogged = False
         while True:
             zone = await self.zone()

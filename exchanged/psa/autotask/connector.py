@@ -73,6 +73,13 @@ class AutotaskConnector:
         status["zone"] = self.api.zone_url
         return status
 
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """(service, operation) -> API calls since this connector was opened (metrics)."""
+        return {("autotask", op): n for op, n in self.api.requests.items()}
+
+    def throttle_waits(self) -> dict[str, int]:
+        return {"autotask": self.api.backoffs}
+
     def interrupt_waits(self, reason: str) -> None:
         """The daemon is stopping: a request waiting for the hourly budget (up to an hour) or in a
         back-off fails now with a message naming ``reason``, and so does every later one that would

@@ -40,6 +40,9 @@ MAX_THROTTLED_ATTEMPTS = 6
 MAX_UNAVAILABLE_ATTEMPTS = 3
 RENEW_BEFORE_S = 300.0
 PREFER_UTC = 'outlook.timezone="UTC"'
+# Graph answers an event's body as HTML unless asked for text; HTML made from our text body does
+# not convert back to the same text, so every cycle would see a change that is not there.
+PREFER_TEXT_BODY = 'outlook.body-content-type="text"'
 CLOUD_GRAPH_HOSTS = (
     "graph.microsoft.com",
     "graph.microsoft.us",

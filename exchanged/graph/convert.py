@@ -10,6 +10,9 @@ The PSA key lives where the EWS adapter keeps it, so that both adapters read the
   start and due as days) in a second one, ``applicationName`` "exchanged-exact", as EWS keeps them
   in its second property.
 
+Bodies: events are read with ``Prefer: outlook.body-content-type="text"`` (Graph's default is
+HTML, which does not convert back to the text we wrote).
+
 Datetimes: every event is read and written with ``Prefer: outlook.timezone="UTC"``; an all-day
 event is written as whole days in the mailbox's time zone (Graph wants midnight in the event's
 zone) and read as the days Graph names (all-day events float: midnight in any zone asked for),

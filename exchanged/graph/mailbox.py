@@ -32,6 +32,7 @@ from exchanged.graph import convert
 from exchanged.graph.client import (
     BATCH_MAX,
     MAILBOX_GONE,
+    PREFER_TEXT_BODY,
     PREFER_UTC,
     Answer,
     GraphClient,
@@ -143,7 +144,7 @@ class GraphMailbox:
         )
 
     def _headers(self, folder: FolderKind, page: bool = False) -> dict[str, str]:
-        prefer = [PREFER_UTC] if folder is FolderKind.CALENDAR else []
+        prefer = [PREFER_UTC, PREFER_TEXT_BODY] if folder is FolderKind.CALENDAR else []
         if page:
             prefer.append(f"odata.maxpagesize={PAGE}")
         return {"Prefer": ", ".join(prefer)} if prefer else {}

@@ -264,9 +264,16 @@ class GraphApi:
     # -- helpers -----------------------------------------------------------------------------------
     def _json(self, status: int, body: Any, ctx: Ctx, extra: dict[str, str] | None = None) -> Response:
         headers = dict(extra or {})
+        applied = []
         zone = ctx.req.prefer.timezone
         if zone and ctx.route.family == "calendar" and cv.zone_for(zone) is not None:
-            headers["Preference-Applied"] = f'outlook.timezone="{ctx.req.prefer.timezone}"'
+            applied.append(f'outlook.timezone="{zone}"')
+        if ctx.req.prefer.body_content_type in ("text", "html") and ctx.route.family == "calendar":
+            applied.append(f'outlook.body-content-type="{ctx.req.prefer.body_content_type}"')
+        if applied:
+            headers["Preference-Applied"] = ", ".join(
+                [headers["Preference-Applied"], *applied] if "Preference-Applied" in headers else applied
+            )
         return Response(status, body, headers)
 
     def _context_url(self, ctx: Ctx, suffix: str) -> str:
@@ -480,7 +487,15 @@ class GraphApi:
         self, ctx: Ctx, elem: Any, master_id: str, change_key: str, expands: list[Expand]
     ) -> dict[str, Any]:
         item_id = elem.find(t("ItemId")).get("Id")
-        entry = cv.event_json(item_id, master_id, elem, change_key, self._zone_name(ctx), ctx.mailbox)
+        entry = cv.event_json(
+            item_id,
+            master_id,
+            elem,
+            change_key,
+            self._zone_name(ctx),
+            ctx.mailbox,
+            ctx.req.prefer.body_content_type,
+        )
         return self._shape(ctx, entry, elem, expands)
 
     _EVENT_FIELDS: dict[str, Callable[[Any], str | None]] = {
@@ -814,16 +829,7 @@ class GraphApi:
         headers = {}
         if ctx.req.prefer.maxpagesize:
             headers["Preference-Applied"] = f"odata.maxpagesize={size}"
-        response = self._json(200, body, ctx, headers)
-        if (
-            ctx.req.prefer.maxpagesize
-            and "Preference-Applied" in response.headers
-            and ctx.req.prefer.timezone
-        ):
-            response.headers["Preference-Applied"] = (
-                f'odata.maxpagesize={size}, outlook.timezone="{ctx.req.prefer.timezone}"'
-            )
-        return response
+        return self._json(200, body, ctx, headers)
 
     def _save_state(self, ctx: Ctx, state: dict[str, Any]) -> str:
         token = secrets.token_urlsafe(24)

@@ -349,6 +349,26 @@ def _body_json(elem: Element) -> dict[str, str]:
     return {"contentType": kind, "content": body.text or ""}
 
 
+def body_as(body: dict[str, str], wanted: str | None) -> dict[str, str]:
+    """An event's body as Graph returns it: HTML unless ``Prefer: outlook.body-content-type="text"``
+    (Exchange converts a text body to HTML on the way out, and HTML to text when text is asked)."""
+    wanted = "text" if wanted == "text" else "html"
+    if body["contentType"] == wanted:
+        return body
+    if wanted == "html":
+        text = html.escape(body["content"]).replace("\r\n", "\n").replace("\n", "<br>\r\n")
+        content = (
+            '<html>\r\n<head>\r\n<meta http-equiv="Content-Type" content="text/html; charset=utf-8">\r\n'
+            '<meta content="text/plain; charset=utf-8">\r\n</head>\r\n<body>\r\n'
+            f'<div class="PlainText">{text}</div>\r\n</body>\r\n</html>\r\n'
+        )
+        return {"contentType": "html", "content": content if body["content"] else ""}
+    text = re.sub(r"(?is)<(head|style|script)\b.*?</\1>", "", body["content"])
+    text = re.sub(r"(?i)<br\s*/?>|</(p|div|tr|li|h\d)>", "\n", text)
+    text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    return {"contentType": "text", "content": "\n".join(line.strip() for line in text.strip().splitlines())}
+
+
 def _preview(elem: Element) -> str:
     body = _body_json(elem)
     text = body["content"]
@@ -696,8 +716,10 @@ def event_json(
     change_key: str,
     zone_name: str,
     mailbox: str,
+    body_type: str | None = None,
 ) -> dict[str, Any]:
-    """A Graph event for a stored (or expanded occurrence) CalendarItem, times in ``zone_name``."""
+    """A Graph event for a stored (or expanded occurrence) CalendarItem, times in ``zone_name``,
+    the body in ``body_type`` ("text"; otherwise HTML, Graph's default)."""
     zone = zone_for(zone_name) or dt.UTC
     start = parse_dt(it.child_text(elem, "Start")) or dt.datetime(1, 1, 1, tzinfo=dt.UTC)
     end = parse_dt(it.child_text(elem, "End")) or start
@@ -756,7 +778,7 @@ def event_json(
             "isDraft": False,
             "hideAttendees": False,
             "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
-            "body": _body_json(elem),
+            "body": body_as(_body_json(elem), body_type),
             "start": start_json,
             "end": end_json,
             "location": {

@@ -295,3 +295,21 @@ def test_delta_links_survive_a_restart_and_long_rounds_page(tmp_path: Any) -> No
             assert [c["subject"] for c in changes] == ["after restart"]
     finally:
         server.stop()
+
+
+def test_bodies_come_back_as_html_unless_text_is_preferred(graph: Graph) -> None:
+    created = create(graph, event("b", body={"contentType": "text", "content": "Printer <on> fire\nnow"}))
+    assert created["body"]["contentType"] == "html"
+    assert "Printer &lt;on&gt; fire<br>" in created["body"]["content"]
+    assert created["bodyPreview"] == "Printer <on> fire now"
+    prefer = {"Prefer": 'outlook.timezone="UTC", outlook.body-content-type="text"'}
+    r = graph.get(f"{U}/events/{created['id']}", headers=prefer)
+    assert r.json()["body"] == {"contentType": "text", "content": "Printer <on> fire\nnow"}
+    assert r.headers["Preference-Applied"] == 'outlook.timezone="UTC", outlook.body-content-type="text"'
+    html_event = create(
+        graph, event("h", body={"contentType": "html", "content": "<p>Hello &amp; bye</p><p>x</p>"})
+    )
+    r = graph.get(f"{U}/events/{html_event['id']}", headers=prefer)
+    assert r.json()["body"] == {"contentType": "text", "content": "Hello & bye\nx"}
+    items, _ = graph.all_pages(f"{U}/calendarView/delta?{WINDOW}", headers=prefer)
+    assert {i["body"]["content"] for i in items} == {"Printer <on> fire\nnow", "Hello & bye\nx"}

@@ -60,6 +60,9 @@ class Faults(FaultSwitches):
     expire_tokens_next: int = 0  # a delta/skip token is answered 410 SyncStateNotFound
     token_fail_next: int = 0  # the token endpoint answers 503 temporarily_unavailable (AADSTS90033)
     mailbox_concurrency: int = MAILBOX_CONCURRENCY  # 0: no limit
+    # >0: the parts of one $batch without dependsOn run at once, as on Graph, so those beyond this
+    # many for one mailbox answer 429 ApplicationThrottled (what tenants see with batches of 20)
+    batch_mailbox_concurrency: int = 0
     # "": the *_next switches hit any request; "POST /v1.0/$batch,GET /v1.0/users/{user}/events":
     # only requests of these patterns (as /__emulator/stats names them)
     only: str = ""
@@ -626,10 +629,26 @@ class GraphTestServer(ServedOverTls):
                     )
         statuses: dict[str, int] = {}
         responses = []
+        limit = self.faults_snapshot()["batch_mailbox_concurrency"]
+        at_once: Counter[str] = Counter()
         for req in _ordered(requests):
             rid = str(req["id"])
             failed_deps = [d for d in _depends(req) if statuses.get(d, 500) >= 400]
-            if failed_deps:
+            mailbox = next(iter(_batch_mailboxes({"requests": [req]})), "")
+            if mailbox and not _depends(req):
+                at_once[mailbox] += 1
+            if (
+                isinstance(limit, int)
+                and limit
+                and mailbox
+                and not _depends(req)
+                and at_once[mailbox] > limit
+            ):
+                with self._lock:
+                    self._stats.throttled += 1
+                    self._stats.batched[path_pattern(str(req["method"]).upper(), _part_path(req))] += 1
+                answer = throttled(self.faults_snapshot()["retry_after_s"])  # type: ignore[arg-type]
+            elif failed_deps:
                 answer = error_response(
                     GraphError(
                         424,
@@ -675,6 +694,10 @@ class GraphTestServer(ServedOverTls):
             )
         query = {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
         return self.api.handle(Request(method, parsed.path, query, headers, body, grant))
+
+
+def _part_path(req: dict[str, Any]) -> str:
+    return urllib.parse.urlsplit("/" + str(req.get("url", "")).lstrip("/")).path
 
 
 def _depends(req: dict[str, Any]) -> list[str]:

@@ -155,3 +155,23 @@ def test_mailbox_concurrency_limit(graph: Graph) -> None:
     for _ in range(10):
         assert server.enter_mailboxes(busy)
     assert graph.get(f"{U}/events").status_code == 200
+
+
+def test_batch_parts_beyond_the_mailbox_concurrency_are_throttled(graph: Graph) -> None:
+    graph.server.set_faults(batch_mailbox_concurrency=4, retry_after_s=2)
+    reqs = [
+        {"id": str(n), "method": "POST", "url": f"{U}/events", "headers": JSON, "body": event(f"C{n}")}
+        for n in range(6)
+    ]
+    reqs.append({"id": "bob", "method": "GET", "url": "/users/bob@example.test/events"})
+    reqs.append({"id": "chained", "method": "GET", "url": f"{U}/events", "dependsOn": ["0"]})
+    answers = by_id(batch(graph, reqs))
+    statuses = sorted(answers[str(n)]["status"] for n in range(6))
+    assert statuses == [201, 201, 201, 201, 429, 429]
+    assert all(
+        answers[str(n)]["headers"].get("Retry-After") == "2"
+        for n in range(6)
+        if answers[str(n)]["status"] == 429
+    )
+    assert answers["bob"]["status"] == 200 and answers["chained"]["status"] == 200
+    assert len(graph.get(f"{U}/events").json()["value"]) == 4

@@ -312,6 +312,63 @@ def test_upgrade_with_the_daemon_running_restarts_it_and_keeps_the_state(machine
     assert machine.run("systemctl", "is-enabled", "exchanged").stdout.strip() == "enabled"
 
 
+def schema(machine: Container) -> tuple[int, dict[str, list[str]]]:
+    """The state database's schema version and every table's columns."""
+    read = ("import json, sqlite3; "
+            "c = sqlite3.connect('file:/var/lib/exchanged/state.db?mode=ro', uri=True); "
+            "tables = [r[0] for r in c.execute(\"SELECT name FROM sqlite_master WHERE type = 'table'\")]; "
+            "print(json.dumps([c.execute('SELECT version FROM schema_version').fetchone()[0], "
+            "{t: [r[1] for r in c.execute(f'PRAGMA table_info({t})')] for t in tables}]))")
+    version, tables = json.loads(machine.run("/usr/bin/python3", "-c", read).stdout)
+    return int(version), dict(tables)
+
+
+# Rebuilds state.db at the schema version before the package's own (MIGRATIONS[:-1]: migrations are
+# append-only, so this is exactly what the previous schema's release created) and copies every row
+# over in the columns that version has: the state a release one schema older would have left. Run by
+# the package's own interpreter, with its own exchanged.
+_AS_OLDER_SCHEMA = """
+import sqlite3
+from exchanged.state.sqlite import FLAVOR
+from exchanged.state.store import MIGRATIONS, SCHEMA_VERSION_TABLE
+older = len(MIGRATIONS) - 1
+path = "/var/lib/exchanged/state.db"
+new = sqlite3.connect(path + ".older", isolation_level=None)
+new.execute(SCHEMA_VERSION_TABLE)
+for migration in MIGRATIONS[:older]:
+    for statement in migration:
+        new.execute(FLAVOR.ddl(statement))
+new.execute("INSERT INTO schema_version (version) VALUES (?)", (older,))
+new.execute("ATTACH ? AS cur", (path,))
+for (table,) in new.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'").fetchall():
+    if table not in ("schema_version", "sqlite_sequence"):
+        names = ", ".join(r[1] for r in new.execute(f"PRAGMA main.table_info({table})"))
+        new.execute(f"INSERT INTO main.{table} ({names}) SELECT {names} FROM cur.{table}")
+new.execute("DETACH cur")
+new.close()
+"""
+
+
+def test_upgrade_migrates_a_state_left_by_an_older_schema(machine: Container, debs: Debs) -> None:
+    """The package upgrade over a state of the previous schema version: the daemon it starts
+    migrates the state to the current schema and keeps every row."""
+    current, tables = schema(machine)
+    assert current >= 2
+    before = history(machine)
+    machine.run("systemctl", "stop", "exchanged")
+    machine.run("/opt/exchanged/bin/python3", "-c", _AS_OLDER_SCHEMA)
+    machine.run("sh", "-c", "cd /var/lib/exchanged && rm -f state.db-wal state.db-shm && "
+                "mv state.db.older state.db && chown exchanged:exchanged state.db && chmod 0640 state.db")
+    older, older_tables = schema(machine)
+    assert older == current - 1 and older_tables != tables  # the last migration is undone
+    machine.run("dpkg", "-i", str(debs.new), timeout=300)  # the same version again: configured as an upgrade
+    # an enabled unit is (re)started by an upgrade even when it was stopped (deb-systemd-invoke restart)
+    assert active(machine) == "active"
+    assert status(machine)["ready"] is True
+    assert schema(machine) == (current, tables)
+    assert before <= history(machine)
+
+
 def history(machine: Container) -> set[tuple[str, str, str, str]]:
     entries = json.loads(machine.run("exchangectl", "history", "--json").stdout)
     return {(e["at"], e["mailbox"], e["action"], e["key"]) for e in entries}

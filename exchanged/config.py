@@ -595,6 +595,18 @@ _NARROWABLE_BOOLS = (
 )
 
 
+REMINDER_MAX_MINUTES = 20160  # two weeks, Outlook's longest reminder
+
+
+class ReminderMinutesConfig(_Model):
+    """``sync.reminder_minutes``: minutes before the start at which Outlook reminds (null: none).
+    Defaults as Outlook's own: 15 for calendar items, none for tasks (docs/CONFIG.md)."""
+
+    appointments: SInt | None = Field(default=15, ge=0, le=REMINDER_MAX_MINUTES)
+    service_calls: SInt | None = Field(default=15, ge=0, le=REMINDER_MAX_MINUTES)
+    todos: SInt | None = Field(default=None, ge=0, le=REMINDER_MAX_MINUTES)
+
+
 class SyncConfig(_Model):
     appointments_export: SBool = True
     contacts_owned: SBool = True
@@ -613,6 +625,7 @@ class SyncConfig(_Model):
     skip_private: SBool = False
     skip_all_day: SBool = False
     skip_categories: tuple[str, ...] = ()
+    reminder_minutes: ReminderMinutesConfig = ReminderMinutesConfig()
 
 
 class UserSettings(_Model):
@@ -624,6 +637,8 @@ class UserSettings(_Model):
     todos: SBool | None = None
     import_appointments: ImportMode | None = None
     import_free_time: SBool | None = None
+    # only the kinds given change (another number, or null: no reminder for this user)
+    reminder_minutes: ReminderMinutesConfig | None = None
 
 
 class UserConfig(_Model):
@@ -830,7 +845,12 @@ class Config(_Model):
 
     def effective_sync(self, user: UserConfig) -> SyncConfig:
         """The global ``sync`` section narrowed by ``user.settings``."""
-        overrides = {k: v for k, v in user.settings.model_dump().items() if v is not None}
+        overrides = {k: v for k, v in user.settings.model_dump().items()
+                     if v is not None and k != "reminder_minutes"}
+        own = user.settings.reminder_minutes
+        if own is not None:
+            overrides["reminder_minutes"] = self.sync.reminder_minutes.model_copy(
+                update={k: getattr(own, k) for k in own.model_fields_set})
         return self.sync.model_copy(update=overrides)
 
     def enabled_users(self) -> tuple[UserConfig, ...]:

@@ -232,6 +232,13 @@ class ExchangeItem:
     # the sync knows it is there; the engine repairs it from the PSA, never re-creates or deletes
     # it for being unreadable. Items without our key that cannot be read are skipped by adapters.
     unreadable: bool = False
+    # calendar items and tasks: the reminder as Exchange has it, as a ``reminder code``
+    # (``engine.rules.reminder_code``: "off", minutes before start, or a task's reminder time),
+    # None when the adapter does not read reminders; ``reminder_written`` is the code the daemon
+    # last wrote (kept beside the item), None when it never wrote one. The two differing means the
+    # user changed the reminder: it is theirs from then on (SYNC_RULES "Reminders").
+    reminder: str | None = None
+    reminder_written: str | None = None
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

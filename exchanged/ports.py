@@ -48,6 +48,7 @@ class NewItem:
     psa_key: str  # written into the extended property
     payload: Payload
     categories: tuple[str, ...] = ()  # the configured sync.category (empty: none)
+    reminder: str | None = None  # the reminder code to set (engine.rules.reminder_code); None: none sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class ItemUpdate:
     payload: Payload  # the full new payload
     changed: tuple[str, ...]  # only these fields are sent (SetItemField per field)
     categories: tuple[str, ...] | None = None  # the item's whole category list to write; None: leave them
+    reminder: str | None = None  # the reminder code to write (and remember as ours); None: leave it
 
 
 class ExchangeMailbox(Protocol):

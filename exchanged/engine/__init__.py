@@ -20,7 +20,7 @@ from .actions import (
 )
 from .planner import plan, stable_until
 from .rules import BUSY_SUBJECT, FLOW_BACK, PRIVATE_SUBJECT, import_skip_reason, in_scope, render_import
-from .settings import UserSettings, UserSpec, enabled_kinds, window
+from .settings import ReminderMinutes, UserSettings, UserSpec, enabled_kinds, window
 
 __all__ = [
     "BUSY_SUBJECT",
@@ -37,6 +37,7 @@ __all__ = [
     "PsaCreate",
     "PsaDelete",
     "PsaUpdate",
+    "ReminderMinutes",
     "UserSettings",
     "UserSpec",
     "describe",

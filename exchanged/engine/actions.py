@@ -23,6 +23,7 @@ class ExchangeCreate:
     payload: Payload
     reason: str
     mapping: Mapping  # item_id/change_key/exchange_hash filled in from the result
+    reminder: str | None = None  # the reminder code the item gets (rules.reminder_code)
     side = "exchange"
     verb = "create"
 
@@ -41,6 +42,8 @@ class ExchangeUpdate:
     # the item's whole category list to write (the configured ``sync.category`` added to what the
     # item has); None: the categories are left as they are
     categories: tuple[str, ...] | None = None
+    # the reminder code to write (the setting changed and the user had not changed ours); None: leave it
+    reminder: str | None = None
     side = "exchange"
     verb = "update"
 

@@ -25,6 +25,8 @@ what the import mode makes of the Exchange item, so PSA edits are overwritten.
 Every Exchange item of a PSA-owned kind carries the configured ``sync.category``: where it is
 missing (a new category name after a reload, or a user removed it) it is added to the item's other
 categories, with the next update of the item or on its own; once there, nothing is written.
+Reminders (``sync.reminder_minutes``) are set at create and follow the setting while the item has
+the reminder the daemon last wrote; one the user changed is theirs (``rules.reminder_to_write``).
 
 An item of a PSA-owned kind that carries our key but that the adapter could not read
 (``ExchangeItem.unreadable``) is there, not gone: with its PSA row in view it is overwritten from
@@ -90,6 +92,8 @@ from .rules import (
     is_occurrence_key,
     item_is_occurrence,
     merge_flow_back,
+    reminder_for_create,
+    reminder_to_write,
     render_import,
     scope_changes_at,
 )
@@ -216,8 +220,10 @@ class _Planner:
         if item is None:
             reason = ("deleted in Exchange; the PSA owns it: re-created" if mapping is not None
                       else "new in the PSA")
+            reminder = reminder_for_create(kind, desired, self.settings, self.window.now)
             self.add(ExchangeCreate(kind, key, folder, desired, reason,
-                                    Mapping(kind, key, folder, "", "", payload_hash(desired), "")))
+                                    Mapping(kind, key, folder, "", "", payload_hash(desired), ""),
+                                    reminder=reminder))
             return
         if item.unreadable:
             self.owned_unreadable(kind, key, record, item)
@@ -291,14 +297,19 @@ class _Planner:
                                f"{_names(psa_fields)} changed in Exchange: written back to the PSA",
                                replace(base, exchange_hash=stale)))
         categories = self.categories_to_write(item)
-        if ex_fields or categories is not None:
+        reminder = reminder_to_write(kind, merged, item, self.settings, self.window.now)
+        if ex_fields or categories is not None or reminder is not None:
             why = (self.owned_update_reason(kind, adopted, psa_changed, ex_changed, ex_fields) if ex_fields
                    else "found in Exchange by its PSA key: adopted" if adopted else "")
             if categories is not None:
                 added = f"category {self.settings.category!r} missing: added"
                 why = f"{why}; {added}" if why else added
+            if reminder is not None:
+                said = f"reminder set to {reminder!r} (sync.reminder_minutes)"
+                why = f"{why}; {said}" if why else said
             self.add(ExchangeUpdate(kind, key, item.folder, item.item_id, item.change_key, merged, ex_fields,
-                                    why, replace(base, exchange_hash=merged_h), categories=categories))
+                                    why, replace(base, exchange_hash=merged_h), categories=categories,
+                                    reminder=reminder))
         elif not psa_fields and (
                 mapping is None or (mapping.item_id, mapping.psa_hash, mapping.exchange_hash)
                 != (item.item_id, psa_h, ex_h)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from exchanged.model import (
     Appointment,
@@ -115,6 +115,62 @@ def render_import(item: ExchangeItem, settings: UserSettings) -> Appointment:
     return p
 
 
+# --- reminders --------------------------------------------------------------------------------
+
+REMINDER_OFF = "off"
+REMINDER_KINDS = frozenset({Kind.APPOINTMENT, Kind.SERVICE_CALL, Kind.TODO})
+
+
+def reminder_anchor(payload: Payload) -> datetime | None:
+    """What a reminder counts back from: a calendar item's start, a to-do's start (else due)."""
+    if isinstance(payload, Appointment):
+        return payload.start
+    if isinstance(payload, Task):
+        return payload.start or payload.due
+    return None
+
+
+def reminder_code(kind: Kind, payload: Payload, settings: UserSettings) -> str:
+    """The reminder the settings give an item, as the code ``ExchangeItem.reminder`` uses: "off",
+    the minutes before the start of a calendar item ("15"), or a task's reminder time in UTC
+    ("2027-03-13T20:45:00Z", Outlook reminds tasks at a time); a completed to-do has none."""
+    minutes = settings.reminder_minutes.of(kind)
+    anchor = reminder_anchor(payload)
+    if minutes is None or anchor is None or (isinstance(payload, Task) and payload.completed is not None):
+        return REMINDER_OFF
+    if isinstance(payload, Task):
+        return (anchor - timedelta(minutes=minutes)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(minutes)
+
+
+def reminder_for_create(kind: Kind, payload: Payload, settings: UserSettings, now: datetime) -> str | None:
+    """A new item's reminder: the setting's, "off" for one that has already started (Outlook would
+    pop an overdue reminder for each)."""
+    if kind not in REMINDER_KINDS:
+        return None
+    anchor = reminder_anchor(payload)
+    if anchor is None or anchor <= now:
+        return REMINDER_OFF
+    return reminder_code(kind, payload, settings)
+
+
+def reminder_to_write(kind: Kind, payload: Payload, item: ExchangeItem, settings: UserSettings,
+                      now: datetime) -> str | None:
+    """The reminder an existing item of ours is to get, or None to leave it. The PSA does not own
+    the reminder: one the user changed in Outlook (it differs from what the daemon last wrote) is
+    kept. Else the setting's reminder is written when it differs (the setting changed, the to-do
+    moved); items that have started are left as they are."""
+    if kind not in REMINDER_KINDS or item.reminder is None or item.unreadable:
+        return None  # the adapter reads no reminders
+    if item.reminder_written is not None and item.reminder != item.reminder_written:
+        return None  # changed by the user: theirs
+    anchor = reminder_anchor(payload)
+    if anchor is None or anchor <= now:
+        return None
+    desired = reminder_code(kind, payload, settings)
+    return None if desired == item.reminder else desired
+
+
 def merge_flow_back(kind: Kind, psa: Payload, exchange: Payload) -> Payload:
     """The PSA payload with the flow-back fields as Exchange has them (when that stays valid)."""
     names = FLOW_BACK.get(kind, ())
@@ -130,12 +186,17 @@ __all__ = [
     "BUSY_SUBJECT",
     "FLOW_BACK",
     "PRIVATE_SUBJECT",
+    "REMINDER_KINDS",
+    "REMINDER_OFF",
     "import_skip_reason",
     "in_scope",
     "is_occurrence_key",
     "item_is_occurrence",
     "merge_flow_back",
     "payload_span",
+    "reminder_code",
+    "reminder_for_create",
+    "reminder_to_write",
     "render_import",
     "scope_changes_at",
 ]

@@ -10,6 +10,21 @@ from exchanged.model import ImportMode, Kind, ShowAs, Window
 
 
 @dataclass(frozen=True, slots=True)
+class ReminderMinutes:
+    """``sync.reminder_minutes``: minutes before the start (a to-do: its start, else its due time)
+    at which Outlook reminds; None: no reminder. Defaults as Outlook's: 15 minutes for calendar
+    items, none for tasks (see docs/CONFIG.md)."""
+
+    appointments: int | None = 15
+    service_calls: int | None = 15
+    todos: int | None = None
+
+    def of(self, kind: Kind) -> int | None:
+        return {Kind.APPOINTMENT: self.appointments, Kind.SERVICE_CALL: self.service_calls,
+                Kind.TODO: self.todos}.get(kind)
+
+
+@dataclass(frozen=True, slots=True)
 class UserSettings:
     """The effective ``sync:`` settings of one user; field names are the config keys."""
 
@@ -28,6 +43,7 @@ class UserSettings:
     skip_private: bool = False
     skip_all_day: bool = False
     skip_categories: frozenset[str] = frozenset()
+    reminder_minutes: ReminderMinutes = ReminderMinutes()
 
     @classmethod
     def from_config(cls, sync: Any) -> UserSettings:
@@ -47,6 +63,9 @@ class UserSettings:
                 value = frozenset(ShowAs(v) for v in value)
             elif f.name == "skip_categories":
                 value = frozenset(str(v) for v in value)
+            elif f.name == "reminder_minutes":
+                value = ReminderMinutes(**{k: getattr(value, k) for k in ("appointments", "service_calls",
+                                                                         "todos") if hasattr(value, k)})
             values[f.name] = value
         return cls(**values)
 

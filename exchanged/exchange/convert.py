@@ -88,6 +88,19 @@ class ExactValuesProperty(ExtendedProperty):
     property_type = "String"
 
 
+REMINDER_ATTR = "exchanged_reminder"
+REMINDER_PROPERTY_NAME = "exchanged-reminder"
+
+
+class ReminderWrittenProperty(ExtendedProperty):
+    """The reminder code the daemon last wrote on the item ("off", "15", a task's reminder time):
+    an item whose reminder differs from it was changed by its user, whose it is from then on."""
+
+    property_set_id = PSA_KEY_PROPERTY_SET
+    property_name = REMINDER_PROPERTY_NAME
+    property_type = "String"
+
+
 ITEM_CLASSES: dict[FolderKind, Any] = {
     FolderKind.CALENDAR: CalendarItem,
     FolderKind.TASKS: EwsTask,
@@ -104,6 +117,8 @@ def register_psa_key_property() -> None:
     for cls in (CalendarItem, EwsTask):
         if not any(f.name == EXACT_ATTR for f in cls.FIELDS):
             cls.register(EXACT_ATTR, ExactValuesProperty)
+        if not any(f.name == REMINDER_ATTR for f in cls.FIELDS):
+            cls.register(REMINDER_ATTR, ReminderWrittenProperty)
 
 
 register_psa_key_property()
@@ -130,9 +145,10 @@ def check_payload(payload: Payload) -> None:
 
 _CAL_READ = ("subject", "body", "start", "end", "is_all_day", "location", "legacy_free_busy_status",
              "sensitivity", "categories", "uid", "type", "original_start", "last_modified_time",
-             "_start_timezone")  # an all-day item's days are those of its own zone
+             "_start_timezone",  # an all-day item's days are those of its own zone
+             "reminder_is_set", "reminder_minutes_before_start")
 _TASK_READ = ("subject", "body", "start_date", "due_date", "status", "complete_date",
-              "percent_complete", "categories", "last_modified_time")
+              "percent_complete", "categories", "last_modified_time", "reminder_is_set", "reminder_due_by")
 _CONTACT_READ = ("given_name", "surname", "display_name", "company_name", "job_title",
                  "categories", "last_modified_time")
 
@@ -145,7 +161,7 @@ def read_fields(folder: FolderKind) -> list[FieldPath]:
     """The properties we fetch: only what we map, plus our extended property."""
     cls = ITEM_CLASSES[folder]
     names = {FolderKind.CALENDAR: _CAL_READ, FolderKind.TASKS: _TASK_READ}.get(folder, _CONTACT_READ)
-    extra = (PSA_KEY_ATTR, EXACT_ATTR) if cls in (CalendarItem, EwsTask) else (PSA_KEY_ATTR,)
+    extra = (PSA_KEY_ATTR, EXACT_ATTR, REMINDER_ATTR) if cls in (CalendarItem, EwsTask) else (PSA_KEY_ATTR,)
     paths = [FieldPath(field=cls.get_field_by_fieldname(n)) for n in (*names, *extra)]
     if cls is EwsContact:
         email = cls.get_field_by_fieldname("email_addresses")
@@ -372,6 +388,48 @@ def exact_merge(payload: Payload, raw: Any, tz: tzinfo) -> Payload:
     return payload
 
 
+# --- reminders: the engine's reminder codes (engine.rules.reminder_code) <-> EWS fields ------------
+
+REMINDER_OFF = "off"
+
+
+def reminder_of(folder: FolderKind, item: Any) -> str | None:
+    """The reminder code of an item as read: "off", minutes before a calendar item's start, a task's
+    reminder time (UTC); None when the item was read without reminder fields."""
+    is_set = getattr(item, "reminder_is_set", None)
+    if is_set is None:
+        return None
+    if not is_set:
+        return REMINDER_OFF
+    if folder is FolderKind.TASKS:
+        due_by = getattr(item, "reminder_due_by", None)
+        return _reminder_time(due_by) if isinstance(due_by, datetime) else REMINDER_OFF
+    minutes = getattr(item, "reminder_minutes_before_start", None)
+    return str(int(minutes)) if minutes is not None else "0"
+
+
+def _reminder_time(value: datetime) -> str:
+    return to_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reminder_values(folder: FolderKind, code: str) -> dict[str, Any]:
+    """The EWS fields (and our property) that give an item the reminder ``code``."""
+    values: dict[str, Any] = {REMINDER_ATTR: code, "reminder_is_set": code != REMINDER_OFF}
+    if code == REMINDER_OFF:
+        return values
+    if folder is FolderKind.TASKS:
+        when = _from_iso(code.replace("Z", "+00:00"))
+        if when is None:
+            raise Unmappable(f"reminder time {code!r} is not a UTC time")
+        values["reminder_due_by"] = to_ews(when)
+    else:
+        try:
+            values["reminder_minutes_before_start"] = int(code)
+        except ValueError:
+            raise Unmappable(f"reminder {code!r} is not a number of minutes") from None
+    return values
+
+
 def item_from_ews(folder: FolderKind, item: Any, tz: tzinfo = UTC) -> ExchangeItem:
     """One exchangelib item as an ``ExchangeItem``; ``Unmappable`` for what we cannot represent.
     ``tz``: the mailbox's zone (its days)."""
@@ -401,12 +459,17 @@ def item_from_ews(folder: FolderKind, item: Any, tz: tzinfo = UTC) -> ExchangeIt
     elif folder is FolderKind.TASKS:
         payload = exact_merge(payload, getattr(item, EXACT_ATTR, None), tz)
     modified = item.last_modified_time
+    reminder = written = None
+    if folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+        reminder = reminder_of(folder, item)
+        written = getattr(item, REMINDER_ATTR, None) or None
     return ExchangeItem(
         folder=folder, item_id=item.id, change_key=item.changekey or "", payload=payload,
         psa_key=getattr(item, PSA_KEY_ATTR, None) or None,
         categories=tuple(item.categories or ()), uid=uid, exchange_key=exchange_key,
         is_recurring_master=is_master,
-        last_modified=to_utc(modified) if isinstance(modified, datetime) else None)
+        last_modified=to_utc(modified) if isinstance(modified, datetime) else None,
+        reminder=reminder, reminder_written=written)
 
 
 def unreadable_item(folder: FolderKind, item: Any) -> ExchangeItem | None:
@@ -499,7 +562,7 @@ def _payload_folder_ok(folder: FolderKind, payload: Payload) -> bool:
 
 
 def new_ews_item(folder: FolderKind, payload: Payload, psa_key: str, categories: Sequence[str],
-                 account: Any, tz: tzinfo) -> Any:
+                 account: Any, tz: tzinfo, reminder: str | None = None) -> Any:
     """An unsaved exchangelib item for CreateItem, carrying our key and the categories."""
     if not _payload_folder_ok(folder, payload):
         raise Unmappable(f"a {type(payload).__name__} cannot be stored in the {folder.value} folder",
@@ -514,6 +577,8 @@ def new_ews_item(folder: FolderKind, payload: Payload, psa_key: str, categories:
     values[PSA_KEY_ATTR] = psa_key
     if cats:
         values["categories"] = cats
+    if reminder is not None and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+        values.update(reminder_values(folder, reminder))
     item = cls(account=account, **values)
     try:
         # field validation now, so one bad item never fails its whole batch; only the fields set
@@ -570,7 +635,7 @@ def update_fieldnames(payload: Payload, changed: Iterable[str]) -> list[str]:
 
 def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: Payload,
                     fieldnames: Sequence[str], account: Any, tz: tzinfo, *,
-                    categories: Sequence[str] | None = None) -> Any:
+                    categories: Sequence[str] | None = None, reminder: str | None = None) -> Any:
     """An exchangelib item with id/changekey and the new values of ``fieldnames``; ``categories``
     (the item's whole list) is written when ``"categories"`` is one of them."""
     if not _payload_folder_ok(folder, payload):
@@ -581,6 +646,8 @@ def update_ews_item(folder: FolderKind, item_id: str, change_key: str, payload: 
     cls = ITEM_CLASSES[folder]
     values[EXACT_ATTR] = exact_values(payload) or "{}"
     values["categories"] = list(dict.fromkeys(c for c in categories or () if c)) or None
+    if reminder is not None:
+        values.update(reminder_values(folder, reminder))
     item = cls(account=account, id=item_id, changekey=change_key or None)
     for name in fieldnames:
         setattr(item, name, values[name])

@@ -436,7 +436,7 @@ class EwsMailbox:
             try:
                 cats = (*new.categories, category) if category else tuple(new.categories)
                 built.append((n, convert.new_ews_item(folder, new.payload, new.psa_key, cats, acc,
-                                                      self._days_tz())))
+                                                      self._days_tz(), new.reminder)))
             except convert.Unmappable as exc:
                 results[n] = ItemError(new.psa_key, exc.code, f"{self._address}: {exc}")
             except (ValueError, TypeError) as exc:
@@ -520,13 +520,15 @@ class EwsMailbox:
                 names = convert.update_fieldnames(upd.payload, upd.changed)
                 if cats is not None:
                     names.append("categories")
+                if upd.reminder is not None and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
+                    names.extend(convert.reminder_values(folder, upd.reminder))
                 if not names:
                     results[n] = ItemError(upd.item_id, "nothing_to_update",
                                            f"{self._address}: no field to update", retryable=False)
                     continue
                 built.append((n, convert.update_ews_item(folder, upd.item_id, upd.change_key, upd.payload,
-                                                         names, acc, self._days_tz(), categories=cats),
-                                   names))
+                                                         names, acc, self._days_tz(), categories=cats,
+                                                         reminder=upd.reminder), names))
             except convert.Unmappable as exc:
                 results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
             except (ValueError, TypeError) as exc:

@@ -85,6 +85,10 @@ def encode_item(item: ExchangeItem) -> str:
     }
     if item.unreadable:  # only then: the documents of readable items stay as they were
         doc["unreadable"] = True
+    if item.reminder is not None:  # the reminder rule needs both after a restart (SYNC_RULES "Reminders")
+        doc["reminder"] = item.reminder
+    if item.reminder_written is not None:
+        doc["reminder_written"] = item.reminder_written
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -103,7 +107,13 @@ def decode_item(text: str) -> ExchangeItem:
         is_recurring_master=bool(doc.get("is_recurring_master", False)),
         last_modified=parse_ts(doc.get("last_modified")),
         unreadable=bool(doc.get("unreadable", False)),
+        reminder=_text_or_none(doc.get("reminder")),
+        reminder_written=_text_or_none(doc.get("reminder_written")),
     )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 __all__ = ["decode_item", "decode_payload", "encode_item", "encode_payload", "parse_ts", "ts"]

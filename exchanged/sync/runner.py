@@ -655,7 +655,7 @@ class SyncRunner:
                 existing.update(await run.mailbox.find_by_psa_keys(
                     folder, [a.psa_key for a in creates if a.psa_key not in existing]))
             retried = True
-            new = [NewItem(a.kind, a.psa_key, a.payload, _categories(run.target.settings))
+            new = [NewItem(a.kind, a.psa_key, a.payload, _categories(run.target.settings), a.reminder)
                    for a in creates if a.psa_key not in existing]
             return await run.mailbox.create(folder, new) if new else []
 
@@ -700,7 +700,8 @@ class SyncRunner:
 
     async def _apply_updates(self, run: _Apply, folder: FolderKind,
                              updates: Sequence[ExchangeUpdate]) -> None:
-        requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields, a.categories) for a in updates]
+        requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields, a.categories, a.reminder)
+                    for a in updates]
         results = _aligned(await self._retry(lambda: run.mailbox.update(folder, requests)), len(updates),
                            "UpdateItem")
         batch = StateBatch()

@@ -461,3 +461,17 @@ def test_user_time_zone_is_an_iana_name(tmp_path: Path) -> None:
         text = base(tmp_path).replace('psa_resource: "1"\n', f'psa_resource: "1"\n    time_zone: "{bad}"\n')
         problem = one(problems(tmp_path, text), "users[0].time_zone")
         assert says in problem.message and problem.line == 13, problem.render()
+
+
+def test_reminder_minutes_defaults_and_per_user_kinds(tmp_path: Path) -> None:
+    cfg = load_ok(tmp_path, base(tmp_path))
+    r = cfg.sync.reminder_minutes
+    assert (r.appointments, r.service_calls, r.todos) == (15, 15, None)  # Outlook's defaults
+    text = base(tmp_path, "sync:\n  reminder_minutes:\n    appointments: 30\n    todos: 60\n").replace(
+        'psa_resource: "1"\n', 'psa_resource: "1"\n    settings:\n      reminder_minutes:\n'
+                               '        appointments: null\n')
+    cfg = load_ok(tmp_path, text)
+    mine = cfg.effective_sync(cfg.users[0]).reminder_minutes
+    assert (mine.appointments, mine.service_calls, mine.todos) == (None, 15, 60)  # only the kind given
+    bad = base(tmp_path, "sync:\n  reminder_minutes:\n    todos: -5\n")
+    assert ">= 0" in one(problems(tmp_path, bad), "sync.reminder_minutes.todos").message

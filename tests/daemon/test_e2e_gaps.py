@@ -135,3 +135,49 @@ def test_days_are_the_mailboxes_zones_across_dst_never_the_hosts(tmp_path: Path)
         sync(env, ALICE)
         [(due_row,)] = psa_rows(env, "SELECT end_time FROM todos WHERE id = 600")
         assert due_row == "2027-03-16T01:00:00Z"  # 21:00 EDT
+
+
+# -- reminders: set as the settings say, the user's own kept -----------------------------------------
+
+def reminder(item: Any) -> Any:
+    if not item.reminder_is_set:
+        return None
+    return item.reminder_due_by if item.__class__.__name__ == "Task" else item.reminder_minutes_before_start
+
+
+def test_reminders_follow_the_setting_and_the_users_own_are_kept(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"}]
+    with ews_daemon(tmp_path, now, [ALICE], users, sync={"category": "PSA"}) as (env, ews):
+        env.start_ready()
+        sync(env, ALICE)
+        acc = account(ews, ALICE)
+        cal = {i.subject: i for i in acc.calendar.all()}
+        # defaults as Outlook's: 15 minutes for calendar items, no reminder for tasks
+        assert reminder(cal["Quarterly review with Contoso"]) == 15
+        assert reminder(cal["Service call: Contoso Ltd: Replace the firewall"]) == 15
+        assert reminder(cal["Kick-off Fabrikam"]) is None  # already past: no overdue pop-up
+        [task] = [t for t in acc.tasks.all() if "Call Ann" in str(t.body)]
+        assert reminder(task) is None
+        # the user sets their own reminder on one appointment in Outlook
+        visit = cal["Site visit Northwind"]
+        visit.reminder_minutes_before_start = 60
+        visit.save(update_fields=["reminder_minutes_before_start"], send_meeting_invitations="SendToNone")
+        sync(env, ALICE)
+        assert reminder(next(i for i in acc.calendar.all() if i.subject == "Site visit Northwind")) == 60
+
+        env.write_config(sync={"category": "PSA", "reminder_minutes": {"appointments": 30, "todos": 10}})
+        applied = ctl(env, "reload", "--wait", "--json")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        sync(env, ALICE)
+        cal = {i.subject: i for i in acc.calendar.all()}
+        assert reminder(cal["Quarterly review with Contoso"]) == 30  # already exported: updated
+        assert reminder(cal["Site visit Northwind"]) == 60  # the user's: kept
+        assert reminder(cal["Service call: Contoso Ltd: Replace the firewall"]) == 15  # not changed
+        [task] = [t for t in acc.tasks.all() if "Call Ann" in str(t.body)]
+        [(start,)] = psa_rows(env, "SELECT start_time FROM todos WHERE id = 500")
+        assert reminder(task) == datetime.fromisoformat(start.replace("Z", "+00:00")) - timedelta(minutes=10)
+
+        before = writes(ews)
+        sync(env, ALICE)
+        assert writes(ews) == before

@@ -21,7 +21,7 @@ payloads = st.one_of(
 )
 items = st.builds(ExchangeItem, st.sampled_from(FolderKind), texts, texts, payloads, st.none() | texts,
                   st.lists(texts, max_size=3).map(tuple), st.none() | texts, st.none() | texts,
-                  st.booleans(), st.none() | times)
+                  st.booleans(), st.none() | times, st.booleans(), st.none() | texts, st.none() | texts)
 
 
 @given(items)

@@ -323,6 +323,16 @@ class Daemon:
         self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
         self.scheduler.cycle_timeout_s = cfg.sync.cycle_timeout_minutes * 60
 
+    def forget_errors(self) -> None:
+        """Users no longer scheduled (after a reload's ``apply_users``) leave the notifier's open
+        errors: a cause they shared with others resolves when the others clear, not never."""
+        keep = set(self.scheduler.mailboxes())
+        for mailbox, status in self.records.items():
+            if mailbox not in keep and status.error_keys:
+                self.notifier.forget_mailbox(mailbox)
+                status.error_keys = set()
+                self._unconfirmed.pop(mailbox, None)
+
     async def confirm_new_users(self, cfg: Config, *, on_start: bool,
                                 newly_enabled: Iterable[str] = ()) -> None:
         """Confirmation mails: on start for users never seen before, on reload for newly enabled

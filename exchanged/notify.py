@@ -302,6 +302,7 @@ class _OpenError:
     mailed: bool = False  # somebody was (or is being) told: a RESOLVED mail is owed
     shared: bool = False  # one cause of many mailboxes (see cause_key)
     mailboxes: dict[str, None] = field(default_factory=dict)  # shared: the mailboxes hit, in order
+    hit: dict[str, None] = field(default_factory=dict)  # shared: every mailbox it ever hit (RESOLVED)
     due: float | None = None  # shared: trio time at which its grouped first mail goes
 
 
@@ -403,6 +404,7 @@ class Notifier:
                 entry.mailbox = mailbox or entry.mailbox
         if entry.shared and mailbox:
             entry.mailboxes.setdefault(mailbox, None)
+            entry.hit.setdefault(mailbox, None)
         if entry.due is not None:
             return True  # the grouped first mail has not gone yet: it will name this mailbox too
         repeat_s = self._settings.repeat_after_minutes * 60
@@ -462,6 +464,18 @@ class Notifier:
         take it off the shared causes; the number of RESOLVED mails."""
         keys = [k for k, e in self._open.items() if e.mailbox == mailbox or mailbox in e.mailboxes]
         return sum(self.resolved(k, mailbox) for k in keys)
+
+    def forget_mailbox(self, mailbox: str) -> None:
+        """``mailbox`` left the config: its own errors are dropped and it leaves the shared causes,
+        without mails (nothing cleared; a cause nobody is left to observe is dropped too)."""
+        for key, entry in list(self._open.items()):
+            if entry.mailbox == mailbox:
+                del self._open[key]
+            elif entry.shared and mailbox in entry.mailboxes:
+                entry.mailboxes.pop(mailbox)
+                entry.hit.pop(mailbox, None)
+                if not entry.mailboxes:
+                    del self._open[key]
 
     def confirm_user(self, mailbox: str, settings_summary: str) -> bool:
         """Tell a newly enabled user what is synced and how to change it (the vendor's confirmation)."""
@@ -558,7 +572,7 @@ class Notifier:
     @staticmethod
     def _what(entry: _OpenError) -> str:
         first = entry.presented.message.strip().splitlines()[0] if entry.presented.message.strip() else ""
-        for mailbox in [entry.mailbox, *entry.mailboxes]:
+        for mailbox in [entry.mailbox, *entry.hit]:
             if mailbox and first.startswith(f"{mailbox}: "):
                 first = first[len(mailbox) + 2:]
                 break
@@ -567,14 +581,14 @@ class Notifier:
     @staticmethod
     def _who(entry: _OpenError) -> str:
         if entry.shared:
-            n = len(entry.mailboxes)
+            n = len(entry.mailboxes or entry.hit)
             return f" ({n} mailbox{'es' if n != 1 else ''})" if n else ""
         return f" {entry.mailbox}" if entry.mailbox else ""
 
     @staticmethod
     def _mailbox_line(entry: _OpenError) -> str:
-        if entry.shared and entry.mailboxes:
-            boxes = list(entry.mailboxes)
+        if entry.shared and (entry.mailboxes or entry.hit):
+            boxes = list(entry.mailboxes or entry.hit)
             return (f"{len(boxes)} mailbox{'es' if len(boxes) != 1 else ''}, one cause: "
                     f"{named(boxes)}")
         return entry.mailbox or "not one mailbox: the daemon as a whole"

@@ -176,6 +176,7 @@ class Reloader:
             d.notifier.reconfigure(new)
             d.notifier.resolved_prefix("config")
             d.apply_users(new)
+            d.forget_errors()
             d.exchange.update(server=new.server.address, version=new.server.version)
             if diff.resync_all:
                 d.scheduler.mark_full()

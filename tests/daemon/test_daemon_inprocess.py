@@ -71,6 +71,9 @@ class RecordingNotifier:
     def resolved_prefix(self, prefix: str) -> None:
         self.events.append(("resolved", f"{prefix}*"))
 
+    def forget_mailbox(self, mailbox: str) -> None:
+        self.events.append(("forget", mailbox))
+
     def confirm_user(self, mailbox: str, summary: str) -> None:
         self.events.append(("confirm", mailbox))
 
@@ -615,3 +618,14 @@ async def test_the_journal_is_pruned_after_state_history_days(
         await wait_for(lambda: len(env.state.journal) < 2 or None)
         rows = await d.history(ALICE, None, limit=10)
         assert [r["subject"] for r in rows if r["key"].startswith("imported:")] == ["item 20"]
+
+
+async def test_a_removed_user_leaves_the_open_errors(
+        env: Env, running: Daemon, autojump_clock: trio.testing.MockClock) -> None:
+    env.runner.fail[BOB] = errors.ExchangeUnavailable("connection to mail refused")
+    await running.sync([BOB], full=False, wait=True, allow_deletes=False)
+    await wait_for(lambda: running.scheduler.running == 0)
+    env.users = [u for u in env.users if u["mailbox"] != BOB]
+    env.write()
+    assert (await running.reload(wait=True))["result"] == "applied"
+    assert ("forget", BOB) in env.notifier.events

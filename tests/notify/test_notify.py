@@ -161,7 +161,8 @@ async def test_a_shared_cause_is_one_mail_naming_its_mailboxes_and_one_resolved(
                                 "svc (basic) was refused")
     body = error.get_content()
     assert f"25 mailboxes, one cause: {', '.join(boxes[:20])} and 5 more" in " ".join(body.split())
-    assert resolved["Subject"].startswith("[exchanged Contoso on-prem] RESOLVED")
+    assert resolved["Subject"].startswith("[exchanged Contoso on-prem] RESOLVED (25 mailboxes): FindItem")
+    assert "25 mailboxes, one cause: " in " ".join(resolved.get_content().split())
 
 
 async def test_a_shared_cause_that_clears_before_its_mail_is_never_mailed(
@@ -460,3 +461,23 @@ def test_smtp_login_keys_are_checked(tmp_path: Path) -> None:
         """)
     cfg = load_config(write_config(tmp_path, plain), credentials_dir="")
     assert any("unencrypted" in w for w in cfg.warnings)
+
+
+async def test_a_mailbox_that_leaves_the_config_leaves_the_shared_cause(
+    sink: SmtpSink, autojump_clock: trio.testing.MockClock
+) -> None:
+    notifier = make(sink.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(notifier.serve)
+        for box in ("a@contoso.com", "b@contoso.com"):
+            notifier.error("cause:exchange_unreachable", DOWN, box, shared=True)
+        notifier.error("user:b@contoso.com:impersonation_denied", LOGIN, "b@contoso.com")
+        await notifier.flush()
+        notifier.forget_mailbox("b@contoso.com")  # removed by a reload
+        assert set(notifier.open_errors()) == {"cause:exchange_unreachable"}
+        assert notifier.resolved("cause:exchange_unreachable", "a@contoso.com") is True  # the last one
+        await notifier.flush()
+        nursery.cancel_scope.cancel()
+    subjects = sorted(str(m["Subject"]).split("] ")[1] for m in sink.messages)
+    assert [s.split(" ")[0] for s in subjects] == ["ERROR", "ERROR", "RESOLVED"]
+    assert subjects[-1].startswith("RESOLVED (1 mailbox): ")

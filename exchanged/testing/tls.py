@@ -8,6 +8,7 @@ names ``localhost``, ``127.0.0.1`` and ``::1``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import ssl
 from pathlib import Path
@@ -29,8 +30,16 @@ def load_or_create_tls(state_dir: Path, organization: str) -> tuple[Path, Path]:
     ``organization`` names the CA (e.g. "exchanged EWS test server"); it only matters on creation.
     """
     ca_cert, ca_key, server_pem = state_dir / "ca.pem", state_dir / "ca.key", state_dir / "server.pem"
-    if ca_cert.exists() and ca_key.exists() and server_pem.exists():
-        return ca_cert, server_pem
+    # Two test servers (EWS and Graph) may start on one state dir at once: one creates, the other
+    # waits and loads the same files.
+    with open(state_dir / ".tls.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ca_cert.exists() and ca_key.exists() and server_pem.exists():
+            return ca_cert, server_pem
+        return _create_tls(ca_cert, ca_key, server_pem, organization)
+
+
+def _create_tls(ca_cert: Path, ca_key: Path, server_pem: Path, organization: str) -> tuple[Path, Path]:
     ca = trustme.CA(organization_name=organization)
     leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
     ca.cert_pem.write_to_path(str(ca_cert))

@@ -135,7 +135,7 @@ class Store:
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
             for address in [PUBLIC, *mailboxes]:
-                self._ensure_mailbox(address.lower())
+                self.ensure_mailbox(address)
 
     def close(self) -> None:
         with self.lock:
@@ -154,8 +154,18 @@ class Store:
 
     # -- mailboxes ------------------------------------------------------------------------------
     def ensure_mailbox(self, address: str) -> None:
-        """Create a mailbox with its folders unless it exists (another front end may add some)."""
-        self._ensure_mailbox(address.lower())
+        """Create a mailbox with its folders unless it exists (another front end, maybe in another
+        process starting at the same moment, may add some: one transaction, so never twice)."""
+        if self._db.in_transaction:
+            self._ensure_mailbox(address.lower())
+            return
+        self.begin()
+        try:
+            self._ensure_mailbox(address.lower())
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
     def _ensure_mailbox(self, address: str) -> None:
         row = self._db.execute("SELECT 1 FROM mailboxes WHERE address = ?", (address,)).fetchone()

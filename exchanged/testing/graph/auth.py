@@ -123,9 +123,13 @@ class Authority:
         self.clients = {c.client_id.lower(): c for c in clients}
         self.token_lifetime = token_lifetime
         key_file = state_dir / "graph-token.key"
-        if not key_file.exists():
-            key_file.write_bytes(secrets.token_bytes(32))
-            os.chmod(key_file, 0o600)
+        try:  # created once, by whichever server on this state dir comes first
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
         self._key = key_file.read_bytes()
 
     def knows_tenant(self, tenant: str) -> bool:

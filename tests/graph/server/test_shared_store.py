@@ -241,3 +241,88 @@ def test_todo_lists_are_task_folders(trusted: Path) -> None:
     finally:
         graph_server.stop()
         ews.stop()
+
+
+def test_both_servers_started_at_once_on_a_new_state_dir(tmp_path: Path) -> None:
+    """Started together on an empty state dir, the two processes make one CA and one store."""
+    state = tmp_path / "fresh"
+    ews_cmd = [
+        sys.executable,
+        "-m",
+        "exchanged.testing.ews",
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--mailbox",
+        MAILBOXES[0],
+        "--service-account",
+        ":".join(SERVICE_ACCOUNT),
+    ]
+    graph_cmd = [
+        sys.executable,
+        "-m",
+        "exchanged.testing.graph",
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--tenant",
+        TENANT,
+        "--client",
+        f"{CLIENT_ID}:{SECRET}",
+        "--mailbox",
+        MAILBOXES[0],
+        "--mailbox",
+        MAILBOXES[1],
+    ]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for cmd in (ews_cmd, graph_cmd)]
+    try:
+        infos = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
+        assert len(infos) == 2 and infos[0]["ca_file"] == infos[1]["ca_file"]
+        with http_client(infos[1]["ca_file"]) as http:  # the one CA verifies both servers
+            assert (
+                http.get(infos[0]["url"].replace("/EWS/Exchange.asmx", "/__emulator/stats")).status_code
+                == 200
+            )
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": CLIENT_ID,
+                "client_secret": SECRET,
+                "scope": "https://graph.microsoft.com/.default",
+            }
+            token = http.post(f"{infos[1]['login_url']}/{TENANT}/oauth2/v2.0/token", data=form).json()[
+                "access_token"
+            ]
+            r = http.get(
+                f"{infos[1]['url']}/v1.0/users/bob@example.test/todo/lists",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 200 and len(r.json()["value"]) == 1  # one Tasks folder, not two
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=20)
+
+
+def test_tls_material_is_created_once_for_servers_starting_together(tmp_path: Path) -> None:
+    import fcntl
+
+    from exchanged.testing.tls import load_or_create_tls
+
+    results: list[Path] = []
+    with open(tmp_path / ".tls.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another server is creating the CA right now
+        thread = threading.Thread(target=lambda: results.append(load_or_create_tls(tmp_path, "other")[0]))
+        thread.start()
+        thread.join(timeout=0.5)
+        assert results == []  # it waits instead of making a CA of its own
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        load_or_create_tls(elsewhere, "first")  # the first server's CA, moved into place
+        for name in ("ca.pem", "ca.key", "server.pem"):
+            (tmp_path / name).write_bytes((elsewhere / name).read_bytes())
+        created = (tmp_path / "ca.pem").read_bytes()
+    thread.join()
+    assert results == [tmp_path / "ca.pem"]
+    assert (tmp_path / "ca.pem").read_bytes() == created

@@ -155,3 +155,49 @@ def test_check_and_metrics_of_a_running_daemon(tmp_path: Path) -> None:
         assert env.stop() == 0
     down = ctl(env, "check")
     assert down.returncode == 2 and down.stdout.startswith("EXCHANGED CRITICAL - exchanged does not answer")
+
+
+def test_a_psa_with_text_ids_imports_and_exports(tmp_path: Path) -> None:
+    """The real daemon, EWS over TLS and a sql PSA whose tables use ``id TEXT PRIMARY KEY``: an
+    Exchange appointment is imported (its row read back by its own id), a PSA one exported."""
+    import sqlite3
+    from datetime import timedelta
+
+    from exchangelib import IMPERSONATION, Account, CalendarItem, Configuration, Credentials, EWSDateTime
+
+    from tests.daemon.ews_daemon import PASSWORD, SVC
+
+    alice = "alice@example.test"
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now.replace(hour=9, minute=0, second=0) + timedelta(days=2)
+    with sqlite3.connect(tmp_path / "psa.db") as conn:
+        conn.execute("CREATE TABLE resources (id TEXT PRIMARY KEY, email TEXT, first_name TEXT, "
+                     "last_name TEXT, is_active INTEGER)")
+        conn.execute("CREATE TABLE appointments (id TEXT PRIMARY KEY, resource_id TEXT, title TEXT, "
+                     "description TEXT, start_time TEXT, end_time TEXT, last_modified TEXT, origin TEXT, "
+                     "exchange_uid TEXT, show_as TEXT, is_private INTEGER)")
+        conn.execute("INSERT INTO resources VALUES ('R-A', ?, 'Alice', 'A', 1)", (alice,))
+        conn.execute("INSERT INTO appointments VALUES ('A-1', 'R-A', 'Visit Contoso', '', ?, ?, ?, 'psa', "
+                     "NULL, 'busy', 0)", (f"{start + timedelta(hours=3):%Y-%m-%dT%H:%M:%SZ}",
+                                          f"{start + timedelta(hours=4):%Y-%m-%dT%H:%M:%SZ}",
+                                          f"{now:%Y-%m-%dT%H:%M:%SZ}"))
+    with ews_daemon(tmp_path, now, [alice], [{"mailbox": alice, "psa_resource": "R-A"}]) as (env, ews):
+        config = Configuration(service_endpoint=ews.url, credentials=Credentials(SVC, PASSWORD),
+                               auth_type="NTLM")
+        acc = Account(alice, config=config, autodiscover=False, access_type=IMPERSONATION)
+        CalendarItem(account=acc, folder=acc.calendar, subject="Dentist",
+                     start=EWSDateTime.from_datetime(start), end=EWSDateTime.from_datetime(
+                         start + timedelta(hours=1))).save(send_meeting_invitations="SendToNone")
+        env.start_ready()
+        for _ in range(2):  # the second cycle reads back what the first wrote: nothing fails
+            done = ctl(env, "sync", alice, "--wait", "--json")
+            assert done.returncode == 0, done.stdout + env.stderr()[-3000:]
+            assert json.loads(done.stdout)["results"][alice]["result"] == "ok", done.stdout
+        assert {i.subject for i in acc.calendar.all()} == {"Dentist", "Visit Contoso"}
+        history = json.loads(ctl(env, "history", alice, "--json").stdout)
+        assert any(h["kind"] == "imported" and h["subject"] == "Dentist" for h in history), history
+        assert env.stop() == 0
+    with sqlite3.connect(tmp_path / "psa.db") as conn:
+        rows = conn.execute("SELECT id, title, origin FROM appointments ORDER BY title").fetchall()
+    assert [(r[1], r[2]) for r in rows] == [("Dentist", "exchange"), ("Visit Contoso", "psa")]
+    assert rows[0][0].startswith("exchanged-")  # its id, made by the connector, not NULL

@@ -14,12 +14,22 @@ import pytest
 import requests
 
 from exchanged.testing.graph import Client, GraphTestServer
+from exchanged.testing.graph.fixtures import CLIENT_ID, MAILBOXES, SECRET, TENANT, start_server
 from exchanged.testing.tls import ca_adapter_class
 
-TENANT = "contoso.example"
-CLIENT_ID = "11111111-2222-3333-4444-555555555555"
-SECRET = "s3cret-value"
-MAILBOXES = ["alice@example.test", "bob@example.test"]
+# re-exported for the test modules
+__all__ = [
+    "CLIENT_ID",
+    "MAILBOXES",
+    "SECRET",
+    "TENANT",
+    "Client",
+    "Graph",
+    "http_client",
+    "msal_app",
+    "start_graph",
+]
+
 PSA_KEY = "String {8f4b6d2e-3c1a-4e7b-9a5d-2f6c8b1e7d34} Name exchanged-psa-key"
 
 
@@ -82,8 +92,7 @@ class Graph:
 
 
 def start_graph(state_dir: Path, **kwargs: Any) -> GraphTestServer:
-    clients = kwargs.pop("clients", None) or [Client(CLIENT_ID, secrets=[SECRET])]
-    return GraphTestServer(state_dir, kwargs.pop("mailboxes", MAILBOXES), TENANT, clients, **kwargs).start()
+    return start_server(state_dir, **kwargs)
 
 
 def http_client(ca_file: str) -> httpx.Client:

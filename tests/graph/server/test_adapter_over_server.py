@@ -6,46 +6,38 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import trio
-
 from exchanged.graph import GraphAccount, GraphSettings
 from exchanged.model import Appointment, FolderKind, Kind
 from exchanged.ports import NewItem
-
-from .conftest import CLIENT_ID, SECRET, TENANT, start_graph
+from exchanged.testing.graph.fixtures import CLIENT_ID, SECRET, TENANT, open_graph_server
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
 async def test_a_multi_line_body_reads_back_as_written(tmp_path: Path) -> None:
-    server = await trio.to_thread.run_sync(lambda: start_graph(tmp_path / "state"))
-    settings = GraphSettings(
-        graph_url=server.url,
-        login_url=server.login_url,
-        tenant_id=TENANT,
-        client_id=CLIENT_ID,
-        client_secret=SECRET,
-        ca_bundle=server.ca_file,
-    )
-    account = GraphAccount(settings, now=lambda: T0)
-    try:
-        mailbox = account.mailbox("alice@example.test", time_zone="UTC")
-        body = "Printer <on> fire\n\n  - call Bob & Alice\nthen report"
-        payload = Appointment(
-            subject="Visit",
-            start=T0 + timedelta(days=1),
-            end=T0 + timedelta(days=1, hours=1),
-            body=body,
-            location="HQ",
+    async with open_graph_server(tmp_path / "state") as server:
+        settings = GraphSettings(
+            graph_url=server.url,
+            login_url=server.login_url,
+            tenant_id=TENANT,
+            client_id=CLIENT_ID,
+            client_secret=SECRET,
+            ca_bundle=server.ca_file,
         )
-        [created] = await mailbox.create(
-            FolderKind.CALENDAR, [NewItem(Kind.APPOINTMENT, "appointment:1", payload)]
-        )
-        assert not hasattr(created, "code"), created
-        pages = [page async for page in mailbox.changes(FolderKind.CALENDAR, None)]
-        [item] = [i for page in pages for i in page.upserted]
-        assert item.psa_key == "appointment:1"
-        assert item.payload.body == body  # type: ignore[union-attr]
-    finally:
-        await account.aclose()
-        await trio.to_thread.run_sync(server.stop)
+        account = GraphAccount(settings, now=lambda: T0)
+        try:
+            mailbox = account.mailbox("alice@example.test", time_zone="UTC")
+            body = "Printer <on> fire\n\n  - call Bob & Alice\nthen report"
+            start = T0 + timedelta(days=1)
+            payload = Appointment(
+                subject="Visit", start=start, end=start + timedelta(hours=1), body=body, location="HQ"
+            )
+            new = NewItem(Kind.APPOINTMENT, "appointment:1", payload)
+            [created] = await mailbox.create(FolderKind.CALENDAR, [new])
+            assert not hasattr(created, "code"), created
+            pages = [page async for page in mailbox.changes(FolderKind.CALENDAR, None)]
+            [item] = [i for page in pages for i in page.upserted]
+            assert item.psa_key == "appointment:1"
+            assert item.payload.body == body  # type: ignore[union-attr]
+        finally:
+            await account.aclose()

@@ -249,9 +249,8 @@ class Daemon:
         running = self.scheduler.running
         sdnotify.stopping(f"stopping: waiting up to {GRACE_S:g} s for {running} running cycle(s)")
         log.info("stopping", running=running, grace_s=GRACE_S)
-        interrupt = getattr(self.adapters.psa if self.adapters else None, "interrupt_waits", None)
-        if callable(interrupt):  # a cycle waiting for the PSA's hourly budget ends now, not after GRACE_S
-            interrupt("the daemon is stopping")
+        if self.adapters is not None:  # a cycle waiting for the PSA's budget ends now, not after GRACE_S
+            self.adapters.psa.interrupt_waits("the daemon is stopping")
         await self.scheduler.stop(GRACE_S)
         if self.scheduler.running:
             log.warning("running cycles cancelled at the end of the grace period",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from exchanged.model import (
     CycleOutcome,
@@ -181,37 +181,74 @@ class PsaWrite:
     resource: str | None = None  # psa_resource of the user, for creates
 
 
-class PsaConnector(Protocol):
-    """A connector may also declare ``unstored_import_fields: frozenset[str]``: the Appointment
-    fields it cannot keep on an imported row (default: none). The engine leaves those at their
-    defaults, so a value the PSA cannot hold never looks like a change on every cycle.
+@dataclass(frozen=True, slots=True)
+class PsaLoad:
+    """What one ``load`` (or ``all_contacts``) read: the records, and the rows it skipped, each an
+    ``ItemError`` (code ``invalid_row``) naming the row and what is wrong with it. Returned
+    together, so that a connector serving several users at once never mixes up their rows."""
 
-    Optional as well: ``async change_token(psa_resource, kinds, window) -> object``, a value that is
-    equal on two calls only if ``load`` with the same arguments would return the same records
-    (process-local; cheaper than ``load``). With it the runner skips load and plan of a cycle in
-    which nothing changed (see sync/runner.py ``_Quiet``); without it every cycle loads."""
+    records: Sequence[PsaRecord]
+    skipped: Sequence[ItemError] = ()
+
+
+class PsaConnector(Protocol):
+    """The PSA side. :class:`PsaConnectorBase` gives the optional members their defaults."""
+
+    # Appointment fields the connector cannot keep on an imported row. The engine leaves those at
+    # their defaults, so a value the PSA cannot hold never looks like a change on every cycle.
+    unstored_import_fields: frozenset[str]
 
     async def resource(self, psa_resource: str) -> PsaResource | None: ...
 
-    async def load(
-        self, psa_resource: str, kinds: frozenset[Kind], window: Window
-    ) -> Sequence[PsaRecord]:
-        """Every in-scope record of these kinds for this resource.
+    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
+        """Every in-scope record of these kinds for this resource, and the rows skipped.
 
-        Raises ``PsaUnavailable`` when the PSA cannot be read; never returns an empty list for a
-        failure (an empty answer must mean "nothing there").
+        Raises ``PsaUnavailable`` when the PSA cannot be read; never returns no records for a
+        failure (no records must mean "nothing there").
         """
         ...
 
-    async def all_contacts(self) -> Sequence[PsaRecord]:
-        """Every active PSA contact as ``Kind.PUBLIC_CONTACT`` records."""
+    async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
+        """A value equal on two calls only if ``load`` with the same arguments would return the
+        same records (process-local; cheaper than ``load``), or None when the connector cannot
+        tell. With a token the runner skips load and plan of a cycle in which nothing changed (see
+        sync/runner.py ``_Quiet``); with None every cycle loads."""
+        ...
+
+    async def all_contacts(self) -> PsaLoad:
+        """Every active PSA contact as ``Kind.PUBLIC_CONTACT`` records, and the rows skipped."""
         ...
 
     async def apply(self, writes: Sequence[PsaWrite]) -> Sequence[PsaRecord | ItemError | None]:
         """Carry out the writes in order; a created/updated record, None for a delete, or an error."""
         ...
 
+    def interrupt_waits(self, reason: str) -> None:
+        """The daemon is stopping: a call waiting for a request budget or a back-off fails now
+        with a message naming ``reason`` (instead of holding the stop for the grace period)."""
+        ...
+
+    def budget_status(self) -> dict[str, Any] | None:
+        """The connector's request budget for ``status.psa.budget``; None: it has none."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+class PsaConnectorBase:
+    """The defaults of the optional members of :class:`PsaConnector`: nothing unstored, no change
+    token (every cycle loads), nothing to interrupt, no budget."""
+
+    unstored_import_fields: frozenset[str] = frozenset()
+
+    async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
+        return None
+
+    def interrupt_waits(self, reason: str) -> None:
+        return None
+
+    def budget_status(self) -> dict[str, Any] | None:
+        return None
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -249,6 +286,14 @@ class StateBatch:
     journal: list[JournalEntry] = field(default_factory=list)
     held_back_deletes: list[str] | None = None  # None: unchanged
     server_identity: str | None = None  # set on every folder touched when not None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A live lease: the node syncing the user and when the lease runs out if it is not renewed."""
+
+    node: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +348,10 @@ class StateStore(Protocol):
 
     async def release_lease(self, mailbox: str, node: str) -> None: ...
 
+    async def lease_holders(self) -> dict[str, Lease]:
+        """The live (unexpired) leases by mailbox; empty where leases are not kept (SQLite)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -323,9 +372,12 @@ __all__ = [
     "FolderState",
     "ItemError",
     "ItemUpdate",
+    "Lease",
     "Mailer",
     "NewItem",
     "PsaConnector",
+    "PsaConnectorBase",
+    "PsaLoad",
     "PsaResource",
     "PsaWrite",
     "StateBatch",

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -28,7 +28,7 @@ from exchanged.model import Counts, CycleOutcome
 
 if TYPE_CHECKING:
     from exchanged.config import Config
-    from exchanged.ports import ExchangeAccount, PsaConnector, StateStore
+    from exchanged.ports import ExchangeAccount, Lease, PsaConnector, StateStore
     from exchanged.scheduler import Scheduler, UserRuntime
 
 PUBLIC_FOLDER = "public-folder"  # the scheduler's name for the cycle of the public contacts folder
@@ -99,12 +99,11 @@ def status_line(cfg: Config, scheduler: Scheduler, *, reload_deferred: bool) -> 
 
 async def held_elsewhere(state: StateStore | None, node_id: str) -> dict[str, LeaseHolder]:
     """Users whose live lease another node holds (PostgreSQL state; SQLite keeps no leases)."""
-    holders = getattr(state, "lease_holders", None)
-    if holders is None:
+    if state is None:
         return {}
-    leases: dict[str, Any] = {}
+    leases: dict[str, Lease] = {}
     with contextlib.suppress(Exception), trio.move_on_after(LEASES_TIMEOUT_S):
-        leases = await holders()  # status must answer even when the state store does not
+        leases = await state.lease_holders()  # status must answer even when the state store does not
     return {m: LeaseHolder(lease.node, iso(lease.expires_at))
             for m, lease in leases.items() if lease.node != node_id}
 
@@ -156,11 +155,10 @@ def exchange_row(exchange: ExchangeStatus, account: ExchangeAccount | None) -> E
 
 def psa_row(cfg: Config, psa: PsaConnector | None) -> PsaStatus:
     """The PSA connector and, where it has one (Autotask), its request budget."""
-    budget_status = getattr(psa, "budget_status", None)
-    if not callable(budget_status):
+    if psa is None:
         return PsaStatus(cfg.psa.connector)
     try:
-        budget = budget_status()
+        budget = psa.budget_status()
     except Exception as exc:  # status must always answer; the budget is informative
         return PsaStatus(cfg.psa.connector, budget_error=f"{type(exc).__name__}: {exc}")
     return PsaStatus(cfg.psa.connector, budget=budget)

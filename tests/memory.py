@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from exchanged import errors
@@ -49,6 +49,7 @@ from exchanged.model import (
     Window,
     make_psa_key,
     occurrence_key,
+    split_psa_key,
     unreadable_payload,
 )
 from exchanged.ports import (
@@ -56,7 +57,10 @@ from exchanged.ports import (
     CheckResult,
     FolderState,
     ItemUpdate,
+    Lease,
     NewItem,
+    PsaConnectorBase,
+    PsaLoad,
     PsaResource,
     PsaWrite,
     StateBatch,
@@ -534,13 +538,15 @@ def record_scope(record: PsaRecord) -> tuple[datetime | None, datetime | None]:
     return None, None
 
 
-class MemoryPsa:
+class MemoryPsa(PsaConnectorBase):
     """Implements ``ports.PsaConnector`` over in-memory rows."""
 
     def __init__(self, *, now: Callable[[], datetime] = _utcnow) -> None:
         self.now = now
         self.resources: dict[str, PsaResource] = {}
         self.rows: dict[str, _Row] = {}  # psa_key -> row
+        # rows a real PSA would hold but the connector cannot sync: psa_key -> (resources, why)
+        self.bad: dict[str, tuple[set[str], str]] = {}
         self.unavailable = False
         self.requests: Counter[str] = Counter()
         self.faults = _Faults()
@@ -568,11 +574,14 @@ class MemoryPsa:
         self._leave(self._enter("resource"))
         return self.resources.get(psa_resource)
 
-    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> Sequence[PsaRecord]:
+    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         fault = self._enter("load")
         out = self._select(psa_resource, kinds, window)
+        skipped = [ItemError(key, "invalid_row", why) for key, (resources, why) in self.bad.items()
+                   if psa_resource in resources and split_psa_key(key)[0] in kinds
+                   and split_psa_key(key)[0] is not Kind.PUBLIC_CONTACT]
         self._leave(fault)
-        return out
+        return PsaLoad(out, skipped)
 
     async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
         """Equal only when ``load`` would return equal records (exact: a hash of them)."""
@@ -587,13 +596,15 @@ class MemoryPsa:
                     and row.record.kind is not Kind.PUBLIC_CONTACT
                     and window.in_scope(*record_scope(row.record)))]
 
-    async def all_contacts(self) -> Sequence[PsaRecord]:
+    async def all_contacts(self) -> PsaLoad:
         fault = self._enter("all_contacts")
         out = [replace(row.record, kind=Kind.PUBLIC_CONTACT,
                        psa_key=make_psa_key(Kind.PUBLIC_CONTACT, row.record.psa_key.partition(":")[2]))
                for row in self.rows.values() if row.record.kind is Kind.CONTACT and row.active]
+        skipped = [ItemError(make_psa_key(Kind.PUBLIC_CONTACT, key.partition(":")[2]), "invalid_row", why)
+                   for key, (_, why) in self.bad.items() if split_psa_key(key)[0] is Kind.CONTACT]
         self._leave(fault)
-        return out
+        return PsaLoad(out, skipped)
 
     async def apply(self, writes: Sequence[PsaWrite]) -> Sequence[PsaRecord | ItemError | None]:
         fault = self._enter("apply")
@@ -645,6 +656,13 @@ class MemoryPsa:
         """A new PSA-owned row (appointment, service call, to-do, contact) for these resources."""
         psa_key = make_psa_key(kind, next(self._ids))
         self.rows[psa_key] = _Row(PsaRecord(kind, psa_key, payload, self.now()), set(resources))
+        return psa_key
+
+    def add_bad(self, kind: Kind, resources: Iterable[str], why: str = "it has no end time") -> str:
+        """A row the PSA holds that cannot be synced: every load of these resources skips it and
+        reports it (``PsaLoad.skipped``, code ``invalid_row``), as a real connector does."""
+        psa_key = make_psa_key(kind, next(self._ids))
+        self.bad[psa_key] = (set(resources), f"PSA row {psa_key} is skipped because {why}")
         return psa_key
 
     def edit(self, psa_key: str, **values: Any) -> PsaRecord:
@@ -788,6 +806,11 @@ class MemoryState:
         holder = self.leases.get(mailbox)
         if holder is not None and holder[0] == node:
             del self.leases[mailbox]
+
+    async def lease_holders(self) -> dict[str, Lease]:
+        now = self.clock()
+        return {m: Lease(node, datetime.now(UTC) + timedelta(seconds=until - now))
+                for m, (node, until) in self.leases.items() if until > now}
 
     async def aclose(self) -> None:
         self.closed = True

@@ -23,7 +23,7 @@ Theory of operation
   out. Contacts with ``is_active`` NULL count as active.
 * Bad rows (a required value NULL, end before start, text that is not valid UTF-8, a text over
   ``MAX_TEXT`` characters, an imported row without ``exchange_uid``) are skipped, never guessed
-  at: each is an ``ItemError`` (code ``invalid_row``) in ``load_errors`` after the call, and
+  at: each is an ``ItemError`` (code ``invalid_row``) in the answer's ``skipped``, and
   logged once per process. Characters XML cannot carry (control characters) are dropped.
 * ``apply`` carries each write out in its own transaction: imported rows are created (or, after
   a lost reply, found again by ``exchange_uid`` and rewritten), updated in full, and deleted;
@@ -64,7 +64,7 @@ from exchanged.model import (
     make_psa_key,
     split_psa_key,
 )
-from exchanged.ports import PsaResource, PsaWrite
+from exchanged.ports import PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
 from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 from exchanged.state.codec import parse_ts
 from exchanged.state.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
@@ -408,10 +408,9 @@ def _queries(tx: Tx, rid: int | str, kinds: frozenset[Kind], window: Window) -> 
 # --- the connector ------------------------------------------------------------------------------
 
 
-class SqlPsa:
+class SqlPsa(PsaConnectorBase):
     """``ports.PsaConnector`` over the SQL schema; see the module docstring.
 
-    ``load_errors``: the rows the last ``load``/``all_contacts`` skipped, as ``ItemError``s.
     ``unstored_import_fields``: the SPEC section 7 ``appointments`` table has no location and no
     all-day column, so an imported row cannot keep them (the engine does not ask it to).
     """
@@ -421,7 +420,6 @@ class SqlPsa:
     def __init__(self, db: Database, *, now: Callable[[], datetime] | None = None) -> None:
         self.db = db
         self.now = now or (lambda: datetime.now(UTC))
-        self.load_errors: list[ItemError] = []
         self.schema: Schema | None = None
         self._reported: set[str] = set()
 
@@ -445,12 +443,13 @@ class SqlPsa:
             return raw if raw else None
         return _int_id(raw)
 
-    def _report(self, problems: list[ItemError]) -> None:
-        self.load_errors = problems
+    def _report(self, problems: list[ItemError]) -> list[ItemError]:
+        """The skipped rows of one read, each logged once per process."""
         for p in problems:
             if p.message not in self._reported:
                 self._reported.add(p.message)
                 log.warning("PSA row skipped", key=p.key, problem=p.message)
+        return problems
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -468,16 +467,16 @@ class SqlPsa:
         name = " ".join(str(p).strip() for p in (first, last) if p and str(p).strip()) or email
         return PsaResource(str(rid), email, name, _flag(active, True))
 
-    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> Sequence[PsaRecord]:
+    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         await self.open()
         rid = self._id("resources", psa_resource)
         if rid is None:
-            self._report([])
-            return []
+            return PsaLoad([])
         reads: list[_Read] = await self._run(lambda tx: self._load(tx, rid, kinds, window))
         records = [r for read in reads for r in read.records]
-        self._report([p for read in reads for p in read.problems if split_psa_key(p.key)[0] in kinds])
-        return [r for r in records if r.kind in kinds and _in_window(r, window)]
+        skipped = self._report([p for read in reads for p in read.problems
+                                if split_psa_key(p.key)[0] in kinds])
+        return PsaLoad([r for r in records if r.kind in kinds and _in_window(r, window)], skipped)
 
     async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
         """Equal on two calls only if nothing ``load`` reads changed in between (whatever wrote it;
@@ -506,7 +505,7 @@ class SqlPsa:
             reads.append(_collect([r for r in rows if q.keep is None or q.keep(r)], q.table, q.kind, q.build))
         return reads
 
-    async def all_contacts(self) -> Sequence[PsaRecord]:
+    async def all_contacts(self) -> PsaLoad:
         def run(tx: Tx) -> _Read:
             rows = tx.query(f"SELECT {_CONTACT_COLS} FROM contacts ct "
                             "LEFT JOIN companies co ON co.id = ct.company_id ORDER BY ct.id")
@@ -514,8 +513,7 @@ class SqlPsa:
                             lambda row: _contact(row, Kind.PUBLIC_CONTACT))
 
         read: _Read = await self._run(run)
-        self._report(read.problems)
-        return read.records
+        return PsaLoad(read.records, self._report(read.problems))
 
     # -- writing ----------------------------------------------------------------------------------
 

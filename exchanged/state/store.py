@@ -25,21 +25,13 @@ import structlog
 
 from exchanged import errors
 from exchanged.model import CycleOutcome, ExchangeItem, FolderKind, JournalEntry, Kind, Mapping
-from exchanged.ports import FolderState, StateBatch, UserRecord, UserState
+from exchanged.ports import FolderState, Lease, StateBatch, UserRecord, UserState
 from exchanged.state.codec import decode_item, encode_item, parse_ts, ts
 from exchanged.state.db import Database, Tx
 
 log = structlog.get_logger("exchanged.state")
 
 SCHEMA_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A live lease: the node syncing the user and when the lease runs out if it is not renewed."""
-
-    node: str
-    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ from exchanged.ports import (
     ItemUpdate,
     NewItem,
     PsaConnector,
+    PsaLoad,
     PsaWrite,
     StateBatch,
     StateStore,
@@ -96,7 +97,7 @@ class _Target:
     name: str  # state and journal name: the mailbox address, or "public-folder"
     mailbox: Callable[[], ExchangeMailbox]
     kinds: frozenset[Kind]
-    load: Callable[[Window], Awaitable[Sequence[PsaRecord]]]
+    load: Callable[[Window], Awaitable[PsaLoad]]
     settings: UserSettings
     resource: str | None = None  # psa_resource for imported creates
     # the PSA connector's change token for this load, when it has one (see _Quiet)
@@ -234,21 +235,18 @@ class SyncRunner:
     def _user_target(self, user: UserSpec) -> _Target:
         kinds = engine.enabled_kinds(user.settings)
 
-        async def load(win: Window) -> Sequence[PsaRecord]:
+        async def load(win: Window) -> PsaLoad:
             return await self.psa.load(user.psa_resource, kinds, win)
 
-        change_token = getattr(self.psa, "change_token", None)
-        token: Callable[[Window], Awaitable[object]] | None = None
-        if change_token is not None:
-            async def token(win: Window) -> object:
-                return await change_token(user.psa_resource, kinds, win)
+        async def token(win: Window) -> object:
+            return await self.psa.change_token(user.psa_resource, kinds, win)
 
         return _Target(user.mailbox, lambda: self.account.mailbox(user.mailbox, time_zone=user.time_zone),
                        kinds, load,
                        user.settings, user.psa_resource, token)
 
     def _public_target(self, settings: UserSettings) -> _Target:
-        async def load(win: Window) -> Sequence[PsaRecord]:
+        async def load(win: Window) -> PsaLoad:
             return await self.psa.all_contacts()
 
         return _Target(PUBLIC_FOLDER_USER, self.account.public_contacts,
@@ -328,7 +326,7 @@ class SyncRunner:
 
     def _unstored_import_fields(self) -> frozenset[str]:
         """Appointment fields the PSA connector cannot keep on imported rows (see ports.py)."""
-        return frozenset(getattr(self.psa, "unstored_import_fields", frozenset()))
+        return self.psa.unstored_import_fields
 
     async def _dry_run(self, target: _Target, *, psa_resource: str | None) -> dict[str, Any]:
         view = await self._read(target, target.mailbox(), full=False, commit=False)
@@ -452,16 +450,13 @@ class SyncRunner:
             items.extend(occurrences)
         if token is None:
             token = await self._token(target, win)
-        records = await self._retry(lambda: target.load(win))
-        load_errors = self._load_errors(target)
+        loaded = await self._retry(lambda: target.load(win))
+        records = loaded.records
+        # the rows the connector skipped in this very load (ItemErrors of the cycle's outcome)
+        load_errors = [e for e in loaded.skipped if _kind_of_key(e.key) in target.kinds]
         if not records and target.resource is not None:
             await self._check_resource(target)
         return _View(state, win, items, records, suspect, token, occurrences, load_errors)
-
-    def _load_errors(self, target: _Target) -> list[ItemError]:
-        """The rows the connector skipped in the load just made (read before any other await)."""
-        found = getattr(self.psa, "load_errors", None) or []
-        return [e for e in found if isinstance(e, ItemError) and _kind_of_key(e.key) in target.kinds]
 
     async def _check_resource(self, target: _Target) -> None:
         """An empty PSA answer is cheap to explain: a resource that does not exist (a typo in

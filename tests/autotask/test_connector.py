@@ -100,7 +100,7 @@ async def test_appointments_in_the_window_of_the_resource(
         "Appointments",
         {"resourceID": int(JANE), "title": "next year", "startDateTime": t(300), "endDateTime": t(300, 1)},
     )
-    records = by_key(await connector.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW))
+    records = by_key((await connector.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)).records)
     assert set(records) == {
         make_psa_key(Kind.APPOINTMENT, mine["id"]),
         make_psa_key(Kind.APPOINTMENT, far["id"]),
@@ -120,7 +120,7 @@ async def test_service_calls_through_both_chains(
     server: AutotaskServer, connector: AutotaskConnector
 ) -> None:
     ids = seed_service_calls(server)
-    jane = by_key(await connector.load(JANE, frozenset({Kind.SERVICE_CALL}), WINDOW))
+    jane = by_key((await connector.load(JANE, frozenset({Kind.SERVICE_CALL}), WINDOW)).records)
     assert set(jane) == {
         make_psa_key(Kind.SERVICE_CALL, ids["via_ticket"]),
         make_psa_key(Kind.SERVICE_CALL, ids["via_task"]),
@@ -128,7 +128,7 @@ async def test_service_calls_through_both_chains(
     call = jane[make_psa_key(Kind.SERVICE_CALL, ids["via_ticket"])].payload
     assert isinstance(call, Appointment)
     assert (call.subject, call.body) == ("Service call: Contoso: Fix printer", "Fix printer")
-    bob = by_key(await connector.load(BOB, frozenset({Kind.SERVICE_CALL}), WINDOW))
+    bob = by_key((await connector.load(BOB, frozenset({Kind.SERVICE_CALL}), WINDOW)).records)
     assert set(bob) == {
         make_psa_key(Kind.SERVICE_CALL, ids["via_task"]),
         make_psa_key(Kind.SERVICE_CALL, ids["bob_only"]),
@@ -171,7 +171,7 @@ async def test_todos_with_company_and_completion(
             "endDateTime": t(1, 1),
         },
     )
-    records = by_key(await connector.load(JANE, frozenset({Kind.TODO}), WINDOW))
+    records = by_key((await connector.load(JANE, frozenset({Kind.TODO}), WINDOW)).records)
     assert set(records) == {make_psa_key(Kind.TODO, open_todo["id"]), make_psa_key(Kind.TODO, done["id"])}
     task = records[make_psa_key(Kind.TODO, open_todo["id"])].payload
     assert task == Task(
@@ -213,7 +213,7 @@ async def test_owned_contacts_by_account_manager_and_opportunity(
         "Opportunities",
         {"companyID": 3, "contactID": cleo["id"], "ownerResourceID": int(JANE), "title": "Deal", "status": 1},
     )
-    records = by_key(await connector.load(JANE, frozenset({Kind.CONTACT}), WINDOW))
+    records = by_key((await connector.load(JANE, frozenset({Kind.CONTACT}), WINDOW)).records)
     assert set(records) == {make_psa_key(Kind.CONTACT, anna["id"]), make_psa_key(Kind.CONTACT, cleo["id"])}
     a = records[make_psa_key(Kind.CONTACT, anna["id"])].payload
     assert (a.company, a.email, a.business_phone, a.job_title) == (  # type: ignore[union-attr]
@@ -223,7 +223,7 @@ async def test_owned_contacts_by_account_manager_and_opportunity(
         "CTO",
     )
     assert records[make_psa_key(Kind.CONTACT, cleo["id"])].payload.company == "Northwind"  # type: ignore[union-attr]
-    everyone = by_key(await connector.all_contacts())
+    everyone = by_key((await connector.all_contacts()).records)
     assert len(everyone) == 3 and all(k.startswith("public_contact:") for k in everyone)
 
 
@@ -255,7 +255,7 @@ async def test_paging_over_500_rows_and_no_n_plus_one(server: AutotaskServer) ->
             )
         connector = make_connector(server)
         server.reset_stats()
-        records = await connector.load(JANE, ALL, WINDOW)
+        records = (await connector.load(JANE, ALL, WINDOW)).records
         assert len(records) == 3 * n
         return sum(server.stats()["requests"].values()), server.stats()["requests"].get(
             "POST Appointments", 0
@@ -375,10 +375,11 @@ async def test_a_moved_zone_is_looked_up_once_for_all_the_refused_requests(
 ) -> None:
     visit = Appointment("Visit", NOW + timedelta(days=1), NOW + timedelta(days=1, hours=1))
     server.psa.add(Kind.APPOINTMENT, visit, [JANE])
-    before = await connector.load(JANE, ALL, WINDOW)
+    before = (await connector.load(JANE, ALL, WINDOW)).records
     server.move_zone("127.0.0.1")
     server.reset_stats()
-    after = await connector.load(JANE, ALL, WINDOW)  # several queries at once, each refused by the old zone
+    # several queries at once, each refused by the old zone
+    after = (await connector.load(JANE, ALL, WINDOW)).records
     assert after == before and [r.psa_key for r in after]
     stats = server.stats()
     assert stats["wrong_zone"] >= 2 and stats["requests"]["GET ZoneInformation"] == 1, stats
@@ -459,7 +460,7 @@ async def test_imported_appointment_round_trip(server: AutotaskServer, connector
     )
     assert isinstance(created, PsaRecord) and created.kind is Kind.IMPORTED
     assert created.payload == payload and created.exchange_key == "UID-1@2026-11-30T12:00:00Z"
-    [loaded] = await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)
+    [loaded] = (await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records
     assert loaded == created
     row = server.store.get("Appointments", int(created.psa_key.split(":")[1]))
     assert row is not None and row["resourceID"] == int(JANE) and row["title"] == "Lunch"
@@ -485,7 +486,7 @@ async def test_imported_appointment_round_trip(server: AutotaskServer, connector
     )
     assert isinstance(renamed, PsaRecord) and renamed.payload.subject == ""  # type: ignore[union-attr]
     assert list(await connector.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None)])) == [None]
-    assert await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW) == []
+    assert (await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records == []
 
 
 async def test_time_changes_flow_back_to_appointments_and_todos(
@@ -513,7 +514,7 @@ async def test_time_changes_flow_back_to_appointments_and_todos(
             "endDateTime": t(1, 1),
         },
     )
-    records = by_key(await connector.load(JANE, frozenset({Kind.APPOINTMENT, Kind.TODO}), WINDOW))
+    records = by_key((await connector.load(JANE, frozenset({Kind.APPOINTMENT, Kind.TODO}), WINDOW)).records)
     a = records[make_psa_key(Kind.APPOINTMENT, appt["id"])]
     d = records[make_psa_key(Kind.TODO, todo["id"])]
     assert isinstance(a.payload, Appointment) and isinstance(d.payload, Task)
@@ -689,13 +690,14 @@ async def test_todo_subject_says_what_to_do_and_nameless_contacts_are_skipped(
     )
     s.put("Contacts", {"companyID": 1, "firstName": " ", "lastName": "", "isActive": 1})
     anna = s.put("Contacts", {"companyID": 1, "firstName": " Anna ", "lastName": "Smith", "isActive": 1})
-    records = by_key(await connector.load(JANE, frozenset({Kind.TODO, Kind.CONTACT}), WINDOW))
+    loaded = await connector.load(JANE, frozenset({Kind.TODO, Kind.CONTACT}), WINDOW)
+    records = by_key(loaded.records)
     task = records[make_psa_key(Kind.TODO, todo["id"])].payload
     assert isinstance(task, Task) and task.subject == "Phone Call: Ring Anna"
     company = (server.store.get("Companies", 1) or {})["companyName"]
     assert task.body == f"Ring Anna\n\nCompany: {company}"
     assert set(records) == {make_psa_key(Kind.TODO, todo["id"]), make_psa_key(Kind.CONTACT, anna["id"])}
-    [skipped] = connector.load_errors
+    [skipped] = loaded.skipped
     assert skipped.code == "invalid_row" and "Contacts" in skipped.message and "name" in skipped.message
     assert records[make_psa_key(Kind.CONTACT, anna["id"])].payload.given_name == "Anna"  # type: ignore[union-attr]
     server.reset_stats()
@@ -715,4 +717,4 @@ async def test_overlong_imports_fit_the_api_limits_and_read_back_stably(
     assert len(created.payload.body) < 8000 and created.exchange_key == "UID-long"
     row = server.store.get("Appointments", int(created.psa_key.split(":")[1]))
     assert row is not None and len(row["title"]) == 256 and len(row["description"]) <= 8000
-    assert list(await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)) == [created]
+    assert list((await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records) == [created]

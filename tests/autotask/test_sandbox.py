@@ -48,7 +48,7 @@ async def test_sandbox_reads() -> None:
     assert await connector.resource(resource) is not None
     now = datetime.now(UTC)
     window = Window(now=now, past_start=now - timedelta(days=7), recurring_end=now + timedelta(days=30))
-    records = await connector.load(resource, frozenset(Kind) - {Kind.PUBLIC_CONTACT}, window)
+    records = (await connector.load(resource, frozenset(Kind) - {Kind.PUBLIC_CONTACT}, window)).records
     assert all(r.psa_key.partition(":")[2].isdigit() for r in records)
     assert connector.budget_status()["database"] is not None
 

@@ -202,11 +202,49 @@ async def test_model_level_helpers_give_back_what_they_were_given(server: Autota
         ): Contact("Anna", "Smith", company="Contoso", email="a@x.test"),
     }
     connector = make_connector(server)
-    loaded = {r.psa_key: r.payload for r in await connector.load("501", frozenset(Kind), WINDOW)}
+    loaded = {r.psa_key: r.payload for r in (await connector.load("501", frozenset(Kind), WINDOW)).records}
     assert loaded == given
     [call_key] = [k for k in given if k.startswith("service_call:")]
     psa.edit(call_key, body="now with notes")
     psa.assign(call_key, [JANE])
-    assert call_key not in {r.psa_key for r in await connector.load("501", frozenset(Kind), WINDOW)}
-    jane = {r.psa_key: r.payload for r in await connector.load(JANE, frozenset({Kind.SERVICE_CALL}), WINDOW)}
+    assert call_key not in {r.psa_key for r in (await connector.load("501", frozenset(Kind), WINDOW)).records}
+    jane_load = await connector.load(JANE, frozenset({Kind.SERVICE_CALL}), WINDOW)
+    jane = {r.psa_key: r.payload for r in jane_load.records}
     assert jane[call_key].body == "now with notes"  # type: ignore[union-attr]
+
+
+async def test_concurrent_cycles_each_report_only_their_own_skipped_rows(server: AutotaskServer) -> None:
+    """One connector serves several users' cycles at once: a row Autotask holds for Jane that
+    cannot be synced is reported in Jane's outcome, never in Bob's. (The connector used to keep
+    the skipped rows in one attribute, cleared when a load started and filled across its awaits,
+    so a concurrent cycle reported the other user's rows, or lost its own.)"""
+    import trio
+
+    bob = "29682886"
+    bad = server.store.put("Appointments",
+                           {"resourceID": int(JANE), "title": "No start", "endDateTime": t(1, 1)})
+    jane_key = make_psa_key(Kind.APPOINTMENT, bad["id"])
+    for n in range(3):  # each user has rows, so both loads take several requests
+        server.store.put("Appointments", {"resourceID": int(bob), "title": f"Bob {n}",
+                                          "startDateTime": t(n + 1), "endDateTime": t(n + 1, 1)})
+        server.store.put("Appointments", {"resourceID": int(JANE), "title": f"Jane {n}",
+                                          "startDateTime": t(n + 1), "endDateTime": t(n + 1, 1)})
+    server.faults.latency_ms = 20  # the answers interleave (the race needs awaits to overlap)
+    connector = make_connector(server)
+    runner = SyncRunner(MemoryExchange(now=lambda: NOW), connector, MemoryState(), now=lambda: NOW)
+    users = [UserSpec(MAILBOX, JANE, UserSettings()), UserSpec("bob@example.test", bob, UserSettings())]
+    try:
+        for _ in range(4):
+            outcomes: dict[str, object] = {}
+
+            async def one(user: UserSpec, into: dict[str, object]) -> None:
+                into[user.mailbox] = await runner.run_cycle(user, full=True)
+
+            async with trio.open_nursery() as nursery:
+                for user in users:
+                    nursery.start_soon(one, user, outcomes)
+            jane, bob_out = outcomes[MAILBOX], outcomes["bob@example.test"]
+            assert [e.key for e in jane.item_errors] == [jane_key], jane  # type: ignore[attr-defined]
+            assert bob_out.item_errors == [], bob_out  # type: ignore[attr-defined]
+    finally:
+        await connector.aclose()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from exchanged import errors
-from exchanged.model import Appointment, Contact, ItemError, Kind, PsaRecord, Task, Window
+from exchanged.model import Appointment, Contact, ItemError, Kind, PsaRecord, Task, Window, make_psa_key
 from exchanged.ports import PsaConnector, PsaWrite
 from exchanged.psa.sample import insert_rows
 from exchanged.psa.sql import ensure_schema, open_sql_connector
@@ -40,12 +40,15 @@ class PsaHarness:
     add_contact: Callable[[str, Contact], str] | None = None
     # a service call assigned to these resources, between start and end
     add_service_call: Callable[[Sequence[str], datetime, datetime], str] | None = None
+    # an appointment of the resource that cannot be synced (no start, or the end before the start)
+    add_bad_appointment: Callable[[str], str] | None = None
 
 
 # --- implementations ----------------------------------------------------------------------------
 
 
-def _rows_by_kind(data: Any, psa: PsaConnector, go_away: Callable[[], None]) -> PsaHarness:
+def _rows_by_kind(data: Any, psa: PsaConnector, go_away: Callable[[], None],
+                  bad: Callable[[str], str] | None = None) -> PsaHarness:
     """A harness whose rows go in through ``data.add(kind, payload, resources)`` (the memory PSA and
     the Autotask test server's store alike), with the contract's resources."""
     for rid in (JANE, BOB):
@@ -57,7 +60,7 @@ def _rows_by_kind(data: Any, psa: PsaConnector, go_away: Callable[[], None]) -> 
 
     return PsaHarness(psa, lambda r, p: data.add(Kind.APPOINTMENT, p, [r]),
                       lambda r, t: data.add(Kind.TODO, t, [r]), go_away,
-                      lambda r, c: data.add(Kind.CONTACT, c, [r]), service_call)
+                      lambda r, c: data.add(Kind.CONTACT, c, [r]), service_call, bad)
 
 
 @asynccontextmanager
@@ -67,7 +70,7 @@ async def _memory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     def go_away() -> None:
         psa.unavailable = True
 
-    yield _rows_by_kind(psa, psa, go_away)
+    yield _rows_by_kind(psa, psa, go_away, lambda r: psa.add_bad(Kind.APPOINTMENT, [r]))
 
 
 class SqlRows:
@@ -92,6 +95,13 @@ class SqlRows:
         rid = self.insert("appointments", resource_id=int(resource), title=p.subject, description=p.body,
                           start_time=p.start, end_time=p.end, last_modified=NOW, origin="psa",
                           show_as=p.show_as.value, is_private=p.is_private)
+        return f"appointment:{rid}"
+
+    def bad_appointment(self, resource: str) -> str:
+        start = NOW + timedelta(days=1)
+        rid = self.insert("appointments", resource_id=int(resource), title="Backwards", description="",
+                          start_time=start, end_time=start - timedelta(hours=1), last_modified=NOW,
+                          origin="psa", show_as="busy", is_private=False)
         return f"appointment:{rid}"
 
     def todo(self, resource: str, t: Task) -> str:
@@ -130,7 +140,7 @@ async def _sql(url: str, dead_url: str) -> AsyncIterator[PsaHarness]:
     psa = open_sql_connector(url, now=lambda: NOW)
     try:
         yield PsaHarness(psa, rows.appointment, rows.todo, lambda: point_at_nothing(psa, dead_url),
-                         rows.contact, rows.service_call)
+                         rows.contact, rows.service_call, rows.bad_appointment)
     finally:
         await psa.aclose()
         rows.close()
@@ -154,13 +164,20 @@ async def _sql_postgres(tmp_path: Path, request: pytest.FixtureRequest) -> Async
 @asynccontextmanager
 async def _autotask(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[PsaHarness]:
     # the Autotask connector against the bundled Autotask REST test server (real HTTPS, loopback)
+    from exchanged.psa.autotask import mapping as m
     from exchanged.testing.autotask import AutotaskServer
     from tests.autotask.conftest import CODE, SECRET, USER, base_seed, make_connector
 
     with AutotaskServer(api_user=(USER, SECRET, CODE), seed=base_seed()) as server:
         psa = make_connector(server, max_attempts=2)
+
+        def bad(resource: str) -> str:
+            row = server.store.put("Appointments", {"resourceID": int(resource), "title": "No start",
+                                                    "endDateTime": m.format_time(NOW + timedelta(days=1))})
+            return make_psa_key(Kind.APPOINTMENT, row["id"])
+
         try:
-            yield _rows_by_kind(server.psa, psa, server.stop)
+            yield _rows_by_kind(server.psa, psa, server.stop, bad)
         finally:
             await psa.aclose()
 
@@ -215,12 +232,12 @@ async def test_load_returns_the_resources_rows_in_the_window(harness: PsaHarness
     recent = harness.add_appointment(JANE, appt(-6.5))  # ended after now - past_days
     harness.add_appointment(JANE, appt(-10))  # ended before the window
     harness.add_appointment(BOB, appt(1))
-    records = await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)
+    records = (await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)).records
     assert keys(records) == {mine, future, recent}
     assert all(r.kind is Kind.APPOINTMENT for r in records)
     assert {r.psa_key: r.payload for r in records}[mine] == appt(1, body="notes")
-    assert await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW) == []
-    assert await harness.psa.load(JANE, frozenset(), WINDOW) == []
+    assert (await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)).records == []
+    assert (await harness.psa.load(JANE, frozenset(), WINDOW)).records == []
 
 
 async def test_todos_load_with_their_dates(harness: PsaHarness) -> None:
@@ -229,7 +246,7 @@ async def test_todos_load_with_their_dates(harness: PsaHarness) -> None:
     done = harness.add_todo(JANE, replace(task, completed=NOW))
     harness.add_todo(JANE, replace(task, start=NOW - timedelta(days=20), due=NOW - timedelta(days=19)))
     harness.add_todo(BOB, task)
-    records = {r.psa_key: r for r in await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)}
+    records = {r.psa_key: r for r in (await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)).records}
     assert set(records) == {key, done}
     assert records[key].kind is Kind.TODO
     # how a PSA names its to-dos differs (an action type, a description): the dates may not
@@ -243,11 +260,11 @@ async def test_a_service_call_is_loaded_for_every_assigned_resource(harness: Psa
     start = NOW + timedelta(days=1)
     key = harness.add_service_call([JANE, BOB], start, start + timedelta(hours=2))
     for resource in (JANE, BOB):
-        [rec] = await harness.psa.load(resource, frozenset({Kind.SERVICE_CALL}), WINDOW)
+        [rec] = (await harness.psa.load(resource, frozenset({Kind.SERVICE_CALL}), WINDOW)).records
         assert rec.kind is Kind.SERVICE_CALL and rec.psa_key == key
         assert isinstance(rec.payload, Appointment)
         assert (rec.payload.start, rec.payload.end) == (start, start + timedelta(hours=2))
-    assert await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW) == []
+    assert (await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)).records == []
 
 
 async def test_owned_contacts_and_all_contacts(harness: PsaHarness) -> None:
@@ -257,9 +274,9 @@ async def test_owned_contacts_and_all_contacts(harness: PsaHarness) -> None:
     eve = Contact("Eve", "Fox", company="Fabrikam", job_title="Buyer")
     mine = harness.add_contact(JANE, ann)
     theirs = harness.add_contact(BOB, eve)
-    [rec] = await harness.psa.load(JANE, frozenset({Kind.CONTACT}), WINDOW)
+    [rec] = (await harness.psa.load(JANE, frozenset({Kind.CONTACT}), WINDOW)).records
     assert (rec.kind, rec.psa_key, rec.payload) == (Kind.CONTACT, mine, ann)
-    public = {r.psa_key: r for r in await harness.psa.all_contacts()}
+    public = {r.psa_key: r for r in (await harness.psa.all_contacts()).records}
     public_keys = [k.replace("contact:", "public_contact:") for k in (mine, theirs)]
     assert set(public) == set(public_keys)
     assert all(r.kind is Kind.PUBLIC_CONTACT for r in public.values())
@@ -273,17 +290,17 @@ async def test_imported_rows_round_trip_with_their_exchange_key(harness: PsaHarn
     assert isinstance(created, PsaRecord)
     assert (created.kind, created.payload, created.exchange_key) == (Kind.IMPORTED, payload, "UID-9")
     assert created.psa_key.startswith("imported:")
-    assert list(await harness.psa.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)) == [created]
-    assert await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW) == []
-    assert await harness.psa.load(BOB, frozenset({Kind.IMPORTED}), WINDOW) == []
+    assert list((await harness.psa.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records) == [created]
+    assert (await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)).records == []
+    assert (await harness.psa.load(BOB, frozenset({Kind.IMPORTED}), WINDOW)).records == []
     changed = replace(payload, subject="Lunch moved", start=payload.start + timedelta(hours=1),
                       end=payload.end + timedelta(hours=1))
     [updated] = await harness.psa.apply([PsaWrite("update", Kind.IMPORTED, created.psa_key, changed,
                                                   fields=("subject", "start", "end"), exchange_key="UID-9")])
     assert isinstance(updated, PsaRecord) and updated.payload == changed
-    assert list(await harness.psa.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)) == [updated]
+    assert list((await harness.psa.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records) == [updated]
     assert list(await harness.psa.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None)])) == [None]
-    assert await harness.psa.load(JANE, frozenset({Kind.IMPORTED}), WINDOW) == []
+    assert (await harness.psa.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records == []
     [again] = await harness.psa.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None)])
     assert again is None  # deleting what is gone is done
 
@@ -294,13 +311,14 @@ async def test_psa_owned_rows_change_only_in_the_named_fields(harness: PsaHarnes
     [rec] = await harness.psa.apply(
         [PsaWrite("update", Kind.APPOINTMENT, key, moved, fields=("start", "end"))])
     assert isinstance(rec, PsaRecord) and rec.payload == replace(moved, subject="Visit")
-    loaded = {r.psa_key: r for r in await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)}
+    read = await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)
+    loaded = {r.psa_key: r for r in read.records}
     assert loaded[key].payload == replace(moved, subject="Visit")
     todo = harness.add_todo(JANE, Task("Call", body="Call", start=appt(1).start, due=appt(1).end))
     done = Task("Call", body="Call", start=appt(1).start, due=appt(1).end, completed=NOW)
     [t] = await harness.psa.apply([PsaWrite("update", Kind.TODO, todo, done, fields=("completed",))])
     assert isinstance(t, PsaRecord) and isinstance(t.payload, Task) and t.payload.completed == NOW
-    tasks = {r.psa_key: r for r in await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)}
+    tasks = {r.psa_key: r for r in (await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)).records}
     assert dates(tasks[todo].payload) == dates(done)
 
 
@@ -314,8 +332,8 @@ async def test_psa_owned_rows_are_never_deleted_and_missing_rows_are_item_errors
     ])
     assert all(isinstance(r, ItemError) for r in results)
     assert [r.key for r in results if isinstance(r, ItemError)] == [key, todo, "appointment:987654"]
-    assert key in keys(await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW))
-    assert todo in keys(await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW))
+    assert key in keys((await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)).records)
+    assert todo in keys((await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)).records)
 
 
 async def test_one_bad_write_does_not_stop_the_others(harness: PsaHarness) -> None:
@@ -340,3 +358,59 @@ async def test_an_unreachable_psa_raises_and_never_looks_empty(harness: PsaHarne
 
 
 __all__ = ["IMPLEMENTATIONS", "NOW", "WINDOW", "PsaHarness"]
+
+
+async def test_a_row_that_cannot_be_synced_is_skipped_and_reported_by_the_load_that_read_it(
+    harness: PsaHarness,
+) -> None:
+    if harness.add_bad_appointment is None:
+        pytest.skip("this PSA harness cannot hold a bad row")
+    good = harness.add_appointment(JANE, appt(1))
+    bad = harness.add_bad_appointment(JANE)
+    harness.add_appointment(BOB, appt(1))
+    loaded = await harness.psa.load(JANE, frozenset({Kind.APPOINTMENT}), WINDOW)
+    assert keys(loaded.records) == {good}
+    [skipped] = loaded.skipped
+    assert skipped.key == bad and skipped.code == "invalid_row" and skipped.message
+    assert (await harness.psa.load(BOB, frozenset({Kind.APPOINTMENT}), WINDOW)).skipped == []
+    assert (await harness.psa.load(JANE, frozenset({Kind.TODO}), WINDOW)).skipped == []  # not in the kinds
+
+
+async def test_concurrent_loads_each_report_only_their_own_skipped_rows(harness: PsaHarness) -> None:
+    """One connector serves several users' cycles at once (the daemon runs them concurrently)."""
+    import trio
+
+    if harness.add_bad_appointment is None:
+        pytest.skip("this PSA harness cannot hold a bad row")
+    bad = harness.add_bad_appointment(JANE)
+    for n in range(3):
+        harness.add_appointment(JANE, appt(n + 1))
+        harness.add_appointment(BOB, appt(n + 1))
+    for _ in range(3):
+        got: dict[str, list[str]] = {}
+
+        async def one(resource: str, into: dict[str, list[str]]) -> None:
+            loaded = await harness.psa.load(resource, frozenset({Kind.APPOINTMENT}), WINDOW)
+            into[resource] = [e.key for e in loaded.skipped]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, JANE, got)
+            nursery.start_soon(one, BOB, got)
+        assert got == {JANE: [bad], BOB: []}
+
+
+async def test_the_optional_members_have_their_typed_defaults(harness: PsaHarness) -> None:
+    """Every connector answers the optional members of the port (``PsaConnectorBase`` gives the
+    defaults): nobody probes for them."""
+    psa = harness.psa
+    assert isinstance(psa.unstored_import_fields, frozenset)
+    assert all(isinstance(f, str) for f in psa.unstored_import_fields)
+    harness.add_appointment(JANE, appt(1))
+    kinds = frozenset({Kind.APPOINTMENT})
+    first = await psa.change_token(JANE, kinds, WINDOW)
+    assert await psa.change_token(JANE, kinds, WINDOW) == first  # nothing changed in between
+    if first is not None:  # a connector with tokens: a change shows
+        harness.add_appointment(JANE, appt(2))
+        assert await psa.change_token(JANE, kinds, WINDOW) != first
+    budget = psa.budget_status()
+    assert budget is None or isinstance(budget, dict)

@@ -285,9 +285,14 @@ async def test_leases(impl: Impl) -> None:
         assert await store.try_lease(BOX, "node-b", 0)  # renewed to expire at once (a dead node)
         assert await store.try_lease(BOX, "node-a", 60)  # expired: taken over
         assert not await store.try_lease(BOX, "node-b", 60)
+        holders = await store.lease_holders()  # the live leases, by mailbox
+        assert {m: lease.node for m, lease in holders.items()} == {BOX: "node-a", OTHER: "node-b"}
+        assert all(lease.expires_at.tzinfo is not None for lease in holders.values())
     else:
         assert await store.try_lease(BOX, "node-b", 60)
+        assert await store.lease_holders() == {}  # a single-node store keeps no leases
     await store.release_lease(BOX, "node-a")
+    assert BOX not in await store.lease_holders()
 
 
 async def test_committed_state_survives_reopening(impl: Impl) -> None:

@@ -66,8 +66,9 @@ async def test_resources(sample: SqlPsa) -> None:
 
 
 async def test_alices_records(sample: SqlPsa) -> None:
-    records = by_kind(await sample.load("1", ALL, WINDOW))
-    assert sample.load_errors == []
+    loaded = await sample.load("1", ALL, WINDOW)
+    records = by_kind(loaded.records)
+    assert loaded.skipped == []
     assert set(records) == {Kind.APPOINTMENT, Kind.SERVICE_CALL, Kind.TODO, Kind.CONTACT}
     # appointment 303 ended 20 days ago: out of the window
     assert set(records[Kind.APPOINTMENT]) == {"appointment:300", "appointment:301", "appointment:302"}
@@ -93,7 +94,7 @@ async def test_alices_records(sample: SqlPsa) -> None:
 
 
 async def test_bobs_records_share_the_service_call(sample: SqlPsa) -> None:
-    records = by_kind(await sample.load("2", ALL, WINDOW))
+    records = by_kind((await sample.load("2", ALL, WINDOW)).records)
     assert set(records[Kind.SERVICE_CALL]) == {"service_call:400", "service_call:401"}
     assert set(records[Kind.APPOINTMENT]) == {"appointment:304", "appointment:305"}
     private = records[Kind.APPOINTMENT]["appointment:305"].payload
@@ -103,13 +104,13 @@ async def test_bobs_records_share_the_service_call(sample: SqlPsa) -> None:
 
 
 async def test_only_the_asked_kinds_are_loaded(sample: SqlPsa) -> None:
-    records = await sample.load("1", frozenset({Kind.TODO}), WINDOW)
+    records = (await sample.load("1", frozenset({Kind.TODO}), WINDOW)).records
     assert {r.kind for r in records} == {Kind.TODO}
-    assert await sample.load("3", ALL, WINDOW) == []
+    assert (await sample.load("3", ALL, WINDOW)).records == []
 
 
 async def test_all_contacts_are_every_active_contact(sample: SqlPsa) -> None:
-    contacts = await sample.all_contacts()
+    contacts = (await sample.all_contacts()).records
     assert [c.psa_key for c in contacts] == [f"public_contact:{i}" for i in (100, 101, 102, 104, 105)]
     assert all(c.kind is Kind.PUBLIC_CONTACT for c in contacts)
 
@@ -117,7 +118,7 @@ async def test_all_contacts_are_every_active_contact(sample: SqlPsa) -> None:
 async def test_the_window_moves_with_now(sample: SqlPsa) -> None:
     later = Window(now=NOW + timedelta(days=10), past_start=NOW + timedelta(days=3),
                    recurring_end=NOW + timedelta(days=40))
-    records = by_kind(await sample.load("1", ALL, later))
+    records = by_kind((await sample.load("1", ALL, later)).records)
     assert set(records[Kind.APPOINTMENT]) == {"appointment:301"}  # ends at day 3, 15:30
     assert Kind.SERVICE_CALL not in records and Kind.TODO not in records
     assert len(records[Kind.CONTACT]) == 4  # contacts have no time
@@ -169,14 +170,14 @@ async def test_bad_rows_are_skipped_and_reported(raw: tuple[sqlite3.Connection, 
     add(conn, 8, "tab\tand\x0bvertical", "2026-11-30 11:00:00+02:00", "2026-11-30T10:00:00.5Z")
     conn.execute("INSERT INTO contacts (id, company_id, first_name, last_name, is_active) "
                  "VALUES (900, 10, '', NULL, 1)")
-    records = {r.psa_key: r for r in await psa.load("1", frozenset({Kind.APPOINTMENT, Kind.CONTACT,
-                                                                    Kind.IMPORTED}), WINDOW)}
+    loaded = await psa.load("1", frozenset({Kind.APPOINTMENT, Kind.CONTACT, Kind.IMPORTED}), WINDOW)
+    records = {r.psa_key: r for r in loaded.records}
     assert {k for k in records if k.startswith("appointment")} == {"appointment:1", "appointment:8"}
     odd = records["appointment:8"].payload
     assert isinstance(odd, Appointment)
     assert odd.subject == "tab\tandvertical"  # characters XML cannot carry are dropped
     assert odd.start == datetime(2026, 11, 30, 9, tzinfo=UTC)  # offsets are read
-    problems = {e.key: e for e in psa.load_errors}
+    problems = {e.key: e for e in loaded.skipped}
     assert set(problems) == {"appointment:2", "appointment:3", "appointment:4", "appointment:5",
                              "imported:6", "appointment:7", "contact:900"}
     assert all(e.code == "invalid_row" and "skipped" in e.message for e in problems.values())
@@ -188,8 +189,7 @@ async def test_bad_rows_are_skipped_and_reported(raw: tuple[sqlite3.Connection, 
     assert "UTF-8" in problems["appointment:7"].message
     conn.execute("DELETE FROM appointments WHERE id <> 1")
     conn.execute("DELETE FROM contacts WHERE id = 900")
-    await psa.load("1", frozenset({Kind.APPOINTMENT}), WINDOW)
-    assert psa.load_errors == []  # fixed rows are no longer reported
+    assert (await psa.load("1", frozenset({Kind.APPOINTMENT}), WINDOW)).skipped == []  # fixed: not reported
 
 
 async def test_tables_that_exist_are_kept_with_their_data(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ async def test_tables_that_exist_are_kept_with_their_data(tmp_path: Path) -> Non
         conn.execute("INSERT INTO resources VALUES (7, 'x@example.test', 'X', 'Y', 1, 'CC1')")
     psa = open_sql_connector(f"sqlite:///{path}")
     assert (await psa.resource("7")) is not None
-    assert await psa.load("7", ALL, WINDOW) == []
+    assert (await psa.load("7", ALL, WINDOW)).records == []
     await psa.aclose()
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -250,7 +250,7 @@ async def test_a_create_after_a_lost_reply_rewrites_the_row_instead_of_adding_on
     [b] = await sample.apply([create("1")])
     assert isinstance(a, PsaRecord) and isinstance(b, PsaRecord) and a.psa_key == b.psa_key
     assert a.payload == first and a.last_modified == NOW
-    imported = await sample.load("1", frozenset({Kind.IMPORTED}), WINDOW)
+    imported = (await sample.load("1", frozenset({Kind.IMPORTED}), WINDOW)).records
     assert [r.psa_key for r in imported] == [a.psa_key]
     [c] = await sample.apply([create("2")])
     assert isinstance(c, PsaRecord) and c.psa_key != a.psa_key  # another user's copy of a meeting
@@ -263,8 +263,9 @@ async def test_an_imported_body_too_long_for_a_row_is_cut_and_reads_back(sample:
                                          resource="1")])
     assert isinstance(rec, PsaRecord) and isinstance(rec.payload, Appointment)
     assert len(rec.payload.body) == MAX_TEXT and rec.payload.body.endswith("…")
-    assert [r.psa_key for r in await sample.load("1", frozenset({Kind.IMPORTED}), WINDOW)] == [rec.psa_key]
-    assert sample.load_errors == []
+    loaded = await sample.load("1", frozenset({Kind.IMPORTED}), WINDOW)
+    assert [r.psa_key for r in loaded.records] == [rec.psa_key]
+    assert loaded.skipped == []
 
 
 async def test_writes_the_psa_refuses(sample: SqlPsa) -> None:
@@ -284,7 +285,7 @@ async def test_writes_the_psa_refuses(sample: SqlPsa) -> None:
     assert codes == ["invalid_write", "invalid_write", "invalid_write", "not_found", "invalid_write",
                      "invalid_row", "invalid_write", "invalid_write"]
     assert "42" in results[0].message  # type: ignore[union-attr]
-    records = by_kind(await sample.load("1", ALL, WINDOW))
+    records = by_kind((await sample.load("1", ALL, WINDOW)).records)
     assert records[Kind.APPOINTMENT]["appointment:300"].payload.start == at(1, 9)  # type: ignore[union-attr]
 
 
@@ -362,16 +363,16 @@ async def test_the_change_token_moves_with_every_change_load_would_see(
         "DELETE FROM appointments WHERE id = 1",
     ]
     for sql in changes:
-        before = await psa.load("1", ALL_KINDS, WINDOW)
+        before = (await psa.load("1", ALL_KINDS, WINDOW)).records
         assert conn.execute(sql).rowcount > 0, sql
-        after = await psa.load("1", ALL_KINDS, WINDOW)
+        after = (await psa.load("1", ALL_KINDS, WINDOW)).records
         assert after != before, sql  # each change is one load sees...
         new = await psa.change_token("1", ALL_KINDS, WINDOW)
         assert new != token, sql  # ...and so does the token
         token = new
     assert await psa.change_token("2", ALL_KINDS, WINDOW) != token
     assert await psa.change_token("1", frozenset({Kind.TODO}), WINDOW) != token
-    [todo] = (await psa.load("1", frozenset({Kind.TODO}), WINDOW))[:1]
+    [todo] = ((await psa.load("1", frozenset({Kind.TODO}), WINDOW)).records)[:1]
     assert isinstance(todo.payload, Task)
     written = await psa.apply([PsaWrite("update", Kind.TODO, todo.psa_key, Task(
         todo.payload.subject, todo.payload.body, todo.payload.start, todo.payload.due, completed=None),
@@ -383,7 +384,7 @@ async def test_the_change_token_moves_with_every_change_load_would_see(
 async def test_the_change_token_works_on_both_databases(sample: SqlPsa) -> None:
     token = await sample.change_token("1", ALL_KINDS, WINDOW)
     assert await sample.change_token("1", ALL_KINDS, WINDOW) == token
-    [todo] = [r for r in await sample.load("1", frozenset({Kind.TODO}), WINDOW)][:1]
+    [todo] = [r for r in (await sample.load("1", frozenset({Kind.TODO}), WINDOW)).records][:1]
     assert isinstance(todo.payload, Task)
     [done] = await sample.apply([PsaWrite("update", Kind.TODO, todo.psa_key,
                                           Task(todo.payload.subject, todo.payload.body, todo.payload.start,
@@ -428,14 +429,14 @@ async def test_tables_with_text_ids_are_read_and_written(psa_url: str, generated
     try:
         resource = await psa.resource("R-7")
         assert resource is not None and resource.email == "r7@example.test"
-        [owned] = await psa.load("R-7", frozenset({Kind.APPOINTMENT}), WINDOW)
+        [owned] = (await psa.load("R-7", frozenset({Kind.APPOINTMENT}), WINDOW)).records
         assert owned.psa_key == "appointment:A-1"
         meeting = Appointment("Imported", at(2, 10), at(2, 11))
         [created] = await psa.apply([PsaWrite("create", Kind.IMPORTED, None, meeting,
                                               exchange_key="UID-T", resource="R-7")])
         assert isinstance(created, PsaRecord), created  # not the rowid of another row
         assert created.payload == meeting and created.exchange_key == "UID-T"
-        imported = await psa.load("R-7", frozenset({Kind.IMPORTED}), WINDOW)
+        imported = (await psa.load("R-7", frozenset({Kind.IMPORTED}), WINDOW)).records
         assert [r.psa_key for r in imported] == [created.psa_key]
         moved = Appointment("Imported", at(3, 10), at(3, 11))
         [updated] = await psa.apply([PsaWrite("update", Kind.IMPORTED, created.psa_key, moved,
@@ -447,7 +448,7 @@ async def test_tables_with_text_ids_are_read_and_written(psa_url: str, generated
         assert isinstance(flowed, PsaRecord) and flowed.payload.subject == "Visit moved"  # type: ignore[union-attr]
         assert await psa.apply([PsaWrite("delete", Kind.IMPORTED, created.psa_key, None,
                                          resource="R-7")]) == [None]
-        assert await psa.load("R-7", frozenset({Kind.IMPORTED}), WINDOW) == []
+        assert (await psa.load("R-7", frozenset({Kind.IMPORTED}), WINDOW)).records == []
     finally:
         await psa.aclose()
 

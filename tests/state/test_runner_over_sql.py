@@ -85,7 +85,7 @@ async def test_outlook_changes_reach_the_sql_psa(stack: Stack) -> None:
                                                  DAY + timedelta(days=2, hours=8)), uid="UID-dentist")
     out = await stack.runner().run_cycle(USER)
     assert out.result == "ok", out
-    records = {r.psa_key: r for r in await stack.psa.load("1", frozenset(Kind), WINDOW)}
+    records = {r.psa_key: r for r in (await stack.psa.load("1", frozenset(Kind), WINDOW)).records}
     moved = records["appointment:300"].payload
     assert isinstance(moved, Appointment)
     assert (moved.start, moved.subject) == (later, "Quarterly review with Contoso")  # time flowed back

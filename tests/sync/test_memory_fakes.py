@@ -100,8 +100,8 @@ async def test_psa_load_scope_and_writes() -> None:
     key = psa.add(Kind.SERVICE_CALL, appt("call"), ["1", "2"])
     old = psa.add(Kind.APPOINTMENT, appt("old", -24 * 30), ["1"])
     w = Window(T0, T0 - timedelta(days=7), T0 + timedelta(days=30))
-    assert [r.psa_key for r in await psa.load("2", frozenset(Kind), w)] == [key]
-    assert old not in [r.psa_key for r in await psa.load("1", frozenset(Kind), w)]
+    assert [r.psa_key for r in (await psa.load("2", frozenset(Kind), w)).records] == [key]
+    assert old not in [r.psa_key for r in (await psa.load("1", frozenset(Kind), w)).records]
     psa.unavailable = True
     with pytest.raises(errors.PsaUnavailable):
         await psa.load("1", frozenset(Kind), w)

@@ -349,7 +349,7 @@ async def test_an_unexpected_exception_is_an_internal_error_logged_with_its_trac
     async def broken(*args: object, **kwargs: object) -> object:
         return [][0]  # a bug somewhere below the runner
 
-    w.psa.load = broken  # type: ignore[method-assign]
+    w.psa.load = broken  # type: ignore[method-assign,assignment]
     with structlog.testing.capture_logs() as logs:
         out = await w.cycle()
     assert out.result == "error" and out.reason == "internal_error"

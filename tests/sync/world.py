@@ -81,7 +81,7 @@ class World:
         """Every in-scope item exactly once on each side, agreeing per the rules; nothing to do."""
         win = engine.window(self.now, self.settings)
         kinds = engine.enabled_kinds(self.settings)
-        records = await self.psa.load(RESOURCE, kinds, win)
+        records = (await self.psa.load(RESOURCE, kinds, win)).records
         for rec in records:
             if rec.kind in PSA_OWNED:
                 found = self.mb.by_psa_key(FOLDER_OF_KIND[rec.kind], rec.psa_key)

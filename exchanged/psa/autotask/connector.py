@@ -26,7 +26,7 @@ import trio
 
 from exchanged import errors
 from exchanged.model import Appointment, ItemError, Kind, PsaRecord, Task, Window, make_psa_key, split_psa_key
-from exchanged.ports import CheckResult, PsaResource, PsaWrite
+from exchanged.ports import CheckResult, PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
 
 from . import mapping as m
 from .api import AutotaskApi, Response, credentials_from
@@ -44,12 +44,21 @@ class _Target:
     record_id: int
 
 
-class AutotaskConnector:
+def _skip(skipped: list[ItemError], kind: Kind, entity: str, row: dict[str, Any], why: str) -> None:
+    """A row that cannot be synced is reported (the load's ``skipped``), never guessed at."""
+    skipped.append(
+        ItemError(
+            make_psa_key(kind, row.get("id", "?")),
+            "invalid_row",
+            f"Autotask {entity} {row.get('id')} is skipped because {why}; fix it in Autotask",
+        )
+    )
+
+
+class AutotaskConnector(PsaConnectorBase):
     def __init__(self, api: AutotaskApi) -> None:
         self.api = api
         self._threshold_at: float | None = None
-        # rows the last load/all_contacts skipped, as ItemErrors (as the sql connector reports them)
-        self.load_errors: list[ItemError] = []
         self._action_types: dict[int, str] = {}
         self._action_types_at = -ACTION_TYPES_TTL_S - 1.0
         self.closed = False
@@ -131,16 +140,17 @@ class AutotaskConnector:
             is_active=m.is_active(row.get("isActive")),
         )
 
-    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> Sequence[PsaRecord]:
+    async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         rid = self._resource_id(psa_resource)
         if rid is None:
             raise errors.PsaError(f"psa_resource {psa_resource!r} is not an Autotask resource id (a number)")
-        self.load_errors = []
         await self._maybe_threshold()
         results: dict[str, list[PsaRecord]] = {}
+        # this load's own: one connector serves several users' cycles at once
+        skipped: list[ItemError] = []
 
         async def run(name: str, fn: Any) -> None:
-            results[name] = await fn(rid, window)
+            results[name] = await fn(rid, window, skipped)
 
         async with _nursery() as nursery:
             if kinds & {Kind.APPOINTMENT, Kind.IMPORTED}:
@@ -157,9 +167,9 @@ class AutotaskConnector:
             for r in results.get(name, [])
             if r.kind in kinds
         ]
-        return [r for r in out if r.kind is Kind.CONTACT or window.in_scope(*_scope(r))]
+        return PsaLoad([r for r in out if r.kind is Kind.CONTACT or window.in_scope(*_scope(r))], skipped)
 
-    async def _appointments(self, rid: int, window: Window) -> list[PsaRecord]:
+    async def _appointments(self, rid: int, window: Window, skipped: list[ItemError]) -> list[PsaRecord]:
         rows = await self.api.query(
             "Appointments",
             [
@@ -172,7 +182,7 @@ class AutotaskConnector:
         for row in rows:
             rec = m.appointment_record(row)
             if rec is None:
-                self._skip(Kind.APPOINTMENT, "Appointments", row, "it has no start or no end time")
+                _skip(skipped, Kind.APPOINTMENT, "Appointments", row, "it has no start or no end time")
             else:
                 out.append(rec)
         return out
@@ -197,7 +207,7 @@ class AutotaskConnector:
         rows = await self.api.query_in("Companies", "id", sorted(ids), ["companyName"])
         return {int(r["id"]): str(r.get("companyName") or "") for r in rows}
 
-    async def _service_calls(self, rid: int, window: Window) -> list[PsaRecord]:
+    async def _service_calls(self, rid: int, window: Window, skipped: list[ItemError]) -> list[PsaRecord]:
         """Calls in the window assigned to the resource through a ticket or a task (both chains)."""
         calls = await self.api.query(
             "ServiceCalls",
@@ -251,12 +261,12 @@ class AutotaskConnector:
             company = c.get("companyID")
             rec = m.service_call_record(c, names.get(int(company)) if company else None)
             if rec is None:
-                self._skip(Kind.SERVICE_CALL, "ServiceCalls", c, "it has no start or no end time")
+                _skip(skipped, Kind.SERVICE_CALL, "ServiceCalls", c, "it has no start or no end time")
             else:
                 out.append(rec)
         return out
 
-    async def _todos(self, rid: int, window: Window) -> list[PsaRecord]:
+    async def _todos(self, rid: int, window: Window, skipped: list[ItemError]) -> list[PsaRecord]:
         rows = await self.api.query(
             "CompanyToDos",
             [
@@ -267,7 +277,7 @@ class AutotaskConnector:
         )
         return await self._todo_records(rows)
 
-    async def _owned_contacts(self, rid: int, window: Window) -> list[PsaRecord]:
+    async def _owned_contacts(self, rid: int, window: Window, skipped: list[ItemError]) -> list[PsaRecord]:
         """Contacts of companies the resource manages, and contacts of opportunities it owns."""
         owner = [{"op": "eq", "field": "ownerResourceID", "value": rid}]
         companies: list[dict[str, Any]] = []
@@ -297,10 +307,10 @@ class AutotaskConnector:
                 {int(r["companyID"]) for r in rows if r.get("companyID") and int(r["companyID"]) not in names}
             )
         )
-        return self._contacts(rows, names, Kind.CONTACT)
+        return self._contacts(rows, names, Kind.CONTACT, skipped)
 
-    async def all_contacts(self) -> Sequence[PsaRecord]:
-        self.load_errors = []
+    async def all_contacts(self) -> PsaLoad:
+        skipped: list[ItemError] = []
         rows = await self.api.query(
             "Contacts", [{"op": "eq", "field": "isActive", "value": 1}], m.CONTACT_FIELDS
         )
@@ -308,9 +318,10 @@ class AutotaskConnector:
             "Companies", [{"op": "gte", "field": "id", "value": 0}], ["companyName"]
         )
         names = {int(c["id"]): str(c.get("companyName") or "") for c in companies}
-        return self._contacts(rows, names, Kind.PUBLIC_CONTACT)
+        return PsaLoad(self._contacts(rows, names, Kind.PUBLIC_CONTACT, skipped), skipped)
 
-    def _contacts(self, rows: list[dict[str, Any]], names: dict[int, str], kind: Kind) -> list[PsaRecord]:
+    def _contacts(self, rows: list[dict[str, Any]], names: dict[int, str], kind: Kind,
+                  skipped: list[ItemError]) -> list[PsaRecord]:
         out = []
         for row in rows:
             if not m.is_active(row.get("isActive")):
@@ -318,20 +329,10 @@ class AutotaskConnector:
             company = names.get(int(row["companyID"])) if row.get("companyID") else None
             rec = m.contact_record(row, company, kind)
             if rec is None:
-                self._skip(kind, "Contacts", row, "it has neither a first nor a last name")
+                _skip(skipped, kind, "Contacts", row, "it has neither a first nor a last name")
             else:
                 out.append(rec)
         return out
-
-    def _skip(self, kind: Kind, entity: str, row: dict[str, Any], why: str) -> None:
-        """A row that cannot be synced is reported (``load_errors``), never guessed at."""
-        self.load_errors.append(
-            ItemError(
-                make_psa_key(kind, row.get("id", "?")),
-                "invalid_row",
-                f"Autotask {entity} {row.get('id')} is skipped because {why}; fix it in Autotask",
-            )
-        )
 
     # -- the port: writes -----------------------------------------------------------------------
 

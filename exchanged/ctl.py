@@ -627,8 +627,20 @@ def render_status(result: Any, out: TextIO, clock: Clock) -> None:
         ]
         for u in status.users
     ]
-    table(["MAILBOX", "RESOURCE", "STATE", "LAST ATTEMPT", "RESULT", "NEXT RUN"], rows, out)
+    headers = ["MAILBOX", "RESOURCE", "STATE", "LAST ATTEMPT", "RESULT", "NEXT RUN"]
+    if any(u.push is not None for u in status.users):  # how Exchange changes reach the daemon
+        headers.append("CHANGES")
+        for row, u in zip(rows, status.users, strict=True):
+            row.append(_text(u.push.mode if u.push else None))
+    table(headers, rows, out)
     _error_lines(status.users, out)
+    # why a mailbox is polled when push failed (not: starting, or Graph, which never pushes)
+    failed = [u for u in status.users if u.push is not None and u.push.mode == "polled"
+              and (u.push.note or "").startswith("polled:")]
+    if failed:
+        out.write("\n")
+    for user in failed[:10]:
+        out.write(f"{_text(user.mailbox)}: {_text(user.push.note if user.push else None)}\n")
 
 
 def _user_state(user: UserStatus) -> str:

@@ -38,6 +38,7 @@ from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
+from exchanged.push import PushTracker
 from exchanged.reload import Reloader
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
 from exchanged.signals import remember_early, take_pending
@@ -173,6 +174,10 @@ class Daemon:
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
                                    max_concurrent=cfg.sync.max_concurrent_users,
                                    cycle_timeout_s=cfg.sync.cycle_timeout_minutes * 60)
+        # pushed changes (EWS streaming): what each mailbox's subscription says; see push.py
+        self.push = PushTracker(self.scheduler, wall=now, on_change=self.status_poke)
+        self._push_scope: trio.CancelScope | None = None
+        self._push_watching: tuple[int, tuple[tuple[str, frozenset[Any]], ...]] | None = None
         self._stop = trio.Event()
         self.stopping = False
         self._ready = False
@@ -204,6 +209,7 @@ class Daemon:
                     await nursery.start(self.scheduler.serve)
                     await nursery.start(sdnotify.serve_watchdog, self._healthy)
                     self.apply_users(self.cfg)
+                    nursery.start_soon(self._serve_push)
                     nursery.start_soon(self._startup_tasks)
                     nursery.start_soon(self._serve_status_line)
                     nursery.start_soon(self._serve_pruning)
@@ -313,6 +319,42 @@ class Daemon:
     def status_poke(self) -> None:
         self._status_changed.set()
 
+    # --- pushed changes ------------------------------------------------------------------------------
+
+    def _push_wanted(self) -> tuple[int, tuple[tuple[str, frozenset[Any]], ...]]:
+        """(the account, the watched folders of every enabled mailbox) of the running config."""
+        from exchanged.engine import enabled_kinds
+        from exchanged.model import FOLDER_OF_KIND
+        from exchanged.openers import user_spec
+
+        folders = tuple((u.mailbox, frozenset(FOLDER_OF_KIND[k] for k in enabled_kinds(
+            user_spec(self.cfg, u).settings))) for u in self.cfg.enabled_users()) if self.cfg.enabled else ()
+        return id(self.adapters.account if self.adapters else None), folders
+
+    async def _serve_push(self) -> None:
+        """Watch every synced folder of every enabled mailbox while the account can push; restarted
+        when a reload changes the account or the mailboxes. Mailboxes it cannot watch are polled."""
+        from exchanged.ports import PushSource
+
+        while True:
+            self._push_watching = wanted = self._push_wanted()
+            account = self.adapters.account if self.adapters else None
+            mailboxes = dict(wanted[1])
+            with trio.CancelScope() as scope:
+                self._push_scope = scope
+                if isinstance(account, PushSource) and mailboxes:
+                    try:
+                        await account.watch(mailboxes, self.push)
+                    except Exception as exc:  # the watch must never take the daemon down
+                        log.error("watching for pushed changes failed", error=present(exc).line())
+                why = ("Graph: changes are polled (push needs a public webhook, which exchanged "
+                       "does not open)" if self.cfg.server.use_ms_graph
+                       else "this Exchange connection pushes no changes")
+                for mailbox in mailboxes:
+                    self.push.lost(mailbox, why)
+                await trio.sleep_forever()
+            self.push.forget_all("the subscriptions are being renewed (reload)")
+
     # --- users and the scheduler ---------------------------------------------------------------------
 
     def apply_users(self, cfg: Config) -> None:
@@ -321,6 +363,8 @@ class Daemon:
             mailboxes.append(PUBLIC_FOLDER)  # its own cycle, on the same interval and limits
         self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
         self.scheduler.cycle_timeout_s = cfg.sync.cycle_timeout_minutes * 60
+        if self._push_scope is not None and self._push_wanted() != self._push_watching:
+            self._push_scope.cancel()  # watch the new config's mailboxes (or account)
 
     def forget_errors(self) -> None:
         """Users no longer scheduled (after a reload's ``apply_users``) leave the notifier's open
@@ -448,9 +492,15 @@ class Daemon:
         try:
             if user is None and mailbox != PUBLIC_FOLDER:
                 raise UnknownMailbox([mailbox])
+            # a silent, unbroken subscription vouches for the mailbox (push.py): a quiet scheduled
+            # cycle then reads the PSA only
+            unchanged = user is not None and self.push.vouch(mailbox, request.reason, request.full)
             outcome = await runner.run_cycle(cfg, user, full=request.full,
                                              allow_deletes=request.allow_deletes,
-                                             progress=progress, cycle_id=cycle_id)
+                                             progress=progress, cycle_id=cycle_id,
+                                             exchange_unchanged=unchanged)
+            if outcome.result == "error" and not unchanged:
+                self.push.read_failed(mailbox)
             recorded = runner.records_outcomes
             if outcome.result == "error":
                 reason = outcome.reason or "cycle_failed"
@@ -607,12 +657,13 @@ class Daemon:
             running=self.scheduler.running, paused=self.scheduler.paused,
             interval_minutes=self.cfg.sync_interval_minutes,
             max_concurrent_users=self.cfg.sync.max_concurrent_users,
-            users=user_rows(self.cfg, self.scheduler, self.records, held),
+            users=user_rows(self.cfg, self.scheduler, self.records, held, push=self.push.row),
             public_folder=public_folder_row(self.scheduler, self.records),
         ).to_json()
 
     async def users(self) -> list[dict[str, Any]]:
-        return [row.to_json() for row in user_rows(self.cfg, self.scheduler, self.records)]
+        rows = user_rows(self.cfg, self.scheduler, self.records, push=self.push.row)
+        return [row.to_json() for row in rows]
 
     def _check_mailboxes(self, mailboxes: list[str] | None) -> list[str] | None:
         if mailboxes is None:

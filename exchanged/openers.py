@@ -58,8 +58,10 @@ class CycleRunner(Protocol):
     records_outcomes: bool  # True: the runner writes ``record_outcome`` to the state store itself
 
     async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
-        """One cycle of ``user``; ``None``: the public contacts folder."""
+                        progress: ProgressFn, cycle_id: str,
+                        exchange_unchanged: bool = False) -> CycleOutcome:
+        """One cycle of ``user``; ``None``: the public contacts folder. ``exchange_unchanged``: a
+        silent subscription vouches for the mailbox (push.py; ``SyncRunner.run_cycle``)."""
         ...
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]: ...
@@ -97,7 +99,8 @@ class SyncCycleRunner:
                                   server_identity=server_identity(cfg))
 
     async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+                        progress: ProgressFn, cycle_id: str,
+                        exchange_unchanged: bool = False) -> CycleOutcome:
         from exchanged.engine import UserSettings
 
         if user is None:
@@ -105,7 +108,8 @@ class SyncCycleRunner:
                 UserSettings.from_config(cfg.sync), full=full, allow_deletes=allow_deletes,
                 progress=progress, cycle_id=cycle_id)
         return await self._runner.run_cycle(user_spec(cfg, user), full=full, allow_deletes=allow_deletes,
-                                            progress=progress, cycle_id=cycle_id)
+                                            progress=progress, cycle_id=cycle_id,
+                                            exchange_unchanged=exchange_unchanged)
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
         return await self._runner.plan(user_spec(cfg, user))

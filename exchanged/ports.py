@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from exchanged.model import (
     CycleOutcome,
@@ -141,6 +141,37 @@ class ExchangeAccount(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class PushSink(Protocol):
+    """Where a ``PushSource`` reports; every call returns at once (the daemon's push tracker)."""
+
+    def changed(self, mailbox: str) -> None:
+        """A notification: something changed in this mailbox's watched folders. Look now."""
+        ...
+
+    def live(self, mailbox: str) -> None:
+        """The mailbox's subscription works (first time, or again after any gap: a reconnect,
+        an expired subscription). What happened before is unknown: sync it normally."""
+        ...
+
+    def lost(self, mailbox: str, why: str) -> None:
+        """No working subscription for this mailbox (refused, over a limit, failing): poll it.
+        ``why`` says so for status, naming the mailbox's cause once."""
+        ...
+
+
+@runtime_checkable
+class PushSource(Protocol):
+    """Optional capability of an ``ExchangeAccount``: the server pushes change notifications over
+    connections the daemon opens (EWS streaming). An account without it is polled."""
+
+    async def watch(self, mailboxes: dict[str, frozenset[FolderKind]], sink: PushSink, *,
+                    task_status: Any = ...) -> None:
+        """Watch these folders of these mailboxes until cancelled, reporting to ``sink``;
+        ``task_status.started()`` once the first subscriptions are attempted. Never raises
+        for a failing server: mailboxes without a subscription are reported ``lost``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

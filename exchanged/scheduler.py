@@ -33,6 +33,11 @@ cycle timeout          a cycle running longer than ``cycle_timeout_s`` (``sync.c
                        minutes``) is cancelled and recorded as an ``error`` outcome saying so;
                        what it committed is kept (the runner commits per batch), the user's
                        next cycle goes on from there.
+nudge                  ``nudge(mailbox)`` (a change notification, a PSA probe hit) asks for a
+                       cycle ``debounce_s`` from the first nudge: a burst of nudges is one
+                       cycle; nudges while the user's cycle runs make one cycle after it. A
+                       nudged cycle stands in for a scheduled one that is due anyway; it obeys
+                       pause, hold, the lock and the concurrency limit like a scheduled one.
 =====================  ======================================================================
 """
 
@@ -129,6 +134,8 @@ class _User:
     last_ended: datetime | None = None
     running_request: CycleRequest | None = None
     started_at: float = 0.0  # trio time of the running cycle's start
+    nudged_at: float | None = None  # a nudge asks for a cycle at this trio time
+    nudge_reason: str = "push"
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,10 @@ def _now_wall() -> datetime:
     return datetime.now(UTC)
 
 
+def _inf(t: float | None) -> float:
+    return math.inf if t is None else t
+
+
 class Scheduler:
     def __init__(
         self,
@@ -159,9 +170,11 @@ class Scheduler:
         max_concurrent: int = 8,
         wall_clock: Callable[[], datetime] = _now_wall,
         cycle_timeout_s: float | None = None,
+        debounce_s: float = 2.0,
     ) -> None:
         self._cycle = cycle
         self.cycle_timeout_s = cycle_timeout_s  # None: no limit; a reload may change it
+        self._debounce = float(debounce_s)
         self._interval = float(interval_s)
         self._max = max(1, int(max_concurrent))
         self._wall = wall_clock
@@ -281,6 +294,18 @@ class Scheduler:
             tickets.append(ticket)
         self._poke()
         return SyncHandle(tickets)
+
+    def nudge(self, mailbox: str, reason: str = "push") -> bool:
+        """Something changed for this user: a cycle ``debounce_s`` after the first nudge of a burst
+        (see the table above). False when the mailbox is not a current user."""
+        user = self._users.get(mailbox)
+        if user is None or user.removed:
+            return False
+        if user.nudged_at is None:
+            user.nudged_at = trio.current_time() + self._debounce
+            user.nudge_reason = reason
+            self._poke()
+        return True
 
     def pause(self, mailboxes: Iterable[str] | None = None) -> list[str]:
         """Stop scheduled cycles (all users when None); running cycles finish."""
@@ -411,13 +436,13 @@ class Scheduler:
             return True
         if user.paused or self._paused_all:
             return False
-        return user.next_due <= now
+        return min(user.next_due, _inf(user.nudged_at)) <= now
 
     def _next_deadline(self) -> float:
         if self._holds or self._stopping or self._running >= self._max:
             return math.inf
         dues = [
-            u.next_due
+            min(u.next_due, _inf(u.nudged_at))
             for u in self._users.values()
             if not (u.running or u.removed or u.paused or self._paused_all)
         ]
@@ -430,7 +455,8 @@ class Scheduler:
         rank = {m: i for i, m in enumerate(self._order)}
         due = [u for u in self._users.values() if self._eligible(u, now)]
         # manual requests first (an operator is waiting), then the longest overdue, then config order
-        due.sort(key=lambda u: (u.pending is None, u.next_due, rank.get(u.mailbox, 0)))
+        due.sort(key=lambda u: (u.pending is None, min(u.next_due, _inf(u.nudged_at)),
+                                rank.get(u.mailbox, 0)))
         for user in due:
             if self._running >= self._max:
                 break
@@ -447,9 +473,14 @@ class Scheduler:
             tickets = pending.tickets
             # a manual cycle started when the scheduled one was due anyway stands in for it
             slot = user.next_due if user.next_due <= now else None
+        elif user.next_due > now:  # nudged before it was due: the schedule stays as it was
+            request = CycleRequest(full=user.force_full, reason=user.nudge_reason)
+            slot = None
         else:
             request = CycleRequest(full=user.force_full, reason="scheduled")
             slot = user.next_due
+        if user.nudged_at is not None and user.nudged_at <= now:
+            user.nudged_at = None  # served by this cycle (a later nudge asks for one more)
         if slot is not None and now >= slot + self._interval:
             # started a whole interval late (held, paused, at the concurrency limit): re-base the
             # grid on the real start so that the next cycle does not follow back-to-back

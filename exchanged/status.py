@@ -9,7 +9,7 @@ or not at all, because status must answer even when the state store does not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from exchanged.control.protocol import (
     LeaseHolder,
     Progress,
     PsaStatus,
+    PushStatus,
     UserStatus,
 )
 from exchanged.model import Counts, CycleOutcome
@@ -119,7 +120,8 @@ def _cycle_status(state: str | None, rt: UserRuntime | None, rec: CycleRecord) -
 
 
 def user_rows(cfg: Config, scheduler: Scheduler, records: Mapping[str, CycleRecord],
-              held: Mapping[str, LeaseHolder] | None = None) -> list[UserStatus]:
+              held: Mapping[str, LeaseHolder] | None = None,
+              push: Callable[[str], PushStatus] | None = None) -> list[UserStatus]:
     snap = scheduler.snapshot()
     rows = []
     held = held or {}
@@ -130,7 +132,8 @@ def user_rows(cfg: Config, scheduler: Scheduler, records: Mapping[str, CycleReco
         if user.mailbox in held and state not in ("syncing", "disabled"):
             state = "held_elsewhere"  # another node is syncing it (or died doing so)
         rows.append(UserStatus(user.mailbox, user.psa_resource, user.enabled and cfg.enabled,
-                               _cycle_status(state, rt, rec), held.get(user.mailbox)))
+                               _cycle_status(state, rt, rec), held.get(user.mailbox),
+                               push(user.mailbox) if push is not None else None))
     return rows
 
 

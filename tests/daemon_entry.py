@@ -61,7 +61,8 @@ class HookedRunner:
         return data if isinstance(data, dict) else {}
 
     async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+                        progress: ProgressFn, cycle_id: str,
+                        exchange_unchanged: bool = False) -> CycleOutcome:
         hooks = self._read()
         if hooks.get("cycle_delay_s"):
             await trio.sleep(float(hooks["cycle_delay_s"]))
@@ -74,7 +75,8 @@ class HookedRunner:
             raise errors.MailboxNotFound(f"mailbox {mailbox} not found on the Exchange server",
                                          mailbox=mailbox)
         return await self._inner.run_cycle(cfg, user, full=full, allow_deletes=allow_deletes,
-                                           progress=progress, cycle_id=cycle_id)
+                                           progress=progress, cycle_id=cycle_id,
+                                           exchange_unchanged=exchange_unchanged)
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
         return await self._inner.plan(cfg, user)

@@ -601,6 +601,24 @@ class CycleStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PushStatus:
+    """How Exchange changes reach the daemon for one mailbox (EWS streaming; docs/OPERATIONS.md)."""
+
+    mode: str | None  # pushed | polled
+    note: str | None  # why polled; None when pushed
+    since: str | None  # the last change of mode (UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"push": self.mode, "push_note": self.note, "push_since": self.since}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PushStatus | None:
+        if "push" not in data:
+            return None
+        return cls(_str(data.get("push")), _str(data.get("push_note")), _str(data.get("push_since")))
+
+
+@dataclass(frozen=True, slots=True)
 class UserStatus:
     """One row of ``status.users`` (and of the ``users`` answer)."""
 
@@ -609,12 +627,14 @@ class UserStatus:
     enabled: bool | None
     cycle: CycleStatus
     held_by: LeaseHolder | None = None
+    push: PushStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"mailbox": self.mailbox, "psa_resource": self.psa_resource, "enabled": self.enabled,
                 **self.cycle.to_json(),
                 "held_by": ({"node": self.held_by.node, "expires_at": self.held_by.expires_at}
-                            if self.held_by else None)}
+                            if self.held_by else None),
+                **(self.push.to_json() if self.push is not None else {})}
 
     @classmethod
     def from_json(cls, value: object) -> UserStatus:
@@ -623,7 +643,8 @@ class UserStatus:
         if _int(resource) is not None:
             resource = str(resource)
         return cls(_str(data.get("mailbox")), _str(resource), _bool(data.get("enabled")),
-                   CycleStatus.from_json(data), LeaseHolder.from_json(data.get("held_by")))
+                   CycleStatus.from_json(data), LeaseHolder.from_json(data.get("held_by")),
+                   PushStatus.from_json(data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,6 +256,14 @@ class EwsAccount:
                   if (until := s.gate.closed_until()) is not None]
         return max(closed) if closed else None
 
+    # -- ports.PushSource: streaming notifications (streaming.py) ------------------------------------
+
+    async def watch(self, mailboxes: dict[str, frozenset[Any]], sink: Any, *,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from exchanged.exchange.streaming import EwsPush
+
+        await EwsPush(self).watch(mailboxes, sink, task_status=task_status)
+
     # -- ports.ExchangeAccount ----------------------------------------------------------------------
 
     def mailbox(self, address: str, *, time_zone: str | None = None) -> Any:

@@ -32,7 +32,9 @@ from exchangelib.services import (
     FindItem,
     GetFolder,
     GetItem,
+    GetStreamingEvents,
     ResolveNames,
+    SubscribeToStreaming,
     SyncFolderItems,
     UpdateItem,
 )
@@ -258,3 +260,35 @@ class CreateFolderHinted(_ThrottleHint, CreateFolder):
 
 class ResolveNamesHinted(_ThrottleHint, ResolveNames):
     pass
+
+
+class SubscribeAnchored(_ThrottleHint, SubscribeToStreaming):
+    """A streaming subscription made under a group's anchor mailbox (``X-AnchorMailbox``), so that
+    Exchange keeps every subscription of one connection on the same mailbox server."""
+
+    def __init__(self, *args: Any, anchor: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.anchor = anchor
+
+    def _extra_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = super()._extra_headers()
+        headers["X-AnchorMailbox"] = self.anchor
+        return headers
+
+
+class GetStreamingEventsOnce(GetStreamingEvents):
+    """One hanging connection, its errors raised: exchangelib's retry loop would shrink the session
+    pool on ErrorExceededConnectionCount and try again at once; the daemon backs off itself."""
+
+    connected = False  # the server accepted the request and the stream began
+
+    def _get_response(self, payload: Any, api_version: Any) -> Any:
+        response = super()._get_response(payload=payload, api_version=api_version)
+        self.connected = response.status_code == 200
+        return response
+
+    def _get_elements(self, payload: Any) -> Any:
+        try:
+            yield from self._response_generator(payload=payload)
+        finally:
+            self.stop_streaming()

@@ -102,6 +102,7 @@ class _Target:
     resource: str | None = None  # psa_resource for imported creates
     # the PSA connector's change token for this load, when it has one (see _Quiet)
     token: Callable[[Window], Awaitable[object]] | None = None
+    exchange_unchanged: bool = False  # vouched by the caller: a quiet cycle reads no folder
 
 
 @dataclass(slots=True)
@@ -210,8 +211,13 @@ class SyncRunner:
 
     async def run_cycle(self, user: UserSpec, *, full: bool = False, allow_deletes: bool = False,
                         progress: Callable[[int, int], None] | None = None,
-                        cycle_id: str = "") -> CycleOutcome:
-        return await self._run(self._user_target(user), full=full, allow_deletes=allow_deletes,
+                        cycle_id: str = "", exchange_unchanged: bool = False) -> CycleOutcome:
+        """``exchange_unchanged``: the caller vouches that nothing changed in the mailbox since this
+        runner's last cycle of it (a streaming subscription live all along and silent): a quiet
+        cycle then skips SyncFolderItems and looks at the PSA only (see docs/SYNC_RULES.md)."""
+        target = self._user_target(user)
+        target.exchange_unchanged = exchange_unchanged
+        return await self._run(target, full=full, allow_deletes=allow_deletes,
                                progress=progress, cycle_id=cycle_id)
 
     async def run_public_contacts(self, settings: UserSettings, *, full: bool = False,
@@ -364,6 +370,8 @@ class SyncRunner:
                                                     for f, (ss, ident) in memo.folders.items()})
             try:
                 for folder in folders:
+                    if target.exchange_unchanged and memo.folders.get(folder, (None, None))[0] is not None:
+                        continue  # vouched for (a silent subscription): the memo's sync state holds
                     fs = light.folders.setdefault(folder, FolderState())
                     known = self._written_in(target.name, folder, commit)
                     if await self._sync_folder(target.name, mailbox, fs, folder, restart=False, commit=commit,

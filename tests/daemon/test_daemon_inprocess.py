@@ -39,7 +39,8 @@ class RecordingRunner:
     records_outcomes: bool = False
 
     async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
-                        progress: ProgressFn, cycle_id: str) -> CycleOutcome:
+                        progress: ProgressFn, cycle_id: str,
+                        exchange_unchanged: bool = False) -> CycleOutcome:
         assert user is not None
         self.calls.append((user.mailbox, full, allow_deletes))
         if user.mailbox in self.gates:
@@ -597,7 +598,9 @@ async def test_status_document_keeps_every_field_and_reads_back_typed(
     assert doc["state"] in ("running", "degraded") and doc["config"]["generation"] == 2
     row = next(u for u in doc["users"] if u["mailbox"] == ALICE)
     assert set(row) == {"mailbox", "psa_resource", "enabled", "state", "last_attempt", "last_success",
-                        "last_result", "last_error", "next_run", "progress", "counts", "held_by"}
+                        "last_result", "last_error", "next_run", "progress", "counts", "held_by",
+                        "push", "push_note", "push_since"}
+    assert row["push"] == "polled"  # the in-memory account pushes nothing, and says so
     assert row["last_result"] == "ok" and row["counts"]["exported"] == 1
     assert StatusDocument.from_json(doc).to_json() == doc
     assert await running.users() == doc["users"]

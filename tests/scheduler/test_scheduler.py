@@ -345,3 +345,53 @@ async def test_a_cycle_that_ignores_its_cancellation_is_reported_stuck(
         assert sched.stuck(grace_s=300) == []
         await trio.sleep(300)
         assert sched.stuck(grace_s=300) == ["deaf"]
+
+
+async def test_a_burst_of_nudges_is_one_cycle_after_the_debounce(
+        autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder(duration={"a": 5})
+    sched = Scheduler(rec, interval_s=1000, max_concurrent=8, debounce_s=2)
+    t0 = trio.current_time()
+    sched.set_users(["a", "b"])
+    async with running(sched):
+        await trio.sleep(600)  # a's first (scheduled) cycle at 0, b's at 500
+        for _ in range(50):  # 50 notifications within a second
+            assert sched.nudge("a")
+            await trio.sleep(0.02)
+        await trio.sleep(10)
+        assert not sched.nudge("nobody")
+    starts = [(t - t0, r.reason) for m, t, r in rec.calls if m == "a"]
+    assert starts == [(0, "scheduled"), (pytest.approx(602), "push")], starts
+    # the nudged cycle kept the schedule: a's next scheduled cycle is still due at 1000
+    assert sched.snapshot()["a"].next_run is not None
+
+
+async def test_nudges_during_a_cycle_make_one_cycle_after_it(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder(duration={"a": 30})
+    sched = Scheduler(rec, interval_s=1000, max_concurrent=8, debounce_s=2)
+    t0 = trio.current_time()
+    sched.set_users(["a"])
+    async with running(sched):
+        await trio.sleep(1)  # a's first cycle runs 0..30
+        for _ in range(20):
+            sched.nudge("a")
+            await trio.sleep(1)
+        await trio.sleep(100)
+    starts = [t - t0 for t in rec.starts("a")]
+    assert starts == pytest.approx([0, 30]), starts  # one more cycle, right after the running one
+    assert rec.max_active_per_user == 1
+
+
+async def test_a_paused_user_is_not_nudged_into_a_cycle(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder()
+    sched = Scheduler(rec, interval_s=1000, max_concurrent=8, debounce_s=2)
+    sched.set_users(["a"])
+    async with running(sched):
+        await trio.sleep(5)
+        sched.pause(["a"])
+        sched.nudge("a")
+        await trio.sleep(50)
+        assert len(rec.starts("a")) == 1
+        sched.resume(["a"])
+        await trio.sleep(5)
+    assert len(rec.starts("a")) == 2  # the nudge waited for the resume

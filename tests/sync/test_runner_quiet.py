@@ -206,3 +206,21 @@ async def test_a_sync_state_the_server_forgot_after_a_quiet_cycle_resyncs_withou
     assert len(w.mb.by_psa_key(FolderKind.CALENDAR, key)) == 1
     assert len(w.mb.by_psa_key(FolderKind.CALENDAR, other)) == 1  # no stale mirror entry hid its loss
     await w.assert_converged()
+
+
+async def test_a_vouched_quiet_cycle_reads_no_folder_but_still_sees_the_psa() -> None:
+    """``exchange_unchanged`` (a silent streaming subscription): no SyncFolderItems at all, while a
+    PSA edit is still carried out; without the vouching the same cycle reads every folder."""
+    w, key = await quiet_world()
+    before_sync = w.exchange.requests["SyncFolderItems"]
+    for _ in range(3):
+        out = await w.runner.run_cycle(w.user, exchange_unchanged=True)
+        assert out.result == "ok" and not out.counts.updated, out
+    assert w.exchange.requests["SyncFolderItems"] == before_sync
+    w.psa.edit(key, subject="visit (moved)")
+    out = await w.runner.run_cycle(w.user, exchange_unchanged=True)
+    assert out.result == "ok" and out.counts.updated == 1, out
+    assert w.item_of(key).payload.subject == "visit (moved)"  # type: ignore[union-attr]
+    out = await w.runner.run_cycle(w.user)
+    assert out.result == "ok" and w.exchange.requests["SyncFolderItems"] > before_sync
+    await w.assert_converged()

@@ -1,0 +1,133 @@
+"""Pushed changes in the daemon: what each mailbox's subscription says, and what a cycle may skip.
+
+The adapter (``ports.PushSource``, EWS streaming) reports to a :class:`PushTracker` (its
+``ports.PushSink``): ``changed`` (a notification), ``live`` (a subscription works, first time or
+after a gap), ``lost`` (none: the mailbox is polled). The tracker turns ``changed`` and ``live``
+into a debounced cycle of that mailbox (``Scheduler.nudge``: same lock, lease, back-off and
+concurrency rules as any cycle), keeps what ``status`` shows (``pushed`` or ``polled``, and why),
+and decides per cycle whether the runner may trust the subscription instead of reading Exchange:
+
+A cycle may skip SyncFolderItems (``exchange_unchanged``) only when all of this holds, else it
+reads as always:
+
+* it is a scheduled cycle (not manual, not pushed, not the first after a start or a reload), not
+  a full resync;
+* the mailbox's subscription has been live since before the last cycle that read Exchange started
+  (no gap since: a reconnect or a new subscription makes ``live_since`` newer);
+* no notification arrived since that read started;
+* that read is younger than ``SAFETY_READ_S``: a subscription that fails silently is caught by a
+  real read at least that often.
+
+So the periodic cycle every ``sync_interval_minutes`` stays (the PSA side is looked at each time);
+with a healthy subscription a quiet mailbox's cycle reads Exchange once per ``SAFETY_READ_S``.
+Everything here is in memory: after a restart the first cycle reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+import trio
+
+from exchanged.control.protocol import PushStatus
+
+log = structlog.get_logger("exchanged.push")
+
+SAFETY_READ_S = 3600.0  # a pushed mailbox's quiet cycles still read Exchange at least this often
+VOUCHED_REASONS = frozenset({"scheduled"})
+
+
+class Nudger(Protocol):
+    def nudge(self, mailbox: str, reason: str = "push") -> bool: ...
+
+
+@dataclass
+class _Mailbox:
+    mode: str = "polled"  # pushed | polled
+    why: str | None = "no subscription yet"
+    since: datetime | None = None  # wall time of the last change of mode
+    live_since: float | None = None  # trio time the subscription last became live (after a gap)
+    last_event: float | None = None  # trio time of the last notification
+    last_read: float | None = None  # trio time the last cycle that read Exchange started
+    events: int = 0
+    was_live: bool = False  # live before: a later ``live`` follows a gap
+
+
+class PushTracker:
+    """``ports.PushSink`` for the daemon; one per watch (a reload makes a new one)."""
+
+    def __init__(self, nudger: Nudger, *, wall: Callable[[], datetime],
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self._nudger = nudger
+        self._wall = wall
+        self._on_change = on_change
+        self._boxes: dict[str, _Mailbox] = {}
+
+    def _box(self, mailbox: str) -> _Mailbox:
+        return self._boxes.setdefault(mailbox, _Mailbox())
+
+    def _mode(self, box: _Mailbox, mode: str, why: str | None, mailbox: str) -> None:
+        if (box.mode, box.why) != (mode, why):
+            box.mode, box.why, box.since = mode, why, self._wall()
+            if mode == "pushed":
+                log.info("changes are pushed", mailbox=mailbox)
+            else:
+                log.warning("changes are polled", mailbox=mailbox, why=why)
+            self._on_change()
+
+    # -- ports.PushSink -----------------------------------------------------------------------------
+
+    def changed(self, mailbox: str) -> None:
+        box = self._box(mailbox)
+        box.last_event = trio.current_time()
+        box.events += 1
+        self._nudger.nudge(mailbox, "push")
+
+    def live(self, mailbox: str) -> None:
+        box = self._box(mailbox)
+        box.live_since = trio.current_time()
+        self._mode(box, "pushed", None, mailbox)
+        if box.was_live:  # a gap: what happened in it is unknown, sync now
+            self._nudger.nudge(mailbox, "push")
+        # the first subscription after the start needs no cycle of its own: the start-up schedule
+        # gives every mailbox its first cycle (spread over the interval), and that cycle reads
+        box.was_live = True
+
+    def lost(self, mailbox: str, why: str) -> None:
+        box = self._box(mailbox)
+        box.live_since = None
+        self._mode(box, "polled", why, mailbox)
+
+    # -- the daemon's questions ----------------------------------------------------------------------
+
+    def forget_all(self, why: str) -> None:
+        """The watch ended (reload, stop, no push source): every mailbox is polled."""
+        for mailbox, box in self._boxes.items():
+            box.live_since = None
+            self._mode(box, "polled", why, mailbox)
+
+    def vouch(self, mailbox: str, reason: str, full: bool) -> bool:
+        """May this cycle skip reading Exchange? Records the read when it may not (see above)."""
+        box = self._box(mailbox)
+        now = trio.current_time()
+        ok = (not full and reason in VOUCHED_REASONS and box.mode == "pushed"
+              and box.live_since is not None and box.last_read is not None
+              and box.live_since <= box.last_read
+              and (box.last_event is None or box.last_event < box.last_read)
+              and now - box.last_read < SAFETY_READ_S)
+        if not ok:
+            box.last_read = now
+        return ok
+
+    def read_failed(self, mailbox: str) -> None:
+        """The cycle that should have read Exchange failed: the next one reads again."""
+        self._box(mailbox).last_read = None
+
+    def row(self, mailbox: str) -> PushStatus:
+        box = self._boxes.get(mailbox) or _Mailbox()
+        since = box.since.astimezone(UTC).isoformat(timespec="seconds") if box.since else None
+        return PushStatus(box.mode, box.why, since)

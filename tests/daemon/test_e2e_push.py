@@ -1,0 +1,188 @@
+"""Pushed changes end to end: the real daemon process over the bundled EWS server (TLS, streaming
+notifications), the sql PSA in SQLite, the SQLite state store. An edit made in Outlook (exchangelib
+against the server) reaches the PSA without waiting for the 10-minute interval; the streaming
+connection dropped by the server, an expired subscription, the connection limit and a killed
+daemon lose nothing and duplicate nothing.
+
+No assertion on time: every test waits for a condition with a generous timeout, and the interval
+(10 minutes, the minimum) is far longer than any of these tests waits, so a change can only have
+arrived by push, by a reconnect's cycle, or by the start-up cycle."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchanged.testing.ews.streaming import StreamingLimits
+from tests.daemon.ews_daemon import PASSWORD, SVC, add_psa_appointments, ews_daemon
+from tests.daemon.harness import DaemonEnv, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+PATIENCE_S = 60.0  # never asserted as a duration; only against a hung run
+N = 6  # our appointments of alice
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> Iterator[tuple[DaemonEnv, Any, list[str]]]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"}, {"mailbox": BOB, "psa_resource": "2"}]
+    limits = StreamingLimits(keepalive_s=1.0, subscription_ttl_s=5.0)
+    with ews_daemon(tmp_path, now, [ALICE, BOB], users, ews_options={"streaming": limits}) as (env, ews):
+        keys = add_psa_appointments(tmp_path, now, 1, 9000, N, "Push")
+        env.start_ready()
+        settle(env, ews)
+        yield env, ews, keys
+
+
+def settle(env: DaemonEnv, ews: Any) -> None:
+    """Both mailboxes pushed, alice's first cycle (the start-up schedule's, at once) done."""
+    wait_until(lambda: all(u.get("push") == "pushed" for u in env.status()["users"])
+               and env.user(ALICE)["last_result"] == "ok", "both pushed, alice synced", PATIENCE_S)
+    wait_until(lambda: len(appointments(ews, ALICE, "Push")) == N, "alice's appointments exported",
+               PATIENCE_S)
+
+
+def account(ews: Any, mailbox: str) -> Any:
+    from exchangelib import IMPERSONATION, Account, Configuration, Credentials
+
+    config = Configuration(service_endpoint=ews.url, credentials=Credentials(SVC, PASSWORD), auth_type="NTLM")
+    return Account(mailbox, config=config, autodiscover=False, access_type=IMPERSONATION)
+
+
+def appointments(ews: Any, mailbox: str, prefix: str) -> list[Any]:
+    return [i for i in account(ews, mailbox).calendar.all().only("subject", "start", "end")
+            if (i.subject or "").startswith(prefix)]
+
+
+def outlook_lengthens(ews: Any, subject: str, minutes: int) -> datetime:
+    """A user makes the appointment ``subject`` longer in Outlook; returns its new end."""
+    [item] = [i for i in appointments(ews, ALICE, subject) if i.subject == subject]
+    item.end = item.end + timedelta(minutes=minutes)
+    item.save(update_fields=["end"], send_meeting_invitations="SendToNone")
+    return utc(item.end)
+
+
+def utc(ews_time: Any) -> datetime:
+    return datetime.fromtimestamp(ews_time.timestamp(), UTC)
+
+
+def psa_end(env: DaemonEnv, key: str) -> str:
+    con = sqlite3.connect(env.base / "psa.db")
+    try:
+        [(end,)] = con.execute("SELECT end_time FROM appointments WHERE id = ?",
+                               (int(key.split(":")[1]),)).fetchall()
+        return str(end)
+    finally:
+        con.close()
+
+
+def arrives(env: DaemonEnv, key: str, end: datetime, what: str) -> None:
+    wait_until(lambda: psa_end(env, key).startswith(end.strftime("%Y-%m-%dT%H:%M")), what, PATIENCE_S)
+
+
+def cycles(env: DaemonEnv, mailbox: str) -> list[dict[str, Any]]:
+    out = []
+    for line in env.stderr().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "cycle started" and rec.get("mailbox") == mailbox:
+            out.append(rec)
+    return out
+
+
+def no_duplicates(env: DaemonEnv, ews: Any) -> None:
+    subjects = [i.subject for i in appointments(ews, ALICE, "Push")]
+    assert sorted(subjects) == sorted(set(subjects)) and len(subjects) == N, subjects
+    con = sqlite3.connect(env.base / "psa.db")
+    try:
+        [(rows,)] = con.execute("SELECT COUNT(*) FROM appointments WHERE title LIKE 'Push %'").fetchall()
+    finally:
+        con.close()
+    assert rows == N
+
+
+def test_an_outlook_edit_is_pushed_to_the_psa(pushed: tuple[DaemonEnv, Any, list[str]]) -> None:
+    env, ews, keys = pushed
+    end = outlook_lengthens(ews, "Push 0", 30)
+    arrives(env, keys[0], end, "the Outlook edit in the PSA (pushed)")
+    assert env.user(ALICE)["push"] == "pushed" and env.user(ALICE)["push_note"] is None
+    assert any(c.get("reason") == "push" for c in cycles(env, ALICE))
+    no_duplicates(env, ews)
+
+
+def test_a_burst_of_edits_is_a_few_cycles(pushed: tuple[DaemonEnv, Any, list[str]]) -> None:
+    env, ews, keys = pushed
+    before = len(cycles(env, ALICE))
+    [item] = [i for i in appointments(ews, ALICE, "Push 1") if i.subject == "Push 1"]
+    for n in range(50):  # 50 edits of one appointment in a row, as a user dragging it around
+        item.end = item.end + timedelta(minutes=1)
+        item.save(update_fields=["end"], send_meeting_invitations="SendToNone")
+        if n == 0:
+            first_end = item.end
+    assert first_end is not None
+    arrives(env, keys[1], utc(item.end), "the last of 50 edits in the PSA")
+    wait_until(lambda: env.user(ALICE)["state"] == "idle", "alice idle", PATIENCE_S)
+    burst = cycles(env, ALICE)[before:]
+    assert 1 <= len(burst) <= 6, [c.get("reason") for c in burst]
+    no_duplicates(env, ews)
+
+
+def test_a_dropped_connection_and_an_expired_subscription_lose_nothing(
+        pushed: tuple[DaemonEnv, Any, list[str]]) -> None:
+    env, ews, keys = pushed
+    opened = len(ews.stats()["streaming"]["connections"])
+    ews.drop_streams()
+    end = outlook_lengthens(ews, "Push 2", 15)  # made while the stream is down or reconnecting
+    arrives(env, keys[2], end, "an edit made around a dropped connection")
+    wait_until(lambda: len(ews.stats()["streaming"]["connections"]) > opened, "a new connection")
+
+    ews.expire_subscriptions()
+    end = outlook_lengthens(ews, "Push 3", 15)  # made while there is no subscription at all
+    arrives(env, keys[3], end, "an edit made while the subscription had expired")
+    wait_until(lambda: env.user(ALICE)["push"] == "pushed", "subscribed again")
+    end = outlook_lengthens(ews, "Push 4", 15)
+    arrives(env, keys[4], end, "an edit pushed over the new subscription")
+    no_duplicates(env, ews)
+
+
+def test_the_connection_limit_makes_mailboxes_polled_until_a_slot_frees(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"}]
+    limits = StreamingLimits(keepalive_s=1.0, max_connections=0)
+    with ews_daemon(tmp_path, now, [ALICE], users, ews_options={"streaming": limits}) as (env, ews):
+        keys = add_psa_appointments(tmp_path, now, 1, 9000, N, "Push")
+        env.start_ready()
+        polled = wait_until(lambda: "failed" in (env.user(ALICE).get("push_note") or "") and env.user(ALICE),
+                            "alice polled for the connection limit", PATIENCE_S)
+        assert polled["push"] == "polled" and "ErrorExceededConnectionCount" in polled["push_note"], polled
+        wait_until(lambda: len(appointments(ews, ALICE, "Push")) == N, "exported by the start-up cycle",
+                   PATIENCE_S)
+        ews.streaming.max_connections = 10  # a slot frees: the daemon's retry gets it
+        wait_until(lambda: env.user(ALICE)["push"] == "pushed", "pushed once a slot is free", PATIENCE_S)
+        end = outlook_lengthens(ews, "Push 0", 30)
+        arrives(env, keys[0], end, "a pushed edit after the limit lifted")
+        no_duplicates(env, ews)
+
+
+def test_a_daemon_killed_mid_stream_misses_nothing(pushed: tuple[DaemonEnv, Any, list[str]]) -> None:
+    env, ews, keys = pushed
+    env.kill()
+    assert env.proc is not None
+    env.proc.wait(timeout=PATIENCE_S)
+    end = outlook_lengthens(ews, "Push 5", 45)  # while no daemon runs
+    env.start_ready()
+    arrives(env, keys[5], end, "an edit made while the daemon was dead")
+    wait_until(lambda: env.user(ALICE)["push"] == "pushed", "subscribed again after the restart", PATIENCE_S)
+    end = outlook_lengthens(ews, "Push 0", 5)
+    arrives(env, keys[0], end, "a pushed edit after the restart")
+    no_duplicates(env, ews)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from bench import export, node
+from bench import export, graph, node
 from bench.common import emit, machine, note
 
 SIZES = {
@@ -24,7 +24,10 @@ SIZES = {
     "smoke": (export.ExportSizes(items=30, noop_cycles=3, repeats=1),
               node.NodeSizes(users=5, items_per_user=1, reloads=1)),
 }
-GROUPS = ("export", "node")
+GRAPH_SIZES = {"full": graph.GraphSizes(items=5000, noop_cycles=50),
+               "quick": graph.GraphSizes(items=1000, noop_cycles=20),
+               "smoke": graph.GraphSizes(items=30, noop_cycles=2)}
+GROUPS = ("export", "node", "graph")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         export.run(export_sizes)
     if "node" in groups:
         node.run(node_sizes)
+    if "graph" in groups:
+        graph.run(GRAPH_SIZES[size])
     note(f"done in {time.monotonic() - t0:.0f} s ({size})")
     return 0
 

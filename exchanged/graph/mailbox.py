@@ -11,7 +11,7 @@ exact shapes):
   keyed item (``ep/value ne null``) when the caller's count says it is fewer requests.
 * ``create`` / ``update`` / ``delete``: POST / PATCH / DELETE in ``$batch``es of 20.
 
-The calendar's delta range is ``[now - past_days - 1 day, now + max(recurring_future_days, 365) +
+The calendar's delta range is ``[now - past_days - 1 day, now + max(recurring_future_days, 730) +
 60 days]``, fixed when the delta starts; once ``now`` has moved 7 days past its start (or the range
 ends too soon) the adapter refuses the state (``SyncStateInvalid``) and the runner reads the
 calendar afresh (never as deletions). Occurrences come expanded; series masters are not listed.
@@ -49,7 +49,7 @@ log = logging.getLogger("exchanged.graph")
 
 PAGE = 500  # Prefer: odata.maxpagesize for delta and listings
 RANGE_SLIDE = timedelta(days=7)  # how far "now" may move before the calendar's delta starts over
-RANGE_MIN_AHEAD = timedelta(days=365)
+RANGE_MIN_AHEAD = timedelta(days=730)  # PSA appointments are rarely planned further ahead
 RANGE_SLACK = timedelta(days=60)
 SCAN_THRESHOLD = 2 * BATCH_MAX  # more unknown items than this: list every keyed item instead
 NEEDED_ROLES = ("Calendars.ReadWrite", "Contacts.ReadWrite", "Tasks.ReadWrite.All", "MailboxSettings.Read")

@@ -106,6 +106,13 @@ class PsaUnavailable(PsaError):
     retryable = True
 
 
+class AutotaskUnavailable(PsaUnavailable):
+    """The Autotask connector's: its hint names Autotask's keys, not ``psa.url`` (which it has not)."""
+
+    hint = ("check psa.zone_lookup_url, psa.username and the Autotask secret and integration code, "
+            "and that Autotask is reachable from this host")
+
+
 class PsaBudgetExhausted(PsaError):
     reason = "psa_budget"
     hint = "the PSA's request budget is used up for now; cycles wait for it"

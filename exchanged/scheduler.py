@@ -72,8 +72,12 @@ class UnknownMailbox(ControlError):
     reason = "unknown_mailbox"
     hint = "`exchangectl users` lists the mailboxes of the running config"
 
+    SHOWN = 10  # names listed in the message; the rest are counted
+
     def __init__(self, mailboxes: Sequence[str]) -> None:
-        names = ", ".join(mailboxes)
+        names = ", ".join(m[:320] for m in mailboxes[:self.SHOWN])
+        if len(mailboxes) > self.SHOWN:
+            names += f" and {len(mailboxes) - self.SHOWN:,} more"
         super().__init__(f"not an enabled user of the running config: {names}")
         self.mailboxes = list(mailboxes)
 

@@ -229,7 +229,17 @@ def normalize_since(text: str) -> str:
         raise ValueError(f"{text!r} is not an ISO 8601 datetime (e.g. 2026-11-29T04:00:00+00:00)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat()
+    return _utc(when)
+
+
+def _utc(when: datetime) -> str:
+    """``when`` in UTC; a time whose UTC form falls outside years 1..9999 (0001-01-01T00:00+05:00)
+    is the earliest or latest time there is, not an OverflowError."""
+    try:
+        return when.astimezone(UTC).isoformat()
+    except OverflowError:
+        edge = datetime.min if when.year == 1 else datetime.max
+        return edge.replace(tzinfo=UTC).isoformat()
 
 
 def parse_since(text: str, now: datetime) -> str:
@@ -241,7 +251,10 @@ def parse_since(text: str, now: datetime) -> str:
     match = _RELATIVE.match(text)
     if match:
         amount, unit = int(match.group(1)), match.group(2).lower()
-        return (now - timedelta(seconds=amount * _UNIT_SECONDS[unit])).astimezone(UTC).isoformat()
+        try:
+            return _utc(now - timedelta(seconds=amount * _UNIT_SECONDS[unit]))
+        except OverflowError:  # further back than year 1: everything
+            return datetime.min.replace(tzinfo=UTC).isoformat()
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -250,8 +263,11 @@ def parse_since(text: str, now: datetime) -> str:
             "or a relative time such as 30m, 2h, 3d, 1w"
         ) from None
     if when.tzinfo is None:
-        when = when.astimezone()  # local time of this machine
-    return when.astimezone(UTC).isoformat()
+        try:
+            when = when.astimezone()  # local time of this machine
+        except OverflowError:
+            when = when.replace(tzinfo=UTC)
+    return _utc(when)
 
 
 # --- framing -----------------------------------------------------------------------------------

@@ -13,15 +13,17 @@ mailbox, and retries what is safe to retry (see ``docs/EWS_ADAPTER.md``).
 
 from __future__ import annotations
 
+import email.utils
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import trio
 from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FailFast, Version
 from exchangelib import version as ews_version
-from exchangelib.errors import EWSError, ResponseMessageError, UnauthorizedError
+from exchangelib.errors import ErrorServerBusy, EWSError, ResponseMessageError, UnauthorizedError
 from exchangelib.folders import Calendar, Contacts, Tasks
 from exchangelib.properties import DistinguishedFolderId, Mailbox
 from exchangelib.protocol import CachingProtocol, Protocol
@@ -73,7 +75,30 @@ class StrictFailFast(FailFast):
             locked = b"locked out" in (response.content or b"")
             raise UnauthorizedError("The referenced account is currently locked out" if locked
                                     else f"Invalid credentials for {response.url}")
+        if response.status_code == 429 or (response.status_code == 503
+                                           and response.headers.get("Retry-After")):
+            # throttling by HTTP status (a proxy or load balancer in front of Exchange): the wait
+            # it asks for is the back-off hint (exchangelib calls 429 an unknown failure)
+            raise ErrorServerBusy(f"HTTP {response.status_code} (Too Many Requests)"
+                                  if response.status_code == 429 else "HTTP 503 with Retry-After",
+                                  back_off=retry_after_s(response.headers.get("Retry-After")))
         super().raise_response_errors(response)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent/odd."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def pinned_version(name: str | None) -> Version | None:

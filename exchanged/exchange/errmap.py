@@ -144,7 +144,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
         return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc), timeouts=timeouts)
     if isinstance(exc, ews.RedirectError):
         return errors.ExchangeError(
-            f"{where}: {host} redirects EWS requests to {_short(exc)}",
+            f"{where}: {host} redirects EWS requests to {_short(exc.url)}",
             hint="check server.address and server.virtual_directory (the EWS URL of the server)",
             mailbox=mailbox)
     if isinstance(exc, ews.ErrorInvalidServerVersion | ews.ErrorInvalidSchemaVersionForMailboxVersion

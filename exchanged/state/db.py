@@ -32,11 +32,15 @@ POSTGRES = "postgres"
 _PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@?#\s]*:)(?P<pw>[^@\s]*)@", re.IGNORECASE)
 
 
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+# every query parameter that carries a secret: libpq's password and sslpassword, and any other
+# ...password/...secret/...token/...key=value (sslkey names a file: masking it costs nothing)
+_QUERY_PASSWORD = re.compile(
+    r"(?P<head>[?&][a-z_]*(?:password|passwd|pwd|secret|token|key)=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (``user:pw@`` or ``?password=``) replaced by ``***``."""
+    """The URL with its password (``user:pw@``) and every secret parameter (``?password=``,
+    ``&sslpassword=``, ...) replaced by ``***``."""
     url = _PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
     return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}***", url)
 

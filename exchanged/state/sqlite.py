@@ -20,11 +20,27 @@ _DAMAGED_HINT = ("the file is damaged or not a state database: stop exchanged, m
                  "items it made by their PSA key, so nothing is duplicated")
 
 
+_FULL_HINT = ("the file system of the state database is full: free space there (the database is not "
+              "damaged; nothing was lost, the cycle that failed runs again)")
+_ACCESS_HINT = ("the daemon's user cannot open or write the file or its directory: check their owner "
+                "and mode (the database is not damaged)")
+
+
+def state_error(message: str) -> errors.StateError:
+    """A SQLite failure with the hint for its cause: disk full and permissions are not damage."""
+    low = message.lower()
+    if "disk is full" in low or "no space left" in low:
+        return errors.StateError(message, hint=_FULL_HINT)
+    if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
+        return errors.StateError(message, hint=_ACCESS_HINT)
+    return errors.StateError(message, hint=_DAMAGED_HINT)
+
+
 async def open_sqlite_state(url: DbUrl) -> SqlStateStore:
     """Open (creating the file and its directory if needed) and migrate a SQLite state database."""
     if sqlite3.sqlite_version_info < (3, 24):  # pragma: no cover - every supported distro has newer
         raise errors.StateError(f"SQLite {sqlite3.sqlite_version} is too old for the state store (3.24+)")
-    db = Database(url, what="state database", fail=lambda msg: errors.StateError(msg, hint=_DAMAGED_HINT))
+    db = Database(url, what="state database", fail=state_error)
     store = SqlStateStore(db, FLAVOR)
     try:
         await store.migrate()

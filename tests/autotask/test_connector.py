@@ -437,6 +437,9 @@ async def test_unreachable_is_psa_unavailable(server: AutotaskServer) -> None:
     with pytest.raises(errors.PsaUnavailable) as info:
         await connector.load(JANE, ALL, WINDOW)
     assert "unreachable" in info.value.message and SECRET not in info.value.message
+    # issue #14: the Autotask connector has no psa.url; its hint names the keys it does have
+    presented = errors.present(info.value)
+    assert "psa.url" not in (presented.hint or "") and "psa.zone_lookup_url" in (presented.hint or "")
 
 
 def imported(subject: str = "Lunch", **kw: Any) -> Appointment:

@@ -166,6 +166,13 @@ class TestValidateParams:
             == "2026-11-29T04:00:00+00:00"
         )
 
+    def test_since_outside_the_utc_years_is_the_earliest_or_latest_time(self) -> None:
+        """Issue #14: ``0001-01-01T00:00:00+05:00`` dropped the connection with an OverflowError."""
+        assert p.validate_params("history", {"since": "0001-01-01T00:00:00+05:00"})["since"] == (
+            "0001-01-01T00:00:00+00:00")
+        assert p.validate_params("history", {"since": "9999-12-31T23:00:00-05:00"})["since"].startswith(
+            "9999-12-31T23:59:59")
+
     def test_every_method_has_a_spec(self) -> None:
         assert set(p.METHODS) == {
             "version",
@@ -200,6 +207,11 @@ class TestParseSince:
     def test_naive_datetime_means_local_time(self) -> None:
         local = datetime(2026, 11, 1, 8, 0).astimezone()
         assert p.parse_since("2026-11-01T08:00", self.NOW) == local.astimezone(UTC).isoformat()
+
+    @pytest.mark.parametrize("text", ["999999w", "99999999999999d"])
+    def test_further_back_than_year_1_is_everything(self, text: str) -> None:
+        """Issue #14: ``exchangectl history --since 999999w`` printed a traceback."""
+        assert p.parse_since(text, self.NOW) == "0001-01-01T00:00:00+00:00"
 
     @pytest.mark.parametrize("text", ["", "soon", "2x", "-2h"])
     def test_garbage_names_the_accepted_forms(self, text: str) -> None:

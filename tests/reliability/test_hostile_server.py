@@ -152,3 +152,37 @@ def test_read_bounded_counts_an_undeclared_answer() -> None:
     with pytest.raises(AnswerTooLarge, match="larger than 1 MB"):
         read_bounded(resp, Limits(deadline_s=60, max_bytes=1024 * 1024), time.monotonic())
     assert resp.closed
+
+
+# --- HTTP statuses (issue #14 point 10) -------------------------------------------------------------------
+
+
+async def test_http_429_is_throttling_and_its_retry_after_is_obeyed(tmp_path: Path, server: EwsTestServer,
+                                                                    proxy: HostileProxy,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    async with open_stack(tmp_path, server=server, port=proxy.port) as stack:
+        proxy.rule("SyncFolderItems", "status", times=1, code=429, headers={"Retry-After": "1"})
+        outcome = await stack.cycle()
+        assert proxy.applied["SyncFolderItems status"] == 1
+        assert outcome.result == "ok", outcome  # asked again after the wait, not an error
+        assert "SyncFolderItems calendar throttled, backing off 1.0 s" in caplog.text, caplog.text
+
+
+async def test_a_redirect_names_where_to_once(tmp_path: Path, server: EwsTestServer,
+                                              proxy: HostileProxy) -> None:
+    async with open_stack(tmp_path, server=server, port=proxy.port) as stack:
+        proxy.rule("SyncFolderItems", "status", times=None, code=302,
+                   headers={"Location": "https://elsewhere.example.test/EWS/Exchange.asmx"})
+        outcome = await stack.cycle()
+        assert outcome.result == "error", outcome
+        assert ("redirects EWS requests to https://elsewhere.example.test/EWS/Exchange.asmx"
+                in (outcome.error or "")), outcome.error
+        assert "We were redirected" not in (outcome.error or "")
+
+
+def test_retry_after_as_seconds_or_a_date() -> None:
+    from exchanged.exchange.account import retry_after_s
+
+    assert retry_after_s("120") == 120.0
+    assert retry_after_s(None) is None and retry_after_s("soon") is None
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait

@@ -395,3 +395,11 @@ async def test_a_paused_user_is_not_nudged_into_a_cycle(autojump_clock: trio.tes
         sched.resume(["a"])
         await trio.sleep(5)
     assert len(rec.starts("a")) == 2  # the nudge waited for the resume
+
+
+def test_an_unknown_mailbox_error_lists_ten_names_and_counts_the_rest() -> None:
+    """Issue #14: asking for 10,000 unknown mailboxes gave an error that listed all of them."""
+    names = [f"user{n}@example.test" for n in range(10_000)]
+    message = str(UnknownMailbox(names))
+    assert "user9@example.test and 9,990 more" in message and "user10@" not in message
+    assert len(message) < 500

@@ -49,6 +49,8 @@ def test_sqlite_url_forms(url: str, target: str) -> None:
     "postgresql+psycopg://sync:s3cr3t-pw@db.example.test/exchanged",
     "postgres://sync:s3cr3t-pw@db.example.test/exchanged?sslmode=require",
     "postgresql://db.example.test/exchanged?user=sync&password=s3cr3t-pw&sslmode=require",
+    # issue #14: every secret parameter, not only password=
+    "postgresql://sync@db.example.test/exchanged?sslmode=verify-full&sslpassword=s3cr3t-pw&sslcert=/c",
 ])
 def test_postgres_urls_are_accepted_and_never_shown_with_their_password(url: str) -> None:
     parsed = parse_url(url)
@@ -399,3 +401,22 @@ async def test_a_version_2_state_database_gets_the_subject_column(tmp_path: Path
         await store.aclose()
     with sqlite3.connect(tmp_path / "state.db") as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_a_full_disk_is_not_called_a_damaged_database(tmp_path: Path) -> None:
+    """Issue #14: disk full was reported as a damaged database ("move the file aside")."""
+    store = await open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        def fill(tx: object) -> None:
+            [(pages,)] = tx.query("PRAGMA page_count")  # type: ignore[attr-defined]
+            tx.query(f"PRAGMA max_page_count = {pages + 1}")  # type: ignore[attr-defined]
+            tx.query("CREATE TABLE filler (x BLOB)")  # type: ignore[attr-defined]
+            tx.query("INSERT INTO filler VALUES (zeroblob(1000000))")  # type: ignore[attr-defined]
+
+        with pytest.raises(errors.StateError) as info:
+            await store.db.run(fill, write=True)  # type: ignore[attr-defined]
+        presented = errors.present(info.value)
+        assert "full" in presented.line() and "aside" not in (presented.hint or ""), presented
+        assert "free space" in (presented.hint or "")
+    finally:
+        await store.aclose()

@@ -258,7 +258,7 @@ class AutotaskApi:
                         f"Autotask zone lookup at {self.zone_lookup_url} does not know the API user "
                         f"{self.creds.username}: {resp.error_text()}"
                     )
-                raise errors.PsaUnavailable(
+                raise errors.AutotaskUnavailable(
                     f"Autotask zone lookup at {self.zone_lookup_url} failed: {resp.error_text()}"
                 )
             self.zone_url = zone if zone.endswith("/") else zone + "/"
@@ -290,12 +290,12 @@ class AutotaskApi:
             except (TimeoutError, urllib.error.URLError, OSError, ssl.SSLError) as exc:
                 reason = getattr(exc, "reason", exc)
                 if isinstance(reason, ssl.SSLCertVerificationError):
-                    raise errors.PsaUnavailable(
+                    raise errors.AutotaskUnavailable(
                         f"Autotask TLS certificate of {_origin(url)} not trusted: {reason}",
                         hint="add the issuing CA to psa.ca_bundle",
                     ) from None
                 if not idempotent or attempt + 1 >= self.max_attempts:
-                    raise errors.PsaUnavailable(
+                    raise errors.AutotaskUnavailable(
                         f"Autotask unreachable at {_origin(url)} ({what}): {reason}"
                     ) from None
                 last = f"unreachable: {reason}"
@@ -306,14 +306,14 @@ class AutotaskApi:
                     return resp
                 if attempt + 1 >= self.max_attempts:
                     if limited:
-                        raise errors.PsaUnavailable(
+                        raise errors.AutotaskUnavailable(
                             f"Autotask kept refusing requests ({what}): {resp.error_text()}",
                             hint="the database's hourly request threshold or the thread limit is "
                             "reached; lower psa.requests_per_hour or check other integrations",
                         )
                     if not idempotent:
                         return resp
-                    raise errors.PsaUnavailable(
+                    raise errors.AutotaskUnavailable(
                         f"Autotask failed {what}: HTTP {resp.status}: {resp.error_text()}"
                     )
                 last = f"HTTP {resp.status}: {resp.error_text()}"
@@ -327,7 +327,7 @@ class AutotaskApi:
                 delay_s=round(delay, 2),
             )
             if not await self.budget.pause(trio.current_time() + delay):
-                raise errors.PsaUnavailable(
+                raise errors.AutotaskUnavailable(
                     f"the back-off before retrying Autotask {what} was interrupted "
                     f"({self.budget.interrupted}); last answer: {last}"
                 )
@@ -362,7 +362,7 @@ class AutotaskApi:
             zone = await self.zone()
             url = path_or_url if "://" in path_or_url else zone + path_or_url
             if _origin(url) != _origin(zone):  # credentials go to the zone only (a paging URL)
-                raise errors.PsaUnavailable(f"Autotask answered a URL outside its zone: {_origin(url)}")
+                raise errors.AutotaskUnavailable(f"Autotask answered a URL outside its zone: {_origin(url)}")
             resp = await self._attempts(method, url, body, with_auth=True, idempotent=idempotent, what=what)
             if resp.status != 401:
                 return resp
@@ -394,12 +394,12 @@ class AutotaskApi:
         while url:
             resp = await self.request("POST", url, body, idempotent=True, what=f"query {entity}")
             if resp.status != 200 or not isinstance(resp.body, dict):
-                raise errors.PsaUnavailable(
+                raise errors.AutotaskUnavailable(
                     f"Autotask query of {entity} failed: HTTP {resp.status}: {resp.error_text()}"
                 )
             items = resp.body.get("items")
             if not isinstance(items, list):
-                raise errors.PsaUnavailable(f"Autotask query of {entity} answered without items")
+                raise errors.AutotaskUnavailable(f"Autotask query of {entity} answered without items")
             rows.extend(i for i in items if isinstance(i, dict))
             details = resp.body.get("pageDetails") or {}
             url = details.get("nextPageUrl") if isinstance(details, dict) else None
@@ -427,7 +427,7 @@ class AutotaskApi:
         if resp.status == 404:
             return None
         if resp.status != 200 or not isinstance(resp.body, dict):
-            raise errors.PsaUnavailable(
+            raise errors.AutotaskUnavailable(
                 f"Autotask read of {entity} {record_id} failed: HTTP {resp.status}: {resp.error_text()}"
             )
         item = resp.body.get("item")
@@ -437,7 +437,7 @@ class AutotaskApi:
         """The database's usage (``ThresholdInformation``); it counts against the threshold too."""
         resp = await self.request("GET", "V1.0/ThresholdInformation", what="ThresholdInformation")
         if resp.status != 200 or not isinstance(resp.body, dict):
-            raise errors.PsaUnavailable(
+            raise errors.AutotaskUnavailable(
                 f"Autotask ThresholdInformation failed: HTTP {resp.status}: {resp.error_text()}"
             )
         b = resp.body

@@ -127,3 +127,23 @@ def test_memory_is_bounded_above_the_largest_answer() -> None:
     s = ExchangeSettings(address="x")
     in_flight = 4 * s.max_answer_mb * s.max_connections  # parsed at about four times the bytes
     assert 100 + in_flight <= high * 1.05 < top, (high, top, in_flight)  # 100 MiB: docs/benchmarks.md
+
+
+def test_the_packaged_unit_waits_for_a_config_and_names_the_missing_password() -> None:
+    unit = directives("Unit")
+    # inactive (not failed) until the operator has written a config; then a missing password is an
+    # assertion naming the file rather than systemd 252's "Failed to set up credentials"
+    assert unit["ConditionPathExists"] == ["/etc/exchanged/exchanged.yaml"]
+    assert unit["AssertPathExists"] == ["/etc/exchanged/sync-password"]
+    assert directives()["ExecStart"][0].split()[-2:] == ["--config", "/etc/exchanged/exchanged.yaml"]
+    credential = next(c for c in directives()["LoadCredential"] if c.startswith("sync-password:"))
+    assert credential.split(":", 1)[1] == unit["AssertPathExists"][0]
+
+
+def test_documentation_names_the_man_pages_the_package_installs() -> None:
+    rules = (PACKAGING.parents[1] / "debian" / "rules").read_text()
+    pages = re.findall(r"man:([\w.]+)\((\d)\)", " ".join(directives("Unit")["Documentation"]))
+    named = {f"{name}.{section}" for name, section in pages}
+    assert named == {"exchanged.8", "exchangectl.1", "exchanged.yaml.5"}
+    for name, section in pages:
+        assert f"debian/generated/{name}.{section}" in rules  # dh_installman installs what manpages.py wrote

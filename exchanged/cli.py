@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli_run(args)
     if args.command == "check-config":
-        from exchanged.config import cli_check_config
+        from exchanged.check_config import cli_check_config
 
         return cli_check_config(args)
     if args.command == "demo":

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import stat
-import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -628,7 +627,7 @@ class SyncConfig(_Model):
     reminder_minutes: ReminderMinutesConfig = ReminderMinutesConfig()
 
 
-class UserSettings(_Model):
+class UserSettingsConfig(_Model):
     """Per-user narrowing of the global ``sync`` section (None: as globally)."""
 
     appointments_export: SBool | None = None
@@ -645,7 +644,7 @@ class UserConfig(_Model):
     mailbox: str
     psa_resource: str = Field(min_length=1)
     enabled: SBool = True
-    settings: UserSettings = UserSettings()
+    settings: UserSettingsConfig = UserSettingsConfig()
     # the zone of the mailbox's days (IANA); None: the zone the mailbox has in Exchange
     time_zone: str | None = None
     # only with credentials.use_for_all_users: false (each user logs in as itself)
@@ -1078,7 +1077,7 @@ def _section_of(word: str, here: PathT) -> str | None:
         _SECTIONS.update({
             "(top level)": Config, "server": ServerConfig, "credentials": CredentialsConfig,
             "notifications": NotificationsConfig, "notifications.smtp": SmtpConfig, "sync": SyncConfig,
-            "users[]": UserConfig, "users[].settings": UserSettings, "psa": AutotaskPsaConfig,
+            "users[]": UserConfig, "users[].settings": UserSettingsConfig, "psa": AutotaskPsaConfig,
             "state": StateConfig, "control": ControlConfig, "logging": LoggingConfig,
             "metrics": MetricsConfig,
         })
@@ -1393,206 +1392,19 @@ def parse_config(text: str, name: str = "<config>", *, credentials_dir: str | No
     return cfg
 
 
-# --- check-config -------------------------------------------------------------------------------
+# --- problems as lines ------------------------------------------------------------------------
 
 
-def _render_problem(source: str, problem: ConfigProblem) -> str:
+def render_problem(source: str, problem: ConfigProblem) -> str:
     where = f"{source}:{problem.line}" if problem.line else source
     key = problem.path or "<top>"
     return f"{where}: {key}: {problem.message}"
 
 
-def cli_check_config(args: Any) -> int:
-    """``exchanged check-config``: exit 0 valid, 1 invalid (every problem with path and line)."""
-    source = str(args.config)
-    as_json = bool(getattr(args, "json", False))
-    try:
-        cfg = load_config(source)
-    except ConfigInvalid as exc:
-        if as_json:
-            _print_json(source, False, exc.problems, [], None)
-        else:
-            for problem in exc.problems:
-                print(_render_problem(source, problem), file=sys.stderr)
-            print(f"INVALID: {source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        return 1
-    from exchanged.service_access import check_access
-
-    # root reads everything: check the files as the service user reads them (exit 1 if it cannot)
-    access = check_access(cfg, source)
-    checks: list[dict[str, Any]] | None = None
-    status = 1 if access.problems else 0
-    if getattr(args, "connect", False):
-        checks, connect_status = _connect(cfg)
-        status = max(status, connect_status)
-    if as_json:
-        _print_json(source, True, [], list(cfg.warnings), checks, cfg, access.as_dict())
-    else:
-        for warning in cfg.warnings:
-            print(f"warning: {source}: {warning}")
-        users = len(cfg.users)
-        enabled = len(cfg.enabled_users())
-        tail = f", {len(cfg.warnings)} warning(s)" if cfg.warnings else ""
-        print(f"OK: {source}: {users} users ({enabled} enabled){tail}")
-        for denied in access.problems:
-            print(f"access: {denied['key']}: {denied['message']}")
-        verdict = f"FAILED, {len(access.problems)} problem(s)" if access.problems else "OK"
-        print(f"access {verdict}: {access.note}")
-        for check in checks or []:
-            print(f"{check['result']:<8} {check['subject']}: {check['message']}")
-        if checks is not None:
-            tally = {r: sum(c["result"] == r for c in checks) for r in ("ok", "warning", "failed")}
-            verdict = "FAILED" if status else "OK"
-            print(f"connect {verdict}: {tally['ok']} ok, {tally['warning']} warning(s), "
-                  f"{tally['failed']} failed")
-    return status
-
-
-def _connect(cfg: Config) -> tuple[list[dict[str, Any]], int]:
-    # the adapters log as they work; those lines go to stderr, stdout is the report (one JSON
-    # document with --json)
-    from exchanged.logs import configure_logging
-
-    configure_logging("console", level="warning")
-    if cfg.server.use_ms_graph:
-        from exchanged.graph import check_connect
-    else:
-        from exchanged.exchange import check_connect
-
-    try:
-        outcome: list[Any] = check_connect(cfg)
-    except Exception as exc:  # the adapter's own failure must not become a traceback here
-        from exchanged.errors import present
-
-        shown = present(exc)
-        return [{"subject": "connect", "result": "failed", "message": shown.line()}], 1
-    outcome = list(outcome) + _connect_psa(cfg) + _connect_smtp(cfg) + _connect_state(cfg)
-    rows: list[dict[str, Any]] = []
-    failed = False
-    for result in outcome:
-        label = "failed" if not result.ok else ("warning" if result.warning else "ok")
-        failed = failed or not result.ok
-        rows.append({"subject": result.subject, "result": label, "message": result.message})
-    return rows, 1 if failed else 0
-
-
-def _connect_smtp(cfg: Config) -> list[Any]:
-    """Connect to the SMTP server, STARTTLS/TLS, log in; no mail is sent."""
-    from exchanged.errors import MailError
-    from exchanged.notify import SmtpMailer
-    from exchanged.ports import CheckResult
-
-    if not cfg.notifications.recipients:
-        return [CheckResult("smtp", True, "not checked: notifications.email is empty (no mails are sent)",
-                            warning=True)]
-    mailer = SmtpMailer.from_config(cfg.notifications.smtp)
-    try:
-        done = mailer.probe()
-    except MailError as exc:
-        return [CheckResult("smtp", False, f"{exc.message} ({exc.hint})" if exc.hint else exc.message)]
-    return [CheckResult("smtp", True, f"{mailer.where}: {done}; no mail sent")]
-
-
-def _connect_state(cfg: Config) -> list[Any]:
-    """Open the state database as the daemon would (its schema brought up to date), then close it;
-    a SQLite file that does not exist yet is not created here."""
-    import trio
-
-    from exchanged.errors import present
-    from exchanged.ports import CheckResult
-    from exchanged.state import mask_url, open_state_store
-    from exchanged.state.db import SQLITE, UrlError, parse_url
-
-    try:
-        parsed = parse_url(cfg.state.url)
-    except UrlError as exc:
-        return [CheckResult("state", False, f"state.url: {exc}")]
-    if parsed.dialect == SQLITE and not parsed.is_memory and not Path(parsed.target).exists():
-        folder = Path(parsed.target).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            return [CheckResult("state", False, f"{parsed.target} does not exist and {folder} is not a "
-                                "writable directory for this user: the daemon could not create it")]
-        return [CheckResult("state", True, f"{parsed.target} does not exist yet: the daemon creates it "
-                            "at its first start", warning=True)]
-
-    async def open_and_close() -> None:
-        store = await open_state_store(cfg.state.url)
-        await store.aclose()
-
-    try:
-        trio.run(open_and_close)
-    except Exception as exc:
-        return [CheckResult("state", False, present(exc).line())]
-    return [CheckResult("state", True, f"{mask_url(cfg.state.url)}: opened")]
-
-
-def _connect_psa(cfg: Config) -> list[Any]:
-    """The PSA part of --connect: for Autotask, login, zone, resources and appointment rights;
-    for sql, that the database opens and its existing tables fit."""
-    import trio
-
-    from exchanged.errors import present
-    from exchanged.ports import CheckResult
-
-    if isinstance(cfg.psa, SqlPsaConfig):
-        from exchanged.psa.sql import open_sql_connector
-
-        url = cfg.psa.url
-
-        async def check_sql() -> list[CheckResult]:
-            psa = open_sql_connector(url)
-            try:
-                schema = await psa.open()
-            finally:
-                await psa.aclose()
-            text = f" (text ids in {', '.join(sorted(schema.text_ids))})" if schema.text_ids else ""
-            return [CheckResult("psa", True, f"{psa.db.url.shown}: the tables fit{text}")]
-
-        try:
-            return trio.run(check_sql)
-        except Exception as exc:
-            return [CheckResult("psa", False, present(exc).line())]
-    if cfg.psa.connector != "autotask":
-        return []
-    from exchanged.psa.autotask import check
-
-    resources = [user.psa_resource for user in cfg.enabled_users()]
-    try:
-        return list(trio.run(check, cfg.psa, resources))
-    except Exception as exc:  # the connector's own failure must not become a traceback here
-        return [CheckResult("autotask", False, present(exc).line())]
-
-
-def _print_json(
-    source: str,
-    valid: bool,
-    problems: list[ConfigProblem],
-    warnings: list[str],
-    checks: list[dict[str, Any]] | None,
-    cfg: Config | None = None,
-    access: dict[str, Any] | None = None,
-) -> None:
-    doc: dict[str, Any] = {
-        "valid": valid,
-        "path": source,
-        "errors": [{"path": p.path, "line": p.line, "message": p.message} for p in problems],
-        "warnings": warnings,
-    }
-    if cfg is not None:
-        doc["users"] = len(cfg.users)
-        doc["enabled_users"] = len(cfg.enabled_users())
-    if access is not None:  # who the files were checked as, and what that user cannot read
-        doc["access"] = access
-    if checks is not None:  # the file is valid either way; the exit code says whether connecting worked
-        doc["connect"] = checks
-        doc["connect_ok"] = all(c["result"] != "failed" for c in checks)
-    print(json.dumps(doc, indent=2))
-
-
 def iter_problems(exc: ConfigInvalid) -> Iterator[str]:
     """Each problem as one ``path:line: key: message`` line (for the daemon's reload log/status)."""
     for problem in exc.problems:
-        yield _render_problem(exc.path, problem)
+        yield render_problem(exc.path, problem)
 
 
 __all__ = [
@@ -1609,12 +1421,12 @@ __all__ = [
     "StateConfig",
     "SyncConfig",
     "UserConfig",
-    "UserSettings",
-    "cli_check_config",
+    "UserSettingsConfig",
     "diff_configs",
     "ews_url",
     "iter_problems",
     "load_config",
     "parse_config",
+    "render_problem",
     "server_identity",
 ]

@@ -47,15 +47,14 @@ class UserSettings:
 
     @classmethod
     def from_config(cls, sync: Any) -> UserSettings:
-        """Build from any object with the config's ``sync:`` attributes (e.g. ``config.SyncConfig``).
+        """Build from the config's effective ``sync:`` section (``config.SyncConfig``).
 
-        Duck-typed so the engine does not import the config module; attributes it lacks keep
-        their defaults, attributes it has and the engine does not know are ignored.
+        The engine does not import the config module; every field here must be a key of it, by
+        the same name (tests/config/test_settings_mapping.py): a key renamed on one side fails
+        at once, never falls back to a default. Keys the engine does not use are ignored.
         """
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if not hasattr(sync, f.name):
-                continue
             value = getattr(sync, f.name)
             if f.name == "import_appointments":
                 value = ImportMode(value)
@@ -64,8 +63,7 @@ class UserSettings:
             elif f.name == "skip_categories":
                 value = frozenset(str(v) for v in value)
             elif f.name == "reminder_minutes":
-                value = ReminderMinutes(**{k: getattr(value, k) for k in ("appointments", "service_calls",
-                                                                         "todos") if hasattr(value, k)})
+                value = ReminderMinutes(**{f.name: getattr(value, f.name) for f in fields(ReminderMinutes)})
             values[f.name] = value
         return cls(**values)
 

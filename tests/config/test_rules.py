@@ -58,13 +58,13 @@ def test_example_file_is_valid_and_documents_every_key(tmp_path: Path) -> None:
     assert len(cfg.users) == 2 and len(cfg.enabled_users()) == 1
     assert cfg.notifications.recipients == ("ops@contoso.com", "lead@contoso.com")
     # every key of every model appears in the example (commented-out autotask keys included)
-    from exchanged.config import AutotaskPsaConfig, UserConfig, UserSettings, _keys_of
+    from exchanged.config import AutotaskPsaConfig, UserConfig, UserSettingsConfig, _keys_of
 
     for model in (Config, type(cfg.server), type(cfg.credentials), type(cfg.notifications),
-                  type(cfg.notifications.smtp), type(cfg.sync), UserConfig, UserSettings,
+                  type(cfg.notifications.smtp), type(cfg.sync), UserConfig, UserSettingsConfig,
                   AutotaskPsaConfig, type(cfg.state), type(cfg.control), type(cfg.logging)):
         for key in _keys_of(model):
-            if model is UserSettings:
+            if model is UserSettingsConfig:
                 continue  # narrowing keys are the sync keys, shown once
             assert f"{key}:" in text, f"{model.__name__}.{key} is not documented in the example"
 

@@ -97,7 +97,7 @@ def debs(system_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Debs:
     out = tmp_path_factory.mktemp("debs")
     given = os.environ.get("EXCHANGED_SYSTEM_DEB")
     if given:
-        new = Path(given)
+        new = Path(given).resolve()
     else:
         done = subprocess.run([str(ROOT / "scripts" / "build-deb"), "--out", str(out)],
                               capture_output=True, text=True, timeout=900, check=False)

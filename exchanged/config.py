@@ -619,6 +619,7 @@ class SyncConfig(_Model):
     category: str = Field(default="PSA", min_length=1)
     max_concurrent_users: SInt = Field(default=8, ge=1)
     cycle_timeout_minutes: SInt = Field(default=60, ge=1, le=1440)
+    psa_poll_seconds: SInt = Field(default=30, ge=5, le=3600)  # the PSA change probe (push.py)
     max_deletes_per_cycle: SInt = Field(default=25, ge=0)
     skip_show_as: tuple[ShowAs, ...] = ()
     skip_private: SBool = False

@@ -210,6 +210,7 @@ class Daemon:
                     await nursery.start(sdnotify.serve_watchdog, self._healthy)
                     self.apply_users(self.cfg)
                     nursery.start_soon(self._serve_push)
+                    nursery.start_soon(self._serve_psa_probe)
                     nursery.start_soon(self._startup_tasks)
                     nursery.start_soon(self._serve_status_line)
                     nursery.start_soon(self._serve_pruning)
@@ -354,6 +355,42 @@ class Daemon:
                     self.push.lost(mailbox, why)
                 await trio.sleep_forever()
             self.push.forget_all("the subscriptions are being renewed (reload)")
+
+    async def _serve_psa_probe(self) -> None:
+        """Every ``sync.psa_poll_seconds``: ask the PSA which resources' rows changed (a cheap probe,
+        ``PsaConnector.probe_changes``) and nudge only their users' cycles. A connector without a
+        probe, or a failing probe, leaves the users to their periodic cycles."""
+        cursor: object | None = None
+        seen: object = None
+        failing = False
+        while True:
+            psa = self.adapters.psa if self.adapters is not None else None
+            if psa is not None and self.cfg.enabled:
+                if psa is not seen:  # a reload opened another connector: a new baseline
+                    cursor, seen = None, psa
+                try:
+                    with trio.fail_after(max(5.0, float(self.cfg.sync.psa_poll_seconds))):
+                        changes = await psa.probe_changes(cursor)
+                except Exception as exc:  # the periodic cycle is the safety net
+                    if not failing:
+                        log.warning("PSA change probe failed; PSA changes wait for each user's periodic "
+                                    "cycle until it works again", error=present(exc).line())
+                    failing = True
+                else:
+                    if failing:
+                        log.info("PSA change probe works again")
+                    failing = False
+                    if changes is not None:
+                        cursor = changes.cursor
+                        self._nudge_resources(changes.resources)
+            await trio.sleep(self.cfg.sync.psa_poll_seconds)
+
+    def _nudge_resources(self, resources: frozenset[str]) -> None:
+        if not resources:
+            return
+        for user in self.cfg.enabled_users():
+            if user.psa_resource in resources:
+                self.scheduler.nudge(user.mailbox, "psa")
 
     # --- users and the scheduler ---------------------------------------------------------------------
 

@@ -222,6 +222,15 @@ class PsaLoad:
     skipped: Sequence[ItemError] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PsaChanges:
+    """What a PSA change probe found: the resources whose rows changed since the probe that gave
+    ``cursor`` to this one (a first probe, with no cursor, reports none: it sets the baseline)."""
+
+    cursor: object  # hand it to the next probe (process-local)
+    resources: frozenset[str]  # psa_resource ids
+
+
 class PsaConnector(Protocol):
     """The PSA side. :class:`PsaConnectorBase` gives the optional members their defaults."""
 
@@ -263,6 +272,12 @@ class PsaConnector(Protocol):
         """The connector's request budget for ``status.psa.budget``; None: it has none."""
         ...
 
+    async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
+        """A cheap look at which resources' rows changed since the probe that returned ``cursor``
+        (``sync.psa_poll_seconds``; the daemon then cycles only their users). None: the connector
+        has no probe (its users wait for their periodic cycle)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -279,6 +294,9 @@ class PsaConnectorBase:
         return None
 
     def budget_status(self) -> dict[str, Any] | None:
+        return None
+
+    async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
         return None
 
 

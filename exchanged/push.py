@@ -10,8 +10,8 @@ and decides per cycle whether the runner may trust the subscription instead of r
 A cycle may skip SyncFolderItems (``exchange_unchanged``) only when all of this holds, else it
 reads as always:
 
-* it is a scheduled cycle (not manual, not pushed, not the first after a start or a reload), not
-  a full resync;
+* it is a scheduled cycle or one the PSA change probe asked for (not manual, not pushed), not a
+  full resync;
 * the mailbox's subscription has been live since before the last cycle that read Exchange started
   (no gap since: a reconnect or a new subscription makes ``live_since`` newer);
 * no notification arrived since that read started;
@@ -38,7 +38,7 @@ from exchanged.control.protocol import PushStatus
 log = structlog.get_logger("exchanged.push")
 
 SAFETY_READ_S = 3600.0  # a pushed mailbox's quiet cycles still read Exchange at least this often
-VOUCHED_REASONS = frozenset({"scheduled"})
+VOUCHED_REASONS = frozenset({"scheduled", "psa"})  # a PSA probe's cycle: the PSA changed, not Exchange
 
 
 class Nudger(Protocol):

@@ -64,7 +64,7 @@ from exchanged.model import (
     make_psa_key,
     split_psa_key,
 )
-from exchanged.ports import PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
+from exchanged.ports import PsaChanges, PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
 from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 from exchanged.state.codec import parse_ts
 from exchanged.state.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
@@ -405,6 +405,28 @@ def _queries(tx: Tx, rid: int | str, kinds: frozenset[Kind], window: Window) -> 
     return out
 
 
+# per resource, one fingerprint row per table a resource's load reads (see _queries): what the
+# change probe compares
+_PROBE_QUERIES = (
+    "SELECT resource_id, 'a', COUNT(*), MAX(last_modified), MAX(id) FROM appointments "
+    "GROUP BY resource_id",
+    "SELECT r.resource_id, 's', COUNT(*), MAX(sc.last_modified), MAX(sc.id) FROM service_calls sc "
+    "JOIN service_call_resources r ON r.service_call_id = sc.id GROUP BY r.resource_id",
+    "SELECT assigned_resource_id, 't', COUNT(*), MAX(last_modified), MAX(id) FROM todos "
+    "GROUP BY assigned_resource_id",
+    "SELECT co.owner_resource_id, 'c', COUNT(*), MAX(ct.last_modified), MAX(ct.id) FROM contacts ct "
+    "JOIN companies co ON co.id = ct.company_id GROUP BY co.owner_resource_id",
+    "SELECT o.owner_resource_id, 'o', COUNT(*), MAX(ct.last_modified), MAX(ct.id), MAX(o.last_modified) "
+    "FROM opportunities o JOIN contacts ct ON ct.id = o.contact_id GROUP BY o.owner_resource_id",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    counter: object  # SQLite's change counter when it was taken (None: PostgreSQL)
+    prints: dict[str, tuple[tuple[Any, ...], ...]]
+
+
 # --- the connector ------------------------------------------------------------------------------
 
 
@@ -497,6 +519,33 @@ class SqlPsa(PsaConnectorBase):
             return hash(tuple((q.sql, tuple(tx.query(q.sql, q.params))) for q in queries))
 
         return await self._run(run)
+
+    async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
+        """The resources whose rows changed since ``cursor``: one fingerprint per resource and
+        table (rows, highest ``last_modified``, highest id: an insert, a delete or an edit that
+        bumps ``last_modified``), compared with the last probe's. SQLite skips even that while
+        the database file's change counter stands still (one PRAGMA). An edit that leaves
+        ``last_modified`` as it was is found by the user's periodic cycle (``change_token``)."""
+        await self.open()
+        previous = cursor if isinstance(cursor, _Probe) else None
+
+        def run(tx: Tx) -> _Probe:
+            counter = tx.change_counter()
+            if previous is not None and counter is not None and counter == previous.counter:
+                return previous
+            prints: dict[str, list[tuple[Any, ...]]] = {}
+            for sql in _PROBE_QUERIES:
+                for rid, *rest in tx.query(sql):
+                    if rid is not None:
+                        prints.setdefault(str(rid), []).append(tuple(str(v) for v in rest))
+            return _Probe(tx.change_counter(), {r: tuple(v) for r, v in prints.items()})
+
+        now_probe: _Probe = await self._run(run)
+        if previous is None:
+            return PsaChanges(now_probe, frozenset())
+        changed = {r for r in now_probe.prints.keys() | previous.prints.keys()
+                   if now_probe.prints.get(r) != previous.prints.get(r)}
+        return PsaChanges(now_probe, frozenset(changed))
 
     def _load(self, tx: Tx, rid: int | str, kinds: frozenset[Kind], window: Window) -> list[_Read]:
         reads = []

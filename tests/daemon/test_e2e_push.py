@@ -186,3 +186,29 @@ def test_a_daemon_killed_mid_stream_misses_nothing(pushed: tuple[DaemonEnv, Any,
     end = outlook_lengthens(ews, "Push 0", 5)
     arrives(env, keys[0], end, "a pushed edit after the restart")
     no_duplicates(env, ews)
+
+
+def test_a_psa_edit_reaches_exchange_after_the_probe_and_only_its_user_cycles(tmp_path: Path) -> None:
+    """``sync.psa_poll_seconds``: the probe names the changed resource; only that user's cycle
+    runs, and the edit is in Exchange long before the 10-minute interval."""
+    from tests.reliability.harness import psa_execute, ts
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"}, {"mailbox": BOB, "psa_resource": "2"}]
+    limits = StreamingLimits(keepalive_s=1.0)
+    with ews_daemon(tmp_path, now, [ALICE, BOB], users, sync={"psa_poll_seconds": 5},
+                    ews_options={"streaming": limits}) as (env, ews):
+        keys = add_psa_appointments(tmp_path, now, 1, 9000, N, "Push")
+        env.start_ready()
+        settle(env, ews)
+        wait_until(lambda: env.user(ALICE)["state"] == "idle", "alice idle", PATIENCE_S)
+        bob_before = len(cycles(env, BOB))
+        psa_execute(tmp_path, ("UPDATE appointments SET title = ?, last_modified = ? WHERE id = ?",
+                               ("Push 0 (moved in the PSA)", ts(now + timedelta(minutes=1)),
+                                int(keys[0].split(":")[1]))))
+        wait_until(lambda: appointments(ews, ALICE, "Push 0 (moved"), "the PSA edit in Exchange", PATIENCE_S)
+        # the probe saw it (a pushed cycle after the daemon's own writes may have been quicker)
+        wait_until(lambda: any(c.get("reason") == "psa" for c in cycles(env, ALICE)), "alice's psa cycle",
+                   PATIENCE_S)
+        assert not [c for c in cycles(env, BOB)[bob_before:] if c.get("reason") == "psa"]
+        no_duplicates(env, ews)

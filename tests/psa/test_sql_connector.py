@@ -466,3 +466,35 @@ async def test_a_table_without_a_needed_column_is_named(tmp_path: Path) -> None:
         assert not isinstance(info.value, errors.PsaUnavailable)
     finally:
         await psa.aclose()
+
+
+# --- the change probe (sync.psa_poll_seconds) -------------------------------------------------------
+
+
+def _execute(psa_url: str, sql: str, params: tuple[Any, ...]) -> None:
+    """A write by another program (the PSA itself), on its own connection."""
+    if psa_url.startswith("sqlite"):
+        with sqlite3.connect(psa_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(sql, params)
+        return
+    import psycopg
+
+    with psycopg.connect(psa_url) as conn:
+        conn.execute(sql.replace("?", "%s"), params)
+
+
+async def test_the_change_probe_names_the_resources_whose_rows_changed(sample: SqlPsa, psa_url: str) -> None:
+    first = await sample.probe_changes(None)
+    assert first is not None and first.resources == frozenset()  # the baseline
+    quiet = await sample.probe_changes(first.cursor)
+    assert quiet is not None and quiet.resources == frozenset()
+    later = ts_param("sqlite", NOW + timedelta(minutes=5)) if psa_url.startswith("sqlite") else \
+        NOW + timedelta(minutes=5)
+    _execute(psa_url, "UPDATE appointments SET title = 'moved', last_modified = ? WHERE id = 300", (later,))
+    moved = await sample.probe_changes(quiet.cursor)
+    assert moved is not None and moved.resources == frozenset({"1"})  # alice's only
+    _execute(psa_url, "DELETE FROM todos WHERE assigned_resource_id = 2", ())
+    gone = await sample.probe_changes(moved.cursor)
+    assert gone is not None and gone.resources == frozenset({"2"})
+    again = await sample.probe_changes(gone.cursor)
+    assert again is not None and again.resources == frozenset()

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also log in to Exchange and check every enabled user")
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    demo = sub.add_parser("demo", help="a complete local setup with no outside server")
+    demo = sub.add_parser("demo", help="a complete local setup with no outside server (needs the 'testing' "
+                                        "extra, which the Debian package leaves out: run it from a checkout)")
     demo.add_argument("--once", action="store_true", help="exit after the first sync")
     demo.add_argument("--dir", default=None, help="working directory (default: a new temporary one)")
     return parser

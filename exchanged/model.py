@@ -141,9 +141,32 @@ def payload_dict(payload: Payload) -> dict[str, Any]:
     return out
 
 
+CLIPPED = "…"  # the last character of a text a side cut to what it can store
+_CLIP_MIN = 1000  # shorter texts are never taken for clipped ones
+
+
+def same_value(a: object, b: object) -> bool:
+    """Equal at the precision both sides keep: times to the second (Exchange keeps no fraction,
+    a PSA may: PostgreSQL ``now()``), and a text one side stored clipped (``…`` at the end of a
+    long text whose start is the other) counts as the text it was cut from."""
+    if a == b:
+        return True
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return a.replace(microsecond=0) == b.replace(microsecond=0)
+    if isinstance(a, str) and isinstance(b, str):
+        short, long = (a, b) if len(a) <= len(b) else (b, a)
+        return len(short) >= _CLIP_MIN and short.endswith(CLIPPED) and long.startswith(short[:-1])
+    return False
+
+
 def payload_hash(payload: Payload) -> str:
-    """Stable content hash: equal payloads hash equal across processes and versions of Python."""
+    """Stable content hash: equal payloads hash equal across processes and versions of Python.
+    Times count to the second (``same_value``), so a fraction one side drops is no change."""
     doc = {"type": type(payload).__name__, **payload_dict(payload)}
+    for name in list(doc):
+        when = getattr(payload, name, None)
+        if isinstance(when, datetime) and when.microsecond:
+            doc[name] = when.replace(microsecond=0).isoformat()
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -182,7 +205,7 @@ def changed_fields(old: Payload, new: Payload) -> tuple[str, ...]:
     if type(old) is not type(new):
         return tuple(f.name for f in fields(new))
     # field by field, without dataclasses.asdict: its deep copies were most of a no-op cycle's CPU
-    return tuple(f.name for f in fields(new) if getattr(old, f.name) != getattr(new, f.name))
+    return tuple(f.name for f in fields(new) if not same_value(getattr(old, f.name), getattr(new, f.name)))
 
 
 # --- the two views the engine compares ----------------------------------------------------------

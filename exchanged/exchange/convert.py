@@ -134,11 +134,28 @@ class Unmappable(Exception):
         self.code = code
 
 
+EWS_FIRST_DAY = datetime(1601, 1, 2, tzinfo=UTC)  # FILETIME's epoch, with a day for any zone
+EWS_LAST_DAY = datetime(9999, 12, 30, tzinfo=UTC)
+MAX_SHORT_TEXT = 255  # subject, location, names: Exchange's (and exchangelib's) limit; body is free
+
+
 def check_payload(payload: Payload) -> None:
-    """What Exchange would refuse for one item, found before the batch is sent."""
+    """What Exchange would refuse (or keep otherwise than sent) for one item, found before the
+    batch is sent: an item error with a short message, not a value that comes back different
+    and is rewritten every cycle (a date in year 1), nor one whose error carries 99 KB of it."""
     if isinstance(payload, Appointment) and payload.end < payload.start:
         raise Unmappable("the end of the appointment is before its start",
                          "ErrorCalendarEndDateIsEarlierThanStartDate")
+    for f in dc_fields(payload):
+        value = getattr(payload, f.name)
+        if isinstance(value, datetime):
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            if not EWS_FIRST_DAY <= aware <= EWS_LAST_DAY:
+                raise Unmappable(f"{f.name} {value.date().isoformat()} is outside the dates Exchange "
+                                 "stores (1601 to 9999): correct it in the PSA", "out_of_range")
+        elif isinstance(value, str) and f.name != "body" and len(value) > MAX_SHORT_TEXT:
+            raise Unmappable(f"{f.name} has {len(value):,} characters, Exchange keeps at most "
+                             f"{MAX_SHORT_TEXT}: shorten it in the PSA ({value[:40]!r}...)", "too_long")
 
 
 # --- the fields we read (GetItem/FindItem additional properties) -------------------------------------

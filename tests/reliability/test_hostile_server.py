@@ -5,14 +5,16 @@ like a lost reply), and the daemon's state stays as the last good answer left it
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trio
 
-from exchanged.model import FolderKind
+from exchanged.model import FolderKind, Kind
 from exchanged.testing.ews import EwsTestServer
 from tests.proxy import HostileProxy, proxy_for
 from tests.reliability.harness import ALICE, PASSWORD, SVC
@@ -186,3 +188,89 @@ def test_retry_after_as_seconds_or_a_date() -> None:
     assert retry_after_s("120") == 120.0
     assert retry_after_s(None) is None and retry_after_s("soon") is None
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
+
+
+# --- precision (issue #14 point 4) -------------------------------------------------------------------
+
+
+def _fraction(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + ".250Z"
+
+
+async def test_psa_times_with_fractional_seconds_are_written_once(tmp_path: Path,
+                                                                  server: EwsTestServer) -> None:
+    """PostgreSQL now() and friends: "start, end edited in Exchange ... overwritten" every cycle."""
+    async with open_stack(tmp_path, server=server) as stack:
+        day = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=1)
+        con = sqlite3.connect(stack.psa_path)
+        with con:
+            con.execute("INSERT INTO appointments (id, resource_id, title, description, start_time, "
+                        "end_time, origin, show_as, is_private) "
+                        "VALUES (900, 1, 'Fraction', '', ?, ?, 'psa', 'busy', 0)",
+                        (_fraction(day), _fraction(day + timedelta(hours=1))))
+            con.execute("UPDATE todos SET start_time = ? WHERE id = 500", (_fraction(day),))
+        con.close()
+        assert (await stack.cycle()).result == "ok"
+        for _ in range(2):
+            before = stack.ews_writes()
+            again = await stack.cycle(full=True)
+            assert again.result == "ok", again
+            assert stack.ews_writes() == before, again.counts
+        assert await stack.plan_writes() == []
+
+
+async def test_an_outlook_body_longer_than_the_psa_keeps_is_imported_once(tmp_path: Path,
+                                                                           server: EwsTestServer) -> None:
+    """The sql PSA keeps 100,000 characters of a text: the body is cut on import, and before the fix
+    the cut row was "changed in Exchange" and rewritten on every cycle."""
+    from exchanged.model import Appointment
+    from exchanged.ports import NewItem
+    from exchanged.psa.sql import MAX_TEXT
+    from tests.exchange.test_runner_over_ews import _create_foreign
+
+    async with open_stack(tmp_path, server=server) as stack:
+        assert (await stack.cycle()).result == "ok"
+        soon = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=1, hours=5)
+        body = "long minutes " * 12_000  # 156,000 characters
+        await _create_foreign(stack.account, [NewItem(
+            Kind.IMPORTED, "foreign:1",
+            Appointment("Board meeting", soon, soon + timedelta(hours=2), body=body))])
+        first = await stack.cycle()
+        assert first.result == "ok" and first.counts.imported == 1, first
+        [(stored,)] = stack.psa_rows("SELECT description FROM appointments WHERE title = 'Board meeting'")
+        assert len(stored) == MAX_TEXT
+        for _ in range(2):
+            again = await stack.cycle(full=True)
+            assert again.result == "ok" and again.counts.updated == again.counts.imported == 0, again
+        assert await stack.plan_writes() == []
+
+
+async def test_out_of_range_dates_and_oversized_titles_are_short_item_errors_never_rewritten(
+        tmp_path: Path, server: EwsTestServer) -> None:
+    """A PSA date in year 1 was exported, read back unreadable and rewritten every cycle; a 99 KB
+    title failed every cycle with the whole title in the error (status JSON 101 KB)."""
+    async with open_stack(tmp_path, server=server) as stack:
+        day = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=1)
+        con = sqlite3.connect(stack.psa_path)
+        with con:
+            con.executemany(
+                "INSERT INTO appointments (id, resource_id, title, description, start_time, end_time, "
+                "origin, show_as, is_private) VALUES (?, 1, ?, '', ?, ?, 'psa', 'busy', 0)",
+                [(901, "Since the beginning of time", "0001-01-01T00:00:00Z", day.isoformat()),
+                 (902, "T" * 99_000, day.isoformat(), (day + timedelta(hours=1)).isoformat())])
+        con.close()
+        outcomes = [await stack.cycle(), await stack.cycle(full=True)]
+        before = stack.ews_writes()
+        outcomes.append(await stack.cycle(full=True))
+        assert stack.ews_writes() == before  # nothing is written again and again
+        for outcome in outcomes:
+            bad = {e.key: e for e in outcome.item_errors}
+            assert {"appointment:901", "appointment:902"} <= set(bad), outcome
+            assert bad["appointment:901"].code == "out_of_range"
+            assert "0001-01-01 is outside the dates Exchange stores" in bad["appointment:901"].message
+            assert bad["appointment:902"].code == "too_long"
+            assert "99,000 characters" in bad["appointment:902"].message
+            assert all(len(e.message) < 400 for e in outcome.item_errors), outcome.item_errors
+        keys = {i.psa_key for i in await stack.exchange_items()}
+        assert "appointment:901" not in keys and "appointment:902" not in keys
+        assert await stack.duplicates() == []

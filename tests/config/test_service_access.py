@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from exchanged.config import load_config
-from exchanged.service_access import SERVICE_USER, check_access
+from exchanged.service_access import SERVICE_USER, WRITABLE, check_access
 from tests.config.helpers import BASE, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +115,32 @@ def test_check_config_prints_whom_it_checked(etc: Path) -> None:
         assert expected in done.stdout
     else:
         assert f"access OK: checked as the service user {SERVICE_USER}" in done.stdout
+
+
+@needs_root
+def test_a_state_directory_the_service_cannot_write_is_reported(etc: Path) -> None:
+    path = setup(etc, owner="nobody")
+    (etc / "db").mkdir(mode=0o755)  # root's
+    path.write_text(path.read_text() + f"state:\n  url: sqlite:///{etc}/db/state.db\n")
+    cfg = load_config(str(path))
+    report = check_access(cfg, str(path), service_user="nobody", hidden={}, writable=(str(etc), *WRITABLE))
+    (problem,) = report.problems
+    assert problem["key"] == "state.url" and problem["path"] == str(etc / "db")
+    assert f"nobody cannot create files in {etc / 'db'}" in problem["message"]
+    assert f"chown nobody {etc / 'db'}" in problem["message"]
+    os.chown(etc / "db", pwd.getpwnam("nobody").pw_uid, -1)
+    again = check_access(cfg, str(path), service_user="nobody", hidden={}, writable=(str(etc), *WRITABLE))
+    assert again.problems == []
+
+
+@needs_root
+def test_a_directory_outside_the_units_writable_paths_is_reported(etc: Path) -> None:
+    path = setup(etc, owner="nobody")
+    path.write_text(path.read_text() + f"state:\n  url: sqlite:///{etc}/state.db\n")
+    os.chown(etc, pwd.getpwnam("nobody").pw_uid, -1)  # the user may write there; the sandbox forbids it
+    report = check_access(load_config(str(path)), str(path), service_user="nobody", hidden={},
+                          writable=("/var/lib/exchanged", "/run/exchanged"))
+    (problem,) = report.problems
+    assert problem["key"] == "state.url"
+    assert "allows only /var/lib/exchanged, /run/exchanged (ProtectSystem=strict)" in problem["message"]
+    assert f"ReadWritePaths={etc}" in problem["message"]

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from bench import export, graph, node
+from bench import export, graph, node, push
 from bench.common import emit, machine, note
 
 SIZES = {
@@ -27,7 +27,11 @@ SIZES = {
 GRAPH_SIZES = {"full": graph.GraphSizes(items=5000, noop_cycles=50),
                "quick": graph.GraphSizes(items=1000, noop_cycles=20),
                "smoke": graph.GraphSizes(items=30, noop_cycles=2)}
-GROUPS = ("export", "node", "graph")
+PUSH_SIZES = {"full": push.PushSizes(mailboxes=100, quiet_minutes=20, edits=20),
+              "quick": push.PushSizes(mailboxes=100, quiet_minutes=10, edits=20),
+              "smoke": push.PushSizes(mailboxes=5, quiet_minutes=0.2, edits=3, stagger_s=0.5,
+                                      psa_poll_seconds=5)}
+GROUPS = ("export", "node", "graph", "push")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         node.run(node_sizes)
     if "graph" in groups:
         graph.run(GRAPH_SIZES[size])
+    if "push" in groups:
+        push.run(PUSH_SIZES[size])
     note(f"done in {time.monotonic() - t0:.0f} s ({size})")
     return 0
 

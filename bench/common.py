@@ -119,6 +119,17 @@ class EwsProcess:
         self._stderr.close()
 
 
+def stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, and SIGKILL after a minute: the daemon of a bench run never outlives it."""
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
 def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))
             if after.get(k, 0) != before.get(k, 0)}

@@ -9,7 +9,6 @@ Figures: rss_mb_1000_users, users_per_node_at_10_min, reload_ms_1000_users.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from bench.common import (
     proc_cpu_s,
     proc_rss_mb,
     seed_psa,
+    stop_daemon,
     utcnow,
     wait_for,
     write_config,
@@ -98,13 +98,7 @@ def run(sizes: NodeSizes) -> None:
                 raise SystemExit(f"bench: the daemon exited with {daemon.returncode}; see {log.name}")
             _measure(sizes, daemon, sock, ews, config)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        stop_daemon(daemon)
         ews.stop()
         work.remove()
 

@@ -721,3 +721,27 @@ async def test_overlong_imports_fit_the_api_limits_and_read_back_stably(
     row = server.store.get("Appointments", int(created.psa_key.split(":")[1]))
     assert row is not None and len(row["title"]) == 256 and len(row["description"]) <= 8000
     assert list((await connector.load(JANE, frozenset({Kind.IMPORTED}), WINDOW)).records) == [created]
+
+
+async def test_the_change_probe_names_the_resources_of_rows_modified_since_its_watermark(
+    server: AutotaskServer, connector: AutotaskConnector
+) -> None:
+    """One query per entity across all resources; a row written after the baseline names its
+    resource once (not again at the next probe, though the watermark overlaps)."""
+    s = server.store
+    first = await connector.probe_changes(None)
+    assert first is not None and first.resources == frozenset()
+    await trio.sleep(0.01)
+    s.put("Appointments", {"resourceID": int(JANE), "title": "new", "startDateTime": t(1),
+                           "endDateTime": t(1, 1)})
+    s.put("CompanyToDos", {"companyID": 0, "assignedToResourceID": int(BOB), "actionType": 1,
+                           "startDateTime": t(2), "endDateTime": t(2, 1), "activityDescription": "call"})
+    before = dict(server.stats()["requests"])
+    found = await connector.probe_changes(first.cursor)
+    assert found is not None and found.resources == frozenset({JANE, BOB}), found.resources
+    used = {k: v - before.get(k, 0) for k, v in server.stats()["requests"].items() if v != before.get(k, 0)}
+    queries = {k: v for k, v in used.items() if k.startswith("POST")}
+    probed = ("Appointments", "CompanyToDos", "ServiceCalls", "Contacts")
+    assert queries == {f"POST {e}": 1 for e in probed}, used
+    again = await connector.probe_changes(found.cursor)
+    assert again is not None and again.resources == frozenset()

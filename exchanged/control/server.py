@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import grp
+import math
 import os
 import pwd
 import socket
@@ -63,6 +64,12 @@ _GID_T = struct.Struct("I")  # gid_t is a 32-bit unsigned int on Linux
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     max_connections: int = 128  # beyond this: one too_many_connections line, then close
+    # of those, other users (group members) get at most this many each, and together all but
+    # ``reserved``: root and the daemon's user always find room (500 idle connections of one
+    # group member made root's `exchangectl status` fail)
+    per_uid: int = 16
+    reserved: int = 16
+    warn_every_s: float = 10.0  # refusal warnings: one line per kind this often, with a count
     idle_timeout: float = 60.0  # seconds a connection may take to deliver one complete request line
     send_timeout: float = 30.0  # seconds a client may take to read one reply
     max_line: int = MAX_LINE_BYTES
@@ -191,17 +198,49 @@ def _control_error(message: str, hint: str) -> errors.ControlError:
 
 def _make_parent(path: str, gid: int | None) -> None:
     parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(parent):
-        return
-    try:
-        os.makedirs(parent, mode=0o750)
-        if gid is not None:
-            os.chown(parent, -1, gid)  # group members must be able to reach the socket
-    except OSError as exc:
-        raise _control_error(
-            f"cannot create the directory {parent} for the control socket: {exc.strerror}",
-            "check control.socket and the permissions of its parent directory",
-        ) from None
+    if not os.path.isdir(parent):
+        try:
+            os.makedirs(parent, mode=0o750)
+            if gid is not None:
+                os.chown(parent, -1, gid)  # group members must be able to reach the socket
+        except OSError as exc:
+            raise _control_error(
+                f"cannot create the directory {parent} for the control socket: {exc.strerror}",
+                "check control.socket and the permissions of its parent directory",
+            ) from None
+    check_socket_dir(parent)
+
+
+def check_socket_dir(parent: str, own_uid: int | None = None) -> None:
+    """sshd's StrictModes for the socket's directory and every directory above it: owned by root
+    or the daemon's user, and writable by nobody else (a sticky directory such as /tmp may be
+    above it, not be it). Otherwise another user could replace the socket (and answer root's
+    exchangectl), swap it between bind and chown, or hold its lock file."""
+    uid = os.geteuid() if own_uid is None else own_uid
+    current = os.path.realpath(parent)
+    first = True
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError as exc:
+            raise _control_error(f"control socket directory {current}: {exc.strerror}",
+                                 "check control.socket") from None
+        why = None
+        if info.st_uid not in (0, uid):
+            why = f"it is owned by uid {info.st_uid}, not by root or the daemon's user"
+        elif info.st_mode & stat.S_IWOTH and (first or not info.st_mode & stat.S_ISVTX):
+            why = "other users may write to it"
+        elif first and info.st_mode & stat.S_IWGRP and (info.st_uid, info.st_gid) != (0, 0):
+            why = f"its group (gid {info.st_gid}) may write to it"
+        if why is not None:
+            raise _control_error(
+                f"refusing the control socket directory {current}: {why}",
+                "use a directory only root or the daemon's user can write (the default /run/exchanged, "
+                "made by systemd's RuntimeDirectory=), or fix its owner and mode (chmod go-w)")
+        if current == "/":
+            return
+        current = os.path.dirname(current)
+        first = False
 
 
 def _take_lock(path: str) -> int:
@@ -265,7 +304,11 @@ def _prepare_listener(path: str, gid: int | None, backlog: int) -> _Listener:
     try:
         _clear_stale(path)
         try:
-            sock.bind(path)
+            old_umask = os.umask(0o777 & ~SOCKET_MODE)  # created 0660: no window with a wider mode
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
         except OSError as exc:
             raise _control_error(
                 f"cannot listen on {path}: {exc.strerror or exc}",
@@ -274,9 +317,11 @@ def _prepare_listener(path: str, gid: int | None, backlog: int) -> _Listener:
         inode = os.lstat(path).st_ino
         listener = _Listener(sock, path, inode, lock_fd)
         try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode) or os.lstat(path).st_ino != inode:
+                raise OSError(errno.EEXIST, "the socket was replaced after bind")
             os.chmod(path, SOCKET_MODE)
             if gid is not None:
-                os.chown(path, -1, gid)
+                os.chown(path, -1, gid, follow_symlinks=False)
             sock.listen(backlog)
         except OSError as exc:
             listener.close()
@@ -335,6 +380,27 @@ class _Server:
         self.active = 0
         self.refusing = 0
         self._ids = count(1)
+        self.own_uid = os.getuid()
+        self.by_uid: dict[int, int] = {}  # connections of unprivileged peers, per uid
+        self._warned: dict[str, tuple[float, int]] = {}  # kind -> (last warning, suppressed since)
+
+    def warn(self, kind: str, event: str, **fields: Any) -> None:
+        """A refusal warning, at most one per kind per ``warn_every_s`` (a connect loop wrote
+        34,068 lines in 15 s); the next one counts what was suppressed."""
+        now = trio.current_time()
+        last, suppressed = self._warned.get(kind, (-math.inf, 0))
+        if now - last < self.limits.warn_every_s:
+            self._warned[kind] = (last, suppressed + 1)
+            return
+        self._warned[kind] = (now, 0)
+        log.warning(event, suppressed=suppressed, **fields) if suppressed else log.warning(event, **fields)
+
+    def _unprivileged_room(self, uid: int) -> bool:
+        if uid in (0, self.own_uid):
+            return True
+        others = sum(self.by_uid.values())
+        return (self.by_uid.get(uid, 0) < self.limits.per_uid
+                and others < self.limits.max_connections - self.limits.reserved)
 
     async def accept_loop(self, listen_sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         while True:
@@ -363,11 +429,8 @@ class _Server:
 
     async def _refuse_busy(self, stream: trio.SocketStream, conn_id: int) -> None:
         try:
-            log.warning(
-                "control connection refused: too many connections",
-                conn=conn_id,
-                limit=self.limits.max_connections,
-            )
+            self.warn("busy", "control connection refused: too many connections", conn=conn_id,
+                      limit=self.limits.max_connections)
             message = (
                 f"the daemon already serves {self.limits.max_connections} control connections; "
                 "try again in a minute"
@@ -385,9 +448,25 @@ class _Server:
             if peer is None or not await trio.to_thread.run_sync(self.peer_check, peer):
                 await self._refuse_peer(stream, conn_id, peer)
                 return
-            await serve_stream(
-                stream, self.handler, self.limits, log_fields={"conn": conn_id, **peer.log_fields()}
-            )
+            if not self._unprivileged_room(peer.uid):
+                self.warn(f"uid{peer.uid}", "control connection refused: too many connections of one user",
+                          conn=conn_id, limit=self.limits.per_uid, **peer.log_fields())
+                await _send_final(stream, error_response(
+                    None, SERVER_REFUSED, f"uid {peer.uid} ({peer.user}) already has as many control "
+                    "connections as one user may; close some and try again", R_TOO_MANY_CONNECTIONS))
+                return
+            counted = peer.uid not in (0, self.own_uid)
+            if counted:
+                self.by_uid[peer.uid] = self.by_uid.get(peer.uid, 0) + 1
+            try:
+                await serve_stream(
+                    stream, self.handler, self.limits, log_fields={"conn": conn_id, **peer.log_fields()}
+                )
+            finally:
+                if counted:
+                    self.by_uid[peer.uid] -= 1
+                    if not self.by_uid[peer.uid]:
+                        del self.by_uid[peer.uid]
         except Exception:
             # A bug in the server itself: it must end this connection only, never the daemon.
             log.exception("control connection failed", conn=conn_id)
@@ -406,7 +485,8 @@ class _Server:
         self, stream: trio.SocketStream, conn_id: int, peer: PeerCredentials | None
     ) -> None:
         fields = peer.log_fields() if peer else {}
-        log.warning("control connection refused: peer not allowed", conn=conn_id, **fields)
+        self.warn(f"peer{peer.uid if peer else '?'}", "control connection refused: peer not allowed",
+                  conn=conn_id, **fields)
         who = f"uid {peer.uid} ({peer.user})" if peer else "a peer whose credentials cannot be read"
         message = (
             f"permission denied: {who} may not use the exchanged control socket; "

@@ -402,3 +402,85 @@ async def test_a_slow_request_does_not_hold_up_other_clients(sock_dir: Path) -> 
             assert "result" in await fast.call("users")
             handler.release.set()
             assert (await slow.receive())["id"] == "slow"
+
+
+# --- issue #14: a careless socket directory, idle connections, log floods ------------------------
+
+
+@pytest.mark.parametrize(("mode", "owner", "why"), [
+    (0o777, 0, "other users may write to it"),
+    (0o1777, 0, "other users may write to it"),  # sticky is fine above the socket, not for its own dir
+    (0o775, NOBODY, f"owned by uid {NOBODY}"),
+    (0o770, None, "may write to it"),  # group-writable, the group not root's
+])
+async def test_a_socket_directory_others_can_write_is_refused_naming_path_and_reason(
+        sock_dir: Path, mode: int, owner: int | None, why: str) -> None:
+    """A directory another user can write lets that user replace the socket and answer root's
+    exchangectl, race bind and chmod, or hold the lock file."""
+    careless = sock_dir / "run"
+    careless.mkdir()
+    os.chmod(careless, mode)
+    if owner is not None:
+        os.chown(careless, owner, -1)
+    else:
+        os.chown(careless, 0, grp.getgrnam(GROUP).gr_gid)
+    failure = await start_failure(careless / "control.sock", FakeHandler())
+    assert f"refusing the control socket directory {careless}" in failure.message, failure.message
+    assert why in failure.message
+    assert not (careless / "control.sock.lock").exists() and not (careless / "control.sock").exists()
+
+
+async def test_a_sticky_tmp_above_a_private_directory_is_fine(sock_dir: Path) -> None:
+    assert os.stat("/tmp").st_mode & stat.S_ISVTX and sock_dir.parent == Path("/tmp")
+    async with served(sock_dir / "control.sock", FakeHandler()):
+        assert stat.S_IMODE(os.stat(sock_dir / "control.sock").st_mode) == 0o660
+
+
+def hold_as(uid: int, gid: int, groups: list[int], path: str, count: int) -> tuple[int, int]:
+    """A forked child as ``uid`` opens ``count`` idle connections and holds them until the parent
+    writes to ``release``; returns (pid, release fd). The child reports when connected."""
+    ready_r, ready_w = os.pipe()
+    release_r, release_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            held = []
+            for _ in range(count):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.connect(path)
+                held.append(c)
+            os.write(ready_w, b"x")
+            os.read(release_r, 1)
+        finally:
+            os._exit(0)
+    os.read(ready_r, 1)
+    for fd in (ready_r, ready_w, release_r):
+        os.close(fd)
+    return pid, release_w
+
+
+async def test_idle_connections_of_one_member_leave_room_for_root(sock_dir: Path) -> None:
+    """500 idle connections from a group member made root's `exchangectl status` fail."""
+    os.chmod(sock_dir, 0o755)
+    path = sock_dir / "control.sock"
+    adm = grp.getgrnam(GROUP).gr_gid
+    limits = ServerLimits(max_connections=40, per_uid=8, reserved=8, idle_timeout=60)
+    with trio.fail_after(30), capture_logs() as logs:
+        async with served(path, FakeHandler(), GROUP, limits=limits):
+            pid, release = await trio.to_thread.run_sync(hold_as, NOBODY, NOBODY, [adm], str(path), 60)
+            try:
+                member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path))
+                assert member["error"]["data"]["reason"] == "too_many_connections", member
+                assert f"uid {NOBODY}" in member["error"]["message"]
+                root = await open_client(str(path))
+                await root.send(request_line("status"))
+                assert (await root.receive())["result"]["state"] == "running"
+            finally:
+                os.write(release, b"x")
+                os.close(release)
+                await trio.to_thread.run_sync(os.waitpid, pid, 0)
+    refusals = [e for e in logs if e["event"].startswith("control connection refused")]
+    assert 1 <= len(refusals) <= 3, refusals  # 53 refusals, rate-limited to one line (and a count)

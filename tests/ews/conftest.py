@@ -1,9 +1,11 @@
 """Targets for the EWS contract suite: our test server, or a real Exchange when configured.
 
 Set EXCHANGED_TEST_EWS_URL, EXCHANGED_TEST_EWS_USER and EXCHANGED_TEST_EWS_PASSWORD (optionally
-EXCHANGED_TEST_EWS_CA for a private CA and EXCHANGED_TEST_EWS_MAILBOX for the mailbox to use,
-default: the user) to run the same tests against a real server; tests that need the test server's
-switches, statistics or several mailboxes are skipped there.
+EXCHANGED_TEST_EWS_CA for a private CA, EXCHANGED_TEST_EWS_MAILBOX for the mailbox to use,
+default: the user, and EXCHANGED_TEST_EWS_AUTH=ntlm|basic for how to log in, default ntlm: a
+server that offers Basic only needs basic) to run the same tests against a real server; tests that
+need the test server's switches, statistics or several mailboxes are skipped there, and so are the
+tests of an authentication type the real server was not said to offer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from exchanged.testing.ews import EwsTestServer
 from exchanged.testing.ews.fixtures import MAILBOXES, SERVICE_ACCOUNT, start_server
 from exchanged.testing.tls import ca_adapter_class
 
+TARGET = "target"  # config()/account(): log in as the target says (EwsTarget.auth_type)
+
 
 @dataclass
 class EwsTarget:
@@ -32,11 +36,20 @@ class EwsTarget:
     password: str
     mailboxes: list[str]
     server: EwsTestServer | None = None
+    auth_type: str = NTLM  # how the tests log in unless they say otherwise
+    offered: frozenset[str] = frozenset({NTLM, BASIC})  # what the target accepts
     _accounts: dict[tuple[Any, ...], Account] = field(default_factory=dict)
 
+    def require(self, auth_type: str) -> None:
+        """Skip the test on a target that does not offer ``auth_type``."""
+        if auth_type not in self.offered:
+            pytest.skip(f"the target offers {', '.join(sorted(self.offered))} only (EXCHANGED_TEST_EWS_AUTH)")
+
     def config(
-        self, user: str | None = None, password: str | None = None, auth_type: str | None = NTLM
+        self, user: str | None = None, password: str | None = None, auth_type: str | None = TARGET
     ) -> Configuration:
+        if auth_type == TARGET:
+            auth_type = self.auth_type
         creds = Credentials(user or self.user, password if password is not None else self.password)
         kwargs: dict[str, Any] = {"auth_type": auth_type} if auth_type else {}
         return Configuration(service_endpoint=self.url, credentials=creds, **kwargs)
@@ -47,8 +60,10 @@ class EwsTarget:
         user: str | None = None,
         password: str | None = None,
         access_type: str | None = None,
-        auth_type: str | None = NTLM,
+        auth_type: str | None = TARGET,
     ) -> Account:
+        if auth_type == TARGET:
+            auth_type = self.auth_type
         if access_type is None:
             # A real server's test user reads its own mailbox as itself (impersonating oneself needs
             # the ApplicationImpersonation role); our server's service account impersonates.
@@ -75,7 +90,12 @@ def ews(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EwsTarget]:
         if ca:
             BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(ca)
         mailbox = os.environ.get("EXCHANGED_TEST_EWS_MAILBOX", user)
-        yield EwsTarget(real_url, ca, user, os.environ["EXCHANGED_TEST_EWS_PASSWORD"], [mailbox])
+        auth = os.environ.get("EXCHANGED_TEST_EWS_AUTH", "ntlm").strip().lower()
+        auth_type = {"ntlm": NTLM, "basic": BASIC}.get(auth)
+        if auth_type is None:
+            raise pytest.UsageError(f"EXCHANGED_TEST_EWS_AUTH={auth!r}: use ntlm or basic")
+        yield EwsTarget(real_url, ca, user, os.environ["EXCHANGED_TEST_EWS_PASSWORD"], [mailbox],
+                        auth_type=auth_type, offered=frozenset({auth_type}))
         BaseProtocol.HTTP_ADAPTER_CLS = previous_adapter
         return
     server = start_server(tmp_path_factory.mktemp("ews"))
@@ -102,7 +122,8 @@ def emulator(ews: EwsTarget) -> EwsTestServer:
     """The test server itself, for statistics and fault switches (skipped against a real Exchange)."""
     if ews.server is None:
         pytest.skip("needs the test server's switches/statistics")
-    ews.server.set_faults(throttle_next=0, fail_next=0, drop_next=0, latency_ms=0, throttle_style="fault")
+    ews.server.set_faults(throttle_next=0, fail_next=0, drop_next=0, latency_ms=0, throttle_style="fault",
+                          basic_only=0)
     return ews.server
 
 

@@ -11,9 +11,10 @@ import re
 import pytest
 import requests
 from lxml import etree
+from requests.auth import HTTPBasicAuth
 from requests_ntlm import HttpNtlmAuth
 
-from .conftest import EwsTarget
+from .conftest import NTLM, EwsTarget
 
 S = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -42,7 +43,8 @@ def _post(
         ews.url,
         data=envelope.encode(),
         headers={"Content-Type": "text/xml; charset=utf-8"},
-        auth=HttpNtlmAuth(ews.user, ews.password),
+        auth=(HttpNtlmAuth(ews.user, ews.password) if ews.auth_type == NTLM
+              else HTTPBasicAuth(ews.user, ews.password)),
         verify=ews.ca_file or True,
         timeout=30,
     )

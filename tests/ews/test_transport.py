@@ -35,6 +35,8 @@ def test_server_reports_exchange_2016(account) -> None:
 
 
 def test_auth_probe_offers_ntlm_and_basic(ews: EwsTarget) -> None:
+    ews.require(NTLM)
+    ews.require(BASIC)
     verify = ews.ca_file or True
     r = requests.post(ews.url, data=b"<x/>", verify=verify, timeout=10)
     assert r.status_code == 401
@@ -43,21 +45,45 @@ def test_auth_probe_offers_ntlm_and_basic(ews: EwsTarget) -> None:
 
 
 def test_probe_without_auth_type_chooses_ntlm(ews: EwsTarget) -> None:
+    ews.require(NTLM)
     account = ews.account(auth_type=None)
     assert account.protocol.auth_type == NTLM
 
 
 @pytest.mark.parametrize("auth_type", [NTLM, BASIC])
 def test_service_account_reads_calendar(ews: EwsTarget, auth_type: str) -> None:
+    ews.require(auth_type)
     account = ews.account(auth_type=auth_type)
     assert account.calendar.name
 
 
 @pytest.mark.parametrize("auth_type", [NTLM, BASIC])
 def test_wrong_password_is_refused(ews: EwsTarget, auth_type: str) -> None:
+    ews.require(auth_type)
     account = ews.account(password="wrong-password", auth_type=auth_type)
     with pytest.raises(UnauthorizedError):
         account.root.refresh()
+
+
+def test_a_basic_only_server_refuses_ntlm_and_the_basic_target_logs_in(
+    ews: EwsTarget, emulator: EwsTestServer
+) -> None:
+    """The real-server mode against a server with NTLM off (EXCHANGED_TEST_EWS_AUTH=basic): the
+    tests log in with Basic by default and skip what needs NTLM."""
+    emulator.set_faults(basic_only=1)
+    try:
+        verify = ews.ca_file or True
+        offered = requests.post(ews.url, data=b"<x/>", verify=verify, timeout=10).headers["WWW-Authenticate"]
+        assert "basic" in offered.lower() and "ntlm" not in offered.lower()
+        with pytest.raises(UnauthorizedError):
+            ews.account(password="ntlm-cache-key", auth_type=NTLM).root.refresh()
+        basic = EwsTarget(ews.url, ews.ca_file, ews.user, ews.password, ews.mailboxes,
+                          auth_type=BASIC, offered=frozenset({BASIC}))
+        assert basic.account().calendar.name  # the default login of such a target is Basic
+        with pytest.raises(pytest.skip.Exception):
+            basic.require(NTLM)
+    finally:
+        emulator.set_faults(basic_only=0)
 
 
 def test_client_without_the_ca_fails_tls(ews: EwsTarget, emulator: EwsTestServer) -> None:

@@ -55,6 +55,8 @@ class Faults(FaultSwitches):
     throttle_style: str = "fault"
     # "": the *_next switches hit any request; "CreateItem,DeleteItem": only these operations
     only_ops: str = ""
+    # 1: offer and accept Basic only, as some servers do (NTLM is refused with a Basic challenge)
+    basic_only: int = 0
 
     def check(self, key: str, value: Any) -> None:
         if key == "throttle_style":
@@ -149,6 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- authentication ---------------------------------------------------------------------------
     def _challenge(self, extra: str | None = None) -> None:
         headers = [("WWW-Authenticate", extra)] if extra else [("WWW-Authenticate", "NTLM")]
+        if self.server.app.basic_only():
+            headers = []
         headers.append(("WWW-Authenticate", 'Basic realm="localhost"'))
         self._send(
             401, b"401 - Unauthorized: Access is denied due to invalid credentials.", "text/html", headers
@@ -171,6 +175,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._challenge()
             return None
         if scheme in ("ntlm", "negotiate"):
+            if app.basic_only():
+                app.count_auth_failure()
+                self._challenge()
+                return None
             return self._ntlm_step(token.strip())
         if self.connection_user:
             return self.connection_user  # NTLM authenticates the connection, not the request
@@ -468,6 +476,11 @@ class EwsTestServer(ServedOverTls):
 
     def is_service_account(self, user: str) -> bool:
         return user.lower() in self._service_accounts
+
+    def basic_only(self) -> bool:
+        """The ``basic_only`` switch: Basic is offered and accepted, NTLM is not."""
+        with self._lock:
+            return bool(self._faults.basic_only)
 
     def count_auth_failure(self) -> None:
         with self._lock:

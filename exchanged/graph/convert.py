@@ -265,6 +265,33 @@ def _modified(doc: Mapping[str, Any]) -> datetime | None:
         return None
 
 
+_GOID_CLASS_ID = "040000008200E00074C5B7101A82E008"  # MS-OXOCAL PidLidGlobalObjectId
+_VCAL_UID = b"vCal-Uid\x01\x00\x00\x00"
+
+
+def series_uid(ical_uid: str) -> str:
+    """The UID EWS reports for the event (and its whole series) from Graph's ``iCalUId``.
+
+    ``iCalUId`` is the hex of the item's global object id (MS-OXOCAL): an occurrence's carries its
+    date in the instance-date bytes (so each occurrence has its own), and a UID not in Outlook's
+    form (from an iCalendar invitation) is wrapped as "vCal-Uid" data. EWS's ``UID`` is the id
+    without the instance date, or the wrapped UID itself; the same key on both paths is what lets
+    a mailbox moved from EWS to Graph keep its imported appointments.
+    """
+    text = ical_uid.strip()
+    if not text.upper().startswith(_GOID_CLASS_ID) or len(text) < 80:
+        return text
+    try:
+        goid = bytearray(bytes.fromhex(text))
+    except ValueError:
+        return text
+    data = bytes(goid[40:])
+    if data.startswith(_VCAL_UID):
+        return data[len(_VCAL_UID) :].split(b"\x00", 1)[0].decode("utf-8", "replace")
+    goid[16:20] = bytes(4)
+    return bytes(goid).hex().upper()
+
+
 def item_from_graph(
     folder: FolderKind, doc: Mapping[str, Any], tz: tzinfo, psa_key: str | None = None
 ) -> ExchangeItem:
@@ -277,7 +304,7 @@ def item_from_graph(
     key = psa_key_of(folder, doc) or psa_key
     if folder is FolderKind.CALENDAR:
         payload = exact_merge(appointment_from_graph(doc, tz), extended(doc, EXACT_PROP), tz)
-        uid = _text(doc.get("iCalUId")) or None
+        uid = series_uid(_text(doc.get("iCalUId"))) or None
         kind = _text(doc.get("type"))
         original = doc.get("originalStart")
         if kind in ("occurrence", "exception") and uid and isinstance(original, str):
@@ -323,7 +350,7 @@ def unreadable_item(
         change_key=_text(doc.get("changeKey")),
         payload=unreadable_payload(folder, _text(subject)),
         psa_key=key,
-        uid=_text(doc.get("iCalUId")) or None,
+        uid=series_uid(_text(doc.get("iCalUId"))) or None,
         unreadable=True,
     )
 

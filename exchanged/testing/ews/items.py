@@ -390,7 +390,7 @@ def _normalise_calendar(elem: Element, mailbox: str) -> None:
     if start is not None and end is not None and end < start:
         raise EwsError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
     if child(elem, "UID") is None:
-        set_child(elem, "UID", uuid.uuid4().hex.upper() + "00000000000000000000000000000000")
+        set_child(elem, "UID", outlook_uid())
     for name in ("IsAllDayEvent",):
         if child(elem, name) is None:
             set_child(elem, name, "false")
@@ -416,6 +416,21 @@ def _normalise_calendar(elem: Element, mailbox: str) -> None:
     if not recurring:
         drop_child(elem, "ModifiedOccurrences")
         drop_child(elem, "DeletedOccurrences")
+
+
+GOID_CLASS_ID = bytes.fromhex("040000008200E00074C5B7101A82E008")  # MS-OXOCAL PidLidGlobalObjectId
+
+
+def outlook_uid() -> str:
+    """The UID Exchange gives an item created without one: the hex of an Outlook global object id
+    (class id, no instance date, creation time, size 16, a random GUID), as MS-OXOCAL describes."""
+    import datetime as _dt
+    import struct
+
+    since_1601 = _dt.datetime.now(_dt.UTC) - _dt.datetime(1601, 1, 1, tzinfo=_dt.UTC)
+    created = struct.pack("<Q", int(since_1601.total_seconds() * 10**7))  # a FILETIME
+    goid = GOID_CLASS_ID + bytes(4) + created + bytes(8) + struct.pack("<I", 16) + uuid.uuid4().bytes
+    return goid.hex().upper()
 
 
 def _normalise_task(elem: Element, changed: set[str] | None) -> None:

@@ -755,7 +755,12 @@ def event_json(
             "originalEndTimeZone": end_zone.get("Id", "UTC")
             if end_zone is not None
             else (start_zone.get("Id", "UTC") if start_zone is not None else "UTC"),
-            "iCalUId": _ical_uid(it.child_text(elem, "UID") or ""),
+            "iCalUId": _ical_uid(
+                it.child_text(elem, "UID") or "",
+                parse_dt(it.child_text(elem, "OriginalStart"))
+                if kind in ("Occurrence", "Exception")
+                else None,
+            ),
             "reminderMinutesBeforeStart": int(it.child_text(elem, "ReminderMinutesBeforeStart") or 15),
             "isReminderOn": it.child_text(elem, "ReminderIsSet") == "true",
             "hasAttachments": False,
@@ -811,11 +816,25 @@ def event_json(
     return out
 
 
-def _ical_uid(uid: str) -> str:
-    """Exchange's iCalUId for a UID: the Outlook global object id form (040000008200E0...)."""
-    if re.fullmatch(r"[0-9A-Fa-f]+", uid) and uid.upper().startswith("040000008200E00074C5B7101A82E008"):
-        return uid.upper()
-    return "040000008200E00074C5B7101A82E00800000000" + uuid.uuid5(uuid.NAMESPACE_OID, uid).hex.upper()
+def _ical_uid(uid: str, original: dt.datetime | None = None) -> str:
+    """Graph's iCalUId: the hex of the item's global object id (MS-OXOCAL PidLidGlobalObjectId).
+
+    A UID in Outlook's form (what Exchange generates: EWS's UID) is that id without an instance
+    date; any other UID (from an iCalendar invitation) is wrapped as "vCal-Uid" data, so Graph's
+    iCalUId differs from EWS's UID for it. An occurrence's iCalUId carries its original date in
+    the instance-date bytes (year high, year low, month, day), so each occurrence has its own."""
+    if (
+        re.fullmatch(r"[0-9A-Fa-f]+", uid)
+        and len(uid) >= 40
+        and uid.upper().startswith(it.GOID_CLASS_ID.hex().upper())
+    ):
+        goid = bytearray(bytes.fromhex(uid[: len(uid) // 2 * 2]))
+    else:
+        data = b"vCal-Uid" + (1).to_bytes(4, "little") + uid.encode() + b"\x00"
+        goid = bytearray(it.GOID_CLASS_ID + bytes(4) + bytes(16) + len(data).to_bytes(4, "little") + data)
+    if original is not None:
+        goid[16:20] = bytes([original.year >> 8, original.year & 0xFF, original.month, original.day])
+    return bytes(goid).hex().upper()
 
 
 # -- contacts -----------------------------------------------------------------------------------------------

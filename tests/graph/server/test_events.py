@@ -313,3 +313,37 @@ def test_bodies_come_back_as_html_unless_text_is_preferred(graph: Graph) -> None
     assert r.json()["body"] == {"contentType": "text", "content": "Hello & bye\nx"}
     items, _ = graph.all_pages(f"{U}/calendarView/delta?{WINDOW}", headers=prefer)
     assert {i["body"]["content"] for i in items} == {"Printer <on> fire\nnow", "Hello & bye\nx"}
+
+
+def test_ical_uid_is_the_global_object_id_as_exchange_writes_it(graph: Graph) -> None:
+    """iCalUId is per occurrence (instance date in the id); the adapter's series_uid gives back
+    the UID EWS reports, for Exchange's own UIDs and for an invitation's foreign one."""
+    from exchanged.graph.convert import series_uid
+    from exchanged.testing.graph.convert import to_ews_id
+
+    series = create(
+        graph,
+        event("Daily")
+        | {
+            "recurrence": {
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {"type": "numbered", "startDate": "2026-12-07", "numberOfOccurrences": 2},
+            }
+        },
+    )
+    row = graph.server.store.item(to_ews_id(series["id"]))
+    assert row is not None
+    ews_uid = row.xml.split("UID>", 1)[1].split("<", 1)[0]
+    assert ews_uid.startswith("040000008200E00074C5B7101A82E008") and len(ews_uid) == 112
+    assert series["iCalUId"] == ews_uid
+    occurrences, _ = graph.all_pages(f"{U}/calendarView/delta?{WINDOW}")
+    ids = [o["iCalUId"] for o in occurrences]
+    assert len(set(ids)) == 2 and ews_uid not in ids
+    assert ids[0][32:40] == "07EA0C07"  # 2026-12-07: year high, year low, month, day
+    assert {series_uid(i) for i in ids} == {ews_uid}
+    # an event whose UID came from elsewhere (an iCalendar invitation)
+    foreign = "partner-event-17@partner.example"
+    graph.server.store.update_item(row, row.xml.replace(ews_uid, foreign))
+    wrapped = graph.get(f"{U}/events/{series['id']}").json()["iCalUId"]
+    assert b"vCal-Uid".hex().upper() in wrapped
+    assert series_uid(wrapped) == foreign

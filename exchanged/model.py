@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -93,6 +94,26 @@ def occurrence_key(uid: str, original_start: datetime) -> str:
 # --- payloads: the fields both sides share, per Exchange item type ------------------------------
 
 
+RESPONSES = ("accepted", "tentative", "declined", "none", "organizer", "unknown")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Attendee:
+    """One participant of a meeting: ``response`` is one of ``RESPONSES``."""
+
+    email: str
+    name: str = ""
+    response: str = "unknown"
+
+
+def attendee_list(attendees: Iterable[Attendee]) -> tuple[Attendee, ...]:
+    """Attendees in the one order every side uses (by address, then name), each address once."""
+    seen: dict[str, Attendee] = {}
+    for a in sorted(attendees):
+        seen.setdefault(a.email.lower() or a.name, a)
+    return tuple(seen.values())
+
+
 @dataclass(frozen=True, slots=True)
 class Appointment:
     subject: str
@@ -103,6 +124,9 @@ class Appointment:
     is_all_day: bool = False
     show_as: ShowAs = ShowAs.BUSY
     is_private: bool = False
+    # imported meetings (Exchange owns): who takes part; always () on PSA-owned appointments (the
+    # daemon never writes attendees to Exchange, so it can never send an invitation)
+    attendees: tuple[Attendee, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +153,17 @@ Payload = Appointment | Task | Contact
 
 
 def payload_dict(payload: Payload) -> dict[str, Any]:
-    """JSON-ready dict of a payload (datetimes as ISO strings, enums as values)."""
+    """JSON-ready dict of a payload (datetimes as ISO strings, enums as values). Attendees only
+    when there are some: the hashes of payloads without them stay what they were before attendees
+    existed (no pair looks changed after an upgrade)."""
     out: dict[str, Any] = {}
     for f in fields(payload):
         value = getattr(payload, f.name)
-        if isinstance(value, datetime):
+        if f.name == "attendees":
+            if not value:
+                continue
+            value = [[a.email, a.name, a.response] for a in value]
+        elif isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, StrEnum):
             value = value.value
@@ -190,8 +220,9 @@ def exchange_baseline(mapping_hash: str, mapping_change_key: str, item_change_ke
 
 
 def all_fields(payload: Payload) -> tuple[str, ...]:
-    """Every field name of a payload (what a write sends to repair an unreadable item)."""
-    return tuple(f.name for f in fields(payload))
+    """Every field name of a payload that a write to Exchange carries (what a repair of an
+    unreadable item sends): attendees are never written to Exchange."""
+    return tuple(f.name for f in fields(payload) if f.name != "attendees")
 
 
 def fields_to_write(item: ExchangeItem, desired: Payload) -> tuple[str, ...]:

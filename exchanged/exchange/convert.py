@@ -48,12 +48,14 @@ from exchangelib.properties import Body, HTMLBody
 from exchanged.exchange import xsdatetime
 from exchanged.model import (
     Appointment,
+    Attendee,
     Contact,
     ExchangeItem,
     FolderKind,
     Payload,
     ShowAs,
     Task,
+    attendee_list,
     occurrence_key,
     unreadable_payload,
 )
@@ -163,7 +165,10 @@ def check_payload(payload: Payload) -> None:
 _CAL_READ = ("subject", "body", "start", "end", "is_all_day", "location", "legacy_free_busy_status",
              "sensitivity", "categories", "uid", "type", "original_start", "last_modified_time",
              "_start_timezone",  # an all-day item's days are those of its own zone
-             "reminder_is_set", "reminder_minutes_before_start")
+             "reminder_is_set", "reminder_minutes_before_start",
+             "organizer", "required_attendees", "optional_attendees")  # GetItem only (not FindItem)
+# what FindItem (a CalendarView) cannot return: read with GetItem
+VIEW_UNREADABLE = frozenset({"body", "organizer", "required_attendees", "optional_attendees"})
 _TASK_READ = ("subject", "body", "start_date", "due_date", "status", "complete_date",
               "percent_complete", "categories", "last_modified_time", "reminder_is_set", "reminder_due_by")
 _CONTACT_READ = ("given_name", "surname", "display_name", "company_name", "job_title",
@@ -285,13 +290,41 @@ def _cal_bounds(item: Any, tz: tzinfo) -> tuple[datetime, datetime]:
     return _midnight(s_day, tz), _midnight(e_day + timedelta(days=1), tz)
 
 
+_RESPONSE_FROM_EWS = {"Accept": "accepted", "Tentative": "tentative", "Decline": "declined",
+                      "NoResponseReceived": "none", "Organizer": "organizer", "Unknown": "unknown"}
+
+
+def _attendee(value: Any, response: str | None = None) -> Attendee | None:
+    mailbox = getattr(value, "mailbox", value)
+    email = _s(getattr(mailbox, "email_address", None)).strip()
+    name = _s(getattr(mailbox, "name", None)).strip()
+    if not (email or name):
+        return None
+    said = response or _RESPONSE_FROM_EWS.get(_s(getattr(value, "response_type", None)), "unknown")
+    return Attendee(email=email, name=name, response=said)
+
+
+def attendees_from_ews(item: Any) -> tuple[Attendee, ...]:
+    """Who takes part in a meeting: required and optional attendees with their answers, and the
+    organizer (only when there are attendees: an appointment of one's own has none)."""
+    people = [a for a in (_attendee(v) for v in (*(getattr(item, "required_attendees", None) or ()),
+                                               *(getattr(item, "optional_attendees", None) or ())))
+              if a is not None]
+    organizer = getattr(item, "organizer", None)
+    if people and organizer is not None:
+        found = _attendee(organizer, "organizer")
+        if found is not None and all(p.email.lower() != found.email.lower() for p in people):
+            people.append(found)
+    return attendee_list(people)
+
+
 def appointment_from_ews(item: Any, tz: tzinfo) -> Appointment:
     start, end = _cal_bounds(item, tz)
     return Appointment(
         subject=_s(item.subject), start=start, end=end, body=body_text(item.body),
         location=_s(item.location), is_all_day=bool(item.is_all_day),
         show_as=_SHOW_AS_FROM_EWS.get(_s(item.legacy_free_busy_status), ShowAs.BUSY),
-        is_private=item.sensitivity in ("Private", "Confidential"))
+        is_private=item.sensitivity in ("Private", "Confidential"), attendees=attendees_from_ews(item))
 
 
 def _day_start(value: Any, tz: tzinfo) -> datetime | None:
@@ -473,6 +506,8 @@ def item_from_ews(folder: FolderKind, item: Any, tz: tzinfo = UTC) -> ExchangeIt
         payload = contact_from_ews(item)
     if folder is FolderKind.CALENDAR:
         payload = exact_merge(payload, getattr(item, EXACT_ATTR, None), _item_zone(item, tz))
+        if getattr(item, PSA_KEY_ATTR, None) and isinstance(payload, Appointment) and payload.attendees:
+            payload = replace(payload, attendees=())  # ours: the PSA owns it, attendees are not synced
     elif folder is FolderKind.TASKS:
         payload = exact_merge(payload, getattr(item, EXACT_ATTR, None), tz)
     modified = item.last_modified_time
@@ -615,6 +650,7 @@ _UPDATE_FIELDS: dict[type, dict[str, tuple[str, ...]]] = {
         "subject": ("subject",), "body": ("body",), "start": ("start",), "end": ("end",),
         "location": ("location",), "is_all_day": ("is_all_day", "start", "end"),
         "show_as": ("legacy_free_busy_status",), "is_private": ("sensitivity",),
+        "attendees": (),  # never written: no invitation can ever be sent
     },
     Task: {
         "subject": ("subject",), "body": ("body",), "start": ("start_date",), "due": ("due_date",),

@@ -335,14 +335,16 @@ class EwsMailbox:
     def _merge_view(view: ExchangeItem, full: ExchangeItem | None) -> ExchangeItem:
         if full is None or full.unreadable:
             return view
-        # keep the occurrence identity the view computed; take the body from GetItem
+        # keep the occurrence identity the view computed; take the body and attendees from GetItem
         if not isinstance(view.payload, Appointment) or not isinstance(full.payload, Appointment):
             return view
-        return replace(view, payload=replace(view.payload, body=full.payload.body))
+        return replace(view, payload=replace(view.payload, body=full.payload.body,
+                                             attendees=full.payload.attendees))
 
     async def _view_slice(self, f: Any, start: datetime, end: datetime) -> list[ExchangeItem]:
         acc = self._ews_account()
-        fields = [p for p in convert.read_fields(FolderKind.CALENDAR) if p.field.name != "body"]
+        fields = [p for p in convert.read_fields(FolderKind.CALENDAR)
+                  if p.field.name not in convert.VIEW_UNREADABLE]
 
         def view() -> list[Any]:
             cv = CalendarView(start=convert.to_ews(start), end=convert.to_ews(end), max_items=VIEW_MAX)

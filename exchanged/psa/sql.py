@@ -45,7 +45,7 @@ import functools
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,7 +53,9 @@ import structlog
 
 from exchanged import errors
 from exchanged.model import (
+    RESPONSES,
     Appointment,
+    Attendee,
     Contact,
     ItemError,
     Kind,
@@ -61,6 +63,7 @@ from exchanged.model import (
     ShowAs,
     Task,
     Window,
+    attendee_list,
     make_psa_key,
     split_psa_key,
 )
@@ -97,6 +100,9 @@ TABLES: dict[str, str] = {
     "todos": ("id {pk}, assigned_resource_id BIGINT, company_id BIGINT, contact_id BIGINT, "
               "action_type TEXT, description TEXT, start_time {ts}, end_time {ts}, completed_time {ts}, "
               "last_modified {ts}"),
+    # who takes part in an imported meeting (all_details); the sync rewrites a row's attendees.
+    # appointment_id is text: it holds integer and text appointment ids alike
+    "appointment_attendees": "appointment_id TEXT NOT NULL, name TEXT, email TEXT, response TEXT",
 }
 
 INDEXES: dict[str, list[str]] = {
@@ -108,6 +114,9 @@ INDEXES: dict[str, list[str]] = {
     "service_call_resources": [
         "CREATE INDEX IF NOT EXISTS service_call_resources_resource ON service_call_resources (resource_id)"],
     "todos": ["CREATE INDEX IF NOT EXISTS todos_resource ON todos (assigned_resource_id)"],
+    "appointment_attendees": [
+        "CREATE INDEX IF NOT EXISTS appointment_attendees_appointment "
+        "ON appointment_attendees (appointment_id)"],
 }
 
 _WORDS = {
@@ -427,6 +436,40 @@ class _Probe:
     prints: dict[str, tuple[tuple[Any, ...], ...]]
 
 
+# --- attendees of imported meetings ---------------------------------------------------------------
+
+
+def _attendees_query(rid: int | str) -> tuple[str, tuple[Any, ...]]:
+    """The attendees of the resource's imported appointments (PSA-owned ones have none to sync)."""
+    return ("SELECT aa.appointment_id, aa.name, aa.email, aa.response FROM appointment_attendees aa "
+            "JOIN appointments a ON CAST(a.id AS TEXT) = aa.appointment_id "
+            "WHERE a.resource_id = ? AND a.origin = 'exchange' ORDER BY aa.appointment_id", (rid,))
+
+
+def _attendees_by_row(rows: Iterable[tuple[Any, ...]]) -> dict[str, tuple[Attendee, ...]]:
+    found: dict[str, list[Attendee]] = {}
+    for appointment_id, name, email, response in rows:
+        said = str(response or "unknown").strip().lower()
+        found.setdefault(str(appointment_id), []).append(Attendee(
+            email=str(email or "").strip(), name=str(name or "").strip(),
+            response=said if said in RESPONSES else "unknown"))
+    return {k: attendee_list(v) for k, v in found.items()}
+
+
+def _with_attendees(record: PsaRecord, found: dict[str, tuple[Attendee, ...]]) -> PsaRecord:
+    if record.kind is not Kind.IMPORTED or not isinstance(record.payload, Appointment):
+        return record
+    attendees = found.get(split_psa_key(record.psa_key)[1], ())
+    return replace(record, payload=replace(record.payload, attendees=attendees)) if attendees else record
+
+
+def _write_attendees(tx: Tx, row_id: Any, attendees: Sequence[Attendee]) -> None:
+    tx.query("DELETE FROM appointment_attendees WHERE appointment_id = ?", (str(row_id),))
+    for a in attendees:
+        tx.query("INSERT INTO appointment_attendees (appointment_id, name, email, response) "
+                 "VALUES (?, ?, ?, ?)", (str(row_id), _clip(a.name), _clip(a.email), a.response))
+
+
 # --- the connector ------------------------------------------------------------------------------
 
 
@@ -515,8 +558,10 @@ class SqlPsa(PsaConnectorBase):
             counter = tx.change_counter()
             if counter is not None:
                 return ("sqlite", counter, rid, kinds)
-            queries = _queries(tx, rid, kinds, window)
-            return hash(tuple((q.sql, tuple(tx.query(q.sql, q.params))) for q in queries))
+            reads = [(q.sql, q.params) for q in _queries(tx, rid, kinds, window)]
+            if Kind.IMPORTED in kinds:
+                reads.append(_attendees_query(rid))
+            return hash(tuple((sql, tuple(tx.query(sql, params))) for sql, params in reads))
 
         return await self._run(run)
 
@@ -552,6 +597,11 @@ class SqlPsa(PsaConnectorBase):
         for q in _queries(tx, rid, kinds, window):
             rows = tx.query(q.sql, q.params)
             reads.append(_collect([r for r in rows if q.keep is None or q.keep(r)], q.table, q.kind, q.build))
+        if Kind.IMPORTED in kinds:
+            sql, params = _attendees_query(rid)
+            found = _attendees_by_row(tx.query(sql, params))
+            reads = [replace(read, records=[_with_attendees(r, found) for r in read.records])
+                     for read in reads]
         return reads
 
     async def all_contacts(self) -> PsaLoad:
@@ -609,6 +659,7 @@ class SqlPsa(PsaConnectorBase):
             self._write_imported(tx, row_id, w.payload, w.exchange_key)
         else:
             row_id = self._insert_imported(tx, rid, w.payload, w.exchange_key)
+        _write_attendees(tx, row_id, w.payload.attendees)
         return self._read_appointment(tx, row_id)
 
     def _insert_imported(self, tx: Tx, rid: int | str, p: Appointment, uid: str) -> Any:
@@ -647,6 +698,7 @@ class SqlPsa(PsaConnectorBase):
                 return ItemError(key, "invalid_row", "payload type does not match the row")
             if kind is Kind.IMPORTED:
                 self._write_imported(tx, rid, w.payload, w.exchange_key)
+                _write_attendees(tx, rid, w.payload.attendees)
             else:
                 self._set(tx, "appointments", rid, _APPOINTMENT_COLUMNS, w.payload, w.fields)
             return self._read_appointment(tx, rid)
@@ -676,10 +728,17 @@ class SqlPsa(PsaConnectorBase):
         if rows and str(rows[0][0] or "psa").lower() != "exchange":
             return ItemError(key, "invalid_write", "the row belongs to the PSA; the sync never deletes it")
         tx.query("DELETE FROM appointments WHERE id = ? AND origin = 'exchange'", (rid,))
+        if not tx.query("SELECT 1 FROM appointments WHERE id = ?", (rid,)):
+            tx.query("DELETE FROM appointment_attendees WHERE appointment_id = ?", (str(rid),))
         return None  # deleting what is gone is done
 
     def _read_appointment(self, tx: Tx, rid: Any) -> PsaRecord:
-        return _appointment(tx.query(f"SELECT {_APPT_COLS} FROM appointments WHERE id = ?", (rid,))[0])
+        record = _appointment(tx.query(f"SELECT {_APPT_COLS} FROM appointments WHERE id = ?", (rid,))[0])
+        if record.kind is not Kind.IMPORTED:
+            return record
+        rows = tx.query("SELECT appointment_id, name, email, response FROM appointment_attendees "
+                        "WHERE appointment_id = ?", (str(rid),))
+        return _with_attendees(record, _attendees_by_row(rows))
 
     async def aclose(self) -> None:
         await self.db.aclose()

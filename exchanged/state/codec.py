@@ -16,7 +16,16 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
-from exchanged.model import Appointment, Contact, ExchangeItem, FolderKind, Payload, Task, payload_dict
+from exchanged.model import (
+    Appointment,
+    Attendee,
+    Contact,
+    ExchangeItem,
+    FolderKind,
+    Payload,
+    Task,
+    payload_dict,
+)
 
 PAYLOAD_TYPES: dict[str, type] = {"Appointment": Appointment, "Task": Task, "Contact": Contact}
 
@@ -66,7 +75,9 @@ def decode_payload(doc: dict[str, Any]) -> Payload:
     cls = PAYLOAD_TYPES[doc["type"]]
     hints = _hints(cls)
     values = {f.name: _decode_field(hints[f.name], doc[f.name])
-              for f in dataclasses.fields(cls) if f.name in doc}
+              for f in dataclasses.fields(cls) if f.name in doc and f.name != "attendees"}
+    if doc.get("attendees"):
+        values["attendees"] = tuple(Attendee(*a) for a in doc["attendees"])
     return typing.cast(Payload, cls(**values))
 
 

@@ -181,3 +181,59 @@ def test_reminders_follow_the_setting_and_the_users_own_are_kept(tmp_path: Path)
         before = writes(ews)
         sync(env, ALICE)
         assert writes(ews) == before
+
+
+# -- attendees: imported with all_details, never with no_details, no invitation ever -------------------
+
+def test_attendees_are_imported_with_all_details_and_follow_changes(tmp_path: Path) -> None:
+    from exchangelib import Attendee as EwsAttendee
+    from exchangelib import CalendarItem, Mailbox
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"},
+             {"mailbox": BOB, "psa_resource": "2", "settings": {"import_appointments": "no_details"}}]
+    with ews_daemon(tmp_path, now, [ALICE, BOB], users) as (env, ews):
+        start = now.replace(hour=0, minute=0, second=0) + timedelta(days=3, hours=14)
+
+        def meeting(mailbox: str, subject: str, people: list[tuple[str, str, str]]) -> Any:
+            acc = account(ews, mailbox)
+            item = CalendarItem(account=acc, folder=acc.calendar, subject=subject, start=start,
+                                end=start + timedelta(hours=1), required_attendees=[
+                                    EwsAttendee(mailbox=Mailbox(name=n, email_address=e), response_type=r)
+                                    for n, e, r in people])
+            item.save(send_meeting_invitations="SendToNone")
+            return item
+
+        planning = meeting(ALICE, "Planning", [("Ann Smith", "ann@contoso.test", "Accept"),
+                                               ("Dan Lee", "dan@contoso.test", "Tentative")])
+        meeting(BOB, "Bob's board meeting", [("Eve Fox", "eve@fabrikam.test", "Accept")])
+        env.start_ready()
+        sync(env, ALICE, BOB)
+
+        def attendees(title: str) -> list[tuple[Any, ...]]:
+            return psa_rows(env, "SELECT aa.name, aa.email, aa.response FROM appointment_attendees aa "
+                                 "JOIN appointments a ON CAST(a.id AS TEXT) = aa.appointment_id "
+                                 f"WHERE a.title = '{title}' ORDER BY aa.email")
+
+        organizer = ("alice", ALICE, "organizer")  # the organizer is listed too (here the owner)
+        assert attendees("Planning") == [organizer, ("Ann Smith", "ann@contoso.test", "accepted"),
+                                         ("Dan Lee", "dan@contoso.test", "tentative")]
+        assert psa_rows(env, "SELECT COUNT(*) FROM appointment_attendees aa JOIN appointments a "
+                             "ON CAST(a.id AS TEXT) = aa.appointment_id WHERE a.resource_id = 2") == [(0,)]
+        # changes flow like other fields: one declines, one more is invited
+        planning.required_attendees = [
+            EwsAttendee(mailbox=Mailbox(name="Ann Smith", email_address="ann@contoso.test"),
+                        response_type="Accept"),
+            EwsAttendee(mailbox=Mailbox(name="Dan Lee", email_address="dan@contoso.test"),
+                        response_type="Decline"),
+            EwsAttendee(mailbox=Mailbox(name="Ida Moss", email_address="ida@fabrikam.test"),
+                        response_type="NoResponseReceived")]
+        planning.save(update_fields=["required_attendees"], send_meeting_invitations="SendToNone")
+        sync(env, ALICE)
+        assert attendees("Planning") == [organizer, ("Ann Smith", "ann@contoso.test", "accepted"),
+                                         ("Dan Lee", "dan@contoso.test", "declined"),
+                                         ("Ida Moss", "ida@fabrikam.test", "none")]
+        before = writes(ews)
+        sync(env, ALICE, BOB)
+        assert writes(ews) == before
+        assert ews.invitations() == []  # the daemon never sent one

@@ -26,10 +26,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from exchanged.model import Appointment, Contact, Kind, PsaRecord, ShowAs, Task, make_psa_key
+from exchanged.model import (
+    RESPONSES,
+    Appointment,
+    Attendee,
+    Contact,
+    Kind,
+    PsaRecord,
+    ShowAs,
+    Task,
+    attendee_list,
+    make_psa_key,
+)
 from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 
 MARKER = "[exchanged-import] "
@@ -150,7 +162,41 @@ def split_marker(description: str) -> tuple[str, dict[str, Any] | None]:
     return body, data
 
 
+# --- attendees: Appointments have no field for them, so a readable block above the marker ------------
+
+ATTENDEES_HEADING = "Attendees:"
+_ATTENDEE_LINE = re.compile(r"^- (?P<name>.*?) ?<(?P<email>[^<>]*)> \((?P<response>[a-z]+)\)$")
+
+
+def attendees_block(attendees: Sequence[Attendee]) -> str:
+    """``Attendees:`` and one ``- Name <address> (response)`` line each ("" for none)."""
+    if not attendees:
+        return ""
+    lines = [f"- {a.name} <{a.email}> ({a.response})" if a.name else f"- <{a.email}> ({a.response})"
+             for a in attendees]
+    return "\n".join([ATTENDEES_HEADING, *lines])
+
+
+def split_attendees(body: str) -> tuple[str, tuple[Attendee, ...]]:
+    """(the body without a trailing attendees block, the attendees it lists); only a block whose
+    every line reads as written counts (anything else stays text)."""
+    at = body.rfind(ATTENDEES_HEADING)
+    if at < 0 or (at > 0 and body[at - 1] != "\n"):
+        return body, ()
+    lines = body[at + len(ATTENDEES_HEADING):].strip("\n").split("\n")
+    found = [_ATTENDEE_LINE.match(line) for line in lines]
+    if not lines or not all(found):
+        return body, ()
+    people = [Attendee(email=m["email"], name=m["name"], response=m["response"]) for m in found if m]
+    if any(p.response not in RESPONSES for p in people):
+        return body, ()
+    return body[:at].rstrip("\n"), attendee_list(people)
+
+
 def imported_description(payload: Appointment, exchange_key: str) -> str:
+    block = attendees_block(payload.attendees)
+    if len(block) > DESCRIPTION_MAX // 2:  # a meeting of hundreds: the first ones
+        block = block[: DESCRIPTION_MAX // 2].rsplit("\n", 1)[0]
     marker = MARKER + json.dumps(
         {
             "key": exchange_key,
@@ -159,13 +205,15 @@ def imported_description(payload: Appointment, exchange_key: str) -> str:
             "all_day": payload.is_all_day,
             "location": payload.location,
             **({"subject": payload.subject} if _title(payload.subject) != payload.subject else {}),
+            **({"attendees": True} if block else {}),  # the block above is ours, not the body's
         },
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    room = DESCRIPTION_MAX - len(marker) - 2
+    tail = f"{block}\n\n{marker}" if block else marker
+    room = DESCRIPTION_MAX - len(tail) - 2
     body = payload.body[: max(0, room)]
-    return f"{body}\n\n{marker}" if body else marker
+    return f"{body}\n\n{tail}" if body else tail
 
 
 def _title(subject: str) -> str:
@@ -201,6 +249,7 @@ def appointment_record(row: dict[str, Any]) -> PsaRecord | None:
         show_as = ShowAs.BUSY
     kept = marker.get("subject")
     subject = kept if isinstance(kept, str) else _text(row.get("title"))
+    body, attendees = split_attendees(body) if marker.get("attendees") else (body, ())
     payload = Appointment(
         subject=subject,
         start=start,
@@ -210,6 +259,7 @@ def appointment_record(row: dict[str, Any]) -> PsaRecord | None:
         is_all_day=bool(marker.get("all_day")),
         show_as=show_as,
         is_private=bool(marker.get("private")),
+        attendees=attendees,
     )
     return PsaRecord(
         Kind.IMPORTED,

@@ -51,6 +51,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exchanged.errors import ConfigInvalid, ConfigProblem
+from exchanged.logs import register_secret
 
 CREDENTIAL_PASSWORD = "sync-password"
 CREDENTIAL_GRAPH_SECRET = "graph-client-secret"  # systemd credential names (LoadCredential=NAME:FILE)
@@ -223,6 +224,13 @@ def _resolve_secret(
         path = Path(file)
         if not path.is_absolute():
             path = _base_dir(info) / path
+        if not file.startswith("/") and not path.exists():
+            # a relative name that is no file may be the password itself, typed into the wrong key:
+            # never echoed (check-config, status, mail, log)
+            register_secret(file)
+            raise _rule(f"{label} file: the value of {file_key} is not an absolute path and no such file "
+                        f"exists next to the config (not shown, in case it is the password itself); "
+                        f"{file_key} takes the path of a file holding the {label}", file_key)
         try:
             value = _read_secret_file(path, label, check_mode=True)
         except ValueError as exc:
@@ -1259,6 +1267,16 @@ def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[
     if raw.has(("credentials", "password")) and raw.get(("credentials", "password"), str) is not None:
         warn(("credentials", "password"),
              "the password is in the config file; prefer password_file (chmod 600) or LoadCredential")
+    from exchanged.state.db import url_has_secret
+
+    for section in ("state", "psa"):
+        url = raw.get((section, "url"), str) if raw.has((section, "url")) else None
+        if isinstance(url, str) and url_has_secret(url):
+            warn((section, "url"),
+                 "the database password is in the config file, which every exchangectl user "
+                 "(control.group) may read: drop it from the URL and give it to libpq instead "
+                 "(~/.pgpass of the daemon's user, or PGPASSFILE / PGSERVICEFILE, e.g. a systemd "
+                 "credential: docs/CONFIG.md \"Database passwords\")")
     group = raw.get(("control", "group"), str) if raw.has(("control", "group")) \
         else _default(ControlConfig, "group")
     if isinstance(group, str) and group:

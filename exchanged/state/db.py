@@ -13,6 +13,8 @@ the connection is used again.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -36,6 +38,11 @@ _PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@?#\s]*:)(?P<pw>[^@\s]*)@",
 # ...password/...secret/...token/...key=value (sslkey names a file: masking it costs nothing)
 _QUERY_PASSWORD = re.compile(
     r"(?P<head>[?&][a-z_]*(?:password|passwd|pwd|secret|token|key)=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+
+
+def url_has_secret(url: str) -> bool:
+    """True when the URL carries a password (``user:pw@`` or a secret query parameter)."""
+    return bool(_PASSWORD.search(url) or _QUERY_PASSWORD.search(url))
 
 
 def mask_url(url: str) -> str:
@@ -170,6 +177,10 @@ class Database:
                 if not self._create_file:
                     raise FileNotFoundError(f"{path} does not exist")
                 path.parent.mkdir(parents=True, exist_ok=True)
+                # 0600 whatever the umask: the state mirrors every item, private ones included
+                # (SQLite gives its -wal and -shm files the mode of the database file)
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=30)
         conn.text_factory = _text
         try:

@@ -177,3 +177,35 @@ def test_unreadable_config_as_non_root(tmp_path: Path) -> None:
     with pytest.raises(ConfigInvalid) as info:
         load_config(path)
     assert "permission denied" in info.value.problems[0].message
+
+
+def test_a_password_typed_into_password_file_is_never_echoed(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #14: a password typed into password_file was shown as a path in check-config, status,
+    the error mail and the log."""
+    from exchanged import cli
+
+    typed = "Hunter2-typed-in-the-wrong-key"
+    text = BASE.format(pw=typed)
+    found = one(problems(tmp_path, text), "credentials.password_file")
+    assert typed not in found.message and "not shown" in found.message
+    config = write_config(tmp_path, text)
+    rc = cli.main(["check-config", "--config", str(config)])
+    out = capsys.readouterr()
+    assert rc == 1 and "credentials.password_file" in out.out + out.err
+    assert typed not in out.out + out.err
+
+
+def test_a_database_password_in_the_config_is_a_warning_pointing_to_libpq(tmp_path: Path) -> None:
+    """Issue #14: database passwords could only live in exchanged.yaml, readable by every
+    exchangectl user, without a warning. libpq's .pgpass / PGPASSFILE / service files keep them out."""
+    pw = write_password(tmp_path)
+    text = BASE.format(pw=pw) + ("state:\n  url: postgresql://sync:Db-Secret-99@db.example.test/x\n"
+                                 "psa:\n  connector: sql\n"
+                                 "  url: postgresql://psa@db.example.test/p?sslpassword=Key-Pass-77\n")
+    cfg = load_ok(tmp_path, text)
+    warnings = [w for w in cfg.warnings if "the database password is in the config file" in w]
+    assert len(warnings) == 2, cfg.warnings
+    assert all("Db-Secret-99" not in w and "Key-Pass-77" not in w for w in cfg.warnings)
+    clean = BASE.format(pw=pw) + "state:\n  url: postgresql://sync@db.example.test/x\n"
+    assert not [w for w in load_ok(tmp_path, clean).warnings if "database password" in w]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -420,3 +421,17 @@ async def test_a_full_disk_is_not_called_a_damaged_database(tmp_path: Path) -> N
         assert "free space" in (presented.hint or "")
     finally:
         await store.aclose()
+
+
+async def test_the_state_database_is_created_0600_whatever_the_umask(tmp_path: Path) -> None:
+    """Issue #14: outside systemd (umask 022) the state database, a mirror of every item, private
+    ones included, was created 0644."""
+    old = os.umask(0o000)
+    try:
+        store = await open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
+        await store.aclose()
+    finally:
+        os.umask(old)
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        if (tmp_path / name).exists():
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name

@@ -41,7 +41,7 @@ from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, clos
 from exchanged.push import PushTracker
 from exchanged.reload import Reloader
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
-from exchanged.signals import remember_early, take_pending
+from exchanged.signals import ignore_from_now, remember_early, take_pending
 from exchanged.status import (
     PUBLIC_FOLDER,
     CycleRecord,
@@ -844,7 +844,10 @@ def cli_run(args: Any, openers: Openers | None = None) -> int:
     # closes) they are noted, never fatal and never lost (exchanged/signals.py)
     remember_early()
     try:
-        return trio.run(daemon.run)
+        try:
+            return trio.run(daemon.run)
+        finally:
+            ignore_from_now()  # the interpreter's exit would reset a Python handler to "terminate"
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:

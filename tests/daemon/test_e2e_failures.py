@@ -201,3 +201,24 @@ def test_a_psa_with_text_ids_imports_and_exports(tmp_path: Path) -> None:
         rows = conn.execute("SELECT id, title, origin FROM appointments ORDER BY title").fetchall()
     assert [(r[1], r[2]) for r in rows] == [("Dentist", "exchange"), ("Visit Contoso", "psa")]
     assert rows[0][0].startswith("exchanged-")  # its id, made by the connector, not NULL
+
+
+def test_sigterm_repeated_until_the_process_is_gone_is_still_exit_0(tmp_path: Path) -> None:
+    """systemd (or an impatient operator) may send SIGTERM again while the daemon stops: also one
+    arriving while the Python interpreter shuts down must not turn exit 0 into "killed"."""
+    import time
+
+    with SmtpSink() as smtp:
+        notify = NotifySocket(tmp_path / "notify.sock")
+        try:
+            env = DaemonEnv(base=tmp_path, smtp=smtp, notify=notify)
+            env.start_ready()
+            assert env.proc is not None
+            deadline = time.monotonic() + HANG_GUARD_S
+            while env.proc.poll() is None and time.monotonic() < deadline:
+                env.proc.send_signal(signal.SIGTERM)
+                time.sleep(0.001)
+            assert env.proc.wait(timeout=HANG_GUARD_S) == 0, env.stderr()[-2000:]
+        finally:
+            env.kill()
+            notify.close()

@@ -438,8 +438,11 @@ class Daemon:
             for mailbox in newly_enabled:
                 self._unconfirmed[mailbox] = True  # enabled again: confirmed again, known or not
 
-    async def _confirm_after_success(self, mailbox: str) -> None:
-        """The first successful cycle of a user waiting for its confirmation mail."""
+    async def _confirm_after_success(self, mailbox: str, *, adopted: int = 0) -> None:
+        """The first successful cycle of a user waiting for its confirmation mail. A user the
+        state store did not know whose cycle adopted items (found by their keys, written before)
+        was synced before the state was lost: marked known, no mail ("now synced" again to every
+        user after a state loss was noise)."""
         again = self._unconfirmed.pop(mailbox, None)
         user = self.cfg.user(mailbox)
         if again is None or user is None or self.adapters is None:
@@ -450,6 +453,10 @@ class Daemon:
         except Exception as exc:
             log.warning("cannot mark user as known; the confirmation mail is sent anyway",
                         mailbox=mailbox, error=present(exc).line())
+        if adopted and not again:
+            log.info("no confirmation mail: the user was synced before (its items were found by "
+                     "their keys; the state store was new)", mailbox=mailbox, adopted=adopted)
+            return
         self.notifier.confirm_user(mailbox, sync_summary(self.cfg, user))
         log.info("confirmation mail queued", mailbox=mailbox)
 
@@ -560,7 +567,7 @@ class Daemon:
             if self.cfg.credentials.use_for_all_users and mailbox != PUBLIC_FOLDER:
                 self.exchange.update(login="ok")
             if mailbox in self._unconfirmed and outcome.result != "skipped":
-                await self._confirm_after_success(mailbox)
+                await self._confirm_after_success(mailbox, adopted=outcome.adopted)
             bound.info("cycle done", result=outcome.result, counts=outcome.counts.as_dict(),
                        item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
         if not recorded:

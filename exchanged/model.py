@@ -380,3 +380,6 @@ class CycleOutcome:
     reason: str | None = None
     # items created/updated/deleted by (kind, side): the metric exchanged_items_written_total
     written: dict[tuple[str, str], int] = field(default_factory=dict)
+    # items found on the other side by their key and taken over (no write): a first cycle that
+    # adopts was synced before (e.g. the state store was lost), so it is no "now synced" news
+    adopted: int = 0

@@ -568,6 +568,7 @@ class SyncRunner:
                     if a.refresh:
                         continue
                     side = "psa" if a.kind is Kind.IMPORTED else "exchange"
+                    run.outcome.adopted += 1
                     batch.journal.append(self._journal(run, side, "adopt", a.kind, a.psa_key,
                                                        a.mapping.item_id, (), a.reason))
                 else:
@@ -678,6 +679,7 @@ class SyncRunner:
                         "found in Exchange by its PSA key with other values: overwritten from the PSA",
                         replace(mapping, exchange_hash=payload_hash(action.payload))))
                 self._keep(run, batch, mapping)
+                run.outcome.adopted += 1
                 batch.journal.append(self._journal(
                     run, "exchange", "adopt", action.kind, action.psa_key, found.item_id, (),
                     "found in Exchange by its PSA key: adopted"))

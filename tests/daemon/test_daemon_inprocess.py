@@ -37,6 +37,7 @@ class RecordingRunner:
     gates: dict[str, trio.Event] = field(default_factory=dict)
     fail: dict[str, Exception] = field(default_factory=dict)
     records_outcomes: bool = False
+    adopted: dict[str, int] = field(default_factory=dict)  # items a cycle found by key (state lost)
 
     async def run_cycle(self, cfg: Config, user: UserConfig | None, *, full: bool, allow_deletes: bool,
                         progress: ProgressFn, cycle_id: str,
@@ -49,7 +50,8 @@ class RecordingRunner:
         if user.mailbox in self.fail:
             raise self.fail[user.mailbox]
         return CycleOutcome(result="ok", counts=Counts(exported=1),
-                            written={("appointment", "exchange"): 1})
+                            written={("appointment", "exchange"): 1},
+                            adopted=self.adopted.get(user.mailbox, 0))
 
     async def plan(self, cfg: Config, user: UserConfig) -> dict[str, Any]:
         return {"mailbox": user.mailbox}
@@ -187,6 +189,19 @@ async def test_start_confirms_unseen_users_once(
     await wait_for(lambda: len([e for e in env.notifier.events if e[0] == "confirm"]) == 2)
     assert ("confirm", ALICE) in env.notifier.events and ("confirm", BOB) in env.notifier.events
     assert (await env.state.user_records())[ALICE].known
+
+
+async def test_after_a_state_loss_synced_users_get_no_second_confirmation(
+    env: Env, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue #14: after the state was lost every user got the "now synced" mail again. A first
+    cycle that adopts items (found by their keys) was synced before; one that adopts none is new."""
+    env.runner.adopted[ALICE] = 7
+    async with started(env.daemon()):
+        await wait_for(lambda: ("confirm", BOB) in env.notifier.events)
+        await trio.sleep(700)
+    assert ("confirm", ALICE) not in env.notifier.events
+    assert await env.state.user_records() and (await env.state.user_records())[ALICE].known
 
 
 async def test_the_confirmation_waits_for_the_first_successful_cycle(

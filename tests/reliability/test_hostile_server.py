@@ -274,3 +274,15 @@ async def test_out_of_range_dates_and_oversized_titles_are_short_item_errors_nev
         keys = {i.psa_key for i in await stack.exchange_items()}
         assert "appointment:901" not in keys and "appointment:902" not in keys
         assert await stack.duplicates() == []
+
+
+async def test_a_first_cycle_after_a_state_loss_says_it_adopted(tmp_path: Path,
+                                                                 server: EwsTestServer) -> None:
+    """What the daemon keys the confirmation mail on (no "now synced" mail after a state loss)."""
+    async with open_stack(tmp_path, server=server) as stack:
+        first = await stack.cycle()
+        assert first.result == "ok" and first.adopted == 0 and first.counts.exported > 0
+    (tmp_path / "state.db").unlink()
+    async with open_stack(tmp_path, server=server, seed=False) as stack:
+        again = await stack.cycle()
+        assert again.result == "ok" and again.counts.exported == 0 and again.adopted >= first.counts.exported

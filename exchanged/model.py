@@ -152,6 +152,17 @@ class Contact:
 Payload = Appointment | Task | Contact
 
 
+def payload_span(payload: Payload) -> tuple[datetime | None, datetime | None]:
+    """(start, end) the window test uses (``Window.in_scope``), the one rule for both sides and
+    every connector: appointments their times, to-dos start and due (or start when there is no
+    due date), contacts none (always in scope)."""
+    if isinstance(payload, Appointment):
+        return payload.start, payload.end
+    if isinstance(payload, Task):
+        return payload.start, payload.due or payload.start
+    return None, None
+
+
 def payload_dict(payload: Payload) -> dict[str, Any]:
     """JSON-ready dict of a payload (datetimes as ISO strings, enums as values). Attendees only
     when there are some: the hashes of payloads without them stay what they were before attendees

@@ -49,6 +49,7 @@ from exchanged.model import (
     Window,
     make_psa_key,
     occurrence_key,
+    payload_span,
     split_psa_key,
     unreadable_payload,
 )
@@ -528,16 +529,6 @@ class _Row:
     active: bool = True
 
 
-def record_scope(record: PsaRecord) -> tuple[datetime | None, datetime | None]:
-    """The (start, end) a window test uses for a record: contacts are always in scope."""
-    p = record.payload
-    if isinstance(p, Appointment):
-        return p.start, p.end
-    if isinstance(p, Task):
-        return p.start, p.due or p.start
-    return None, None
-
-
 class MemoryPsa(PsaConnectorBase):
     """Implements ``ports.PsaConnector`` over in-memory rows."""
 
@@ -594,7 +585,7 @@ class MemoryPsa(PsaConnectorBase):
         return [row.record for row in self.rows.values()
                 if (row.record.kind in kinds and row.active and psa_resource in row.resources
                     and row.record.kind is not Kind.PUBLIC_CONTACT
-                    and window.in_scope(*record_scope(row.record)))]
+                    and window.in_scope(*payload_span(row.record.payload)))]
 
     async def all_contacts(self) -> PsaLoad:
         fault = self._enter("all_contacts")

@@ -22,6 +22,7 @@ from exchanged.model import (
     ShowAs,
     Task,
     Window,
+    payload_span,
 )
 
 from .settings import UserSettings
@@ -42,16 +43,6 @@ _OCCURRENCE_KEY = re.compile(r"@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 def is_occurrence_key(exchange_key: str) -> bool:
     """True for ``UID@original-start`` keys (see ``model.occurrence_key``)."""
     return bool(_OCCURRENCE_KEY.search(exchange_key))
-
-
-def payload_span(payload: Payload) -> tuple[datetime | None, datetime | None]:
-    """(start, end) the window test uses: appointments their times, to-dos start and due (or
-    start when there is no due date), contacts none (always in scope)."""
-    if isinstance(payload, Appointment):
-        return payload.start, payload.end
-    if isinstance(payload, Task):
-        return payload.start, payload.due or payload.start
-    return None, None
 
 
 def in_scope(window: Window, payload: Payload, *, occurrence: bool = False) -> bool:

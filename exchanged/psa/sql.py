@@ -65,6 +65,7 @@ from exchanged.model import (
     Window,
     attendee_list,
     make_psa_key,
+    payload_span,
     split_psa_key,
 )
 from exchanged.ports import PsaChanges, PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
@@ -541,7 +542,8 @@ class SqlPsa(PsaConnectorBase):
         records = [r for read in reads for r in read.records]
         skipped = self._report([p for read in reads for p in read.problems
                                 if split_psa_key(p.key)[0] in kinds])
-        return PsaLoad([r for r in records if r.kind in kinds and _in_window(r, window)], skipped)
+        in_window = [r for r in records if r.kind in kinds and window.in_scope(*payload_span(r.payload))]
+        return PsaLoad(in_window, skipped)
 
     async def change_token(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> object:
         """Equal on two calls only if nothing ``load`` reads changed in between (whatever wrote it;
@@ -764,15 +766,6 @@ def _column_param(dialect: str, column: str, value: Any) -> Any:
     if isinstance(value, bool):
         return bool_param(dialect, value)
     return value
-
-
-def _in_window(record: PsaRecord, window: Window) -> bool:
-    p = record.payload
-    if isinstance(p, Appointment):
-        return window.in_scope(p.start, p.end)
-    if isinstance(p, Task):
-        return window.in_scope(p.start, p.due or p.start)
-    return True
 
 
 _UNAVAILABLE_HINT = ("check psa.url and that the database is up and readable by the daemon's user; a new "

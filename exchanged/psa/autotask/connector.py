@@ -26,7 +26,17 @@ import structlog
 import trio
 
 from exchanged import errors
-from exchanged.model import Appointment, ItemError, Kind, PsaRecord, Task, Window, make_psa_key, split_psa_key
+from exchanged.model import (
+    Appointment,
+    ItemError,
+    Kind,
+    PsaRecord,
+    Task,
+    Window,
+    make_psa_key,
+    payload_span,
+    split_psa_key,
+)
 from exchanged.ports import CheckResult, PsaChanges, PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
 
 from . import mapping as m
@@ -186,7 +196,7 @@ class AutotaskConnector(PsaConnectorBase):
             for r in results.get(name, [])
             if r.kind in kinds
         ]
-        return PsaLoad([r for r in out if r.kind is Kind.CONTACT or window.in_scope(*_scope(r))], skipped)
+        return PsaLoad([r for r in out if window.in_scope(*payload_span(r.payload))], skipped)
 
     # -- the change probe (sync.psa_poll_seconds) ------------------------------------------------------
 
@@ -751,15 +761,6 @@ def _target(w: PsaWrite) -> _Target | None:
         Kind.CONTACT: "Contacts",
     }.get(kind)
     return _Target(entity, record_id) if entity else None
-
-
-def _scope(record: PsaRecord) -> tuple[Any, Any]:
-    p = record.payload
-    if isinstance(p, Appointment):
-        return p.start, p.end
-    if isinstance(p, Task):
-        return p.start, p.due or p.start
-    return None, None
 
 
 def open_autotask(

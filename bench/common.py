@@ -155,9 +155,9 @@ def proc_rss_mb(pid: int) -> float:
 def seed_psa(url: str, resources: Sequence[str], appointments: dict[int, int], now: datetime) -> None:
     """A PSA in the ``sql`` schema: one resource per mailbox (ids 1..n) and, for the resource ids
     given, that many PSA appointments spread over the next weeks (all in the sync window)."""
+    from exchanged.db import Database, Tx, parse_url
     from exchanged.psa.sample import insert_rows
     from exchanged.psa.sql import ensure_schema
-    from exchanged.state.db import Database, Tx, parse_url
 
     day = now.replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=1)
     db = Database(parse_url(url), what="PSA database", fail=RuntimeError)

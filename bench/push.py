@@ -157,8 +157,8 @@ def _exchange_to_psa(sizes: PushSizes, ews: EwsProcess, base: Path) -> None:
 
 
 def _psa_to_exchange(sizes: PushSizes, ews: EwsProcess, base: Path, now: datetime) -> None:
+    from exchanged.db import SQLITE
     from exchanged.psa.sql import ts_param
-    from exchanged.state.db import SQLITE
 
     note(f"{sizes.edits} PSA edits, {sizes.stagger_s} s apart, until Exchange shows each")
     latencies: list[float] = []

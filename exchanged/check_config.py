@@ -120,10 +120,10 @@ def _connect_state(cfg: Config) -> list[Any]:
     a SQLite file that does not exist yet is not created here."""
     import trio
 
+    from exchanged.db import SQLITE, UrlError, parse_url
     from exchanged.errors import present
     from exchanged.ports import CheckResult
     from exchanged.state import mask_url, open_state_store
-    from exchanged.state.db import SQLITE, UrlError, parse_url
 
     try:
         parsed = parse_url(cfg.state.url)

@@ -1267,7 +1267,7 @@ def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[
     if raw.has(("credentials", "password")) and raw.get(("credentials", "password"), str) is not None:
         warn(("credentials", "password"),
              "the password is in the config file; prefer password_file (chmod 600) or LoadCredential")
-    from exchanged.state.db import url_has_secret
+    from exchanged.db import url_has_secret
 
     for section in ("state", "psa"):
         url = raw.get((section, "url"), str) if raw.has((section, "url")) else None

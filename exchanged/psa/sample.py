@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from exchanged.db import POSTGRES, Database, Tx, parse_url
 from exchanged.psa.sql import TABLES, bool_param, ensure_schema, ts_param
-from exchanged.state.db import POSTGRES, Database, Tx, parse_url
 
 ALICE, BOB, CAROL = 1, 2, 3
 

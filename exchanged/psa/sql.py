@@ -52,6 +52,7 @@ from typing import Any
 import structlog
 
 from exchanged import errors
+from exchanged.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
 from exchanged.model import (
     RESPONSES,
     Appointment,
@@ -71,7 +72,6 @@ from exchanged.model import (
 from exchanged.ports import PsaChanges, PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
 from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 from exchanged.state.codec import parse_ts
-from exchanged.state.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
 
 log = structlog.get_logger("exchanged.psa.sql")
 

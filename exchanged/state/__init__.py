@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from exchanged import errors, ports
-from exchanged.state.db import POSTGRES, UrlError, mask_url, parse_url
+from exchanged.db import POSTGRES, UrlError, mask_url, parse_url
 
 
 async def open_state_store(url: str) -> ports.StateStore:

@@ -11,7 +11,7 @@ unexpired ones (``exchangectl status`` shows a user another node holds).
 from __future__ import annotations
 
 from exchanged import errors
-from exchanged.state.db import Database, DbUrl, Tx
+from exchanged.db import DbUrl, Tx
 from exchanged.state.store import Flavor, Lease, SqlStateStore
 
 _LOCK_ID = 0x65786364  # advisory lock that serialises schema migrations of nodes starting together
@@ -52,14 +52,7 @@ FLAVOR = PostgresFlavor("postgres", serial_pk="BIGINT GENERATED ALWAYS AS IDENTI
 
 async def open_postgres_state(url: DbUrl) -> SqlStateStore:
     """Connect to and migrate a PostgreSQL state database (the schema lives in the search path)."""
-    db = Database(url, what="state database", fail=lambda msg: errors.StateError(msg, hint=_HINT))
-    store = SqlStateStore(db, FLAVOR)
-    try:
-        await store.migrate()
-    except BaseException:
-        await db.aclose()
-        raise
-    return store
+    return await SqlStateStore.open(url, FLAVOR, lambda msg: errors.StateError(msg, hint=_HINT))
 
 
 __all__ = ["FLAVOR", "PostgresFlavor", "open_postgres_state"]

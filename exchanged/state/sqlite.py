@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from exchanged import errors
-from exchanged.state.db import Database, DbUrl
+from exchanged.db import DbUrl
 from exchanged.state.store import Flavor, SqlStateStore
 
 FLAVOR = Flavor("sqlite", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", lease_time="TEXT")
@@ -40,14 +40,7 @@ async def open_sqlite_state(url: DbUrl) -> SqlStateStore:
     """Open (creating the file and its directory if needed) and migrate a SQLite state database."""
     if sqlite3.sqlite_version_info < (3, 24):  # pragma: no cover - every supported distro has newer
         raise errors.StateError(f"SQLite {sqlite3.sqlite_version} is too old for the state store (3.24+)")
-    db = Database(url, what="state database", fail=state_error)
-    store = SqlStateStore(db, FLAVOR)
-    try:
-        await store.migrate()
-    except BaseException:
-        await db.aclose()
-        raise
-    return store
+    return await SqlStateStore.open(url, FLAVOR, state_error)
 
 
 __all__ = ["FLAVOR", "open_sqlite_state"]

@@ -17,17 +17,17 @@ Theory of operation
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
 
 from exchanged import errors
+from exchanged.db import Database, DbUrl, Tx
 from exchanged.model import CycleOutcome, ExchangeItem, FolderKind, JournalEntry, Kind, Mapping
 from exchanged.ports import FolderState, Lease, StateBatch, UserRecord, UserState
 from exchanged.state.codec import decode_item, encode_item, parse_ts, ts
-from exchanged.state.db import Database, Tx
 
 log = structlog.get_logger("exchanged.state")
 
@@ -127,6 +127,20 @@ class SqlStateStore:
         self.flavor = flavor
 
     # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: DbUrl, flavor: Flavor, fail: Callable[[str], Exception]) -> SqlStateStore:
+        """The one opener of both stores: connect, migrate, and close again if that fails.
+        ``fail`` turns a database failure into the error to raise (``StateError`` with the hint of
+        its cause)."""
+        db = Database(url, what="state database", fail=fail)
+        store = cls(db, flavor)
+        try:
+            await store.migrate()
+        except BaseException:
+            await db.aclose()
+            raise
+        return store
 
     async def migrate(self) -> int:
         """Bring the schema to ``SCHEMA_VERSION``; returns the version found before."""

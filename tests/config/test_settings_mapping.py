@@ -13,7 +13,7 @@ from exchanged.engine import UserSettings
 from exchanged.engine.settings import ReminderMinutes
 
 # sync: keys the daemon itself uses (scheduling, limits), not the engine
-DAEMON_ONLY = {"max_concurrent_users", "cycle_timeout_minutes"}
+DAEMON_ONLY = {"max_concurrent_users", "cycle_timeout_minutes", "psa_poll_seconds"}
 
 
 def test_every_engine_setting_is_a_sync_key_of_the_same_name() -> None:

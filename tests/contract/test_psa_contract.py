@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from exchanged import errors
+from exchanged.db import Database, Tx, parse_url
 from exchanged.model import Appointment, Contact, ItemError, Kind, PsaRecord, Task, Window, make_psa_key
 from exchanged.ports import PsaConnector, PsaWrite
 from exchanged.psa.sample import insert_rows
 from exchanged.psa.sql import ensure_schema, open_sql_connector
-from exchanged.state.db import Database, Tx, parse_url
 from tests.memory import MemoryPsa
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -353,8 +353,8 @@ def psa_execute(data: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
 
 def ts(value: datetime) -> str:
     """A time as the sql connector stores it in SQLite (PostgreSQL reads the same text)."""
+    from exchanged.db import SQLITE
     from exchanged.psa.sql import ts_param
-    from exchanged.state.db import SQLITE
 
     return str(ts_param(SQLITE, value))
 

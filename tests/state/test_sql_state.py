@@ -17,10 +17,10 @@ import pytest
 import trio
 
 from exchanged import errors
+from exchanged.db import SQLITE, mask_url, parse_url
 from exchanged.model import ExchangeItem, FolderKind, JournalEntry, Kind, Mapping, Task
 from exchanged.ports import StateBatch
 from exchanged.state import open_state_store
-from exchanged.state.db import SQLITE, mask_url, parse_url
 from exchanged.state.store import SCHEMA_VERSION
 
 BOX = "alice@example.test"

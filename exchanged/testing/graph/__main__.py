@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         help="an app registration with a client secret (repeatable)",
     )
     parser.add_argument(
+        "--expired-client-secret",
+        action="append",
+        default=[],
+        metavar="CLIENT_ID:SECRET",
+        help="a client secret that has expired (the token endpoint answers AADSTS7000222)",
+    )
+    parser.add_argument(
         "--client-certificate",
         action="append",
         default=[],
@@ -83,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         for value in args.client:
             cid, secret = _pair("--client", value, "CLIENT_ID:SECRET")
             clients.setdefault(cid.lower(), Client(cid)).secrets.append(secret)
+        for value in args.expired_client_secret:
+            cid, secret = _pair("--expired-client-secret", value, "CLIENT_ID:SECRET")
+            clients.setdefault(cid.lower(), Client(cid)).expired_secrets.append(secret)
         for value in args.client_certificate:
             cid, path = _pair("--client-certificate", value, "CLIENT_ID:PEM_FILE")
             clients.setdefault(cid.lower(), Client(cid)).certificates.append(load_certificate(path))

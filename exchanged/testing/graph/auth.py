@@ -58,6 +58,7 @@ class Client:
 
     client_id: str
     secrets: list[str] = field(default_factory=list)
+    expired_secrets: list[str] = field(default_factory=list)  # answered AADSTS7000222
     certificates: list[x509.Certificate] = field(default_factory=list)
     permissions: set[str] = field(default_factory=lambda: set(DEFAULT_PERMISSIONS))
 
@@ -240,6 +241,15 @@ class Authority:
                 "a scope value with /.default suffixed to the resource identifier (application ID URI).",
             )
         if "client_secret" in form:
+            if any(hmac.compare_digest(form["client_secret"], s) for s in client.expired_secrets):
+                raise AadError(
+                    401,
+                    "invalid_client",
+                    7000222,
+                    f"The provided client secret keys for app '{client.client_id}' are expired. Visit the "
+                    "Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
+                    "consider using certificate credentials for added security: https://aka.ms/certCreds.",
+                )
             if not any(hmac.compare_digest(form["client_secret"], s) for s in client.secrets):
                 raise AadError(
                     401,

@@ -272,3 +272,19 @@ def test_token_endpoint_outage(server: GraphTestServer) -> None:
         assert r.status_code == 503 and r.headers["Retry-After"] == "4"
         assert r.json()["error"] == "temporarily_unavailable" and r.json()["error_codes"] == [90033]
         assert http.post(f"{server.login_url}/{TENANT}/oauth2/v2.0/token", data=form).status_code == 200
+
+
+def test_an_expired_secret_is_named_as_expired(tmp_path: Path) -> None:
+    srv = start_graph(
+        tmp_path / "state", clients=[Client(CLIENT_ID, secrets=[SECRET], expired_secrets=["old"])]
+    )
+    try:
+        result = msal_app(srv, secret="old").acquire_token_for_client(scopes=SCOPE)
+        assert result["error"] == "invalid_client" and result["error_codes"] == [7000222]
+        assert (
+            "client secret keys for app" in result["error_description"]
+            and "expired" in result["error_description"]
+        )
+        assert "access_token" in msal_app(srv).acquire_token_for_client(scopes=SCOPE)
+    finally:
+        srv.stop()

@@ -42,6 +42,7 @@ CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUTS: dict[str, float | None] = {
     "status": 30,
     "users": 30,
+    "resources": 60,  # asks the PSA (Autotask: a query of every resource)
     "version": 30,
     "pause": 30,
     "resume": 30,
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, parents=both, help=f"{what} scheduling (all, or the given mailboxes)")
         cmd.add_argument("mailboxes", nargs="*", metavar="MAILBOX")
     sub.add_parser("users", parents=both, help='the "resources" table')
+    sub.add_parser("resources", parents=both,
+                   help="every PSA resource: mailbox configured, enabled, last attempt and success")
     plan = sub.add_parser("plan", parents=both, help="dry run: what the next cycle would change, and why")
     plan.add_argument("mailbox", metavar="MAILBOX")
     history = sub.add_parser("history", parents=both, help="every change the daemon made")
@@ -684,6 +687,29 @@ def render_users(result: Any, out: TextIO, clock: Clock) -> None:
     _error_lines(users, out)
 
 
+def render_resources(result: Any, out: TextIO, clock: Clock) -> None:
+    rows = [_dict(r) for r in _list(result)]
+    if not rows:
+        out.write("the PSA has no resources\n")
+        return
+    out.write(f"{clock.describe()}\n")
+
+    def yes(value: Any) -> str:
+        return "-" if value is None else "yes" if value else "no"
+
+    table(["ID", "NAME", "EMAIL", "ACTIVE", "MAILBOX", "ENABLED", "LAST ATTEMPT", "LAST SUCCESS"],
+          [[_text(r.get("psa_resource")), _text(r.get("name")), _text(r.get("email")), yes(r.get("active")),
+            _text(r.get("mailbox")) if r.get("mailbox") else "-", yes(r.get("enabled")),
+            clock.show(r.get("last_attempt")), clock.show(r.get("last_success"))] for r in rows], out)
+    missing = [r for r in rows if r.get("in_psa") is False]
+    for r in missing:
+        out.write(f"note: {r.get('mailbox')} is configured for PSA resource {r.get('psa_resource')}, "
+                  "which the PSA does not have\n")
+    unsynced = sum(1 for r in rows if r.get("active") and not r.get("enabled"))
+    if unsynced:
+        out.write(f"{unsynced} active PSA resource(s) not synced: add them to users: in the config\n")
+
+
 _ACTION_ORDER = {"create": 0, "update": 1, "delete": 2, "adopt": 3, "forget": 4}
 PLAN_COLUMNS = ["SIDE", "ACTION", "KIND", "KEY", "SUBJECT / FIELDS", "REASON"]
 
@@ -858,6 +884,7 @@ RENDERERS: dict[str, Callable[[Any, TextIO, Clock], None]] = {
     "metrics": render_metrics,
     "status": render_status,
     "users": render_users,
+    "resources": render_resources,
     "plan": render_plan,
     "history": render_history,
     "sync": render_sync,

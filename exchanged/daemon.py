@@ -52,6 +52,7 @@ from exchanged.status import (
     now,
     psa_row,
     public_folder_row,
+    resource_rows,
     status_line,
     user_rows,
 )
@@ -708,6 +709,12 @@ class Daemon:
     async def users(self) -> list[dict[str, Any]]:
         rows = user_rows(self.cfg, self.scheduler, self.records, push=self.push.row)
         return [row.to_json() for row in rows]
+
+    async def resources(self) -> list[dict[str, Any]]:
+        if self.adapters is None:
+            raise ControlError("the PSA is not open yet", hint="see exchangectl status; retry in a moment")
+        found = await self.adapters.psa.all_resources()
+        return resource_rows(self.cfg, found, self.records)
 
     def _check_mailboxes(self, mailboxes: list[str] | None) -> list[str] | None:
         if mailboxes is None:

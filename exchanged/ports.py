@@ -240,6 +240,10 @@ class PsaConnector(Protocol):
 
     async def resource(self, psa_resource: str) -> PsaResource | None: ...
 
+    async def all_resources(self) -> Sequence[PsaResource]:
+        """Every resource of the PSA, active or not, by id (``exchangectl resources``)."""
+        ...
+
     async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         """Every in-scope record of these kinds for this resource, and the rows skipped.
 

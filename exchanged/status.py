@@ -9,7 +9,7 @@ or not at all, because status must answer even when the state store does not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -28,8 +28,8 @@ from exchanged.control.protocol import (
 from exchanged.model import Counts, CycleOutcome
 
 if TYPE_CHECKING:
-    from exchanged.config import Config
-    from exchanged.ports import ExchangeAccount, Lease, PsaConnector, StateStore
+    from exchanged.config import Config, UserConfig
+    from exchanged.ports import ExchangeAccount, Lease, PsaConnector, PsaResource, StateStore
     from exchanged.scheduler import Scheduler, UserRuntime
 
 PUBLIC_FOLDER = "public-folder"  # the scheduler's name for the cycle of the public contacts folder
@@ -135,6 +135,34 @@ def user_rows(cfg: Config, scheduler: Scheduler, records: Mapping[str, CycleReco
                                _cycle_status(state, rt, rec), held.get(user.mailbox),
                                push(user.mailbox) if push is not None else None))
     return rows
+
+
+def resource_rows(cfg: Config, resources: Sequence[PsaResource],
+                  records: Mapping[str, CycleRecord]) -> list[dict[str, object]]:
+    """``exchangectl resources``: every PSA resource with the mailbox configured for it (if any),
+    whether that user is synced, and its last attempt and success; then any configured user whose
+    resource the PSA does not have (``in_psa`` false)."""
+    users: dict[str, list[UserConfig]] = {}
+    for user in cfg.users:
+        users.setdefault(user.psa_resource, []).append(user)
+
+    def row(resource: str, name: str, email: str, active: bool | None, user: UserConfig | None,
+            in_psa: bool) -> dict[str, object]:
+        rec = records.get(user.mailbox) if user is not None else None
+        return {"psa_resource": resource, "name": name, "email": email, "active": active,
+                "in_psa": in_psa, "mailbox": user.mailbox if user is not None else None,
+                "enabled": bool(user is not None and user.enabled and cfg.enabled),
+                "last_attempt": iso(rec.last_attempt) if rec else None,
+                "last_success": iso(rec.last_success) if rec else None}
+
+    out = []
+    for r in resources:
+        mine: list[UserConfig | None] = list(users.pop(r.psa_resource, []))
+        for one in mine or [None]:
+            out.append(row(r.psa_resource, r.name, r.email, r.is_active, one, True))
+    for resource, missing in users.items():
+        out.extend(row(resource, "", "", None, gone, False) for gone in missing)
+    return out
 
 
 def public_folder_row(scheduler: Scheduler, records: Mapping[str, CycleRecord]) -> CycleStatus | None:

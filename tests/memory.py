@@ -565,6 +565,10 @@ class MemoryPsa(PsaConnectorBase):
         self._leave(self._enter("resource"))
         return self.resources.get(psa_resource)
 
+    async def all_resources(self) -> list[PsaResource]:
+        self._leave(self._enter("resource"))
+        return [self.resources[k] for k in sorted(self.resources)]
+
     async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         fault = self._enter("load")
         out = self._select(psa_resource, kinds, window)

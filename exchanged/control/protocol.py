@@ -98,6 +98,7 @@ METHODS: dict[str, dict[str, Param]] = {
     "version": {},
     "status": {},
     "users": {},
+    "resources": {},
     "sync": {
         "mailboxes": Param("mailboxes", help="mailboxes to sync; omitted: every enabled user"),
         "full": Param("bool", default=False, help="resync everything, not only the changes"),

@@ -51,6 +51,8 @@ class ControlHandler(Protocol):
 
     async def users(self) -> list[dict[str, Any]]: ...
 
+    async def resources(self) -> list[dict[str, Any]]: ...
+
     async def sync(
         self, mailboxes: list[str] | None, full: bool, wait: bool, allow_deletes: bool
     ) -> dict[str, Any]: ...
@@ -82,6 +84,8 @@ async def _call(handler: ControlHandler, method: str, p: Mapping[str, Any]) -> A
         return await handler.status()
     if method == "users":
         return await handler.users()
+    if method == "resources":
+        return await handler.resources()
     if method == "sync":
         return await handler.sync(p["mailboxes"], p["full"], p["wait"], p["allow_deletes"])
     if method == "plan":

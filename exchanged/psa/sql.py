@@ -533,6 +533,16 @@ class SqlPsa(PsaConnectorBase):
         name = " ".join(str(p).strip() for p in (first, last) if p and str(p).strip()) or email
         return PsaResource(str(rid), email, name, _flag(active, True))
 
+    async def all_resources(self) -> Sequence[PsaResource]:
+        rows = await self._run(lambda tx: tx.query(
+            "SELECT id, email, first_name, last_name, is_active FROM resources ORDER BY id"))
+        out = []
+        for rid, email, first, last, active in rows:
+            email = str(email or "").strip()
+            name = " ".join(str(p).strip() for p in (first, last) if p and str(p).strip()) or email
+            out.append(PsaResource(str(rid), email, name, _flag(active, True)))
+        return out
+
     async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         await self.open()
         rid = self._id("resources", psa_resource)

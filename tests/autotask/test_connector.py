@@ -745,3 +745,11 @@ async def test_the_change_probe_names_the_resources_of_rows_modified_since_its_w
     assert queries == {f"POST {e}": 1 for e in probed}, used
     again = await connector.probe_changes(found.cursor)
     assert again is not None and again.resources == frozenset()
+
+
+async def test_all_resources_lists_every_resource(server: AutotaskServer,
+                                                  connector: AutotaskConnector) -> None:
+    server.psa.add_resource("777", "gone@example.test", "Gone Away", is_active=False)
+    found = {r.psa_resource: r for r in await connector.all_resources()}
+    assert JANE in found and found[JANE].is_active and "@" in found[JANE].email
+    assert found["777"].name == "Gone Away" and not found["777"].is_active

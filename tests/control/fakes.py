@@ -175,6 +175,12 @@ class FakeHandler:
             await self.release.wait()
         return self.status_result
 
+    async def resources(self) -> list[dict[str, Any]]:
+        self._record("resources")
+        return [{"psa_resource": "1", "name": "Alice Archer", "email": "alice@example.test", "active": True,
+                 "in_psa": True, "mailbox": "alice@example.test", "enabled": True, "last_attempt": None,
+                 "last_success": None}]
+
     async def users(self) -> list[dict[str, Any]]:
         self._record("users")
         return [

@@ -178,6 +178,7 @@ class TestValidateParams:
             "version",
             "status",
             "users",
+            "resources",
             "sync",
             "plan",
             "history",

@@ -237,3 +237,30 @@ def test_attendees_are_imported_with_all_details_and_follow_changes(tmp_path: Pa
         sync(env, ALICE, BOB)
         assert writes(ews) == before
         assert ews.invitations() == []  # the daemon never sent one
+
+
+# -- every resource: exchangectl resources ------------------------------------------------------------
+
+def test_exchangectl_resources_lists_every_psa_resource(tmp_path: Path) -> None:
+    import json
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"},
+             {"mailbox": "dora@example.test", "psa_resource": "99", "enabled": False}]
+    with ews_daemon(tmp_path, now, [ALICE], users) as (env, _ews):
+        env.start_ready()
+        sync(env, ALICE)
+        done = ctl(env, "resources", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = {r["psa_resource"]: r for r in json.loads(done.stdout)}
+        # the sample PSA: Alice (1) and Bob (2) active, Carol (3) inactive
+        assert [rows[k]["name"] for k in ("1", "2", "3")] == ["Alice Archer", "Bob Baker", "Carol Clark"]
+        assert rows["1"]["mailbox"] == ALICE and rows["1"]["enabled"] and rows["1"]["last_success"]
+        assert rows["2"]["active"] and rows["2"]["mailbox"] is None and not rows["2"]["enabled"]
+        assert rows["3"]["active"] is False and rows["3"]["email"] == "carol@example.test"
+        assert rows["99"]["in_psa"] is False and rows["99"]["mailbox"] == "dora@example.test"
+        text = ctl(env, "resources")
+        assert text.returncode == 0 and "Bob Baker" in text.stdout
+        assert "1 active PSA resource(s) not synced" in text.stdout
+        assert ("dora@example.test is configured for PSA resource 99, which the PSA does not have"
+                in text.stdout)

@@ -169,6 +169,13 @@ class AutotaskConnector(PsaConnectorBase):
             is_active=m.is_active(row.get("isActive")),
         )
 
+    async def all_resources(self) -> Sequence[PsaResource]:
+        rows = await self.api.query("Resources", [{"op": "gte", "field": "id", "value": 0}],
+                                    list(m.RESOURCE_FIELDS))
+        return sorted((PsaResource(psa_resource=str(r["id"]), email=str(r.get("email") or "").strip(),
+                                   name=m.full_name(r), is_active=m.is_active(r.get("isActive")))
+                       for r in rows), key=lambda r: int(r.psa_resource))
+
     async def load(self, psa_resource: str, kinds: frozenset[Kind], window: Window) -> PsaLoad:
         rid = self._resource_id(psa_resource)
         if rid is None:

@@ -455,10 +455,21 @@ def exact_link_id(doc: Mapping[str, Any]) -> str | None:
     return None
 
 
+_PAYLOAD_OF = {FolderKind.CALENDAR: Appointment, FolderKind.TASKS: Task, FolderKind.CONTACTS: Contact}
+
+
+def check_folder(folder: FolderKind, payload: Payload) -> None:
+    wanted = _PAYLOAD_OF.get(folder)
+    if wanted is None or not isinstance(payload, wanted):
+        raise Unmappable(f"a {type(payload).__name__.lower()} does not go into the {folder.value} folder",
+                         "ErrorInvalidPropertyValue")
+
+
 def new_body(
     folder: FolderKind, payload: Payload, psa_key: str, categories: Sequence[str], tz: tzinfo, tz_name: str
 ) -> dict[str, Any]:
     """The JSON of a create: the payload, the categories and our key. Never attendees."""
+    check_folder(folder, payload)
     doc = values(payload, tz, tz_name)
     doc["categories"] = list(dict.fromkeys(categories))
     if folder is FolderKind.TASKS:

@@ -617,7 +617,7 @@ class GraphMailbox:
             if n in exact_sent:  # what this PATCH wrote: read back through it
                 self._exact_values[chunk[n].item_id] = exact_sent[n]
             item = self._item(folder, answer.doc, tz)
-            if item is None:
+            if item is None or item.unreadable:
                 results[n] = ItemError(
                     chunk[n].item_id,
                     "unreadable_item",

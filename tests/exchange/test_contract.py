@@ -79,16 +79,17 @@ async def test_update_of_a_missing_item_is_an_item_error(harness: Harness) -> No
 
 async def test_changes_pages_of_512_with_a_state_per_page(harness: Harness) -> None:
     mb = harness.account.mailbox(ALICE)
+    page = getattr(harness, "page_size", 512)  # EWS: 512 a page; Graph: 500
     contacts = [NewItem(Kind.CONTACT, f"contact:{n}", Contact(given_name=f"G{n}", surname="S"),
                         categories=("PSA",)) for n in range(600)]
     created = await mb.create(FolderKind.CONTACTS, contacts)
     assert all(isinstance(c, ExchangeItem) for c in created)
     pages = [p async for p in mb.changes(FolderKind.CONTACTS, None)]
-    assert [len(p.upserted) for p in pages] == [512, 88]
+    assert [len(p.upserted) for p in pages] == [page, 600 - page]
     assert [p.last_page for p in pages] == [False, True]
     # a runner that checkpointed after page one resumes there and gets the rest only
     resumed = [p async for p in mb.changes(FolderKind.CONTACTS, pages[0].sync_state)]
-    assert sum(len(p.upserted) for p in resumed) == 88
+    assert sum(len(p.upserted) for p in resumed) == 600 - page
     assert {i.item_id for i in resumed[-1].upserted} == {i.item_id for i in pages[1].upserted}
     # nothing new: one page, nothing in it
     quiet = [p async for p in mb.changes(FolderKind.CONTACTS, pages[-1].sync_state)]
@@ -126,13 +127,24 @@ async def test_calendar_view_expands_series_into_occurrences(harness: Harness) -
     view = await mb.calendar_view(T0 - timedelta(days=1), T0 + timedelta(days=10))
     series = [i for i in view if i.payload.subject == "Stand-up"]  # type: ignore[union-attr]
     assert [i.payload.start for i in series] == starts  # type: ignore[union-attr]
+    if getattr(harness, "series_in_changes", "") == "occurrences" and not (
+            series and (series[0].exchange_key or "").startswith(uid)):
+        pytest.xfail("issue 15: the Graph test server serves no event.uid yet (the EWS UID): "
+                     "imported keys differ between the adapters (/work/notes/graph-contract.md)")
     assert [i.exchange_key for i in series] == [occurrence_key(uid, s) for s in starts]
     assert not any(i.is_recurring_master for i in view)
     [single] = [i for i in view if i.psa_key == "appointment:1"]
     assert single.payload == appt(1).payload
-    # SyncFolderItems sees the master only, flagged as such
-    masters = [i for i in await all_items(harness, FolderKind.CALENDAR) if i.is_recurring_master]
-    assert [m.uid for m in masters] == [uid]
+    mirror = await all_items(harness, FolderKind.CALENDAR)
+    if getattr(harness, "series_in_changes", "master") == "master":
+        # SyncFolderItems sees the master only, flagged as such
+        masters = [i for i in mirror if i.is_recurring_master]
+        assert [m.uid for m in masters] == [uid]
+    else:
+        # Graph's calendarView/delta: the occurrences themselves, no master
+        assert not any(i.is_recurring_master for i in mirror)
+        assert sorted(i.exchange_key or "" for i in mirror if i.uid == uid) == sorted(
+            occurrence_key(uid, s) for s in starts)
 
 
 async def test_lost_create_reply_then_runner_style_adoption_never_duplicates(harness: Harness) -> None:
@@ -193,11 +205,13 @@ async def test_an_unreadable_item_of_ours_is_kept_flagged_and_a_full_update_repa
     assert isinstance(one, ExchangeItem) and isinstance(two, ExchangeItem)
     await harness.user_break(FolderKind.CALENDAR, one.item_id)
     by_id = {i.item_id: i for i in await all_items(harness, FolderKind.CALENDAR)}
-    broken = by_id[one.item_id]  # still there, flagged, with its key: never "gone"
-    assert broken.unreadable and broken.psa_key == "appointment:1" and "PSA" in broken.categories
+    if getattr(harness, "unreadable_in_changes", True):
+        broken = by_id[one.item_id]  # still there, flagged, with its key: never "gone"
+        assert broken.unreadable and broken.psa_key == "appointment:1" and "PSA" in broken.categories
     assert not by_id[two.item_id].unreadable
     found = await mb.find_by_psa_keys(FolderKind.CALENDAR, ["appointment:1"])
     assert found["appointment:1"].item_id == one.item_id and found["appointment:1"].unreadable
+    broken = found["appointment:1"]  # the runner adopts it from here and repairs it, never re-creates
     # an update that does not set what is missing leaves it unreadable: an item error, retried
     [res] = await mb.update(FolderKind.CALENDAR, [
         ItemUpdate(broken.item_id, broken.change_key, appt(1).payload, ("subject",))])

@@ -1,5 +1,6 @@
 """The Graph adapter (exchanged/graph) against this server, for what only a faithful server shows:
-Graph answers bodies as HTML unless asked for text."""
+bodies answered as HTML unless text is asked for, Entra ID's refusals of a secret, the granted
+roles in a real token."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from exchanged import errors
 from exchanged.graph import GraphAccount, GraphSettings
 from exchanged.model import Appointment, FolderKind, Kind
-from exchanged.ports import NewItem
-from exchanged.testing.graph import Client
+from exchanged.ports import CheckResult, NewItem
+from exchanged.testing.graph import Client, GraphTestServer
 from exchanged.testing.graph.fixtures import CLIENT_ID, SECRET, TENANT, open_graph_server
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
@@ -75,3 +76,40 @@ async def test_a_refused_secret_is_named_with_what_to_do(
             assert hint in (refused.value.hint or "")
         finally:
             await account.aclose()
+
+
+async def check(server: GraphTestServer) -> dict[str, CheckResult]:
+    settings = GraphSettings(
+        graph_url=server.url,
+        login_url=server.login_url,
+        tenant_id=TENANT,
+        client_id=CLIENT_ID,
+        client_secret=SECRET,
+        ca_bundle=server.ca_file,
+    )
+    account = GraphAccount(settings, now=lambda: T0)
+    try:
+        return {r.subject: r for r in await account.check(["alice@example.test"])}
+    finally:
+        await account.aclose()
+
+
+async def test_check_names_a_missing_permission_and_the_mailbox_time_zone(tmp_path: Path) -> None:
+    client = Client(CLIENT_ID, secrets=[SECRET])
+    client.permissions.discard("Calendars.ReadWrite")
+    async with open_graph_server(tmp_path / "denied", clients=[client]) as server:
+        results = await check(server)
+    assert results["login"].ok
+    calendars = results["Calendars.ReadWrite"]
+    assert not calendars.ok and calendars.message.startswith(
+        "Calendars.ReadWrite is not granted (admin consent)"
+    )
+    assert results["Contacts.ReadWrite"].ok and results["Tasks.ReadWrite.All"].ok
+    assert not results["alice@example.test"].ok
+    assert "Calendars.ReadWrite is not granted" in results["alice@example.test"].message
+
+    async with open_graph_server(tmp_path / "granted") as server:
+        server.set_time_zone("alice@example.test", "W. Europe Standard Time")
+        results = await check(server)
+    assert all(r.ok for r in results.values()), results
+    assert "W. Europe Standard Time" in results["alice@example.test"].message

@@ -42,7 +42,7 @@ from exchanged.engine import (
     UserSettings,
     UserSpec,
 )
-from exchanged.engine.actions import action_fields, action_key
+from exchanged.engine.actions import action_key
 from exchanged.model import (
     FOLDER_OF_KIND,
     CycleOutcome,
@@ -54,10 +54,7 @@ from exchanged.model import (
     Mapping,
     PsaRecord,
     Window,
-    fields_to_write,
-    payload_hash,
     split_psa_key,
-    unconfirmed_hash,
 )
 from exchanged.ports import (
     ExchangeAccount,
@@ -67,11 +64,11 @@ from exchanged.ports import (
     NewItem,
     PsaConnector,
     PsaLoad,
-    PsaWrite,
     StateBatch,
     StateStore,
     UserState,
 )
+from exchanged.sync import results
 
 log = structlog.get_logger("exchanged.sync")
 
@@ -81,7 +78,6 @@ EXPANSION_MAX_AGE = timedelta(hours=6)  # re-expand recurring series at least th
 MAX_THROTTLE_RETRIES = 6
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 120.0
-GONE_CODES = frozenset({"ErrorItemNotFound", "not_found"})  # a delete of what is gone is done
 
 T = TypeVar("T")
 
@@ -600,54 +596,13 @@ class SyncRunner:
                 await self._apply_deletes(run, folder, deletes)
 
     async def _apply_psa(self, run: _Apply, chunk: Sequence[PsaCreate | PsaUpdate | PsaDelete]) -> None:
-        writes = [self._psa_write(run, a) for a in chunk]
-        results = _aligned(await self._retry(lambda: self.psa.apply(writes)), len(chunk), "PSA apply")
+        writes = [results.psa_write(a, run.target.resource) for a in chunk]
+        answers = _aligned(await self._retry(lambda: self.psa.apply(writes)), len(chunk), "PSA apply")
         batch = StateBatch()
-        for action, result in zip(chunk, results, strict=True):
-            key = action.exchange_key if isinstance(action, PsaCreate) else action.psa_key
-            gone = (isinstance(action, PsaDelete) and isinstance(result, ItemError)
-                    and result.code in GONE_CODES)
-            if isinstance(result, ItemError) and not gone:
-                run.item_error(result, key or "?")
-                continue
-            if isinstance(action, PsaDelete):
-                mapping = run.mappings.get(action.psa_key)
-                if action.forget:
-                    self._drop(run, batch, action.forget)
-                batch.journal.append(self._journal(run, "psa", "delete", action.kind, action.psa_key,
-                                                   mapping.item_id if mapping else None, (), action.reason))
-                run.outcome.counts.deleted += 1
-                continue
-            if not isinstance(result, PsaRecord):
-                err = ItemError(key or "?", "no_result", "the PSA answered the write without the row")
-                run.item_error(err, key or "?")
-                continue
-            new_hash = payload_hash(result.payload)
-            run.psa_hashes[result.psa_key] = new_hash
-            if isinstance(action, PsaUpdate) and action.leaves_window:
-                if action.psa_key in run.mappings:
-                    self._drop(run, batch, action.psa_key)
-            else:
-                self._keep(run, batch, replace(action.mapping, psa_key=result.psa_key, psa_hash=new_hash))
-            if isinstance(action, PsaCreate):
-                if action.replaces and action.replaces != result.psa_key:
-                    self._drop(run, batch, action.replaces)
-                run.outcome.counts.imported += 1
-            else:
-                run.outcome.counts.updated += 1
-            batch.journal.append(self._journal(run, "psa", action.verb, action.kind, result.psa_key,
-                                               action.mapping.item_id, action_fields(action), action.reason,
-                                               result.payload))
+        for action, result in zip(chunk, answers, strict=True):
+            self._take(run, batch, results.psa_result(action, result, run.mappings))
         await self._commit(run.target.name, batch)
         run.step(len(chunk))
-
-    def _psa_write(self, run: _Apply, a: PsaCreate | PsaUpdate | PsaDelete) -> PsaWrite:
-        if isinstance(a, PsaCreate):
-            return PsaWrite("create", Kind.IMPORTED, None, a.payload, exchange_key=a.exchange_key,
-                            resource=run.target.resource)
-        if isinstance(a, PsaUpdate):
-            return PsaWrite("update", a.kind, a.psa_key, a.payload, a.fields, exchange_key=a.exchange_key)
-        return PsaWrite("delete", a.kind, a.psa_key, None, exchange_key=a.exchange_key)
 
     async def _apply_creates(self, run: _Apply, folder: FolderKind, creates: Sequence[ExchangeCreate],
                              existing: dict[str, ExchangeItem]) -> None:
@@ -666,37 +621,17 @@ class SyncRunner:
         created = await self._retry(create)
         created = _aligned(created, sum(1 for a in creates if a.psa_key not in existing), "CreateItem")
         batch = StateBatch()
-        results = iter(created)
+        answers = iter(created)
         fixes: list[ExchangeUpdate] = []
         for action in creates:
             found = existing.get(action.psa_key)
             if found is not None:
-                mapping = self._exchange_mapping(run, action.mapping, found)
-                if found.unreadable or found.payload != action.payload:  # other values: overwrite below
-                    fixes.append(ExchangeUpdate(
-                        action.kind, action.psa_key, folder, found.item_id, found.change_key, action.payload,
-                        fields_to_write(found, action.payload),
-                        "found in Exchange by its PSA key with other values: overwritten from the PSA",
-                        replace(mapping, exchange_hash=payload_hash(action.payload))))
-                self._keep(run, batch, mapping)
-                run.outcome.adopted += 1
-                batch.journal.append(self._journal(
-                    run, "exchange", "adopt", action.kind, action.psa_key, found.item_id, (),
-                    "found in Exchange by its PSA key: adopted"))
-                continue
-            result = next(results)
-            if isinstance(result, ItemError):
-                run.item_error(result, action.psa_key)
-                continue
-            # CreateItem is not re-read: the hash is of what was sent until the item is first synced,
-            # and that sync takes the item as sent while its change key is still the create's
-            self._keep(run, batch, self._exchange_mapping(run, action.mapping, result,
-                                                          exchange_hash=unconfirmed_hash(result.payload)))
-            self._wrote(run, folder, result)
-            batch.journal.append(self._journal(run, "exchange", "create", action.kind, action.psa_key,
-                                               result.item_id, action_fields(action), action.reason,
-                                               action.payload))
-            run.outcome.counts.exported += 1
+                effect, fix = results.adopted(action, found, folder, run.psa_hashes)
+                if fix is not None:  # other values: overwritten below
+                    fixes.append(fix)
+            else:
+                effect = results.created(action, next(answers), run.psa_hashes)
+            self._take(run, batch, effect, folder)
         await self._commit(run.target.name, batch)
         run.step(len(creates))
         if fixes:
@@ -707,40 +642,22 @@ class SyncRunner:
                              updates: Sequence[ExchangeUpdate]) -> None:
         requests = [ItemUpdate(a.item_id, a.change_key, a.payload, a.fields, a.categories, a.reminder)
                     for a in updates]
-        results = _aligned(await self._retry(lambda: run.mailbox.update(folder, requests)), len(updates),
+        answers = _aligned(await self._retry(lambda: run.mailbox.update(folder, requests)), len(updates),
                            "UpdateItem")
         batch = StateBatch()
-        for action, result in zip(updates, results, strict=True):
-            if isinstance(result, ItemError):
-                run.item_error(result, action.psa_key)
-                continue
-            self._keep(run, batch, self._exchange_mapping(run, action.mapping, result))
-            self._wrote(run, folder, result)
-            batch.journal.append(self._journal(run, "exchange", "update", action.kind, action.psa_key,
-                                               result.item_id, action_fields(action), action.reason,
-                                               action.payload))
-            run.outcome.counts.updated += 1
+        for action, result in zip(updates, answers, strict=True):
+            self._take(run, batch, results.updated(action, result, run.psa_hashes), folder)
         await self._commit(run.target.name, batch)
         run.step(len(updates))
 
     async def _apply_deletes(self, run: _Apply, folder: FolderKind,
                              deletes: Sequence[ExchangeDelete]) -> None:
         ids = [a.item_id for a in deletes]
-        results = _aligned(await self._retry(lambda: run.mailbox.delete(folder, ids)), len(deletes),
+        answers = _aligned(await self._retry(lambda: run.mailbox.delete(folder, ids)), len(deletes),
                            "DeleteItem")
         batch = StateBatch()
-        for action, result in zip(deletes, results, strict=True):
-            if result is not None and result.code not in GONE_CODES:
-                run.item_error(result, action.key)
-                continue
-            if action.forget:
-                self._drop(run, batch, action.forget)
-            # the mirror follows SyncFolderItems only (an item unknown to the sync state would never
-            # be reported deleted); a delete is the one write safe to mirror at once
-            batch.mirror_deletes.setdefault(folder, []).append(action.item_id)
-            batch.journal.append(self._journal(run, "exchange", "delete", action.kind, action.key,
-                                               action.item_id, (), action.reason))
-            run.outcome.counts.deleted += 1
+        for action, result in zip(deletes, answers, strict=True):
+            self._take(run, batch, results.deleted(action, result), folder)
         await self._commit(run.target.name, batch)
         run.step(len(deletes))
 
@@ -755,12 +672,30 @@ class SyncRunner:
 
     # -- small helpers -----------------------------------------------------------------------------
 
-    def _exchange_mapping(self, run: _Apply, planned: Mapping, item: ExchangeItem, *,
-                          exchange_hash: str | None = None) -> Mapping:
-        """The mapping after an Exchange write: the item as returned, the PSA hash as last written."""
-        return replace(planned, item_id=item.item_id, change_key=item.change_key,
-                       exchange_hash=exchange_hash or payload_hash(item.payload),
-                       psa_hash=run.psa_hashes.get(planned.psa_key, planned.psa_hash))
+    def _take(self, run: _Apply, batch: StateBatch, effect: results.Effect,
+              folder: FolderKind | None = None) -> None:
+        """Carry out what one write's result means (``results``) in the cycle and its state batch."""
+        if effect.error is not None:
+            run.item_error(effect.error, effect.error_key)
+            return
+        if effect.psa_hash is not None:
+            run.psa_hashes[effect.psa_hash[0]] = effect.psa_hash[1]
+        if effect.keep is not None:
+            self._keep(run, batch, effect.keep)
+        for psa_key in effect.drop:
+            self._drop(run, batch, psa_key)
+        if effect.wrote is not None and folder is not None:
+            self._wrote(run, folder, effect.wrote)
+        if effect.mirror_delete is not None and folder is not None:
+            batch.mirror_deletes.setdefault(folder, []).append(effect.mirror_delete)
+        if effect.count == "adopted":
+            run.outcome.adopted += 1
+        elif effect.count is not None:
+            setattr(run.outcome.counts, effect.count, getattr(run.outcome.counts, effect.count) + 1)
+        if effect.journal is not None:
+            j = effect.journal
+            batch.journal.append(self._journal(run, j.side, j.action, j.kind, j.key, j.item_id, j.fields,
+                                               j.reason, j.payload))
 
     @staticmethod
     def _keep(run: _Apply, batch: StateBatch, mapping: Mapping) -> None:

@@ -49,6 +49,9 @@ class NewItem:
     payload: Payload
     categories: tuple[str, ...] = ()  # the configured sync.category (empty: none)
     reminder: str | None = None  # the reminder code to set (engine.rules.reminder_code); None: none sent
+    # a re-create: the id of the item the mapping named, which this folder's sync no longer shows
+    # (an adapter whose folder moved, Graph's To Do list after EWS's Tasks folder, removes it)
+    replaces: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ class ExchangeCreate:
     reason: str
     mapping: Mapping  # item_id/change_key/exchange_hash filled in from the result
     reminder: str | None = None  # the reminder code the item gets (rules.reminder_code)
+    replaces: str | None = None  # a re-create: the item id the mapping had (ports.NewItem.replaces)
     side = "exchange"
     verb = "create"
 

@@ -221,9 +221,10 @@ class _Planner:
             reason = ("deleted in Exchange; the PSA owns it: re-created" if mapping is not None
                       else "new in the PSA")
             reminder = reminder_for_create(kind, desired, self.settings, self.window.now)
+            replaces = mapping.item_id if mapping is not None and mapping.item_id else None
             self.add(ExchangeCreate(kind, key, folder, desired, reason,
                                     Mapping(kind, key, folder, "", "", payload_hash(desired), ""),
-                                    reminder=reminder))
+                                    reminder=reminder, replaces=replaces))
             return
         if item.unreadable:
             self.owned_unreadable(kind, key, record, item)

@@ -461,8 +461,10 @@ _PAYLOAD_OF = {FolderKind.CALENDAR: Appointment, FolderKind.TASKS: Task, FolderK
 def check_folder(folder: FolderKind, payload: Payload) -> None:
     wanted = _PAYLOAD_OF.get(folder)
     if wanted is None or not isinstance(payload, wanted):
-        raise Unmappable(f"a {type(payload).__name__.lower()} does not go into the {folder.value} folder",
-                         "ErrorInvalidPropertyValue")
+        raise Unmappable(
+            f"a {type(payload).__name__.lower()} does not go into the {folder.value} folder",
+            "ErrorInvalidPropertyValue",
+        )
 
 
 def new_body(

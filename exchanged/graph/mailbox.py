@@ -67,6 +67,11 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
+def rest_id(item_id: str) -> str:
+    """An item id as Graph writes it: EWS ids are base64 with + and /, REST ids base64url."""
+    return item_id.replace("+", "-").replace("/", "_")
+
+
 def _odata_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -431,7 +436,58 @@ class GraphMailbox:
         out: list[ExchangeItem | ItemError] = []
         for chunk in _chunks(list(items), BATCH_MAX):
             out.extend(await self._create_chunk(folder, chunk, adopt_on_lost_reply=True))
+        if folder is FolderKind.TASKS:
+            await self._remove_replaced(
+                [
+                    i.replaces
+                    for i, r in zip(items, out, strict=False)
+                    if i.replaces and isinstance(r, ExchangeItem)
+                ]
+            )
         return out
+
+    async def _remove_replaced(self, item_ids: Sequence[str]) -> None:
+        """A to-do re-created in our list whose previous task the mapping named: that task is in
+        no list this adapter syncs (EWS kept to-dos in the default Tasks folder, whose tasks' keys
+        the To Do API cannot read), so it is removed there once: never two copies after a move from
+        EWS to Graph. A task already gone (404) is fine; a failure is logged, never fatal."""
+        if not item_ids:
+            return
+        lists = await self.client.pages(self._address, "To Do lists", f"{self._user}/todo/lists")
+        default = [
+            x["id"]
+            for x in lists
+            if x.get("wellknownListName") == "defaultList" and isinstance(x.get("id"), str)
+        ]
+        if not default or default[0] == self._list_id:
+            return
+        base = f"{self._user}/todo/lists/{_q(default[0])}/tasks"
+        for chunk in _chunks([rest_id(i) for i in item_ids], BATCH_MAX):
+            reqs = [{"method": "DELETE", "url": f"{base}/{_q(i)}"} for i in chunk]
+            try:
+                answers = await self.client.batch(self._address, "remove replaced tasks", reqs)
+            except (errors.ExchangedError, AmbiguousWrite) as exc:
+                log.warning(
+                    "%s: could not remove %d replaced task(s) from the default list: %s",
+                    self._address,
+                    len(chunk),
+                    exc,
+                )
+                continue
+            gone = sum(1 for a in answers if 200 <= a.status < 300)
+            if gone:
+                log.info(
+                    "%s: removed %d task(s) the to-dos had before (default Tasks list)", self._address, gone
+                )
+            for item_id, answer in zip(chunk, answers, strict=True):
+                if answer.status >= 300 and answer.status != 404:
+                    log.warning(
+                        "%s: could not remove the replaced task %s: HTTP %d %s",
+                        self._address,
+                        item_id,
+                        answer.status,
+                        answer.code,
+                    )
 
     async def _create_chunk(
         self, folder: FolderKind, chunk: Sequence[NewItem], *, adopt_on_lost_reply: bool

@@ -614,7 +614,8 @@ class SyncRunner:
                 existing.update(await run.mailbox.find_by_psa_keys(
                     folder, [a.psa_key for a in creates if a.psa_key not in existing]))
             retried = True
-            new = [NewItem(a.kind, a.psa_key, a.payload, _categories(run.target.settings), a.reminder)
+            new = [NewItem(a.kind, a.psa_key, a.payload, _categories(run.target.settings), a.reminder,
+                           replaces=a.replaces)
                    for a in creates if a.psa_key not in existing]
             return await run.mailbox.create(folder, new) if new else []
 

@@ -2,8 +2,9 @@
 synced it over EWS; the config is switched to Graph, the store stays (the EWS and Graph test
 servers serve one mailbox store, as Exchange Online serves the moved mailbox). The next cycle
 adopts every event and contact by its PSA key (zero creates, zero deletes), creates each to-do
-once in the To Do list (EWS's tasks cannot be found by key through To Do, docs/GRAPH.md), and
-the cycle after that writes nothing. Nothing reaches the PSA twice."""
+once in the To Do list (EWS's tasks cannot be found by key through To Do, docs/GRAPH.md) and
+removes the EWS task it replaces, and the cycle after that writes nothing. Nothing reaches the
+PSA twice."""
 
 from __future__ import annotations
 
@@ -74,7 +75,10 @@ def test_events_and_contacts_are_adopted_and_each_todo_is_created_once(
         assert changed == {}, f"{resource} written after the move: {changed}"
     creates = writes.get("POST /v1.0/users/{user}/todo/lists/{list}/tasks", 0)
     assert creates == len(before["tasks"]), writes
-    assert not any(op.startswith("DELETE") for op in writes), writes
+    # EWS's tasks are removed from the default Tasks list, each once: never two copies
+    deletes = {op: n for op, n in writes.items() if op.startswith("DELETE")}
+    assert deletes == {"DELETE /v1.0/users/{user}/todo/lists/{list}/tasks/{id}": len(before["tasks"])}, writes
+    assert list(world.account(ALICE).tasks.all()) == []
 
     # the same events and contacts, under the same ids; each to-do once in the PSA list
     assert keyed(world.calendar(ALICE)).keys() == before["events"].keys()

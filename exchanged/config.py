@@ -807,6 +807,13 @@ class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class UsersFromPsaConfig(_Model):
+    """``users_from_psa``: make every active PSA resource whose email is a mailbox a user."""
+
+    enabled: Literal["all_active", "none"] = "none"
+    exclude: tuple[str, ...] = ()  # PSA resource ids or email addresses left out
+
+
 class Config(_Model):
     enabled: SBool = True
     profile_name: str = Field(min_length=1)
@@ -816,6 +823,7 @@ class Config(_Model):
     notifications: NotificationsConfig = NotificationsConfig()
     sync: SyncConfig = SyncConfig()
     users: tuple[UserConfig, ...] = ()
+    users_from_psa: UsersFromPsaConfig = UsersFromPsaConfig()
     psa: PsaConfig = SqlPsaConfig()
     state: StateConfig = StateConfig()
     control: ControlConfig = ControlConfig()
@@ -826,7 +834,7 @@ class Config(_Model):
     _source_path: str = PrivateAttr(default="")
 
     _sections_none = field_validator(
-        "notifications", "sync", "state", "control", "logging", "metrics", mode="before"
+        "notifications", "sync", "state", "control", "logging", "metrics", "users_from_psa", mode="before"
     )(_none_is_empty)
 
     @field_validator("psa", mode="before")
@@ -1291,6 +1299,10 @@ def _cross_rules(raw: _Raw, lines: _LineMap) -> tuple[list[ConfigProblem], list[
         warn(("sync", "import_free_time"), "ignored because sync.import_appointments is none")
 
     per_user_creds = raw.get(("credentials", "use_for_all_users"), bool, True) is False
+    if per_user_creds and raw.get(("users_from_psa", "enabled"), str, "none") == "all_active":
+        problem(("users_from_psa", "enabled"),
+                "all_active needs credentials.use_for_all_users: true (a user from the PSA has no "
+                "password of its own): grant the sync account impersonation, or list the users")
     users = raw.get(("users",), list, [])
     seen: dict[str, int] = {}
     for index, entry in enumerate(users):

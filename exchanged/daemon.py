@@ -38,6 +38,7 @@ from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
+from exchanged.psa_users import PsaUsers
 from exchanged.push import PushTracker
 from exchanged.reload import Reloader
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
@@ -155,7 +156,8 @@ class Daemon:
         self.loaded_at = now()
         self.started_at = now()
         self.openers = openers or Openers()  # start and every reload open through these
-        self.load_config = config_loader or _load_config_in_thread
+        self._load_file = config_loader or _load_config_in_thread
+        self.psa_users = PsaUsers()
         self.adapters: Adapters | None = None
         self.runner: CycleRunner | None = None
         self.notifier: NotifierLike = self.openers.notifier(cfg)
@@ -213,6 +215,7 @@ class Daemon:
                     nursery.start_soon(self._serve_push)
                     nursery.start_soon(self._serve_psa_probe)
                     nursery.start_soon(self._startup_tasks)
+                    nursery.start_soon(self._serve_psa_users)
                     nursery.start_soon(self._serve_status_line)
                     nursery.start_soon(self._serve_pruning)
                     self._ready = True
@@ -395,7 +398,45 @@ class Daemon:
 
     # --- users and the scheduler ---------------------------------------------------------------------
 
+    async def load_config(self, path: str) -> Config:
+        """The config file, with the users ``users_from_psa`` adds (see psa_users.py)."""
+        return await self.expand_psa_users(await self._load_file(path))
+
+    async def expand_psa_users(self, file_cfg: Config) -> Config:
+        if file_cfg.users_from_psa.enabled == "none" or self.adapters is None:
+            self.psa_users.last_added = frozenset()
+            return file_cfg
+        adapters = self.adapters
+        try:
+            resources = await adapters.psa.all_resources()
+        except Exception as exc:  # the PSA is down: the users it gave stay until it answers
+            log.warning("users_from_psa: cannot list the PSA's resources; the users it gave stay",
+                        error=present(exc).line())
+            return self.psa_users.keep(file_cfg, self.cfg)
+
+        async def is_mailbox(address: str) -> bool:
+            try:
+                results = await adapters.account.check([address])
+            except Exception as exc:
+                log.warning("users_from_psa: cannot check the mailbox", mailbox=address,
+                            error=present(exc).line())
+                return False
+            return any(r.subject.lower() == address and r.ok for r in results)
+
+        return await self.psa_users.expand(file_cfg, resources, is_mailbox)
+
+    async def _serve_psa_users(self) -> None:
+        """users_from_psa: the PSA's resources again once per sync interval (a reload when the
+        users they give changed; "unchanged" otherwise, at the cost of reading the file)."""
+        if self.cfg.users_from_psa.enabled == "all_active":
+            await self.reloader.request(source="users_from_psa")  # at start, once the PSA is open
+        while True:
+            await trio.sleep(self.cfg.sync_interval_minutes * 60)
+            if self.cfg.users_from_psa.enabled == "all_active" or self.psa_users.generated:
+                await self.reloader.request(source="users_from_psa")
+
     def apply_users(self, cfg: Config) -> None:
+        self.psa_users.applied(cfg)
         mailboxes = [u.mailbox for u in cfg.enabled_users()]
         if cfg.enabled and cfg.sync.public_folder_all_contacts:
             mailboxes.append(PUBLIC_FOLDER)  # its own cycle, on the same interval and limits

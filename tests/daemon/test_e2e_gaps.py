@@ -264,3 +264,36 @@ def test_exchangectl_resources_lists_every_psa_resource(tmp_path: Path) -> None:
         assert "1 active PSA resource(s) not synced" in text.stdout
         assert ("dora@example.test is configured for PSA resource 99, which the PSA does not have"
                 in text.stdout)
+
+
+# -- every resource: users_from_psa -------------------------------------------------------------------
+
+def test_users_from_psa_enables_active_resources_with_a_mailbox(tmp_path: Path) -> None:
+    from tests.daemon.harness import wait_until
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"}]
+    with ews_daemon(tmp_path, now, [ALICE, BOB], users) as (env, _ews):
+        # the sample PSA: Alice (1), Bob (2) active, Carol (3) inactive; Dave has no mailbox
+        psa_execute(tmp_path, ("INSERT INTO resources (id, email, first_name, last_name, is_active) "
+                               "VALUES (4, 'dave@example.test', 'Dave', 'Doe', 1)", ()))
+        env.write_config(users_from_psa={"enabled": "all_active", "exclude": []})
+        env.start_ready()
+
+        def mailboxes() -> set[str]:
+            return {u["mailbox"] for u in env.rpc("users")}
+
+        wait_until(lambda: BOB in mailboxes(), "bob added from the PSA")
+        assert mailboxes() == {ALICE, BOB}  # carol inactive, dave no mailbox
+        sync(env, BOB)
+        assert next(r for r in env.rpc("users") if r["mailbox"] == BOB)["last_result"] == "ok"
+        wait_until(lambda: [r for r in env.smtp.snapshot() if BOB in r.rcpt_tos], "bob's confirmation mail")
+        assert "PSA resource added as a user" in env.stderr()
+        assert "dave@example.test" in env.stderr()  # said: no mailbox
+
+        # bob leaves (inactive in the PSA): gone at the next reload (or interval)
+        psa_execute(tmp_path, ("UPDATE resources SET is_active = 0 WHERE id = 2", ()))
+        applied = ctl(env, "reload", "--wait", "--json")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert mailboxes() == {ALICE}
+        assert "PSA resource no longer a user" in env.stderr()

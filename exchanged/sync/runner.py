@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -69,12 +69,12 @@ from exchanged.ports import (
     UserState,
 )
 from exchanged.sync import results
+from exchanged.sync.quiet import EXPANSION_MAX_AGE, Expansion, QuietCache, QuietMemo
 
 log = structlog.get_logger("exchanged.sync")
 
 PUBLIC_FOLDER_USER = "public-folder"  # the state/status name of the public contacts cycle
 BATCH = 100  # items per bulk EWS call and per PSA apply; one state transaction each
-EXPANSION_MAX_AGE = timedelta(hours=6)  # re-expand recurring series at least this often
 MAX_THROTTLE_RETRIES = 6
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 120.0
@@ -96,45 +96,13 @@ class _Target:
     load: Callable[[Window], Awaitable[PsaLoad]]
     settings: UserSettings
     resource: str | None = None  # psa_resource for imported creates
-    # the PSA connector's change token for this load, when it has one (see _Quiet)
+    # the PSA connector's change token for this load, when it has one (see quiet.QuietMemo)
     token: Callable[[Window], Awaitable[object]] | None = None
     exchange_unchanged: bool = False  # vouched by the caller: a quiet cycle reads no folder
 
 
-@dataclass(slots=True)
-class _Expansion:
-    sync_state: str | None
-    at: datetime
-    window: tuple[datetime, datetime]
-    items: list[ExchangeItem]
-
-    def holds(self, sync_state: str | None, win: Window) -> bool:
-        """Still the expansion of this calendar state, covering this window, and young enough."""
-        return (self.sync_state == sync_state and self.window[0] <= win.past_start
-                and win.recurring_end <= self.window[1] and win.now - self.at < EXPANSION_MAX_AGE)
-
-
 class _NeedFullState(Exception):
     """A quiet-state sync met something that needs the whole stored state (see SyncRunner._read)."""
-
-
-@dataclass(slots=True)
-class _Quiet:
-    """What the last cycle of a mailbox that found nothing to do was made from. While none of it
-    changes, the next plan would be empty too, so a cycle may stop after the reads that show it:
-    one SyncFolderItems per folder with no changes, the same state generation, the same recurring
-    expansion, the same PSA change token, and a clock before ``until`` (``engine.stable_until``).
-
-    Only the folders' sync states are kept, not the mappings and mirror: a node holds next to
-    nothing per user between cycles, and a cycle that finds a change loads the state then."""
-
-    folders: dict[FolderKind, tuple[str | None, str | None]]  # sync state, server identity
-    generation: int
-    token: object  # the PSA connector's change_token, read before the records were
-    occurrences: list[ExchangeItem]
-    settings: UserSettings
-    kinds: frozenset[Kind]
-    until: datetime | None
 
 
 @dataclass(slots=True)
@@ -190,18 +158,8 @@ class SyncRunner:
         self.now = now
         self.server_identity = server_identity
         self._rng = rng or random.Random()
-        # the last expansion of recurring series per mailbox: kept in memory only, so a noop cycle
-        # costs no CalendarView; after a restart the first cycle expands once
-        self._expansions: dict[str, _Expansion] = {}
-        # per mailbox: the last state generation this runner's own commits produced, and what its
-        # last cycle with nothing to do was made from (in memory only; see _Quiet)
-        self._generations: dict[str, int] = {}
-        self._quiet: dict[str, _Quiet] = {}
-        # per mailbox and folder: the items this runner wrote since the folder's last sync (created:
-        # as sent; updated: as read back); the next sync takes those still under the change key of
-        # that write without a GetItem (in memory only: after a restart, or on another node, the
-        # sync reads them)
-        self._written: dict[str, dict[FolderKind, dict[str, ExchangeItem]]] = {}
+        # what makes a quiet cycle quiet, per mailbox, in memory only (exchanged/sync/quiet.py)
+        self._cache = QuietCache()
 
     # -- entry points ------------------------------------------------------------------------------
 
@@ -278,14 +236,14 @@ class SyncRunner:
     async def _cycle(self, target: _Target, *, full: bool, allow_deletes: bool,
                      progress: Callable[[int, int], None] | None, cycle_id: str) -> CycleOutcome:
         mailbox = target.mailbox()
-        memo = self._quiet.pop(target.name, None)  # any failure below leaves none behind
-        self._generations.pop(target.name, None)  # from here: this cycle's own commits only
+        memo = self._cache.memos.pop(target.name, None)  # any failure below leaves none behind
+        self._cache.generations.pop(target.name, None)  # from here: this cycle's own commits only
         view = await self._read(target, mailbox, full=full, commit=True, memo=memo)
         if view.quiet:
             assert memo is not None  # a sync state the server renewed without changes was committed
             memo.folders = _sync_states(view.state)
-            memo.generation = self._generations.get(target.name, memo.generation)
-            self._quiet[target.name] = memo
+            memo.generation = self._cache.generations.get(target.name, memo.generation)
+            self._cache.memos[target.name] = memo
             return CycleOutcome("ok")
         the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
                                allow_deletes=allow_deletes, full=full, kinds=target.kinds,
@@ -314,17 +272,17 @@ class SyncRunner:
 
     def _remember_quiet(self, target: _Target, view: _View, the_plan: Plan, outcome: CycleOutcome, *,
                         full: bool) -> None:
-        """Keep what this cycle was made from if it had nothing at all to do (see _Quiet)."""
-        generation = self._generations.get(target.name, view.state.generation)
+        """Keep what this cycle was made from if it had nothing at all to do (see quiet.QuietMemo)."""
+        generation = self._cache.generations.get(target.name, view.state.generation)
         if (full or view.token is None or the_plan.actions or the_plan.held_back or the_plan.findings
                 or outcome.item_errors):
             return
-        self._quiet[target.name] = _Quiet(
+        self._cache.remember(target.name, QuietMemo(
             _sync_states(view.state), generation, view.token, view.occurrences, target.settings, target.kinds,
-            engine.stable_until(view.window, view.records, view.items))
+            engine.stable_until(view.window, view.records, view.items)))
 
     async def _commit(self, name: str, batch: StateBatch) -> None:
-        self._generations[name] = await self.state.commit(name, batch)
+        self._cache.generations[name] = await self.state.commit(name, batch)
 
     def _unstored_import_fields(self) -> frozenset[str]:
         """Appointment fields the PSA connector cannot keep on imported rows (see ports.py)."""
@@ -353,7 +311,7 @@ class SyncRunner:
     # -- reading: Exchange changes, recurring expansion, PSA rows -----------------------------------
 
     async def _read(self, target: _Target, mailbox: ExchangeMailbox, *, full: bool, commit: bool,
-                    memo: _Quiet | None = None) -> _View:
+                    memo: QuietMemo | None = None) -> _View:
         """Exchange changes into the mirror, the recurring expansion, then the PSA: unless ``memo``
         (the last quiet cycle) shows nothing changed, which the view then says (``quiet``)."""
         win = engine.window(self.now(), target.settings)
@@ -369,14 +327,15 @@ class SyncRunner:
                     if target.exchange_unchanged and memo.folders.get(folder, (None, None))[0] is not None:
                         continue  # vouched for (a silent subscription): the memo's sync state holds
                     fs = light.folders.setdefault(folder, FolderState())
-                    known = self._written_in(target.name, folder, commit)
+                    known = self._cache.written_in(target.name, folder, commit)
                     if await self._sync_folder(target.name, mailbox, fs, folder, restart=False, commit=commit,
                                                light=True, known=known):
                         changed.add(folder)
             except _NeedFullState:
                 changed = set()  # start over below from the stored state (nothing of it was committed)
             else:
-                occurrences = self._fresh_expansion(target, light, win, memo)
+                occurrences = self._cache.fresh_expansion(
+                    target.name, target.kinds, light.folders.get(FolderKind.CALENDAR), win, memo)
                 token = None
                 if not changed and occurrences is not None:
                     token = await self._token(target, win)
@@ -393,51 +352,22 @@ class SyncRunner:
                 None, self.server_identity)
             if identity_changed:
                 suspect.add(folder)
+            known = self._cache.written_in(target.name, folder, commit)
             if await self._sync_folder(target.name, mailbox, fs, folder, restart=full or identity_changed,
-                                       commit=commit, known=self._written_in(target.name, folder, commit)):
+                                       commit=commit, known=known):
                 changed.add(folder)
         return await self._read_rest(target, mailbox, state, win, changed, frozenset(suspect))
-
-    def _written_in(self, name: str, folder: FolderKind, commit: bool) -> dict[str, ExchangeItem] | None:
-        """What this runner wrote in the folder since its last sync (a dry run leaves it)."""
-        mine = self._written.get(name)
-        if mine is None:
-            return None
-        if not commit:
-            return mine.get(folder)
-        known = mine.pop(folder, None)
-        if not mine:
-            del self._written[name]
-        return known
 
     async def _token(self, target: _Target, win: Window) -> object:
         """The PSA connector's change token for this user's load, or None when it has none."""
         token_of = target.token
         return await self._retry(lambda: token_of(win)) if token_of is not None else None
 
-    async def _memo_holds(self, target: _Target, memo: _Quiet) -> bool:
+    async def _memo_holds(self, target: _Target, memo: QuietMemo) -> bool:
         """The memo still describes the stored state and this user's settings."""
-        if memo.settings != target.settings or memo.kinds != target.kinds:
-            return False
-        if self.server_identity and any(ident not in (None, self.server_identity)
-                                        for _, ident in memo.folders.values()):
+        if not memo.matches(target.settings, target.kinds, self.server_identity):
             return False
         return await self.state.generation(target.name) == memo.generation
-
-    def _fresh_expansion(self, target: _Target, light: UserState, win: Window,
-                         memo: _Quiet) -> list[ExchangeItem] | None:
-        """The occurrences of the last quiet cycle if its expansion still holds for this window
-        (the calendar did not change), else None."""
-        if Kind.IMPORTED not in target.kinds:
-            return memo.occurrences
-        cached = self._expansions.get(target.name)
-        if cached is None:
-            return memo.occurrences if not memo.occurrences else None  # no series then, none now
-        calendar = light.folders.get(FolderKind.CALENDAR)
-        if (cached.items is memo.occurrences and calendar is not None
-                and cached.holds(calendar.sync_state, win)):
-            return cached.items
-        return None
 
     async def _read_rest(self, target: _Target, mailbox: ExchangeMailbox, state: UserState, win: Window,
                          changed: set[FolderKind], suspect: frozenset[FolderKind], *,
@@ -540,16 +470,16 @@ class SyncRunner:
         """
         masters = {i.uid for i in fs.items.values() if i.is_recurring_master and i.uid}
         if not masters:
-            self._expansions.pop(name, None)
+            self._cache.expansions.pop(name, None)
             return []
-        cached = self._expansions.get(name)
+        cached = self._cache.expansions.get(name)
         if cached is not None and not calendar_changed and cached.holds(fs.sync_state, win):
             return cached.items
         start, end = win.past_start, win.recurring_end + EXPANSION_MAX_AGE
         view = await self._retry(lambda: mailbox.calendar_view(start, end))
         occurrences = [i for i in view
                        if i.uid in masters and i.psa_key is None and i.item_id not in fs.items]
-        self._expansions[name] = _Expansion(fs.sync_state, win.now, (start, end), occurrences)
+        self._cache.expansions[name] = Expansion(fs.sync_state, win.now, (start, end), occurrences)
         return occurrences
 
     # -- applying a plan ---------------------------------------------------------------------------
@@ -669,7 +599,7 @@ class SyncRunner:
             state.held_back_deletes = held
 
     def _wrote(self, run: _Apply, folder: FolderKind, item: ExchangeItem) -> None:
-        self._written.setdefault(run.target.name, {}).setdefault(folder, {})[item.item_id] = item
+        self._cache.written.setdefault(run.target.name, {}).setdefault(folder, {})[item.item_id] = item
 
     # -- small helpers -----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Quiet cycles: a runner that found nothing to do skips the PSA load and the plan next time, as
-long as nothing they depend on changed (runner._Quiet), and never misses what did change."""
+long as nothing they depend on changed (sync/quiet.py), and never misses what did change."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ async def test_a_quiet_cycle_does_not_load_the_state_and_keeps_none_of_it_in_mem
     w.state.load_user = counting  # type: ignore[method-assign]
     await w.cycle()
     assert loaded == []
-    memo = w.runner._quiet[MAILBOX]
+    memo = w.runner._cache.memos[MAILBOX]
     assert not hasattr(memo, "state") and set(memo.folders) == {
         FolderKind.CALENDAR, FolderKind.TASKS, FolderKind.CONTACTS}
 

@@ -10,7 +10,8 @@ element: ``GetItem``, ``SyncFolderItems``, ...) says otherwise:
   the connection kept: a lying server (or middle box), not a dropped connection;
 * ``corrupt``: ``find`` replaced by ``replace`` in the answer (malformed XML), framing consistent;
 * ``cut``: headers with the full length, part of the body, then the connection closes;
-* ``trickle``: the whole answer, one chunk of ``chunk`` bytes every ``interval`` seconds;
+* ``trickle``: the whole answer, one chunk of ``chunk`` bytes every ``interval`` seconds
+  (``head=True``: the status line and headers too);
 * ``stall``: the request is read and never answered (until the proxy stops);
 * ``inflate``: ``size`` bytes of XML comment streamed inside the envelope (never held in memory);
 * ``status``: an HTTP ``code`` with ``headers`` (e.g. 429 with Retry-After) and no SOAP body.
@@ -181,8 +182,11 @@ class HostileProxy:
             conn.sendall(payload[:len(payload) // 2])
             return False
         elif action == "trickle":
-            _write_head(conn, status, headers, len(payload))
             chunk, interval = opts.get("chunk", 1), opts.get("interval", 1.0)
+            if opts.get("head"):  # the status line and the headers trickle too
+                payload = _head(status, headers, len(payload)) + payload
+            else:
+                _write_head(conn, status, headers, len(payload))
             for i in range(0, len(payload), chunk):
                 if self._stop.wait(interval):
                     return False
@@ -227,11 +231,15 @@ def _read_request(rfile: Any) -> tuple[str, str, dict[str, str], bytes] | None:
     return method, path, headers, body
 
 
-def _write_head(conn: ssl.SSLSocket, status: int, headers: dict[str, str], length: int) -> None:
+def _head(status: int, headers: dict[str, str], length: int) -> bytes:
     reason = http.client.responses.get(status, "Status")
     lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers.items()]
     lines.append(f"Content-Length: {length}")
-    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _write_head(conn: ssl.SSLSocket, status: int, headers: dict[str, str], length: int) -> None:
+    conn.sendall(_head(status, headers, length))
 
 
 def proxy_for(server: Any) -> HostileProxy:

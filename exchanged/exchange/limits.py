@@ -7,8 +7,9 @@ GetItem, and one that sends 1.5 GB makes the daemon hold 1.5 GB (and lxml severa
 ``read_bounded``:
 
 * ``server.request_deadline_s``: the whole answer must have arrived this long after the request
-  was sent; a timer shuts the socket down at the deadline, so a trickle ends there whatever the
-  read timeout is. ``RequestDeadline``: "no complete answer within N s", a lost reply (reads are
+  was sent; a timer (``Deadline``) shuts the connection's socket down at the deadline, so a
+  trickle (of the headers or of the body) ends there whatever the read timeout is.
+  ``RequestDeadline``: "no complete answer within N s", a lost reply (reads are
   not retried within the cycle, writes are adopted).
 * ``server.max_answer_mb``: a larger answer (declared Content-Length or bytes read, after
   decompression) is dropped when it passes the cap. ``AnswerTooLarge``: an error naming the
@@ -91,31 +92,70 @@ def _socket_of(raw: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def _shutdown(sock: socket.socket | None, fired: threading.Event) -> None:
-    fired.set()
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+class Deadline:
+    """A timer that, at ``started + limits.deadline_s``, shuts down the socket of the request's
+    connection: whatever the request is waiting for then (the status line, headers trickling in,
+    the body) ends at once. The connection is the one the pool hands out in this thread
+    (``track``), or the answer's own."""
+
+    def __init__(self, limits: Limits, started: float) -> None:
+        self.limits = limits
+        self.fired = threading.Event()
+        self.conn: Any = None
+        self.sock: socket.socket | None = None
+        self._timer = threading.Timer(max(0.0, started + limits.deadline_s - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        sock = self.sock or getattr(self.conn, "sock", None)
+        if isinstance(sock, socket.socket):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def error(self, received: int = 0) -> RequestDeadline:
+        return RequestDeadline(self.limits.deadline_s, received)
 
 
-def read_bounded(response: Any, limits: Limits, started: float) -> Any:
+_local = threading.local()
+
+
+def arm(deadline: Deadline | None) -> None:
+    """The deadline of the request this thread sends next (None: none)."""
+    _local.deadline = deadline
+
+
+def track(conn: Any) -> None:
+    """Called by the connection pool with the connection it hands out in this thread."""
+    deadline = getattr(_local, "deadline", None)
+    if deadline is not None:
+        deadline.conn = conn
+
+
+def read_bounded(response: Any, limits: Limits, started: float, deadline: Deadline | None = None) -> Any:
     """Read ``response`` (a requests Response sent with ``stream=True``) into ``response.content``
-    within the limits; ``started`` is ``time.monotonic()`` when the request was sent."""
+    within the limits; ``started`` is ``time.monotonic()`` when the request was sent; ``deadline``
+    the request's own (armed before it was sent), else one is started here."""
     raw = response.raw
+    own = deadline is None
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limits.max_bytes:
         response.close()
+        if deadline is not None:
+            deadline.cancel()
         raise AnswerTooLarge(limits.max_bytes, int(declared))
-    remaining = started + limits.deadline_s - time.monotonic()
-    fired = threading.Event()
-    if remaining <= 0:
-        response.close()
-        raise RequestDeadline(limits.deadline_s, 0)
-    timer = threading.Timer(remaining, _shutdown, (_socket_of(raw), fired))
-    timer.daemon = True
-    timer.start()
+    if deadline is None:
+        deadline = Deadline(limits, started)
+    deadline.sock = _socket_of(raw) or deadline.sock
+    fired = deadline.fired
+    if own and started + limits.deadline_s <= time.monotonic():
+        fired.set()
     chunks: list[bytes] = []
     total = 0
     try:
@@ -130,7 +170,7 @@ def read_bounded(response: Any, limits: Limits, started: float) -> Any:
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         if fired.is_set():
             response.close()
-            raise RequestDeadline(limits.deadline_s, total) from None
+            raise deadline.error(total) from None
         # what requests' Response.content would have raised
         if isinstance(exc, urllib3.exceptions.ProtocolError):
             raise requests.exceptions.ChunkedEncodingError(exc) from exc
@@ -138,10 +178,10 @@ def read_bounded(response: Any, limits: Limits, started: float) -> Any:
             raise requests.exceptions.ContentDecodingError(exc) from exc
         raise requests.exceptions.ConnectionError(exc) from exc
     finally:
-        timer.cancel()
+        deadline.cancel()
     if fired.is_set():
         response.close()
-        raise RequestDeadline(limits.deadline_s, total)
+        raise deadline.error(total)
     response._content = b"".join(chunks)
     response._content_consumed = True
     return response

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import certifi
 import requests.adapters
+import urllib3.connectionpool
 from exchangelib.protocol import BaseProtocol
 
 from exchanged import errors
@@ -76,18 +77,52 @@ def context_for(url: str) -> ssl.SSLContext:
         return ctx
 
 
+class _TrackedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    """Tells ``limits.track`` which connection a request goes out on (for its deadline)."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        limits.track(conn)
+        return conn
+
+
+class _TrackedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        limits.track(conn)
+        return conn
+
+
 class TrustStoreAdapter(requests.adapters.HTTPAdapter):
     """An HTTPAdapter whose TLS trust comes from ``context_for(url)``; never unverified. Every
     answer is read within the endpoint's deadline and size cap (``limits.read_bounded``)."""
 
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
     def send(self, request: Any, stream: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
         started = time.monotonic()
-        response = super().send(request, stream=True, **kwargs)
-        if stream or response.status_code == 401:
+        bounds = limits.limits_for(request.url)
+        deadline = None if stream else limits.Deadline(bounds, started)
+        limits.arm(deadline)
+        try:
+            response = super().send(request, stream=True, **kwargs)
+        except Exception:
+            if deadline is not None:
+                deadline.cancel()
+                if deadline.fired.is_set():  # the status line or the headers trickled past it
+                    raise deadline.error() from None
+            raise
+        finally:
+            limits.arm(None)
+        if deadline is None or response.status_code == 401:
             # a streaming caller (GetStreamingEvents) reads the answer itself; the NTLM handshake
             # (requests_ntlm, a response hook) needs the 401's socket unread for channel binding
+            if deadline is not None:
+                deadline.cancel()
             return response
-        return limits.read_bounded(response, limits.limits_for(request.url), started)
+        return limits.read_bounded(response, bounds, started, deadline)
 
     def build_connection_pool_key_attributes(
         self, request: Any, verify: Any, cert: Any = None

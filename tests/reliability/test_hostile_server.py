@@ -100,13 +100,15 @@ async def test_a_cut_sync_answer_is_an_error_not_a_short_page(tmp_path: Path, se
 # --- deadlines and size (issue #14 points 2 and 3) ------------------------------------------------------
 
 
+@pytest.mark.parametrize("head", [False, True])
 async def test_a_trickling_answer_ends_at_the_request_deadline(tmp_path: Path, server: EwsTestServer,
-                                                               proxy: HostileProxy) -> None:
-    """A byte now and then keeps every read within the read timeout: only a total deadline ends it."""
+                                                               proxy: HostileProxy, head: bool) -> None:
+    """A byte now and then keeps every read within the read timeout: only a total deadline ends
+    it, whether the body trickles or already the status line and headers do."""
     async with open_stack(tmp_path, server=server, port=proxy.port, request_deadline_s=2.0,
                           read_timeout_s=30.0) as stack:
-        proxy.rule("SyncFolderItems", "trickle", times=None, chunk=8, interval=0.5)
-        with trio.fail_after(120):  # a guard against the hang this test is about; never asserted
+        proxy.rule("SyncFolderItems", "trickle", times=None, chunk=1, interval=1.0, head=head)
+        with trio.fail_after(100):  # a guard against the hang this test is about; never asserted
             outcome = await stack.cycle()
         assert outcome.result == "error", outcome
         assert "SyncFolderItems" in (outcome.error or "")

@@ -185,7 +185,9 @@ class Openers:
             if new.psa != old.psa:
                 psa = await self.psa(new)
                 opened.append(psa)
-            if new.server != old.server or new.credentials != old.credentials:
+            # Graph's account also holds the sync window (its calendar delta's range) and category
+            graph_sync = new.server.use_ms_graph and new.sync != old.sync
+            if new.server != old.server or new.credentials != old.credentials or graph_sync:
                 account = await self.exchange(new)
                 opened.append(account)
         except BaseException:

@@ -43,3 +43,23 @@ async def test_ews_stays_ews_and_switching_means_a_full_resync(tmp_path: Path) -
     finally:
         await account.aclose()
     assert server_identity(ews) != server_identity(load_ok(tmp_path, graph(tmp_path)))
+
+
+async def test_a_reload_that_changes_the_sync_window_reopens_the_graph_account(tmp_path: Path) -> None:
+    from exchanged.openers import Adapters
+
+    old = load_ok(tmp_path, graph(tmp_path) + "sync:\n  past_days: 7\n")
+    new = load_ok(tmp_path, graph(tmp_path) + "sync:\n  past_days: 14\n")
+    opened = await Openers().exchange(old)
+    psa, state = object(), object()
+    current = Adapters(opened, psa, state)  # type: ignore[arg-type]
+    same = await Openers().reopen(current, old, old)
+    assert same.account is opened
+    moved = await Openers().reopen(current, old, new)
+    try:
+        assert moved.account is not opened and isinstance(moved.account, GraphAccount)
+        assert moved.account.settings.past_days == 14
+        assert moved.psa is psa and moved.state is state
+    finally:
+        await moved.account.aclose()
+        await opened.aclose()

@@ -14,7 +14,7 @@ from .server import GraphTestServer
 
 
 def _pair(option: str, value: str, what: str) -> tuple[str, str]:
-    left, sep, right = value.partition(":" if option != "--mailbox-time-zone" else "=")
+    left, sep, right = value.partition("=" if option == "--mailbox-timezone" else ":")
     if not sep or not left or not right:
         raise argparse.ArgumentTypeError(f"{option} {value!r}: expected {what}")
     return left, right
@@ -65,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--mailbox", action="append", default=[], help="mailbox address (repeatable)")
     parser.add_argument(
+        "--mailbox-timezone",
         "--mailbox-time-zone",
+        dest="mailbox_time_zone",
         action="append",
         default=[],
         metavar="ADDRESS=ZONE",
-        help="a mailbox's time zone (mailboxSettings.timeZone; Windows or IANA name)",
+        help="a mailbox's time zone (mailboxSettings.timeZone; Windows or IANA name); the EWS test "
+        "server's option of the same name, so one state dir gets one zone from either",
     )
     parser.add_argument("--default-time-zone", default="UTC", help="time zone of mailboxes without one")
     parser.add_argument(
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             if cid.lower() not in clients:
                 raise ValueError(f"--deny-permission {value!r}: no client {cid!r} (give --client first)")
             clients[cid.lower()].permissions.discard(permission)
-        zones = dict(_pair("--mailbox-time-zone", v, "ADDRESS=ZONE") for v in args.mailbox_time_zone)
+        zones = dict(_pair("--mailbox-timezone", v, "ADDRESS=ZONE") for v in args.mailbox_time_zone)
         server = GraphTestServer(
             args.state_dir,
             args.mailbox,

@@ -224,7 +224,7 @@ def test_cli_prints_urls_and_serves(tmp_path: Path) -> None:
             "app2:Tasks.ReadWrite.All",
             "--mailbox",
             "alice@example.test",
-            "--mailbox-time-zone",
+            "--mailbox-timezone",
             "alice@example.test=W. Europe Standard Time",
         ],
         stdout=subprocess.PIPE,

@@ -23,6 +23,7 @@ takes a session the cycles need.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,10 +239,30 @@ class EwsPush:
             status = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
             cancelled = False
         finally:
-            if cancelled:  # the blocked read ends when the response is closed under it
+            if cancelled:
+                # the worker thread is blocked reading the hanging response and holds the socket's
+                # reader lock: closing the response first would wait for that read (until Exchange
+                # sends something, up to CONNECTION_TIMEOUT_MIN), freezing the event loop and a
+                # stop. shutdown() needs no lock and ends the read at once; then close it.
+                _shutdown_socket(getattr(svc, "_streaming_response", None))
                 _close_quietly(svc.stop_streaming)
         if status != GetStreamingEventsOnce.CLOSED:
             raise _Gap(f"connection status {status!r}")
+
+
+def _shutdown_socket(response: Any) -> None:
+    """Shut down the socket under a streamed ``requests`` response (urllib3 2 keeps the connection
+    on the response while it streams); a no-op when there is none."""
+    raw = getattr(response, "raw", None)
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    if sock is None:  # through http.client's buffered reader
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: no TLS close_notify
+        except OSError:
+            pass  # already closed or reset: the read has ended anyway
 
 
 def _close_quietly(fn: Callable[[], Any]) -> None:

@@ -212,3 +212,19 @@ def test_a_psa_edit_reaches_exchange_after_the_probe_and_only_its_user_cycles(tm
                    PATIENCE_S)
         assert not [c for c in cycles(env, BOB)[bob_before:] if c.get("reason") == "psa"]
         no_duplicates(env, ews)
+
+
+def test_a_stop_does_not_wait_for_a_quiet_stream(tmp_path: Path) -> None:
+    """A stream with nothing to say (the server's keep-alive an hour away here; Exchange's is about
+    30 s) must not hold a stop: the daemon's grace is 8 s and systemd kills it at TimeoutStopSec=30.
+    Closing the response while the worker thread was blocked reading it froze the event loop until
+    the next bytes arrived (found by tests/system: stop took 30 s and ended in SIGKILL)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    users = [{"mailbox": ALICE, "psa_resource": "1"}, {"mailbox": BOB, "psa_resource": "2"}]
+    limits = StreamingLimits(keepalive_s=3600.0)
+    with ews_daemon(tmp_path, now, [ALICE, BOB], users, ews_options={"streaming": limits}) as (env, _ews):
+        env.start_ready()
+        wait_until(lambda: all(u.get("push") == "pushed" for u in env.status()["users"]), "both pushed",
+                   PATIENCE_S)
+        # stop() waits HANG_GUARD_S (30 s, what systemd allows) and raises if the daemon is still up
+        assert env.stop() == 0

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,18 @@ def _repack(new: Path, out: Path, version: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def debs(system_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Debs:
-    out = tmp_path_factory.mktemp("debs")
+def workdir(system_ready: None) -> Iterator[Path]:
+    """A directory of this run only, outside pytest's numbered temporary directories (a concurrent
+    pytest run may delete those while the container still has its overlay mounted there)."""
+    path = Path(tempfile.mkdtemp(prefix="exchanged-system-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def debs(workdir: Path) -> Debs:
+    out = workdir / "debs"
+    out.mkdir()
     given = os.environ.get("EXCHANGED_SYSTEM_DEB")
     if given:
         new = Path(given).resolve()
@@ -110,9 +121,10 @@ def debs(system_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Debs:
 
 
 @pytest.fixture(scope="module")
-def machine(system_ready: None, debs: Debs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def machine(workdir: Path, debs: Debs) -> Iterator[Container]:
     """A booted container that sees the packages and this checkout (for the test servers' venv)."""
-    base = tmp_path_factory.mktemp("machine")
+    base = workdir / "machine"
+
     binds = [ROOT, debs.old.parent, debs.new.parent, Path(sys.prefix)]
     if not sys.base_prefix.startswith("/usr"):
         binds.append(Path(sys.base_prefix))  # a pyenv Python behind .venv

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..ews import items as it
 from ..ews.store import FolderRow, ItemRow, id_kind
+from . import contact_json as cj
 from . import convert as cv
 from .base import Ctx, Response
 from .convert import GraphError
@@ -28,7 +29,7 @@ class ContactOps(DeltaOps):
 
     def _contact(self, ctx: Ctx, row: ItemRow, expands: list[Expand]) -> dict[str, Any]:
         full = self._full(row)
-        return self._shape(ctx, cv.contact_json(row.id, full, row.change_key, row.folder_id), full, expands)
+        return self._shape(ctx, cj.contact_json(row.id, full, row.change_key, row.folder_id), full, expands)
 
     _CONTACT_FIELDS: dict[str, Callable[[Any], str | None]] = {
         "displayName": lambda e: it.child_text(e, "DisplayName"),
@@ -73,7 +74,7 @@ class ContactOps(DeltaOps):
 
     def create_contact(self, ctx: Ctx) -> Response:
         folder = self._contact_folder(ctx)
-        elem, _ = cv.contact_xml(self._body(ctx), None)
+        elem, _ = cj.contact_xml(self._body(ctx), None)
         it.normalise(elem, ctx.mailbox)
         row = self.store.add_item(ctx.mailbox, folder.id, "Contact", cv.stored_xml(elem))
         body = {"@odata.context": self._context_url(ctx, "contacts/$entity"), **self._contact(ctx, row, [])}
@@ -83,7 +84,7 @@ class ContactOps(DeltaOps):
         folder = self._contact_folder(ctx) if "folder" in ctx.params else None
         row = self._row(ctx, ctx.params["id"], "Contact", {folder.id} if folder else None)
         self._check_etag(ctx, row)
-        elem, changed = cv.contact_xml(self._body(ctx), cv.row_elem(row))
+        elem, changed = cj.contact_xml(self._body(ctx), cv.row_elem(row))
         if changed & {"GivenName", "Surname", "MiddleName"} and "DisplayName" not in changed:
             it.drop_child(elem, "DisplayName")  # derived again, as Outlook does
         it.normalise(elem, ctx.mailbox, changed)
@@ -106,7 +107,7 @@ class ContactOps(DeltaOps):
             if row.item_type != "Contact":
                 return []
             entry = self._select(
-                cv.contact_json(row.id, self._full(row), row.change_key, row.folder_id), select
+                cj.contact_json(row.id, self._full(row), row.change_key, row.folder_id), select
             )
             return [(entry["id"], entry)]
 

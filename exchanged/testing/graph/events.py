@@ -11,6 +11,7 @@ from ..ews import recurrence
 from ..ews.soap import EwsError, parse_dt, t
 from ..ews.store import ItemRow
 from . import convert as cv
+from . import event_json as ej
 from .base import Ctx, Response, not_found
 from .convert import GraphError
 from .delta import DeltaOps
@@ -44,7 +45,7 @@ class EventOps(DeltaOps):
         self, ctx: Ctx, elem: Any, master_id: str, change_key: str, expands: list[Expand]
     ) -> dict[str, Any]:
         item_id = elem.find(t("ItemId")).get("Id")
-        entry = cv.event_json(
+        entry = ej.event_json(
             item_id,
             master_id,
             elem,
@@ -57,7 +58,7 @@ class EventOps(DeltaOps):
 
     _EVENT_FIELDS: dict[str, Callable[[Any], str | None]] = {
         "subject": lambda e: it.child_text(e, "Subject"),
-        "iCalUId": lambda e: cv._ical_uid(it.child_text(e, "UID") or ""),
+        "iCalUId": lambda e: ej.ical_uid(it.child_text(e, "UID") or ""),
         "type": lambda e: {"Single": "singleInstance", "RecurringMaster": "seriesMaster"}.get(
             it.child_text(e, "CalendarItemType") or "", (it.child_text(e, "CalendarItemType") or "").lower()
         ),
@@ -138,7 +139,7 @@ class EventOps(DeltaOps):
 
     def create_event(self, ctx: Ctx) -> Response:
         folder = self._folder(ctx.mailbox, "calendar")
-        elem, _changed = cv.event_xml(self._body(ctx), None, self.time_zone(ctx.mailbox))
+        elem, _changed = ej.event_xml(self._body(ctx), None, self.time_zone(ctx.mailbox))
         it.normalise(elem, ctx.mailbox)
         row = self.store.add_item(ctx.mailbox, folder.id, "CalendarItem", cv.stored_xml(elem))
         if any(
@@ -160,7 +161,7 @@ class EventOps(DeltaOps):
         else:
             self._check_etag(ctx, row)
             stored = cv.row_elem(row)
-            elem, changed = cv.event_xml(body, stored, self.time_zone(ctx.mailbox))
+            elem, changed = ej.event_xml(body, stored, self.time_zone(ctx.mailbox))
             it.normalise(elem, ctx.mailbox, changed)
             row = self.store.update_item(row, cv.stored_xml(elem))
             if body.get("attendees"):
@@ -181,7 +182,7 @@ class EventOps(DeltaOps):
         from ..ews.soap import TNS
 
         current = self._event_elem(row, original)
-        updated, _ = cv.event_xml(body, current, self.time_zone(ctx.mailbox))
+        updated, _ = ej.event_xml(body, current, self.time_zone(ctx.mailbox))
         updates = []
         for name, prefix in (
             ("Subject", "item"),

@@ -7,6 +7,7 @@ from typing import Any
 from ..ews import items as it
 from ..ews.store import FolderRow, ItemRow, id_kind
 from . import convert as cv
+from . import task_json as tj
 from .base import TODO_DEFAULT_PAGE, Ctx, Response
 from .convert import GraphError
 from .delta import DeltaOps
@@ -33,7 +34,7 @@ class TodoOps(DeltaOps):
         raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
 
     def _list_json(self, ctx: Ctx, folder: FolderRow) -> dict[str, Any]:
-        return cv.task_list_json(folder, folder.distinguished == "tasks")
+        return tj.task_list_json(folder, folder.distinguished == "tasks")
 
     def list_task_lists(self, ctx: Ctx) -> Response:
         entries = [self._list_json(ctx, f) for f in self._task_lists(ctx.mailbox)]
@@ -76,7 +77,7 @@ class TodoOps(DeltaOps):
         full = self._full(row)
         with_linked = any(e.name == "linkedResources" for e in expands)
         return self._select(
-            cv.task_json(row.id, full, row.change_key, with_linked=with_linked), ctx.req.query.get("$select")
+            tj.task_json(row.id, full, row.change_key, with_linked=with_linked), ctx.req.query.get("$select")
         )
 
     def list_tasks(self, ctx: Ctx) -> Response:
@@ -86,7 +87,7 @@ class TodoOps(DeltaOps):
             ctx,
             {
                 "title": lambda e: it.child_text(e, "Subject"),
-                "status": lambda e: cv._reverse(cv._TASK_STATUS).get(
+                "status": lambda e: cv.reverse(cv.TASK_STATUS).get(
                     it.child_text(e, "Status") or "NotStarted"
                 ),
             },
@@ -111,7 +112,7 @@ class TodoOps(DeltaOps):
 
     def create_task(self, ctx: Ctx) -> Response:
         folder = self._task_list(ctx)
-        elem, _ = cv.task_xml(self._body(ctx), None)
+        elem, _ = tj.task_xml(self._body(ctx), None)
         it.normalise(elem, ctx.mailbox)
         row = self.store.add_item(ctx.mailbox, folder.id, "Task", cv.stored_xml(elem))
         return self._json(201, self._task(ctx, row, [Expand("linkedResources", None)]), ctx)
@@ -126,7 +127,7 @@ class TodoOps(DeltaOps):
                 "invalidRequest",
                 "linkedResources cannot be changed by PATCH on the task; use /linkedResources.",
             )
-        elem, changed = cv.task_xml(body, cv.row_elem(row))
+        elem, changed = tj.task_xml(body, cv.row_elem(row))
         count = it.child(elem, "ChangeCount")
         it.set_child(elem, "ChangeCount", str(int(count.text or "1") + 1 if count is not None else 2))
         it.normalise(elem, ctx.mailbox, changed)
@@ -145,41 +146,41 @@ class TodoOps(DeltaOps):
         def render(row: ItemRow, _window: Any) -> list[tuple[str, dict[str, Any]]]:
             if row.item_type != "Task":
                 return []
-            entry = cv.task_json(row.id, self._full(row), row.change_key)
+            entry = tj.task_json(row.id, self._full(row), row.change_key)
             return [(entry["id"], entry)]
 
         return self._delta(ctx, folder, f"tasks:{folder.id}", render, default_page=TODO_DEFAULT_PAGE)
 
     # -- linked resources ------------------------------------------------------------------------------
     def _linked_node(self, elem: Any, res_id: str) -> Any:
-        for node in cv.linked_resources(elem):
+        for node in tj.linked_resources(elem):
             if node.get("Id") == res_id:
                 return node
         raise GraphError(404, "ErrorItemNotFound", "The specified linked resource was not found.")
 
     def list_linked(self, ctx: Ctx) -> Response:
         row = self._task_row(ctx, self._task_list(ctx))
-        entries = [cv.linked_json(n) for n in cv.linked_resources(cv.row_elem(row))]
+        entries = [tj.linked_json(n) for n in tj.linked_resources(cv.row_elem(row))]
         return self._collection(ctx, entries, "linkedResources", TODO_DEFAULT_PAGE)
 
     def get_linked(self, ctx: Ctx) -> Response:
         row = self._task_row(ctx, self._task_list(ctx))
-        return self._json(200, cv.linked_json(self._linked_node(cv.row_elem(row), ctx.params["res"])), ctx)
+        return self._json(200, tj.linked_json(self._linked_node(cv.row_elem(row), ctx.params["res"])), ctx)
 
     def create_linked(self, ctx: Ctx) -> Response:
         row = self._task_row(ctx, self._task_list(ctx))
         elem = cv.row_elem(row)
-        node = cv.add_linked_resource(elem, self._body(ctx))
+        node = tj.add_linked_resource(elem, self._body(ctx))
         self.store.update_item(row, cv.stored_xml(elem))
-        return self._json(201, cv.linked_json(node), ctx)
+        return self._json(201, tj.linked_json(node), ctx)
 
     def patch_linked(self, ctx: Ctx) -> Response:
         row = self._task_row(ctx, self._task_list(ctx))
         elem = cv.row_elem(row)
         node = self._linked_node(elem, ctx.params["res"])
-        cv.update_linked_resource(node, self._body(ctx))
+        tj.update_linked_resource(node, self._body(ctx))
         self.store.update_item(row, cv.stored_xml(elem))
-        return self._json(200, cv.linked_json(node), ctx)
+        return self._json(200, tj.linked_json(node), ctx)
 
     def delete_linked(self, ctx: Ctx) -> Response:
         row = self._task_row(ctx, self._task_list(ctx))

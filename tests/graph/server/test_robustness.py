@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from exchanged.testing.graph import Client, GraphTestServer
 from exchanged.testing.graph.api import Request
 from exchanged.testing.graph.auth import DEFAULT_PERMISSIONS, Grant
-from exchanged.testing.graph.convert import CONTACT_FIELDS, EVENT_FIELDS, TASK_FIELDS
+from exchanged.testing.graph.contact_json import CONTACT_FIELDS
+from exchanged.testing.graph.event_json import EVENT_FIELDS
+from exchanged.testing.graph.task_json import TASK_FIELDS
 
 from .conftest import CLIENT_ID, TENANT
 

@@ -457,6 +457,9 @@ def evaluate_check(status: Any, now: datetime, *, warning_age_min: float | None 
             worse(level, f"{len(failing)} of {len(users)} users failing ({names}{more})")
     if held:
         worse(CHECK_WARNING, f"deletions held back for {len(held)} user(s) (exchangectl plan)")
+    public = _dict(status.get("public_folder"))
+    if public.get("last_result") == "error" or public.get("state") == "error":
+        worse(CHECK_WARNING, "the public contacts folder's last cycle failed")
     if oldest_age >= crit_s:
         worse(CHECK_CRITICAL, f"no successful cycle of {oldest_who} for {oldest_age / 60:.0f} min")
     elif oldest_age >= warn_s:

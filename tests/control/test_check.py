@@ -83,6 +83,12 @@ def test_paused_rejected_reload_and_held_back_deletions_are_warnings() -> None:
     assert code == CHECK_WARNING and "deletions held back" in line
 
 
+def test_a_failing_public_folder_cycle_is_a_warning() -> None:
+    code, line = evaluate_check(status(public_folder={"state": "error", "last_result": "error"}), NOW)
+    assert code == CHECK_WARNING and "public contacts folder" in line
+    assert evaluate_check(status(public_folder={"state": "idle", "last_result": "ok"}), NOW)[0] == CHECK_OK
+
+
 def test_disabled_is_ok_and_garbage_unknown() -> None:
     assert evaluate_check(status(state="disabled"), NOW)[0] == CHECK_OK
     assert evaluate_check({"no": "state"}, NOW)[0] == CHECK_UNKNOWN

@@ -11,7 +11,6 @@ same state dir, so one ``ca.pem`` serves both front ends.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -722,7 +721,3 @@ def _ordered(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.extend(pending)
             break
     return out
-
-
-def now_text() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()

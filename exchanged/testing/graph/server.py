@@ -295,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {k.lower(): v for k, v in self.headers.items()}
             if pattern == "POST /v1.0/$batch":
                 payload = _json_body(body)
-                mailboxes = _batch_mailboxes(payload)
+                mailboxes = sorted({app.mailbox_key(m) for m in _batch_mailboxes(payload)})
                 if not app.enter_mailboxes(mailboxes):
                     mailboxes = []
                     self._send_graph(concurrency_throttled())
@@ -304,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
                 response = app.batch(payload, grant, headers)
             else:
                 found = match_route(method, path)
-                mailboxes = [found[1]["user"].lower()] if found else []
+                mailboxes = [app.mailbox_key(found[1]["user"])] if found else []
                 if not app.enter_mailboxes(mailboxes):
                     mailboxes = []
                     self._send_graph(concurrency_throttled())
@@ -510,6 +510,13 @@ class GraphTestServer(ServedOverTls):
         with self._lock:
             self._stats.active -= 1
 
+    def mailbox_key(self, user: str) -> str:
+        """The mailbox a /users/{user} segment names (address or user id), for per-mailbox limits."""
+        from .base import user_id
+
+        wanted = user.lower()
+        return next((m for m in self._mailboxes if wanted == user_id(m)), wanted)
+
     def enter_mailboxes(self, mailboxes: list[str]) -> bool:
         """Count a request against each mailbox it touches; False (and counted as throttled) when
         one is at Exchange Online's limit of concurrent requests per app and mailbox."""
@@ -633,7 +640,7 @@ class GraphTestServer(ServedOverTls):
         for req in _ordered(requests):
             rid = str(req["id"])
             failed_deps = [d for d in _depends(req) if statuses.get(d, 500) >= 400]
-            mailbox = next(iter(_batch_mailboxes({"requests": [req]})), "")
+            mailbox = next((self.mailbox_key(m) for m in _batch_mailboxes({"requests": [req]})), "")
             if mailbox and not _depends(req):
                 at_once[mailbox] += 1
             if (

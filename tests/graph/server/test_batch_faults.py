@@ -146,6 +146,10 @@ def test_mailbox_concurrency_limit(graph: Graph) -> None:
         assert r.status_code == 429 and r.headers["Retry-After"] == "1"
         assert r.json()["error"]["message"] == "Application is over its MailboxConcurrency limit."
         assert graph.get("/users/bob@example.test/events").status_code == 200
+        # the same mailbox named by its user id is the same mailbox
+        from exchanged.testing.graph.base import user_id
+
+        assert graph.get(f"/users/{user_id('alice@example.test')}/events").status_code == 429
         r = batch(graph, [{"id": "1", "method": "GET", "url": f"{U}/events"}])
         assert r.status_code == 429
     finally:

@@ -1,6 +1,7 @@
 """In this process: a first export of N PSA appointments over Microsoft Graph, then cycles with
 nothing to do, through the adapters and runner the daemon builds from a ``use_ms_graph`` config,
-against the Graph test server (``python -m exchanged.testing.graph``) in a child process.
+against the Graph test server (``python -m exchanged.testing.graph``) in a child process, with
+Exchange Online's limit of 4 requests per mailbox at once applied to $batch parts.
 
 Figures (issue 15): graph_initial_export_requests (Graph requests of the first cycle; target
 ``ceil(N/20) + 10``: writes go in $batches of 20) and graph_noop_cycle_requests_per_user (target:
@@ -57,6 +58,14 @@ class GraphProcess:
             stats = json.loads(resp.read())
         return {k: v for k, v in stats["requests"].items() if " /v1.0/" in k}
 
+    def exchange_online_limits(self) -> None:
+        """Exchange Online's 4 requests per mailbox at once, counted for $batch parts too."""
+        req = urllib.request.Request(f"{self.url}/__emulator/faults", method="POST",
+                                     data=json.dumps({"batch_mailbox_concurrency": 4}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self._ctx, timeout=60):
+            pass
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -99,6 +108,7 @@ async def _export_and_noop(sizes: GraphSizes) -> None:
     (work.path / "graph").mkdir()
     graph = GraphProcess(work.path / "graph", [mailbox])
     try:
+        graph.exchange_online_limits()
         seed_psa(f"sqlite:///{work.path / 'psa.db'}", [mailbox], {1: sizes.items}, utcnow())
         cfg = load_config(_config(work.path, graph, [mailbox]))
         openers = Openers()

@@ -469,7 +469,21 @@ class GraphClient:
         lane = self.lane(mailbox)
         while pending:
             attempt += 1
-            doc = {"requests": [{"id": str(n + 1), **requests[n]} for n in pending]}
+            # Exchange Online runs at most 4 requests per mailbox at once, $batch parts included
+            # (more are refused with 429). The parts go as one chain (each dependsOn the one before:
+            # the "serial" pattern among Graph's documented dependsOn patterns; parallel chains are
+            # not among them), so none is refused for concurrency; a part whose predecessor failed
+            # answers 424 and is sent again at once
+            doc = {
+                "requests": [
+                    {
+                        "id": str(n + 1),
+                        **requests[n],
+                        **({"dependsOn": [str(pending[k - 1] + 1)]} if k else {}),
+                    }
+                    for k, n in enumerate(pending)
+                ]
+            }
             reply = await self.call(mailbox, op, "POST", "/$batch", body=doc, write=write)
             parts = {str(p.get("id")): p for p in reply.doc.get("responses") or () if isinstance(p, Mapping)}
             retry: list[int] = []
@@ -499,8 +513,13 @@ class GraphClient:
                     retry.append(n)
                     hint = _retry_after(answer.headers)
                     wait = max(wait or 0.0, hint) if hint is not None else wait
+                elif answer.status == 424:  # not carried out: its predecessor in the chain failed
+                    retry.append(n)
             if not retry or attempt >= MAX_THROTTLED_ATTEMPTS:
                 break
+            pending = retry
+            if not any(answers[n].status in (429, 503) for n in retry):
+                continue  # only parts behind a failure: send them again at once
             delay = lane.gate.throttled(wait)
             log.warning(
                 "%s: %s: %d of %d requests throttled, backing off %.1f s",
@@ -511,7 +530,6 @@ class GraphClient:
                 delay,
             )
             await lane.gate.wait_turn()
-            pending = retry
         return [answers[n] for n in range(len(requests))]
 
     async def pages(

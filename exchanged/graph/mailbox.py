@@ -426,7 +426,7 @@ class GraphMailbox:
     # -- writing ---------------------------------------------------------------------------------------
 
     def _item_error(self, key: str, answer: Answer) -> ItemError:
-        retryable = answer.status in (409, 412, 429, 503, 504, 599) or answer.status >= 500
+        retryable = answer.status in (409, 412, 424, 429, 503, 504, 599) or answer.status >= 500
         code = answer.code or f"HTTP {answer.status}"
         return ItemError(key, code, f"{self._address}: {answer.message or code}", retryable=retryable)
 

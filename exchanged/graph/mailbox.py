@@ -312,6 +312,10 @@ class GraphMailbox:
             keyed = await self._keyed(folder, collection)
             for d in unknown:
                 self._keys[d["id"]] = None
+                found = keyed.get(d["id"])
+                if found is not None:  # its properties / links (key and exact values) with it
+                    d.update({k: v for k, v in found[1].items()
+                              if k in ("singleValueExtendedProperties", "linkedResources")})
             for item_id, (key, _doc) in keyed.items():
                 self._keys[item_id] = key
             return

@@ -342,3 +342,16 @@ async def test_check_accepts_permissions_granted_by_rbac_for_applications(graph:
     await acc.aclose()
     assert all(r.ok for r in results.values()), results
     assert "RBAC for Applications" in results["Calendars.ReadWrite"].message
+
+
+async def test_after_a_restart_many_tasks_keep_their_times_of_day(graph: FakeGraph) -> None:
+    first = GraphAccount(SETTINGS, transport=graph.transport(), tokens=FakeTokens(), now=lambda: T0)  # type: ignore[arg-type]
+    due = datetime(2026, 12, 10, 17, 30, tzinfo=UTC)
+    tasks = [NewItem(Kind.TODO, f"todo:{n}", Task(f"Call {n}", due=due)) for n in range(50)]
+    await first.mailbox(ALICE).create(FolderKind.TASKS, tasks)
+    await first.aclose()
+    fresh = GraphAccount(SETTINGS, transport=graph.transport(), tokens=FakeTokens(), now=lambda: T0)  # type: ignore[arg-type]
+    items, _, _ = await everything(fresh, FolderKind.TASKS)  # more than 40 unknown: one keyed listing
+    await fresh.aclose()
+    assert len(items) == 50
+    assert {i.payload.due for i in items.values()} == {due}  # type: ignore[union-attr]

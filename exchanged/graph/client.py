@@ -468,7 +468,6 @@ class GraphClient:
         attempt = 0
         lane = self.lane(mailbox)
         while pending:
-            attempt += 1
             # Exchange Online runs at most 4 requests per mailbox at once, $batch parts included
             # (more are refused with 429). The parts go as one chain (each dependsOn the one before:
             # the "serial" pattern among Graph's documented dependsOn patterns; parallel chains are
@@ -515,10 +514,13 @@ class GraphClient:
                     wait = max(wait or 0.0, hint) if hint is not None else wait
                 elif answer.status == 424:  # not carried out: its predecessor in the chain failed
                     retry.append(n)
-            if not retry or attempt >= MAX_THROTTLED_ATTEMPTS:
+            throttled = any(answers[n].status in (429, 503) for n in retry)
+            attempt += throttled
+            # a round with only 424s always progresses (the chain's head never waits on anything)
+            if not retry or attempt >= MAX_THROTTLED_ATTEMPTS or (len(retry) >= len(pending) and not throttled):
                 break
             pending = retry
-            if not any(answers[n].status in (429, 503) for n in retry):
+            if not throttled:
                 continue  # only parts behind a failure: send them again at once
             delay = lane.gate.throttled(wait)
             log.warning(

@@ -74,3 +74,15 @@ async def test_a_failed_part_stops_nothing_behind_it(server: GraphTestServer) ->
     await acc.aclose()
     assert [r is None for r in results] == [True, True, False, True, True], results
     assert results[2] is not None and results[2].code == "ErrorItemNotFound"
+
+
+async def test_many_failed_parts_in_one_batch_still_answer_every_part(server: GraphTestServer) -> None:
+    acc = account(server)
+    mb = acc.mailbox(ALICE)
+    created = await mb.create(FolderKind.CALENDAR, [appt(n) for n in range(20)])
+    ids = [c.item_id for c in created if isinstance(c, ExchangeItem)]
+    gone = ids[::2]  # every second one deleted first: 10 of the 20 parts below answer 404
+    assert await mb.delete(FolderKind.CALENDAR, gone) == [None] * 10
+    results = await mb.delete(FolderKind.CALENDAR, ids)
+    await acc.aclose()
+    assert [r is None for r in results] == [n % 2 == 1 for n in range(20)], results

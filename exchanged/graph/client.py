@@ -517,7 +517,8 @@ class GraphClient:
             throttled = any(answers[n].status in (429, 503) for n in retry)
             attempt += throttled
             # a round with only 424s always progresses (the chain's head never waits on anything)
-            if not retry or attempt >= MAX_THROTTLED_ATTEMPTS or (len(retry) >= len(pending) and not throttled):
+            stuck = len(retry) >= len(pending) and not throttled
+            if not retry or attempt >= MAX_THROTTLED_ATTEMPTS or stuck:
                 break
             pending = retry
             if not throttled:

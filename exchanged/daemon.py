@@ -638,12 +638,9 @@ class Daemon:
         requests: dict[tuple[str, str], int] = {}
         waits: dict[str, int] = {}
         for adapter in (account, psa):
-            counts = getattr(adapter, "request_counts", None)
-            if callable(counts):
-                requests.update(counts())
-            throttled = getattr(adapter, "throttle_waits", None)
-            if callable(throttled):
-                waits.update(throttled())
+            if adapter is not None:
+                requests.update(adapter.request_counts())
+                waits.update(adapter.throttle_waits())
         return Snapshot(
             cycles=dict(self._cycles),
             last_success={m: r.last_success.timestamp() for m, r in self.records.items()

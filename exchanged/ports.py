@@ -143,7 +143,32 @@ class ExchangeAccount(Protocol):
         """Log in, check EWS access and impersonation for each mailbox (check-config --connect)."""
         ...
 
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """(service, operation) -> calls sent since the account was opened (metrics)."""
+        ...
+
+    def throttle_waits(self) -> dict[str, int]:
+        """service -> back-offs waited for since the account was opened (metrics)."""
+        ...
+
+    def back_off_until(self) -> tuple[float, bool] | None:
+        """(trio time, asked by the server) of the back-off the account waits for now, or None."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+class ExchangeAccountBase:
+    """The defaults of the optional members of :class:`ExchangeAccount`: no counters, no back-off."""
+
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        return {}
+
+    def throttle_waits(self) -> dict[str, int]:
+        return {}
+
+    def back_off_until(self) -> tuple[float, bool] | None:
+        return None
 
 
 class PushSink(Protocol):
@@ -279,6 +304,14 @@ class PsaConnector(Protocol):
         """The connector's request budget for ``status.psa.budget``; None: it has none."""
         ...
 
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """(service, operation) -> PSA calls since the connector was opened (metrics)."""
+        ...
+
+    def throttle_waits(self) -> dict[str, int]:
+        """service -> back-offs waited for since the connector was opened (metrics)."""
+        ...
+
     async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
         """A cheap look at which resources' rows changed since the probe that returned ``cursor``
         (``sync.psa_poll_seconds``; the daemon then cycles only their users). None: the connector
@@ -290,7 +323,7 @@ class PsaConnector(Protocol):
 
 class PsaConnectorBase:
     """The defaults of the optional members of :class:`PsaConnector`: nothing unstored, no change
-    token (every cycle loads), nothing to interrupt, no budget."""
+    token (every cycle loads), nothing to interrupt, no budget, no counters."""
 
     unstored_import_fields: frozenset[str] = frozenset()
 
@@ -302,6 +335,12 @@ class PsaConnectorBase:
 
     def budget_status(self) -> dict[str, Any] | None:
         return None
+
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        return {}
+
+    def throttle_waits(self) -> dict[str, int]:
+        return {}
 
     async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
         return None
@@ -424,6 +463,7 @@ __all__ = [
     "ChangePage",
     "CheckResult",
     "ExchangeAccount",
+    "ExchangeAccountBase",
     "ExchangeMailbox",
     "FolderState",
     "ItemError",

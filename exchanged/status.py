@@ -175,8 +175,7 @@ def public_folder_row(scheduler: Scheduler, records: Mapping[str, CycleRecord]) 
 def exchange_row(exchange: ExchangeStatus, account: ExchangeAccount | None) -> ExchangeStatus:
     """``exchange`` with the back-off the account waits for now, if any (throttling)."""
     row = replace(exchange, back_off_until=None, back_off_by_server=None)
-    back_off = getattr(account, "back_off_until", None)
-    closed = back_off() if callable(back_off) else None
+    closed = account.back_off_until() if account is not None else None
     if closed is not None:
         until, by_server = closed
         at = now() + timedelta(seconds=max(0.0, until - trio.current_time()))

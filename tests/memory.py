@@ -56,6 +56,7 @@ from exchanged.model import (
 from exchanged.ports import (
     ChangePage,
     CheckResult,
+    ExchangeAccountBase,
     FolderState,
     ItemUpdate,
     Lease,
@@ -455,7 +456,7 @@ def _batches(n: int) -> int:
     return max(1, -(-n // BATCH_SIZE))
 
 
-class MemoryExchange:
+class MemoryExchange(ExchangeAccountBase):
     """Implements ``ports.ExchangeAccount`` over in-memory mailboxes.
 
     ``known_mailboxes``: when given, other addresses raise ``MailboxNotFound`` on use; otherwise a

@@ -35,7 +35,7 @@ from exchanged.exchange.convert import UTC_EWS
 from exchanged.exchange.errmap import is_ambiguous, map_error
 from exchanged.exchange.services import GetFolderHinted, ResolveNamesHinted
 from exchanged.exchange.settings import ExchangeSettings, UserCredentials
-from exchanged.ports import CheckResult
+from exchanged.ports import CheckResult, ExchangeAccountBase
 
 log = logging.getLogger("exchanged.exchange")
 T = TypeVar("T")
@@ -123,7 +123,7 @@ class Session:
     login: str
 
 
-class EwsAccount:
+class EwsAccount(ExchangeAccountBase):
     """``ports.ExchangeAccount`` over exchangelib."""
 
     def __init__(self, settings: ExchangeSettings) -> None:

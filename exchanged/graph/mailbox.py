@@ -43,7 +43,7 @@ from exchanged.graph.client import (
     user_path,
 )
 from exchanged.model import ExchangeItem, FolderKind, ItemError
-from exchanged.ports import ChangePage, CheckResult, ItemUpdate, NewItem
+from exchanged.ports import ChangePage, CheckResult, ExchangeAccountBase, ItemUpdate, NewItem
 
 log = logging.getLogger("exchanged.graph")
 
@@ -729,7 +729,7 @@ class GraphMailbox:
         return out
 
 
-class GraphAccount:
+class GraphAccount(ExchangeAccountBase):
     """``ports.ExchangeAccount`` over Graph: one token source and HTTP client for every mailbox."""
 
     def __init__(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from exchanged.engine.actions import (
     ExchangeCreate,
@@ -47,8 +47,6 @@ from exchanged.ports import PsaWrite
 
 GONE_CODES = frozenset({"ErrorItemNotFound", "not_found"})  # a delete of what is gone is done
 
-COUNTS = ("exported", "imported", "updated", "deleted")  # ``Counts`` fields; "adopted" is apart
-
 
 @dataclass(frozen=True, slots=True)
 class Journal:
@@ -71,7 +69,7 @@ class Effect:
     keep: Mapping | None = None  # upsert this mapping (first)
     drop: tuple[str, ...] = ()  # then drop these mappings (psa keys)
     journal: Journal | None = None
-    count: str | None = None  # a ``COUNTS`` field, or "adopted"
+    count: Literal["exported", "imported", "updated", "deleted", "adopted"] | None = None
     error: ItemError | None = None  # the write failed for this item
     error_key: str = ""  # the key the item error is recorded under
     psa_hash: tuple[str, str] | None = None  # (psa_key, hash of the row the PSA returned)
@@ -191,5 +189,5 @@ def deleted(action: ExchangeDelete, result: ItemError | None) -> Effect:
                                   action.reason))
 
 
-__all__ = ["COUNTS", "GONE_CODES", "Effect", "Journal", "adopted", "created", "deleted", "exchange_mapping",
+__all__ = ["GONE_CODES", "Effect", "Journal", "adopted", "created", "deleted", "exchange_mapping",
            "failed", "psa_result", "psa_write", "updated"]

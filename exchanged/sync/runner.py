@@ -619,10 +619,17 @@ class SyncRunner:
             self._wrote(run, folder, effect.wrote)
         if effect.mirror_delete is not None and folder is not None:
             batch.mirror_deletes.setdefault(folder, []).append(effect.mirror_delete)
+        counts = run.outcome.counts
         if effect.count == "adopted":
             run.outcome.adopted += 1
-        elif effect.count is not None:
-            setattr(run.outcome.counts, effect.count, getattr(run.outcome.counts, effect.count) + 1)
+        elif effect.count == "exported":
+            counts.exported += 1
+        elif effect.count == "imported":
+            counts.imported += 1
+        elif effect.count == "updated":
+            counts.updated += 1
+        elif effect.count == "deleted":
+            counts.deleted += 1
         if effect.journal is not None:
             j = effect.journal
             batch.journal.append(self._journal(run, j.side, j.action, j.kind, j.key, j.item_id, j.fields,

@@ -414,3 +414,5 @@ async def test_the_optional_members_have_their_typed_defaults(harness: PsaHarnes
         assert await psa.change_token(JANE, kinds, WINDOW) != first
     budget = psa.budget_status()
     assert budget is None or isinstance(budget, dict)
+    assert all(isinstance(k, tuple) and isinstance(n, int) for k, n in psa.request_counts().items())
+    assert all(isinstance(n, int) for n in psa.throttle_waits().values())

@@ -240,3 +240,15 @@ async def test_an_update_may_write_the_whole_category_list(harness: Harness) -> 
     assert isinstance(res, ExchangeItem) and res.categories == ("PSA", "Red", "PSA-2")
     [now] = (await mb.find_by_psa_keys(FolderKind.CALENDAR, ["appointment:1"])).values()
     assert now.categories == ("PSA", "Red", "PSA-2")
+
+
+async def test_the_optional_members_have_their_typed_defaults(harness: Harness) -> None:
+    """Every account answers the optional members of the port (``ExchangeAccountBase`` gives the
+    defaults): the daemon's status and metrics call them, nobody probes for them."""
+    account = harness.account
+    assert [page async for page in account.mailbox(ALICE).changes(FolderKind.CALENDAR, None)]
+    counts = account.request_counts()
+    assert all(isinstance(k, tuple) and len(k) == 2 and isinstance(n, int) for k, n in counts.items())
+    assert all(isinstance(n, int) for n in account.throttle_waits().values())
+    closed = account.back_off_until()
+    assert closed is None or (isinstance(closed[0], float) and isinstance(closed[1], bool))

@@ -206,15 +206,38 @@ class Dispatcher(FolderOps, ItemOps, SyncOps):
         source = op.find(m("SourceIds"))
         for alt in [] if source is None else list(source):
             ident = alt.get("Id", "")
-            if id_kind(ident) is None:
+            kind = id_kind(ident)
+            if kind is None:
                 error(container, "ConvertId", EwsError("ErrorInvalidIdMalformed", "Id is malformed."))
+                continue
+            # Exchange answers with the primary SMTP address of the mailbox that holds the id, whatever
+            # Mailbox the client sent (clients learn their own address this way).
+            owner = self._id_owner(ident, kind)
+            if owner is None:
+                error(container, "ConvertId", EwsError(
+                    "ErrorItemNotFound", "The specified object was not found in the store."))
+                continue
+            if dest not in ("EwsId", "EwsLegacyId"):
+                error(container, "ConvertId", EwsError(
+                    "ErrorInvalidRequest",
+                    f"DestinationFormat {dest} is not supported by this test server (EwsId only)."))
                 continue
             msg = success(container, "ConvertId")
             out = sub(msg, m("AlternateId"))
             out.set("{http://www.w3.org/2001/XMLSchema-instance}type", "t:AlternateIdType")
             out.set("Format", dest)
             out.set("Id", ident)
-            out.set("Mailbox", alt.get("Mailbox", ""))
+            out.set("Mailbox", owner)
+
+    def _id_owner(self, ident: str, kind: bytes) -> str | None:
+        """The primary SMTP address of the mailbox holding a folder, item or occurrence id."""
+        from .recurrence import parse_occurrence_id
+
+        if kind == b"F":
+            folder = self.store.folder(ident)
+            return None if folder is None else folder.mailbox
+        row = self.store.item(parse_occurrence_id(ident)[0] if kind == b"O" else ident)
+        return None if row is None else row.mailbox
 
     # -- GetUserConfiguration -------------------------------------------------------------------------
     def op_GetUserConfiguration(self, ctx: Ctx, op: Element, body: Element) -> None:

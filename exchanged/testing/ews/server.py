@@ -38,6 +38,10 @@ EWS_PATH = "/EWS/Exchange.asmx"
 THROTTLE_STYLES = ("fault", "message")
 REQUEST_LOG_MAX = 10_000
 DEFAULT_PASSWORD = "SECRET"
+SERVICE_PAGE = (
+    b"<html><head><title>Service</title></head><body><h1>Service</h1>"
+    b"<p>You have created a service.</p></body></html>"
+)
 
 
 @dataclass
@@ -123,6 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._read_body()
         if self.path == "/__emulator/stats":
             self._send_json(200, self.server.app.stats())
+        elif self.path.split("?", 1)[0].lower() == EWS_PATH.lower():
+            # IIS in front of Exchange: the challenge first, then the service's page (clients such
+            # as DavMail probe the URL this way before they serve anything).
+            if self._authenticate() is not None:
+                self._send(200, SERVICE_PAGE, "text/html; charset=utf-8")
         else:
             self._send(404, b"Not found", "text/plain")
 

@@ -346,12 +346,16 @@ class SyncRunner:
                                              changed, frozenset(), token=token)
         state = await self.state.load_user(target.name)
         suspect: set[FolderKind] = set()
+        wrote = bool(self._cache.written.get(target.name))  # writes of ours the next sync must see
         for folder in folders:
             fs = state.folders.setdefault(folder, FolderState())
             identity_changed = bool(self.server_identity) and fs.server_identity not in (
                 None, self.server_identity)
             if identity_changed:
                 suspect.add(folder)
+            if target.exchange_unchanged and not full and not identity_changed and fs.sync_state is not None \
+                    and not wrote:
+                continue  # vouched for (a silent subscription), and no write of ours waits to be seen
             known = self._cache.written_in(target.name, folder, commit)
             if await self._sync_folder(target.name, mailbox, fs, folder, restart=full or identity_changed,
                                        commit=commit, known=known):

@@ -224,3 +224,19 @@ async def test_a_vouched_quiet_cycle_reads_no_folder_but_still_sees_the_psa() ->
     out = await w.runner.run_cycle(w.user)
     assert out.result == "ok" and w.exchange.requests["SyncFolderItems"] > before_sync
     await w.assert_converged()
+
+
+async def test_a_vouched_cycle_without_a_quiet_memo_reads_no_folder_unless_it_wrote() -> None:
+    """The first cycle after a restart (no memo) trusts the vouching too, from the stored sync
+    states; a runner that wrote in its last cycle reads anyway (its writes are not seen yet)."""
+    w, key = await quiet_world()
+    fresh = SyncRunner(w.exchange, w.psa, w.state, now=lambda: w.now)  # a restarted daemon
+    before = w.exchange.requests["SyncFolderItems"]
+    out = await fresh.run_cycle(w.user, exchange_unchanged=True)
+    assert out.result == "ok" and w.exchange.requests["SyncFolderItems"] == before, out
+    w.psa.edit(key, subject="visit (moved again)")
+    out = await fresh.run_cycle(w.user, exchange_unchanged=True)  # writes to Exchange
+    assert out.result == "ok" and out.counts.updated == 1, out
+    out = await fresh.run_cycle(w.user, exchange_unchanged=True)
+    assert out.result == "ok" and w.exchange.requests["SyncFolderItems"] > before  # read its write
+    await w.assert_converged()

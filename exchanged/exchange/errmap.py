@@ -125,6 +125,10 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
         return errors.MailboxNotFound(f"{where}: Exchange has no mailbox {mailbox}", mailbox=mailbox)
     if isinstance(exc, ews.ErrorInvalidSyncStateData):
         return errors.SyncStateInvalid(f"{where}: the server refused the stored sync state", mailbox=mailbox)
+    if isinstance(exc, ews.ErrorServerBusy) and "Reraised from ErrorTimeoutExpired" in str(exc):
+        # exchangelib re-raises a connection failure (refused, DNS, timeout: its ErrorTimeoutExpired)
+        # as ErrorServerBusy once its session pool holds two sessions: unreachable, not throttling
+        return _unavailable(mailbox, op, host, text, ambiguous=is_ambiguous(exc), timeouts=timeouts)
     if isinstance(exc, ews.ErrorServerBusy):
         ambiguous = "closed connection" in str(exc)
         err = errors.Throttled(f"{where}: Exchange is busy (ErrorServerBusy: {_short(exc)})",

@@ -82,6 +82,15 @@ async def test_an_unreachable_server_gets_one_quick_retry_and_leaves_the_gate_op
         assert calls == [2]
         assert trio.current_time() - start <= QUICK_RETRY_S  # MockClock: the waits, not real time
         assert acc.back_off_until() is None
+    # exchangelib re-raises the same as ErrorServerBusy once its pool has two sessions: still no throttling
+    busy = ErrorServerBusy(
+        "Reraised from ErrorTimeoutExpired(Reraised from ConnectionError(HTTPSConnectionPool(host='mail', "
+        "port=443): Max retries exceeded (Caused by NewConnectionError('Failed to establish a new "
+        "connection: [Errno 111] Connection refused'))))", back_off=1.0)
+    calls, fn = _script(busy, busy, "never")
+    with pytest.raises(errors.ExchangeUnavailable, match="refused"):
+        await acc.call("a@example.test", "GetFolder", fn)  # type: ignore[arg-type]
+    assert calls == [2] and acc.back_off_until() is None
     dns = ErrorTimeoutExpired("Reraised from ConnectionError(NameResolutionError(Failed to resolve))")
     calls, fn = _script(dns, dns, "never")
     with pytest.raises(errors.ExchangeUnavailable, match="cannot resolve"):

@@ -33,7 +33,7 @@ from exchanged.control.protocol import ConfigStatus, ExchangeStatus, StatusDocum
 from exchanged.errors import ControlError, ExchangedError, present
 from exchanged.leases import LeaseUnavailable, lease_ttl_s, node_identity, run_leased
 from exchanged.logs import configure_from_config
-from exchanged.metrics import CONTENT_TYPE, Snapshot, write_textfile
+from exchanged.metrics import CONTENT_TYPE, CycleCounters, Snapshot
 from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
@@ -170,10 +170,7 @@ class Daemon:
         # owed even when the state store already knows them (re-enabled by a reload)
         self._unconfirmed: dict[str, bool] = {}
         # metrics (exchanged/metrics.py): counted since the start
-        self._cycles: dict[str, int] = {}
-        self._written: dict[tuple[str, str], int] = {}
-        self._held_back: dict[str, int] = {}
-        self._textfile_failed = False
+        self.counters = CycleCounters()
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
                                    max_concurrent=cfg.sync.max_concurrent_users,
                                    cycle_timeout_s=cfg.sync.cycle_timeout_minutes * 60)
@@ -614,19 +611,13 @@ class Daemon:
                        item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
         if not recorded:
             await self._persist_outcome(mailbox, started, outcome)
-        self._count(mailbox, outcome)
-        await self._write_textfile()
+        self.counters.count(mailbox, outcome)
+        if self.cfg.metrics.textfile:
+            await self.counters.write_textfile(self.cfg.metrics.textfile, self.metrics_snapshot())
         self.status_poke()
         return outcome
 
     # --- metrics ---------------------------------------------------------------------------------------
-
-    def _count(self, mailbox: str, outcome: CycleOutcome) -> None:
-        self._cycles[outcome.result] = self._cycles.get(outcome.result, 0) + 1
-        for slot, n in outcome.written.items():
-            self._written[slot] = self._written.get(slot, 0) + n
-        if outcome.result != "error":
-            self._held_back[mailbox] = outcome.held_back_deletes
 
     def metrics_snapshot(self) -> Snapshot:
         snap = self.scheduler.snapshot()
@@ -642,31 +633,17 @@ class Daemon:
                 requests.update(adapter.request_counts())
                 waits.update(adapter.throttle_waits())
         return Snapshot(
-            cycles=dict(self._cycles),
+            cycles=dict(self.counters.cycles),
             last_success={m: r.last_success.timestamp() for m, r in self.records.items()
                           if r.last_success is not None},
-            written=dict(self._written), requests=requests, throttle_waits=waits,
-            held_back=dict(self._held_back), users=users, config_generation=self.generation,
+            written=dict(self.counters.written), requests=requests, throttle_waits=waits,
+            held_back=dict(self.counters.held_back), users=users, config_generation=self.generation,
             config_loaded_at=self.loaded_at.timestamp(),
             exchange_reachable=self.exchange.reachable)
 
     async def metrics(self) -> dict[str, Any]:
         """The control method ``metrics``: the Prometheus text exposition."""
         return {"content_type": CONTENT_TYPE, "text": render_metrics(self.metrics_snapshot)}
-
-    async def _write_textfile(self) -> None:
-        path = self.cfg.metrics.textfile
-        if not path:
-            return
-        snapshot = self.metrics_snapshot()
-        try:
-            await trio.to_thread.run_sync(write_textfile, path, lambda: snapshot)
-        except OSError as exc:
-            if not self._textfile_failed:  # once per run of failures, not once per cycle
-                log.warning("cannot write metrics.textfile", path=path, error=str(exc))
-            self._textfile_failed = True
-        else:
-            self._textfile_failed = False
 
     def _note_exchange(self, reason: str, line: str) -> None:
         """What a failure says of the server: unreachable, or reachable with the login refused."""

@@ -36,6 +36,8 @@ from prometheus_client import CollectorRegistry, generate_latest, write_to_textf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exchanged.model import CycleOutcome
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -122,4 +124,37 @@ def write_textfile(path: str, snapshot: Callable[[], Snapshot]) -> None:
     write_to_textfile(path, _registry(snapshot))
 
 
-__all__ = ["CONTENT_TYPE", "MetricsCollector", "Snapshot", "render", "write_textfile"]
+@dataclass(slots=True)
+class CycleCounters:
+    """What the daemon counts since its start from its cycles' outcomes (for ``Snapshot``), and
+    the ``metrics.textfile`` written after each cycle."""
+
+    cycles: dict[str, int] = field(default_factory=dict)  # by result
+    written: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, side) -> writes
+    held_back: dict[str, int] = field(default_factory=dict)  # mailbox -> deletes held back
+    textfile_failed: bool = False  # the last write of the textfile failed (warned once per run)
+
+    def count(self, mailbox: str, outcome: CycleOutcome) -> None:
+        self.cycles[outcome.result] = self.cycles.get(outcome.result, 0) + 1
+        for slot, n in outcome.written.items():
+            self.written[slot] = self.written.get(slot, 0) + n
+        if outcome.result != "error":
+            self.held_back[mailbox] = outcome.held_back_deletes
+
+    async def write_textfile(self, path: str, snapshot: Snapshot) -> None:
+        """``write_textfile`` in a worker thread; a failure is logged once per run of failures."""
+        import structlog
+        import trio
+
+        try:
+            await trio.to_thread.run_sync(write_textfile, path, lambda: snapshot)
+        except OSError as exc:
+            if not self.textfile_failed:  # once per run of failures, not once per cycle
+                structlog.get_logger("exchanged.daemon").warning(
+                    "cannot write metrics.textfile", path=path, error=str(exc))
+            self.textfile_failed = True
+        else:
+            self.textfile_failed = False
+
+
+__all__ = ["CONTENT_TYPE", "CycleCounters", "MetricsCollector", "Snapshot", "render", "write_textfile"]

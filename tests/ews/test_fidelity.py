@@ -6,12 +6,20 @@ of tests/ews they also run against a real Exchange (EXCHANGED_TEST_EWS_*, see co
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+
 import requests
+from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
 from requests.auth import HTTPBasicAuth
 from requests_ntlm import HttpNtlmAuth
 
+from exchanged.testing.ews.fixtures import MAILBOXES, SERVICE_ACCOUNT
+
 from .conftest import NTLM, EwsTarget
 from .test_structure import NS, _post
+
+UTC = EWSTimeZone("UTC")
 
 
 def _auth(ews: EwsTarget) -> HttpNtlmAuth | HTTPBasicAuth:
@@ -68,3 +76,43 @@ def test_convert_id_answers_the_mailbox_that_holds_the_id(ews: EwsTarget) -> Non
     assert alt is not None
     assert alt.get("Mailbox", "").lower() == ews.mailboxes[0].lower()
     assert alt.get("Format") == "EwsId"
+
+
+# -- 3. Ids as long as Exchange's ------------------------------------------------------------------
+def test_item_and_folder_ids_are_as_long_as_exchanges(account, calendar) -> None:
+    """Exchange's ids are base64 of a structure naming the mailbox and the MAPI entry id: about 150
+    characters for an item, about 120 for a folder (clients tell an id from a name by its length)."""
+    start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    item = CalendarItem(account=account, folder=calendar, subject="id length", start=start,
+                        end=start + dt.timedelta(hours=1))
+    item.save()
+    assert len(item.id) >= 140
+    assert len(calendar.id) >= 100
+    assert base64.b64decode(item.id)  # base64, as Exchange's
+
+
+def test_ids_survive_a_restart(tmp_path) -> None:
+    from exchangelib.protocol import BaseProtocol
+
+    from exchanged.testing.ews.fixtures import running_server
+    from exchanged.testing.tls import ca_adapter_class
+
+    saved = BaseProtocol.HTTP_ADAPTER_CLS
+    try:
+        with running_server(tmp_path) as server:
+            BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
+            first = EwsTarget(server.url, server.ca_file, SERVICE_ACCOUNT[0], SERVICE_ACCOUNT[1],
+                              list(MAILBOXES), server).account()
+            start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+            item = CalendarItem(account=first, folder=first.calendar, subject="kept", start=start,
+                                end=start + dt.timedelta(hours=1))
+            item.save()
+            calendar_id = first.calendar.id
+        with running_server(tmp_path) as server:
+            BaseProtocol.HTTP_ADAPTER_CLS = ca_adapter_class(server.ca_file)
+            again = EwsTarget(server.url, server.ca_file, SERVICE_ACCOUNT[0], SERVICE_ACCOUNT[1],
+                              list(MAILBOXES), server).account()
+            assert again.calendar.id == calendar_id
+            assert again.calendar.get(id=item.id).subject == "kept"
+    finally:
+        BaseProtocol.HTTP_ADAPTER_CLS = saved

@@ -22,7 +22,7 @@ from lxml import etree
 
 from . import items as it
 from .soap import EwsError, fmt_dt, local, parse_dt, sub, t
-from .store import ItemRow
+from .store import INSTRUCTION_NORMAL, INSTRUCTION_OCCURRENCE, ItemRow, id_kind, parse_id
 
 Element = Any
 PRIVATE = "urn:exchanged:ews-test"
@@ -34,22 +34,29 @@ _INDEX = {"First": 0, "Second": 1, "Third": 2, "Fourth": 3, "Last": -1}
 
 # -- ids ----------------------------------------------------------------------------------------------
 def occurrence_id(master_id: str, original: dt.datetime) -> str:
-    raw = base64.b64decode(master_id)
-    return base64.b64encode(b"EXDO" + raw[4:20] + struct.pack(">q", int(original.timestamp()))).decode()
+    """The id of one occurrence: the master's id with the occurrence instruction and its start."""
+    stamp = struct.pack(">q", int(original.timestamp()))
+    parsed = parse_id(master_id)
+    if parsed is None:  # the short form of ids written by an older server
+        raw = base64.b64decode(master_id)
+        return base64.b64encode(b"EXDO" + raw[4:20] + stamp).decode()
+    return parsed.packed(INSTRUCTION_OCCURRENCE, stamp)
 
 
 def is_occurrence_id(value: str) -> bool:
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except ValueError:
-        return False
-    return len(raw) == 28 and raw.startswith(b"EXDO")
+    return id_kind(value) == b"O"
 
 
 def parse_occurrence_id(value: str) -> tuple[str, dt.datetime]:
-    raw = base64.b64decode(value)
-    master = base64.b64encode(b"EXDI" + raw[4:20]).decode()
-    (stamp,) = struct.unpack(">q", raw[20:28])
+    parsed = parse_id(value)
+    if parsed is None:
+        raw = base64.b64decode(value)
+        master = base64.b64encode(b"EXDI" + raw[4:20]).decode()
+        stamp_bytes = raw[20:28]
+    else:
+        master = parsed.packed(INSTRUCTION_NORMAL)
+        stamp_bytes = parsed.extra
+    (stamp,) = struct.unpack(">q", stamp_bytes)
     return master, dt.datetime.fromtimestamp(stamp, dt.UTC)
 
 

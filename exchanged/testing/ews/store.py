@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import os
 import sqlite3
+import struct
 import threading
 import uuid
 from dataclasses import dataclass
@@ -68,9 +69,93 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def new_id(kind: bytes) -> str:
-    """An opaque id shaped like Exchange's (base64 with a fixed prefix we can recognise)."""
-    return base64.b64encode(b"EXD" + kind + uuid.uuid4().bytes).decode()
+# Ids are shaped as Exchange's EWS ids are (about 150 base64 characters for an item): base64 of
+# [compression 0][IdStorageType 3 = MailboxItemMailboxGuidBased][u16 length][the mailbox GUID as text]
+# [processing instruction: 0 normal, 1 occurrence][u16 length][MAPI entry id][occurrence: 8 bytes].
+# The entry id is a MAPI one: flags, the store's provider UID, the type (1 folder, 7 message), the
+# database GUID and 6-byte global counters of the folder (and of the message). Clients tell an id from
+# a name by its length. Ids of the earlier short form ("EXD" + kind + 16 bytes) are still understood,
+# so a --state-dir written by an older server keeps working.
+_ID_STORAGE_MAILBOX_GUID = 3
+_EID_FOLDER = 1
+_EID_MESSAGE = 7
+INSTRUCTION_NORMAL = 0
+INSTRUCTION_OCCURRENCE = 1
+_DB_GUID = uuid.UUID("6d5c4b3a-2f1e-4d0c-9b8a-796857463524").bytes
+
+
+def mailbox_guid(mailbox: str) -> str:
+    """The mailbox's (stable) GUID: the same address gives the same GUID after a restart."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + mailbox.lower()))
+
+
+def _counter() -> bytes:
+    return uuid.uuid4().bytes[:6]
+
+
+def _entry_id(mailbox: str, kind: bytes, folder_counter: bytes) -> bytes:
+    provider = uuid.uuid5(uuid.NAMESPACE_URL, "store:" + mailbox.lower()).bytes
+    head = b"\0\0\0\0" + provider
+    if kind == b"F":
+        return head + struct.pack("<H", _EID_FOLDER) + _DB_GUID + folder_counter + b"\0\0"
+    return (head + struct.pack("<H", _EID_MESSAGE) + _DB_GUID + folder_counter + b"\0\0"
+            + _DB_GUID + _counter() + b"\0\0")
+
+
+def _pack(moniker: bytes, entry_id: bytes, instruction: int, extra: bytes) -> str:
+    raw = (bytes([0, _ID_STORAGE_MAILBOX_GUID]) + struct.pack("<H", len(moniker)) + moniker
+           + bytes([instruction]) + struct.pack("<H", len(entry_id)) + entry_id + extra)
+    return base64.b64encode(raw).decode()
+
+
+@dataclass(frozen=True)
+class ParsedId:
+    moniker: bytes
+    instruction: int
+    entry_id: bytes
+    extra: bytes
+
+    @property
+    def kind(self) -> bytes:
+        if self.instruction == INSTRUCTION_OCCURRENCE:
+            return b"O"
+        return b"F" if struct.unpack("<H", self.entry_id[20:22])[0] == _EID_FOLDER else b"I"
+
+    def packed(self, instruction: int, extra: bytes = b"") -> str:
+        """This id with another processing instruction (an occurrence's, or the master's)."""
+        return _pack(self.moniker, self.entry_id, instruction, extra)
+
+
+def parse_id(value: str) -> ParsedId | None:
+    """The parts of an id in Exchange's form, None for anything else."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+        if raw[:2] != bytes([0, _ID_STORAGE_MAILBOX_GUID]):
+            return None
+        (n,) = struct.unpack("<H", raw[2:4])
+        moniker, rest = raw[4 : 4 + n], raw[4 + n :]
+        instruction = rest[0]
+        (e,) = struct.unpack("<H", rest[1:3])
+        entry_id, extra = rest[3 : 3 + e], rest[3 + e :]
+    except (ValueError, TypeError, IndexError, struct.error):
+        return None
+    if len(moniker) != 36 or len(entry_id) not in (46, 70) or instruction not in (0, 1):
+        return None
+    if (instruction == INSTRUCTION_OCCURRENCE) != (len(extra) == 8) or (instruction == 0 and extra):
+        return None
+    return ParsedId(moniker, instruction, entry_id, extra)
+
+
+def new_id(kind: bytes, mailbox: str = "", folder_id: str | None = None) -> str:
+    """A new folder (b"F") or item (b"I") id in Exchange's form; an item's entry id carries the
+    global counter of its folder, as a MAPI message entry id does."""
+    folder_counter = _counter()
+    if kind == b"I" and folder_id:
+        parsed = parse_id(folder_id)
+        if parsed is not None:
+            folder_counter = parsed.entry_id[38:44]
+    return _pack(mailbox_guid(mailbox).encode(), _entry_id(mailbox, kind, folder_counter),
+                 INSTRUCTION_NORMAL, b"")
 
 
 def new_change_key() -> str:
@@ -79,6 +164,9 @@ def new_change_key() -> str:
 
 def id_kind(value: str) -> bytes | None:
     """b'F', b'I' or b'O' (occurrence) for our ids, None for anything malformed."""
+    parsed = parse_id(value)
+    if parsed is not None:
+        return parsed.kind
     try:
         raw = base64.b64decode(value, validate=True)
     except (ValueError, TypeError):
@@ -207,7 +295,7 @@ class Store:
         display_name: str,
     ) -> FolderRow:
         seq = self.next_seq(mailbox)
-        fid = new_id(b"F")
+        fid = new_id(b"F", mailbox)
         self._db.execute(
             "INSERT INTO folders VALUES (?,?,?,?,?,?,?,?,?,?,NULL)",
             (
@@ -307,7 +395,7 @@ class Store:
     # -- items ----------------------------------------------------------------------------------
     def add_item(self, mailbox: str, folder_id: str, item_type: str, xml: str) -> ItemRow:
         seq = self.next_seq(mailbox)
-        iid = new_id(b"I")
+        iid = new_id(b"I", mailbox, folder_id)
         now = utcnow().isoformat()
         self._db.execute(
             "INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -345,7 +433,7 @@ class Store:
             "INSERT INTO tombstones VALUES (?,?,?,?)", (item.id, item.folder_id, item.created_seq, seq)
         )
         seq = self.next_seq(item.mailbox)
-        moved_id = new_id(b"I")
+        moved_id = new_id(b"I", item.mailbox, folder_id)
         self._db.execute(
             "UPDATE items SET id = ?, folder_id = ?, change_key = ?, created_seq = ?, changed_seq = ?"
             " WHERE id = ?",

@@ -296,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", parents=[common],
         help="for monitoring (Nagios/Icinga plugin convention): exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
-        description="One line 'EXCHANGED STATE - summary | perfdata'. WARNING: a user's last cycle "
-        "failed, deletions are held back, a reload was rejected, scheduling is paused, or the oldest "
+        description="One line 'EXCHANGED STATE - summary | perfdata'. WARNING: a user's (or the public "
+        "contacts folder's) last cycle failed, deletions are held back, a reload was rejected, "
+        "scheduling is paused, or the oldest "
         "last success is older than --warning-age; CRITICAL: the daemon does not answer, Exchange is "
         "unreachable or refuses the sync account's login, every user fails, or the oldest last "
         "success is older than --critical-age. Ages default to 3 and 6 sync intervals.")

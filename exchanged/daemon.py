@@ -39,7 +39,7 @@ from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
 from exchanged.psa_users import PsaUsers
-from exchanged.push import PushTracker
+from exchanged.push import PushService, PushTracker
 from exchanged.reload import Reloader
 from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
 from exchanged.signals import ignore_from_now, remember_early, take_pending
@@ -176,8 +176,7 @@ class Daemon:
                                    cycle_timeout_s=cfg.sync.cycle_timeout_minutes * 60)
         # pushed changes (EWS streaming): what each mailbox's subscription says; see push.py
         self.push = PushTracker(self.scheduler, wall=now, on_change=self.status_poke)
-        self._push_scope: trio.CancelScope | None = None
-        self._push_watching: tuple[int, tuple[tuple[str, frozenset[Any]], ...]] | None = None
+        self.push_service = PushService(self)  # watching Exchange, probing the PSA (push.py)
         self._stop = trio.Event()
         self.stopping = False
         self._ready = False
@@ -209,8 +208,8 @@ class Daemon:
                     await nursery.start(self.scheduler.serve)
                     await nursery.start(sdnotify.serve_watchdog, self._healthy)
                     self.apply_users(self.cfg)
-                    nursery.start_soon(self._serve_push)
-                    nursery.start_soon(self._serve_psa_probe)
+                    nursery.start_soon(self.push_service.serve_push)
+                    nursery.start_soon(self.push_service.serve_psa_probe)
                     nursery.start_soon(self._startup_tasks)
                     nursery.start_soon(self._serve_psa_users)
                     nursery.start_soon(self._serve_status_line)
@@ -321,78 +320,6 @@ class Daemon:
     def status_poke(self) -> None:
         self._status_changed.set()
 
-    # --- pushed changes ------------------------------------------------------------------------------
-
-    def _push_wanted(self) -> tuple[int, tuple[tuple[str, frozenset[Any]], ...]]:
-        """(the account, the watched folders of every enabled mailbox) of the running config."""
-        from exchanged.engine import enabled_kinds
-        from exchanged.model import FOLDER_OF_KIND
-        from exchanged.openers import user_spec
-
-        folders = tuple((u.mailbox, frozenset(FOLDER_OF_KIND[k] for k in enabled_kinds(
-            user_spec(self.cfg, u).settings))) for u in self.cfg.enabled_users()) if self.cfg.enabled else ()
-        return id(self.adapters.account if self.adapters else None), folders
-
-    async def _serve_push(self) -> None:
-        """Watch every synced folder of every enabled mailbox while the account can push; restarted
-        when a reload changes the account or the mailboxes. Mailboxes it cannot watch are polled."""
-        from exchanged.ports import PushSource
-
-        while True:
-            self._push_watching = wanted = self._push_wanted()
-            account = self.adapters.account if self.adapters else None
-            mailboxes = dict(wanted[1])
-            with trio.CancelScope() as scope:
-                self._push_scope = scope
-                if isinstance(account, PushSource) and mailboxes:
-                    try:
-                        await account.watch(mailboxes, self.push)
-                    except Exception as exc:  # the watch must never take the daemon down
-                        log.error("watching for pushed changes failed", error=present(exc).line())
-                why = ("Graph: changes are polled (push needs a public webhook, which exchanged "
-                       "does not open)" if self.cfg.server.use_ms_graph
-                       else "this Exchange connection pushes no changes")
-                for mailbox in mailboxes:
-                    self.push.lost(mailbox, why)
-                await trio.sleep_forever()
-            self.push.forget_all("the subscriptions are being renewed (reload)")
-
-    async def _serve_psa_probe(self) -> None:
-        """Every ``sync.psa_poll_seconds``: ask the PSA which resources' rows changed (a cheap probe,
-        ``PsaConnector.probe_changes``) and nudge only their users' cycles. A connector without a
-        probe, or a failing probe, leaves the users to their periodic cycles."""
-        cursor: object | None = None
-        seen: object = None
-        failing = False
-        while True:
-            psa = self.adapters.psa if self.adapters is not None else None
-            if psa is not None and self.cfg.enabled:
-                if psa is not seen:  # a reload opened another connector: a new baseline
-                    cursor, seen = None, psa
-                try:
-                    with trio.fail_after(max(5.0, float(self.cfg.sync.psa_poll_seconds))):
-                        changes = await psa.probe_changes(cursor)
-                except Exception as exc:  # the periodic cycle is the safety net
-                    if not failing:
-                        log.warning("PSA change probe failed; PSA changes wait for each user's periodic "
-                                    "cycle until it works again", error=present(exc).line())
-                    failing = True
-                else:
-                    if failing:
-                        log.info("PSA change probe works again")
-                    failing = False
-                    if changes is not None:
-                        cursor = changes.cursor
-                        self._nudge_resources(changes.resources)
-            await trio.sleep(self.cfg.sync.psa_poll_seconds)
-
-    def _nudge_resources(self, resources: frozenset[str]) -> None:
-        if not resources:
-            return
-        for user in self.cfg.enabled_users():
-            if user.psa_resource in resources:
-                self.scheduler.nudge(user.mailbox, "psa")
-
     # --- users and the scheduler ---------------------------------------------------------------------
 
     async def load_config(self, path: str) -> Config:
@@ -439,8 +366,7 @@ class Daemon:
             mailboxes.append(PUBLIC_FOLDER)  # its own cycle, on the same interval and limits
         self.scheduler.set_users(mailboxes, cfg.sync_interval_minutes * 60, cfg.sync.max_concurrent_users)
         self.scheduler.cycle_timeout_s = cfg.sync.cycle_timeout_minutes * 60
-        if self._push_scope is not None and self._push_wanted() != self._push_watching:
-            self._push_scope.cancel()  # watch the new config's mailboxes (or account)
+        self.push_service.config_applied()
 
     def forget_errors(self) -> None:
         """Users no longer scheduled (after a reload's ``apply_users``) leave the notifier's open

@@ -28,14 +28,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
 
 from exchanged.control.protocol import PushStatus
+from exchanged.errors import present
+
+if TYPE_CHECKING:
+    from exchanged.daemon import Daemon
 
 log = structlog.get_logger("exchanged.push")
+daemon_log = structlog.get_logger("exchanged.daemon")  # PushService logs as the daemon did
 
 SAFETY_READ_S = 3600.0  # a pushed mailbox's quiet cycles still read Exchange at least this often
 VOUCHED_REASONS = frozenset({"scheduled", "psa"})  # a PSA probe's cycle: the PSA changed, not Exchange
@@ -131,3 +136,92 @@ class PushTracker:
         box = self._boxes.get(mailbox) or _Mailbox()
         since = box.since.astimezone(UTC).isoformat(timespec="seconds") if box.since else None
         return PushStatus(box.mode, box.why, since)
+
+
+class PushService:
+    """The daemon's push tasks: watch every synced folder of every enabled mailbox while the
+    account can push (``serve_push``), and ask the PSA which resources changed
+    (``serve_psa_probe``); both nudge the scheduler. ``config_applied`` after a reload restarts the
+    watch when the account or the mailboxes changed."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self._scope: trio.CancelScope | None = None
+        self._watching: tuple[int, tuple[tuple[str, frozenset[Any]], ...]] | None = None
+
+    def config_applied(self) -> None:
+        if self._scope is not None and self._wanted() != self._watching:
+            self._scope.cancel()  # watch the new config's mailboxes (or account)
+
+    def _wanted(self) -> tuple[int, tuple[tuple[str, frozenset[Any]], ...]]:
+        """(the account, the watched folders of every enabled mailbox) of the running config."""
+        from exchanged.engine import enabled_kinds
+        from exchanged.model import FOLDER_OF_KIND
+        from exchanged.openers import user_spec
+
+        cfg = self.d.cfg
+        folders = tuple((u.mailbox, frozenset(FOLDER_OF_KIND[k] for k in enabled_kinds(
+            user_spec(cfg, u).settings))) for u in cfg.enabled_users()) if cfg.enabled else ()
+        return id(self.d.adapters.account if self.d.adapters else None), folders
+
+    async def serve_push(self) -> None:
+        """Watch every synced folder of every enabled mailbox while the account can push; restarted
+        when a reload changes the account or the mailboxes. Mailboxes it cannot watch are polled."""
+        from exchanged.ports import PushSource
+
+        while True:
+            self._watching = wanted = self._wanted()
+            account = self.d.adapters.account if self.d.adapters else None
+            mailboxes = dict(wanted[1])
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                if isinstance(account, PushSource) and mailboxes:
+                    try:
+                        await account.watch(mailboxes, self.d.push)
+                    except Exception as exc:  # the watch must never take the daemon down
+                        daemon_log.error("watching for pushed changes failed", error=present(exc).line())
+                why = ("Graph: changes are polled (push needs a public webhook, which exchanged "
+                       "does not open)" if self.d.cfg.server.use_ms_graph
+                       else "this Exchange connection pushes no changes")
+                for mailbox in mailboxes:
+                    self.d.push.lost(mailbox, why)
+                await trio.sleep_forever()
+            self.d.push.forget_all("the subscriptions are being renewed (reload)")
+
+    async def serve_psa_probe(self) -> None:
+        """Every ``sync.psa_poll_seconds``: ask the PSA which resources' rows changed (a cheap probe,
+        ``PsaConnector.probe_changes``) and nudge only their users' cycles. A connector without a
+        probe, or a failing probe, leaves the users to their periodic cycles."""
+        cursor: object | None = None
+        seen: object = None
+        failing = False
+        while True:
+            psa = self.d.adapters.psa if self.d.adapters is not None else None
+            if psa is not None and self.d.cfg.enabled:
+                if psa is not seen:  # a reload opened another connector: a new baseline
+                    cursor, seen = None, psa
+                try:
+                    with trio.fail_after(max(5.0, float(self.d.cfg.sync.psa_poll_seconds))):
+                        changes = await psa.probe_changes(cursor)
+                except Exception as exc:  # the periodic cycle is the safety net
+                    if not failing:
+                        daemon_log.warning("PSA change probe failed; PSA changes wait for each user's "
+                                           "periodic cycle until it works again", error=present(exc).line())
+                    failing = True
+                else:
+                    if failing:
+                        daemon_log.info("PSA change probe works again")
+                    failing = False
+                    if changes is not None:
+                        cursor = changes.cursor
+                        self._nudge_resources(changes.resources)
+            await trio.sleep(self.d.cfg.sync.psa_poll_seconds)
+
+    def _nudge_resources(self, resources: frozenset[str]) -> None:
+        if not resources:
+            return
+        for user in self.d.cfg.enabled_users():
+            if user.psa_resource in resources:
+                self.d.scheduler.nudge(user.mailbox, "psa")
+
+

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from exchanged.testing.smtp import SmtpSink
-from tests.daemon.ews_daemon import ews_daemon
+from tests.daemon.ews_daemon import PASSWORD, ews_daemon
 from tests.daemon.harness import HANG_GUARD_S, DaemonEnv, NotifySocket, body_of, secret_file, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -43,15 +43,28 @@ def test_a_wrong_sync_password_with_20_users_is_one_mail(tmp_path: Path) -> None
         assert exchange["reachable"] is True and exchange["login"] == "refused", exchange
         shown = ctl(env, "status")
         assert "login of the sync account is REFUSED" in shown.stdout
-        assert env.stop() == 0  # the stop sends the grouped mail that is still waiting
+        wait_until(lambda: env.smtp.messages, "the grouped error mail (15 s)", 60)
         mails = env.smtp.messages
-    subjects = [m["Subject"] for m in mails]
-    assert len(mails) == 1, subjects  # not one per user, and no "is now synced" to anybody
-    assert subjects[0].startswith("[exchanged e2e] ERROR (20 mailboxes): ")
-    assert "refused" in subjects[0]
-    body = " ".join(body_of(mails[0]).split())
-    assert "20 mailboxes, one cause: " in body
-    assert all(m in body for m in MAILBOXES)
+        subjects = [m["Subject"] for m in mails]
+        assert len(mails) == 1, subjects  # not one per user, and no "is now synced" to anybody
+        assert subjects[0].startswith("[exchanged e2e] ERROR (20 mailboxes): ")
+        assert "refused" in subjects[0]
+        body = " ".join(body_of(mails[0]).split())
+        assert "20 mailboxes, one cause: " in body
+        assert all(m in body for m in MAILBOXES)
+        # the operator fixes the password: one RESOLVED mail, and now each user is told once
+        env.extra["credentials"]["password_file"] = secret_file(tmp_path / "right-password", PASSWORD)
+        env.write_config(sync_interval_minutes=60)
+        assert ctl(env, "reload", "--wait").returncode == 0
+        done = ctl(env, "sync", "--wait", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert env.status()["exchange"]["login"] == "ok"
+        assert env.stop() == 0
+        later = [m["Subject"] for m in env.smtp.messages][1:]
+    resolved = [s for s in later if " RESOLVED " in s]
+    assert len(resolved) == 1 and resolved[0].startswith("[exchanged e2e] RESOLVED (20 mailboxes): "), later
+    confirmations = [s for s in later if "is now synced" in s]
+    assert len(confirmations) == 20 and len(later) == 21, later
 
 
 def test_with_exchange_down_sync_wait_answers_with_the_error(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import structlog
 import trio
 
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
+from exchanged.confirm import Confirmations
 from exchanged.control.protocol import ConfigStatus, ExchangeStatus, StatusDocument
 from exchanged.errors import ControlError, ExchangedError, present
 from exchanged.leases import LeaseUnavailable, lease_ttl_s, node_identity, run_leased
@@ -59,7 +60,7 @@ from exchanged.status import (
 )
 
 if TYPE_CHECKING:
-    from exchanged.config import Config, UserConfig
+    from exchanged.config import Config
     from exchanged.ports import CheckResult
 
 log = structlog.get_logger("exchanged.daemon")
@@ -88,32 +89,6 @@ class UserDisabled(ControlError):
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def sync_summary(cfg: Config, user: UserConfig) -> str:
-    """What is synced for this user, in words (confirmation mail)."""
-    s = cfg.effective_sync(user)
-    lines = []
-    if s.appointments_export:
-        lines.append("PSA appointments are copied to your Exchange calendar")
-    if s.service_calls_export:
-        lines.append("PSA service calls are copied to your Exchange calendar")
-    if s.todos:
-        lines.append("PSA to-dos are copied to your Exchange tasks")
-    if s.contacts_owned:
-        lines.append("contacts of the companies and opportunities you own are copied to your"
-                     " Exchange contacts")
-    mode = str(getattr(s.import_appointments, "value", s.import_appointments))
-    if mode == "all_details":
-        lines.append("your Exchange appointments are copied to the PSA with all details"
-                     " (private ones as \"Private appointment\")")
-    elif mode == "no_details":
-        lines.append("your Exchange appointments are copied to the PSA as busy times without details")
-    if mode != "none" and not s.import_free_time:
-        lines.append("Exchange appointments shown as Free are not copied to the PSA")
-    lines.append(f"items the sync manages carry the Exchange category \"{s.category}\"; "
-                 f"the window reaches {s.past_days} days back")
-    return "\n".join(f"- {line}" for line in lines)
 
 
 async def _load_config_in_thread(path: str) -> Config:
@@ -166,9 +141,7 @@ class Daemon:
         # account's login "ok" / "refused" / "not checked" (a server that cannot be reached cannot
         # tell); back_off_until: the server asked the daemon to wait until then (throttling)
         self.exchange = ExchangeStatus(cfg.server.address, cfg.server.version)
-        # users whose confirmation mail waits for their first successful cycle -> whether it is
-        # owed even when the state store already knows them (re-enabled by a reload)
-        self._unconfirmed: dict[str, bool] = {}
+        self.confirmations = Confirmations()  # users whose confirmation mail waits (confirm.py)
         # metrics (exchanged/metrics.py): counted since the start
         self.counters = CycleCounters()
         self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
@@ -376,12 +349,12 @@ class Daemon:
             if mailbox not in keep and status.error_keys:
                 self.notifier.forget_mailbox(mailbox)
                 status.error_keys = set()
-                self._unconfirmed.pop(mailbox, None)
+                self.confirmations.forget(mailbox)
 
     async def confirm_new_users(self, cfg: Config, *, on_start: bool,
                                 newly_enabled: Iterable[str] = ()) -> None:
         """Confirmation mails: on start for users never seen before, on reload for newly enabled
-        ones; each is sent after that user's first successful cycle (``_confirm_after_success``),
+        ones; each is sent after that user's first successful cycle (``confirm.Confirmations``),
         never to a mailbox the sync cannot reach yet."""
         assert self.adapters is not None
         state = self.adapters.state
@@ -396,34 +369,9 @@ class Daemon:
                     last_attempt=record.last_attempt, last_success=record.last_success,
                     last_result=record.last_result, last_error=record.last_error,
                     counts={**Counts().as_dict(), **record.counts}))
-            for u in cfg.enabled_users():
-                if not (stored.get(u.mailbox) and stored[u.mailbox].known):
-                    self._unconfirmed.setdefault(u.mailbox, False)
+            self.confirmations.unknown_at_start(cfg, stored)
         else:
-            for mailbox in newly_enabled:
-                self._unconfirmed[mailbox] = True  # enabled again: confirmed again, known or not
-
-    async def _confirm_after_success(self, mailbox: str, *, adopted: int = 0) -> None:
-        """The first successful cycle of a user waiting for its confirmation mail. A user the
-        state store did not know whose cycle adopted items (found by their keys, written before)
-        was synced before the state was lost: marked known, no mail ("now synced" again to every
-        user after a state loss was noise)."""
-        again = self._unconfirmed.pop(mailbox, None)
-        user = self.cfg.user(mailbox)
-        if again is None or user is None or self.adapters is None:
-            return
-        try:  # marked first: of several nodes starting together only one sends the mail
-            if not await self.adapters.state.mark_known(mailbox) and not again:
-                return
-        except Exception as exc:
-            log.warning("cannot mark user as known; the confirmation mail is sent anyway",
-                        mailbox=mailbox, error=present(exc).line())
-        if adopted and not again:
-            log.info("no confirmation mail: the user was synced before (its items were found by "
-                     "their keys; the state store was new)", mailbox=mailbox, adopted=adopted)
-            return
-        self.notifier.confirm_user(mailbox, sync_summary(self.cfg, user))
-        log.info("confirmation mail queued", mailbox=mailbox)
+            self.confirmations.enabled_again(newly_enabled)
 
     async def check_credentials(self, cfg: Config) -> None:
         """Try the sync credentials against Exchange; failures are warnings, never a refusal."""
@@ -531,8 +479,9 @@ class Daemon:
             self.exchange.update(reachable=True, last_error=None)
             if self.cfg.credentials.use_for_all_users and mailbox != PUBLIC_FOLDER:
                 self.exchange.update(login="ok")
-            if mailbox in self._unconfirmed and outcome.result != "skipped":
-                await self._confirm_after_success(mailbox, adopted=outcome.adopted)
+            if self.confirmations.waiting(mailbox) and outcome.result != "skipped" and self.adapters:
+                await self.confirmations.after_success(mailbox, self.cfg, self.adapters.state, self.notifier,
+                                                       adopted=outcome.adopted)
             bound.info("cycle done", result=outcome.result, counts=outcome.counts.as_dict(),
                        item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
         if not recorded:

@@ -11,6 +11,7 @@ import datetime as dt
 
 import requests
 from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
+from lxml import etree
 from requests.auth import HTTPBasicAuth
 from requests_ntlm import HttpNtlmAuth
 
@@ -116,3 +117,126 @@ def test_ids_survive_a_restart(tmp_path) -> None:
             assert again.calendar.get(id=item.id).subject == "kept"
     finally:
         BaseProtocol.HTTP_ADAPTER_CLS = saved
+
+
+# -- 4. GetUserConfiguration: a response message, never a fault --------------------------------------
+def _user_configuration(ews: EwsTarget, name: str, folder: str) -> etree._Element:
+    r, root = _post(
+        ews,
+        "<m:GetUserConfiguration>"
+        f'<m:UserConfigurationName Name="{name}"><t:DistinguishedFolderId Id="{folder}"/>'
+        "</m:UserConfigurationName>"
+        "<m:UserConfigurationProperties>All</m:UserConfigurationProperties>"
+        "</m:GetUserConfiguration>",
+    )
+    assert r.status_code == 200
+    msg = root.find(
+        "s:Body/m:GetUserConfigurationResponse/m:ResponseMessages/m:GetUserConfigurationResponseMessage", NS
+    )
+    assert msg is not None
+    return msg
+
+
+def test_an_unknown_user_configuration_is_item_not_found(ews: EwsTarget) -> None:
+    for folder in ("root", "calendar", "inbox"):
+        msg = _user_configuration(ews, "exchanged.NoSuchConfiguration", folder)
+        assert msg.get("ResponseClass") == "Error"
+        assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorItemNotFound"
+
+
+def test_owa_user_options_carry_the_time_zone(ews: EwsTarget, emulator) -> None:
+    emulator.set_mailbox_timezone(ews.mailboxes[0], "W. Europe Standard Time")
+    try:
+        msg = _user_configuration(ews, "OWA.UserOptions", "root")
+        assert msg.get("ResponseClass") == "Success"
+        conf = msg.find("m:UserConfiguration", NS)
+        assert conf is not None
+        assert conf.find("t:UserConfigurationName", NS).get("Name") == "OWA.UserOptions"
+        entries = {
+            e.findtext("t:DictionaryKey/t:Value", namespaces=NS): e.findtext("t:DictionaryValue/t:Value",
+                                                                            namespaces=NS)
+            for e in conf.iterfind("t:Dictionary/t:DictionaryEntry", NS)
+        }
+        assert entries["timezone"] == "W. Europe Standard Time"
+        other = _user_configuration(ews, "OWA.UserOptions", "calendar")  # it lives in the root only
+        assert other.findtext("m:ResponseCode", namespaces=NS) == "ErrorItemNotFound"
+    finally:
+        emulator.set_mailbox_timezone(ews.mailboxes[0], None)
+    msg = _user_configuration(ews, "OWA.UserOptions", "root")
+    assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorItemNotFound"
+
+
+# -- 5. Folders honour FolderShape; MAPI properties of folders --------------------------------------
+def _get_folder(ews: EwsTarget, folder: str, shape: str) -> etree._Element:
+    _, root = _post(
+        ews,
+        f"<m:GetFolder><m:FolderShape>{shape}</m:FolderShape>"
+        f'<m:FolderIds><t:DistinguishedFolderId Id="{folder}"/></m:FolderIds></m:GetFolder>',
+    )
+    msg = root.find("s:Body/m:GetFolderResponse/m:ResponseMessages/m:GetFolderResponseMessage", NS)
+    assert msg is not None and msg.get("ResponseClass") == "Success", etree.tostring(root)
+    return msg.find("m:Folders", NS)[0]
+
+
+def _ext(folder: etree._Element) -> dict[int, str]:
+    out = {}
+    for prop in folder.iterfind("t:ExtendedProperty", NS):
+        tag = prop.find("t:ExtendedFieldURI", NS).get("PropertyTag")
+        key = int(tag, 16) if tag.lower().startswith("0x") else int(tag)
+        out[key] = prop.findtext("t:Value", namespaces=NS)
+    return out
+
+
+def test_id_only_folder_shape_gets_the_id_only(ews: EwsTarget) -> None:
+    folder = _get_folder(ews, "calendar", "<t:BaseShape>IdOnly</t:BaseShape>")
+    assert [etree.QName(c).localname for c in folder] == ["FolderId"]
+
+
+def test_folder_mapi_properties_are_answered_as_extended_properties(ews: EwsTarget, account) -> None:
+    tags = [("0x3613", "String"), ("0x3602", "Integer"), ("0x3603", "Integer"), ("0x360A", "Boolean"),
+            ("0x3008", "SystemTime"), ("0x670A", "SystemTime"), ("0x3001", "String")]
+    shape = ("<t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>"
+             + "".join(f'<t:ExtendedFieldURI PropertyTag="{tag}" PropertyType="{ptype}"/>'
+                       for tag, ptype in tags)
+             + "</t:AdditionalProperties>")
+    calendar = _get_folder(ews, "calendar", shape)
+    names = {etree.QName(c).localname for c in calendar}
+    assert names == {"FolderId", "ExtendedProperty"}
+    props = _ext(calendar)
+    assert props[0x3613] == "IPF.Appointment"
+    assert props[0x3001] == account.calendar.name
+    assert int(props[0x3602]) == account.calendar.total_count
+    assert int(props[0x3603]) >= 0
+    assert props[0x3008].endswith("Z") and props[0x670A].endswith("Z")
+    contacts = _ext(_get_folder(ews, "contacts", shape))
+    assert contacts[0x3613] == "IPF.Contact"
+    root = _ext(_get_folder(ews, "msgfolderroot", shape))
+    assert root[0x360A] == "true"
+
+
+def test_folder_counts_and_commit_time_follow_the_contents(ews: EwsTarget, account, calendar) -> None:
+    shape = ('<t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>'
+             '<t:ExtendedFieldURI PropertyTag="0x3602" PropertyType="Integer"/>'
+             '<t:ExtendedFieldURI PropertyTag="0x670A" PropertyType="SystemTime"/>'
+             '<t:FieldURI FieldURI="folder:DisplayName"/>'
+             "</t:AdditionalProperties>")
+
+    def props() -> tuple[dict[int, str], etree._Element]:
+        _, root = _post(
+            ews,
+            f"<m:GetFolder><m:FolderShape>{shape}</m:FolderShape>"
+            f'<m:FolderIds><t:FolderId Id="{calendar.id}"/></m:FolderIds></m:GetFolder>',
+        )
+        folder = root.find(".//m:Folders", NS)[0]
+        return _ext(folder), folder
+
+    before, folder = props()
+    assert before[0x3602] == "0"
+    assert folder.findtext("t:DisplayName", namespaces=NS) == calendar.name
+    assert folder.find("t:TotalCount", NS) is None  # not asked for
+    start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    CalendarItem(account=account, folder=calendar, subject="counted", start=start,
+                 end=start + dt.timedelta(hours=1)).save()
+    after, _ = props()
+    assert after[0x3602] == "1"
+    assert after[0x670A] >= before[0x670A]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lxml import etree
+
 from . import items as it
+from . import mapi
 from .soap import (
     Element,
     EwsError,
+    fmt_dt,
     local,
     m,
     schema_fault,
@@ -92,8 +97,26 @@ class OpsBase:
             return folder
         raise schema_fault(f"The request failed schema validation: unexpected {kind}.")
 
-    def folder_xml(self, parent: Element, folder: FolderRow) -> Element:
-        el = sub(parent, t(folder.element))
+    def folder_xml(self, parent: Element, folder: FolderRow, shape: Element | None = None) -> Element:
+        """The folder as a FolderShape asks (None: Default). IdOnly is the FolderId only;
+        Default/AllProperties the usual fields; AdditionalProperties add fields and the
+        t:ExtendedProperty values of MAPI tags (`folder_full` is everything, as restrictions see it)."""
+        full = self.folder_full(folder)
+        base = "Default" if shape is None else (shape.findtext(t("BaseShape")) or "IdOnly").strip()
+        props = None if shape is None else shape.find(t("AdditionalProperties"))
+        additional = [] if props is None else [p for p in props if isinstance(p.tag, str)]
+        el = sub(parent, full.tag)
+        for c in full:
+            name = local(c.tag)
+            wanted = name == "FolderId" or (base != "IdOnly" and name != "ExtendedProperty")
+            if not wanted:
+                wanted = any(it.select_one(c, p) for p in additional)
+            if wanted:
+                el.append(copy.deepcopy(c))
+        return el
+
+    def folder_full(self, folder: FolderRow) -> Element:
+        el = etree.Element(t(folder.element))
         sub(el, t("FolderId"), Id=folder.id, ChangeKey=folder.change_key)
         if folder.parent_id:
             p = self.store.folder(folder.parent_id)
@@ -102,8 +125,27 @@ class OpsBase:
         if folder.folder_class:
             sub(el, t("FolderClass"), folder.folder_class)
         sub(el, t("DisplayName"), folder.display_name)
-        sub(el, t("TotalCount"), str(self.store.item_count(folder.id)))
-        sub(el, t("ChildFolderCount"), str(len(self.store.children(folder.id))))
+        count = self.store.item_count(folder.id)
+        children = self.store.children(folder.id)
+        sub(el, t("TotalCount"), str(count))
+        sub(el, t("ChildFolderCount"), str(len(children)))
+        created, changed = self.store.folder_times(folder.id)
+        props: mapi.Props = {
+            (mapi.PR_DISPLAY_NAME, "String"): folder.display_name,
+            (mapi.PR_CONTENT_COUNT, "Integer"): str(count),
+            (mapi.PR_CONTENT_UNREAD, "Integer"): "0",
+            (mapi.PR_SUBFOLDERS, "Boolean"): xml_bool(bool(children)),
+            (mapi.PR_FOLDER_TYPE, "Integer"): "1",
+            (mapi.PR_ATTR_HIDDEN, "Boolean"): "false",
+            (mapi.PR_CREATION_TIME, "SystemTime"): fmt_dt(created),
+            (mapi.PR_LAST_MODIFICATION_TIME, "SystemTime"): fmt_dt(changed),
+            (mapi.PR_LOCAL_COMMIT_TIME_MAX, "SystemTime"): fmt_dt(changed),
+            (mapi.PR_CHANGE_NUMBER, "Long"): str(self.store.folder_change_number(folder)),
+        }
+        if folder.folder_class:
+            props[(mapi.PR_CONTAINER_CLASS, "String")] = folder.folder_class
+        for prop in mapi.elements(mapi.tagged(props)):
+            el.append(prop)
         rights = sub(el, t("EffectiveRights"))
         for name, value in (
             ("CreateAssociated", "true"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from lxml import etree
-
 from .base import Ctx, OpsBase, children, page_of, xml_bool
 from .restrict import matches
 from .soap import Element, EwsError, error, local, m, response_root, schema_fault, sub, success, t
@@ -21,7 +19,7 @@ class FolderOps(OpsBase):
                 error(container, "GetFolder", exc)
                 continue
             msg = success(container, "GetFolder")
-            self.folder_xml(sub(msg, m("Folders")), folder)
+            self.folder_xml(sub(msg, m("Folders")), folder, op.find(m("FolderShape")))
 
     def op_FindFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "FindFolder")
@@ -42,7 +40,7 @@ class FolderOps(OpsBase):
             )
             restriction = op.find(m("Restriction"))
             if restriction is not None and len(restriction):
-                found = [f for f in found if matches(restriction[0], self.folder_xml(etree.Element("x"), f))]
+                found = [f for f in found if matches(restriction[0], self.folder_full(f))]
             offset, page, last = page_of(found, view)
             msg = success(container, "FindFolder")
             root = sub(
@@ -54,7 +52,7 @@ class FolderOps(OpsBase):
             )
             folders = sub(root, t("Folders"))
             for f in page:
-                self.folder_xml(folders, f)
+                self.folder_xml(folders, f, op.find(m("FolderShape")))
 
     def op_CreateFolder(self, ctx: Ctx, op: Element, body: Element) -> None:
         container = response_root(body, "CreateFolder")

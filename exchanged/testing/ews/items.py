@@ -616,6 +616,16 @@ def select(full: Element, path: Element) -> list[Element]:
     return []
 
 
+def select_one(elem: Element, path: Element) -> bool:
+    """Whether one child element is what a FieldURI / ExtendedFieldURI names."""
+    kind = local(path.tag)
+    if kind == "FieldURI":
+        return local(elem.tag) == field_name(path.get("FieldURI", ""))
+    if kind == "ExtendedFieldURI":
+        return local(elem.tag) == "ExtendedProperty" and ext_matches(elem.find(t("ExtendedFieldURI")), path)
+    return False
+
+
 def field_name(field_uri: str) -> str:
     """'calendar:Start' -> 'Start': EWS property paths end in the element's name."""
     return field_uri.rsplit(":", 1)[-1]

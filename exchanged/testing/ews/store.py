@@ -41,6 +41,9 @@ CREATE INDEX IF NOT EXISTS tombstones_folder ON tombstones (folder_id, deleted_s
 CREATE TABLE IF NOT EXISTS delta_states (
     token TEXT PRIMARY KEY, mailbox TEXT NOT NULL, data TEXT NOT NULL, created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS folder_times (
+    folder_id TEXT PRIMARY KEY, created TEXT NOT NULL, changed TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS invitations (
     n INTEGER PRIMARY KEY AUTOINCREMENT, mailbox TEXT NOT NULL, item_id TEXT NOT NULL,
     operation TEXT NOT NULL, mode TEXT NOT NULL, at TEXT NOT NULL
@@ -311,6 +314,7 @@ class Store:
                 seq,
             ),
         )
+        self.touch_folder(fid)
         folder = self.folder(fid)
         assert folder is not None
         return folder
@@ -386,6 +390,36 @@ class Store:
             "UPDATE folders SET display_name = ?, change_key = ?, changed_seq = ? WHERE id = ?",
             (display_name, new_change_key(), seq, folder.id),
         )
+        self.touch_folder(folder.id)
+
+    def touch_folder(self, folder_id: str) -> None:
+        """The folder or its contents changed now (PR_LAST_MODIFICATION_TIME, PR_LOCAL_COMMIT_TIME_MAX)."""
+        now = utcnow().isoformat()
+        self._db.execute(
+            "INSERT INTO folder_times VALUES (?, ?, ?) ON CONFLICT (folder_id) DO UPDATE SET changed = ?",
+            (folder_id, now, now, now),
+        )
+
+    def folder_times(self, folder_id: str) -> tuple[dt.datetime, dt.datetime]:
+        """(created, last change of the folder or its contents); a folder of an older state dir
+        without them counts from now on."""
+        row = self._db.execute(
+            "SELECT created, changed FROM folder_times WHERE folder_id = ?", (folder_id,)
+        ).fetchone()
+        if row is None:
+            self.touch_folder(folder_id)
+            now = utcnow()
+            return now, now
+        return dt.datetime.fromisoformat(row[0]), dt.datetime.fromisoformat(row[1])
+
+    def folder_change_number(self, folder: FolderRow) -> int:
+        """The mailbox change counter at the folder's latest change, its contents' included."""
+        row = self._db.execute(
+            "SELECT MAX(v) FROM (SELECT MAX(changed_seq) AS v FROM items WHERE folder_id = ?"
+            " UNION ALL SELECT MAX(deleted_seq) FROM tombstones WHERE folder_id = ?)",
+            (folder.id, folder.id),
+        ).fetchone()
+        return max(folder.changed_seq, int(row[0] or 0))
 
     def item_count(self, folder_id: str) -> int:
         return int(
@@ -401,6 +435,7 @@ class Store:
             "INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?)",
             (iid, mailbox, folder_id, item_type, xml, new_change_key(), now, now, seq, seq),
         )
+        self.touch_folder(folder_id)
         item = self.item(iid)
         assert item is not None
         return item
@@ -421,6 +456,7 @@ class Store:
             "UPDATE items SET xml = ?, change_key = ?, modified = ?, changed_seq = ? WHERE id = ?",
             (xml, new_change_key(), utcnow().isoformat(), seq, item.id),
         )
+        self.touch_folder(item.folder_id)
         updated = self.item(item.id)
         assert updated is not None
         return updated
@@ -439,6 +475,8 @@ class Store:
             " WHERE id = ?",
             (moved_id, folder_id, new_change_key(), seq, seq, item.id),
         )
+        self.touch_folder(item.folder_id)
+        self.touch_folder(folder_id)
         moved = self.item(moved_id)
         assert moved is not None
         return moved
@@ -449,6 +487,7 @@ class Store:
             "INSERT INTO tombstones VALUES (?,?,?,?)", (item.id, item.folder_id, item.created_seq, seq)
         )
         self._db.execute("DELETE FROM items WHERE id = ?", (item.id,))
+        self.touch_folder(item.folder_id)
 
     def item_changes(self, folder_id: str, since: int) -> list[tuple[str, int, str, ItemRow | None]]:
         """(kind, seq, item id, live row or None) for changes in a folder after `since`, oldest first."""

@@ -83,7 +83,7 @@ class SyncOps(OpsBase):
             if kind == "Delete":
                 sub(change, t("FolderId"), Id=folder.id, ChangeKey=folder.change_key)
             else:
-                self.folder_xml(change, folder)
+                self.folder_xml(change, folder, op.find(m("FolderShape")))
 
     # -- notifications (the streaming itself: streaming.py) ------------------------------------------
     def op_Subscribe(self, ctx: Ctx, op: Element, body: Element) -> None:

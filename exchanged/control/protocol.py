@@ -481,7 +481,7 @@ class ReloadRecord:
     """``config.last_reload`` (and the ``reload`` answer without its ``generation``)."""
 
     at: str | None
-    result: str  # applied | deferred | rejected
+    result: str  # applied | deferred | rejected | unchanged (an identical file: nothing to do)
     errors: list[str]
     # applied only:
     added: list[str] | None = None

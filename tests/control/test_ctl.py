@@ -322,3 +322,21 @@ async def test_reload_applied_lists_the_changes(path: str, handler: FakeHandler)
     assert "reload applied: config generation 5" in text
     assert "added: new@contoso.com" in text and "changed: jdoe@contoso.com" in text
     assert "removed" not in text and "fully resynced" in text
+
+
+async def test_status_shows_pushed_or_polled_and_why(path: str, handler: FakeHandler) -> None:
+    """With EWS streaming the daemon says per mailbox how Exchange changes reach it; a mailbox
+    polled because push failed gets its reason under the table."""
+    handler.status_result = {"state": "running", "users": [
+        {"mailbox": "a@x", "state": "idle", "push": "pushed", "push_note": None, "push_since": None},
+        {"mailbox": "b@x", "state": "idle", "push": "polled", "push_since": None,
+         "push_note": "polled: streaming notifications failed: the server refuses more streaming "
+                      "connections for svc (ErrorExceededConnectionCount; ...)"},
+    ]}
+    result = await ctl("--socket", path, "status")
+    assert result.returncode == 0, err(result)
+    text = out(result)
+    assert [h.strip() for h in header_line(text, "MAILBOX") if h.strip()][-1] == "CHANGES"
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("a@x", "b@x"))}
+    assert rows["a@x"][-1] == "pushed" and rows["b@x"][-1] == "polled"
+    assert "b@x: polled: streaming notifications failed" in text and "ErrorExceededConnectionCount" in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from decimal import Decimal
 
 import requests
 from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
@@ -240,3 +241,123 @@ def test_folder_counts_and_commit_time_follow_the_contents(ews: EwsTarget, accou
     after, _ = props()
     assert after[0x3602] == "1"
     assert after[0x670A] >= before[0x670A]
+
+
+# -- 6. MAPI properties derived from item fields ---------------------------------------------------
+def _find_items(ews: EwsTarget, folder_id: str, props: str, extra: str = "") -> list[etree._Element]:
+    _, root = _post(
+        ews,
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>'
+        f"<t:AdditionalProperties>{props}</t:AdditionalProperties></m:ItemShape>{extra}"
+        f'<m:ParentFolderIds><t:FolderId Id="{folder_id}"/></m:ParentFolderIds></m:FindItem>',
+    )
+    msg = root.find("s:Body/m:FindItemResponse/m:ResponseMessages/m:FindItemResponseMessage", NS)
+    assert msg is not None and msg.get("ResponseClass") == "Success", etree.tostring(root)
+    return list(msg.find("m:RootFolder/t:Items", NS))
+
+
+def _named(item: etree._Element) -> dict[str, str]:
+    """ExtendedProperty values by 'tag' (hex, lower case) or 'Set:id'."""
+    out = {}
+    for prop in item.iterfind("t:ExtendedProperty", NS):
+        uri = prop.find("t:ExtendedFieldURI", NS)
+        tag = uri.get("PropertyTag")
+        key = (f"0x{int(tag, 16) if tag.lower().startswith('0x') else int(tag):x}" if tag
+               else f"{uri.get('DistinguishedPropertySetId')}:{uri.get('PropertyId')}")
+        out[key] = prop.findtext("t:Value", namespaces=NS)
+    return out
+
+
+ITEM_TAGS = "".join(
+    f'<t:ExtendedFieldURI PropertyTag="{tag}" PropertyType="{ptype}"/>'
+    for tag, ptype in (("0x001A", "String"), ("0x0037", "String"), ("0x3001", "String"),
+                       ("0x3007", "SystemTime"), ("0x3008", "SystemTime"), ("0x0E23", "Integer"),
+                       ("0x10F3", "String"))
+)
+
+
+def test_calendar_items_carry_their_mapi_properties(ews: EwsTarget, account, calendar) -> None:
+    from exchangelib.recurrence import DailyPattern, Recurrence
+
+    start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    single = CalendarItem(account=account, folder=calendar, subject="single", start=start,
+                          end=start + dt.timedelta(hours=1))
+    single.save()
+    series = CalendarItem(account=account, folder=calendar, subject="series", start=start,
+                          end=start + dt.timedelta(hours=1),
+                          recurrence=Recurrence(pattern=DailyPattern(interval=1), start=start.date(),
+                                                number=3))
+    series.save()
+    recurring = '<t:ExtendedFieldURI DistinguishedPropertySetId="Appointment" PropertyId="33315" ' \
+                'PropertyType="Boolean"/>'
+    items = {i.find("t:ItemId", NS).get("Id"): _named(i)
+             for i in _find_items(ews, calendar.id, ITEM_TAGS + recurring)}
+    one, many = items[single.id], items[series.id]
+    assert one["0x1a"] == "IPM.Appointment"
+    assert one["0x37"] == "single" and one["0x3001"] == "single"
+    assert one["0x3007"].endswith("Z") and one["0x3008"].endswith("Z")
+    assert int(many["0xe23"]) > int(one["0xe23"])  # a per-folder arrival counter
+    assert one["0x10f3"]
+    assert one["Appointment:33315"] == "false" and many["Appointment:33315"] == "true"
+
+
+def test_restrictions_and_sorting_see_mapi_properties(ews: EwsTarget, account, calendar) -> None:
+    start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    for subject in ("bravo", "alpha", "charlie"):
+        CalendarItem(account=account, folder=calendar, subject=subject, start=start,
+                     end=start + dt.timedelta(hours=1)).save()
+    subject_uri = '<t:ExtendedFieldURI PropertyTag="0x0037" PropertyType="String"/>'
+    article_uri = '<t:ExtendedFieldURI PropertyTag="0x0E23" PropertyType="Integer"/>'
+    sort = (f'<m:SortOrder><t:FieldOrder Order="Descending">{subject_uri}</t:FieldOrder></m:SortOrder>')
+    found = _find_items(ews, calendar.id, subject_uri + article_uri, sort)
+    assert [_named(i)["0x37"] for i in found] == ["charlie", "bravo", "alpha"]
+    first_article = min(int(_named(i)["0xe23"]) for i in found)
+    restriction = (
+        f"<m:Restriction><t:IsGreaterThan>{article_uri}"
+        f'<t:FieldURIOrConstant><t:Constant Value="{first_article}"/></t:FieldURIOrConstant>'
+        "</t:IsGreaterThan></m:Restriction>"
+    )
+    newer = _find_items(ews, calendar.id, subject_uri, restriction)
+    assert sorted(_named(i)["0x37"] for i in newer) == ["alpha", "charlie"]
+    only = _find_items(ews, calendar.id, subject_uri,
+                       f"<m:Restriction><t:IsEqualTo>{subject_uri}<t:FieldURIOrConstant>"
+                       '<t:Constant Value="bravo"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction>')
+    assert [_named(i)["0x37"] for i in only] == ["bravo"]
+
+
+def test_tasks_and_contacts_carry_their_named_properties(ews: EwsTarget, account, tasks, contacts) -> None:
+    from exchangelib import Contact, Task
+    from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
+
+    Task(account=account, folder=tasks, subject="to do", status="InProgress",
+         percent_complete=Decimal(50)).save()
+    task_uris = "".join(
+        f'<t:ExtendedFieldURI DistinguishedPropertySetId="Task" PropertyId="{pid}" PropertyType="{ptype}"/>'
+        for pid, ptype in ((33025, "Integer"), (33052, "Boolean"), (33026, "Double"))
+    )
+    (task,) = _find_items(ews, tasks.id, task_uris + ITEM_TAGS)
+    props = _named(task)
+    assert props["Task:33025"] == "1" and props["Task:33052"] == "false"
+    assert float(props["Task:33026"]) == 0.5
+    assert props["0x1a"] == "IPM.Task"
+
+    Contact(account=account, folder=contacts, display_name="Ada Lovelace", given_name="Ada",
+            surname="Lovelace", company_name="Engines",
+            email_addresses=[EmailAddress(label="EmailAddress1", email="ada@example.test")],
+            phone_numbers=[PhoneNumber(label="MobilePhone", phone_number="+44 1")],
+            physical_addresses=[PhysicalAddress(label="Home", street="1 Lane", city="London"),
+                                PhysicalAddress(label="Business", city="Cambridge")]).save()
+    contact_uris = "".join(
+        f'<t:ExtendedFieldURI PropertyTag="{tag}" PropertyType="String"/>'
+        for tag in ("0x3A06", "0x3A11", "0x3A16", "0x3A1C", "0x3A59", "0x3A5D", "0x3001", "0x001A")
+    ) + "".join(
+        f'<t:ExtendedFieldURI DistinguishedPropertySetId="Address" PropertyId="{pid}" PropertyType="String"/>'
+        for pid in (0x8083, 0x8046)
+    )
+    (contact,) = _find_items(ews, contacts.id, contact_uris)
+    props = _named(contact)
+    assert props["0x3a06"] == "Ada" and props["0x3a11"] == "Lovelace" and props["0x3a16"] == "Engines"
+    assert props["0x3a1c"] == "+44 1" and props["0x3a59"] == "London" and props["0x3a5d"] == "1 Lane"
+    assert props["0x1a"] == "IPM.Contact" and "Lovelace" in props["0x3001"]
+    assert props[f"Address:{0x8083}"] == "ada@example.test"
+    assert props[f"Address:{0x8046}"] == "Cambridge"

@@ -174,7 +174,16 @@ class OpsBase:
         return row
 
     def full(self, row: ItemRow) -> Element:
-        return it.full_view(row, self.store.folder(row.folder_id))
+        """The item with every field, and the MAPI properties Exchange derives from them (readable,
+        restrictable and sortable by tag); a property the client wrote itself wins."""
+        full = it.full_view(row, self.store.folder(row.folder_id))
+        written = full.findall(t("ExtendedProperty"))
+        for prop in mapi.item_properties(full, row.item_type, row.created_seq):
+            if not any(it.ext_matches(w.find(t("ExtendedFieldURI")), prop.find(t("ExtendedFieldURI")))
+                       for w in written):
+                full.append(prop)
+        it.order_children(full)
+        return full
 
 
 def now_text() -> str:

@@ -21,6 +21,7 @@ Limits are registered per endpoint (host:port), like the TLS trust.
 
 from __future__ import annotations
 
+import heapq
 import socket
 import threading
 import time
@@ -92,6 +93,45 @@ def _socket_of(raw: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+class _Alarms:
+    """One daemon thread for every request's deadline (a heap of due times), instead of a
+    ``threading.Timer`` thread per request."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, deadline: Deadline) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="exchanged-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2].cancelled:
+                    heapq.heappop(self._heap)  # ended in time: nothing to do
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                when, _, deadline = self._heap[0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            deadline.fire()
+
+
+_alarms = _Alarms()
+
+
 class Deadline:
     """A timer that, at ``started + limits.deadline_s``, shuts down the socket of the request's
     connection: whatever the request is waiting for then (the status line, headers trickling in,
@@ -103,11 +143,12 @@ class Deadline:
         self.fired = threading.Event()
         self.conn: Any = None
         self.sock: socket.socket | None = None
-        self._timer = threading.Timer(max(0.0, started + limits.deadline_s - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self.cancelled = False
+        _alarms.add(started + limits.deadline_s, self)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
+        if self.cancelled:
+            return
         self.fired.set()
         sock = self.sock or getattr(self.conn, "sock", None)
         if isinstance(sock, socket.socket):
@@ -117,7 +158,8 @@ class Deadline:
                 pass
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self.cancelled = True
+        self.conn = self.sock = None  # the heap keeps the entry until its time: not the connection
 
     def error(self, received: int = 0) -> RequestDeadline:
         return RequestDeadline(self.limits.deadline_s, received)

@@ -24,12 +24,17 @@ from exchanged import __version__
 from exchanged.control.protocol import (
     CLIENT_MAX_RESPONSE_BYTES,
     PROTOCOL_VERSION,
+    ChangeLine,
     LineFramer,
+    PlanAnswer,
     ProtocolError,
+    ReloadAnswer,
     StatusDocument,
+    SyncAnswer,
     UserStatus,
     decode_line,
     encode_message,
+    history_from_json,
     make_request,
     parse_since,
     protocol_major,
@@ -718,53 +723,38 @@ _ACTION_ORDER = {"create": 0, "update": 1, "delete": 2, "adopt": 3, "forget": 4}
 PLAN_COLUMNS = ["SIDE", "ACTION", "KIND", "KEY", "SUBJECT / FIELDS", "REASON"]
 
 
-def plan_entries(actions: object) -> list[dict[str, Any]]:
-    """Plan actions (``{side, action, kind, key, fields, reason}``) sorted by side, then verb."""
-    entries = [_dict(e) for e in _list(actions)]
-    entries.sort(key=lambda e: (str(e.get("side")), _ACTION_ORDER.get(str(e.get("action")), 9)))
-    return entries
-
-
-def _plan_rows(entries: Sequence[dict[str, Any]]) -> list[list[str]]:
+def _plan_rows(entries: Sequence[ChangeLine]) -> list[list[str]]:
     return [
-        [
-            _text(e.get("side")),
-            _text(e.get("action")),
-            _text(e.get("kind")),
-            _text(e.get("key")),
-            _subject_or_fields(e),
-            _text(e.get("reason")),
-        ]
+        [_text(e.side), _text(e.action), _text(e.kind), _text(e.key), _subject_or_fields(e), _text(e.reason)]
         for e in entries
     ]
 
 
-def _plan_summary(entries: Sequence[dict[str, Any]]) -> str:
+def _plan_summary(entries: Sequence[ChangeLine]) -> str:
     parts = []
     for side in ("exchange", "psa"):
         verbs = {"create": 0, "update": 0, "delete": 0}
         for e in entries:
-            if e.get("side") == side:
-                verb = str(e.get("action"))
+            if e.side == side:
+                verb = str(e.action)
                 verbs[verb] = verbs.get(verb, 0) + 1
         parts.append(f"{side}: " + ", ".join(f"{n} {verb}" for verb, n in verbs.items()))
     return "; ".join(parts)
 
 
-def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
-    plan = _dict(result)
-    mailbox = _text(plan.get("mailbox"))
-    entries = plan_entries(plan.get("actions"))
-    held = plan_entries(plan.get("held_back"))
+def render_plan(result: object, out: TextIO, clock: Clock) -> None:
+    plan = PlanAnswer.from_json(result)
+    mailbox = _text(plan.mailbox)
+    entries = sorted(plan.actions, key=_plan_order)
+    held = sorted(plan.held_back, key=_plan_order)
     out.write(f"plan for {mailbox} (dry run, nothing changed): {_plan_summary(entries)}\n")
-    window = _dict(plan.get("window"))
-    if window:
+    if plan.window is not None:
         out.write(
-            f"window: items ending after {clock.show(window.get('past_start'))}, recurring series "
-            f"until {clock.show(window.get('recurring_end'))} ({clock.describe()})\n"
+            f"window: items ending after {clock.show(plan.window.past_start)}, recurring series "
+            f"until {clock.show(plan.window.recurring_end)} ({clock.describe()})\n"
         )
-    for finding in (_dict(f) for f in _list(plan.get("findings"))):
-        out.write(f"finding: {_text(finding.get('message'))} ({_text(finding.get('code'))})\n")
+    for finding in plan.findings:
+        out.write(f"finding: {_text(finding.message)} ({_text(finding.code)})\n")
     if entries:
         out.write("\n")
         table(PLAN_COLUMNS, _plan_rows(entries), out)
@@ -775,77 +765,79 @@ def render_plan(result: Any, out: TextIO, clock: Clock) -> None:
         table(PLAN_COLUMNS, _plan_rows(held), out)
 
 
-def _subject_or_fields(entry: dict[str, Any]) -> str:
-    subject, fields = entry.get("subject"), entry.get("fields")
-    parts = [f'"{_text(subject)}"'] if subject else []
-    if fields:
-        parts.append(_text(fields))
+def _plan_order(entry: ChangeLine) -> tuple[str, int]:
+    return str(entry.side), _ACTION_ORDER.get(str(entry.action), 9)
+
+
+def _subject_or_fields(entry: ChangeLine) -> str:
+    parts = [f'"{_text(entry.subject)}"'] if entry.subject else []
+    if entry.fields:
+        parts.append(_text(entry.fields))
     return " ".join(parts) or "-"
 
 
-def render_history(result: Any, out: TextIO, clock: Clock) -> None:
-    entries = [_dict(e) for e in _list(result if isinstance(result, list) else _dict(result).get("entries"))]
+def render_history(result: object, out: TextIO, clock: Clock) -> None:
+    entries = history_from_json(result)
     if not entries:
         out.write("no changes recorded\n")
         return
     out.write(f"{clock.describe()}\n")
     rows = [
         [
-            clock.show(e.get("at")),
-            _text(e.get("mailbox")),
-            _text(e.get("side")),
-            _text(e.get("action")),
-            _text(e.get("kind")),
-            _text(e.get("key")),
+            clock.show(e.at),
+            _text(e.mailbox),
+            _text(e.side),
+            _text(e.action),
+            _text(e.kind),
+            _text(e.key),
             _subject_or_fields(e),
-            _text(e.get("reason")),
+            _text(e.reason),
         ]
         for e in entries
     ]
     table(["TIME", "MAILBOX", "SIDE", "ACTION", "KIND", "KEY", "WHAT", "REASON"], rows, out)
 
 
-def render_sync(result: Any, out: TextIO, clock: Clock) -> None:
-    sync = _dict(result)
-    started = [_text(m) for m in _list(sync.get("started"))]
-    queued = {_text(m) for m in _list(sync.get("queued_behind_running"))}
-    results = _dict(sync.get("results"))
-    if not started and not results:
+def render_sync(result: object, out: TextIO, clock: Clock) -> None:
+    sync = SyncAnswer.from_json(result)
+    started = [_text(m) for m in sync.started]
+    queued = {_text(m) for m in sync.queued_behind_running}
+    if not started and not sync.results:
         _render_generic(result, out, clock)
         return
-    flags = [f for f in ("full", "allow_deletes") if sync.get(f)]
+    flags = [f for f, on in (("full", sync.full), ("allow_deletes", sync.allow_deletes)) if on]
     out.write(
         f"sync requested for {len(started)} mailbox(es)" + (f" ({', '.join(flags)})" if flags else "") + "\n"
     )
     rows = []
-    for mailbox in started or sorted(results):
-        outcome = _dict(results.get(mailbox))
-        if outcome:
-            counts = _dict(outcome.get("counts"))
-            detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no changes"
-            if outcome.get("held_back_deletes"):
-                detail += f"; {outcome['held_back_deletes']} deletion(s) held back"
-            if outcome.get("error"):
-                detail = _text(outcome.get("error"))
-            rows.append([mailbox, _text(outcome.get("result")), detail])
+    for mailbox in started or sorted(sync.results):
+        outcome = sync.results.get(mailbox)
+        if outcome is not None:
+            detail = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n) or "no changes"
+            if outcome.held_back_deletes:
+                detail += f"; {outcome.held_back_deletes} deletion(s) held back"
+            if outcome.error:
+                detail = _text(outcome.error)
+            rows.append([mailbox, _text(outcome.result), detail])
         else:
             rows.append([mailbox, "queued behind the running cycle" if mailbox in queued else "started", "-"])
     table(["MAILBOX", "RESULT", "DETAIL"], rows, out)
 
 
-def render_reload(result: Any, out: TextIO, clock: Clock) -> None:
-    reload = _dict(result)
-    outcome = _text(reload.get("result"))
+def render_reload(result: object, out: TextIO, clock: Clock) -> None:
+    answer = ReloadAnswer.from_json(result)
+    reload = answer.record
+    outcome = _text(reload.result)
     line = f"reload {outcome}"
-    if reload.get("generation") is not None:
-        line += f": config generation {reload['generation']}"
+    if answer.generation is not None:
+        line += f": config generation {answer.generation}"
     out.write(line + "\n")
-    for key in ("added", "removed", "changed"):
-        if _list(reload.get(key)):
-            out.write(f"  {key}: {', '.join(_text(m) for m in reload[key])}\n")
-    if reload.get("resync_all") or reload.get("full_resync"):
+    for key, names in (("added", reload.added), ("removed", reload.removed), ("changed", reload.changed)):
+        if names:
+            out.write(f"  {key}: {', '.join(_text(m) for m in names)}\n")
+    if reload.resync_all:
         out.write("  every user will be fully resynced (server or domain changed)\n")
-    for error in _list(reload.get("errors")):
+    for error in reload.errors:
         (sys.stderr if outcome == "rejected" else out).write(f"  {_text(error)}\n")
     if outcome == "deferred":
         out.write("  applied as soon as the running cycles end (`exchangectl status` shows it)\n")

@@ -30,7 +30,7 @@ import trio
 
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
 from exchanged.confirm import Confirmations
-from exchanged.control.protocol import ConfigStatus, ExchangeStatus, StatusDocument
+from exchanged.control.protocol import ChangeLine, ConfigStatus, ExchangeStatus, StatusDocument
 from exchanged.errors import ControlError, ExchangedError, present
 from exchanged.leases import LeaseUnavailable, lease_ttl_s, node_identity, run_leased
 from exchanged.logs import configure_from_config
@@ -649,11 +649,9 @@ class Daemon:
         since_dt = _parse_since(since)
         mailbox = mailbox.strip().lower() if mailbox else None
         entries = await self.adapters.state.history(mailbox, since_dt, limit or HISTORY_LIMIT)
-        return [{
-            "at": iso(e.at), "mailbox": e.mailbox, "side": e.side, "action": e.action,
-            "kind": str(e.kind), "key": e.key, "item_id": e.item_id, "fields": list(e.fields),
-            "reason": e.reason, "cycle_id": e.cycle_id, "subject": e.subject,
-        } for e in entries]
+        return [ChangeLine(side=e.side, action=e.action, kind=str(e.kind), key=e.key, fields=list(e.fields),
+                           reason=e.reason, subject=e.subject, item_id=e.item_id, at=iso(e.at),
+                           mailbox=e.mailbox, cycle_id=e.cycle_id).to_json() for e in entries]
 
     async def reload(self, wait: bool) -> dict[str, Any]:
         record = await self.reloader.request(source="control")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from pathlib import PurePath
@@ -712,3 +712,144 @@ class StatusDocument:
             if isinstance(data.get("users"), list) else [],
             CycleStatus.from_json(public) if isinstance(public, dict) else None,
         )
+
+
+# --- the plan, history, sync and reload answers ---------------------------------------------------
+# Read back by exchangectl like the status document: any JSON value in, typed fields out.
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeLine:
+    """One action of a ``plan`` answer, or one ``history`` entry (the journal adds at/mailbox)."""
+
+    side: str | None  # exchange | psa
+    action: str | None  # create | update | delete | adopt | forget
+    kind: str | None
+    key: str | None
+    fields: list[str]
+    reason: str | None
+    subject: str | None = None
+    item_id: str | None = None
+    at: str | None = None  # history only
+    mailbox: str | None = None  # history only
+    cycle_id: str | None = None  # history only
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "mailbox": self.mailbox, "side": self.side, "action": self.action,
+                "kind": self.kind, "key": self.key, "item_id": self.item_id, "fields": list(self.fields),
+                "reason": self.reason, "cycle_id": self.cycle_id, "subject": self.subject}
+
+    @classmethod
+    def from_json(cls, value: object) -> ChangeLine:
+        data = _obj(value)
+        key = data.get("key")
+        return cls(_str(data.get("side")), _str(data.get("action")), _str(data.get("kind")),
+                   str(key) if _int(key) is not None else _str(key), _strs(data.get("fields")),
+                   _str(data.get("reason")), _str(data.get("subject")), _str(data.get("item_id")),
+                   _str(data.get("at")), _str(data.get("mailbox")), _str(data.get("cycle_id")))
+
+    @classmethod
+    def list_from_json(cls, value: object) -> list[ChangeLine]:
+        return [cls.from_json(v) for v in value] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFinding:
+    code: str | None
+    kind: str | None
+    message: str | None
+
+    @classmethod
+    def from_json(cls, value: object) -> PlanFinding:
+        data = _obj(value)
+        return cls(_str(data.get("code")), _str(data.get("kind")), _str(data.get("message")))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanWindow:
+    past_start: str | None  # items ending after this are in the window
+    recurring_end: str | None  # recurring series are expanded until this
+
+    @classmethod
+    def from_json(cls, value: object) -> PlanWindow | None:
+        data = _obj(value)
+        if not data:
+            return None
+        return cls(_str(data.get("past_start")), _str(data.get("recurring_end")))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanAnswer:
+    """The ``plan`` answer (a dry run of one mailbox's cycle)."""
+
+    mailbox: str | None
+    window: PlanWindow | None
+    actions: list[ChangeLine]
+    held_back: list[ChangeLine]  # deletions a guard keeps back
+    findings: list[PlanFinding]
+
+    @classmethod
+    def from_json(cls, value: object) -> PlanAnswer:
+        data = _obj(value)
+        findings = data.get("findings")
+        return cls(_str(data.get("mailbox")), PlanWindow.from_json(data.get("window")),
+                   ChangeLine.list_from_json(data.get("actions")),
+                   ChangeLine.list_from_json(data.get("held_back")),
+                   [PlanFinding.from_json(f) for f in findings] if isinstance(findings, list) else [])
+
+
+def history_from_json(value: object) -> list[ChangeLine]:
+    """The ``history`` answer: a list of entries (older daemons: ``{"entries": [...]}``)."""
+    return ChangeLine.list_from_json(value if isinstance(value, list) else _obj(value).get("entries"))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOutcome:
+    """One mailbox's finished cycle in a ``sync --wait`` answer."""
+
+    result: str | None  # ok | partial | held_back | error
+    error: str | None
+    counts: dict[str, int]
+    held_back_deletes: int
+
+    @classmethod
+    def from_json(cls, value: object) -> SyncOutcome | None:
+        data = _obj(value)
+        if not data:
+            return None
+        return cls(_str(data.get("result")), _str(data.get("error")), _counts(data.get("counts")),
+                   _int(data.get("held_back_deletes")) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAnswer:
+    """The ``sync`` answer: what was started, and with ``wait`` each mailbox's outcome."""
+
+    started: list[str]
+    queued_behind_running: list[str]
+    full: bool
+    allow_deletes: bool
+    results: dict[str, SyncOutcome | None]
+
+    @classmethod
+    def from_json(cls, value: object) -> SyncAnswer:
+        data = _obj(value)
+        return cls(_strs(data.get("started")), _strs(data.get("queued_behind_running")),
+                   _bool(data.get("full")) is True, _bool(data.get("allow_deletes")) is True,
+                   {k: SyncOutcome.from_json(v) for k, v in _obj(data.get("results")).items()})
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadAnswer:
+    """The ``reload`` answer: the reload record and the config generation now running."""
+
+    record: ReloadRecord
+    generation: int | None
+
+    @classmethod
+    def from_json(cls, value: object) -> ReloadAnswer:
+        data = _obj(value)
+        record = ReloadRecord.from_json(data) or ReloadRecord(None, "", [])
+        if not record.resync_all and _bool(data.get("full_resync")):  # older daemons' name
+            record = replace(record, resync_all=True)
+        return cls(record, _int(data.get("generation")))

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchanged import ctl
+from exchanged.control import protocol
 
 from .fakes import HISTORY, PLAN, STATUS
 
@@ -128,3 +129,35 @@ def test_history_and_plan_render_every_entry() -> None:
     plan_text = render("plan", PLAN)
     for action in PLAN["actions"] + PLAN["held_back"]:
         assert action["key"] in plan_text
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_values)
+def test_the_typed_answer_readers_take_any_json(value: Any) -> None:
+    # exchangectl reads plan/history/sync/reload through these; none may raise on a strange peer
+    protocol.PlanAnswer.from_json(value)
+    protocol.history_from_json(value)
+    protocol.SyncAnswer.from_json(value)
+    protocol.ReloadAnswer.from_json(value)
+
+
+def test_a_history_entry_reads_back_as_written() -> None:
+    line = protocol.ChangeLine(side="psa", action="update", kind="appointment", key="appointment:41",
+                               fields=["start", "end"], reason="moved in Exchange", subject="Visit",
+                               item_id="AAM=", at="2026-11-29T04:15:02+00:00", mailbox="jdoe@contoso.com",
+                               cycle_id="c1")
+    assert protocol.history_from_json([line.to_json()]) == [line]
+    assert protocol.history_from_json(HISTORY)[1].fields == ["start", "end"]
+
+
+def test_typed_answers_keep_what_the_renderers_show() -> None:
+    plan = protocol.PlanAnswer.from_json(PLAN)
+    assert [a.key for a in plan.held_back] == ["contact:5"]
+    assert plan.window is not None and plan.window.recurring_end == "2026-12-29T04:00:00+00:00"
+    assert plan.findings[0].code == "deletes_held_back"
+    sync = protocol.SyncAnswer.from_json({"started": ["a@x"], "full": True,
+                                          "results": {"a@x": {"result": "ok", "counts": {"exported": 2}}}})
+    assert sync.full and not sync.allow_deletes
+    assert sync.results["a@x"] == protocol.SyncOutcome("ok", None, {"exported": 2}, 0)
+    reload = protocol.ReloadAnswer.from_json({"result": "applied", "full_resync": True, "generation": 4})
+    assert reload.record.resync_all is True and reload.generation == 4

@@ -417,7 +417,7 @@ def _check_line(code: int, summary: str) -> int:
     return code
 
 
-def evaluate_check(status: Any, now: datetime, *, warning_age_min: float | None = None,
+def evaluate_check(status: object, now: datetime, *, warning_age_min: float | None = None,
                    critical_age_min: float | None = None, warning_failing: int = 1,
                    critical_failing: int = 0) -> tuple[int, str]:
     """(exit code, "summary | perfdata") for one ``status`` answer; pure, for the tests."""
@@ -493,7 +493,7 @@ def report_failure(failure: CtlFailure, *, as_json: bool) -> int:
     return failure.exit_code
 
 
-def exit_code_of(command: str, result: Any) -> int:
+def exit_code_of(command: str, result: object) -> int:
     """Exit 1 when the daemon answered but the outcome is a refusal (SPEC section 2)."""
     if not isinstance(result, dict):
         return EXIT_OK
@@ -548,11 +548,11 @@ def _parse_time(value: object) -> datetime | None:
     return None
 
 
-def _list(value: object) -> list[Any]:
+def _list(value: object) -> list[object]:
     return value if isinstance(value, list) else []
 
 
-def _dict(value: object) -> dict[str, Any]:
+def _dict(value: object) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
@@ -583,7 +583,7 @@ def _block(pairs: Sequence[tuple[str, str]], out: TextIO) -> None:
         out.write(f"{(key + ':').ljust(width)}  {value}\n")
 
 
-def render_status(result: Any, out: TextIO, clock: Clock) -> None:
+def render_status(result: object, out: TextIO, clock: Clock) -> None:
     status = StatusDocument.from_json(result)
     config, exchange, reload = status.config, status.exchange, status.config.last_reload
     pairs = [
@@ -675,7 +675,7 @@ def _error_lines(users: Sequence[UserStatus], out: TextIO) -> None:
         out.write(f"{_text(user.mailbox)}: last error: {_text(user.cycle.last_error)}\n")
 
 
-def render_users(result: Any, out: TextIO, clock: Clock) -> None:
+def render_users(result: object, out: TextIO, clock: Clock) -> None:
     users = [UserStatus.from_json(u) for u in _list(result) if isinstance(u, dict)]
     if not users:
         out.write("no users configured\n")
@@ -696,14 +696,14 @@ def render_users(result: Any, out: TextIO, clock: Clock) -> None:
     _error_lines(users, out)
 
 
-def render_resources(result: Any, out: TextIO, clock: Clock) -> None:
+def render_resources(result: object, out: TextIO, clock: Clock) -> None:
     rows = [_dict(r) for r in _list(result)]
     if not rows:
         out.write("the PSA has no resources\n")
         return
     out.write(f"{clock.describe()}\n")
 
-    def yes(value: Any) -> str:
+    def yes(value: object) -> str:
         return "-" if value is None else "yes" if value else "no"
 
     table(["ID", "NAME", "EMAIL", "ACTIVE", "MAILBOX", "ENABLED", "LAST ATTEMPT", "LAST SUCCESS"],
@@ -843,7 +843,7 @@ def render_reload(result: object, out: TextIO, clock: Clock) -> None:
         out.write("  applied as soon as the running cycles end (`exchangectl status` shows it)\n")
 
 
-def render_pause(result: Any, out: TextIO, clock: Clock) -> None:
+def render_pause(result: object, out: TextIO, clock: Clock) -> None:
     state = _dict(result)
     for verb in ("paused", "resumed"):
         if verb in state:
@@ -856,13 +856,13 @@ def render_pause(result: Any, out: TextIO, clock: Clock) -> None:
     _render_generic(result, out, clock)
 
 
-def render_version(result: Any, out: TextIO, clock: Clock) -> None:
+def render_version(result: object, out: TextIO, clock: Clock) -> None:
     info = _dict(result)
     out.write(f"exchangectl {__version__}, protocol {PROTOCOL_VERSION}\n")
     out.write(f"exchanged   {_text(info.get('version'))}, protocol {_text(info.get('protocol'))}\n")
 
 
-def _render_generic(result: Any, out: TextIO, clock: Clock) -> None:
+def _render_generic(result: object, out: TextIO, clock: Clock) -> None:
     if isinstance(result, dict) and result:
         _block([(str(k), _text(v)) for k, v in result.items()], out)
     elif result not in (None, {}, []):
@@ -871,12 +871,12 @@ def _render_generic(result: Any, out: TextIO, clock: Clock) -> None:
         out.write("ok\n")
 
 
-def render_metrics(result: Any, out: TextIO, clock: Clock) -> None:
+def render_metrics(result: object, out: TextIO, clock: Clock) -> None:
     text = _dict(result).get("text")
     out.write(text if isinstance(text, str) and text.endswith("\n") else f"{_text(text)}\n")
 
 
-RENDERERS: dict[str, Callable[[Any, TextIO, Clock], None]] = {
+RENDERERS: dict[str, Callable[[object, TextIO, Clock], None]] = {
     "metrics": render_metrics,
     "status": render_status,
     "users": render_users,

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from pathlib import PurePath
-from typing import Any
+from typing import Any, NoReturn
 
 from exchanged import PROTOCOL_VERSION as PROTOCOL_VERSION  # re-exported for the client
 
@@ -88,7 +88,7 @@ class Param:
 
     type: str  # "bool" | "str" | "mailboxes" (non-empty list of mailbox strings) | "since"
     required: bool = False
-    default: Any = None
+    default: object = None
     help: str = ""
 
 
@@ -148,7 +148,7 @@ def validate_params(method: str, params: object) -> dict[str, Any]:
     return out
 
 
-def _check_value(method: str, name: str, param: Param, value: object) -> Any:
+def _check_value(method: str, name: str, param: Param, value: object) -> object:
     where = f"{method}.{name}"
     if param.type == "bool":
         if not isinstance(value, bool):
@@ -318,7 +318,7 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-def _json_default(value: object) -> Any:
+def _json_default(value: object) -> object:
     # The daemon may hand over datetimes and enums; the wire carries ISO text and plain values.
     if isinstance(value, datetime):
         return value.isoformat()
@@ -352,7 +352,7 @@ def decode_line(line: bytes) -> object:
     return value
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -368,7 +368,7 @@ def _depth_exceeds(value: object, limit: int) -> bool:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
+            children: Iterable[object] = item.values()
         elif isinstance(item, list):
             children = item
         else:
@@ -438,7 +438,7 @@ def _bool(value: object) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _obj(value: object) -> dict[str, Any]:
+def _obj(value: object) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
@@ -447,7 +447,7 @@ def _strs(value: object) -> list[str]:
 
 
 def _counts(value: object) -> dict[str, int]:
-    return {k: v for k, v in _obj(value).items() if _int(v) is not None}
+    return {k: n for k, v in _obj(value).items() if (n := _int(v)) is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,8 +489,8 @@ class ReloadRecord:
     changed: list[str] | None = None
     resync_all: bool | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"at": self.at, "result": self.result, "errors": list(self.errors)}
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"at": self.at, "result": self.result, "errors": list(self.errors)}
         if self.result == "applied":
             out.update(added=self.added or [], removed=self.removed or [], changed=self.changed or [],
                        resync_all=bool(self.resync_all))
@@ -515,7 +515,7 @@ class ConfigStatus:
     last_reload: ReloadRecord | None
     warnings: list[str]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"path": self.path, "generation": self.generation, "profile_name": self.profile_name,
                 "loaded_at": self.loaded_at,
                 "last_reload": self.last_reload.to_json() if self.last_reload else None,
@@ -544,13 +544,13 @@ class ExchangeStatus:
     back_off_until: str | None = None  # the server asked the daemon to wait until then (throttling)
     back_off_by_server: bool | None = None  # only with back_off_until
 
-    def update(self, **changes: Any) -> None:
+    def update(self, **changes: object) -> None:
         """Set these fields (a name that is no field raises AttributeError)."""
         for name, value in changes.items():
             setattr(self, name, value)
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "server": self.server, "version": self.version, "reachable": self.reachable,
             "login": self.login, "last_error": self.last_error, "checked_at": self.checked_at,
             "warnings": list(self.warnings), "back_off_until": self.back_off_until}
@@ -570,11 +570,11 @@ class ExchangeStatus:
 @dataclass(frozen=True, slots=True)
 class PsaStatus:
     connector: str | None
-    budget: dict[str, Any] | None = None  # the connector's request budget, where it has one (Autotask)
+    budget: dict[str, object] | None = None  # the connector's request budget, where it has one (Autotask)
     budget_error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"connector": self.connector}
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"connector": self.connector}
         if self.budget is not None:
             out["budget"] = self.budget
         if self.budget_error is not None:
@@ -602,7 +602,7 @@ class CycleStatus:
     progress: Progress | None  # while syncing
     counts: dict[str, int]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"state": self.state, "last_attempt": self.last_attempt, "last_success": self.last_success,
                 "last_result": self.last_result, "last_error": self.last_error, "next_run": self.next_run,
                 "progress": ({"done": self.progress.done, "total": self.progress.total}
@@ -625,11 +625,11 @@ class PushStatus:
     note: str | None  # why polled; None when pushed
     since: str | None  # the last change of mode (UTC)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"push": self.mode, "push_note": self.note, "push_since": self.since}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PushStatus | None:
+    def from_json(cls, data: dict[str, object]) -> PushStatus | None:
         if "push" not in data:
             return None
         return cls(_str(data.get("push")), _str(data.get("push_note")), _str(data.get("push_since")))
@@ -646,7 +646,7 @@ class UserStatus:
     held_by: LeaseHolder | None = None
     push: PushStatus | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"mailbox": self.mailbox, "psa_resource": self.psa_resource, "enabled": self.enabled,
                 **self.cycle.to_json(),
                 "held_by": ({"node": self.held_by.node, "expires_at": self.held_by.expires_at}
@@ -684,7 +684,7 @@ class StatusDocument:
     users: list[UserStatus]
     public_folder: CycleStatus | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "version": self.version, "protocol": self.protocol, "pid": self.pid,
             "started_at": self.started_at, "state": self.state, "ready": self.ready,
@@ -701,15 +701,17 @@ class StatusDocument:
         protocol = data.get("protocol")
         running = data.get("running")
         public = data.get("public_folder")
+        users = data.get("users")
         return cls(
-            _str(data.get("version")), protocol if _int(protocol) is not None or _str(protocol) else None,
+            _str(data.get("version")),
+            _int(protocol) if _int(protocol) is not None else _str(protocol) or None,
             _int(data.get("pid")), _str(data.get("started_at")), _str(data.get("state")),
             _bool(data.get("ready")), ConfigStatus.from_json(data.get("config")),
             ExchangeStatus.from_json(data.get("exchange")), PsaStatus.from_json(data.get("psa")),
             len(running) if isinstance(running, list) else _int(running), _bool(data.get("paused")),
             _num(data.get("interval_minutes")), _int(data.get("max_concurrent_users")),
-            [UserStatus.from_json(u) for u in data.get("users") or [] if isinstance(u, dict)]
-            if isinstance(data.get("users"), list) else [],
+            [UserStatus.from_json(u) for u in users if isinstance(u, dict)]
+            if isinstance(users, list) else [],
             CycleStatus.from_json(public) if isinstance(public, dict) else None,
         )
 
@@ -734,7 +736,7 @@ class ChangeLine:
     mailbox: str | None = None  # history only
     cycle_id: str | None = None  # history only
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"at": self.at, "mailbox": self.mailbox, "side": self.side, "action": self.action,
                 "kind": self.kind, "key": self.key, "item_id": self.item_id, "fields": list(self.fields),
                 "reason": self.reason, "cycle_id": self.cycle_id, "subject": self.subject}

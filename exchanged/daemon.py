@@ -17,6 +17,7 @@ cancelled, the adapters are closed (state flushed), exit 0.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -516,7 +517,7 @@ class Daemon:
             config_loaded_at=self.loaded_at.timestamp(),
             exchange_reachable=self.exchange.reachable)
 
-    async def metrics(self) -> dict[str, Any]:
+    async def metrics(self) -> dict[str, object]:
         """The control method ``metrics``: the Prometheus text exposition."""
         return {"content_type": CONTENT_TYPE, "text": render_metrics(self.metrics_snapshot)}
 
@@ -579,7 +580,7 @@ class Daemon:
 
     # --- ControlHandler --------------------------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, object]:
         state = self.adapters.state if self.adapters is not None else None
         held = await held_elsewhere(state, self.node_id)
         return StatusDocument(
@@ -596,11 +597,11 @@ class Daemon:
             public_folder=public_folder_row(self.scheduler, self.records),
         ).to_json()
 
-    async def users(self) -> list[dict[str, Any]]:
+    async def users(self) -> list[dict[str, object]]:
         rows = user_rows(self.cfg, self.scheduler, self.records, push=self.push.row)
         return [row.to_json() for row in rows]
 
-    async def resources(self) -> list[dict[str, Any]]:
+    async def resources(self) -> list[dict[str, object]]:
         if self.adapters is None:
             raise ControlError("the PSA is not open yet", hint="see exchangectl status; retry in a moment")
         found = await self.adapters.psa.all_resources()
@@ -619,7 +620,7 @@ class Daemon:
         return wanted
 
     async def sync(self, mailboxes: list[str] | None, full: bool, wait: bool,
-                   allow_deletes: bool) -> dict[str, Any]:
+                   allow_deletes: bool) -> dict[str, object]:
         if not self.cfg.enabled:
             raise UserDisabled("the integration is switched off (enabled: false in the config)")
         if self.stopping:
@@ -628,7 +629,7 @@ class Daemon:
         handle = self.scheduler.request_sync(selected, full=full, allow_deletes=allow_deletes)
         log.info("manual sync requested", mailboxes=handle.mailboxes, full=full, allow_deletes=allow_deletes)
         queued = [m for m in handle.mailboxes if self.scheduler.snapshot()[m].state == "syncing"]
-        result: dict[str, Any] = {"started": handle.mailboxes, "queued_behind_running": queued,
+        result: dict[str, object] = {"started": handle.mailboxes, "queued_behind_running": queued,
                                   "full": full, "allow_deletes": allow_deletes}
         if wait:
             outcomes = await handle.wait()
@@ -636,7 +637,7 @@ class Daemon:
             result["ok"] = all(o.result != "error" for o in outcomes.values())
         return result
 
-    async def plan(self, mailbox: str) -> dict[str, Any]:
+    async def plan(self, mailbox: str) -> dict[str, object]:
         user = self.cfg.user(mailbox.strip().lower())
         if user is None:
             raise UnknownMailbox([mailbox])
@@ -644,7 +645,7 @@ class Daemon:
         return await self.runner.plan(self.cfg, user)
 
     async def history(self, mailbox: str | None, since: str | None,
-                      limit: int | None = None) -> list[dict[str, Any]]:
+                      limit: int | None = None) -> list[dict[str, object]]:
         assert self.adapters is not None
         since_dt = _parse_since(since)
         mailbox = mailbox.strip().lower() if mailbox else None
@@ -653,7 +654,7 @@ class Daemon:
                            reason=e.reason, subject=e.subject, item_id=e.item_id, at=iso(e.at),
                            mailbox=e.mailbox, cycle_id=e.cycle_id).to_json() for e in entries]
 
-    async def reload(self, wait: bool) -> dict[str, Any]:
+    async def reload(self, wait: bool) -> dict[str, object]:
         record = await self.reloader.request(source="control")
         if record.result == "deferred" and wait:
             await self.reloader.wait_applied()
@@ -663,13 +664,13 @@ class Daemon:
             raise ReloadRejected("reload rejected, the old config keeps running: " + "; ".join(record.errors))
         return {**record.to_json(), "generation": self.generation}
 
-    async def pause(self, mailboxes: list[str] | None) -> dict[str, Any]:
+    async def pause(self, mailboxes: list[str] | None) -> dict[str, object]:
         selected = self.scheduler.pause(self._select_for_pause(mailboxes))
         log.info("paused", mailboxes=mailboxes or "all")
         self.status_poke()
         return {"paused": selected, "global": mailboxes is None}
 
-    async def resume(self, mailboxes: list[str] | None) -> dict[str, Any]:
+    async def resume(self, mailboxes: list[str] | None) -> dict[str, object]:
         selected = self.scheduler.resume(self._select_for_pause(mailboxes))
         log.info("resumed", mailboxes=mailboxes or "all")
         self.status_poke()
@@ -681,7 +682,7 @@ class Daemon:
         return self._check_mailboxes(mailboxes)
 
 
-def _outcome_dict(o: CycleOutcome) -> dict[str, Any]:
+def _outcome_dict(o: CycleOutcome) -> dict[str, object]:
     return {"result": o.result, "error": o.error, "counts": o.counts.as_dict(),
             "item_errors": [{"key": e.key, "code": e.code, "message": e.message} for e in o.item_errors],
             "held_back_deletes": o.held_back_deletes}
@@ -704,7 +705,7 @@ def _parse_since(since: str | None) -> datetime | None:
 def _register_secrets(cfg: Config) -> None:
     from exchanged.logs import register_secret
 
-    def reveal(secret: Any) -> str | None:
+    def reveal(secret: object) -> str | None:
         if secret is None:
             return None
         return secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
@@ -721,7 +722,7 @@ def _say(line: str) -> None:
     print(f"exchanged: {line}", file=sys.stderr, flush=True)
 
 
-def cli_run(args: Any, openers: Openers | None = None) -> int:
+def cli_run(args: argparse.Namespace, openers: Openers | None = None) -> int:
     """``exchanged run --config PATH``: 0 after a clean stop, 1 on a fatal start-up error.
 
     ``openers``: what the daemon opens (default: the real adapters); tests pass their own

@@ -47,35 +47,35 @@ class ControlHandler(Protocol):
     ``reason = "unknown_mailbox"`` or ``"reload_rejected"``.
     """
 
-    async def status(self) -> dict[str, Any]: ...
+    async def status(self) -> dict[str, object]: ...
 
-    async def users(self) -> list[dict[str, Any]]: ...
+    async def users(self) -> list[dict[str, object]]: ...
 
-    async def resources(self) -> list[dict[str, Any]]: ...
+    async def resources(self) -> list[dict[str, object]]: ...
 
     async def sync(
         self, mailboxes: list[str] | None, full: bool, wait: bool, allow_deletes: bool
-    ) -> dict[str, Any]: ...
+    ) -> dict[str, object]: ...
 
-    async def plan(self, mailbox: str) -> dict[str, Any]: ...
+    async def plan(self, mailbox: str) -> dict[str, object]: ...
 
     async def history(self, mailbox: str | None, since: str | None,
-                      limit: int | None = None) -> list[dict[str, Any]]: ...
+                      limit: int | None = None) -> list[dict[str, object]]: ...
 
-    async def reload(self, wait: bool) -> dict[str, Any]: ...
+    async def reload(self, wait: bool) -> dict[str, object]: ...
 
-    async def pause(self, mailboxes: list[str] | None) -> dict[str, Any]: ...
+    async def pause(self, mailboxes: list[str] | None) -> dict[str, object]: ...
 
-    async def resume(self, mailboxes: list[str] | None) -> dict[str, Any]: ...
+    async def resume(self, mailboxes: list[str] | None) -> dict[str, object]: ...
 
-    async def metrics(self) -> dict[str, Any]: ...
+    async def metrics(self) -> dict[str, object]: ...
 
 
-def version_result() -> dict[str, Any]:
+def version_result() -> dict[str, object]:
     return {"version": __version__, "protocol": PROTOCOL_VERSION, "methods": sorted(METHODS)}
 
 
-async def _call(handler: ControlHandler, method: str, p: Mapping[str, Any]) -> Any:
+async def _call(handler: ControlHandler, method: str, p: Mapping[str, Any]) -> object:
     # An explicit table rather than getattr(): only protocol methods are reachable, and mypy
     # checks every call against ControlHandler.
     if method == "version":
@@ -156,7 +156,7 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def handler_error_response(request_id: RequestId, method: str, exc: Exception) -> dict[str, Any]:
+def handler_error_response(request_id: RequestId, method: str, exc: Exception) -> dict[str, object]:
     """The answer for an exception a handler raised (ExchangedError or a bug)."""
     leaf = _leaf(exc)
     if isinstance(leaf, errors.ExchangedError):
@@ -168,7 +168,7 @@ def handler_error_response(request_id: RequestId, method: str, exc: Exception) -
             error=shown.message,
             mailbox=leaf.mailbox,
         )
-        data: dict[str, Any] = {"hint": shown.hint} if shown.hint else {}
+        data: dict[str, object] = {"hint": shown.hint} if shown.hint else {}
         if leaf.mailbox:
             data["mailbox"] = leaf.mailbox
         return error_response(request_id, HANDLER_ERROR, shown.message, shown.reason, **data)
@@ -177,7 +177,7 @@ def handler_error_response(request_id: RequestId, method: str, exc: Exception) -
     return error_response(request_id, INTERNAL_ERROR, shown.message, R_INTERNAL_ERROR, hint=shown.hint)
 
 
-async def dispatch(handler: ControlHandler, request: object) -> dict[str, Any] | None:
+async def dispatch(handler: ControlHandler, request: object) -> dict[str, object] | None:
     """Answer one decoded request. Returns None for a valid notification (a request without id)."""
     try:
         request_id, notification, method, raw_params = _parse_request(request)
@@ -208,4 +208,4 @@ async def handle_line(handler: ControlHandler, line: bytes) -> bytes | None:
         return encode_message(response)
     except (TypeError, ValueError) as exc:  # the handler returned something JSON cannot carry
         method = request.get("method", "?") if isinstance(request, dict) else "?"
-        return encode_message(handler_error_response(response.get("id"), str(method), exc))
+        return encode_message(handler_error_response(_safe_id(response), str(method), exc))

@@ -23,7 +23,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -40,6 +40,7 @@ from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
 from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
+from exchanged.pruning import HistoryPruner
 from exchanged.psa_users import PsaUsers
 from exchanged.push import PushService, PushTracker
 from exchanged.reload import Reloader
@@ -70,7 +71,6 @@ GRACE_S = 8.0  # SIGTERM: running cycles get this long, so that the whole stop s
 CLOSE_TIMEOUT_S = 1.0  # closing the adapters (flushing state) may take at most this long
 STATUS_EVERY_S = 30.0  # STATUS= refresh while nothing else changes
 STATUS_MIN_GAP_S = 1.0  # changes within this time share one STATUS= update
-PRUNE_EVERY_S = 6 * 3600.0  # the journal is pruned (state.history_days) at start and this often
 STUCK_GRACE_S = 300.0  # a cancelled cycle still running this long after its timeout: stuck
 CHECK_TIMEOUT_S = 120.0  # the start-up/reload credential check gives up after this long
 HISTORY_LIMIT = 1000  # `history` answers at most this many of the newest entries unless asked
@@ -134,6 +134,8 @@ class Daemon:
         self.openers = openers or Openers()  # start and every reload open through these
         self._load_file = config_loader or _load_config_in_thread
         self.psa_users = PsaUsers()
+        self.pruner = HistoryPruner(lambda: self.adapters.state if self.adapters else None,
+                                    lambda: self.cfg.state.history_days)
         self.adapters: Adapters | None = None
         self.runner: CycleRunner | None = None
         self.notifier: NotifierLike = self.openers.notifier(cfg)
@@ -185,9 +187,9 @@ class Daemon:
                     nursery.start_soon(self.push_service.serve_push)
                     nursery.start_soon(self.push_service.serve_psa_probe)
                     nursery.start_soon(self._startup_tasks)
-                    nursery.start_soon(self._serve_psa_users)
+                    nursery.start_soon(self.psa_users.serve, lambda: self.cfg, self._reload_for_psa_users)
                     nursery.start_soon(self._serve_status_line)
-                    nursery.start_soon(self._serve_pruning)
+                    nursery.start_soon(self.pruner.serve)
                     self._ready = True
                     sdnotify.ready(self.status_line())
                     log.info("ready", config=self.config_path, users=len(self.cfg.enabled_users()),
@@ -251,25 +253,8 @@ class Daemon:
         await self.confirm_new_users(self.cfg, on_start=True)
         await self.check_credentials(self.cfg)
 
-    async def _serve_pruning(self) -> None:
-        """Keep the journal bounded: entries older than ``state.history_days`` go, at the start
-        and every ``PRUNE_EVERY_S``."""
-        while True:
-            await self.prune_history()
-            await trio.sleep(PRUNE_EVERY_S)
-
-    async def prune_history(self) -> int:
-        if self.adapters is None:
-            return 0
-        days = self.cfg.state.history_days
-        try:
-            pruned = await self.adapters.state.prune_history(now() - timedelta(days=days))
-        except Exception as exc:  # the next round tries again; the journal only grows meanwhile
-            log.warning("cannot prune the history", error=present(exc).line())
-            return 0
-        if pruned:
-            log.info("history pruned", entries=pruned, older_than_days=days)
-        return pruned
+    async def _reload_for_psa_users(self) -> None:
+        await self.reloader.request(source="users_from_psa")
 
     async def _serve_status_line(self) -> None:
         while True:
@@ -298,40 +283,7 @@ class Daemon:
 
     async def load_config(self, path: str) -> Config:
         """The config file, with the users ``users_from_psa`` adds (see psa_users.py)."""
-        return await self.expand_psa_users(await self._load_file(path))
-
-    async def expand_psa_users(self, file_cfg: Config) -> Config:
-        if file_cfg.users_from_psa.enabled == "none" or self.adapters is None:
-            self.psa_users.last_added = frozenset()
-            return file_cfg
-        adapters = self.adapters
-        try:
-            resources = await adapters.psa.all_resources()
-        except Exception as exc:  # the PSA is down: the users it gave stay until it answers
-            log.warning("users_from_psa: cannot list the PSA's resources; the users it gave stay",
-                        error=present(exc).line())
-            return self.psa_users.keep(file_cfg, self.cfg)
-
-        async def is_mailbox(address: str) -> bool:
-            try:
-                results = await adapters.account.check([address])
-            except Exception as exc:
-                log.warning("users_from_psa: cannot check the mailbox", mailbox=address,
-                            error=present(exc).line())
-                return False
-            return any(r.subject.lower() == address and r.ok for r in results)
-
-        return await self.psa_users.expand(file_cfg, resources, is_mailbox)
-
-    async def _serve_psa_users(self) -> None:
-        """users_from_psa: the PSA's resources again once per sync interval (a reload when the
-        users they give changed; "unchanged" otherwise, at the cost of reading the file)."""
-        if self.cfg.users_from_psa.enabled == "all_active":
-            await self.reloader.request(source="users_from_psa")  # at start, once the PSA is open
-        while True:
-            await trio.sleep(self.cfg.sync_interval_minutes * 60)
-            if self.cfg.users_from_psa.enabled == "all_active" or self.psa_users.generated:
-                await self.reloader.request(source="users_from_psa")
+        return await self.psa_users.expand_config(await self._load_file(path), self.cfg, self.adapters)
 
     def apply_users(self, cfg: Config) -> None:
         self.psa_users.applied(cfg)

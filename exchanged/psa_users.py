@@ -18,9 +18,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
+import trio
+
+from exchanged.errors import present
 
 if TYPE_CHECKING:
     from exchanged.config import Config, UserConfig
+    from exchanged.openers import Adapters
     from exchanged.ports import PsaResource
 
 log = structlog.get_logger("exchanged.daemon")
@@ -69,6 +73,41 @@ class PsaUsers:
         self.generated: frozenset[str] = frozenset()  # mailboxes of the running config's generated users
         self.last_added: frozenset[str] = frozenset()  # those of the newest expansion (not yet applied)
         self._mailbox: dict[str, bool] = {}
+
+    async def expand_config(self, file_cfg: Config, running: Config, adapters: Adapters | None) -> Config:
+        """``file_cfg`` with the users ``users_from_psa`` adds, asking the PSA and Exchange through
+        ``adapters`` (None before the start: no generated users yet); ``running``: the config now
+        running, whose generated users stay while the PSA cannot be asked."""
+        if file_cfg.users_from_psa.enabled == "none" or adapters is None:
+            self.last_added = frozenset()
+            return file_cfg
+        try:
+            resources = await adapters.psa.all_resources()
+        except Exception as exc:  # the PSA is down: the users it gave stay until it answers
+            log.warning("users_from_psa: cannot list the PSA's resources; the users it gave stay",
+                        error=present(exc).line())
+            return self.keep(file_cfg, running)
+
+        async def is_mailbox(address: str) -> bool:
+            try:
+                results = await adapters.account.check([address])
+            except Exception as exc:
+                log.warning("users_from_psa: cannot check the mailbox", mailbox=address,
+                            error=present(exc).line())
+                return False
+            return any(r.subject.lower() == address and r.ok for r in results)
+
+        return await self.expand(file_cfg, resources, is_mailbox)
+
+    async def serve(self, running: Callable[[], Config], reload: Callable[[], Awaitable[object]]) -> None:
+        """The PSA's resources again once per sync interval of the ``running`` config (a reload
+        when the users they give changed; "unchanged" otherwise, at the cost of reading the file)."""
+        if running().users_from_psa.enabled == "all_active":
+            await reload()  # at start, once the PSA is open
+        while True:
+            await trio.sleep(running().sync_interval_minutes * 60)
+            if running().users_from_psa.enabled == "all_active" or self.generated:
+                await reload()
 
     async def expand(self, file_cfg: Config, resources: Sequence[PsaResource],
                      check: Callable[[str], Awaitable[bool]]) -> Config:

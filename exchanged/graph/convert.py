@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,6 +33,8 @@ from exchanged.exchange.convert import (
     EXACT_PROPERTY_NAME,
     PSA_KEY_PROPERTY_NAME,
     PSA_KEY_PROPERTY_SET,
+    REMINDER_OFF,
+    REMINDER_PROPERTY_NAME,
     Unmappable,
     body_text,
     check_payload,
@@ -40,23 +43,30 @@ from exchanged.exchange.convert import (
 )
 from exchanged.model import (
     Appointment,
+    Attendee,
     Contact,
     ExchangeItem,
     FolderKind,
     Payload,
     ShowAs,
     Task,
+    attendee_list,
     occurrence_key,
     unreadable_payload,
 )
 
 PSA_KEY_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {PSA_KEY_PROPERTY_NAME}"
 EXACT_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {EXACT_PROPERTY_NAME}"
+# the reminder code the daemon last wrote on an event (as on EWS: engine.rules.reminder_to_write)
+REMINDER_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {REMINDER_PROPERTY_NAME}"
 LINK_APP = "exchanged"  # linkedResources.applicationName of a task's PSA key
 EXACT_APP = "exchanged-exact"  # ... and of its exact values (JSON in externalId)
 
 # $expand of the properties we read (events and contacts)
-EXPAND_KEY = f"singleValueExtendedProperties($filter=id eq '{PSA_KEY_PROP}' or id eq '{EXACT_PROP}')"
+EXPAND_KEY = (
+    f"singleValueExtendedProperties($filter=id eq '{PSA_KEY_PROP}' or id eq '{EXACT_PROP}'"
+    f" or id eq '{REMINDER_PROP}')"
+)
 
 _SHOW_AS_FROM = {
     "free": ShowAs.FREE,
@@ -200,6 +210,42 @@ def _floating_day(value: Any, tz: tzinfo, what: str) -> datetime | None:
     return datetime.combine(day, time(0, 0)).replace(tzinfo=tz).astimezone(UTC)
 
 
+_RESPONSE_FROM_GRAPH = {
+    "accepted": "accepted",
+    "tentativelyAccepted": "tentative",
+    "declined": "declined",
+    "notResponded": "none",
+    "none": "none",
+    "organizer": "organizer",
+}
+
+
+def _attendee(value: Any, response: str | None = None) -> Attendee | None:
+    if not isinstance(value, Mapping):
+        return None
+    address = value.get("emailAddress")
+    if not isinstance(address, Mapping):
+        return None
+    email, name = _text(address.get("address")).strip(), _text(address.get("name")).strip()
+    if not (email or name):
+        return None
+    status = value.get("status")
+    said = response or _RESPONSE_FROM_GRAPH.get(
+        _text(status.get("response")) if isinstance(status, Mapping) else "", "unknown"
+    )
+    return Attendee(email=email, name=name, response=said)
+
+
+def attendees_from_graph(doc: Mapping[str, Any]) -> tuple[Attendee, ...]:
+    """Who takes part in a meeting, as the EWS adapter reads it (``attendees_from_ews``): the
+    attendees with their answers, and the organizer when there are attendees."""
+    people = [a for a in (_attendee(v) for v in doc.get("attendees") or ()) if a is not None]
+    organizer = _attendee(doc.get("organizer"), "organizer")
+    if people and organizer is not None and all(p.email.lower() != organizer.email.lower() for p in people):
+        people.append(organizer)
+    return attendee_list(people)
+
+
 def appointment_from_graph(doc: Mapping[str, Any], tz: tzinfo) -> Appointment:
     if doc.get("isAllDay"):
         start, end = _floating_day(doc.get("start"), tz, "start"), _floating_day(doc.get("end"), tz, "end")
@@ -217,6 +263,7 @@ def appointment_from_graph(doc: Mapping[str, Any], tz: tzinfo) -> Appointment:
         is_all_day=bool(doc.get("isAllDay")),
         show_as=_SHOW_AS_FROM.get(_text(doc.get("showAs")), ShowAs.BUSY),
         is_private=doc.get("sensitivity") in ("private", "confidential"),
+        attendees=attendees_from_graph(doc),
     )
 
 
@@ -292,6 +339,27 @@ def series_uid(ical_uid: str) -> str:
     return bytes(goid).hex().upper()
 
 
+def reminder_of(folder: FolderKind, doc: Mapping[str, Any]) -> str | None:
+    """An event's reminder as the engine's code ("off", minutes before the start); None when the
+    answer carries no reminder (or the item is not an event)."""
+    if folder is not FolderKind.CALENDAR or "isReminderOn" not in doc:
+        return None
+    if not doc.get("isReminderOn"):
+        return REMINDER_OFF
+    minutes = doc.get("reminderMinutesBeforeStart")
+    return str(int(minutes)) if isinstance(minutes, int | float) else "0"
+
+
+def reminder_values(code: str) -> dict[str, Any]:
+    """The event properties that give it the reminder ``code`` (without our property)."""
+    if code == REMINDER_OFF:
+        return {"isReminderOn": False}
+    try:
+        return {"isReminderOn": True, "reminderMinutesBeforeStart": int(code)}
+    except ValueError:
+        raise Unmappable(f"reminder {code!r} is not a number of minutes") from None
+
+
 def item_from_graph(
     folder: FolderKind, doc: Mapping[str, Any], tz: tzinfo, psa_key: str | None = None
 ) -> ExchangeItem:
@@ -317,6 +385,8 @@ def item_from_graph(
         payload = exact_merge(task_from_graph(doc), linked(doc, EXACT_APP), UTC)
     else:
         payload = contact_from_graph(doc)
+    if key is not None and isinstance(payload, Appointment) and payload.attendees:
+        payload = replace(payload, attendees=())  # ours: the PSA owns it, attendees are not synced
     cats = tuple(c for c in doc.get("categories") or () if isinstance(c, str))
     return ExchangeItem(
         folder=folder,
@@ -329,6 +399,10 @@ def item_from_graph(
         exchange_key=exchange_key,
         is_recurring_master=doc.get("type") == "seriesMaster",
         last_modified=_modified(doc),
+        # the reminder only with what we last wrote (our property): without it a user's own
+        # reminder could not be told from ours; the mailbox fills both in for delta answers
+        reminder=reminder_of(folder, doc) if "singleValueExtendedProperties" in doc else None,
+        reminder_written=extended(doc, REMINDER_PROP),
     )
 
 
@@ -468,9 +542,16 @@ def check_folder(folder: FolderKind, payload: Payload) -> None:
 
 
 def new_body(
-    folder: FolderKind, payload: Payload, psa_key: str, categories: Sequence[str], tz: tzinfo, tz_name: str
+    folder: FolderKind,
+    payload: Payload,
+    psa_key: str,
+    categories: Sequence[str],
+    tz: tzinfo,
+    tz_name: str,
+    reminder: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON of a create: the payload, the categories and our key. Never attendees."""
+    """The JSON of a create: the payload, the categories and our key (and an event's reminder,
+    remembered in our property). Never attendees."""
     check_folder(folder, payload)
     doc = values(payload, tz, tz_name)
     doc["categories"] = list(dict.fromkeys(categories))
@@ -485,6 +566,9 @@ def new_body(
     exact = exact_values(payload)
     if exact is not None and folder is FolderKind.CALENDAR:
         props.append({"id": EXACT_PROP, "value": exact})
+    if reminder is not None and folder is FolderKind.CALENDAR:
+        doc.update(reminder_values(reminder))
+        props.append({"id": REMINDER_PROP, "value": reminder})
     doc["singleValueExtendedProperties"] = props
     return doc
 
@@ -496,9 +580,10 @@ def update_body(
     categories: Sequence[str] | None,
     tz: tzinfo,
     tz_name: str,
+    reminder: str | None = None,
 ) -> dict[str, Any]:
     """The JSON of a PATCH: only the properties of the changed fields (and the categories when
-    given). Exact values are rewritten with the dates they belong to."""
+    given, an event's reminder when given). Exact values are rewritten with the dates they belong to."""
     table = {FolderKind.CALENDAR: _EVENT_FIELDS, FolderKind.TASKS: _TASK_FIELDS}.get(folder, _CONTACT_FIELDS)
     unknown = [f for f in changed if f not in table]
     if unknown:
@@ -513,6 +598,9 @@ def update_body(
     if folder is FolderKind.CALENDAR and ({"start", "end", "is_all_day"} & set(changed)):
         exact = exact_values(payload)
         doc["singleValueExtendedProperties"] = [{"id": EXACT_PROP, "value": exact or ""}]
+    if reminder is not None and folder is FolderKind.CALENDAR:
+        doc.update(reminder_values(reminder))
+        doc.setdefault("singleValueExtendedProperties", []).append({"id": REMINDER_PROP, "value": reminder})
     return doc
 
 
@@ -536,6 +624,7 @@ __all__ = [
     "EXPAND_KEY",
     "LINK_APP",
     "PSA_KEY_PROP",
+    "REMINDER_PROP",
     "Unmappable",
     "item_from_graph",
     "mailbox_zone",

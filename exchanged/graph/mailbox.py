@@ -91,6 +91,7 @@ class GraphMailbox:
         # tasks: the id of the exact-values link and the values last read or written, by task id
         self._exact_ids: dict[str, str] = {}
         self._exact_values: dict[str, str] = {}
+        self._reminders: dict[str, str | None] = {}  # event id -> the reminder code we last wrote
 
     @property
     def mailbox(self) -> str:
@@ -187,10 +188,21 @@ class GraphMailbox:
             exact = convert.extended(doc, convert.EXACT_PROP)
             if exact:
                 self._exact_values[item.item_id] = exact
+            self._reminders[item.item_id] = item.reminder_written
         elif item.item_id in self._exact_values and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
             # a delta answer: no properties, no links; what was last read or written still holds
             # wherever the item still has the values Exchange rounded it to (exact_merge)
             item = self._exact(item, self._exact_values[item.item_id], tz)
+        if (
+            folder is FolderKind.CALENDAR
+            and "singleValueExtendedProperties" not in doc
+            and item.item_id in self._reminders
+        ):  # a delta answer or a write's: the reminder with what we last wrote (read or written)
+            item = replace(
+                item,
+                reminder=convert.reminder_of(folder, doc),
+                reminder_written=self._reminders[item.item_id],
+            )
         return item
 
     def _exact(self, item: ExchangeItem, exact: str | None, tz: tzinfo) -> ExchangeItem:
@@ -314,8 +326,13 @@ class GraphMailbox:
                 self._keys[d["id"]] = None
                 found = keyed.get(d["id"])
                 if found is not None:  # its properties / links (key and exact values) with it
-                    d.update({k: v for k, v in found[1].items()
-                              if k in ("singleValueExtendedProperties", "linkedResources")})
+                    d.update(
+                        {
+                            k: v
+                            for k, v in found[1].items()
+                            if k in ("singleValueExtendedProperties", "linkedResources")
+                        }
+                    )
             for item_id, (key, _doc) in keyed.items():
                 self._keys[item_id] = key
             return
@@ -504,7 +521,9 @@ class GraphMailbox:
         for n, new in enumerate(chunk):
             cats = (*new.categories, category) if category else tuple(new.categories)
             try:
-                built.append((n, convert.new_body(folder, new.payload, new.psa_key, cats, tz, tz_name)))
+                built.append(
+                    (n, convert.new_body(folder, new.payload, new.psa_key, cats, tz, tz_name, new.reminder))
+                )
             except convert.Unmappable as exc:
                 results[n] = ItemError(new.psa_key, exc.code, f"{self._address}: {exc}")
             except (ValueError, TypeError) as exc:
@@ -531,6 +550,8 @@ class GraphMailbox:
                     results[n] = self._item_error(new.psa_key, answer)
                     continue
                 self._keys[str(answer.doc.get("id"))] = new.psa_key
+                if folder is FolderKind.CALENDAR:
+                    self._reminders[str(answer.doc.get("id"))] = new.reminder
                 exact = convert.exact_values(new.payload)
                 if exact is not None and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
                     self._exact_values[str(answer.doc.get("id"))] = exact
@@ -600,7 +621,9 @@ class GraphMailbox:
         built: list[tuple[int, dict[str, Any]]] = []
         for n, upd in enumerate(chunk):
             try:
-                body = convert.update_body(folder, upd.payload, upd.changed, upd.categories, tz, tz_name)
+                body = convert.update_body(
+                    folder, upd.payload, upd.changed, upd.categories, tz, tz_name, upd.reminder
+                )
             except convert.Unmappable as exc:
                 results[n] = ItemError(upd.item_id, exc.code, f"{self._address}: {exc}")
                 continue
@@ -676,6 +699,8 @@ class GraphMailbox:
                 continue
             if n in exact_sent:  # what this PATCH wrote: read back through it
                 self._exact_values[chunk[n].item_id] = exact_sent[n]
+            if folder is FolderKind.CALENDAR and chunk[n].reminder is not None:
+                self._reminders[chunk[n].item_id] = chunk[n].reminder
             item = self._item(folder, answer.doc, tz)
             if item is None or item.unreadable:
                 results[n] = ItemError(

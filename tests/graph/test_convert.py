@@ -91,3 +91,66 @@ def test_a_moved_all_day_event_sends_both_bounds() -> None:
         and body["end"]["dateTime"] == "2026-12-11T00:00:00"
     )
     assert body["isAllDay"] is True
+
+
+def _event(**extra: object) -> dict[str, object]:
+    return {
+        "id": "E",
+        "subject": "s",
+        "start": {"dateTime": "2026-12-10T08:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-10T09:00:00", "timeZone": "UTC"},
+        **extra,
+    }
+
+
+def test_reminders_are_read_only_with_what_we_last_wrote_and_written_with_it() -> None:
+    # without our property (a delta answer) the adapter cannot tell a user's reminder from ours
+    assert convert.item_from_graph(FolderKind.CALENDAR, _event(isReminderOn=True), UTC).reminder is None
+    mine = [{"id": convert.REMINDER_PROP, "value": "15"}]
+    item = convert.item_from_graph(
+        FolderKind.CALENDAR,
+        _event(isReminderOn=True, reminderMinutesBeforeStart=60, singleValueExtendedProperties=mine),
+        UTC,
+    )
+    assert (item.reminder, item.reminder_written) == ("60", "15")
+    off = convert.item_from_graph(
+        FolderKind.CALENDAR, _event(isReminderOn=False, singleValueExtendedProperties=[]), UTC
+    )
+    assert (off.reminder, off.reminder_written) == ("off", None)
+    payload = item.payload
+    body = convert.new_body(FolderKind.CALENDAR, payload, "appointment:1", (), UTC, "UTC", "30")
+    assert body["isReminderOn"] is True and body["reminderMinutesBeforeStart"] == 30
+    assert {"id": convert.REMINDER_PROP, "value": "30"} in body["singleValueExtendedProperties"]
+    patch = convert.update_body(FolderKind.CALENDAR, payload, (), None, UTC, "UTC", "off")
+    assert patch == {
+        "isReminderOn": False,
+        "singleValueExtendedProperties": [{"id": convert.REMINDER_PROP, "value": "off"}],
+    }
+    assert convert.update_body(FolderKind.CALENDAR, payload, (), None, UTC, "UTC") == {}
+
+
+def test_attendees_of_imported_meetings_are_read_never_on_ours() -> None:
+    people = [
+        {
+            "emailAddress": {"name": "Dan Lee", "address": "dan@x.test"},
+            "status": {"response": "tentativelyAccepted"},
+        },
+        {"emailAddress": {"name": "Ann", "address": "ann@x.test"}, "status": {"response": "accepted"}},
+        {"emailAddress": {"name": "Ida", "address": "ida@x.test"}, "status": {"response": "notResponded"}},
+    ]
+    organizer = {"emailAddress": {"name": "Al", "address": "al@x.test"}}
+    item = convert.item_from_graph(FolderKind.CALENDAR, _event(attendees=people, organizer=organizer), UTC)
+    assert [(a.email, a.response) for a in item.payload.attendees] == [  # type: ignore[union-attr]
+        ("al@x.test", "organizer"),
+        ("ann@x.test", "accepted"),
+        ("dan@x.test", "tentative"),
+        ("ida@x.test", "none"),
+    ]
+    alone = convert.item_from_graph(FolderKind.CALENDAR, _event(organizer=organizer), UTC)
+    assert alone.payload.attendees == ()  # type: ignore[union-attr]
+    ours = convert.item_from_graph(
+        FolderKind.CALENDAR, _event(attendees=people, organizer=organizer), UTC, psa_key="appointment:1"
+    )
+    assert ours.payload.attendees == ()  # type: ignore[union-attr]
+    body = convert.new_body(FolderKind.CALENDAR, item.payload, "appointment:1", (), UTC, "UTC")
+    assert "attendees" not in body

@@ -308,6 +308,17 @@ def _recurrence_json(elem: Element) -> dict[str, Any] | None:
     }
 
 
+# the stored EWS ResponseType as Graph's responseStatus.response (one store, both front ends agree)
+_RESPONSE_TO_GRAPH = {
+    "Accept": "accepted",
+    "Tentative": "tentativelyAccepted",
+    "Decline": "declined",
+    "NoResponseReceived": "notResponded",
+    "Organizer": "organizer",
+    "Unknown": "none",
+}
+
+
 def _attendees_json(elem: Element) -> list[dict[str, Any]]:
     out = []
     for group, kind in (
@@ -321,7 +332,12 @@ def _attendees_json(elem: Element) -> list[dict[str, Any]]:
             out.append(
                 {
                     "type": kind,
-                    "status": {"response": "none", "time": "0001-01-01T00:00:00Z"},
+                    "status": {
+                        "response": _RESPONSE_TO_GRAPH.get(
+                            attendee.findtext(t("ResponseType")) or "", "none"
+                        ),
+                        "time": "0001-01-01T00:00:00Z",
+                    },
                     "emailAddress": {
                         "name": "" if mb is None else mb.findtext(t("Name")) or "",
                         "address": "" if mb is None else mb.findtext(t("EmailAddress")) or "",

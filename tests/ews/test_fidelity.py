@@ -361,3 +361,160 @@ def test_tasks_and_contacts_carry_their_named_properties(ews: EwsTarget, account
     assert props["0x1a"] == "IPM.Contact" and "Lovelace" in props["0x3001"]
     assert props[f"Address:{0x8083}"] == "ada@example.test"
     assert props[f"Address:{0x8046}"] == "Cambridge"
+
+
+# -- 7. MimeContent: iCalendar for calendar items, vCard for contacts ------------------------------
+def _get_mime(ews: EwsTarget, item_id: str) -> etree._Element:
+    _, root = _post(
+        ews,
+        "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>"
+        "<t:IncludeMimeContent>true</t:IncludeMimeContent></m:ItemShape>"
+        f'<m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>',
+    )
+    msg = root.find("s:Body/m:GetItemResponse/m:ResponseMessages/m:GetItemResponseMessage", NS)
+    assert msg is not None
+    return msg
+
+
+def _mime_of(msg: etree._Element) -> bytes:
+    assert msg.get("ResponseClass") == "Success", etree.tostring(msg)
+    mime = msg.find("m:Items/*/t:MimeContent", NS)
+    assert mime is not None, etree.tostring(msg)
+    return base64.b64decode(mime.text or "")
+
+
+def _create(ews: EwsTarget, folder_id: str, item_xml: str) -> str:
+    _, root = _post(
+        ews,
+        '<m:CreateItem SendMeetingInvitations="SendToNone">'
+        f'<m:SavedItemFolderId><t:FolderId Id="{folder_id}"/></m:SavedItemFolderId>'
+        f"<m:Items>{item_xml}</m:Items></m:CreateItem>",
+    )
+    msg = root.find("s:Body/m:CreateItemResponse/m:ResponseMessages/m:CreateItemResponseMessage", NS)
+    assert msg is not None and msg.get("ResponseClass") == "Success", etree.tostring(root)
+    return str(msg.find("m:Items/*/t:ItemId", NS).get("Id"))
+
+
+def test_calendar_items_are_answered_as_icalendar(ews: EwsTarget, account, calendar) -> None:
+    import icalendar
+
+    start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    item = CalendarItem(account=account, folder=calendar, subject="planning", location="Room 1",
+                        body="agenda", start=start, end=start + dt.timedelta(hours=1))
+    item.save()
+    cal = icalendar.Calendar.from_ical(_mime_of(_get_mime(ews, item.id)))
+    (event,) = cal.walk("VEVENT")
+    assert str(event["SUMMARY"]) == "planning" and str(event["LOCATION"]) == "Room 1"
+    assert event.decoded("DTSTART") == dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.UTC)
+    assert event.decoded("DTEND") == dt.datetime(2026, 12, 3, 11, 0, tzinfo=dt.UTC)
+    item.refresh()
+    assert str(event["UID"]) == item.uid
+
+
+def test_a_calendar_item_is_created_and_updated_from_icalendar(ews: EwsTarget, account, calendar) -> None:
+    ics = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\n"
+           "UID:exchanged-mime-test-1\r\nSUMMARY:from ical\r\nLOCATION:Hall\r\n"
+           "DTSTART:20261204T090000Z\r\nDTEND:20261204T093000Z\r\nRRULE:FREQ=DAILY;COUNT=3\r\n"
+           "END:VEVENT\r\nEND:VCALENDAR\r\n")
+    mime = base64.b64encode(ics.encode()).decode()
+    item_id = _create(ews, calendar.id,
+                      f"<t:CalendarItem><t:MimeContent>{mime}</t:MimeContent></t:CalendarItem>")
+    item = calendar.get(id=item_id)
+    assert item.subject == "from ical" and item.location == "Hall"
+    assert item.start == EWSDateTime(2026, 12, 4, 9, 0, tzinfo=UTC)
+    assert item.uid == "exchanged-mime-test-1"
+    assert item.recurrence is not None and item.recurrence.boundary.number == 3
+    updated = ics.replace("SUMMARY:from ical", "SUMMARY:changed").replace("RRULE:FREQ=DAILY;COUNT=3\r\n", "")
+    _, root = _post(
+        ews,
+        '<m:UpdateItem ConflictResolution="AlwaysOverwrite"'
+        ' SendMeetingInvitationsOrCancellations="SendToNone">'
+        f'<m:ItemChanges><t:ItemChange><t:ItemId Id="{item_id}"/><t:Updates><t:SetItemField>'
+        '<t:FieldURI FieldURI="item:MimeContent"/><t:CalendarItem>'
+        f"<t:MimeContent>{base64.b64encode(updated.encode()).decode()}</t:MimeContent>"
+        "</t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+    )
+    msg = root.find(".//m:UpdateItemResponseMessage", NS)
+    assert msg.get("ResponseClass") == "Success", etree.tostring(root)
+    assert calendar.get(id=item_id).subject == "changed"
+
+
+def test_contacts_are_answered_and_written_as_vcard(ews: EwsTarget, account, contacts) -> None:
+    import icalendar
+    from exchangelib import Contact
+    from exchangelib.indexed_properties import EmailAddress
+
+    contact = Contact(account=account, folder=contacts, display_name="Ada Lovelace", given_name="Ada",
+                      surname="Lovelace", company_name="Engines",
+                      email_addresses=[EmailAddress(label="EmailAddress1", email="ada@example.test")])
+    contact.save()
+    card = icalendar.Component.from_ical(_mime_of(_get_mime(ews, contact.id)))
+    assert card.name == "VCARD"
+    assert str(card["FN"]) == "Ada Lovelace"
+    assert card["N"].fields.family == "Lovelace" and card["N"].fields.given == "Ada"
+    assert "ada@example.test" in str(card["EMAIL"])
+
+    vcf = ("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Grace Hopper\r\nN:Hopper;Grace;;;\r\nORG:Navy\r\n"
+           "EMAIL;TYPE=INTERNET:grace@example.test\r\nTEL;TYPE=CELL:+1 555\r\n"
+           "ADR;TYPE=HOME:;;1 Street;Arlington;VA;22201;USA\r\nEND:VCARD\r\n")
+    item_id = _create(ews, contacts.id, "<t:Contact><t:MimeContent>"
+                      f"{base64.b64encode(vcf.encode()).decode()}</t:MimeContent></t:Contact>")
+    grace = contacts.get(id=item_id)
+    assert grace.display_name == "Grace Hopper" and grace.surname == "Hopper"
+    assert grace.given_name == "Grace" and grace.company_name == "Navy"
+    assert [e.email for e in grace.email_addresses] == ["grace@example.test"]
+    assert [p.phone_number for p in grace.phone_numbers if p.label == "MobilePhone"] == ["+1 555"]
+    home = next(a for a in grace.physical_addresses if a.label == "Home")
+    assert (home.street, home.city, home.zipcode) == ("1 Street", "Arlington", "22201")
+
+
+def test_tasks_are_answered_as_a_message_and_not_written_from_mime(ews: EwsTarget, account, tasks) -> None:
+    """Exchange answers a task's MimeContent as a MIME message; writing one is refused explicitly here."""
+    import email
+
+    from exchangelib import Task
+
+    task = Task(account=account, folder=tasks, subject="with mime", body="do it")
+    task.save()
+    message = email.message_from_bytes(_mime_of(_get_mime(ews, task.id)))
+    assert message["Subject"] == "with mime"
+    if ews.server is None:
+        return
+    _, root = _post(
+        ews,
+        f'<m:CreateItem><m:SavedItemFolderId><t:FolderId Id="{tasks.id}"/></m:SavedItemFolderId>'
+        "<m:Items><t:Task><t:MimeContent>"
+        f"{base64.b64encode(b'Subject: x' + bytes([13, 10, 13, 10]) + b'body').decode()}"
+        "</t:MimeContent></t:Task></m:Items></m:CreateItem>",
+    )
+    msg = root.find(".//m:CreateItemResponseMessage", NS)
+    assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorUnsupportedMimeConversion"
+
+
+def test_a_series_with_exceptions_is_answered_with_exdate_and_recurrence_ids(
+    ews: EwsTarget, account, calendar
+) -> None:
+    import icalendar
+    from exchangelib.recurrence import DailyPattern, Recurrence
+
+    start = EWSDateTime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    series = CalendarItem(account=account, folder=calendar, subject="daily", start=start,
+                          end=start + dt.timedelta(hours=1),
+                          recurrence=Recurrence(pattern=DailyPattern(interval=1), start=start.date(),
+                                                number=4))
+    series.save()
+    second = series.occurrence(index=2)
+    second.refresh()
+    second.subject = "moved"
+    second.save(update_fields=["subject"])
+    third = series.occurrence(index=3)
+    third.refresh()
+    third.delete()
+    cal = icalendar.Calendar.from_ical(_mime_of(_get_mime(ews, series.id)))
+    events = cal.walk("VEVENT")
+    master = next(e for e in events if e.get("RECURRENCE-ID") is None)
+    assert master["RRULE"]["FREQ"] == ["DAILY"] and master["RRULE"]["COUNT"] == [4]
+    assert [d.dt for d in master["EXDATE"].dts] == [dt.datetime(2026, 12, 5, 10, 0, tzinfo=dt.UTC)]
+    (moved,) = [e for e in events if e.get("RECURRENCE-ID") is not None]
+    assert str(moved["SUMMARY"]) == "moved"
+    assert moved.decoded("RECURRENCE-ID") == dt.datetime(2026, 12, 4, 10, 0, tzinfo=dt.UTC)

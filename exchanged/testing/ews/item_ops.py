@@ -7,7 +7,7 @@ import datetime as dt
 from lxml import etree
 
 from . import items as it
-from . import recurrence
+from . import mime, recurrence
 from .base import CALENDAR_VIEW_MAX_DAYS, Ctx, OpsBase, children, page_of, xml_bool
 from .restrict import apply_sort, matches
 from .soap import (
@@ -45,6 +45,7 @@ class ItemOps(OpsBase):
                     default = etree.Element(t("DistinguishedFolderId"), Id=it.DEFAULT_FOLDER[kind])
                     folder = self.folder(ctx, default)
                 elem = it.strip_namespace_noise(spec)
+                mime.apply_mime(elem, kind, overwrite=False)
                 it.normalise(elem, folder.mailbox or ctx.mailbox or "")
                 row = self.store.add_item(folder.mailbox, folder.id, kind, etree.tostring(elem).decode())
             except EwsError as exc:
@@ -65,8 +66,15 @@ class ItemOps(OpsBase):
             except EwsError as exc:
                 error(container, "GetItem", exc)
                 continue
+            try:
+                answer = it.shaped(full, shape)
+                if mime.wants_mime(shape):
+                    answer.insert(0, mime.mime_content(full))
+            except EwsError as exc:
+                error(container, "GetItem", exc)
+                continue
             msg = success(container, "GetItem")
-            sub(msg, m("Items")).append(it.shaped(full, shape))
+            sub(msg, m("Items")).append(answer)
 
     def _resolve_for_read(self, ctx: Ctx, ref: Element) -> Element:
         kind = local(ref.tag)
@@ -163,6 +171,7 @@ class ItemOps(OpsBase):
                 it.apply_append(elem, path, source)
             else:
                 raise EwsError("ErrorInvalidRequest", f"Unknown update {action}.")
+        mime.apply_mime(elem, row.item_type, overwrite=True)
         if row.item_type == "Task":
             count = elem.find(t("ChangeCount"))
             next_count = int(count.text or "1") + 1 if count is not None else 2

@@ -576,14 +576,33 @@ def _merge_indexed(elems: list[Element]) -> list[Element]:
         name = local(e.tag)
         if name in INDEXED_CONTAINERS.values():
             if name in containers:
-                existing = {en.get("Key") for en in containers[name]}
+                existing = {en.get("Key"): en for en in containers[name]}
                 for entry in e:
-                    if entry.get("Key") not in existing:
+                    same = existing.get(entry.get("Key"))
+                    if same is None:
                         containers[name].append(copy.deepcopy(entry))
+                    elif len(entry):  # one part of an address asked on its own: join the parts
+                        have = {c.tag for c in same}
+                        for part in entry:
+                            if part.tag not in have:
+                                same.append(copy.deepcopy(part))
+                        _order_address(same)
                 continue
             containers[name] = e
         out.append(e)
     return out
+
+
+_ADDRESS_ORDER = {
+    name: i for i, name in enumerate(("Street", "City", "State", "CountryOrRegion", "PostalCode"))
+}
+
+
+def _order_address(entry: Element) -> None:
+    parts = sorted(entry, key=lambda c: _ADDRESS_ORDER.get(local(c.tag), len(_ADDRESS_ORDER)))
+    for c in parts:
+        entry.remove(c)
+        entry.append(c)
 
 
 def select(full: Element, path: Element) -> list[Element]:

@@ -300,7 +300,7 @@ class PsaConnector(Protocol):
         with a message naming ``reason`` (instead of holding the stop for the grace period)."""
         ...
 
-    def budget_status(self) -> dict[str, Any] | None:
+    def budget_status(self) -> dict[str, object] | None:
         """The connector's request budget for ``status.psa.budget``; None: it has none."""
         ...
 
@@ -333,7 +333,7 @@ class PsaConnectorBase:
     def interrupt_waits(self, reason: str) -> None:
         return None
 
-    def budget_status(self) -> dict[str, Any] | None:
+    def budget_status(self) -> dict[str, object] | None:
         return None
 
     def request_counts(self) -> dict[tuple[str, str], int]:

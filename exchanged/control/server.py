@@ -35,7 +35,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
 
 import structlog
 import trio
@@ -87,14 +86,14 @@ class PeerCredentials:
     groups_source: str = "none"  # "SO_PEERGROUPS" | "/proc" | "none"
     user: str = field(default="")  # the uid's name, for log lines
 
-    def log_fields(self) -> dict[str, Any]:
+    def log_fields(self) -> dict[str, object]:
         return {"peer_pid": self.pid, "peer_uid": self.uid, "peer_gid": self.gid, "peer_user": self.user}
 
 
 PeerCheck = Callable[[PeerCredentials], bool]
 
 
-def read_peer_credentials(sock: Any) -> PeerCredentials:
+def read_peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
     """Credentials of the peer of a connected Unix socket (stdlib or trio socket)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
@@ -106,7 +105,7 @@ def read_peer_credentials(sock: Any) -> PeerCredentials:
     return PeerCredentials(pid, uid, gid, groups, source, user)
 
 
-def _peer_groups(sock: Any, pid: int) -> tuple[tuple[int, ...], str]:
+def _peer_groups(sock: socket.socket | trio.socket.SocketType, pid: int) -> tuple[tuple[int, ...], str]:
     # SO_PEERGROUPS is the kernel's snapshot at connect time and needs no /proc access (which
     # systemd's ProtectProc=invisible hides). Python caps getsockopt buffers at 1024 bytes
     # (256 groups); a peer with more groups falls back to /proc.
@@ -384,7 +383,7 @@ class _Server:
         self.by_uid: dict[int, int] = {}  # connections of unprivileged peers, per uid
         self._warned: dict[str, tuple[float, int]] = {}  # kind -> (last warning, suppressed since)
 
-    def warn(self, kind: str, event: str, **fields: Any) -> None:
+    def warn(self, kind: str, event: str, **fields: object) -> None:
         """A refusal warning, at most one per kind per ``warn_every_s`` (a connect loop wrote
         34,068 lines in 15 s); the next one counts what was suppressed."""
         now = trio.current_time()
@@ -500,7 +499,7 @@ async def serve_stream(
     handler: ControlHandler,
     limits: ServerLimits | None = None,
     *,
-    log_fields: dict[str, Any] | None = None,
+    log_fields: dict[str, object] | None = None,
 ) -> None:
     """Answer the requests of one connection, in order, until EOF or a limit ends it.
 
@@ -520,7 +519,7 @@ async def serve_stream(
 
 
 async def _answer_requests(
-    stream: trio.abc.Stream, handler: ControlHandler, limits: ServerLimits, fields: dict[str, Any]
+    stream: trio.abc.Stream, handler: ControlHandler, limits: ServerLimits, fields: dict[str, object]
 ) -> None:
     framer = LineFramer(limits.max_line)
     lines: deque[bytes] = deque()
@@ -554,7 +553,7 @@ async def _answer_requests(
             return
 
 
-async def _send_final(stream: trio.abc.Stream, message: dict[str, Any]) -> None:
+async def _send_final(stream: trio.abc.Stream, message: dict[str, object]) -> None:
     """Best effort: one last line to a client we are about to close."""
     with trio.move_on_after(2.0):
         try:

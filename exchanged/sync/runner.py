@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 import trio
@@ -182,12 +182,12 @@ class SyncRunner:
         return await self._run(self._public_target(settings), full=full, allow_deletes=allow_deletes,
                                progress=progress, cycle_id=cycle_id)
 
-    async def plan(self, user: UserSpec) -> dict[str, Any]:
+    async def plan(self, user: UserSpec) -> dict[str, object]:
         """Dry run: what the next cycle would do, and why. Writes nothing anywhere (not even a
         sync state); raises the typed error when a side cannot be read."""
         return await self._dry_run(self._user_target(user), psa_resource=user.psa_resource)
 
-    async def plan_public_contacts(self, settings: UserSettings) -> dict[str, Any]:
+    async def plan_public_contacts(self, settings: UserSettings) -> dict[str, object]:
         return await self._dry_run(self._public_target(settings), psa_resource=None)
 
     # -- targets -----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class SyncRunner:
         """Appointment fields the PSA connector cannot keep on imported rows (see ports.py)."""
         return self.psa.unstored_import_fields
 
-    async def _dry_run(self, target: _Target, *, psa_resource: str | None) -> dict[str, Any]:
+    async def _dry_run(self, target: _Target, *, psa_resource: str | None) -> dict[str, object]:
         view = await self._read(target, target.mailbox(), full=False, commit=False)
         the_plan = engine.plan(target.settings, view.window, view.records, view.items, view.state.mappings,
                                kinds=target.kinds, suspect_folders=view.suspect,
@@ -653,7 +653,7 @@ class SyncRunner:
         batch.delete_mappings.append(psa_key)
 
     def _journal(self, run: _Apply, side: str, action: str, kind: Kind, key: str, item_id: str | None,
-                 fields: tuple[str, ...], reason: str, payload: Any = None) -> JournalEntry:
+                 fields: tuple[str, ...], reason: str, payload: object = None) -> JournalEntry:
         if action in ("create", "update", "delete"):  # a write, not an adoption (metrics)
             slot = (str(kind.value), side)
             run.outcome.written[slot] = run.outcome.written.get(slot, 0) + 1
@@ -683,7 +683,7 @@ class SyncRunner:
 R = TypeVar("R")
 
 
-def _subject_of(payload: Any) -> str:
+def _subject_of(payload: object) -> str:
     """The name of an item for the journal: its subject, or a contact's name."""
     if payload is None:
         return ""

@@ -94,7 +94,7 @@ class AutotaskConnector(PsaConnectorBase):
 
     # -- status ---------------------------------------------------------------------------------
 
-    def budget_status(self) -> dict[str, Any]:
+    def budget_status(self) -> dict[str, object]:
         """For the daemon's status: this daemon's hourly share and the database's own usage."""
         status = self.api.budget.status()
         status["backoffs"] = self.api.backoffs

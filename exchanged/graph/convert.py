@@ -61,6 +61,7 @@ EXACT_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {EXACT_PROPERTY_NAME}"
 REMINDER_PROP = f"String {{{PSA_KEY_PROPERTY_SET}}} Name {REMINDER_PROPERTY_NAME}"
 LINK_APP = "exchanged"  # linkedResources.applicationName of a task's PSA key
 EXACT_APP = "exchanged-exact"  # ... and of its exact values (JSON in externalId)
+REMINDER_APP = "exchanged-reminder"  # ... and of the reminder code the daemon last wrote on it
 
 # $expand of the properties we read (events and contacts)
 EXPAND_KEY = (
@@ -340,24 +341,55 @@ def series_uid(ical_uid: str) -> str:
 
 
 def reminder_of(folder: FolderKind, doc: Mapping[str, Any]) -> str | None:
-    """An event's reminder as the engine's code ("off", minutes before the start); None when the
-    answer carries no reminder (or the item is not an event)."""
-    if folder is not FolderKind.CALENDAR or "isReminderOn" not in doc:
+    """An item's reminder as the engine's code: "off", an event's minutes before the start, a To Do
+    task's reminder time in UTC ("2027-03-13T20:45:00Z"); None when the answer carries none."""
+    if folder not in (FolderKind.CALENDAR, FolderKind.TASKS) or "isReminderOn" not in doc:
         return None
     if not doc.get("isReminderOn"):
         return REMINDER_OFF
+    if folder is FolderKind.TASKS:
+        try:
+            when = parse_dt(doc.get("reminderDateTime"), "reminderDateTime")
+        except Unmappable:
+            return None  # unreadable: left alone
+        return REMINDER_OFF if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     minutes = doc.get("reminderMinutesBeforeStart")
     return str(int(minutes)) if isinstance(minutes, int | float) else "0"
 
 
-def reminder_values(code: str) -> dict[str, Any]:
-    """The event properties that give it the reminder ``code`` (without our property)."""
+def reminder_values(folder: FolderKind, code: str) -> dict[str, Any]:
+    """The properties that give an event or a To Do task the reminder ``code`` (what we wrote is
+    kept beside it: ``REMINDER_PROP`` / ``reminder_link``)."""
     if code == REMINDER_OFF:
         return {"isReminderOn": False}
+    if folder is FolderKind.TASKS:
+        try:
+            when = datetime.fromisoformat(code.replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            raise Unmappable(f"reminder time {code!r} is not a UTC time") from None
+        return {"isReminderOn": True, "reminderDateTime": dt_value(when)}
     try:
         return {"isReminderOn": True, "reminderMinutesBeforeStart": int(code)}
     except ValueError:
         raise Unmappable(f"reminder {code!r} is not a number of minutes") from None
+
+
+def reminder_link(code: str) -> dict[str, str]:
+    """A To Do task's record of the reminder the daemon last wrote (To Do has no extended
+    properties): a linked resource, as the PSA key and the exact values are kept."""
+    return {"applicationName": REMINDER_APP, "externalId": code, "displayName": "exchanged: reminder"}
+
+
+def link_id(doc: Mapping[str, Any], app: str) -> str | None:
+    for res in doc.get("linkedResources") or ():
+        if isinstance(res, Mapping) and res.get("applicationName") == app and isinstance(res.get("id"), str):
+            return str(res["id"])
+    return None
+
+
+def _carries_ours(folder: FolderKind, doc: Mapping[str, Any]) -> bool:
+    """Whether the answer carries what we keep beside an item (properties / linked resources)."""
+    return ("linkedResources" if folder is FolderKind.TASKS else "singleValueExtendedProperties") in doc
 
 
 def item_from_graph(
@@ -401,8 +433,10 @@ def item_from_graph(
         last_modified=_modified(doc),
         # the reminder only with what we last wrote (our property): without it a user's own
         # reminder could not be told from ours; the mailbox fills both in for delta answers
-        reminder=reminder_of(folder, doc) if "singleValueExtendedProperties" in doc else None,
-        reminder_written=extended(doc, REMINDER_PROP),
+        reminder=reminder_of(folder, doc) if _carries_ours(folder, doc) else None,
+        reminder_written=linked(doc, REMINDER_APP)
+        if folder is FolderKind.TASKS
+        else extended(doc, REMINDER_PROP),
     )
 
 
@@ -551,7 +585,7 @@ def new_body(
     reminder: str | None = None,
 ) -> dict[str, Any]:
     """The JSON of a create: the payload, the categories and our key (and an event's reminder,
-    remembered in our property). Never attendees."""
+    remembered in our property / link). Never attendees."""
     check_folder(folder, payload)
     doc = values(payload, tz, tz_name)
     doc["categories"] = list(dict.fromkeys(categories))
@@ -561,13 +595,16 @@ def new_body(
         link = exact_link(payload)
         if link is not None:
             doc["linkedResources"].append(link)
+        if reminder is not None:
+            doc.update(reminder_values(folder, reminder))
+            doc["linkedResources"].append(reminder_link(reminder))
         return doc
     props = [{"id": PSA_KEY_PROP, "value": psa_key}]
     exact = exact_values(payload)
     if exact is not None and folder is FolderKind.CALENDAR:
         props.append({"id": EXACT_PROP, "value": exact})
     if reminder is not None and folder is FolderKind.CALENDAR:
-        doc.update(reminder_values(reminder))
+        doc.update(reminder_values(folder, reminder))
         props.append({"id": REMINDER_PROP, "value": reminder})
     doc["singleValueExtendedProperties"] = props
     return doc
@@ -583,7 +620,7 @@ def update_body(
     reminder: str | None = None,
 ) -> dict[str, Any]:
     """The JSON of a PATCH: only the properties of the changed fields (and the categories when
-    given, an event's reminder when given). Exact values are rewritten with the dates they belong to."""
+    given, the reminder when given). Exact values are rewritten with the dates they belong to."""
     table = {FolderKind.CALENDAR: _EVENT_FIELDS, FolderKind.TASKS: _TASK_FIELDS}.get(folder, _CONTACT_FIELDS)
     unknown = [f for f in changed if f not in table]
     if unknown:
@@ -598,8 +635,10 @@ def update_body(
     if folder is FolderKind.CALENDAR and ({"start", "end", "is_all_day"} & set(changed)):
         exact = exact_values(payload)
         doc["singleValueExtendedProperties"] = [{"id": EXACT_PROP, "value": exact or ""}]
+    if reminder is not None and folder is FolderKind.TASKS:
+        doc.update(reminder_values(folder, reminder))  # what we wrote: reminder_link, beside
     if reminder is not None and folder is FolderKind.CALENDAR:
-        doc.update(reminder_values(reminder))
+        doc.update(reminder_values(folder, reminder))
         doc.setdefault("singleValueExtendedProperties", []).append({"id": REMINDER_PROP, "value": reminder})
     return doc
 

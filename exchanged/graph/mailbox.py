@@ -91,7 +91,9 @@ class GraphMailbox:
         # tasks: the id of the exact-values link and the values last read or written, by task id
         self._exact_ids: dict[str, str] = {}
         self._exact_values: dict[str, str] = {}
-        self._reminders: dict[str, str | None] = {}  # event id -> the reminder code we last wrote
+        # event/task id -> the reminder code we last wrote (None: none); task id -> its link's id
+        self._reminders: dict[str, str | None] = {}
+        self._reminder_ids: dict[str, str] = {}
 
     @property
     def mailbox(self) -> str:
@@ -184,6 +186,10 @@ class GraphMailbox:
                 self._exact_ids[item.item_id] = lid
             if exact:
                 self._exact_values[item.item_id] = exact
+            rid = convert.link_id(doc, convert.REMINDER_APP)
+            if rid:
+                self._reminder_ids[item.item_id] = rid
+            self._reminders[item.item_id] = item.reminder_written
         elif folder is FolderKind.CALENDAR and "singleValueExtendedProperties" in doc:
             exact = convert.extended(doc, convert.EXACT_PROP)
             if exact:
@@ -194,8 +200,8 @@ class GraphMailbox:
             # wherever the item still has the values Exchange rounded it to (exact_merge)
             item = self._exact(item, self._exact_values[item.item_id], tz)
         if (
-            folder is FolderKind.CALENDAR
-            and "singleValueExtendedProperties" not in doc
+            folder in (FolderKind.CALENDAR, FolderKind.TASKS)
+            and not convert._carries_ours(folder, doc)
             and item.item_id in self._reminders
         ):  # a delta answer or a write's: the reminder with what we last wrote (read or written)
             item = replace(
@@ -550,7 +556,7 @@ class GraphMailbox:
                     results[n] = self._item_error(new.psa_key, answer)
                     continue
                 self._keys[str(answer.doc.get("id"))] = new.psa_key
-                if folder is FolderKind.CALENDAR:
+                if folder in (FolderKind.CALENDAR, FolderKind.TASKS):
                     self._reminders[str(answer.doc.get("id"))] = new.reminder
                 exact = convert.exact_values(new.payload)
                 if exact is not None and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
@@ -609,7 +615,8 @@ class GraphMailbox:
         tz, tz_name = await self.zone() if folder is FolderKind.CALENDAR else (UTC, "UTC")
         out: list[ExchangeItem | ItemError] = []
         # a task's exact values go with it (a second part of the same $batch): ten tasks per batch
-        size = BATCH_MAX // 2 if folder is FolderKind.TASKS else BATCH_MAX
+        # (and its reminder record, a third part)
+        size = BATCH_MAX // 3 if folder is FolderKind.TASKS else BATCH_MAX
         for chunk in _chunks(list(updates), size):
             out.extend(await self._update_chunk(folder, collection, chunk, tz, tz_name))
         return out
@@ -644,7 +651,13 @@ class GraphMailbox:
         exact_sent: dict[int, str] = {}
         if folder is FolderKind.TASKS:
             await self._learn_exact_links(
-                collection, [chunk[n].item_id for n, _ in built if chunk[n].item_id not in self._exact_ids]
+                collection,
+                [
+                    chunk[n].item_id
+                    for n, _ in built
+                    if chunk[n].item_id not in self._exact_ids
+                    or (chunk[n].reminder is not None and chunk[n].item_id not in self._reminder_ids)
+                ],
             )
         for n, body in built:
             upd = chunk[n]
@@ -675,6 +688,25 @@ class GraphMailbox:
                     else {"method": "POST", "url": base, "headers": headers, "body": link}
                 )
                 owner.append((n, True))
+            if folder is FolderKind.TASKS and upd.reminder is not None:
+                rid = self._reminder_ids.get(upd.item_id)
+                base = f"{collection}/{_q(upd.item_id)}/linkedResources"
+                reqs.append(
+                    {
+                        "method": "PATCH",
+                        "url": f"{base}/{_q(rid)}",
+                        "headers": headers,
+                        "body": {"externalId": upd.reminder},
+                    }
+                    if rid
+                    else {
+                        "method": "POST",
+                        "url": base,
+                        "headers": headers,
+                        "body": convert.reminder_link(upd.reminder),
+                    }
+                )
+                owner.append((n, True))
         try:
             answers = await self.client.batch(self._address, f"update {folder.value}", reqs, write=True)
         except AmbiguousWrite:  # a PATCH sets values: sending it again is safe (a lost POST of exact
@@ -684,7 +716,12 @@ class GraphMailbox:
         for (n, is_link), answer in zip(owner, answers, strict=True):
             if is_link:
                 if answer.status == 201 and isinstance(answer.doc.get("id"), str):
-                    self._exact_ids[chunk[n].item_id] = str(answer.doc["id"])
+                    ids = (
+                        self._reminder_ids
+                        if answer.doc.get("applicationName") == convert.REMINDER_APP
+                        else self._exact_ids
+                    )
+                    ids[chunk[n].item_id] = str(answer.doc["id"])
                 continue
             if answer.status != 200:
                 if answer.status == 404:
@@ -699,7 +736,7 @@ class GraphMailbox:
                 continue
             if n in exact_sent:  # what this PATCH wrote: read back through it
                 self._exact_values[chunk[n].item_id] = exact_sent[n]
-            if folder is FolderKind.CALENDAR and chunk[n].reminder is not None:
+            if chunk[n].reminder is not None and folder in (FolderKind.CALENDAR, FolderKind.TASKS):
                 self._reminders[chunk[n].item_id] = chunk[n].reminder
             item = self._item(folder, answer.doc, tz)
             if item is None or item.unreadable:

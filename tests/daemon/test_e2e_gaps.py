@@ -152,8 +152,7 @@ def reminder(item: Any) -> Any:
 
 @pytest.mark.parametrize("adapter", ["ews", "graph"])
 def test_reminders_follow_the_setting_and_the_users_own_are_kept(tmp_path: Path, adapter: str) -> None:
-    """Over Graph too (the daemon speaks Graph, Outlook's side is looked at over EWS on the same
-    store); to-do reminders over EWS only (the Graph adapter does not write task reminders yet)."""
+    """Over Graph too: the daemon speaks Graph, Outlook's side is looked at over EWS on the same store."""
     now = datetime.now(UTC).replace(microsecond=0)
     users = [{"mailbox": ALICE, "psa_resource": "1"}]
     with ews_daemon(tmp_path, now, [ALICE], users, sync={"category": "PSA"}, adapter=adapter) as (env, ews):
@@ -165,9 +164,10 @@ def test_reminders_follow_the_setting_and_the_users_own_are_kept(tmp_path: Path,
         assert reminder(cal["Quarterly review with Contoso"]) == 15
         assert reminder(cal["Service call: Contoso Ltd: Replace the firewall"]) == 15
         assert reminder(cal["Kick-off Fabrikam"]) is None  # already past: no overdue pop-up
-        if adapter == "ews":
-            [task] = [t for t in acc.tasks.all() if "Call Ann" in str(t.body)]
-            assert reminder(task) is None
+        # over Graph the to-dos are To Do tasks in the list "PSA" (a task folder EWS sees too)
+        tasks = acc.tasks if adapter == "ews" else acc.msg_folder_root / "PSA"
+        [task] = [t for t in tasks.all() if "Call Ann" in str(t.body)]
+        assert reminder(task) is None
         # the user sets their own reminder on one appointment in Outlook
         visit = cal["Site visit Northwind"]
         visit.reminder_minutes_before_start = 60
@@ -183,11 +183,9 @@ def test_reminders_follow_the_setting_and_the_users_own_are_kept(tmp_path: Path,
         assert reminder(cal["Quarterly review with Contoso"]) == 30  # already exported: updated
         assert reminder(cal["Site visit Northwind"]) == 60  # the user's: kept
         assert reminder(cal["Service call: Contoso Ltd: Replace the firewall"]) == 15  # not changed
-        if adapter == "ews":
-            [task] = [t for t in acc.tasks.all() if "Call Ann" in str(t.body)]
-            [(start,)] = psa_rows(env, "SELECT start_time FROM todos WHERE id = 500")
-            due_by = datetime.fromisoformat(start.replace("Z", "+00:00")) - timedelta(minutes=10)
-            assert reminder(task) == due_by
+        [task] = [t for t in tasks.all() if "Call Ann" in str(t.body)]
+        [(start,)] = psa_rows(env, "SELECT start_time FROM todos WHERE id = 500")
+        assert reminder(task) == datetime.fromisoformat(start.replace("Z", "+00:00")) - timedelta(minutes=10)
 
         before = all_writes(ews, adapter)
         sync(env, ALICE)

@@ -154,3 +154,22 @@ def test_attendees_of_imported_meetings_are_read_never_on_ours() -> None:
     assert ours.payload.attendees == ()  # type: ignore[union-attr]
     body = convert.new_body(FolderKind.CALENDAR, item.payload, "appointment:1", (), UTC, "UTC")
     assert "attendees" not in body
+
+
+def test_to_do_reminders_are_times_and_what_we_wrote_is_a_linked_resource() -> None:
+    task = {
+        "id": "T",
+        "title": "Call Ann",
+        "isReminderOn": True,
+        "reminderDateTime": {"dateTime": "2027-03-13T20:45:00.0000000", "timeZone": "UTC"},
+    }
+    assert convert.item_from_graph(FolderKind.TASKS, task, UTC).reminder is None  # delta: unknown
+    link = convert.reminder_link("2027-03-13T20:30:00Z")
+    item = convert.item_from_graph(FolderKind.TASKS, {**task, "linkedResources": [link]}, UTC)
+    assert (item.reminder, item.reminder_written) == ("2027-03-13T20:45:00Z", "2027-03-13T20:30:00Z")
+    body = convert.new_body(FolderKind.TASKS, item.payload, "todo:1", (), UTC, "UTC", "2027-03-13T20:30:00Z")
+    assert body["isReminderOn"] is True
+    assert body["reminderDateTime"] == {"dateTime": "2027-03-13T20:30:00", "timeZone": "UTC"}
+    assert link in body["linkedResources"]
+    patch = convert.update_body(FolderKind.TASKS, item.payload, (), None, UTC, "UTC", "off")
+    assert patch == {"isReminderOn": False}

@@ -58,6 +58,8 @@ class ExchangeUnavailable(ExchangeError):
     reason = "exchange_unreachable"
     hint = "check that the Exchange server is up and reachable from this host (DNS, firewall, port)"
     retryable = True
+    ambiguous = False  # a write may have been carried out although no answer came (a lost reply)
+    cause = ""  # refused / dns / connect_timeout / timeout / dropped / other (EWS: exchange/errmap.py)
 
 
 class TlsError(ExchangeError):
@@ -84,6 +86,7 @@ class Throttled(ExchangeError):
     reason = "throttled"
     hint = "Exchange is throttling the sync account; the daemon backs off by itself"
     retryable = True
+    ambiguous = False  # the busy answer came on a closed connection: a write may have happened
 
     def __init__(self, message: str, *, back_off_s: float | None = None, mailbox: str | None = None) -> None:
         super().__init__(message, mailbox=mailbox)

@@ -96,7 +96,8 @@ async def serve_watchdog(healthy: Callable[[], bool] | None = None, *,
     task_status.started()
     if interval is None:
         await trio.sleep_forever()
+        return  # not reached (sleep_forever only ends by cancellation); narrows interval
     while True:
         if healthy is None or healthy():
             watchdog()
-        await trio.sleep(interval)  # type: ignore[arg-type]
+        await trio.sleep(interval)

@@ -259,7 +259,7 @@ class EwsAccount(ExchangeAccountBase):
                 if isinstance(err, errors.ExchangeUnavailable):
                     unavailable += 1
                     if (unavailable < MAX_UNAVAILABLE_ATTEMPTS
-                            and getattr(err, "cause", "") not in _NOT_RETRIED):
+                            and err.cause not in _NOT_RETRIED):
                         log.warning("%s: %s failed (%s), retrying in %.1f s", mailbox, op, err,
                                     QUICK_RETRY_S)
                         await trio.sleep(QUICK_RETRY_S)

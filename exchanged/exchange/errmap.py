@@ -37,7 +37,7 @@ def _short(text: object) -> str:
 def is_ambiguous(exc: BaseException) -> bool:
     """True when a write may have been carried out although no answer came back."""
     if isinstance(exc, errors.Throttled | errors.ExchangeUnavailable):
-        return bool(getattr(exc, "ambiguous", False))
+        return exc.ambiguous
     text = f"{type(exc).__name__} {exc}"
     return any(m in text for m in _AMBIGUOUS_MARKERS)
 
@@ -72,8 +72,8 @@ def _unavailable(mailbox: str, op: str, host: str, text: str, *, ambiguous: bool
     else:
         cause, what = "other", f"cannot reach {host}: {_short(text)}"
     err = errors.ExchangeUnavailable(f"{mailbox}: {op}: {what}", mailbox=mailbox)
-    err.ambiguous = ambiguous  # type: ignore[attr-defined]
-    err.cause = cause  # type: ignore[attr-defined]
+    err.ambiguous = ambiguous
+    err.cause = cause
     return err
 
 
@@ -92,13 +92,13 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
     if isinstance(exc, IncompleteAnswer):  # like a lost reply: a read is tried again, a write adopted
         lost = errors.ExchangeUnavailable(f"{where}: incomplete answer from {host}: {_short(exc)}",
                                           mailbox=mailbox)
-        lost.ambiguous = True  # type: ignore[attr-defined]
-        lost.cause = "dropped"  # type: ignore[attr-defined]
+        lost.ambiguous = True
+        lost.cause = "dropped"
         return lost
     if isinstance(exc, RequestDeadline):  # a trickle or a stall: a lost reply, not retried in the cycle
         late = errors.ExchangeUnavailable(f"{where}: {host}: {exc}", mailbox=mailbox)
-        late.ambiguous = True  # type: ignore[attr-defined]
-        late.cause = "timeout"  # type: ignore[attr-defined]
+        late.ambiguous = True
+        late.cause = "timeout"
         return late
     if isinstance(exc, AnswerTooLarge):
         return errors.ExchangeError(
@@ -133,7 +133,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
         ambiguous = "closed connection" in str(exc)
         err = errors.Throttled(f"{where}: Exchange is busy (ErrorServerBusy: {_short(exc)})",
                                back_off_s=(exc.back_off or None) if not ambiguous else None, mailbox=mailbox)
-        err.ambiguous = ambiguous  # type: ignore[attr-defined]
+        err.ambiguous = ambiguous
         return err
     if isinstance(exc, ews.ErrorInternalServerTransientError | ews.ErrorTooManyObjectsOpened
                   | ews.ErrorExceededConnectionCount | ews.ErrorMailboxStoreUnavailable
@@ -141,7 +141,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
                   | ews.ErrorConnectionFailedTransientError):
         err = errors.Throttled(f"{where}: Exchange is temporarily unable to answer ({_short(exc)})",
                                back_off_s=None, mailbox=mailbox)
-        err.ambiguous = False  # type: ignore[attr-defined]
+        err.ambiguous = False
         return err
     if isinstance(exc, ews.ErrorTimeoutExpired | requests.exceptions.ConnectionError
                   | requests.exceptions.Timeout | ConnectionError | TimeoutError):

@@ -31,7 +31,14 @@ import trio
 
 from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
 from exchanged.confirm import Confirmations
-from exchanged.control.protocol import ChangeLine, ConfigStatus, ExchangeStatus, StatusDocument
+from exchanged.control.protocol import (
+    ChangeLine,
+    ConfigStatus,
+    ExchangeStatus,
+    ItemErrorLine,
+    StatusDocument,
+    SyncOutcome,
+)
 from exchanged.errors import ControlError, ExchangedError, present
 from exchanged.leases import LeaseUnavailable, lease_ttl_s, node_identity, run_leased
 from exchanged.logs import configure_from_config
@@ -635,9 +642,8 @@ class Daemon:
 
 
 def _outcome_dict(o: CycleOutcome) -> dict[str, object]:
-    return {"result": o.result, "error": o.error, "counts": o.counts.as_dict(),
-            "item_errors": [{"key": e.key, "code": e.code, "message": e.message} for e in o.item_errors],
-            "held_back_deletes": o.held_back_deletes}
+    return SyncOutcome(o.result, o.error, o.counts.as_dict(), o.held_back_deletes,
+                       [ItemErrorLine(e.key, e.code, e.message) for e in o.item_errors]).to_json()
 
 
 def _parse_since(since: str | None) -> datetime | None:

@@ -806,6 +806,23 @@ def history_from_json(value: object) -> list[ChangeLine]:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemErrorLine:
+    """One item of a cycle that failed while the rest went on."""
+
+    key: str | None
+    code: str | None
+    message: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"key": self.key, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_json(cls, value: object) -> ItemErrorLine:
+        data = _obj(value)
+        return cls(_str(data.get("key")), _str(data.get("code")), _str(data.get("message")))
+
+
+@dataclass(frozen=True, slots=True)
 class SyncOutcome:
     """One mailbox's finished cycle in a ``sync --wait`` answer."""
 
@@ -813,14 +830,22 @@ class SyncOutcome:
     error: str | None
     counts: dict[str, int]
     held_back_deletes: int
+    item_errors: list[ItemErrorLine] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"result": self.result, "error": self.error, "counts": dict(self.counts),
+                "item_errors": [e.to_json() for e in self.item_errors],
+                "held_back_deletes": self.held_back_deletes}
 
     @classmethod
     def from_json(cls, value: object) -> SyncOutcome | None:
         data = _obj(value)
         if not data:
             return None
+        errors = data.get("item_errors")
         return cls(_str(data.get("result")), _str(data.get("error")), _counts(data.get("counts")),
-                   _int(data.get("held_back_deletes")) or 0)
+                   _int(data.get("held_back_deletes")) or 0,
+                   [ItemErrorLine.from_json(e) for e in errors] if isinstance(errors, list) else [])
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,5 +159,8 @@ def test_typed_answers_keep_what_the_renderers_show() -> None:
                                           "results": {"a@x": {"result": "ok", "counts": {"exported": 2}}}})
     assert sync.full and not sync.allow_deletes
     assert sync.results["a@x"] == protocol.SyncOutcome("ok", None, {"exported": 2}, 0)
+    outcome = protocol.SyncOutcome("partial", None, {"exported": 1}, 2,
+                                   [protocol.ItemErrorLine("appointment:7", "too_long", "subject too long")])
+    assert protocol.SyncOutcome.from_json(outcome.to_json()) == outcome
     reload = protocol.ReloadAnswer.from_json({"result": "applied", "full_resync": True, "generation": 4})
     assert reload.record.resync_all is True and reload.generation == 4

@@ -29,6 +29,7 @@ from exchanged.control.protocol import (
     PlanAnswer,
     ProtocolError,
     ReloadAnswer,
+    ResourceRow,
     StatusDocument,
     SyncAnswer,
     UserStatus,
@@ -697,24 +698,24 @@ def render_users(result: object, out: TextIO, clock: Clock) -> None:
 
 
 def render_resources(result: object, out: TextIO, clock: Clock) -> None:
-    rows = [_dict(r) for r in _list(result)]
+    rows = ResourceRow.list_from_json(result)
     if not rows:
         out.write("the PSA has no resources\n")
         return
     out.write(f"{clock.describe()}\n")
 
-    def yes(value: object) -> str:
+    def yes(value: bool | None) -> str:
         return "-" if value is None else "yes" if value else "no"
 
     table(["ID", "NAME", "EMAIL", "ACTIVE", "MAILBOX", "ENABLED", "LAST ATTEMPT", "LAST SUCCESS"],
-          [[_text(r.get("psa_resource")), _text(r.get("name")), _text(r.get("email")), yes(r.get("active")),
-            _text(r.get("mailbox")) if r.get("mailbox") else "-", yes(r.get("enabled")),
-            clock.show(r.get("last_attempt")), clock.show(r.get("last_success"))] for r in rows], out)
-    missing = [r for r in rows if r.get("in_psa") is False]
+          [[_text(r.psa_resource), _text(r.name), _text(r.email), yes(r.active),
+            _text(r.mailbox) if r.mailbox else "-", yes(r.enabled),
+            clock.show(r.last_attempt), clock.show(r.last_success)] for r in rows], out)
+    missing = [r for r in rows if r.in_psa is False]
     for r in missing:
-        out.write(f"note: {r.get('mailbox')} is configured for PSA resource {r.get('psa_resource')}, "
+        out.write(f"note: {r.mailbox} is configured for PSA resource {r.psa_resource}, "
                   "which the PSA does not have\n")
-    unsynced = sum(1 for r in rows if r.get("active") and not r.get("enabled"))
+    unsynced = sum(1 for r in rows if r.active and not r.enabled)
     if unsynced:
         out.write(f"{unsynced} active PSA resource(s) not synced: add them to users: in the config\n")
 

@@ -23,6 +23,7 @@ from exchanged.control.protocol import (
     Progress,
     PsaStatus,
     PushStatus,
+    ResourceRow,
     UserStatus,
 )
 from exchanged.model import Counts, CycleOutcome
@@ -149,11 +150,10 @@ def resource_rows(cfg: Config, resources: Sequence[PsaResource],
     def row(resource: str, name: str, email: str, active: bool | None, user: UserConfig | None,
             in_psa: bool) -> dict[str, object]:
         rec = records.get(user.mailbox) if user is not None else None
-        return {"psa_resource": resource, "name": name, "email": email, "active": active,
-                "in_psa": in_psa, "mailbox": user.mailbox if user is not None else None,
-                "enabled": bool(user is not None and user.enabled and cfg.enabled),
-                "last_attempt": iso(rec.last_attempt) if rec else None,
-                "last_success": iso(rec.last_success) if rec else None}
+        return ResourceRow(resource, name, email, active, in_psa, user.mailbox if user is not None else None,
+                           bool(user is not None and user.enabled and cfg.enabled),
+                           iso(rec.last_attempt) if rec else None,
+                           iso(rec.last_success) if rec else None).to_json()
 
     out = []
     for r in resources:

@@ -880,3 +880,36 @@ class ReloadAnswer:
         if not record.resync_all and _bool(data.get("full_resync")):  # older daemons' name
             record = replace(record, resync_all=True)
         return cls(record, _int(data.get("generation")))
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRow:
+    """One row of the ``resources`` answer: a PSA resource and the user configured for it."""
+
+    psa_resource: str | None
+    name: str | None
+    email: str | None
+    active: bool | None  # None: the PSA does not have it (in_psa false)
+    in_psa: bool | None
+    mailbox: str | None  # None: no user is configured for it
+    enabled: bool | None
+    last_attempt: str | None
+    last_success: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"psa_resource": self.psa_resource, "name": self.name, "email": self.email,
+                "active": self.active, "in_psa": self.in_psa, "mailbox": self.mailbox,
+                "enabled": self.enabled, "last_attempt": self.last_attempt, "last_success": self.last_success}
+
+    @classmethod
+    def from_json(cls, value: object) -> ResourceRow:
+        data = _obj(value)
+        resource = data.get("psa_resource")
+        return cls(str(resource) if _int(resource) is not None else _str(resource), _str(data.get("name")),
+                   _str(data.get("email")), _bool(data.get("active")), _bool(data.get("in_psa")),
+                   _str(data.get("mailbox")), _bool(data.get("enabled")), _str(data.get("last_attempt")),
+                   _str(data.get("last_success")))
+
+    @classmethod
+    def list_from_json(cls, value: object) -> list[ResourceRow]:
+        return [cls.from_json(v) for v in value] if isinstance(value, list) else []

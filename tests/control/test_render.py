@@ -164,3 +164,10 @@ def test_typed_answers_keep_what_the_renderers_show() -> None:
     assert protocol.SyncOutcome.from_json(outcome.to_json()) == outcome
     reload = protocol.ReloadAnswer.from_json({"result": "applied", "full_resync": True, "generation": 4})
     assert reload.record.resync_all is True and reload.generation == 4
+
+
+def test_a_resource_row_reads_back_as_written() -> None:
+    row = protocol.ResourceRow("1", "Alice Archer", "alice@example.test", True, True, "alice@example.test",
+                               True, "2026-11-29T04:15:00+00:00", None)
+    assert protocol.ResourceRow.list_from_json([row.to_json()]) == [row]
+    assert protocol.ResourceRow.from_json({"psa_resource": 7}).psa_resource == "7"

@@ -518,3 +518,26 @@ def test_a_series_with_exceptions_is_answered_with_exdate_and_recurrence_ids(
     (moved,) = [e for e in events if e.get("RECURRENCE-ID") is not None]
     assert str(moved["SUMMARY"]) == "moved"
     assert moved.decoded("RECURRENCE-ID") == dt.datetime(2026, 12, 4, 10, 0, tzinfo=dt.UTC)
+
+
+def test_icalendar_carries_the_items_time_zone(ews: EwsTarget, account, calendar) -> None:
+    """DavMail learns the user's VTIMEZONE this way: it creates a calendar item with only a
+    StartTimeZone in a scratch folder and reads its MimeContent; Exchange answers a VTIMEZONE named
+    by the Windows zone and times local to it."""
+    import icalendar
+
+    _, root = _post(
+        ews,
+        '<m:CreateItem SendMeetingInvitations="SendToNone">'
+        f'<m:SavedItemFolderId><t:FolderId Id="{calendar.id}"/></m:SavedItemFolderId><m:Items>'
+        '<t:CalendarItem><t:StartTimeZone Id="W. Europe Standard Time"/></t:CalendarItem>'
+        "</m:Items></m:CreateItem>",
+    )
+    msg = root.find(".//m:CreateItemResponseMessage", NS)
+    assert msg.get("ResponseClass") == "Success", etree.tostring(root)
+    item_id = msg.find("m:Items/*/t:ItemId", NS).get("Id")
+    cal = icalendar.Calendar.from_ical(_mime_of(_get_mime(ews, item_id)))
+    (zone,) = cal.walk("VTIMEZONE")
+    assert str(zone["TZID"]) == "W. Europe Standard Time"
+    (event,) = cal.walk("VEVENT")
+    assert event["DTSTART"].params["TZID"] == "W. Europe Standard Time"

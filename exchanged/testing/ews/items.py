@@ -9,6 +9,7 @@ strict clients do).
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import re
 import uuid
 
@@ -386,7 +387,14 @@ def _valid_value(ptype: str, value: str) -> bool:
 def _normalise_calendar(elem: Element, mailbox: str) -> None:
     start, end = parse_dt(child_text(elem, "Start")), parse_dt(child_text(elem, "End"))
     if start is None and end is None:
-        raise EwsError("ErrorInvalidRequest", "A calendar item needs a Start and an End.")
+        # Exchange creates a calendar item without times (DavMail does so to learn the user's
+        # VTIMEZONE from its MimeContent): it starts now and lasts 30 minutes.
+        from .store import utcnow
+
+        start = utcnow().replace(second=0)
+        end = start + dt.timedelta(minutes=30)
+        set_child(elem, "Start", fmt_dt(start))
+        set_child(elem, "End", fmt_dt(end))
     if start is not None and end is not None and end < start:
         raise EwsError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
     if child(elem, "UID") is None:

@@ -97,10 +97,20 @@ def _to_icalendar(full: Element) -> bytes:
     start, end = parse_dt(child_text(full, "Start")), parse_dt(child_text(full, "End"))
     if start is None or end is None:
         raise unsupported("a calendar item without Start and End")
+    zone = series_zone(full)
+    tz_el = full.find(t("StartTimeZone"))
+    tzid = None if tz_el is None or zone == dt.UTC else tz_el.get("Id")
     if child_text(full, "IsAllDayEvent") == "true":
-        zone = series_zone(full)
         event.add("dtstart", start.astimezone(zone).date())
         event.add("dtend", end.astimezone(zone).date())
+    elif tzid:
+        # As Exchange writes them: a VTIMEZONE named by the Windows zone, times local to it
+        # (clients such as DavMail learn the user's VTIMEZONE this way).
+        cal.add_component(icalendar.Timezone.from_tzinfo(
+            zone, tzid=tzid, first_date=start.date().replace(month=1, day=1),
+            last_date=start.date().replace(year=start.year + 2, month=1, day=1)))
+        event.add("dtstart", start.astimezone(zone), parameters={"TZID": tzid})
+        event.add("dtend", end.astimezone(zone), parameters={"TZID": tzid})
     else:
         event.add("dtstart", start)
         event.add("dtend", end)

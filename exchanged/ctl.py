@@ -464,8 +464,8 @@ def evaluate_check(status: object, now: datetime, *, warning_age_min: float | No
             worse(level, f"{len(failing)} of {len(users)} users failing ({names}{more})")
     if held:
         worse(CHECK_WARNING, f"deletions held back for {len(held)} user(s) (exchangectl plan)")
-    public = _dict(status.get("public_folder"))
-    if public.get("last_result") == "error" or public.get("state") == "error":
+    public = doc.public_folder
+    if public is not None and (public.last_result == "error" or public.state == "error"):
         worse(CHECK_WARNING, "the public contacts folder's last cycle failed")
     if oldest_age >= crit_s:
         worse(CHECK_CRITICAL, f"no successful cycle of {oldest_who} for {oldest_age / 60:.0f} min")

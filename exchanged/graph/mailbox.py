@@ -72,6 +72,22 @@ def rest_id(item_id: str) -> str:
     return item_id.replace("+", "-").replace("/", "_")
 
 
+def _link_write(
+    collection: str, item_id: str, link_id: str | None, link: dict[str, str], headers: dict[str, str]
+) -> dict[str, Any]:
+    """The $batch part that writes a task's linked resource: PATCH its externalId when the link's id
+    is known, else POST the whole link."""
+    base = f"{collection}/{_q(item_id)}/linkedResources"
+    if link_id:
+        return {
+            "method": "PATCH",
+            "url": f"{base}/{_q(link_id)}",
+            "headers": headers,
+            "body": {"externalId": link["externalId"]},
+        }
+    return {"method": "POST", "url": base, "headers": headers, "body": link}
+
+
 def _odata_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -675,36 +691,19 @@ class GraphMailbox:
             link = convert.exact_link(upd.payload) if folder is FolderKind.TASKS else None
             if link is not None and {"start", "due", "completed"} & set(upd.changed):
                 exact_sent[n] = link["externalId"]
-                lid = self._exact_ids.get(upd.item_id)
-                base = f"{collection}/{_q(upd.item_id)}/linkedResources"
                 reqs.append(
-                    {
-                        "method": "PATCH",
-                        "url": f"{base}/{_q(lid)}",
-                        "headers": headers,
-                        "body": {"externalId": link["externalId"]},
-                    }
-                    if lid
-                    else {"method": "POST", "url": base, "headers": headers, "body": link}
+                    _link_write(collection, upd.item_id, self._exact_ids.get(upd.item_id), link, headers)
                 )
                 owner.append((n, True))
             if folder is FolderKind.TASKS and upd.reminder is not None:
-                rid = self._reminder_ids.get(upd.item_id)
-                base = f"{collection}/{_q(upd.item_id)}/linkedResources"
                 reqs.append(
-                    {
-                        "method": "PATCH",
-                        "url": f"{base}/{_q(rid)}",
-                        "headers": headers,
-                        "body": {"externalId": upd.reminder},
-                    }
-                    if rid
-                    else {
-                        "method": "POST",
-                        "url": base,
-                        "headers": headers,
-                        "body": convert.reminder_link(upd.reminder),
-                    }
+                    _link_write(
+                        collection,
+                        upd.item_id,
+                        self._reminder_ids.get(upd.item_id),
+                        convert.reminder_link(upd.reminder),
+                        headers,
+                    )
                 )
                 owner.append((n, True))
         try:

@@ -803,7 +803,8 @@ def render_sync(result: object, out: TextIO, clock: Clock) -> None:
     sync = SyncAnswer.from_json(result)
     started = [_text(m) for m in sync.started]
     queued = {_text(m) for m in sync.queued_behind_running}
-    if not started and not sync.results:
+    results = sync.results or {}
+    if not started and not results:
         _render_generic(result, out, clock)
         return
     flags = [f for f, on in (("full", sync.full), ("allow_deletes", sync.allow_deletes)) if on]
@@ -811,8 +812,8 @@ def render_sync(result: object, out: TextIO, clock: Clock) -> None:
         f"sync requested for {len(started)} mailbox(es)" + (f" ({', '.join(flags)})" if flags else "") + "\n"
     )
     rows = []
-    for mailbox in started or sorted(sync.results):
-        outcome = sync.results.get(mailbox)
+    for mailbox in started or sorted(results):
+        outcome = results.get(mailbox)
         if outcome is not None:
             detail = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n) or "no changes"
             if outcome.held_back_deletes:

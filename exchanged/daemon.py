@@ -37,6 +37,7 @@ from exchanged.control.protocol import (
     ExchangeStatus,
     ItemErrorLine,
     StatusDocument,
+    SyncAnswer,
     SyncOutcome,
 )
 from exchanged.errors import ControlError, ExchangedError, present
@@ -588,13 +589,11 @@ class Daemon:
         handle = self.scheduler.request_sync(selected, full=full, allow_deletes=allow_deletes)
         log.info("manual sync requested", mailboxes=handle.mailboxes, full=full, allow_deletes=allow_deletes)
         queued = [m for m in handle.mailboxes if self.scheduler.snapshot()[m].state == "syncing"]
-        result: dict[str, object] = {"started": handle.mailboxes, "queued_behind_running": queued,
-                                  "full": full, "allow_deletes": allow_deletes}
+        results: dict[str, SyncOutcome | None] | None = None
         if wait:
             outcomes = await handle.wait()
-            result["results"] = {m: _outcome_dict(o) for m, o in outcomes.items()}
-            result["ok"] = all(o.result != "error" for o in outcomes.values())
-        return result
+            results = {m: _sync_outcome(o) for m, o in outcomes.items()}
+        return SyncAnswer(list(handle.mailboxes), queued, full, allow_deletes, results).to_json()
 
     async def plan(self, mailbox: str) -> dict[str, object]:
         user = self.cfg.user(mailbox.strip().lower())
@@ -641,9 +640,9 @@ class Daemon:
         return self._check_mailboxes(mailboxes)
 
 
-def _outcome_dict(o: CycleOutcome) -> dict[str, object]:
+def _sync_outcome(o: CycleOutcome) -> SyncOutcome:
     return SyncOutcome(o.result, o.error, o.counts.as_dict(), o.held_back_deletes,
-                       [ItemErrorLine(e.key, e.code, e.message) for e in o.item_errors]).to_json()
+                       [ItemErrorLine(e.key, e.code, e.message) for e in o.item_errors])
 
 
 def _parse_since(since: str | None) -> datetime | None:

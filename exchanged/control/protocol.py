@@ -856,14 +856,25 @@ class SyncAnswer:
     queued_behind_running: list[str]
     full: bool
     allow_deletes: bool
-    results: dict[str, SyncOutcome | None]
+    results: dict[str, SyncOutcome | None] | None = None  # only with wait (None: not waited for)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"started": list(self.started),
+                                  "queued_behind_running": list(self.queued_behind_running),
+                                  "full": self.full, "allow_deletes": self.allow_deletes}
+        if self.results is not None:
+            out["results"] = {m: o.to_json() if o is not None else None for m, o in self.results.items()}
+            out["ok"] = all(o is None or o.result != "error" for o in self.results.values())
+        return out
 
     @classmethod
     def from_json(cls, value: object) -> SyncAnswer:
         data = _obj(value)
+        results = data.get("results")
         return cls(_strs(data.get("started")), _strs(data.get("queued_behind_running")),
                    _bool(data.get("full")) is True, _bool(data.get("allow_deletes")) is True,
-                   {k: SyncOutcome.from_json(v) for k, v in _obj(data.get("results")).items()})
+                   {k: SyncOutcome.from_json(v) for k, v in results.items()} if isinstance(results, dict)
+                   else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,3 +171,13 @@ def test_a_resource_row_reads_back_as_written() -> None:
                                True, "2026-11-29T04:15:00+00:00", None)
     assert protocol.ResourceRow.list_from_json([row.to_json()]) == [row]
     assert protocol.ResourceRow.from_json({"psa_resource": 7}).psa_resource == "7"
+
+
+def test_a_sync_answer_reads_back_as_written() -> None:
+    started = protocol.SyncAnswer(["a@x", "b@x"], ["b@x"], False, True)
+    assert "results" not in started.to_json() and "ok" not in started.to_json()
+    assert protocol.SyncAnswer.from_json(started.to_json()) == started
+    failed = protocol.SyncOutcome("error", "a@x: boom", {}, 0)
+    waited = protocol.SyncAnswer(["a@x"], [], True, False, {"a@x": failed})
+    assert waited.to_json()["ok"] is False
+    assert protocol.SyncAnswer.from_json(waited.to_json()) == waited

@@ -56,6 +56,7 @@ from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMail
 from exchanged.signals import ignore_from_now, remember_early, take_pending
 from exchanged.status import (
     PUBLIC_FOLDER,
+    CredentialCheck,
     CycleRecord,
     daemon_state,
     exchange_row,
@@ -356,24 +357,12 @@ class Daemon:
                                  checked_at=iso(now()))
             log.warning("credential check timed out", timeout_s=CHECK_TIMEOUT_S)
             return
-        warnings = [f"{r.subject}: {r.message}" for r in results if not r.ok or r.warning]
-        by = {r.subject: r for r in results}
-        login_ok = all(r.ok for r in results if r.subject in ("login", "ews"))
-        reachable: bool | None
-        if "login" in by:  # the sync account (credentials.use_for_all_users)
-            # a failed login without a failed "ews" line: the server answered and refused it
-            reachable = by["ews"].ok if "ews" in by else True
-            login = "ok" if by["login"].ok else "refused" if reachable else "not checked"
-        else:  # per-user credentials: the server answered if any mailbox did
-            mailbox_rows = [r for r in results if r.subject in mailboxes]
-            reachable = any(r.ok for r in mailbox_rows) if mailbox_rows else None
-            login = "not checked"
-        self.exchange.update(reachable=reachable, login=login, checked_at=iso(now()),
-                             warnings=warnings,
-                             last_error=None if login_ok else warnings[0] if warnings else None)
-        for warning in warnings:
+        check = CredentialCheck.read(results, mailboxes)
+        self.exchange.update(reachable=check.reachable, login=check.login, checked_at=iso(now()),
+                             warnings=check.warnings, last_error=check.last_error)
+        for warning in check.warnings:
             log.warning("credential check", result=warning)
-        if not warnings:
+        if not check.warnings:
             log.info("credential check passed", mailboxes=len(mailboxes))
         self.status_poke()
 

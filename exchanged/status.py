@@ -30,7 +30,7 @@ from exchanged.model import Counts, CycleOutcome
 
 if TYPE_CHECKING:
     from exchanged.config import Config, UserConfig
-    from exchanged.ports import ExchangeAccount, Lease, PsaConnector, PsaResource, StateStore
+    from exchanged.ports import CheckResult, ExchangeAccount, Lease, PsaConnector, PsaResource, StateStore
     from exchanged.scheduler import Scheduler, UserRuntime
 
 PUBLIC_FOLDER = "public-folder"  # the scheduler's name for the cycle of the public contacts folder
@@ -196,3 +196,29 @@ def psa_row(cfg: Config, psa: PsaConnector | None) -> PsaStatus:
 
 __all__ = ["PUBLIC_FOLDER", "CycleRecord", "daemon_state", "held_elsewhere", "iso", "now", "psa_row",
            "public_folder_row", "status_line", "user_rows"]
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialCheck:
+    """What a credential check's results say about Exchange (``status.exchange``); pure."""
+
+    reachable: bool | None  # None: nothing answered that could tell
+    login: str  # ok | refused | not checked
+    warnings: list[str]
+    last_error: str | None
+
+    @classmethod
+    def read(cls, results: Sequence[CheckResult], mailboxes: Sequence[str]) -> CredentialCheck:
+        warnings = [f"{r.subject}: {r.message}" for r in results if not r.ok or r.warning]
+        by = {r.subject: r for r in results}
+        login_ok = all(r.ok for r in results if r.subject in ("login", "ews"))
+        reachable: bool | None
+        if "login" in by:  # the sync account (credentials.use_for_all_users)
+            # a failed login without a failed "ews" line: the server answered and refused it
+            reachable = by["ews"].ok if "ews" in by else True
+            login = "ok" if by["login"].ok else "refused" if reachable else "not checked"
+        else:  # per-user credentials: the server answered if any mailbox did
+            mailbox_rows = [r for r in results if r.subject in mailboxes]
+            reachable = any(r.ok for r in mailbox_rows) if mailbox_rows else None
+            login = "not checked"
+        return cls(reachable, login, warnings, None if login_ok else warnings[0] if warnings else None)

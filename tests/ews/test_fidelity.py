@@ -541,3 +541,40 @@ def test_icalendar_carries_the_items_time_zone(ews: EwsTarget, account, calendar
     assert str(zone["TZID"]) == "W. Europe Standard Time"
     (event,) = cal.walk("VEVENT")
     assert event["DTSTART"].params["TZID"] == "W. Europe Standard Time"
+
+
+def _ext_xml(tag: str, ptype: str, value: str) -> str:
+    attrs = (f'PropertyTag="{tag}"' if not tag.startswith("Task:")
+             else f'DistinguishedPropertySetId="Task" PropertyId="{tag[5:]}"')
+    return (f'<t:ExtendedProperty><t:ExtendedFieldURI {attrs} PropertyType="{ptype}"/>'
+            f"<t:Value>{value}</t:Value></t:ExtendedProperty>")
+
+
+def test_fields_written_under_their_mapi_tags_are_the_fields(
+    ews: EwsTarget, account, tasks, contacts
+) -> None:
+    """DavMail writes contacts and tasks through MAPI tags; on Exchange the tag and the EWS field
+    are one property, so exchangelib reads what was written."""
+    task_id = _create(ews, tasks.id, "<t:Task>" + _ext_xml("0x0037", "String", "tagged task")
+                      + _ext_xml("Task:33025", "Integer", "1") + _ext_xml("Task:33026", "Double", "0.4")
+                      + "</t:Task>")
+    task = tasks.get(id=task_id)
+    assert task.subject == "tagged task" and task.status == "InProgress" and task.percent_complete == 40
+    contact_id = _create(ews, contacts.id, "<t:Contact>" + _ext_xml("0x3001", "String", "Grace Hopper")
+                         + _ext_xml("0x3A06", "String", "Grace") + _ext_xml("0x3A11", "String", "Hopper")
+                         + _ext_xml("0x3A1C", "String", "+1 555") + _ext_xml("0x3A59", "String", "Arlington")
+                         + "</t:Contact>")
+    grace = contacts.get(id=contact_id)
+    assert (grace.display_name, grace.given_name, grace.surname) == ("Grace Hopper", "Grace", "Hopper")
+    assert [p.phone_number for p in grace.phone_numbers if p.label == "MobilePhone"] == ["+1 555"]
+    assert [a.city for a in grace.physical_addresses if a.label == "Home"] == ["Arlington"]
+    _, root = _post(
+        ews,
+        '<m:UpdateItem ConflictResolution="AlwaysOverwrite"><m:ItemChanges><t:ItemChange>'
+        f'<t:ItemId Id="{task_id}"/><t:Updates><t:SetItemField>'
+        '<t:ExtendedFieldURI PropertyTag="0x0037" PropertyType="String"/>'
+        f'<t:Task>{_ext_xml("0x0037", "String", "renamed")}</t:Task>'
+        "</t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+    )
+    assert root.find(".//m:UpdateItemResponseMessage", NS).get("ResponseClass") == "Success"
+    assert tasks.get(id=task_id).subject == "renamed"

@@ -7,7 +7,7 @@ import datetime as dt
 from lxml import etree
 
 from . import items as it
-from . import mime, recurrence
+from . import mapi, mime, recurrence
 from .base import CALENDAR_VIEW_MAX_DAYS, Ctx, OpsBase, children, page_of, xml_bool
 from .restrict import apply_sort, matches
 from .soap import (
@@ -46,6 +46,7 @@ class ItemOps(OpsBase):
                     folder = self.folder(ctx, default)
                 elem = it.strip_namespace_noise(spec)
                 mime.apply_mime(elem, kind, overwrite=False)
+                mapi.absorb_written(elem, kind)
                 it.normalise(elem, folder.mailbox or ctx.mailbox or "")
                 row = self.store.add_item(folder.mailbox, folder.id, kind, etree.tostring(elem).decode())
             except EwsError as exc:
@@ -172,6 +173,7 @@ class ItemOps(OpsBase):
             else:
                 raise EwsError("ErrorInvalidRequest", f"Unknown update {action}.")
         mime.apply_mime(elem, row.item_type, overwrite=True)
+        mapi.absorb_written(elem, row.item_type)
         if row.item_type == "Task":
             count = elem.find(t("ChangeCount"))
             next_count = int(count.text or "1") + 1 if count is not None else 2

@@ -161,3 +161,87 @@ def item_properties(full: Element, item_type: str, article_number: int) -> list[
             if value:
                 names[("Address", pid, "String")] = value
     return elements([*tagged(props), *named(names)])
+
+
+# -- writing: a derived property written by a client sets the field behind it -----------------------
+_WRITABLE_TAGS: dict[int, str] = {PR_SUBJECT: "Subject", PR_MESSAGE_CLASS: "ItemClass"}
+_CONTACT_TAGS: dict[int, str] = {PR_DISPLAY_NAME: "DisplayName", PR_GIVEN_NAME: "GivenName",
+                                 PR_SURNAME: "Surname", PR_MIDDLE_NAME: "MiddleName",
+                                 PR_COMPANY_NAME: "CompanyName", PR_TITLE: "JobTitle",
+                                 PR_DEPARTMENT_NAME: "Department"}
+_TASK_DATES = {PID_LID_TASK_START_DATE: "StartDate", PID_LID_TASK_DUE_DATE: "DueDate",
+               PID_LID_TASK_DATE_COMPLETED: "CompleteDate"}
+_STATUS_NAMES = {v: k for k, v in TASK_STATUS.items()}
+
+
+def _set_field(elem: Element, name: str, value: str) -> None:
+    found = elem.find(t(name))
+    if found is None:
+        found = sub(elem, t(name))
+    found.text = value
+
+
+def _set_entry(elem: Element, container: str, key: str, value: str, part: str | None = None) -> None:
+    holder = elem.find(t(container))
+    if holder is None:
+        holder = sub(elem, t(container))
+    entry = next((e for e in holder if e.get("Key") == key), None)
+    if entry is None:
+        entry = sub(holder, t("Entry"), Key=key)
+    if part is None:
+        entry.text = value
+        return
+    _set_field(entry, part, value)
+    order = {name: i for i, name in enumerate(("Street", "City", "State", "CountryOrRegion", "PostalCode"))}
+    for c in sorted(entry, key=lambda c: order.get(etree.QName(c).localname, 9)):
+        entry.remove(c)
+        entry.append(c)
+
+
+def absorb_written(elem: Element, item_type: str) -> None:
+    """ExtendedProperty values a client wrote under the MAPI tags of fields (DavMail writes contacts
+    and tasks this way) become those fields, as on Exchange, where both name one property."""
+    address_parts = ("Street", "City", "State", "PostalCode", "CountryOrRegion")
+    phones = {tag: key for key, tag in _PHONES.items()}
+    for prop in list(elem.findall(t("ExtendedProperty"))):
+        uri = prop.find(t("ExtendedFieldURI"))
+        value = prop.findtext(t("Value"))
+        if uri is None or value is None:
+            continue
+        tag_text, pid_text = uri.get("PropertyTag"), uri.get("PropertyId")
+        pset = uri.get("DistinguishedPropertySetId")
+        try:
+            tag = int(tag_text, 0) if tag_text else None
+            pid = int(pid_text, 0) if pid_text else None
+        except ValueError:
+            continue
+        taken = True
+        if tag in _WRITABLE_TAGS:
+            _set_field(elem, _WRITABLE_TAGS[tag], value)
+        elif item_type == "Contact" and tag in _CONTACT_TAGS:
+            _set_field(elem, _CONTACT_TAGS[tag], value)
+        elif item_type == "Contact" and tag in phones:
+            _set_entry(elem, "PhoneNumbers", phones[tag], value)
+        elif item_type == "Contact" and tag in _HOME_ADDRESS:
+            _set_entry(elem, "PhysicalAddresses", "Home", value, address_parts[_HOME_ADDRESS.index(tag)])
+        elif item_type == "Contact" and tag in _OTHER_ADDRESS:
+            _set_entry(elem, "PhysicalAddresses", "Other", value, address_parts[_OTHER_ADDRESS.index(tag)])
+        elif item_type == "Contact" and pset == "Address" and pid in PID_LID_WORK_ADDRESS:
+            _set_entry(elem, "PhysicalAddresses", "Business", value,
+                       address_parts[PID_LID_WORK_ADDRESS.index(pid)])
+        elif item_type == "Contact" and pset == "Address" and pid in PID_LID_EMAIL.values():
+            key = next(k for k, v in PID_LID_EMAIL.items() if v == pid)
+            _set_entry(elem, "EmailAddresses", key, value)
+        elif item_type == "Task" and pset == "Task" and pid == PID_LID_TASK_STATUS:
+            _set_field(elem, "Status", _STATUS_NAMES.get(value, "NotStarted"))
+        elif item_type == "Task" and pset == "Task" and pid == PID_LID_PERCENT_COMPLETE:
+            _set_field(elem, "PercentComplete", f"{float(value) * 100:g}")
+        elif item_type == "Task" and pset == "Task" and pid in _TASK_DATES:
+            _set_field(elem, _TASK_DATES[pid], value)
+        elif item_type == "Task" and pset == "Task" and pid == PID_LID_TASK_COMPLETE:
+            if value.lower() == "true":
+                _set_field(elem, "Status", "Completed")
+        else:
+            taken = False
+        if taken:
+            elem.remove(prop)

@@ -578,3 +578,16 @@ def test_fields_written_under_their_mapi_tags_are_the_fields(
     )
     assert root.find(".//m:UpdateItemResponseMessage", NS).get("ResponseClass") == "Success"
     assert tasks.get(id=task_id).subject == "renamed"
+
+
+def test_find_item_refuses_mime_content_rather_than_dropping_it(ews: EwsTarget, calendar, emulator) -> None:
+    """Ours, not checked against Exchange (hence `emulator`): an explicit error, never an omission."""
+    _, root = _post(
+        ews,
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>'
+        "<t:IncludeMimeContent>true</t:IncludeMimeContent></m:ItemShape>"
+        f'<m:ParentFolderIds><t:FolderId Id="{calendar.id}"/></m:ParentFolderIds></m:FindItem>',
+    )
+    msg = root.find(".//m:FindItemResponseMessage", NS)
+    assert msg.get("ResponseClass") == "Error"
+    assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorInvalidPropertyForOperation"

@@ -523,6 +523,12 @@ NOT_IN_FIND = frozenset(
 
 
 def check_find_shape(shape: Element | None) -> None:
+    if shape is not None and (shape.findtext(t("IncludeMimeContent")) or "").strip().lower() == "true":
+        raise EwsError(
+            "ErrorInvalidPropertyForOperation",
+            "The property MimeContent can't be used in FindItem requests.",
+            field_uri="item:MimeContent",
+        )
     props = None if shape is None else shape.find(t("AdditionalProperties"))
     for path in [] if props is None else props:
         uri = path.get("FieldURI", "")

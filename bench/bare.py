@@ -9,6 +9,7 @@ it measures its wall time from the first request to the last answer and prints `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -54,8 +55,11 @@ def _stats(url: str, ca_file: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     from exchangelib import IMPERSONATION, Account, CalendarItem, Configuration, Credentials, Q
+    from exchangelib.errors import ErrorItemNotFound
     from exchangelib.extended_properties import ExtendedProperty
+    from exchangelib.properties import DistinguishedFolderId, Mailbox, UserConfigurationNameMNS
     from exchangelib.protocol import BaseProtocol
+    from exchangelib.services import GetUserConfiguration
 
     from exchanged.testing.ews import ca_adapter_class
 
@@ -90,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     list(account.calendar.filter(Q(bench_key__in=["warm-up"])).only("id"))
     before = _stats(args.url, args.ca_file)
     t0 = time.perf_counter()
+    for _ in range(ops.get("GetUserConfiguration", 0)):  # the mailbox's time zone, as exchanged reads it
+        name = UserConfigurationNameMNS(name="OWA.UserOptions", folder=DistinguishedFolderId(
+            id="root", mailbox=Mailbox(email_address=args.mailbox)))
+        with contextlib.suppress(ErrorItemNotFound):
+            GetUserConfiguration(account=account).get(user_configuration_name=name, properties="Dictionary")
     for n in range(ops.get("SyncFolderItems", 0)):
         list(folders[n % len(folders)].sync_items(only_fields=["id"], max_changes_returned=512))
     creates = _spread(len(keys), ops.get("CreateItem", 0))  # items per CreateItem

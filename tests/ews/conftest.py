@@ -123,7 +123,7 @@ def emulator(ews: EwsTarget) -> EwsTestServer:
     if ews.server is None:
         pytest.skip("needs the test server's switches/statistics")
     ews.server.set_faults(throttle_next=0, fail_next=0, drop_next=0, latency_ms=0, throttle_style="fault",
-                          basic_only=0)
+                          basic_only=0, offer_negotiate=0)
     return ews.server
 
 

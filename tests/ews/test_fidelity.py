@@ -591,3 +591,30 @@ def test_find_item_refuses_mime_content_rather_than_dropping_it(ews: EwsTarget, 
     msg = root.find(".//m:FindItemResponseMessage", NS)
     assert msg.get("ResponseClass") == "Error"
     assert msg.findtext("m:ResponseCode", namespaces=NS) == "ErrorInvalidPropertyForOperation"
+
+
+def test_negotiate_is_offered_when_configured_and_spnego_logs_in(ews: EwsTarget, emulator) -> None:
+    """IIS with Windows authentication offers Negotiate first; a SPNEGO client (NTLM inside, no
+    Kerberos here) logs in on one keep-alive connection."""
+    import spnego
+
+    emulator.set_faults(offer_negotiate=1)
+    session = requests.Session()
+    verify = ews.ca_file or True
+    first = session.get(ews.url, timeout=10, verify=verify)
+    assert first.status_code == 401
+    assert first.headers["WWW-Authenticate"].startswith("Negotiate")
+    client = spnego.client(ews.user, ews.password, hostname="localhost", service="HTTP",
+                           protocol="negotiate")
+    token = client.step()
+    assert token[:1] == b"\x60"  # SPNEGO NegTokenInit (NTLM inside), not a bare NTLM message
+    r = session.get(ews.url, headers={"Authorization": "Negotiate " + base64.b64encode(token).decode()},
+                    timeout=10, verify=verify)
+    while r.status_code == 401 and r.headers.get("WWW-Authenticate", "").startswith("Negotiate "):
+        challenge = base64.b64decode(r.headers["WWW-Authenticate"].split(",")[0].split(" ", 1)[1])
+        token = client.step(challenge)
+        if not token:
+            break
+        r = session.get(ews.url, headers={"Authorization": "Negotiate " + base64.b64encode(token).decode()},
+                        timeout=10, verify=verify)
+    assert r.status_code == 200

@@ -63,10 +63,12 @@ class _EnvSwap:
 class ServerContext:
     """One NTLM handshake on one connection: Negotiate -> Challenge, Authenticate -> user."""
 
-    def __init__(self, user_file: str) -> None:
+    def __init__(self, user_file: str, protocol: str = "ntlm") -> None:
+        """``protocol`` "negotiate": SPNEGO-wrapped tokens too (HTTP Negotiate; NTLM only, no
+        Kerberos: there is no KDC)."""
         self._user_file = user_file
         with _EnvSwap(user_file):
-            self._ctx: Any = spnego.server(protocol="ntlm")
+            self._ctx: Any = spnego.server(protocol=protocol)
 
     def step(self, token: bytes) -> tuple[bytes, str | None]:
         """(reply token, authenticated user or None while the handshake continues)."""
@@ -78,5 +80,5 @@ class ServerContext:
         except (spnego.exceptions.SpnegoError, ValueError, KeyError, IndexError) as exc:
             raise NtlmError(str(exc)) from exc
         if self._ctx.complete:
-            return b"", str(self._ctx.client_principal or "")
+            return reply or b"", str(self._ctx.client_principal or "")
         return reply or b"", None

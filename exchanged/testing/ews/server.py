@@ -61,6 +61,9 @@ class Faults(FaultSwitches):
     only_ops: str = ""
     # 1: offer and accept Basic only, as some servers do (NTLM is refused with a Basic challenge)
     basic_only: int = 0
+    # 1: offer Negotiate first too, as IIS with Windows authentication does (SPNEGO with NTLM inside;
+    # no Kerberos). Negotiate is accepted either way.
+    offer_negotiate: int = 0
 
     def check(self, key: str, value: Any) -> None:
         if key == "throttle_style":
@@ -100,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: TlsThreadingServer
 
     ntlm_ctx: Any = None
+    auth_scheme: str = "NTLM"  # of the handshake under way: the challenge answers in kind
     connection_user: str | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -160,6 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- authentication ---------------------------------------------------------------------------
     def _challenge(self, extra: str | None = None) -> None:
         headers = [("WWW-Authenticate", extra)] if extra else [("WWW-Authenticate", "NTLM")]
+        if not extra and self.server.app.offer_negotiate():
+            headers.insert(0, ("WWW-Authenticate", "Negotiate"))
         if self.server.app.basic_only():
             headers = []
         headers.append(("WWW-Authenticate", 'Basic realm="localhost"'))
@@ -188,20 +194,23 @@ class _Handler(BaseHTTPRequestHandler):
                 app.count_auth_failure()
                 self._challenge()
                 return None
-            return self._ntlm_step(token.strip())
+            return self._ntlm_step(token.strip(), scheme)
         if self.connection_user:
             return self.connection_user  # NTLM authenticates the connection, not the request
         self._challenge()
         return None
 
-    def _ntlm_step(self, token: str) -> str | None:
+    def _ntlm_step(self, token: str, scheme: str = "ntlm") -> str | None:
         app = self.server.app
         try:
             raw = base64.b64decode(token, validate=True)
         except (ValueError, binascii.Error):
             raw = b""
-        if raw[8:12] == b"\x01\x00\x00\x00" or self.ntlm_ctx is None:
-            self.ntlm_ctx = ntlm.ServerContext(app.ntlm_user_file)
+        # A new handshake: an NTLM Negotiate message, or a SPNEGO NegTokenInit (ASN.1 [APPLICATION 0])
+        if raw[8:12] == b"\x01\x00\x00\x00" or raw[:1] == b"\x60" or self.ntlm_ctx is None:
+            spnego_wrapped = scheme == "negotiate" and raw[:1] == b"\x60"
+            self.ntlm_ctx = ntlm.ServerContext(app.ntlm_user_file, "negotiate" if spnego_wrapped else "ntlm")
+            self.auth_scheme = "Negotiate" if scheme == "negotiate" else "NTLM"
             self.connection_user = None
         try:
             reply, user = self.ntlm_ctx.step(raw)
@@ -212,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._challenge()
             return None
         if user is None:
-            self._challenge("NTLM " + base64.b64encode(reply).decode())
+            self._challenge(f"{self.auth_scheme} " + base64.b64encode(reply).decode())
             return None
         self.ntlm_ctx = None
         canonical = app.canonical_user(user)
@@ -485,6 +494,10 @@ class EwsTestServer(ServedOverTls):
 
     def is_service_account(self, user: str) -> bool:
         return user.lower() in self._service_accounts
+
+    def offer_negotiate(self) -> bool:
+        with self._lock:
+            return bool(self._faults.offer_negotiate)
 
     def basic_only(self) -> bool:
         """The ``basic_only`` switch: Basic is offered and accepted, NTLM is not."""

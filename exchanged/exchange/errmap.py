@@ -17,6 +17,8 @@ from exchanged.exchange.limits import AnswerTooLarge, RequestDeadline
 from exchanged.exchange.services import IncompleteAnswer
 
 _MAX_TEXT = 300
+TOO_LARGE_HINT = ("raise server.max_answer_mb if answers this large are expected (very large item "
+                  "bodies); otherwise find what between here and Exchange inflates the answers")
 
 # connection failures after which the server may have carried the request out (lost reply)
 _AMBIGUOUS_MARKERS = ("RemoteDisconnected", "Connection aborted", "ConnectionResetError",
@@ -103,8 +105,7 @@ def map_error(exc: BaseException, *, mailbox: str, op: str, host: str,
     if isinstance(exc, AnswerTooLarge):
         return errors.ExchangeError(
             f"{where}: {host}: {exc}",
-            hint="raise server.max_answer_mb if answers this large are expected (very large item "
-                 "bodies); otherwise find what between here and Exchange inflates the answers",
+            hint=TOO_LARGE_HINT,
             mailbox=mailbox)
     if isinstance(exc, requests.exceptions.SSLError) or (
             isinstance(exc, ews.TransportError) and not isinstance(exc, ews.ResponseMessageError)

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from exchanged import errors
+from exchanged.exchange.limits import DEFAULT_DEADLINE_S, DEFAULT_MAX_ANSWER_MB
 from exchanged.exchange.settings import _get
 from exchanged.graph.client import GraphClient, GraphSettings, TokenSource
 from exchanged.graph.mailbox import GraphAccount, GraphMailbox
@@ -58,6 +59,8 @@ def settings_from_config(cfg: Any) -> GraphSettings:
         recurring_future_days=int(_get(sync, "recurring_future_days", 30) or 30),
         connect_timeout_s=float(_get(server, "connect_timeout_s", None) or 10.0),
         read_timeout_s=float(_get(server, "read_timeout_s", None) or 60.0),
+        request_deadline_s=float(_get(server, "request_deadline_s", None) or DEFAULT_DEADLINE_S),
+        max_answer_mb=int(_get(server, "max_answer_mb", None) or DEFAULT_MAX_ANSWER_MB),
     )
 
 

@@ -31,6 +31,13 @@ import trio
 from exchanged import errors
 from exchanged.exchange.account import AmbiguousWrite
 from exchanged.exchange.backoff import BackOffGate
+from exchanged.exchange.errmap import TOO_LARGE_HINT
+from exchanged.exchange.limits import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MAX_ANSWER_MB,
+    AnswerTooLarge,
+    RequestDeadline,
+)
 
 log = logging.getLogger("exchanged.graph")
 
@@ -89,6 +96,9 @@ class GraphSettings:
     recurring_future_days: int = 30
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    # the whole answer within this (server.request_deadline_s), at most this large (server.max_answer_mb)
+    request_deadline_s: float = DEFAULT_DEADLINE_S
+    max_answer_mb: int = DEFAULT_MAX_ANSWER_MB
 
     @property
     def scope(self) -> str:
@@ -326,17 +336,37 @@ class GraphClient:
     async def _send(
         self, mailbox: str, method: str, url: str, body: Any, headers: Mapping[str, str]
     ) -> Answer:
+        """One HTTP exchange, bounded like every EWS request (``exchanged/exchange/limits.py``): the
+        whole answer within ``request_deadline_s`` (trio's clock: a server trickling a byte every few
+        seconds never trips httpx's read timeout) and at most ``max_answer_mb``, refused from its
+        Content-Length before reading, or when the bytes read pass the cap."""
         token = await self.tokens.token()
         lane = self.lane(mailbox)
+        deadline_s = self._s.request_deadline_s
+        max_bytes = self._s.max_answer_mb * 1024 * 1024
+        received = 0
         async with lane.limiter:
             self.requests[mailbox.lower()] += 1
-            response = await self._http.request(
-                method, url, json=body, headers={**headers, "Authorization": f"Bearer {token}"}
-            )
+            content: bytes | None = None
+            with trio.move_on_after(deadline_s):
+                request_headers = {**headers, "Authorization": f"Bearer {token}"}
+                async with self._http.stream(method, url, json=body, headers=request_headers) as response:
+                    declared = response.headers.get("Content-Length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise AnswerTooLarge(max_bytes, int(declared))
+                    chunks: list[bytes] = []
+                    async for chunk in response.aiter_bytes():
+                        received += len(chunk)
+                        if received > max_bytes:
+                            raise AnswerTooLarge(max_bytes, None)
+                        chunks.append(chunk)
+                    content = b"".join(chunks)
+            if content is None:
+                raise RequestDeadline(deadline_s, received)
         try:
-            doc = response.json() if response.content else {}
+            doc = json.loads(content) if content else {}
         except ValueError:
-            doc = {"error": {"code": "not_json", "message": response.text[:200]}}
+            doc = {"error": {"code": "not_json", "message": content.decode("utf-8", "replace")[:200]}}
         return Answer(response.status_code, doc if isinstance(doc, dict) else {}, response.headers)
 
     async def call(
@@ -361,6 +391,25 @@ class GraphClient:
             await lane.gate.wait_turn()
             try:
                 answer = await self._send(mailbox, method, url, body, headers or {})
+            except RequestDeadline as exc:
+                # a trickle or a stall: a lost reply. A write may have been carried out (adopt before
+                # any retry); a read is not retried within the cycle (it would wait as long again)
+                late = errors.ExchangeUnavailable(
+                    f"{mailbox}: {op}: Graph ({self._s.graph_url}): {exc}", mailbox=mailbox
+                )
+                late.cause = "timeout"
+                if write:
+                    late.ambiguous = True
+                    lane.gate.throttled(None)
+                    log.warning("%s: %s: %s; adopting before any retry", mailbox, op, exc)
+                    raise AmbiguousWrite(late) from exc
+                raise late from exc
+            except AnswerTooLarge as exc:
+                raise errors.ExchangeError(
+                    f"{mailbox}: {op}: Graph ({self._s.graph_url}): {exc}",
+                    hint=TOO_LARGE_HINT,
+                    mailbox=mailbox,
+                ) from exc
             except httpx.TransportError as exc:
                 err = errors.ExchangeUnavailable(
                     f"{mailbox}: {op}: Graph ({self._s.graph_url}) did not "

@@ -14,7 +14,9 @@ from tests.config.test_graph_config import CLIENT, TENANT, graph
 async def test_use_ms_graph_opens_the_graph_adapter_with_the_configs_values(tmp_path: Path) -> None:
     text = (
         graph(tmp_path).replace(
-            "  use_ms_graph: true\n", "  use_ms_graph: true\n  graph_url: https://graph.example.test:8443\n"
+            "  use_ms_graph: true\n",
+            "  use_ms_graph: true\n  graph_url: https://graph.example.test:8443\n"
+            "  request_deadline_s: 45\n  max_answer_mb: 8\n",
         )
         + "sync:\n  category: PSA\n  past_days: 3\n"
     )
@@ -30,6 +32,7 @@ async def test_use_ms_graph_opens_the_graph_adapter_with_the_configs_values(tmp_
         assert (s.tenant_id, s.client_id, s.client_secret) == (TENANT, CLIENT, "0aB~s3cr3t.value")
         assert s.category == "PSA" and s.past_days == 3 and s.enabled_mailboxes == ("alice@example.com",)
         assert "s3cr3t" not in repr(s)
+        assert (s.request_deadline_s, s.max_answer_mb) == (45.0, 8)  # the EWS keys bound Graph too
     finally:
         await account.aclose()
     assert settings_from_config(cfg) == s

@@ -727,6 +727,8 @@ class AutotaskPsaConfig(_Model):
     zone_lookup_url: str = "https://webservices.autotask.net/ATServicesRest/"
     requests_per_hour: SInt = Field(default=3000, ge=1, le=10000)
     ca_bundle: str | None = None
+    request_deadline_s: float = Field(default=300.0, gt=0, le=3600)
+    max_answer_mb: int = Field(default=64, ge=1, le=1024)
 
     _check_secret = field_validator("secret", "integration_code", mode="before")(_secret_not_number)
 

@@ -13,6 +13,13 @@ Every request goes through ``AutotaskApi.request``:
    are also retried on 5xx and on connection failures; writes are not (a write the server may
    have carried out is not repeated blindly), their failures become per-row errors upstream.
    When the retries run out, ``PsaUnavailable`` (or ``PsaAuthFailed``) is raised.
+5. every answer is bounded (issue #14): the whole answer must arrive within
+   ``psa.request_deadline_s`` of sending (the per-read ``timeout_s`` alone never ends a server
+   trickling a byte every 30 s): ``exchange.limits.Deadline``'s alarm thread shuts the request's
+   socket down at the deadline, whatever it is waiting for (headers or body); and the answer is
+   read in chunks up to ``psa.max_answer_mb`` (a larger declared Content-Length is refused before
+   reading). Both fail the request at once with ``AutotaskUnavailable`` naming the operation and
+   the setting; they are not retried (the same server would answer the same way).
 
 Waits for the budget and back-offs end at once after ``interrupt_waits(reason)`` (the daemon is
 stopping): the request fails with ``PsaBudgetExhausted`` / ``PsaUnavailable`` naming the reason.
@@ -23,12 +30,15 @@ the origin of the resolved zone; no message built here contains them.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
 import re
+import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,6 +51,7 @@ import structlog
 import trio
 
 from exchanged import errors
+from exchanged.exchange.limits import DEFAULT_DEADLINE_S, DEFAULT_MAX_ANSWER_MB, Deadline, Limits
 
 from .budget import RequestBudget
 
@@ -49,6 +60,76 @@ log = structlog.get_logger("exchanged.psa.autotask")
 PAGE_SIZE = 500
 THREAD_LIMIT = 3
 IN_CHUNK = 200  # values per `in` condition: well under the 500-condition limit and URL sizes
+READ_CHUNK = 64 * 1024
+
+
+class _Bounded(Exception):
+    """An answer past ``psa.request_deadline_s`` or ``psa.max_answer_mb`` (worker thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _connection_class(base: type[http.client.HTTPConnection], deadline: Deadline) -> Any:
+    """``base`` whose socket is handed to ``deadline`` as soon as it is connected."""
+
+    class _Conn(base):  # type: ignore[valid-type,misc]
+        def connect(self) -> None:
+            super().connect()
+            deadline.sock = self.sock
+            if deadline.fired.is_set():  # the deadline passed while connecting
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    return _Conn
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, deadline: Deadline) -> None:
+        super().__init__(context=context)
+        self._deadline_conn = _connection_class(http.client.HTTPSConnection, deadline)
+        self._ctx = context
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._deadline_conn, req, context=self._ctx)
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._deadline_conn = _connection_class(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._deadline_conn, req)
+
+
+def _read_capped(resp: Any, max_bytes: int, deadline: Deadline) -> bytes:
+    """The body in chunks; stops (``_Bounded``) past ``max_bytes`` or once the deadline fired."""
+    declared = resp.headers.get("Content-Length") if resp.headers is not None else None
+    if declared and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise _Bounded(
+            f"the answer is larger than {max_bytes / (1024 * 1024):g} MB (psa.max_answer_mb; it "
+            f"declared {int(declared) / (1024 * 1024):.0f} MB); not read"
+        )
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = resp.read1(READ_CHUNK) if hasattr(resp, "read1") else resp.read(READ_CHUNK)
+        if deadline.fired.is_set():
+            break
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise _Bounded(
+                f"the answer is larger than {max_bytes / (1024 * 1024):g} MB (psa.max_answer_mb; it "
+                "went on past the cap); not read"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # the newest client per (API user, integration code) and the trio run it lives in
@@ -151,6 +232,8 @@ class AutotaskApi:
         retry_cap_s: float = 120.0,
         max_attempts: int = 6,
         timeout_s: float = 60.0,
+        request_deadline_s: float = DEFAULT_DEADLINE_S,
+        max_answer_mb: float = DEFAULT_MAX_ANSWER_MB,
     ) -> None:
         self.creds = creds
         self.zone_lookup_url = zone_lookup_url if zone_lookup_url.endswith("/") else zone_lookup_url + "/"
@@ -164,6 +247,7 @@ class AutotaskApi:
         self.retry_cap_s = retry_cap_s
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
+        self.limits = Limits(deadline_s=request_deadline_s, max_bytes=int(max_answer_mb * 1024 * 1024))
         self.zone_url: str | None = None
         self._zone_lock = trio.Lock()
         self.backoffs = 0  # 429 / thread-limit / 5xx back-offs so far (status)
@@ -206,21 +290,41 @@ class AutotaskApi:
             req.add_header("ApiIntegrationCode", self.creds.integration_code)
             req.add_header("UserName", self.creds.username)
             req.add_header("Secret", self.creds.secret)
-        try:
-            with (
-                self._wire_slots,
-                urllib.request.urlopen(req, context=self._tls, timeout=self.timeout_s) as resp,
-            ):
-                raw = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw = exc.read() if exc.fp is not None else b""
-            status = exc.code
+        with self._wire_slots:
+            deadline = Deadline(self.limits, time.monotonic())
+            secure = url.lower().startswith("https:")
+            handler = _HttpsHandler(self._tls, deadline) if secure else _HttpHandler(deadline)
+            opener = urllib.request.build_opener(handler)
+            received = 0
+            try:
+                try:
+                    with opener.open(req, timeout=self.timeout_s) as resp:
+                        raw = _read_capped(resp, self.limits.max_bytes, deadline)
+                        status = resp.status
+                except urllib.error.HTTPError as exc:
+                    status = exc.code
+                    raw = _read_capped(exc, self.limits.max_bytes, deadline) if exc.fp is not None else b""
+                    exc.close()
+                received = len(raw)
+            except (OSError, http.client.HTTPException):
+                if deadline.fired.is_set():
+                    raise self._deadline_error(received) from None
+                raise
+            finally:
+                deadline.cancel()
+            if deadline.fired.is_set():
+                raise self._deadline_error(received)
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = None
         return Response(status, parsed)
+
+    def _deadline_error(self, received: int) -> _Bounded:
+        return _Bounded(
+            f"no complete answer within {self.limits.deadline_s:g} s (psa.request_deadline_s; "
+            f"{received} bytes had arrived)"
+        )
 
     async def _send(self, method: str, url: str, body: Any, *, with_auth: bool) -> Response:
         if not self._joined:
@@ -287,6 +391,16 @@ class AutotaskApi:
         while True:
             try:
                 resp = await self._send(method, url, body, with_auth=with_auth)
+            except _Bounded as exc:
+                hint = (
+                    "a larger answer needs a larger psa.max_answer_mb; or the server is misbehaving"
+                    if "max_answer_mb" in exc.text
+                    else "Autotask (or a proxy in between) answers too slowly; check it, or raise "
+                    "psa.request_deadline_s"
+                )
+                raise errors.AutotaskUnavailable(
+                    f"Autotask {what} at {_origin(url)}: {exc.text}", hint=hint
+                ) from None
             except (TimeoutError, urllib.error.URLError, OSError, ssl.SSLError) as exc:
                 reason = getattr(exc, "reason", exc)
                 if isinstance(reason, ssl.SSLCertVerificationError):

@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from exchanged import errors
+from exchanged.exchange.limits import DEFAULT_DEADLINE_S, DEFAULT_MAX_ANSWER_MB
 from exchanged.model import (
     Appointment,
     ItemError,
@@ -777,9 +778,10 @@ def open_autotask(
 
     ``psa_cfg`` is ``config.AutotaskPsaConfig`` or anything with its attributes (username,
     secret/secret_file, integration_code/integration_code_file, zone_lookup_url,
-    requests_per_hour, ca_bundle). ``previous``: the connector of the config generation this one
-    replaces (reload); the new one takes over its hourly budget (with the new limit) and its
-    thread limit, so that a reload neither resets the count nor doubles the threads in flight.
+    requests_per_hour, ca_bundle, request_deadline_s, max_answer_mb). ``previous``: the
+    connector of the config generation this one replaces (reload); the new one takes over its
+    hourly budget (with the new limit) and its thread limit, so that a reload neither resets the
+    count nor doubles the threads in flight.
     ``api_options`` tune the client for tests (retry_base_s, retry_cap_s, max_attempts, ...).
     """
     api = AutotaskApi(
@@ -789,6 +791,8 @@ def open_autotask(
         ),
         ca_bundle=getattr(psa_cfg, "ca_bundle", None),
         requests_per_hour=int(getattr(psa_cfg, "requests_per_hour", None) or 3000),
+        request_deadline_s=float(getattr(psa_cfg, "request_deadline_s", None) or DEFAULT_DEADLINE_S),
+        max_answer_mb=float(getattr(psa_cfg, "max_answer_mb", None) or DEFAULT_MAX_ANSWER_MB),
         **api_options,
     )
     if previous is not None:

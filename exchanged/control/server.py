@@ -93,6 +93,15 @@ class PeerCredentials:
 PeerCheck = Callable[[PeerCredentials], bool]
 
 
+def _peer_uid(sock: socket.socket | trio.socket.SocketType) -> int | None:
+    """The peer's uid from SO_PEERCRED alone (no name look-ups); None when it cannot be read."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return int(struct.unpack("3i", raw)[1])
+
+
 def read_peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
     """Credentials of the peer of a connected Unix socket (stdlib or trio socket)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -416,6 +425,17 @@ class _Server:
                 continue
             stream = trio.SocketStream(conn)
             conn_id = next(self._ids)
+            # The uid straight from the kernel (one syscall, no NSS): a user past its share is
+            # refused here, before it holds a slot, so a flood from one group member never fills
+            # the slots root and the daemon's user are promised, not even while it is processed.
+            uid = _peer_uid(conn)
+            if uid is not None and not self._unprivileged_room(uid):
+                if self.refusing >= self.limits.max_connections:
+                    conn.close()
+                    continue
+                self.refusing += 1
+                nursery.start_soon(self._refuse_uid, stream, conn_id, uid)
+                continue
             if self.active >= self.limits.max_connections:
                 if self.refusing >= self.limits.max_connections:
                     conn.close()  # a flood: not even a refusal line
@@ -424,7 +444,21 @@ class _Server:
                 nursery.start_soon(self._refuse_busy, stream, conn_id)
                 continue
             self.active += 1
-            nursery.start_soon(self._connection, stream, conn_id)
+            counted = uid if uid is not None and uid not in (0, self.own_uid) else None
+            if counted is not None:
+                self.by_uid[counted] = self.by_uid.get(counted, 0) + 1
+            nursery.start_soon(self._connection, stream, conn_id, counted)
+
+    async def _refuse_uid(self, stream: trio.SocketStream, conn_id: int, uid: int) -> None:
+        try:
+            self.warn(f"uid{uid}", "control connection refused: too many connections of one user",
+                      conn=conn_id, limit=self.limits.per_uid, peer_uid=uid)
+            await _send_final(stream, error_response(
+                None, SERVER_REFUSED, f"uid {uid} already has as many control connections as one user "
+                "may; close some and try again", R_TOO_MANY_CONNECTIONS))
+        finally:
+            self.refusing -= 1
+            await trio.aclose_forcefully(stream)
 
     async def _refuse_busy(self, stream: trio.SocketStream, conn_id: int) -> None:
         try:
@@ -439,7 +473,7 @@ class _Server:
             self.refusing -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _connection(self, stream: trio.SocketStream, conn_id: int) -> None:
+    async def _connection(self, stream: trio.SocketStream, conn_id: int, counted: int | None) -> None:
         try:
             # In a worker thread: user and group names come from NSS, which may be LDAP and slow;
             # the event loop (and every other client) must not wait for it.
@@ -447,30 +481,18 @@ class _Server:
             if peer is None or not await trio.to_thread.run_sync(self.peer_check, peer):
                 await self._refuse_peer(stream, conn_id, peer)
                 return
-            if not self._unprivileged_room(peer.uid):
-                self.warn(f"uid{peer.uid}", "control connection refused: too many connections of one user",
-                          conn=conn_id, limit=self.limits.per_uid, **peer.log_fields())
-                await _send_final(stream, error_response(
-                    None, SERVER_REFUSED, f"uid {peer.uid} ({peer.user}) already has as many control "
-                    "connections as one user may; close some and try again", R_TOO_MANY_CONNECTIONS))
-                return
-            counted = peer.uid not in (0, self.own_uid)
-            if counted:
-                self.by_uid[peer.uid] = self.by_uid.get(peer.uid, 0) + 1
-            try:
-                await serve_stream(
-                    stream, self.handler, self.limits, log_fields={"conn": conn_id, **peer.log_fields()}
-                )
-            finally:
-                if counted:
-                    self.by_uid[peer.uid] -= 1
-                    if not self.by_uid[peer.uid]:
-                        del self.by_uid[peer.uid]
+            await serve_stream(
+                stream, self.handler, self.limits, log_fields={"conn": conn_id, **peer.log_fields()}
+            )
         except Exception:
             # A bug in the server itself: it must end this connection only, never the daemon.
             log.exception("control connection failed", conn=conn_id)
         finally:
             self.active -= 1
+            if counted is not None:
+                self.by_uid[counted] -= 1
+                if not self.by_uid[counted]:
+                    del self.by_uid[counted]
             await trio.aclose_forcefully(stream)
 
     @staticmethod

@@ -484,3 +484,36 @@ async def test_idle_connections_of_one_member_leave_room_for_root(sock_dir: Path
                 await trio.to_thread.run_sync(os.waitpid, pid, 0)
     refusals = [e for e in logs if e["event"].startswith("control connection refused")]
     assert 1 <= len(refusals) <= 3, refusals  # 53 refusals, rate-limited to one line (and a count)
+
+
+async def test_a_flood_being_checked_slowly_never_takes_the_slots_kept_for_root(sock_dir: Path) -> None:
+    """The per-user share is enforced on the kernel's uid at accept, before the (slow: NSS, LDAP)
+    peer check: a flood from one member that is still being checked must not fill every slot, or
+    the member's next connection is told "busy" and root's may be refused outright (flaky under
+    load before; deterministic here with a peer check that takes 0.5 s, as a slow LDAP would)."""
+    os.chmod(sock_dir, 0o755)
+    path = sock_dir / "control.sock"
+    adm = grp.getgrnam(GROUP).gr_gid
+    allowed = make_peer_check(adm)
+
+    def slow_check(peer: PeerCredentials) -> bool:
+        import time
+
+        time.sleep(0.5)  # a worker thread, as in production: the event loop keeps accepting
+        return allowed(peer)
+
+    limits = ServerLimits(max_connections=40, per_uid=8, reserved=8, idle_timeout=60)
+    with trio.fail_after(60):
+        async with served(path, FakeHandler(), GROUP, limits=limits, peer_check=slow_check):
+            pid, release = await trio.to_thread.run_sync(hold_as, NOBODY, NOBODY, [adm], str(path), 60)
+            try:
+                member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path))
+                assert member["error"]["data"]["reason"] == "too_many_connections", member
+                assert f"uid {NOBODY}" in member["error"]["message"], member
+                root = await open_client(str(path))
+                await root.send(request_line("status"))
+                assert (await root.receive())["result"]["state"] == "running"
+            finally:
+                os.write(release, b"x")
+                os.close(release)
+                await trio.to_thread.run_sync(os.waitpid, pid, 0)

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from exchanged import errors
+from exchanged.exchange.limits import Limits
 from exchanged.psa.autotask.api import AutotaskApi, Credentials
 
 HANG_GUARD_S = 30  # without the fix these requests never end (a trickle) or read everything
@@ -164,3 +165,21 @@ def test_the_config_keys_reach_the_client(tmp_path: Any) -> None:
     api = open_autotask(cfg).api
     assert api.limits.deadline_s == 7.0
     assert api.limits.max_bytes == 3 * 1024 * 1024
+
+
+async def test_the_deadline_holds_over_tls_against_the_autotask_test_server(server: Any) -> None:
+    from .conftest import make_connector
+
+    api = make_connector(server).api
+    api.limits = Limits(deadline_s=1.0, max_bytes=api.limits.max_bytes)
+    await api.zone()  # resolved before the server slows down
+    server.faults.latency_ms = 2500  # longer than the deadline, shorter than the per-read timeout
+    try:
+        with trio.fail_after(HANG_GUARD_S), pytest.raises(errors.AutotaskUnavailable) as err:
+            await api.threshold()
+    finally:
+        server.faults.latency_ms = 0
+    shown = errors.present(err.value)
+    assert shown.reason == "psa_unreachable"
+    assert "ThresholdInformation" in shown.message and "https://" in shown.message
+    assert "no complete answer within 1 s (psa.request_deadline_s" in shown.message

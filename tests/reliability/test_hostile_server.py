@@ -210,7 +210,10 @@ async def test_psa_times_with_fractional_seconds_are_written_once(tmp_path: Path
                         "end_time, origin, show_as, is_private) "
                         "VALUES (900, 1, 'Fraction', '', ?, ?, 'psa', 'busy', 0)",
                         (_fraction(day), _fraction(day + timedelta(hours=1))))
-            con.execute("UPDATE todos SET start_time = ? WHERE id = 500", (_fraction(day),))
+            # both ends: the seed's end is a fixed time of tomorrow, which an hour-rounded start
+            # would pass after 10:30 and make the row invalid (the test then read the hour)
+            con.execute("UPDATE todos SET start_time = ?, end_time = ? WHERE id = 500",
+                        (_fraction(day), _fraction(day + timedelta(minutes=30))))
         con.close()
         assert (await stack.cycle()).result == "ok"
         for _ in range(2):

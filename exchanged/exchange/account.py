@@ -23,7 +23,13 @@ from typing import Any, TypeVar
 import trio
 from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FailFast, Version
 from exchangelib import version as ews_version
-from exchangelib.errors import ErrorServerBusy, EWSError, ResponseMessageError, UnauthorizedError
+from exchangelib.errors import (
+    ErrorServerBusy,
+    EWSError,
+    ResponseMessageError,
+    SessionPoolMinSizeReached,
+    UnauthorizedError,
+)
 from exchangelib.folders import Calendar, Contacts, Tasks
 from exchangelib.properties import DistinguishedFolderId, Mailbox
 from exchangelib.protocol import CachingProtocol, Protocol
@@ -56,6 +62,33 @@ MAX_THROTTLED_ATTEMPTS = 6
 MAX_UNAVAILABLE_ATTEMPTS = 2
 QUICK_RETRY_S = 1.0
 _NOT_RETRIED = frozenset({"timeout", "connect_timeout"})
+
+
+def own_protocol(protocol: Protocol, timeouts: tuple[float, float] | None = None) -> Protocol:
+    """Make an exchangelib ``Protocol`` follow our rules; every protocol we use goes through here.
+
+    * ``RETRY_WAIT = 0``: exchangelib fills a missing BackOffMilliseconds (and an HTTP 503) with
+      RETRY_WAIT (10 s) as if the server had said so; 0 keeps "no hint", so the gate backs off
+      exponentially.
+    * ``TIMEOUT``: requests' (connect, read) for every request (not for a streaming connection,
+      whose reads wait for Exchange's keep-alives).
+    * A fixed session pool. On ErrorServerBusy (and ErrorExceededConnectionCount) exchangelib shrinks
+      the pool: ``decrease_poolsize()`` takes the pool's lock and then waits for a free session,
+      and when every session is in use by other threads ``get_session()`` tries to grow the pool
+      under the same non-reentrant lock: the thread deadlocks, holding the lock, and with it every
+      thread of this protocol (seen as a ``sync --wait`` that never answered during a throttling
+      storm). Throttling is the back-off gate's job and the limiter already bounds connections,
+      so shrinking is refused: exchangelib then raises the server's error to ``call()``.
+    """
+    protocol.RETRY_WAIT = 0
+    if timeouts is not None:
+        protocol.TIMEOUT = timeouts
+
+    def decrease_poolsize() -> None:
+        raise SessionPoolMinSizeReached("exchanged keeps the session pool fixed (back-off is the gate's)")
+
+    protocol.decrease_poolsize = decrease_poolsize  # type: ignore[method-assign]
+    return protocol
 
 
 class AmbiguousWrite(Exception):
@@ -197,10 +230,7 @@ class EwsAccount(ExchangeAccountBase):
             except ValueError as exc:
                 raise errors.MailboxNotFound(f"{mailbox}: not a mailbox address ({exc})",
                                              mailbox=mailbox) from None
-            # exchangelib fills a missing BackOffMilliseconds (and an HTTP 503) with RETRY_WAIT (10 s)
-            # as if the server had said so; 0 keeps "no hint", so the gate backs off exponentially
-            acc.protocol.RETRY_WAIT = 0
-            acc.protocol.TIMEOUT = self.timeouts  # requests' (connect, read) for every request
+            own_protocol(acc.protocol, self.timeouts)
             self._accounts[key] = acc
             self._protocols[id(acc.protocol)] = (acc.protocol, session.config)
         return acc
@@ -340,8 +370,7 @@ class EwsAccount(ExchangeAccountBase):
         session = self.session_for(s.enabled_mailboxes[0] if s.enabled_mailboxes else "sync@account")
         probe = s.login_name.split("\\")[-1].split("@")[0] or "exchanged"
 
-        protocol = Protocol(config=session.config)
-        protocol.TIMEOUT = self.timeouts
+        protocol = own_protocol(Protocol(config=session.config), self.timeouts)
         self._protocols[id(protocol)] = (protocol, session.config)
 
         pinned = self.version

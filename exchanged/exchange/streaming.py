@@ -34,6 +34,7 @@ from exchangelib.errors import ErrorExceededConnectionCount, ErrorSubscriptionNo
 from exchangelib.protocol import Protocol
 
 from exchanged import errors
+from exchanged.exchange.account import own_protocol
 from exchanged.exchange.errmap import map_error
 from exchanged.exchange.mailbox import FOLDER_CLASSES
 from exchanged.exchange.services import GetStreamingEventsOnce, SubscribeAnchored
@@ -198,8 +199,9 @@ class EwsPush:
         session = self._acc.session_for(anchor)
         acc = Account(primary_smtp_address=anchor, config=session.config, autodiscover=False,
                       access_type=session.access_type, default_timezone=self._acc.tz)
-        protocol = type.__call__(Protocol, config=session.config)  # not CachingProtocol's shared one
-        protocol.RETRY_WAIT = 0
+        # not CachingProtocol's shared one; reads keep exchangelib's timeout (keep-alives come slower
+        # than a request's answer)
+        protocol = own_protocol(type.__call__(Protocol, config=session.config))
         acc.protocol = protocol
         self._protocols.append(protocol)
         return acc

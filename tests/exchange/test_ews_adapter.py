@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import trio
@@ -85,6 +86,43 @@ async def test_the_back_off_is_shared_by_every_mailbox_of_the_sync_account(
     await account.mailbox(ALICE).find_by_psa_keys(FolderKind.CALENDAR, ["x"])
     gate = account.session_for(BOB).gate
     assert gate.not_before > 0  # bob's requests wait for the same gate
+
+
+def _throttled_while_every_session_is_busy(protocol: Any, service: Any) -> bool:
+    """exchangelib's own reaction to ErrorServerBusy, in a thread, while the protocol's other
+    sessions are out with other requests; True when it came back (False: it hangs)."""
+    from exchangelib.errors import ErrorServerBusy
+
+    held = [protocol.get_session() for _ in range(2)]  # two requests of other mailboxes in flight
+    came_back = threading.Event()
+
+    def throttled() -> None:
+        with contextlib.suppress(ErrorServerBusy):  # FailFast: raised to our call() and its gate
+            service._handle_backoff(ErrorServerBusy("busy", back_off=1.0))
+        came_back.set()
+
+    threading.Thread(target=throttled, daemon=True).start()
+    try:
+        return came_back.wait(30)  # a hang guard: it returns at once or never
+    finally:
+        for session in held:
+            protocol.release_session(session)
+
+
+async def test_a_throttled_answer_never_deadlocks_the_session_pool(account: EwsAccount) -> None:
+    """exchangelib shrinks its session pool on ErrorServerBusy under a lock it takes again when no
+    session is free: the thread hung for good, and every thread of the protocol behind it (a
+    ``sync --wait`` that never answered during a throttling storm)."""
+    from exchangelib.services import GetFolder
+
+    from exchanged.exchange.streaming import EwsPush
+
+    ews = account.ews_account(ALICE)
+    assert _throttled_while_every_session_is_busy(ews.protocol, GetFolder(account=ews)), \
+        "the request protocol deadlocked in exchangelib's decrease_poolsize"
+    stream = EwsPush(account)._stream_account(ALICE)
+    assert _throttled_while_every_session_is_busy(stream.protocol, GetFolder(account=stream)), \
+        "the streaming protocol deadlocked in exchangelib's decrease_poolsize"
 
 
 async def test_find_by_psa_keys_lists_the_folder_when_that_is_fewer_requests(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from exchanged.engine.actions import (
     ExchangeCreate,
@@ -31,6 +31,7 @@ from exchanged.engine.actions import (
     PsaDelete,
     PsaUpdate,
     action_fields,
+    title,
 )
 from exchanged.model import (
     ExchangeItem,
@@ -59,7 +60,7 @@ class Journal:
     item_id: str | None
     fields: tuple[str, ...] = ()
     reason: str = ""
-    payload: Any = None  # for the subject shown in `exchangectl history`
+    subject: str = ""  # what `exchangectl history` calls the item (deletions too: from the plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,8 @@ def psa_result(action: PsaCreate | PsaUpdate | PsaDelete, result: PsaRecord | It
         mapping = mappings.get(action.psa_key)
         return Effect(drop=(action.forget,) if action.forget else (), count="deleted",
                       journal=Journal("psa", "delete", action.kind, action.psa_key,
-                                      mapping.item_id if mapping else None, (), action.reason))
+                                      mapping.item_id if mapping else None, (), action.reason,
+                                      action.subject))
     if not isinstance(result, PsaRecord):
         return failed(ItemError(key or "?", "no_result", "the PSA answered the write without the row"),
                       key or "?")
@@ -122,7 +124,7 @@ def psa_result(action: PsaCreate | PsaUpdate | PsaDelete, result: PsaRecord | It
     return Effect(keep=keep, drop=drop, psa_hash=(result.psa_key, new_hash),
                   count="imported" if isinstance(action, PsaCreate) else "updated",
                   journal=Journal("psa", action.verb, action.kind, result.psa_key, action.mapping.item_id,
-                                  action_fields(action), action.reason, result.payload))
+                                  action_fields(action), action.reason, title(result.payload)))
 
 
 # --- Exchange ------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def created(action: ExchangeCreate, result: ExchangeItem | ItemError,
                                exchange_hash=unconfirmed_hash(result.payload))
     return Effect(keep=mapping, wrote=result, count="exported",
                   journal=Journal("exchange", "create", action.kind, action.psa_key, result.item_id,
-                                  action_fields(action), action.reason, action.payload))
+                                  action_fields(action), action.reason, title(action.payload)))
 
 
 def adopted(action: ExchangeCreate, found: ExchangeItem, folder: FolderKind,
@@ -164,7 +166,7 @@ def adopted(action: ExchangeCreate, found: ExchangeItem, folder: FolderKind,
             replace(mapping, exchange_hash=payload_hash(action.payload)))
     return Effect(keep=mapping, count="adopted",
                   journal=Journal("exchange", "adopt", action.kind, action.psa_key, found.item_id, (),
-                                  "found in Exchange by its PSA key: adopted")), fix
+                                  "found in Exchange by its PSA key: adopted", title(action.payload))), fix
 
 
 def updated(action: ExchangeUpdate, result: ExchangeItem | ItemError,
@@ -174,7 +176,7 @@ def updated(action: ExchangeUpdate, result: ExchangeItem | ItemError,
         return failed(result, action.psa_key)
     return Effect(keep=exchange_mapping(action.mapping, result, psa_hashes), wrote=result, count="updated",
                   journal=Journal("exchange", "update", action.kind, action.psa_key, result.item_id,
-                                  action_fields(action), action.reason, action.payload))
+                                  action_fields(action), action.reason, title(action.payload)))
 
 
 def deleted(action: ExchangeDelete, result: ItemError | None) -> Effect:
@@ -186,7 +188,7 @@ def deleted(action: ExchangeDelete, result: ItemError | None) -> Effect:
     return Effect(drop=(action.forget,) if action.forget else (), mirror_delete=action.item_id,
                   count="deleted",
                   journal=Journal("exchange", "delete", action.kind, action.key, action.item_id, (),
-                                  action.reason))
+                                  action.reason, action.subject))
 
 
 __all__ = ["GONE_CODES", "Effect", "Journal", "adopted", "created", "deleted", "exchange_mapping",

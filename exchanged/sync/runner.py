@@ -637,7 +637,7 @@ class SyncRunner:
         if effect.journal is not None:
             j = effect.journal
             batch.journal.append(self._journal(run, j.side, j.action, j.kind, j.key, j.item_id, j.fields,
-                                               j.reason, j.payload))
+                                               j.reason, j.subject))
 
     @staticmethod
     def _keep(run: _Apply, batch: StateBatch, mapping: Mapping) -> None:
@@ -653,12 +653,12 @@ class SyncRunner:
         batch.delete_mappings.append(psa_key)
 
     def _journal(self, run: _Apply, side: str, action: str, kind: Kind, key: str, item_id: str | None,
-                 fields: tuple[str, ...], reason: str, payload: object = None) -> JournalEntry:
+                 fields: tuple[str, ...], reason: str, subject: str = "") -> JournalEntry:
         if action in ("create", "update", "delete"):  # a write, not an adoption (metrics)
             slot = (str(kind.value), side)
             run.outcome.written[slot] = run.outcome.written.get(slot, 0) + 1
         return JournalEntry(self.now(), run.target.name, side, action, kind, key, item_id or None,
-                            tuple(fields), reason, run.cycle_id, _subject_of(payload))
+                            tuple(fields), reason, run.cycle_id, subject[:200])
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call``; on ``Throttled`` back off (the server's hint, else exponential with
@@ -681,17 +681,6 @@ class SyncRunner:
 
 
 R = TypeVar("R")
-
-
-def _subject_of(payload: object) -> str:
-    """The name of an item for the journal: its subject, or a contact's name."""
-    if payload is None:
-        return ""
-    subject = getattr(payload, "subject", None)
-    if isinstance(subject, str):
-        return subject[:200]
-    names = [getattr(payload, a, "") for a in ("given_name", "surname")]
-    return " ".join(n for n in names if isinstance(n, str) and n)[:200]
 
 
 def _aligned(results: Sequence[R], n: int, call: str) -> list[R | ItemError]:

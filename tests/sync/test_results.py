@@ -50,10 +50,12 @@ psa_update = PsaUpdate(Kind.APPOINTMENT, "appointment:1", MOVED, ("start", "end"
                        PLANNED, exchange_key="uid-1")
 psa_update_out = PsaUpdate(Kind.APPOINTMENT, "appointment:1", MOVED, ("start", "end"), "moved to the past",
                            PLANNED, leaves_window=True)
-psa_delete = PsaDelete(Kind.IMPORTED, "imported:5", "deleted in Exchange", forget="imported:5")
+psa_delete = PsaDelete(Kind.IMPORTED, "imported:5", "deleted in Exchange", forget="imported:5",
+                       subject="Dentist")
 
 MAPPINGS = {"appointment:1": PLANNED, "imported:5": IMPORTED}
-PSA_DELETED = Journal("psa", "delete", Kind.IMPORTED, "imported:5", "item-9", (), "deleted in Exchange")
+PSA_DELETED = Journal("psa", "delete", Kind.IMPORTED, "imported:5", "item-9", (), "deleted in Exchange",
+                      "Dentist")
 
 
 @pytest.mark.parametrize(("case", "action", "result", "mappings", "want"), [
@@ -62,14 +64,14 @@ PSA_DELETED = Journal("psa", "delete", Kind.IMPORTED, "imported:5", "item-9", ()
                          exchange_key="uid-9"),
             psa_hash=("imported:5", payload_hash(MOVED)), count="imported",
             journal=Journal("psa", "create", Kind.IMPORTED, "imported:5", "item-9",
-                            action_fields(psa_create), "new in Exchange", MOVED))),
+                            action_fields(psa_create), "new in Exchange", MOVED.subject))),
     ("create replacing a user-deleted row drops the old mapping", psa_create_replacing, ROW, MAPPINGS,
      None),
     ("update: kept with the new PSA hash", psa_update, ROW_UPDATED, MAPPINGS,
      Effect(keep=Mapping(Kind.APPOINTMENT, "appointment:1", CAL, "", "", payload_hash(MOVED), ""),
             psa_hash=("appointment:1", payload_hash(MOVED)), count="updated",
             journal=Journal("psa", "update", Kind.APPOINTMENT, "appointment:1", "", ("start", "end"),
-                            "moved in Outlook", MOVED))),
+                            "moved in Outlook", MOVED.subject))),
     ("update out of the window: the mapping is dropped", psa_update_out, ROW_UPDATED, MAPPINGS, None),
     ("update out of the window of a pair not mapped: nothing to drop", psa_update_out, ROW_UPDATED, {},
      None),
@@ -104,7 +106,7 @@ ex_create = ExchangeCreate(Kind.APPOINTMENT, "appointment:1", CAL, APPT, "new in
 ex_update = ExchangeUpdate(Kind.APPOINTMENT, "appointment:1", CAL, "item-1", "ck-0", APPT, ("subject",),
                            "changed in the PSA", PLANNED)
 ex_delete = ExchangeDelete(Kind.APPOINTMENT, "appointment:1", CAL, "item-1", "deleted in the PSA",
-                           forget="appointment:1")
+                           forget="appointment:1", subject="Visit")
 
 
 @pytest.mark.parametrize(("case", "got", "want"), [
@@ -114,7 +116,7 @@ ex_delete = ExchangeDelete(Kind.APPOINTMENT, "appointment:1", CAL, "item-1", "de
                          unconfirmed_hash(APPT)),
             wrote=ITEM, count="exported",
             journal=Journal("exchange", "create", Kind.APPOINTMENT, "appointment:1", "item-1",
-                            action_fields(ex_create), "new in the PSA", APPT))),
+                            action_fields(ex_create), "new in the PSA", "Visit"))),
     ("create refused", results.created(ex_create, REFUSED, {}),
      Effect(error=REFUSED, error_key="appointment:1")),
     ("update: kept with the item's hash as returned",
@@ -123,17 +125,17 @@ ex_delete = ExchangeDelete(Kind.APPOINTMENT, "appointment:1", CAL, "item-1", "de
                          payload_hash(APPT)),
             wrote=ITEM, count="updated",
             journal=Journal("exchange", "update", Kind.APPOINTMENT, "appointment:1", "item-1", ("subject",),
-                            "changed in the PSA", APPT))),
+                            "changed in the PSA", "Visit"))),
     ("update refused", results.updated(ex_update, REFUSED, {}),
      Effect(error=REFUSED, error_key="appointment:1")),
     ("delete: forget, mirror the delete at once", results.deleted(ex_delete, None),
      Effect(drop=("appointment:1",), mirror_delete="item-1", count="deleted",
             journal=Journal("exchange", "delete", Kind.APPOINTMENT, "appointment:1", "item-1", (),
-                            "deleted in the PSA"))),
+                            "deleted in the PSA", "Visit"))),
     ("delete of an item already gone is done", results.deleted(ex_delete, NOT_FOUND),
      Effect(drop=("appointment:1",), mirror_delete="item-1", count="deleted",
             journal=Journal("exchange", "delete", Kind.APPOINTMENT, "appointment:1", "item-1", (),
-                            "deleted in the PSA"))),
+                            "deleted in the PSA", "Visit"))),
     ("delete refused", results.deleted(ex_delete, REFUSED), Effect(error=REFUSED, error_key="appointment:1")),
 ])
 def test_exchange_results(case: str, got: Effect, want: Effect) -> None:

@@ -377,3 +377,20 @@ async def test_the_journal_names_what_was_written() -> None:
     named = {(e.side, e.kind.value, e.subject) for e in await w.state.history(MAILBOX, None)}
     assert ("psa", "imported", "Dentist") in named  # the imported row shows its subject
     assert ("exchange", "appointment", "Visit Contoso") in named
+
+
+async def test_the_journal_names_what_was_deleted() -> None:
+    """A deletion's item is gone when the journal is written: the subject comes from the plan."""
+    w = World()
+    key = w.psa.add(Kind.APPOINTMENT, appt("Visit Contoso", hours=1), [RESOURCE])
+    w.psa.add(Kind.APPOINTMENT, appt("Stays", hours=2), [RESOURCE])  # no side looks empty after
+    w.mb.user_add(FolderKind.CALENDAR, appt("Dentist", hours=5))
+    w.mb.user_add(FolderKind.CALENDAR, appt("Stays too", hours=6))
+    await w.cycle()
+    w.psa.remove(key)
+    [dentist] = [i for i in w.mb.items(FolderKind.CALENDAR) if i.payload.subject == "Dentist"]
+    w.mb.user_delete(FolderKind.CALENDAR, dentist.item_id)
+    await w.cycle()
+    deleted = {(e.side, e.kind.value, e.subject) for e in await w.state.history(MAILBOX, None)
+               if e.action == "delete"}
+    assert deleted == {("exchange", "appointment", "Visit Contoso"), ("psa", "imported", "Dentist")}

@@ -641,6 +641,7 @@ def render_status(result: object, out: TextIO, clock: Clock) -> None:
         for u in status.users
     ]
     headers = ["MAILBOX", "RESOURCE", "STATE", "LAST ATTEMPT", "RESULT", "NEXT RUN"]
+    _source_column(headers, rows, [u.source for u in status.users])
     if any(u.push is not None for u in status.users):  # how Exchange changes reach the daemon
         headers.append("CHANGES")
         for row, u in zip(rows, status.users, strict=True):
@@ -693,8 +694,19 @@ def render_users(result: object, out: TextIO, clock: Clock) -> None:
         ]
         for u in users
     ]
-    table(["MAILBOX", "PSA RESOURCE", "ENABLED", "LAST ATTEMPT", "RESULT", "NEXT RUN"], rows, out)
+    headers = ["MAILBOX", "PSA RESOURCE", "ENABLED", "LAST ATTEMPT", "RESULT", "NEXT RUN"]
+    _source_column(headers, rows, [u.source for u in users])
+    table(headers, rows, out)
     _error_lines(users, out)
+
+
+def _source_column(headers: list[str], rows: list[list[str]], sources: Sequence[str | None]) -> None:
+    """A FROM column (config / PSA) when ``users_from_psa`` added any of the users, else none."""
+    if "users_from_psa" not in sources:
+        return
+    headers.append("FROM")
+    for row, source in zip(rows, sources, strict=True):
+        row.append("PSA" if source == "users_from_psa" else _text(source))
 
 
 def render_resources(result: object, out: TextIO, clock: Clock) -> None:
@@ -707,17 +719,20 @@ def render_resources(result: object, out: TextIO, clock: Clock) -> None:
     def yes(value: bool | None) -> str:
         return "-" if value is None else "yes" if value else "no"
 
-    table(["ID", "NAME", "EMAIL", "ACTIVE", "MAILBOX", "ENABLED", "LAST ATTEMPT", "LAST SUCCESS"],
-          [[_text(r.psa_resource), _text(r.name), _text(r.email), yes(r.active),
-            _text(r.mailbox) if r.mailbox else "-", yes(r.enabled),
-            clock.show(r.last_attempt), clock.show(r.last_success)] for r in rows], out)
+    headers = ["ID", "NAME", "EMAIL", "ACTIVE", "MAILBOX", "ENABLED", "LAST ATTEMPT", "LAST SUCCESS"]
+    cells = [[_text(r.psa_resource), _text(r.name), _text(r.email), yes(r.active),
+              _text(r.mailbox) if r.mailbox else "-", yes(r.enabled),
+              clock.show(r.last_attempt), clock.show(r.last_success)] for r in rows]
+    _source_column(headers, cells, [r.source if r.mailbox else None for r in rows])
+    table(headers, cells, out)
     missing = [r for r in rows if r.in_psa is False]
     for r in missing:
         out.write(f"note: {r.mailbox} is configured for PSA resource {r.psa_resource}, "
                   "which the PSA does not have\n")
     unsynced = sum(1 for r in rows if r.active and not r.enabled)
     if unsynced:
-        out.write(f"{unsynced} active PSA resource(s) not synced: add them to users: in the config\n")
+        out.write(f"{unsynced} active PSA resource(s) not synced: add them to users: in the config, or "
+                  "set users_from_psa.enabled: all_active to sync every active resource with a mailbox\n")
 
 
 _ACTION_ORDER = {"create": 0, "update": 1, "delete": 2, "adopt": 3, "forget": 4}

@@ -542,19 +542,21 @@ class Daemon:
             running=self.scheduler.running, paused=self.scheduler.paused,
             interval_minutes=self.cfg.sync_interval_minutes,
             max_concurrent_users=self.cfg.sync.max_concurrent_users,
-            users=user_rows(self.cfg, self.scheduler, self.records, held, push=self.push.row),
+            users=user_rows(self.cfg, self.scheduler, self.records, held, push=self.push.row,
+                            generated=self.psa_users.generated),
             public_folder=public_folder_row(self.scheduler, self.records),
         ).to_json()
 
     async def users(self) -> list[dict[str, object]]:
-        rows = user_rows(self.cfg, self.scheduler, self.records, push=self.push.row)
+        rows = user_rows(self.cfg, self.scheduler, self.records, push=self.push.row,
+                         generated=self.psa_users.generated)
         return [row.to_json() for row in rows]
 
     async def resources(self) -> list[dict[str, object]]:
         if self.adapters is None:
             raise ControlError("the PSA is not open yet", hint="see exchangectl status; retry in a moment")
         found = await self.adapters.psa.all_resources()
-        return resource_rows(self.cfg, found, self.records)
+        return resource_rows(self.cfg, found, self.records, self.psa_users.generated)
 
     def _check_mailboxes(self, mailboxes: list[str] | None) -> list[str] | None:
         if mailboxes is None:

@@ -9,7 +9,7 @@ or not at all, because status must answer even when the state store does not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -120,9 +120,16 @@ def _cycle_status(state: str | None, rt: UserRuntime | None, rec: CycleRecord) -
         counts=dict(rec.counts))
 
 
+def source_of(mailbox: str, generated: Collection[str]) -> str:
+    """Where a configured user comes from: ``users:`` in the YAML, or ``users_from_psa``."""
+    return "users_from_psa" if mailbox in generated else "config"
+
+
 def user_rows(cfg: Config, scheduler: Scheduler, records: Mapping[str, CycleRecord],
               held: Mapping[str, LeaseHolder] | None = None,
-              push: Callable[[str], PushStatus] | None = None) -> list[UserStatus]:
+              push: Callable[[str], PushStatus] | None = None,
+              generated: Collection[str] = ()) -> list[UserStatus]:
+    """``generated``: the mailboxes ``users_from_psa`` added to the running config."""
     snap = scheduler.snapshot()
     rows = []
     held = held or {}
@@ -134,12 +141,13 @@ def user_rows(cfg: Config, scheduler: Scheduler, records: Mapping[str, CycleReco
             state = "held_elsewhere"  # another node is syncing it (or died doing so)
         rows.append(UserStatus(user.mailbox, user.psa_resource, user.enabled and cfg.enabled,
                                _cycle_status(state, rt, rec), held.get(user.mailbox),
-                               push(user.mailbox) if push is not None else None))
+                               push(user.mailbox) if push is not None else None,
+                               source_of(user.mailbox, generated)))
     return rows
 
 
-def resource_rows(cfg: Config, resources: Sequence[PsaResource],
-                  records: Mapping[str, CycleRecord]) -> list[dict[str, object]]:
+def resource_rows(cfg: Config, resources: Sequence[PsaResource], records: Mapping[str, CycleRecord],
+                  generated: Collection[str] = ()) -> list[dict[str, object]]:
     """``exchangectl resources``: every PSA resource with the mailbox configured for it (if any),
     whether that user is synced, and its last attempt and success; then any configured user whose
     resource the PSA does not have (``in_psa`` false)."""
@@ -153,7 +161,8 @@ def resource_rows(cfg: Config, resources: Sequence[PsaResource],
         return ResourceRow(resource, name, email, active, in_psa, user.mailbox if user is not None else None,
                            bool(user is not None and user.enabled and cfg.enabled),
                            iso(rec.last_attempt) if rec else None,
-                           iso(rec.last_success) if rec else None).to_json()
+                           iso(rec.last_success) if rec else None,
+                           source_of(user.mailbox, generated) if user is not None else None).to_json()
 
     out = []
     for r in resources:

@@ -645,9 +645,13 @@ class UserStatus:
     cycle: CycleStatus
     held_by: LeaseHolder | None = None
     push: PushStatus | None = None
+    # where the user comes from: "config" (users: in the YAML) or "users_from_psa" (an active PSA
+    # resource with a mailbox); None from a daemon that does not say
+    source: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"mailbox": self.mailbox, "psa_resource": self.psa_resource, "enabled": self.enabled,
+                "source": self.source,
                 **self.cycle.to_json(),
                 "held_by": ({"node": self.held_by.node, "expires_at": self.held_by.expires_at}
                             if self.held_by else None),
@@ -661,7 +665,7 @@ class UserStatus:
             resource = str(resource)
         return cls(_str(data.get("mailbox")), _str(resource), _bool(data.get("enabled")),
                    CycleStatus.from_json(data), LeaseHolder.from_json(data.get("held_by")),
-                   PushStatus.from_json(data))
+                   PushStatus.from_json(data), _str(data.get("source")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,11 +910,13 @@ class ResourceRow:
     enabled: bool | None
     last_attempt: str | None
     last_success: str | None
+    source: str | None = None  # of the configured user: "config" or "users_from_psa"
 
     def to_json(self) -> dict[str, object]:
         return {"psa_resource": self.psa_resource, "name": self.name, "email": self.email,
                 "active": self.active, "in_psa": self.in_psa, "mailbox": self.mailbox,
-                "enabled": self.enabled, "last_attempt": self.last_attempt, "last_success": self.last_success}
+                "enabled": self.enabled, "last_attempt": self.last_attempt, "last_success": self.last_success,
+                "source": self.source}
 
     @classmethod
     def from_json(cls, value: object) -> ResourceRow:
@@ -919,7 +925,7 @@ class ResourceRow:
         return cls(str(resource) if _int(resource) is not None else _str(resource), _str(data.get("name")),
                    _str(data.get("email")), _bool(data.get("active")), _bool(data.get("in_psa")),
                    _str(data.get("mailbox")), _bool(data.get("enabled")), _str(data.get("last_attempt")),
-                   _str(data.get("last_success")))
+                   _str(data.get("last_success")), _str(data.get("source")))
 
     @classmethod
     def list_from_json(cls, value: object) -> list[ResourceRow]:

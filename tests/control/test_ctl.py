@@ -340,3 +340,21 @@ async def test_status_shows_pushed_or_polled_and_why(path: str, handler: FakeHan
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("a@x", "b@x"))}
     assert rows["a@x"][-1] == "pushed" and rows["b@x"][-1] == "polled"
     assert "b@x: polled: streaming notifications failed" in text and "ErrorExceededConnectionCount" in text
+
+
+async def test_users_added_from_the_psa_are_marked(path: str, handler: FakeHandler) -> None:
+    """users_from_psa: status and users say which users the PSA gave; without any, no FROM column."""
+    handler.status_result = {"state": "running", "users": [
+        {"mailbox": "a@x", "psa_resource": "1", "state": "idle", "source": "config"},
+        {"mailbox": "b@x", "psa_resource": "2", "state": "idle", "source": "users_from_psa"},
+    ]}
+    result = await ctl("--socket", path, "status")
+    assert result.returncode == 0, err(result)
+    text = out(result)
+    assert [h.strip() for h in header_line(text, "MAILBOX") if h.strip()][-1] == "FROM"
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("a@x", "b@x"))}
+    assert rows["a@x"][-1] == "config" and rows["b@x"][-1] == "PSA"
+
+    handler.status_result = {"state": "running", "users": [
+        {"mailbox": "a@x", "psa_resource": "1", "state": "idle", "source": "config"}]}
+    assert "FROM" not in out(await ctl("--socket", path, "status"))

@@ -614,7 +614,8 @@ async def test_status_document_keeps_every_field_and_reads_back_typed(
     row = next(u for u in doc["users"] if u["mailbox"] == ALICE)
     assert set(row) == {"mailbox", "psa_resource", "enabled", "state", "last_attempt", "last_success",
                         "last_result", "last_error", "next_run", "progress", "counts", "held_by",
-                        "push", "push_note", "push_since"}
+                        "push", "push_note", "push_since", "source"}
+    assert row["source"] == "config"  # listed in the YAML (users_from_psa would say so)
     assert row["push"] == "polled"  # the in-memory account pushes nothing, and says so
     assert row["last_result"] == "ok" and row["counts"]["exported"] == 1
     assert StatusDocument.from_json(doc).to_json() == doc

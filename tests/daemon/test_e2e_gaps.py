@@ -297,6 +297,13 @@ def test_users_from_psa_enables_active_resources_with_a_mailbox(tmp_path: Path) 
 
         wait_until(lambda: BOB in mailboxes(), "bob added from the PSA")
         assert mailboxes() == {ALICE, BOB}  # carol inactive, dave no mailbox
+        # status, users and resources say which users the PSA gave
+        assert {u["mailbox"]: u["source"] for u in env.rpc("status")["users"]} == {
+            ALICE: "config", BOB: "users_from_psa"}
+        assert {u["mailbox"]: u["source"] for u in env.rpc("users")} == {
+            ALICE: "config", BOB: "users_from_psa"}
+        assert {r["psa_resource"]: r["source"] for r in env.rpc("resources")} == {
+            "1": "config", "2": "users_from_psa", "3": None, "4": None}
         sync(env, BOB)
         assert next(r for r in env.rpc("users") if r["mailbox"] == BOB)["last_result"] == "ok"
         wait_until(lambda: [r for r in env.smtp.snapshot() if BOB in r.rcpt_tos], "bob's confirmation mail")

@@ -158,10 +158,20 @@ class TokenSource:
                 kwargs.setdefault("verify", self.verify)
                 return super().request(*args, **kwargs)
 
+        from exchanged.exchange import limits, tls
+
         s = self._s
         credential: Any
         credential = _certificate_credential(s.certificate_pem) if s.certificate_pem else s.client_secret
         session = _Session(s.ca_bundle or True, (s.connect_timeout_s, s.read_timeout_s))
+        # the sign-in server's answers are bounded like Exchange's: the whole answer within
+        # request_deadline_s (a timer shuts the socket, which ends the worker thread's read) and at
+        # most max_answer_mb; trust as for the EWS endpoint (system store + certifi + ca_bundle)
+        tls.register_endpoint(s.login_url, s.ca_bundle)
+        limits.register(s.login_url, limits.Limits(s.request_deadline_s, s.max_answer_mb * 1024 * 1024))
+        bounded = tls.TrustStoreAdapter()
+        session.mount("https://", bounded)
+        session.mount("http://", bounded)
         return msal.ConfidentialClientApplication(
             s.client_id,
             client_credential=credential,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -90,3 +91,54 @@ def test_token_roles() -> None:
     )
     assert token_roles(f"h.{claims}.s") == ["Calendars.ReadWrite"]
     assert token_roles("opaque") is None
+
+
+# --- a sign-in server that trickles or floods: bounded like every other answer (issue #14) ---------
+
+
+@pytest.mark.parametrize("answer", ["trickle", "flood"])
+async def test_a_sign_in_server_that_trickles_or_floods_is_cut_at_the_limits(
+        tmp_path: Any, answer: str) -> None:
+    """msal's requests (OIDC discovery, the token) went out with connect/read timeouts only: a
+    server sending a byte every 0.2 s held the token request, and every Graph request behind it,
+    for as long as it liked, and a huge answer was read whole."""
+    import ssl
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        tls_stream = trio.SSLStream(stream, server_ctx, server_side=True)
+        try:
+            await tls_stream.receive_some(65536)  # the request (one read is enough here)
+            if answer == "flood":
+                await tls_stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                          b"Content-Length: 104857600\r\n\r\n" + b" " * 65536)
+                await trio.sleep_forever()
+            await tls_stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                      b"Content-Length: 100000\r\n\r\n")
+            while True:
+                await tls_stream.send_all(b" ")
+                await trio.sleep(0.2)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        settings = GraphSettings(graph_url="https://graph.test", login_url=f"https://127.0.0.1:{port}",
+                                 tenant_id="contoso", client_id="app-1", client_secret="s",
+                                 ca_bundle=str(ca_file), request_deadline_s=1.0, max_answer_mb=1)
+        with trio.fail_after(30):  # a hang guard: cut at 1 s, or never
+            with pytest.raises(errors.ExchangeUnavailable) as info:
+                await TokenSource(settings).token()
+        nursery.cancel_scope.cancel()
+    line = errors.present(info.value).line()
+    assert f"127.0.0.1:{port}" in line, line
+    if answer == "trickle":
+        assert "no complete answer within 1 s (server.request_deadline_s" in line, line
+    else:
+        assert "server.max_answer_mb" in line, line

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import email.utils
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -41,7 +42,8 @@ from exchanged.exchange.convert import UTC_EWS
 from exchanged.exchange.errmap import is_ambiguous, map_error
 from exchanged.exchange.services import GetFolderHinted, ResolveNamesHinted
 from exchanged.exchange.settings import ExchangeSettings, UserCredentials
-from exchanged.ports import CheckResult, ExchangeAccountBase
+from exchanged.model import ExchangeItem, ItemError
+from exchanged.ports import CheckResult, ExchangeAccountBase, NewItem
 
 log = logging.getLogger("exchanged.exchange")
 T = TypeVar("T")
@@ -97,6 +99,32 @@ class AmbiguousWrite(Exception):
     def __init__(self, error: errors.ExchangedError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+async def adopt_then_create(
+    where: str, chunk: Sequence[NewItem], results: list[ExchangeItem | ItemError | None], *,
+    find: Callable[[list[str]], Awaitable[MappingOf[str, ExchangeItem]]],
+    create_once: Callable[[list[NewItem]], Awaitable[Sequence[ExchangeItem | ItemError]]],
+    logger: logging.Logger,
+) -> list[ExchangeItem | ItemError]:
+    """A create whose answer was lost (``AmbiguousWrite``), for every Exchange adapter: adopt what
+    the server did create (``find``: by PSA key), create the rest once (``create_once``: a second
+    lost answer raises instead of adopting again). ``results``: the chunk's results so far, None
+    for the items that were sent; ``where``: "mailbox: folder: request" for the log."""
+    pending = [n for n, r in enumerate(results) if r is None]
+    adopted = await find([chunk[n].psa_key for n in pending])
+    logger.warning("%s answer lost; %d of %d items were created, creating the rest",
+                   where, len(adopted), len(pending))
+    rest = [n for n in pending if chunk[n].psa_key not in adopted]
+    for n in pending:
+        if chunk[n].psa_key in adopted:
+            results[n] = adopted[chunk[n].psa_key]
+    if rest:
+        again = await create_once([chunk[n] for n in rest])
+        for n, r in zip(rest, again, strict=True):
+            results[n] = r
+    return [r if r is not None else ItemError(chunk[n].psa_key, "no_answer", "no result", retryable=True)
+            for n, r in enumerate(results)]
 
 
 class StrictFailFast(FailFast):

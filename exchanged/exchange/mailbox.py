@@ -41,7 +41,7 @@ from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
 
 from exchanged import errors
 from exchanged.exchange import convert
-from exchanged.exchange.account import AmbiguousWrite, EwsAccount
+from exchanged.exchange.account import AmbiguousWrite, EwsAccount, adopt_then_create
 from exchanged.exchange.services import (
     CreateItemHinted,
     DeleteItemHinted,
@@ -454,7 +454,11 @@ class EwsMailbox:
             except AmbiguousWrite as lost:
                 if not adopt_on_lost_reply:
                     raise lost.error from None
-                return await self._adopt_then_create(folder, chunk, results)
+                return await adopt_then_create(
+                    f"{self._address}: {folder.value}: CreateItem", chunk, results,
+                    find=lambda keys: self.find_by_psa_keys(folder, keys),
+                    create_once=lambda rest: self._create_chunk(folder, rest, adopt_on_lost_reply=False),
+                    logger=log)
             for (n, ews_item), answer in zip(built, answers, strict=False):
                 results[n] = self._created(folder, chunk[n], ews_item, answer)
         return [r if r is not None else ItemError(chunk[n].psa_key, "no_answer",
@@ -480,25 +484,6 @@ class EwsMailbox:
             item = ExchangeItem(folder=folder, item_id=item_id, change_key=answer.changekey or "",
                                 payload=new.payload, psa_key=new.psa_key)
         return replace(item, psa_key=new.psa_key, uid=None, exchange_key=None, last_modified=None)
-
-    async def _adopt_then_create(
-        self, folder: FolderKind, chunk: Sequence[NewItem], results: list[ExchangeItem | ItemError | None]
-    ) -> list[ExchangeItem | ItemError]:
-        """The CreateItem answer was lost: adopt what the server did create, create the rest once."""
-        pending = [n for n, r in enumerate(results) if r is None]
-        adopted = await self.find_by_psa_keys(folder, [chunk[n].psa_key for n in pending])
-        log.warning("%s: %s: CreateItem answer lost; %d of %d items were created, creating the rest",
-                    self._address, folder.value, len(adopted), len(pending))
-        rest = [n for n in pending if chunk[n].psa_key not in adopted]
-        for n in pending:
-            if chunk[n].psa_key in adopted:
-                results[n] = adopted[chunk[n].psa_key]
-        if rest:
-            again = await self._create_chunk(folder, [chunk[n] for n in rest], adopt_on_lost_reply=False)
-            for n, r in zip(rest, again, strict=True):
-                results[n] = r
-        return [r if r is not None else ItemError(chunk[n].psa_key, "no_answer", "no result", retryable=True)
-                for n, r in enumerate(results)]
 
     async def update(
         self, folder: FolderKind, updates: Sequence[ItemUpdate]

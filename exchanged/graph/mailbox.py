@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from exchanged import errors
-from exchanged.exchange.account import AmbiguousWrite
+from exchanged.exchange.account import AmbiguousWrite, adopt_then_create
 from exchanged.graph import convert
 from exchanged.graph.client import (
     BATCH_MAX,
@@ -565,7 +565,11 @@ class GraphMailbox:
             except AmbiguousWrite as lost:
                 if not adopt_on_lost_reply:
                     raise lost.error from None
-                return await self._adopt_then_create(folder, chunk, results)
+                return await adopt_then_create(
+                    f"{self._address}: {folder.value}: $batch", chunk, results,
+                    find=lambda keys: self.find_by_psa_keys(folder, keys),
+                    create_once=lambda rest: self._create_chunk(folder, rest, adopt_on_lost_reply=False),
+                    logger=log)
             for (n, _body), answer in zip(built, answers, strict=True):
                 new = chunk[n]
                 if answer.status != 201 and answer.status != 200:
@@ -595,32 +599,6 @@ class GraphMailbox:
                 f"{self._address}: Graph sent no result for this item",
                 retryable=True,
             )
-            for n, r in enumerate(results)
-        ]
-
-    async def _adopt_then_create(
-        self, folder: FolderKind, chunk: Sequence[NewItem], results: list[ExchangeItem | ItemError | None]
-    ) -> list[ExchangeItem | ItemError]:
-        """The $batch answer was lost: adopt what Graph did create, create the rest once."""
-        pending = [n for n, r in enumerate(results) if r is None]
-        adopted = await self.find_by_psa_keys(folder, [chunk[n].psa_key for n in pending])
-        log.warning(
-            "%s: %s: $batch answer lost; %d of %d items were created, creating the rest",
-            self._address,
-            folder.value,
-            len(adopted),
-            len(pending),
-        )
-        rest = [n for n in pending if chunk[n].psa_key not in adopted]
-        for n in pending:
-            if chunk[n].psa_key in adopted:
-                results[n] = adopted[chunk[n].psa_key]
-        if rest:
-            again = await self._create_chunk(folder, [chunk[n] for n in rest], adopt_on_lost_reply=False)
-            for n, r in zip(rest, again, strict=True):
-                results[n] = r
-        return [
-            r if r is not None else ItemError(chunk[n].psa_key, "no_answer", "no result", retryable=True)
             for n, r in enumerate(results)
         ]
 

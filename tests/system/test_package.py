@@ -9,6 +9,7 @@ in file order on one machine. README "Installing for real" is the same sequence 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,16 @@ def main_pid(machine: Container) -> int:
 
 def active(machine: Container) -> str:
     return machine.show("exchanged", "ActiveState")["ActiveState"]
+
+
+def test_lintian_finds_nothing_beyond_the_documented_overrides(debs: Debs) -> None:
+    """Debian's own package checker: no error and no warning (debian/exchanged.lintian-overrides
+    says why each overridden tag is right for a dh-virtualenv package)."""
+    done = subprocess.run(["lintian", "--tag-display-limit", "0", str(debs.new)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    tags = [line for line in done.stdout.splitlines() if line.startswith(("E: ", "W: "))]
+    assert not tags, "\n".join(tags)
+    assert "exchanged_" in debs.new.name and done.returncode == 0, done.stdout + done.stderr
 
 
 def test_install_leaves_the_service_inactive_until_configured(machine: Container, debs: Debs) -> None:

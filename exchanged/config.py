@@ -710,11 +710,32 @@ class UserConfig(_Model):
 class SqlPsaConfig(_Model):
     connector: Literal["sql"] = "sql"
     url: str = "sqlite:////var/lib/exchanged/psa.db"
+    # PostgreSQL LISTEN on this channel: the PSA's triggers NOTIFY it (psa/listen.py, docs/OPERATIONS.md)
+    listen_channel: str | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return _db_url(value, "psa.url")
+
+    @field_validator("listen_channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        from exchanged.psa.listen import CHANNEL_RE
+
+        if value is not None and not CHANNEL_RE.match(value):
+            raise _rule(f"{value!r} is not a channel name: lower-case letters, digits and _, "
+                        "starting with a letter or _, at most 63 (e.g. exchanged_psa)")
+        return value
+
+    @model_validator(mode="after")
+    def _channel_needs_postgres(self) -> SqlPsaConfig:
+        if self.listen_channel is not None and self.url.split(":", 1)[0].lower().startswith("postgres"):
+            return self
+        if self.listen_channel is not None:
+            raise _rule("LISTEN/NOTIFY needs a PostgreSQL psa.url; remove listen_channel for SQLite "
+                        "(its changes are probed every sync.psa_poll_seconds)", "listen_channel")
+        return self
 
 
 class AutotaskPsaConfig(_Model):

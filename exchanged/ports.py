@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+import trio
+
 from exchanged.model import (
     CycleOutcome,
     ExchangeItem,
@@ -318,6 +320,12 @@ class PsaConnector(Protocol):
         has no probe (its users wait for their periodic cycle)."""
         ...
 
+    async def wait_for_change(self) -> None:
+        """Return when the PSA says that something changed (the daemon then probes at once instead
+        of at the next ``sync.psa_poll_seconds``): the ``sql`` connector's PostgreSQL LISTEN
+        (``psa.listen_channel``). Without such a signal it never returns."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -344,6 +352,9 @@ class PsaConnectorBase:
 
     async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
         return None
+
+    async def wait_for_change(self) -> None:
+        await trio.sleep_forever()
 
 
 # --- state --------------------------------------------------------------------------------------

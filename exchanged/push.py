@@ -38,12 +38,14 @@ from exchanged.errors import present
 
 if TYPE_CHECKING:
     from exchanged.daemon import Daemon
+    from exchanged.ports import PsaConnector
 
 log = structlog.get_logger("exchanged.push")
 daemon_log = structlog.get_logger("exchanged.daemon")  # PushService logs as the daemon did
 
 SAFETY_READ_S = 3600.0  # a pushed mailbox's quiet cycles still read Exchange at least this often
 VOUCHED_REASONS = frozenset({"scheduled", "psa"})  # a PSA probe's cycle: the PSA changed, not Exchange
+NOTIFY_SPACING_S = 1.0  # PSA notifications start a probe at most this often
 
 
 class Nudger(Protocol):
@@ -148,6 +150,7 @@ class PushService:
         self.d = daemon
         self._scope: trio.CancelScope | None = None
         self._watching: tuple[int, tuple[tuple[str, frozenset[Any]], ...]] | None = None
+        self._listen_failing = False
 
     def config_applied(self) -> None:
         if self._scope is not None and self._wanted() != self._watching:
@@ -215,7 +218,29 @@ class PushService:
                     if changes is not None:
                         cursor = changes.cursor
                         self._nudge_resources(changes.resources)
-            await trio.sleep(self.d.cfg.sync.psa_poll_seconds)
+            await self._until_next_probe(psa)
+
+    async def _until_next_probe(self, psa: PsaConnector | None) -> None:
+        """``sync.psa_poll_seconds``, or less when the PSA says it changed (``wait_for_change``:
+        PostgreSQL NOTIFY with ``psa.listen_channel``); a burst of notifications is one probe a
+        second at most. A failing LISTEN is said once and the interval rules until it works."""
+        poll = float(self.d.cfg.sync.psa_poll_seconds)
+        with trio.move_on_after(poll):
+            try:
+                if psa is not None:
+                    await psa.wait_for_change()
+            except Exception as exc:
+                if not self._listen_failing:
+                    daemon_log.warning("PSA change notifications failed; PSA changes are probed every "
+                                       "sync.psa_poll_seconds until they work again",
+                                       error=present(exc).line())
+                self._listen_failing = True
+                await trio.sleep_forever()  # the rest of the interval
+            else:
+                if self._listen_failing:
+                    daemon_log.info("PSA change notifications work again")
+                self._listen_failing = False
+            await trio.sleep(min(poll, NOTIFY_SPACING_S))
 
     def _nudge_resources(self, resources: frozenset[str]) -> None:
         if not resources:

@@ -20,7 +20,7 @@ async def open_connector(psa_cfg: Any) -> ports.PsaConnector:
     if connector == "sql":
         from exchanged.psa.sql import open_sql_connector
 
-        sql = open_sql_connector(psa_cfg.url)
+        sql = open_sql_connector(psa_cfg.url, listen_channel=getattr(psa_cfg, "listen_channel", None))
         try:  # existing tables that do not fit are named now (start, reload), not in a cycle
             await sql.open()
         except errors.PsaUnavailable as exc:  # down now: the cycles report it, and retry

@@ -50,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+import trio
 
 from exchanged import errors
 from exchanged.db import POSTGRES, SQLITE, Database, DbUrl, Tx, UrlError, parse_url
@@ -70,6 +71,7 @@ from exchanged.model import (
     split_psa_key,
 )
 from exchanged.ports import PsaChanges, PsaConnectorBase, PsaLoad, PsaResource, PsaWrite
+from exchanged.psa.listen import Listener
 from exchanged.psa.render import service_call_subject, todo_body, todo_subject
 from exchanged.state.codec import parse_ts
 
@@ -483,11 +485,13 @@ class SqlPsa(PsaConnectorBase):
 
     unstored_import_fields: frozenset[str] = frozenset({"location", "is_all_day"})
 
-    def __init__(self, db: Database, *, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, db: Database, *, now: Callable[[], datetime] | None = None,
+                 listener: Listener | None = None) -> None:
         self.db = db
         self.now = now or (lambda: datetime.now(UTC))
         self.schema: Schema | None = None
         self._reported: set[str] = set()
+        self.listener = listener  # psa.listen_channel (PostgreSQL LISTEN): see psa/listen.py
 
     async def open(self) -> Schema:
         """Create the missing tables and inspect the existing ones (once; ``PsaError`` naming the
@@ -752,7 +756,17 @@ class SqlPsa(PsaConnectorBase):
                         "WHERE appointment_id = ?", (str(rid),))
         return _with_attendees(record, _attendees_by_row(rows))
 
+    async def wait_for_change(self) -> None:
+        """With ``psa.listen_channel``: return at the next NOTIFY of the PSA's triggers (the daemon
+        then probes at once); without one, never (the probe runs on its interval)."""
+        if self.listener is None:
+            await trio.sleep_forever()
+            return
+        await self.listener.wait()
+
     async def aclose(self) -> None:
+        if self.listener is not None:
+            await self.listener.aclose()
         await self.db.aclose()
 
 
@@ -782,15 +796,24 @@ _UNAVAILABLE_HINT = ("check psa.url and that the database is up and readable by 
                      "SQLite PSA needs an existing file (an empty one is fine: the tables are created)")
 
 
-def open_sql_connector(url: str, *, now: Callable[[], datetime] | None = None) -> SqlPsa:
-    """A connector for ``url`` (connects on first use; every failure is ``PsaUnavailable``)."""
+def open_sql_connector(url: str, *, now: Callable[[], datetime] | None = None,
+                       listen_channel: str | None = None) -> SqlPsa:
+    """A connector for ``url`` (connects on first use; every failure is ``PsaUnavailable``);
+    ``listen_channel``: PostgreSQL only, LISTEN on it (``wait_for_change``)."""
     try:
         parsed: DbUrl = parse_url(url)
     except UrlError as exc:
         raise errors.PsaError(f"psa.url: {exc}", hint="fix psa.url") from None
+    listener = None
+    if listen_channel:
+        if parsed.dialect != POSTGRES:
+            raise errors.PsaError("psa.listen_channel: LISTEN/NOTIFY needs a PostgreSQL psa.url",
+                                  hint="remove psa.listen_channel (SQLite changes are probed every "
+                                       "sync.psa_poll_seconds)")
+        listener = Listener(parsed.target, listen_channel, parsed.shown)
     db = Database(parsed, what="PSA database", create_file=False,
                   fail=lambda msg: errors.PsaUnavailable(msg, hint=_UNAVAILABLE_HINT))
-    return SqlPsa(db, now=now)
+    return SqlPsa(db, now=now, listener=listener)
 
 
 __all__ = ["MAX_TEXT", "TABLES", "Schema", "SqlPsa", "ensure_schema", "inspect_schema", "open_sql_connector"]

@@ -228,3 +228,43 @@ def test_a_stop_does_not_wait_for_a_quiet_stream(tmp_path: Path) -> None:
                    PATIENCE_S)
         # stop() waits HANG_GUARD_S (30 s, what systemd allows) and raises if the daemon is still up
         assert env.stop() == 0
+
+
+@pytest.mark.postgres
+def test_a_notify_from_a_postgresql_psa_brings_the_edit_at_once(tmp_path: Path, pg_url: str) -> None:
+    """``psa.listen_channel``: the probe's interval is an hour and the mailbox is polled (no
+    streaming), so only the NOTIFY of the documented triggers can bring a PSA edit to Exchange
+    within this test's wait: the daemon LISTENs, probes at once and cycles alice."""
+    import uuid
+
+    import psycopg
+
+    from exchanged.psa.listen import trigger_sql
+    from exchanged.psa.sample import seed_sample
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    channel = f"exchanged_{uuid.uuid4().hex[:8]}"  # channels are per database: one of this test's own
+    seed_sample(pg_url, now)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(trigger_sql(channel))
+    users = [{"mailbox": ALICE, "psa_resource": "1"}]
+    with ews_daemon(tmp_path, now, [ALICE], users, sync={"psa_poll_seconds": 3600},
+                    ews_options={"streaming": StreamingLimits(max_connections=0)}) as (env, ews):
+        env.write_config(psa={"connector": "sql", "url": pg_url, "listen_channel": channel})
+        env.start_ready()
+        wait_until(lambda: appointments(ews, ALICE, "Quarterly review with Contoso"), "the first export",
+                   PATIENCE_S)
+        wait_until(lambda: env.user(ALICE)["state"] == "idle", "alice idle", PATIENCE_S)
+
+        def probed() -> int:  # cycles started by the PSA probe
+            return sum(1 for c in cycles(env, ALICE) if c.get("reason") == "psa")
+
+        before = probed()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE appointments SET title = %s, last_modified = %s WHERE id = 300",
+                         ("Quarterly review (moved in the PSA)", now + timedelta(minutes=1)))
+        # a start-up cycle may still carry the edit; the probe's cycle is the NOTIFY's alone
+        wait_until(lambda: probed() > before, "a cycle started by the probe the NOTIFY woke", PATIENCE_S)
+        wait_until(lambda: appointments(ews, ALICE, "Quarterly review (moved in the PSA)"),
+                   "the PSA edit in Exchange", PATIENCE_S)
+        assert "PSA change notifications failed" not in env.stderr()

@@ -4,6 +4,7 @@ contacts rule, service calls, bad rows, unreachable databases, writes, the facto
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from exchanged import errors
 from exchanged.config import SqlPsaConfig
@@ -19,6 +21,8 @@ from exchanged.ports import PsaWrite
 from exchanged.psa import open_connector
 from exchanged.psa.sample import seed_sample
 from exchanged.psa.sql import MAX_TEXT, SqlPsa, open_sql_connector, ts_param
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 DAY = NOW.replace(hour=0)
@@ -498,3 +502,54 @@ async def test_the_change_probe_names_the_resources_whose_rows_changed(sample: S
     assert gone is not None and gone.resources == frozenset({"2"})
     again = await sample.probe_changes(gone.cursor)
     assert again is not None and again.resources == frozenset()
+
+
+# --- PostgreSQL LISTEN/NOTIFY (psa.listen_channel) ----------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_notify_of_the_documented_triggers_wakes_the_waiting_daemon(pg_url: str) -> None:
+    """The triggers docs/OPERATIONS.md gives make any change NOTIFY the channel; ``wait_for_change``
+    returns then (the daemon probes at once), and a notification that came while nobody waited is
+    not lost. Without a notification it keeps waiting."""
+    import psycopg
+
+    from exchanged.psa.listen import trigger_sql
+
+    channel = f"exchanged_{uuid.uuid4().hex[:8]}"  # NOTIFY channels are per database, not per schema
+    assert seed_sample(pg_url, NOW) is True
+    sql_text = trigger_sql(channel)
+    assert sql_text.replace(channel, "exchanged_psa") in (ROOT / "docs" / "OPERATIONS.md").read_text()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql_text)
+    psa = open_sql_connector(pg_url, now=lambda: NOW, listen_channel=channel)
+    try:
+        with trio.move_on_after(1.5) as quiet:
+            await psa.wait_for_change()
+        assert quiet.cancelled_caught  # nothing changed: it waits (and is LISTENing now)
+        _execute(pg_url, "UPDATE todos SET description = 'Call back at 3' WHERE id = 500", ())
+        with trio.fail_after(30):  # a hang guard: the NOTIFY wakes it at once
+            await psa.wait_for_change()
+        _execute(pg_url, "DELETE FROM contacts WHERE id = 105", ())
+        await trio.sleep(2)  # nobody waits while it arrives
+        with trio.fail_after(30):
+            await psa.wait_for_change()
+    finally:
+        await psa.aclose()
+
+
+def test_listen_needs_postgresql(tmp_path: Path) -> None:
+    with pytest.raises(errors.PsaError, match=r"needs a PostgreSQL psa\.url"):
+        open_sql_connector(f"sqlite:///{tmp_path / 'psa.db'}", listen_channel="exchanged_psa")
+
+
+@pytest.mark.postgres
+async def test_a_listen_that_fails_is_a_clear_error(pg_url: str) -> None:
+    bad = pg_url.replace("postgres@", "nobody-here@")
+    psa = open_sql_connector(bad, listen_channel="exchanged_psa")
+    try:
+        with pytest.raises(errors.PsaUnavailable) as info, trio.fail_after(30):
+            await psa.wait_for_change()
+        assert "LISTEN exchanged_psa" in str(info.value) and "nobody-here" in str(info.value)
+    finally:
+        await psa.aclose()

@@ -43,8 +43,14 @@ from tests.daemon.test_e2e_rules import (
 pytestmark = pytest.mark.e2e
 
 PUBLIC = "public-folder"
+# psa_poll_seconds at an hour and (below) the interval at a day: these scenarios edit Exchange, then
+# reload, then sync, and check what the NEW settings do with the edits. A cycle under the old
+# settings in between is correct but defeats the check: the PSA probe (every 30 s by default) saw
+# the previous scenario's PSA writes and cycled bob between the delete of his service call and the
+# reload, re-creating it before service calls were switched off (seen in CI under load); a module
+# running past 10 minutes would do the same with a scheduled cycle.
 BASE_SYNC: dict[str, Any] = {"max_deletes_per_cycle": 3, "category": CATEGORY,
-                             "public_folder_all_contacts": True}
+                             "public_folder_all_contacts": True, "psa_poll_seconds": 3600}
 BASE_USERS: list[dict[str, Any]] = [{"mailbox": ALICE, "psa_resource": "1"},
                                     {"mailbox": BOB, "psa_resource": "2"}]
 
@@ -98,6 +104,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResyncWorld]:
                     dict(BASE_SYNC),
                     ews_options={"streaming": StreamingLimits(max_connections=0)}) as (env, ews):
         w = ResyncWorld(env, ews, now)
+        env.extra["sync_interval_minutes"] = 1440
+        env.write_config()
         create_exchange_appointment(w, BOB, "Bob's dentist", w.day(2, 15), body="tooth 14")
         env.start_ready()
         w.sync(ALICE, BOB, PUBLIC)

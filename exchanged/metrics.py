@@ -17,6 +17,7 @@ metric                                         what
 ``exchanged_items_written_total{kind,side}``   items created/updated/deleted, by kind and side
                                                (``exchange`` / ``psa``)
 ``exchanged_requests_total{service,operation}``  requests sent, e.g. ``ews`` / ``SyncFolderItems``
+                                               (the ``sql`` PSA: transactions, e.g. ``sql`` / ``load``)
 ``exchanged_throttle_waits_total{service}``    times a request had to wait for a back-off
 ``exchanged_deletions_held_back{mailbox}``     deletions held back by the last cycle (guard)
 ``exchanged_config_generation``                the running config generation (1 + applied reloads)

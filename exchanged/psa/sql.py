@@ -492,6 +492,7 @@ class SqlPsa(PsaConnectorBase):
         self.schema: Schema | None = None
         self._reported: set[str] = set()
         self.listener = listener  # psa.listen_channel (PostgreSQL LISTEN): see psa/listen.py
+        self.requests: dict[str, int] = {}  # operation -> transactions (metrics)
 
     async def open(self) -> Schema:
         """Create the missing tables and inspect the existing ones (once; ``PsaError`` naming the
@@ -503,9 +504,15 @@ class SqlPsa(PsaConnectorBase):
             self.schema = await self.db.run(inspect_schema)
         return self.schema
 
-    async def _run(self, fn: Callable[[Tx], Any], *, write: bool = False) -> Any:
+    async def _run(self, op: str, fn: Callable[[Tx], Any], *, write: bool = False) -> Any:
+        """One transaction for the operation ``op`` (counted for ``request_counts``)."""
         await self.open()
+        self.requests[op] = self.requests.get(op, 0) + 1
         return await self.db.run(fn, write=write)
+
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """("sql", operation) -> transactions since the connector was opened (metrics)."""
+        return {("sql", op): n for op, n in self.requests.items()}
 
     def _id(self, table: str, raw: str) -> int | str | None:
         """A row id as its column wants it: text as given, integers parsed (None: not an id)."""
@@ -528,7 +535,7 @@ class SqlPsa(PsaConnectorBase):
         rid = self._id("resources", psa_resource)
         if rid is None:
             return None
-        rows = await self._run(lambda tx: tx.query(
+        rows = await self._run("resource", lambda tx: tx.query(
             "SELECT id, email, first_name, last_name, is_active FROM resources WHERE id = ?", (rid,)))
         if not rows:
             return None
@@ -538,7 +545,7 @@ class SqlPsa(PsaConnectorBase):
         return PsaResource(str(rid), email, name, _flag(active, True))
 
     async def all_resources(self) -> Sequence[PsaResource]:
-        rows = await self._run(lambda tx: tx.query(
+        rows = await self._run("resources", lambda tx: tx.query(
             "SELECT id, email, first_name, last_name, is_active FROM resources ORDER BY id"))
         out = []
         for rid, email, first, last, active in rows:
@@ -552,7 +559,7 @@ class SqlPsa(PsaConnectorBase):
         rid = self._id("resources", psa_resource)
         if rid is None:
             return PsaLoad([])
-        reads: list[_Read] = await self._run(lambda tx: self._load(tx, rid, kinds, window))
+        reads: list[_Read] = await self._run("load", lambda tx: self._load(tx, rid, kinds, window))
         records = [r for read in reads for r in read.records]
         skipped = self._report([p for read in reads for p in read.problems
                                 if split_psa_key(p.key)[0] in kinds])
@@ -579,7 +586,7 @@ class SqlPsa(PsaConnectorBase):
                 reads.append(_attendees_query(rid))
             return hash(tuple((sql, tuple(tx.query(sql, params))) for sql, params in reads))
 
-        return await self._run(run)
+        return await self._run("change_token", run)
 
     async def probe_changes(self, cursor: object | None) -> PsaChanges | None:
         """The resources whose rows changed since ``cursor``: one fingerprint per resource and
@@ -601,7 +608,7 @@ class SqlPsa(PsaConnectorBase):
                         prints.setdefault(str(rid), []).append(tuple(str(v) for v in rest))
             return _Probe(tx.change_counter(), {r: tuple(v) for r, v in prints.items()})
 
-        now_probe: _Probe = await self._run(run)
+        now_probe: _Probe = await self._run("probe", run)
         if previous is None:
             return PsaChanges(now_probe, frozenset())
         changed = {r for r in now_probe.prints.keys() | previous.prints.keys()
@@ -627,7 +634,7 @@ class SqlPsa(PsaConnectorBase):
             return _collect([r for r in rows if _flag(r[8], True)], "contacts", Kind.PUBLIC_CONTACT,
                             lambda row: _contact(row, Kind.PUBLIC_CONTACT))
 
-        read: _Read = await self._run(run)
+        read: _Read = await self._run("contacts", run)
         return PsaLoad(read.records, self._report(read.problems))
 
     # -- writing ----------------------------------------------------------------------------------
@@ -636,7 +643,7 @@ class SqlPsa(PsaConnectorBase):
         await self.open()
         out: list[PsaRecord | ItemError | None] = []
         for w in writes:
-            out.append(await self._run(functools.partial(self._apply_one, write=w), write=True))
+            out.append(await self._run("write", functools.partial(self._apply_one, write=w), write=True))
         return out
 
     def _apply_one(self, tx: Tx, write: PsaWrite) -> PsaRecord | ItemError | None:

@@ -156,6 +156,8 @@ def test_check_and_metrics_of_a_running_daemon(tmp_path: Path) -> None:
                        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
         assert value("exchanged_requests_total", service="ews", operation="SyncFolderItems") > 0
+        # the sql PSA's transactions too: a load per cycle and user
+        assert value("exchanged_requests_total", service="sql", operation="load") >= 2
         assert value("exchanged_items_written_total", kind="appointment", side="exchange") > 0
         assert value("exchanged_cycles_total", result="ok") >= 2
         assert value("exchanged_exchange_reachable") == 1

@@ -159,16 +159,22 @@ def _connect_psa(cfg: Config) -> list[Any]:
     if isinstance(cfg.psa, SqlPsaConfig):
         from exchanged.psa.sql import open_sql_connector
 
-        url = cfg.psa.url
+        url, channel = cfg.psa.url, cfg.psa.listen_channel
 
         async def check_sql() -> list[CheckResult]:
-            psa = open_sql_connector(url)
+            psa = open_sql_connector(url, listen_channel=channel)
+            listen: CheckResult | None = None
             try:
                 schema = await psa.open()
+                if psa.listener is not None:
+                    listen = await psa.listener.check()
             finally:
                 await psa.aclose()
             text = f" (text ids in {', '.join(sorted(schema.text_ids))})" if schema.text_ids else ""
-            return [CheckResult("psa", True, f"{psa.db.url.shown}: the tables fit{text}")]
+            results = [CheckResult("psa", True, f"{psa.db.url.shown}: the tables fit{text}")]
+            if listen is not None:
+                results.append(listen)
+            return results
 
         try:
             return trio.run(check_sql)

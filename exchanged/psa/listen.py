@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from exchanged import errors
+from exchanged.ports import CheckResult
 
 CHANNEL_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SLICE_S = 10.0
@@ -107,6 +108,37 @@ class Listener:
             conn.close()
             raise
         return conn
+
+    async def check(self) -> CheckResult:
+        """For ``check-config --connect``: the LISTEN works (else a failure) and the triggers of
+        ``trigger_sql`` are on every table the probe reads, notifying this channel (else a warning:
+        the daemon still probes every ``sync.psa_poll_seconds``)."""
+        return await trio.to_thread.run_sync(self._check_blocking)
+
+    def _check_blocking(self) -> CheckResult:
+        import psycopg
+
+        try:
+            conn = self._connect()
+        except psycopg.Error as exc:
+            return CheckResult("psa listen", False,
+                               f"{self._shown}: LISTEN {self.channel}: {' '.join(str(exc).split())}")
+        try:
+            rows = conn.execute(
+                "SELECT c.relname, p.prosrc FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = 'exchanged_notify' "
+                "AND c.relnamespace = ANY (current_schemas(false)::regnamespace[])").fetchall()
+        finally:
+            conn.close()
+        notifying = {str(table) for table, source in rows if f"'{self.channel}'" in str(source)}
+        missing = [t for t in TABLES if t not in notifying]
+        if missing:
+            return CheckResult("psa listen", True, warning=True, message=(
+                f"{self._shown}: LISTEN {self.channel} works, but no trigger notifies it on "
+                f"{', '.join(missing)}: run the SQL of docs/OPERATIONS.md \"Changes pushed by "
+                "PostgreSQL\" for this channel (until then changes wait for sync.psa_poll_seconds)"))
+        return CheckResult("psa listen", True,
+                           f"{self._shown}: LISTEN {self.channel} works, the triggers notify it")
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from exchanged.config import parse_config
 from exchanged.exchange import check_connect, open_account
@@ -131,3 +134,33 @@ state: {{url: 'sqlite:///{state}'}}
     with SmtpSink(users={"relay": "Relay-pw1"}) as sink:
         out = check("Relay-pw1")
     assert "failed   state:" in out, out
+
+
+@pytest.mark.postgres
+def test_the_cli_checks_the_listen_of_a_postgresql_psa(tmp_path: Path, ews_server: EwsTestServer,
+                                                       pg_url: str) -> None:
+    """``psa.listen_channel``: check-config --connect says whether the triggers notify the channel
+    (a warning naming the tables without one, and the fix), not only that the tables fit."""
+    import psycopg
+
+    from exchanged.psa.listen import trigger_sql
+    from exchanged.psa.sample import seed_sample
+
+    seed_sample(pg_url, datetime.now(UTC))
+    path = write_config(tmp_path, ews_server)
+    path.write_text(path.read_text()
+                    + f"psa: {{connector: sql, url: '{pg_url}', listen_channel: exchanged_psa}}\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    def connect() -> str:
+        done = subprocess.run([sys.executable, "-m", "exchanged", "check-config", "--connect", "--config",
+                               str(path)], capture_output=True, text=True, env=env, timeout=120)
+        return done.stdout
+
+    before = connect()
+    assert "psa listen:" in before and "no trigger notifies it on appointments" in before, before
+    assert "Changes pushed by PostgreSQL" in before, before
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(trigger_sql("exchanged_psa"))
+    after = connect()
+    assert "ok       psa listen:" in after and "the triggers notify it" in after, after

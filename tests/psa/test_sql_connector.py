@@ -553,3 +553,29 @@ async def test_a_listen_that_fails_is_a_clear_error(pg_url: str) -> None:
         assert "LISTEN exchanged_psa" in str(info.value) and "nobody-here" in str(info.value)
     finally:
         await psa.aclose()
+
+
+@pytest.mark.postgres
+async def test_check_config_connect_checks_the_listen_and_names_tables_without_the_trigger(
+        pg_url: str) -> None:
+    import psycopg
+
+    from exchanged.psa.listen import Listener, trigger_sql
+
+    assert seed_sample(pg_url, NOW) is True
+    listener = Listener(pg_url, "exchanged_psa", "the PSA")
+    before = await listener.check()
+    assert before.ok and before.warning and "appointments, service_calls" in before.message, before
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(trigger_sql("exchanged_psa"))
+        conn.execute("DROP TRIGGER exchanged_notify ON todos")
+    partly = await listener.check()
+    assert partly.warning and "notifies it on todos:" in partly.message, partly
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(trigger_sql("exchanged_psa"))
+    done = await listener.check()
+    assert done.ok and not done.warning and "the triggers notify it" in done.message, done
+    other = await Listener(pg_url, "another_channel", "the PSA").check()
+    assert other.warning, other  # the triggers notify exchanged_psa, not this channel
+    refused = await Listener(pg_url.replace("postgres@", "nobody-here@"), "exchanged_psa", "the PSA").check()
+    assert not refused.ok and "LISTEN exchanged_psa" in refused.message, refused

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import os
 import sqlite3
 import struct
@@ -218,9 +219,14 @@ class Store:
         # processes: every operation runs in one BEGIN IMMEDIATE transaction, which SQLite
         # serialises across processes (a writer waits up to `timeout` for the other), and nothing
         # is cached outside the database, so each operation reads what the other process wrote.
+        # Setting up a new file is not one transaction (the journal mode cannot change inside
+        # one, and a connection that read the schema and then wants to write it gets "database is
+        # locked" at once, without waiting, when the other process wants to write too): two
+        # processes opening one new state dir together take turns through a lock file.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        with self.lock:
+        with open(path + ".init-lock", "a") as init_lock, self.lock:
+            fcntl.flock(init_lock, fcntl.LOCK_EX)
+            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)

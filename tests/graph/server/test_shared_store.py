@@ -326,3 +326,38 @@ def test_tls_material_is_created_once_for_servers_starting_together(tmp_path: Pa
     thread.join()
     assert results == [tmp_path / "ca.pem"]
     assert (tmp_path / "ca.pem").read_bytes() == created
+
+
+
+def open_new_stores(paths: list[str], barrier: Any, errors: Any) -> None:
+    from exchanged.testing.ews.store import Store
+
+    for path in paths:
+        barrier.wait()  # both processes open each new database at the same moment
+        try:
+            Store(path, ["alice@example.test", "bob@example.test"]).close()
+        except Exception as e:  # reported to the test
+            errors.put(f"{path}: {e!r}")
+
+
+def test_two_processes_create_the_same_new_stores_together(tmp_path: Path) -> None:
+    """Both test servers started on a new state dir create its database at the same moment: the
+    one that loses the race waits for the other instead of failing with "database is locked"."""
+    import multiprocessing
+
+    from exchanged.testing.ews.store import Store
+
+    ctx = multiprocessing.get_context("spawn")
+    paths = [str(tmp_path / f"state{i}" / "ews.sqlite3") for i in range(30)]
+    barrier, errors = ctx.Barrier(2, timeout=60), ctx.Queue()
+    procs = [ctx.Process(target=open_new_stores, args=(paths, barrier, errors)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert errors.empty(), errors.get()
+    for path in paths:
+        store = Store(path, [])
+        assert sorted(store.mailboxes()) == ["alice@example.test", "bob@example.test"]
+        store.close()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from exchanged.graph import GraphAccount, GraphSettings
+from exchanged.graph import GraphAccount
 from exchanged.model import Appointment, ExchangeItem, FolderKind, Kind
 from exchanged.ports import NewItem
-from exchanged.testing.graph.fixtures import CLIENT_ID, SECRET, TENANT, running_server
+from exchanged.testing.graph.fixtures import running_server, settings_for
 from exchanged.testing.graph.server import GraphTestServer
 
 pytestmark = pytest.mark.e2e
@@ -31,14 +31,7 @@ def server(tmp_path: Path) -> Iterator[GraphTestServer]:
 
 def account(server: GraphTestServer) -> GraphAccount:
     return GraphAccount(
-        GraphSettings(
-            graph_url=server.url,
-            login_url=server.login_url,
-            tenant_id=TENANT,
-            client_id=CLIENT_ID,
-            client_secret=SECRET,
-            ca_bundle=server.ca_file,
-        )
+        settings_for(server)
     )
 
 

@@ -20,7 +20,7 @@ from exchanged.exchange.account import AmbiguousWrite
 from exchanged.graph import GraphAccount, GraphSettings
 from exchanged.graph.client import GraphClient
 from exchanged.model import FolderKind
-from exchanged.testing.graph.fixtures import CLIENT_ID, SECRET, TENANT, running_server
+from exchanged.testing.graph.fixtures import running_server, settings_for
 from exchanged.testing.graph.server import GraphTestServer
 
 from .fake import BASE, FakeTokens
@@ -135,15 +135,8 @@ def server(tmp_path: Path) -> Iterator[GraphTestServer]:
 @pytest.mark.e2e
 async def test_a_slow_graph_server_ends_a_read_at_the_deadline(server: GraphTestServer) -> None:
     acc = GraphAccount(
-        GraphSettings(
-            graph_url=server.url,
-            login_url=server.login_url,
-            tenant_id=TENANT,
-            client_id=CLIENT_ID,
-            client_secret=SECRET,
-            ca_bundle=server.ca_file,
-            request_deadline_s=1.0,  # the read timeout (60 s) alone would wait for the answer
-        )
+        # the read timeout (60 s) alone would wait for the answer
+        settings_for(server, request_deadline_s=1.0)
     )
     await acc.client.tokens.token()  # the token request (msal) is not what is measured here
     server.set_faults(latency_ms=2500)

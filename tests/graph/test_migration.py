@@ -14,10 +14,11 @@ import pytest
 from exchanged.engine import UserSettings, UserSpec
 from exchanged.exchange import ExchangeSettings
 from exchanged.exchange import open_account as open_ews
-from exchanged.graph import GraphAccount, GraphSettings
+from exchanged.graph import GraphAccount
 from exchanged.model import Appointment, Contact, Kind, Task
 from exchanged.sync import SyncRunner
 from exchanged.testing.ews.fixtures import SERVICE_ACCOUNT, start_server
+from exchanged.testing.graph.fixtures import settings_for
 from tests.memory import MemoryPsa, MemoryState
 
 graph_server = pytest.importorskip("exchanged.testing.graph.server")
@@ -106,16 +107,8 @@ async def test_ews_to_graph_adopts_events_and_contacts_without_a_write(servers: 
     assert first.result == "ok" and first.counts.exported == 31, first
 
     account = GraphAccount(
-        GraphSettings(
-            graph_url=graph.url,
-            login_url=graph.login_url,
-            tenant_id=TENANT,
-            client_id=CLIENT,
-            client_secret=SECRET,
-            ca_bundle=graph.ca_file,
-            enabled_mailboxes=(ALICE,),
-            category="PSA",
-        ),
+        settings_for(graph, tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET,
+                     enabled_mailboxes=(ALICE,), category="PSA"),
         now=lambda: now,
     )
     graph.reset_stats()
@@ -169,15 +162,8 @@ async def test_ews_to_graph_leaves_one_copy_of_each_todo(servers: tuple[Any, Any
     ).result == "ok"
     await ews_account.aclose()
     account = GraphAccount(
-        GraphSettings(
-            graph_url=graph.url,
-            login_url=graph.login_url,
-            tenant_id=TENANT,
-            client_id=CLIENT,
-            client_secret=SECRET,
-            ca_bundle=graph.ca_file,
-            enabled_mailboxes=(ALICE,),
-        ),
+        settings_for(graph, tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET,
+                     enabled_mailboxes=(ALICE,)),
         now=lambda: now,
     )
     assert (

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth import Client
 from .server import GraphTestServer
+
+if TYPE_CHECKING:
+    from exchanged.graph.client import GraphSettings
 
 TENANT = "contoso.example"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
@@ -55,3 +58,26 @@ async def open_graph_server(
         yield server
     finally:
         await trio.to_thread.run_sync(server.stop)
+
+
+def settings_for(
+    server: GraphTestServer,
+    *,
+    tenant_id: str = TENANT,
+    client_id: str = CLIENT_ID,
+    client_secret: str = SECRET,
+    **kwargs: Any,
+) -> GraphSettings:
+    """The Graph adapter's settings for this server and app registration, trusting the server's CA;
+    ``kwargs`` set the other fields (``enabled_mailboxes``, ``request_deadline_s``, ...)."""
+    from exchanged.graph.client import GraphSettings
+
+    return GraphSettings(
+        graph_url=server.url,
+        login_url=server.login_url,
+        tenant_id=tenant_id,
+        client_id=client_id,
+        client_secret=client_secret,
+        ca_bundle=server.ca_file,
+        **kwargs,
+    )

@@ -10,25 +10,18 @@ from pathlib import Path
 import pytest
 
 from exchanged import errors
-from exchanged.graph import GraphAccount, GraphSettings
+from exchanged.graph import GraphAccount
 from exchanged.model import Appointment, FolderKind, Kind
 from exchanged.ports import CheckResult, NewItem
 from exchanged.testing.graph import Client, GraphTestServer
-from exchanged.testing.graph.fixtures import CLIENT_ID, SECRET, TENANT, open_graph_server
+from exchanged.testing.graph.fixtures import CLIENT_ID, SECRET, open_graph_server, settings_for
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
 async def test_a_multi_line_body_reads_back_as_written(tmp_path: Path) -> None:
     async with open_graph_server(tmp_path / "state") as server:
-        settings = GraphSettings(
-            graph_url=server.url,
-            login_url=server.login_url,
-            tenant_id=TENANT,
-            client_id=CLIENT_ID,
-            client_secret=SECRET,
-            ca_bundle=server.ca_file,
-        )
+        settings = settings_for(server)
         account = GraphAccount(settings, now=lambda: T0)
         try:
             mailbox = account.mailbox("alice@example.test", time_zone="UTC")
@@ -60,14 +53,7 @@ async def test_a_refused_secret_is_named_with_what_to_do(
 ) -> None:
     clients = [Client(CLIENT_ID, secrets=[SECRET], expired_secrets=["old"])]
     async with open_graph_server(tmp_path / "state", clients=clients) as server:
-        settings = GraphSettings(
-            graph_url=server.url,
-            login_url=server.login_url,
-            tenant_id=TENANT,
-            client_id=CLIENT_ID,
-            client_secret=secret,
-            ca_bundle=server.ca_file,
-        )
+        settings = settings_for(server, client_secret=secret)
         account = GraphAccount(settings, now=lambda: T0)
         try:
             with pytest.raises(errors.AuthFailed) as refused:
@@ -79,14 +65,7 @@ async def test_a_refused_secret_is_named_with_what_to_do(
 
 
 async def check(server: GraphTestServer) -> dict[str, CheckResult]:
-    settings = GraphSettings(
-        graph_url=server.url,
-        login_url=server.login_url,
-        tenant_id=TENANT,
-        client_id=CLIENT_ID,
-        client_secret=SECRET,
-        ca_bundle=server.ca_file,
-    )
+    settings = settings_for(server)
     account = GraphAccount(settings, now=lambda: T0)
     try:
         return {r.subject: r for r in await account.check(["alice@example.test"])}

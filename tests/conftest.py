@@ -1,9 +1,8 @@
 """Project-wide fixtures: a real PostgreSQL for the tests marked ``postgres``; an SMTP sink.
 
-``pg_server`` (session): ``EXCHANGED_TEST_PG_URL`` when set; otherwise a throw-away server started
-from Debian's ``postgresql`` binaries on a free loopback port (as the ``postgres`` user when the
-tests run as root, since initdb refuses root), stopped at the end of the session; otherwise the
-tests that need it are skipped with the reason.
+``pg_server`` (session): ``EXCHANGED_TEST_PG_URL`` when set; otherwise a throw-away server
+(``exchanged.testing.postgres``, Debian's ``postgresql`` binaries on a free loopback port), stopped
+at the end of the session; otherwise the tests that need it are skipped with the reason.
 
 ``pg_url`` (per test): a fresh schema in that server, named in the URL's ``search_path``, so every
 test starts empty without the cost of a CREATE DATABASE; ``fresh_schema(server)`` is the same as a
@@ -14,17 +13,10 @@ context manager, for other scopes (a module sharing one schema).
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -36,49 +28,6 @@ if TYPE_CHECKING:
 PG_ENV = "EXCHANGED_TEST_PG_URL"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_local_postgres() -> tuple[str, Path, list[str], str]:
-    """Start a throw-away server; returns (url, temp dir, command prefix to run as its owner, bin dir)."""
-    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdbs:
-        pytest.skip(f"no PostgreSQL: set {PG_ENV} or install the postgresql package")
-    bindir = os.path.dirname(initdbs[-1])
-    as_user: list[str] = []
-    tmp = Path(tempfile.mkdtemp(prefix="exchanged-pg-"))
-    if os.geteuid() == 0:
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            pytest.skip(f"running as root and there is no 'postgres' user to run initdb as; set {PG_ENV}")
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        os.chmod(tmp, 0o700)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = tmp / "data"
-    port = _free_port()
-    init = subprocess.run([*as_user, f"{bindir}/initdb", "-D", str(data), "-U", "postgres",
-                           "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"],
-                          capture_output=True, text=True, check=False)
-    if init.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"initdb failed: {init.stderr.strip()[:300]}")
-    opts = (f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off")
-    start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-o", opts, "-w",
-                            "-l", str(tmp / "server.log"), "start"], capture_output=True, text=True,
-                           check=False)
-    if start.returncode != 0:
-        log = (tmp / "server.log").read_text(errors="replace")[-500:] if (tmp / "server.log").exists() else ""
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"pg_ctl start failed: {start.stderr.strip()[:300]} {log}")
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres", tmp, as_user, bindir
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """A PostgreSQL URL for the whole session (see the module docstring)."""
@@ -86,13 +35,14 @@ def pg_server() -> Iterator[str]:
     if given:
         yield given
         return
-    url, tmp, as_user, bindir = _start_local_postgres()
-    try:
+    from exchanged.testing.postgres import PostgresUnavailable, throwaway_postgres
+
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_postgres())
+        except PostgresUnavailable as e:
+            pytest.skip(f"{e}; or set {PG_ENV}")
         yield url
-    finally:
-        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(tmp / "data"), "-m", "immediate", "-w",
-                        "stop"], capture_output=True, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _with_search_path(url: str, schema: str) -> str:

@@ -154,9 +154,9 @@ async def _sql_sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
 
 @asynccontextmanager
 async def _sql_postgres(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[PsaHarness]:
-    from tests.conftest import _free_port
+    from exchanged.testing.postgres import free_port
 
-    dead = f"postgresql://nobody:secret@127.0.0.1:{_free_port()}/psa"
+    dead = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/psa"
     async with _sql(request.getfixturevalue("pg_url"), dead) as h:
         yield h
 

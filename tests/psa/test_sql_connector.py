@@ -228,9 +228,9 @@ async def test_a_missing_sqlite_file_is_unavailable_not_empty(tmp_path: Path) ->
 
 
 async def test_a_dead_postgres_is_unavailable_and_the_password_is_masked() -> None:
-    from tests.conftest import _free_port
+    from exchanged.testing.postgres import free_port
 
-    psa = open_sql_connector(f"postgresql://psa:pw-1a2b3c@127.0.0.1:{_free_port()}/psa")
+    psa = open_sql_connector(f"postgresql://psa:pw-1a2b3c@127.0.0.1:{free_port()}/psa")
     with pytest.raises(errors.PsaUnavailable) as info:
         await psa.all_contacts()
     assert "pw-1a2b3c" not in info.value.message and "psa:***@127.0.0.1" in info.value.message

@@ -251,9 +251,9 @@ async def test_committed_batches_are_visible_to_other_nodes(pg_url: str) -> None
 
 
 async def test_an_unreachable_postgres_is_a_state_error_without_the_password() -> None:
-    from tests.conftest import _free_port
+    from exchanged.testing.postgres import free_port
 
-    url = f"postgresql://sync:pw-9f8e7d@127.0.0.1:{_free_port()}/exchanged"
+    url = f"postgresql://sync:pw-9f8e7d@127.0.0.1:{free_port()}/exchanged"
     with pytest.raises(errors.StateError) as info:
         await open_state_store(url)
     text = f"{info.value.message} {info.value.hint}"

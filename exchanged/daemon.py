@@ -21,7 +21,6 @@ import argparse
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from exchanged import PROTOCOL_VERSION, __version__, errors, sdnotify
+from exchanged import PROTOCOL_VERSION, __version__, sdnotify
 from exchanged.confirm import Confirmations
 from exchanged.control.protocol import (
     ChangeLine,
@@ -40,19 +39,19 @@ from exchanged.control.protocol import (
     SyncAnswer,
     SyncOutcome,
 )
+from exchanged.cycles import Cycles
 from exchanged.errors import ControlError, ExchangedError, present
-from exchanged.leases import LeaseUnavailable, lease_ttl_s, node_identity, run_leased
+from exchanged.leases import lease_ttl_s, node_identity
 from exchanged.logs import configure_from_config
 from exchanged.metrics import CONTENT_TYPE, CycleCounters, Snapshot
 from exchanged.metrics import render as render_metrics
 from exchanged.model import Counts, CycleOutcome
-from exchanged.notify import cause_key
 from exchanged.openers import Adapters, CycleRunner, NotifierLike, Openers, close_replaced
 from exchanged.pruning import HistoryPruner
 from exchanged.psa_users import PsaUsers
 from exchanged.push import PushService, PushTracker
 from exchanged.reload import Reloader
-from exchanged.scheduler import CycleRequest, ProgressFn, Scheduler, UnknownMailbox
+from exchanged.scheduler import Scheduler, UnknownMailbox
 from exchanged.signals import ignore_from_now, remember_early, take_pending
 from exchanged.status import (
     PUBLIC_FOLDER,
@@ -108,17 +107,6 @@ async def _load_config_in_thread(path: str) -> Config:
     return await trio.to_thread.run_sync(load_config, path)
 
 
-def _hint_for(reason: str) -> str:
-    """The hint of the error class with this ``reason`` (outcomes carry the reason, not the class)."""
-    stack: list[type[ExchangedError]] = [ExchangedError]
-    while stack:
-        cls = stack.pop()
-        if cls.__dict__.get("reason") == reason and cls.hint:
-            return cls.hint
-        stack.extend(cls.__subclasses__())
-    return ""
-
-
 def _leaves(exc: BaseException) -> Iterable[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
@@ -156,7 +144,8 @@ class Daemon:
         self.confirmations = Confirmations()  # users whose confirmation mail waits (confirm.py)
         # metrics (exchanged/metrics.py): counted since the start
         self.counters = CycleCounters()
-        self.scheduler = Scheduler(self._cycle, interval_s=cfg.sync_interval_minutes * 60,
+        self.cycles = Cycles(self)  # one cycle, leased and recorded (cycles.py)
+        self.scheduler = Scheduler(self.cycles.run, interval_s=cfg.sync_interval_minutes * 60,
                                    max_concurrent=cfg.sync.max_concurrent_users,
                                    cycle_timeout_s=cfg.sync.cycle_timeout_minutes * 60)
         # pushed changes (EWS streaming): what each mailbox's subscription says; see push.py
@@ -347,7 +336,8 @@ class Daemon:
                 results = await self.adapters.account.check(mailboxes)
             except Exception as exc:
                 p = present(exc)
-                self._note_exchange(p.reason, p.line())
+                self.exchange.note_failure(p.reason, p.line(),
+                                           sync_account_login=self.cfg.credentials.use_for_all_users)
                 self.exchange.update(checked_at=iso(now()), warnings=[p.line()])
                 log.warning("credential check failed", error=p.line())
                 self.status_poke()
@@ -365,82 +355,6 @@ class Daemon:
         if not check.warnings:
             log.info("credential check passed", mailboxes=len(mailboxes))
         self.status_poke()
-
-    # --- cycles ----------------------------------------------------------------------------------------
-
-    async def _cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
-        """One cycle under this node's lease on the user (PostgreSQL state: several nodes share users)."""
-        assert self.adapters is not None
-        try:
-            return await run_leased(self.adapters.state, mailbox, self.node_id, self.lease_ttl_s,
-                                    lambda: self._run_cycle(mailbox, request, progress))
-        except LeaseUnavailable as exc:
-            p = present(exc.cause)
-            log.warning("cycle not run: cannot take the lease", mailbox=mailbox, error=p.line())
-            outcome = CycleOutcome(result="error", reason=p.reason,
-                                   error=f"{mailbox}: cannot take this user's lease: {p.line()}")
-            self._record(mailbox, self.records.setdefault(mailbox, CycleRecord()), outcome, p)
-            return outcome
-
-    async def _run_cycle(self, mailbox: str, request: CycleRequest, progress: ProgressFn) -> CycleOutcome:
-        cfg = self.cfg
-        user = cfg.user(mailbox)
-        cycle_id = uuid.uuid4().hex[:12]
-        bound = log.bind(mailbox=mailbox, cycle_id=cycle_id, reason=request.reason)
-        status = self.records.setdefault(mailbox, CycleRecord())
-        started = now()
-        status.last_attempt = started
-        bound.info("cycle started", full=request.full, allow_deletes=request.allow_deletes)
-        self.status_poke()
-        presented: errors.Presented | None = None
-        runner = self.runner
-        assert runner is not None
-        recorded = False
-        try:
-            if user is None and mailbox != PUBLIC_FOLDER:
-                raise UnknownMailbox([mailbox])
-            # a silent, unbroken subscription vouches for the mailbox (push.py): a quiet scheduled
-            # cycle then reads the PSA only
-            unchanged = user is not None and self.push.vouch(mailbox, request.reason, request.full)
-            outcome = await runner.run_cycle(cfg, user, full=request.full,
-                                             allow_deletes=request.allow_deletes,
-                                             progress=progress, cycle_id=cycle_id,
-                                             exchange_unchanged=unchanged)
-            if outcome.result == "error" and not unchanged:
-                self.push.read_failed(mailbox)
-            recorded = runner.records_outcomes
-            if outcome.result == "error":
-                reason = outcome.reason or "cycle_failed"
-                text = outcome.error or "the cycle failed"
-                presented = errors.Presented(
-                    reason, text if mailbox in text else f"{mailbox}: {text}",
-                    _hint_for(reason) or "the log has the details of this cycle (journalctl MAILBOX=...)")
-        except Exception as exc:
-            presented = present(exc)
-            if not isinstance(exc, ExchangedError):
-                bound.error("cycle crashed", exc_info=exc)
-            outcome = CycleOutcome(result="error", error=presented.line(), reason=presented.reason)
-        self._record(mailbox, status, outcome, presented)
-        if outcome.result == "error":
-            bound.warning("cycle failed", error=outcome.error)
-            if presented is not None:
-                self._note_exchange(presented.reason, presented.line())
-        else:
-            self.exchange.update(reachable=True, last_error=None)
-            if self.cfg.credentials.use_for_all_users and mailbox != PUBLIC_FOLDER:
-                self.exchange.update(login="ok")
-            if self.confirmations.waiting(mailbox) and outcome.result != "skipped" and self.adapters:
-                await self.confirmations.after_success(mailbox, self.cfg, self.adapters.state, self.notifier,
-                                                       adopted=outcome.adopted)
-            bound.info("cycle done", result=outcome.result, counts=outcome.counts.as_dict(),
-                       item_errors=len(outcome.item_errors), held_back_deletes=outcome.held_back_deletes)
-        if not recorded:
-            await self._persist_outcome(mailbox, started, outcome)
-        self.counters.count(mailbox, outcome)
-        if self.cfg.metrics.textfile:
-            await self.counters.write_textfile(self.cfg.metrics.textfile, self.metrics_snapshot())
-        self.status_poke()
-        return outcome
 
     # --- metrics ---------------------------------------------------------------------------------------
 
@@ -469,40 +383,6 @@ class Daemon:
     async def metrics(self) -> dict[str, object]:
         """The control method ``metrics``: the Prometheus text exposition."""
         return {"content_type": CONTENT_TYPE, "text": render_metrics(self.metrics_snapshot)}
-
-    def _note_exchange(self, reason: str, line: str) -> None:
-        """What a failure says of the server: unreachable, or reachable with the login refused."""
-        if reason in ("exchange_unreachable", "tls_untrusted"):
-            self.exchange.update(reachable=False, login="not checked", last_error=line)
-        elif reason == "auth_failed":
-            self.exchange.update(reachable=True, last_error=line)
-            if self.cfg.credentials.use_for_all_users:
-                self.exchange.update(login="refused")
-
-    def _record(self, mailbox: str, status: CycleRecord, outcome: CycleOutcome,
-                presented: errors.Presented | None) -> None:
-        status.note(outcome)
-        error_key, shared = None, False
-        if outcome.result == "error" and presented is not None:
-            # a cause shared by many mailboxes (Exchange, TLS, the sync account's login, the PSA,
-            # the state database) is one mail naming them all; the rest is one mail per mailbox
-            error_key, shared = cause_key(presented.reason, mailbox,
-                                          sync_account_login=self.cfg.credentials.use_for_all_users)
-        # mails: one per distinct error (the notifier de-duplicates); resolved when it clears
-        for key in sorted(status.error_keys - ({error_key} if error_key else set())):
-            self.notifier.resolved(key, mailbox)
-        status.error_keys = {error_key} if error_key else set()
-        if error_key and presented is not None and not self.stopping:
-            # a cycle the daemon's own stop interrupted is no error to mail: it runs after the start
-            self.notifier.error(error_key, presented, mailbox, shared=shared)
-
-    async def _persist_outcome(self, mailbox: str, at: datetime, outcome: CycleOutcome) -> None:
-        assert self.adapters is not None
-        try:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                await self.adapters.state.record_outcome(mailbox, at, outcome)
-        except Exception as exc:
-            log.warning("cannot record the cycle outcome", mailbox=mailbox, error=present(exc).line())
 
     # --- reload (exchanged/reload.py drives it) -------------------------------------------------------
 

@@ -549,6 +549,16 @@ class ExchangeStatus:
         for name, value in changes.items():
             setattr(self, name, value)
 
+    def note_failure(self, reason: str, line: str, *, sync_account_login: bool) -> None:
+        """What a failure (an error's ``reason`` and line) says of the server: unreachable, or
+        reachable with the login refused (the sync account's, when it logs in for every user)."""
+        if reason in ("exchange_unreachable", "tls_untrusted"):
+            self.update(reachable=False, login="not checked", last_error=line)
+        elif reason == "auth_failed":
+            self.update(reachable=True, last_error=line)
+            if sync_account_login:
+                self.update(login="refused")
+
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "server": self.server, "version": self.version, "reachable": self.reachable,

@@ -233,3 +233,25 @@ def test_client_module_does_not_import_trio() -> None:
     code = "import sys, exchanged.ctl; print('trio' in sys.modules, 'structlog' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# (reason, the sync account logs in for every user) -> (reachable, login) afterwards, from a server
+# known reachable with the login ok
+NOTE_FAILURE = [
+    ("exchange_unreachable", True, (False, "not checked")),
+    ("tls_untrusted", False, (False, "not checked")),
+    ("auth_failed", True, (True, "refused")),
+    ("auth_failed", False, (True, "ok")),  # one user's own login refused says nothing of the others
+    ("psa_unreachable", True, (True, "ok")),  # not the server's doing
+    ("mailbox_not_found", True, (True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("reason", "sync_login", "after"), NOTE_FAILURE)
+def test_what_a_failure_says_of_the_exchange_server(reason: str, sync_login: bool,
+                                                    after: tuple[bool, str]) -> None:
+    status = p.ExchangeStatus("mail.example.test", "Exchange2016", reachable=True, login="ok")
+    status.note_failure(reason, f"bob@example.test: {reason}", sync_account_login=sync_login)
+    assert (status.reachable, status.login) == after
+    assert status.last_error == (None if reason in ("psa_unreachable", "mailbox_not_found")
+                                 else f"bob@example.test: {reason}")

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -162,8 +163,11 @@ async def test_refused_peer_gets_permission_denied_and_is_logged(sock_dir: Path)
 NOBODY = 65534
 
 
-def status_as(uid: int, gid: int, groups: list[int], path: str) -> dict[str, Any]:
-    """Ask ``status`` from a forked child running as ``uid`` (no exec: nothing to find on disk)."""
+def status_as(uid: int, gid: int, groups: list[int], path: str, send_after_s: float = 0.0) -> dict[str, Any]:
+    """Ask ``status`` from a forked child running as ``uid`` (no exec: nothing to find on disk),
+    ``send_after_s`` after connecting. A server that refuses at accept may have answered and closed
+    before the request is sent: the request then fails (EPIPE) and the refusal is read all the same,
+    as exchangectl does."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop to the other user, connect, report through the pipe, leave
@@ -180,7 +184,11 @@ def status_as(uid: int, gid: int, groups: list[int], path: str) -> dict[str, Any
             except OSError as exc:
                 result = {"connect_errno": exc.errno}
             else:
-                client.sendall(request_line("status"))
+                time.sleep(send_after_s)
+                try:
+                    client.sendall(request_line("status"))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # refused before the request was sent: the refusal line is still there
                 data = b""
                 while not data.endswith(b"\n"):
                     chunk = client.recv(65536)
@@ -472,7 +480,8 @@ async def test_idle_connections_of_one_member_leave_room_for_root(sock_dir: Path
         async with served(path, FakeHandler(), GROUP, limits=limits):
             pid, release = await trio.to_thread.run_sync(hold_as, NOBODY, NOBODY, [adm], str(path), 60)
             try:
-                member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path))
+                # refused at accept: the refusal comes before the request (exchangectl reads it too)
+                member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path), 0.5)
                 assert member["error"]["data"]["reason"] == "too_many_connections", member
                 assert f"uid {NOBODY}" in member["error"]["message"]
                 root = await open_client(str(path))
@@ -507,7 +516,8 @@ async def test_a_flood_being_checked_slowly_never_takes_the_slots_kept_for_root(
         async with served(path, FakeHandler(), GROUP, limits=limits, peer_check=slow_check):
             pid, release = await trio.to_thread.run_sync(hold_as, NOBODY, NOBODY, [adm], str(path), 60)
             try:
-                member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path))
+                # refused at accept: the refusal comes before the request (exchangectl reads it too)
+                member = await trio.to_thread.run_sync(status_as, NOBODY, NOBODY, [adm], str(path), 0.5)
                 assert member["error"]["data"]["reason"] == "too_many_connections", member
                 assert f"uid {NOBODY}" in member["error"]["message"], member
                 root = await open_client(str(path))

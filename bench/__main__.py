@@ -31,7 +31,7 @@ PUSH_SIZES = {"full": push.PushSizes(mailboxes=100, quiet_minutes=20, edits=20),
               "quick": push.PushSizes(mailboxes=100, quiet_minutes=10, edits=20),
               "smoke": push.PushSizes(mailboxes=5, quiet_minutes=0.2, edits=3, stagger_s=0.5,
                                       psa_poll_seconds=5)}
-GROUPS = ("export", "node", "graph", "push")
+GROUPS = ("export", "node", "graph", "push", "listen")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         graph.run(GRAPH_SIZES[size])
     if "push" in groups:
         push.run(PUSH_SIZES[size])
+    if "listen" in groups:
+        push.run_listen(PUSH_SIZES[size])
     note(f"done in {time.monotonic() - t0:.0f} s ({size})")
     return 0
 

@@ -11,6 +11,10 @@ Figures:
   until the PSA row shows it, ``edits`` mailboxes one after the other.
 - ``change_latency_psa_to_exchange_p95_s``: a PSA row edited (title, ``last_modified``) until the
   Exchange item shows it, ``edits`` edits started ``stagger_s`` apart and watched together.
+- ``change_latency_psa_to_exchange_listen_p95_s`` (``run_listen``): the same PSA edits with the sql
+  PSA in PostgreSQL (a throw-away server), the triggers docs/OPERATIONS.md gives and
+  ``psa.listen_channel`` set, the probe at its slowest (``psa_poll_seconds`` 3600): each edit's
+  NOTIFY wakes the daemon, so the time is the debounce plus one cycle.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -63,12 +68,78 @@ def p95(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+@dataclass(frozen=True)
+class Psa:
+    """The bench's PSA database: ``execute`` takes ``?`` placeholders for SQLite and PostgreSQL."""
+
+    url: str
+
+    @property
+    def dialect(self) -> str:
+        from exchanged.db import POSTGRES, SQLITE
+
+        return SQLITE if self.url.startswith("sqlite") else POSTGRES
+
+    def execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        if self.url.startswith("sqlite"):
+            con = sqlite3.connect(self.url.removeprefix("sqlite:///"))
+            try:
+                with con:
+                    return con.execute(sql, params).fetchall()
+            finally:
+                con.close()
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), params) if params else conn.execute(sql)
+            return cur.fetchall() if cur.description else []
+
+
 def run(sizes: PushSizes) -> None:
-    from exchanged.psa.sql import ts_param  # noqa: F401 - imported early: fail before the long run
+    """Polling's PSA probe (SQLite): the quiet figure and both latencies."""
     from exchanged.push import SAFETY_READ_S
-    from exchanged.testing.ews.fixtures import trust_ca
 
     work = Workdir.make("push")
+    psa = Psa(f"sqlite:///{work.path / 'psa.db'}")
+    try:
+        settings = {"connector": "sql", "url": psa.url}
+        with _daemon(sizes, work, psa, settings, sizes.psa_poll_seconds) as (ews, now):
+            _quiet(sizes, ews, SAFETY_READ_S)
+            _exchange_to_psa(sizes, ews, psa)
+            _psa_to_exchange(sizes, ews, psa, now, "change_latency_psa_to_exchange_p95_s",
+                             psa_poll_seconds=sizes.psa_poll_seconds, target=sizes.psa_poll_seconds + 5)
+    finally:
+        work.remove()
+
+
+def run_listen(sizes: PushSizes) -> None:
+    """The PSA in PostgreSQL with LISTEN/NOTIFY: PSA -> Exchange without waiting for a probe."""
+    from exchanged.psa.listen import trigger_sql
+    from exchanged.testing.postgres import throwaway_postgres
+
+    work = Workdir.make("push-listen")
+    channel = "exchanged_psa"
+    try:
+        note("a throw-away PostgreSQL for the PSA")
+        with throwaway_postgres() as url:
+            psa = Psa(url)
+            settings = {"connector": "sql", "url": url, "listen_channel": channel}
+            with _daemon(sizes, work, psa, settings, 3600, before_start=lambda: psa.execute(
+                    trigger_sql(channel), ())) as (ews, now):
+                _psa_to_exchange(sizes, ews, psa, now, "change_latency_psa_to_exchange_listen_p95_s",
+                                 psa_poll_seconds=3600, listen_channel=channel, target=5)
+    finally:
+        work.remove()
+
+
+@contextmanager
+def _daemon(sizes: PushSizes, work: Workdir, psa: Psa, psa_settings: dict[str, Any], psa_poll_seconds: int,
+            before_start: Any = None) -> Iterator[tuple[EwsProcess, datetime]]:
+    """``exchanged run`` with ``sizes.mailboxes`` mailboxes (3 PSA appointments each) on the EWS
+    test server, every mailbox pushed, exported, and settled (the cycles of its own writes run)."""
+    from exchanged.psa.sql import ts_param  # noqa: F401 - imported early: fail before the long run
+    from exchanged.testing.ews.fixtures import trust_ca
+
     mailboxes = [mailbox_name(i) for i in range(sizes.mailboxes)]
     note(f"EWS test server with {sizes.mailboxes} mailboxes (streaming notifications)")
     ews = EwsProcess(work.path / "ews", mailboxes)
@@ -76,10 +147,11 @@ def run(sizes: PushSizes) -> None:
     daemon: subprocess.Popen[bytes] | None = None
     try:
         now = utcnow()
-        seed_psa(f"sqlite:///{work.path / 'psa.db'}", mailboxes,
-                 {i + 1: 3 for i in range(sizes.mailboxes)}, now)
-        config = write_config(work.path, ews, mailboxes,
-                              sync={"max_concurrent_users": 8, "psa_poll_seconds": sizes.psa_poll_seconds})
+        seed_psa(psa.url, mailboxes, {i + 1: 3 for i in range(sizes.mailboxes)}, now)
+        if before_start is not None:
+            before_start()
+        config = write_config(work.path, ews, mailboxes, psa=psa_settings,
+                              sync={"max_concurrent_users": 8, "psa_poll_seconds": psa_poll_seconds})
         sock = work.path / "control.sock"
         log = (work.path / "daemon.log").open("ab")
         daemon = subprocess.Popen([sys.executable, "-m", "exchanged", "run", "--config", str(config)],
@@ -94,13 +166,10 @@ def run(sizes: PushSizes) -> None:
         _sync_all(sock)
         time.sleep(10)  # the notifications of the daemon's own writes make one cycle each: let them run
         wait_for(lambda: rpc(sock, "status")["running"] == 0, "no cycle running", START_TIMEOUT_S)
-        _quiet(sizes, ews, SAFETY_READ_S)
-        _exchange_to_psa(sizes, ews, work.path)
-        _psa_to_exchange(sizes, ews, work.path, now)
+        yield ews, now
     finally:
         stop_daemon(daemon)
         ews.stop()
-        work.remove()
 
 
 def _quiet(sizes: PushSizes, ews: EwsProcess, safety_read_s: float) -> None:
@@ -126,16 +195,7 @@ def _account(ews: EwsProcess, mailbox: str) -> Any:
     return Account(mailbox, config=config, autodiscover=False, access_type=IMPERSONATION)
 
 
-def _psa(base: Path, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(base / "psa.db")
-    try:
-        with con:
-            return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
-
-
-def _exchange_to_psa(sizes: PushSizes, ews: EwsProcess, base: Path) -> None:
+def _exchange_to_psa(sizes: PushSizes, ews: EwsProcess, psa: Psa) -> None:
     note(f"{sizes.edits} Outlook edits, one after the other, until the PSA shows each")
     latencies = []
     step = max(1, sizes.mailboxes // sizes.edits)
@@ -148,7 +208,7 @@ def _exchange_to_psa(sizes: PushSizes, ews: EwsProcess, base: Path) -> None:
         item.save(update_fields=["end"], send_meeting_invitations="SendToNone")
         want = datetime.fromtimestamp(item.end.timestamp(), UTC).strftime("%Y-%m-%dT%H:%M")
         t0 = time.monotonic()
-        wait_for(lambda i=i, want=want: str(_psa(base, END_OF_FIRST, (i + 1,))[0][0]).startswith(want),
+        wait_for(lambda i=i, want=want: str(psa.execute(END_OF_FIRST, (i + 1,))[0][0]).startswith(want),
                  f"the edit of {mailbox_name(i)} in the PSA", WATCH_TIMEOUT_S)
         latencies.append(time.monotonic() - t0)
     emit("change_latency_exchange_to_psa_p95_s", p95(latencies), "s", edits=len(latencies),
@@ -156,8 +216,8 @@ def _exchange_to_psa(sizes: PushSizes, ews: EwsProcess, base: Path) -> None:
          median_s=round(sorted(latencies)[len(latencies) // 2], 3), target=5)
 
 
-def _psa_to_exchange(sizes: PushSizes, ews: EwsProcess, base: Path, now: datetime) -> None:
-    from exchanged.db import SQLITE
+def _psa_to_exchange(sizes: PushSizes, ews: EwsProcess, psa: Psa, now: datetime, figure: str,
+                     target: float, **inputs: Any) -> None:
     from exchanged.psa.sql import ts_param
 
     note(f"{sizes.edits} PSA edits, {sizes.stagger_s} s apart, until Exchange shows each")
@@ -184,8 +244,8 @@ def _psa_to_exchange(sizes: PushSizes, ews: EwsProcess, base: Path, now: datetim
     for n in range(sizes.edits):
         i = (n * step + step // 2) % sizes.mailboxes
         title = f"Moved in the PSA {n}"
-        stamp = ts_param(SQLITE, now + timedelta(minutes=10 + n))
-        _psa(base, "UPDATE appointments SET title = ?, last_modified = ? WHERE resource_id = ? "
+        stamp = ts_param(psa.dialect, now + timedelta(minutes=10 + n))
+        psa.execute("UPDATE appointments SET title = ?, last_modified = ? WHERE resource_id = ? "
                    "AND title = 'Appointment 1'", (title, stamp, i + 1))
         t = threading.Thread(target=watch, args=(i, title, time.monotonic()), daemon=True)
         t.start()
@@ -195,7 +255,6 @@ def _psa_to_exchange(sizes: PushSizes, ews: EwsProcess, base: Path, now: datetim
         t.join()
     if errors:
         raise SystemExit(f"bench: PSA edits not seen in Exchange: {errors[:3]}")
-    emit("change_latency_psa_to_exchange_p95_s", p95(latencies), "s", edits=len(latencies),
-         mailboxes=sizes.mailboxes, psa_poll_seconds=sizes.psa_poll_seconds,
+    emit(figure, p95(latencies), "s", edits=len(latencies), mailboxes=sizes.mailboxes, **inputs,
          max_s=round(max(latencies), 3), median_s=round(sorted(latencies)[len(latencies) // 2], 3),
-         target=sizes.psa_poll_seconds + 5)
+         target=target)

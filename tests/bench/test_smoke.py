@@ -14,6 +14,7 @@ FIGURES = {
     "engine_overhead_ratio", "users_per_node_at_10_min", "rss_mb_1000_users", "first_sync_items_per_s",
     "reload_ms_1000_users", "settled_export_requests", "quiet_mailbox_ews_requests_per_hour",
     "change_latency_exchange_to_psa_p95_s", "change_latency_psa_to_exchange_p95_s",
+    "change_latency_psa_to_exchange_listen_p95_s",
     "graph_initial_export_requests", "graph_noop_cycle_requests_per_user",
 }
 HANG_GUARD_S = 600  # only against a hung run; never asserted as a speed

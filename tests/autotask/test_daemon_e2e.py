@@ -44,9 +44,13 @@ def at(days: float = 0, hours: float = 0) -> datetime:
 @pytest.fixture
 def ews(tmp_path: Path) -> Iterator[Any]:
     from exchanged.testing.ews import EwsTestServer
+    from exchanged.testing.ews.streaming import StreamingLimits
 
+    # no push: these tests count the requests of the cycles they start, and a pushed cycle after
+    # the daemon's own writes (tests/daemon/test_e2e_push.py) would add one at any moment
     with EwsTestServer(state_dir=str(tmp_path / "ews"), mailboxes=[ALICE, BOB, *MORE],
-                       service_accounts={SVC: PASSWORD}) as server:
+                       service_accounts={SVC: PASSWORD},
+                       streaming=StreamingLimits(max_connections=0)) as server:
         yield server
 
 
@@ -80,6 +84,8 @@ def env(tmp_path: Path, ews: Any, autotask: AutotaskServer, smtp: SmtpSink) -> I
             "requests_per_hour": 3000,
             "ca_bundle": str(autotask.ca_file),
         },
+        # the change probe (4 Autotask queries) hourly: not inside a counted window by chance
+        "sync": {"psa_poll_seconds": 3600},
     }
     try:
         yield daemon

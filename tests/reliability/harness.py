@@ -46,8 +46,12 @@ SESSION_GUARD_S = 120.0  # hang guard for one daemon lifetime; never asserted
 
 
 def ews_server(data: Path) -> EwsTestServer:
+    """The data set's EWS server, without streaming: a pushed cycle after the daemon's own writes
+    would add steps at a moment no run repeats."""
+    from exchanged.testing.ews.streaming import StreamingLimits
+
     return EwsTestServer(state_dir=str(data / "ews"), mailboxes=[ALICE, BOB],
-                         service_accounts={SVC: PASSWORD})
+                         service_accounts={SVC: PASSWORD}, streaming=StreamingLimits(max_connections=0))
 
 
 def copy_data(src: Path, dst: Path) -> Path:
@@ -233,7 +237,9 @@ def make_env(data: Path, server: EwsTestServer, smtp: SmtpSink, name: str, *,
         "psa": {"connector": "sql", "url": psa_url(data)},
         "state": {"url": state_url(data)},
         "sync_interval_minutes": 600,  # only the first user's scheduled cycle and the manual ones run
-        "sync": {"max_concurrent_users": 1},  # one cycle at a time: the steps are numbered alike every run
+        # one cycle at a time, and only the cycles a test starts (no hourly-or-sooner PSA probe, no
+        # push: ews_server): the steps are numbered alike every run
+        "sync": {"max_concurrent_users": 1, "psa_poll_seconds": 3600},
         **extra,
     }
     env.write_config()

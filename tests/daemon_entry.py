@@ -16,6 +16,13 @@ The production daemon reads none of this: it is built here, by injection (``Daem
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Before the imports below (half a second): a SIGTERM or SIGHUP from now on is noted, not
+    # fatal, as exchanged/cli.py does for `exchanged run`; the tests signal early on purpose.
+    from exchanged.signals import remember_early
+
+    remember_early()
+
 import argparse
 import json
 import os

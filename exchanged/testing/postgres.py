@@ -57,16 +57,18 @@ def throwaway_postgres() -> Iterator[str]:
                               capture_output=True, text=True, check=False)
         if init.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {init.stderr.strip()[:300]}")
-        port = free_port()
-        opts = (f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off")
-        start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-o", opts, "-w",
-                                "-l", str(tmp / "server.log"), "start"], capture_output=True, text=True,
-                               check=False)
-        if start.returncode != 0:
-            log = tmp / "server.log"
+        log = tmp / "server.log"
+        for attempt in range(3):  # another process may take the free port before the server binds it
+            port = free_port()
+            opts = (f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
+                    "-c synchronous_commit=off -c full_page_writes=off")
+            start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-o", opts, "-w",
+                                    "-l", str(log), "start"], capture_output=True, text=True, check=False)
+            if start.returncode == 0:
+                break
             tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-            raise PostgresUnavailable(f"pg_ctl start failed: {start.stderr.strip()[:300]} {tail}")
+            if attempt == 2 or "could not bind" not in tail:
+                raise PostgresUnavailable(f"pg_ctl start failed: {start.stderr.strip()[:300]} {tail}")
         started = True
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:

@@ -172,9 +172,10 @@ def test_a_subscription_expires_after_its_last_connection(emulator: EwsTestServe
                                                           account: Any, calendar: Any) -> None:
     """While a connection carries it, a subscription lives on past the expiry time; after the last
     connection ended, it is gone: ErrorSubscriptionNotFound. Changes in between are not kept."""
-    limits.minute_s, limits.subscription_ttl_s = 1.0, 0.3
+    # 5 s of connection, far longer than the TTL, with room for the CreateItem below under load
+    limits.minute_s, limits.subscription_ttl_s = 2.5, 0.3
     sub_id = calendar.subscribe_to_streaming()
-    listener = Listener(account, [sub_id], minutes=2)  # 2 s of connection, longer than the TTL
+    listener = Listener(account, [sub_id], minutes=2)
     wait_until(lambda: emulator.streaming_stats()["open_connections"], "the stream is open")
     time.sleep(limits.subscription_ttl_s * 3)
     item = _item(account, calendar, "still carried")

@@ -135,6 +135,19 @@ async def _parts(server: EwsTestServer, base: Path, slow: float) -> AsyncIterato
         await state.aclose()
 
 
+async def _abandoned_requests_end(server: EwsTestServer) -> None:
+    """The cancelled cycle's worker threads (abandoned, as a dead process's) send nothing more:
+    a dead process's requests already sent are answered, none is sent later. So: wait until the
+    server has had no request in flight for a while (the threads' last ones answered)."""
+    latency = int(server.faults_snapshot()["latency_ms"])
+    quiet_since = trio.current_time()
+    with trio.fail_after(60):  # a hang guard only
+        while trio.current_time() - quiet_since < 0.5 + latency / 1000:
+            await trio.sleep(0.05)
+            if server.stats()["in_flight"]:
+                quiet_since = trio.current_time()
+
+
 async def _case(seed: int, base: Path) -> None:
     rng = random.Random(seed)
     exp = Expect()
@@ -155,8 +168,7 @@ async def _case(seed: int, base: Path) -> None:
                     with trio.move_on_after(rng.uniform(0.0, 0.6)):
                         await stack.cycle()
                     exp.log.append(f"gen {gen}: cancelled")
-                    latency = int(server.faults_snapshot()["latency_ms"])
-                    await trio.sleep(0.3 + latency / 1000)  # abandoned threads end, as in a dead process
+                    await _abandoned_requests_end(server)
                 else:
                     outcome = await stack.cycle()
                     exp.log.append(f"gen {gen}: {outcome.result} {outcome.error or ''}")

@@ -404,6 +404,7 @@ class EwsTestServer(ServedOverTls):
                 "failed": self._stats.failed,
                 "dropped": self._stats.dropped,
                 "max_concurrent": self._stats.max_concurrent,
+                "in_flight": self._stats.active,  # requests being answered right now
                 "log": list(self._stats.log),
             } | {"streaming": self.streaming_stats()}
 

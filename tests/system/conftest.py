@@ -28,6 +28,7 @@ import pytest
 from tests.system.container import Container
 
 ROOT = Path(__file__).resolve().parents[2]
+BUILDER = ("Example MSP Packaging", "packaging@msp.example.org")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Debs:
     old_version: str
     new: Path
     new_version: str
+    built_here: bool  # by scripts/build-deb in this session (not EXCHANGED_SYSTEM_DEB)
 
 
 def _missing() -> str | None:
@@ -110,14 +112,16 @@ def debs(workdir: Path) -> Debs:
     if given:
         new = Path(given).resolve()
     else:
-        done = subprocess.run([str(ROOT / "scripts" / "build-deb"), "--out", str(out)],
+        # built as an MSP building its own release would (DEBFULLNAME/DEBEMAIL name the Maintainer)
+        env = {**os.environ, "DEBFULLNAME": BUILDER[0], "DEBEMAIL": BUILDER[1]}
+        done = subprocess.run([str(ROOT / "scripts" / "build-deb"), "--out", str(out)], env=env,
                               capture_output=True, text=True, timeout=900, check=False)
         assert done.returncode == 0, f"scripts/build-deb failed:\n{done.stderr[-4000:]}"
         new = Path(done.stdout.strip().splitlines()[-1])
     new_version = _deb_field(new, "Version")
     old_version = f"{new_version}~previous1"
     old = _repack(new, out, old_version)
-    return Debs(old=old, old_version=old_version, new=new, new_version=new_version)
+    return Debs(old=old, old_version=old_version, new=new, new_version=new_version, built_here=not given)
 
 
 @pytest.fixture(scope="module")

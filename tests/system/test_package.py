@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.conftest import Debs
+from tests.system.conftest import BUILDER, Debs
 from tests.system.container import Container
 
 pytestmark = pytest.mark.system
@@ -72,6 +72,18 @@ def test_lintian_finds_nothing_beyond_the_documented_overrides(debs: Debs) -> No
     tags = [line for line in done.stdout.splitlines() if line.startswith(("E: ", "W: "))]
     assert not tags, "\n".join(tags)
     assert "exchanged_" in debs.new.name and done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_builder_named_in_debemail_is_the_maintainer(debs: Debs) -> None:
+    """scripts/build-deb with DEBFULLNAME/DEBEMAIL (as the session builds it) names that builder;
+    without them the package says the project's placeholder (debian/control)."""
+    if not debs.built_here:
+        pytest.skip("EXCHANGED_SYSTEM_DEB: a package built elsewhere")
+    maintainer = subprocess.run(["dpkg-deb", "-f", str(debs.new), "Maintainer"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    assert maintainer == f"{BUILDER[0]} <{BUILDER[1]}>"
+    control = (ROOT / "debian" / "control").read_text()
+    assert "Maintainer: exchanged maintainers <maintainers@exchanged.invalid>" in control
 
 
 def test_install_leaves_the_service_inactive_until_configured(machine: Container, debs: Debs) -> None:

@@ -289,6 +289,10 @@ class Store:
         self._db.execute("UPDATE mailboxes SET seq = seq + 1 WHERE address = ?", (mailbox,))
         return self.current_seq(mailbox)
 
+    def mailbox_seqs(self) -> dict[str, int]:
+        """Every mailbox's change sequence (moved by every change in it, from any process)."""
+        return {r[0]: int(r[1]) for r in self._db.execute("SELECT address, seq FROM mailboxes")}
+
     def current_seq(self, mailbox: str) -> int:
         row = self._db.execute("SELECT seq FROM mailboxes WHERE address = ?", (mailbox,)).fetchone()
         return int(row[0]) if row else 0

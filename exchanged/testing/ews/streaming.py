@@ -50,6 +50,7 @@ class Subscription:
     mailbox: str
     seqs: dict[str, int]  # folder id -> last delivered change sequence
     anchor: str | None  # X-AnchorMailbox of the Subscribe request
+    folder_mailboxes: frozenset[str] = frozenset()  # the store's mailboxes of the folders
     streams: int = 0  # open connections carrying it
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -82,7 +83,8 @@ class Streams:
         sid = uuid.uuid4().hex
         seqs = {f.id: self.store.current_seq(f.mailbox) for f in folders}
         with self._lock:
-            self._subs[sid] = Subscription(login, mailbox, seqs, anchor)
+            self._subs[sid] = Subscription(login, mailbox, seqs, anchor,
+                                           frozenset(f.mailbox for f in folders))
         return sid
 
     def unsubscribe(self, sid: str) -> bool:
@@ -180,7 +182,8 @@ class Streams:
             if gone():
                 return "client"
             with self.store.lock:
-                events = {sid: self._take(sid) for sid in record.subscriptions}
+                current = self.store.mailbox_seqs()  # one query: which mailboxes changed at all
+                events = {sid: self._take(sid, current) for sid in record.subscriptions}
             events = {sid: evs for sid, evs in events.items() if evs}
             lost = [sid for sid in record.subscriptions if not self._known(sid)]
             closing = now >= deadline
@@ -201,11 +204,16 @@ class Streams:
         with self._lock:
             return sid in self._subs
 
-    def _take(self, sid: str) -> list[tuple[str, str, FolderRow]]:
-        """Events of one subscription since its last delivery (store lock held)."""
+    def _take(self, sid: str, current: dict[str, int]) -> list[tuple[str, str, FolderRow]]:
+        """Events of one subscription since its last delivery (store lock held); ``current``: each
+        mailbox's change sequence now. A mailbox whose sequence has not passed what was delivered
+        has nothing to deliver (a stream of 200 quiet subscriptions costs no query per poll)."""
         with self._lock:
             s = self._subs.get(sid)
             seqs = dict(s.seqs) if s is not None else {}
+            mailboxes = s.folder_mailboxes if s is not None else frozenset()
+        if not seqs or all(current.get(mb, 0) <= min(seqs.values()) for mb in mailboxes):
+            return []
         out: list[tuple[str, str, FolderRow]] = []
         moved: dict[str, int] = {}
         for fid, seq in seqs.items():

@@ -150,14 +150,18 @@ def pg_module_url(pg_server: str) -> Iterator[str]:
 def cluster(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Iterator[Cluster]:
     from exchanged.psa.sample import seed_sample
     from exchanged.testing.ews import EwsTestServer
+    from exchanged.testing.ews.streaming import StreamingLimits
 
     base = tmp_path_factory.mktemp("multinode")
     now = datetime.now(UTC).replace(microsecond=0)
     seed_sample(f"sqlite:///{base / 'psa.db'}", now)
     pw = secret_file(base / "ews-password", PASSWORD)
     nodes: list[Node] = []
+    # no push and an hourly PSA probe: the tests time which node holds a user's lease, and a pushed
+    # cycle after a node's own writes (or a probe's) would take it at a moment no test chooses
     with SmtpSink() as smtp, EwsTestServer(state_dir=str(base / "ews"), mailboxes=list(USERS),
-                                           service_accounts={SVC: PASSWORD}) as ews:
+                                           service_accounts={SVC: PASSWORD},
+                                           streaming=StreamingLimits(max_connections=0)) as ews:
         try:
             for name in ("a", "b"):
                 (base / name).mkdir()
@@ -170,7 +174,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Ite
                     "credentials": {"username": SVC, "password_file": pw},
                     "psa": {"connector": "sql", "url": f"sqlite:///{base / 'psa.db'}"},
                     "state": {"url": pg_module_url},
-                    "sync": {"max_deletes_per_cycle": 25},
+                    "sync": {"max_deletes_per_cycle": 25, "psa_poll_seconds": 3600},
                 }
                 env.extra_env = {"EXCHANGED_LEASE_TTL_S": str(TTL_S)}
                 nodes.append(Node(name, env, World(env, ews, now)))

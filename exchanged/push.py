@@ -107,6 +107,10 @@ class PushTracker:
     def lost(self, mailbox: str, why: str) -> None:
         box = self._box(mailbox)
         box.live_since = None
+        # polled from now on: the scheduled cycles read Exchange as they did before push, so the
+        # next ``live`` is no gap to fill at once. (It nudged: while Exchange refused the stream,
+        # every retry, each a new Subscribe, gave every mailbox of the group an extra cycle.)
+        box.was_live = False
         self._mode(box, "polled", why, mailbox)
 
     # -- the daemon's questions ----------------------------------------------------------------------
